@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine: `make devnet` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: devnet test lint typecheck unit bootstrap clean
+
+# Create the virtual environment and install the pinned dependencies once
+# (re-run when a requirements file or pyproject.toml changes).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Python >= 3.11 is required"; exit 1; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
+		command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+bootstrap: $(STAMP)
+
+# The main job: a local network that mines and can be watched (Ctrl-C stops it).
+devnet: $(STAMP)
+	$(BIN)/qoin devnet
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

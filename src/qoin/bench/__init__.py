@@ -1,0 +1,1 @@
+"""Benchmarks behind ``qoin bench``: each prints one JSON document."""

@@ -1,0 +1,202 @@
+"""Block headers and blocks: fields and canonical encoding.
+
+Header, version 1::
+
+    version            u8        = 1
+    chain_id           varint64
+    height             varint64  genesis is 0
+    parent_hash        32 bytes  all zero for genesis
+    timestamp_ms       varint64  milliseconds since the Unix epoch
+    nbits              u16       MQ parameters: n variables (high byte), m equations (low byte)
+    target             varint256 proof-of-work target: the MQ output must be <= target
+    transactions_root  32 bytes  commitment to the body's transactions
+    siblings_root      32 bytes  commitment to the body's referenced sibling headers
+    state_root         32 bytes  account state after the block (execution layer)
+    receipts_root      32 bytes  receipts of the block's transactions (execution layer)
+    miner              hybrid public key of the miner (the coinbase pays its address)
+    pow_r              32 bytes  the miner's random R for this attempt
+    pow_proof          hybrid signature: the proof-of-work attempt
+
+Every field up to and including ``miner`` is the PoW *prefix*: what an attempt is bound to. The block
+hash is ``tagged_hash("QOIN/block-hash/v1", header encoding)``.
+
+Block::
+
+    header
+    sibling_count  varint (<= MAX_SIBLINGS), then that many headers
+    tx_count       varint (<= MAX_BLOCK_TRANSACTIONS), then that many transactions
+
+and the whole encoding is at most :data:`MAX_BLOCK_SIZE` bytes, checked before decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from qoin.chain.transaction import Transaction
+from qoin.crypto.hashing import HASH_SIZE, TAG_BLOCK_HASH, tagged_hash
+from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
+from qoin.encoding.codec import OversizeField, Reader, UnknownVersion, Writer
+
+HEADER_VERSION = 1
+POW_R_SIZE = 32
+TARGET_BITS = 256
+MAX_SIBLINGS = 4
+"""Most sibling headers (other members of the parent's generation) one block may reference."""
+MAX_BLOCK_TRANSACTIONS = 8192
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+"""Upper bound of an encoded block, in bytes, checked before anything is decoded."""
+ZERO_HASH = bytes(HASH_SIZE)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A block header (see the module docstring for the encoding)."""
+
+    chain_id: int
+    """Network id."""
+    height: int
+    """Distance from genesis."""
+    parent_hash: bytes
+    """Hash of the parent header."""
+    timestamp_ms: int
+    """Miner's clock, milliseconds since the Unix epoch."""
+    nbits: int
+    """MQ parameters: ``n << 8 | m``."""
+    target: int
+    """PoW target: an attempt succeeds when its MQ output, as an integer, is <= target."""
+    transactions_root: bytes
+    """Commitment to the transactions in the body."""
+    siblings_root: bytes
+    """Commitment to the sibling headers in the body."""
+    state_root: bytes
+    """Account state root after this block."""
+    receipts_root: bytes
+    """Root of this block's receipts."""
+    miner: HybridPublicKey
+    """The miner's public keys."""
+    pow_r: bytes
+    """The random R of the winning attempt."""
+    pow_proof: HybridSignature
+    """The miner's signature over the attempt input."""
+
+    @cached_property
+    def pow_prefix(self) -> bytes:
+        """Canonical encoding of every field before ``pow_r``: what an attempt is bound to."""
+        return (
+            Writer()
+            .u8(HEADER_VERSION)
+            .varint(self.chain_id)
+            .varint(self.height)
+            .fixed(self.parent_hash, HASH_SIZE)
+            .varint(self.timestamp_ms)
+            .u16(self.nbits)
+            .varint(self.target, TARGET_BITS)
+            .fixed(self.transactions_root, HASH_SIZE)
+            .fixed(self.siblings_root, HASH_SIZE)
+            .fixed(self.state_root, HASH_SIZE)
+            .fixed(self.receipts_root, HASH_SIZE)
+            .raw(self.miner.encode())
+            .bytes()
+        )
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical encoding of the whole header, computed once."""
+        return (
+            Writer()
+            .raw(self.pow_prefix)
+            .fixed(self.pow_r, POW_R_SIZE)
+            .raw(self.pow_proof.encode())
+            .bytes()
+        )
+
+    def encode(self) -> bytes:
+        """Canonical encoding of the header."""
+        return self.encoded
+
+    @cached_property
+    def block_hash(self) -> bytes:
+        """The block's identity: a tagged SHA3-256 of the header encoding."""
+        return tagged_hash(TAG_BLOCK_HASH, self.encoded)
+
+    @classmethod
+    def read(cls, reader: Reader) -> Header:
+        """Decode one header from a reader."""
+        version = reader.u8()
+        if version != HEADER_VERSION:
+            raise UnknownVersion(f"unknown header version {version}")
+        return cls(
+            chain_id=reader.varint(),
+            height=reader.varint(),
+            parent_hash=reader.fixed(HASH_SIZE),
+            timestamp_ms=reader.varint(),
+            nbits=reader.u16(),
+            target=reader.varint(TARGET_BITS),
+            transactions_root=reader.fixed(HASH_SIZE),
+            siblings_root=reader.fixed(HASH_SIZE),
+            state_root=reader.fixed(HASH_SIZE),
+            receipts_root=reader.fixed(HASH_SIZE),
+            miner=HybridPublicKey.read(reader),
+            pow_r=reader.fixed(POW_R_SIZE),
+            pow_proof=HybridSignature.read(reader),
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Header:
+        """Decode a standalone header; trailing bytes are an error."""
+        reader = Reader(data)
+        header = cls.read(reader)
+        reader.finish()
+        return header
+
+
+@dataclass(frozen=True)
+class Block:
+    """A header and its body: referenced sibling headers and transactions."""
+
+    header: Header
+    """The block header."""
+    siblings: tuple[Header, ...]
+    """Other members of the parent's generation that this block references (uncles)."""
+    transactions: tuple[Transaction, ...]
+    """The transactions, in execution order."""
+
+    @property
+    def block_hash(self) -> bytes:
+        """The header's hash."""
+        return self.header.block_hash
+
+    def encode(self) -> bytes:
+        """Canonical encoding of the block."""
+        if len(self.siblings) > MAX_SIBLINGS:
+            raise OversizeField(f"{len(self.siblings)} siblings exceed {MAX_SIBLINGS}")
+        if len(self.transactions) > MAX_BLOCK_TRANSACTIONS:
+            raise OversizeField(
+                f"{len(self.transactions)} transactions exceed {MAX_BLOCK_TRANSACTIONS}"
+            )
+        writer = Writer().raw(self.header.encode()).varint(len(self.siblings))
+        for sibling in self.siblings:
+            writer.raw(sibling.encode())
+        writer.varint(len(self.transactions))
+        for tx in self.transactions:
+            writer.raw(tx.encode())
+        data = writer.bytes()
+        if len(data) > MAX_BLOCK_SIZE:
+            raise OversizeField(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> Block:
+        """Decode a block, bounding its size and element counts before allocating."""
+        if len(data) > MAX_BLOCK_SIZE:
+            raise OversizeField(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
+        reader = Reader(data)
+        header = Header.read(reader)
+        siblings = tuple(Header.read(reader) for _ in range(reader.count(MAX_SIBLINGS)))
+        transactions = tuple(
+            Transaction.read(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS))
+        )
+        reader.finish()
+        return cls(header, siblings, transactions)

@@ -1,0 +1,1 @@
+"""The ``qoin`` command line."""

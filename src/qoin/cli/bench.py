@@ -1,0 +1,30 @@
+"""``qoin bench``: benchmarks that print JSON (figures are recorded in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from qoin.cli.common import EXIT_USAGE, fail, print_json
+from qoin.crypto.suites import SUITES, UnknownSuite, suite_by_name
+
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON document.", no_args_is_help=True)
+
+Seconds = Annotated[float, typer.Option(help="Measuring time per figure, in seconds.", min=0.05)]
+
+
+@bench_app.command("crypto")
+def bench_crypto(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+    seconds: Seconds = 1.5,
+    suite: Annotated[list[str] | None, typer.Option(help="Only these suites (repeatable).")] = None,
+) -> None:
+    """Hybrid sign/verify rates through Qoin vs the raw libraries, and multi-core verify."""
+    from qoin.bench import crypto  # noqa: PLC0415 (keeps `qoin --help` fast)
+
+    try:
+        chosen = tuple(suite_by_name(name) for name in suite) if suite else SUITES
+    except UnknownSuite as exc:
+        fail(str(exc), EXIT_USAGE)
+    print_json(crypto.run(seconds, chosen))

@@ -1,0 +1,73 @@
+"""Helpers shared by the ``qoin`` sub-commands: errors as messages, passwords, JSON output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+EXIT_FAILURE = 1
+"""The command ran but its answer is "no" (bad password, invalid signature, ...)."""
+EXIT_USAGE = 2
+"""The command was given input it cannot use."""
+
+PASSWORD_ENV = "QOIN_PASSWORD"  # noqa: S105 (a variable name, not a password)
+MAX_PASSWORD_FILE_SIZE = 4096
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print ``message`` to stderr and exit with ``code`` (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON document on stdout."""
+    typer.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def read_password(password_file: Path | None, *, confirm: bool) -> str:
+    """The keystore password: from ``--password-file``, ``$QOIN_PASSWORD``, or a prompt."""
+    if password_file is not None:
+        try:
+            with password_file.open("rb") as handle:
+                raw = handle.read(MAX_PASSWORD_FILE_SIZE + 1)
+        except OSError as exc:
+            fail(f"cannot read password file {password_file}: {exc.strerror}", EXIT_USAGE)
+        if len(raw) > MAX_PASSWORD_FILE_SIZE:
+            fail(f"password file {password_file} is too large", EXIT_USAGE)
+        try:
+            password = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            fail(f"password file {password_file} is not UTF-8", EXIT_USAGE)
+    elif PASSWORD_ENV in os.environ:
+        password = os.environ[PASSWORD_ENV]
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Repeat password: ") != password:
+            fail("passwords do not match", EXIT_USAGE)
+    else:
+        fail(
+            f"no password: use --password-file, set {PASSWORD_ENV}, or run in a terminal",
+            EXIT_USAGE,
+        )
+    if confirm and not password:
+        fail("refusing to encrypt a keystore with an empty password", EXIT_USAGE)
+    return password
+
+
+def read_input_file(path: Path, what: str, max_size: int) -> bytes:
+    """Read a whole input file, bounded in size, or exit with a clear message."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_size + 1)
+    except OSError as exc:
+        fail(f"cannot read {what} {path}: {exc.strerror}", EXIT_USAGE)
+    if len(data) > max_size:
+        fail(f"{what} {path} is larger than {max_size} bytes", EXIT_USAGE)
+    return data

@@ -1,0 +1,26 @@
+"""Entry point of the ``qoin`` command: one sub-command module per concept."""
+
+from __future__ import annotations
+
+import typer
+
+from qoin.cli import devnet, supply
+from qoin.cli.bench import bench_app
+from qoin.cli.keys import keys_app
+
+app = typer.Typer(
+    name="qoin",
+    help="Qoin: a post-quantum proof-of-work blockchain node.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
+supply.register(app)
+devnet.register(app)
+
+
+def main() -> None:
+    """Run the ``qoin`` command line."""
+    app()
