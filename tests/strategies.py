@@ -62,8 +62,10 @@ headers = st.builds(
     siblings_root=HASHES,
     state_root=HASHES,
     receipts_root=HASHES,
+    coinbase=addresses,
     miner=public_keys(),
     pow_r=HASHES,
+    pow_nonce=HASHES,
     pow_proof=signatures(),
 )
 

@@ -13,8 +13,10 @@ Header, version 1::
     siblings_root      32 bytes  commitment to the body's referenced sibling headers
     state_root         32 bytes  account state after the block (execution layer)
     receipts_root      32 bytes  receipts of the block's transactions (execution layer)
-    miner              hybrid public key of the miner (the coinbase pays its address)
+    coinbase           32 bytes  address paid the block reward; must be the miner key's address
+    miner              hybrid public key of the miner
     pow_r              32 bytes  the miner's random R for this attempt
+    pow_nonce          32 bytes  hash of pow_proof (see docs/spec/pow.md)
     pow_proof          hybrid signature: the proof-of-work attempt
 
 Every field up to and including ``miner`` is the PoW *prefix*: what an attempt is bound to. The block
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from qoin.chain.transaction import Transaction
+from qoin.crypto.address import ADDRESS_SIZE, Address
 from qoin.crypto.hashing import HASH_SIZE, TAG_BLOCK_HASH, tagged_hash
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
 from qoin.encoding.codec import OversizeField, Reader, UnknownVersion, Writer
@@ -74,10 +77,14 @@ class Header:
     """Account state root after this block."""
     receipts_root: bytes
     """Root of this block's receipts."""
+    coinbase: Address
+    """Address credited with the block reward and fees: the miner key's address."""
     miner: HybridPublicKey
     """The miner's public keys."""
     pow_r: bytes
     """The random R of the winning attempt."""
+    pow_nonce: bytes
+    """Hash of ``pow_proof``: the input of the MQ hash."""
     pow_proof: HybridSignature
     """The miner's signature over the attempt input."""
 
@@ -97,6 +104,7 @@ class Header:
             .fixed(self.siblings_root, HASH_SIZE)
             .fixed(self.state_root, HASH_SIZE)
             .fixed(self.receipts_root, HASH_SIZE)
+            .fixed(self.coinbase.raw, ADDRESS_SIZE)
             .raw(self.miner.encode())
             .bytes()
         )
@@ -108,6 +116,7 @@ class Header:
             Writer()
             .raw(self.pow_prefix)
             .fixed(self.pow_r, POW_R_SIZE)
+            .fixed(self.pow_nonce, HASH_SIZE)
             .raw(self.pow_proof.encode())
             .bytes()
         )
@@ -138,8 +147,10 @@ class Header:
             siblings_root=reader.fixed(HASH_SIZE),
             state_root=reader.fixed(HASH_SIZE),
             receipts_root=reader.fixed(HASH_SIZE),
+            coinbase=Address(reader.fixed(ADDRESS_SIZE)),
             miner=HybridPublicKey.read(reader),
             pow_r=reader.fixed(POW_R_SIZE),
+            pow_nonce=reader.fixed(HASH_SIZE),
             pow_proof=HybridSignature.read(reader),
         )
 
