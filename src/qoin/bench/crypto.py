@@ -23,7 +23,7 @@ SignFn = Callable[[], object]
 _MESSAGE = bytes(range(32))
 
 
-def _raw_component(name: str, pk: bytes, sk: bytes, msg: bytes) -> tuple[SignFn, SignFn]:
+def raw_component(name: str, pk: bytes, sk: bytes, msg: bytes) -> tuple[SignFn, SignFn]:
     """(sign, verify) closures calling the library directly for one component."""
     if name.startswith("mldsa"):
         private = (
@@ -46,7 +46,7 @@ def bench_suite(suite: Suite, seconds: float) -> dict[str, Any]:
     keypair = generate_keypair(suite)
     bound = signing_message(keypair.public, _MESSAGE)
     raw = [
-        _raw_component(c.name, pk, sk, bound)
+        raw_component(c.name, pk, sk, bound)
         for c, pk, sk in zip(suite.components, keypair.public.keys, keypair.secrets, strict=True)
     ]
     signature = sign(keypair, _MESSAGE)

@@ -28,3 +28,17 @@ def bench_crypto(
     except UnknownSuite as exc:
         fail(str(exc), EXIT_USAGE)
     print_json(crypto.run(seconds, chosen))
+
+
+@bench_app.command("pow")
+def bench_pow(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+    seconds: Seconds = 2.0,
+    workers: Annotated[
+        int | None, typer.Option(help="Miner processes (default: one per core).", min=1)
+    ] = None,
+) -> None:
+    """Header PoW verification, MQ evaluators, mining attempts vs raw signing."""
+    from qoin.bench import pow as pow_bench  # noqa: PLC0415
+
+    print_json(pow_bench.run(seconds, workers))
