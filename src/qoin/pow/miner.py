@@ -132,6 +132,9 @@ class Miner:
 
     def start(self) -> Miner:
         """Start the worker processes (they idle until the first template)."""
+        if self._stop.is_set():
+            raise MinerError("a stopped miner cannot be restarted; make a new one")
+        self._rate_mark = (time.monotonic(), 0)
         public, secret = self.keypair.public.encode(), self.keypair.encode_secret()
         for index in range(self.workers):
             receiver, sender = self._ctx.Pipe(duplex=False)
@@ -158,6 +161,8 @@ class Miner:
 
     def next_solution(self, timeout: float) -> Solution | None:
         """The next solution found, or ``None`` after ``timeout`` seconds."""
+        if self._stop.is_set():
+            raise MinerError("the miner is stopped")
         try:
             return self._results.get(timeout=timeout)
         except queue.Empty:
