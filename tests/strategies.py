@@ -6,7 +6,7 @@ import hashlib
 
 from hypothesis import strategies as st
 
-from qoin.chain.block import MAX_SIBLINGS, Block, Header
+from qoin.chain.block import MAX_PAYOUTS, MAX_SIBLINGS, Block, Coinbase, Header, Payout
 from qoin.chain.transaction import MAX_PAYLOAD_SIZE, Transaction
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
@@ -69,9 +69,14 @@ headers = st.builds(
     pow_proof=signatures(),
 )
 
+coinbases = st.lists(st.builds(Payout, addresses, U64), max_size=MAX_PAYOUTS).map(
+    lambda payouts: Coinbase(tuple(payouts))
+)
+
 blocks = st.builds(
     Block,
     header=headers,
     siblings=st.lists(headers, max_size=MAX_SIBLINGS).map(tuple),
+    coinbase=coinbases,
     transactions=st.lists(transactions, max_size=3).map(tuple),
 )

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qoin.chain.block import MAX_BLOCK_SIZE, MAX_SIBLINGS, Block, Header
+from qoin.chain.block import MAX_BLOCK_SIZE, MAX_PAYOUTS, MAX_SIBLINGS, Block, Coinbase, Header
 from qoin.encoding.codec import (
     DecodeError,
     OversizeField,
@@ -72,10 +72,13 @@ def test_block_bounds(header: Header) -> None:
     too_many_siblings = header.encode() + encode_varint(MAX_SIBLINGS + 1)
     with pytest.raises(OversizeField):
         Block.decode(too_many_siblings)
-    huge_count = header.encode() + encode_varint(0) + encode_varint(2**40)
+    too_many_payouts = header.encode() + encode_varint(0) + encode_varint(MAX_PAYOUTS + 1)
+    with pytest.raises(OversizeField):
+        Block.decode(too_many_payouts)
+    huge_count = header.encode() + encode_varint(0) + encode_varint(0) + encode_varint(2**40)
     with pytest.raises(OversizeField):
         Block.decode(huge_count)
     with pytest.raises(OversizeField):
         Block.decode(bytes(MAX_BLOCK_SIZE + 1))
     with pytest.raises(OversizeField):
-        Block(header, (header,) * (MAX_SIBLINGS + 1), ()).encode()
+        Block(header, (header,) * (MAX_SIBLINGS + 1), Coinbase(()), ()).encode()

@@ -26,9 +26,17 @@ Block::
 
     header
     sibling_count  varint (<= MAX_SIBLINGS), then that many headers
+    coinbase       payout_count varint (<= MAX_PAYOUTS), then that many (address 32 bytes, varint64)
     tx_count       varint (<= MAX_BLOCK_TRANSACTIONS), then that many transactions
 
 and the whole encoding is at most :data:`MAX_BLOCK_SIZE` bytes, checked before decoding.
+
+Body commitments in the header::
+
+    transactions_root = merkle_root([coinbase hash] + [tx_id of each transaction])
+    siblings_root     = merkle_root([block hash of each sibling header])
+
+with ``coinbase hash = tagged_hash("QOIN/coinbase/v1", coinbase encoding)``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from qoin.chain.transaction import Transaction
 from qoin.crypto.address import ADDRESS_SIZE, Address
 from qoin.crypto.hashing import HASH_SIZE, TAG_BLOCK_HASH, tagged_hash
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
+from qoin.crypto.merkle import merkle_root
 from qoin.encoding.codec import OversizeField, Reader, UnknownVersion, Writer
 
 HEADER_VERSION = 1
@@ -47,10 +56,13 @@ POW_R_SIZE = 32
 TARGET_BITS = 256
 MAX_SIBLINGS = 4
 """Most sibling headers (other members of the parent's generation) one block may reference."""
+MAX_PAYOUTS = MAX_SIBLINGS + 2
+"""A coinbase pays the parent's miner, each referenced sibling's miner and this block's miner."""
 MAX_BLOCK_TRANSACTIONS = 8192
 MAX_BLOCK_SIZE = 16 * 1024 * 1024
 """Upper bound of an encoded block, in bytes, checked before anything is decoded."""
 ZERO_HASH = bytes(HASH_SIZE)
+TAG_COINBASE = b"QOIN/coinbase/v1"
 
 
 @dataclass(frozen=True)
@@ -164,13 +176,72 @@ class Header:
 
 
 @dataclass(frozen=True)
+class Payout:
+    """One coinbase payment."""
+
+    recipient: Address
+    """Who is paid."""
+    amount: int
+    """Shor paid."""
+
+
+@dataclass(frozen=True)
+class Coinbase:
+    """New Shor minted and fees paid by a block (see docs/spec/chain.md for the exact rule)."""
+
+    payouts: tuple[Payout, ...]
+    """Parent's miner, each referenced sibling's miner, then this block's miner."""
+
+    def encode(self) -> bytes:
+        """Canonical encoding: a count, then (address, amount) pairs."""
+        if len(self.payouts) > MAX_PAYOUTS:
+            raise OversizeField(f"{len(self.payouts)} payouts exceed {MAX_PAYOUTS}")
+        writer = Writer().varint(len(self.payouts))
+        for payout in self.payouts:
+            writer.fixed(payout.recipient.raw, ADDRESS_SIZE).varint(payout.amount)
+        return writer.bytes()
+
+    @cached_property
+    def coinbase_hash(self) -> bytes:
+        """The coinbase's leaf in the transactions root."""
+        return tagged_hash(TAG_COINBASE, self.encode())
+
+    @property
+    def total(self) -> int:
+        """Sum of all payouts."""
+        return sum(p.amount for p in self.payouts)
+
+    @classmethod
+    def read(cls, reader: Reader) -> Coinbase:
+        """Decode from a reader."""
+        count = reader.count(MAX_PAYOUTS)
+        return cls(
+            tuple(
+                Payout(Address(reader.fixed(ADDRESS_SIZE)), reader.varint()) for _ in range(count)
+            )
+        )
+
+
+def transactions_root(coinbase: Coinbase, transactions: tuple[Transaction, ...]) -> bytes:
+    """The header commitment to a body's coinbase and transactions."""
+    return merkle_root([coinbase.coinbase_hash, *(tx.tx_id for tx in transactions)])
+
+
+def siblings_root(siblings: tuple[Header, ...]) -> bytes:
+    """The header commitment to a body's referenced sibling headers."""
+    return merkle_root([sibling.block_hash for sibling in siblings])
+
+
+@dataclass(frozen=True)
 class Block:
-    """A header and its body: referenced sibling headers and transactions."""
+    """A header and its body: referenced sibling headers, coinbase and transactions."""
 
     header: Header
     """The block header."""
     siblings: tuple[Header, ...]
     """Other members of the parent's generation that this block references (uncles)."""
+    coinbase: Coinbase
+    """Subsidy and fee payouts."""
     transactions: tuple[Transaction, ...]
     """The transactions, in execution order."""
 
@@ -190,7 +261,7 @@ class Block:
         writer = Writer().raw(self.header.encode()).varint(len(self.siblings))
         for sibling in self.siblings:
             writer.raw(sibling.encode())
-        writer.varint(len(self.transactions))
+        writer.raw(self.coinbase.encode()).varint(len(self.transactions))
         for tx in self.transactions:
             writer.raw(tx.encode())
         data = writer.bytes()
@@ -206,8 +277,9 @@ class Block:
         reader = Reader(data)
         header = Header.read(reader)
         siblings = tuple(Header.read(reader) for _ in range(reader.count(MAX_SIBLINGS)))
+        coinbase = Coinbase.read(reader)
         transactions = tuple(
             Transaction.read(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS))
         )
         reader.finish()
-        return cls(header, siblings, transactions)
+        return cls(header, siblings, coinbase, transactions)

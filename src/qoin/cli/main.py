@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from qoin.cli import devnet, supply
+from qoin.cli import devnet, node, supply
 from qoin.cli.bench import bench_app
+from qoin.cli.chain import chain_app
 from qoin.cli.keys import keys_app
 
 app = typer.Typer(
@@ -17,8 +18,10 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
+app.add_typer(chain_app, name="chain")
 supply.register(app)
 devnet.register(app)
+node.register(app)
 
 
 def main() -> None:

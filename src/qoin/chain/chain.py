@@ -1,0 +1,145 @@
+"""The chain: validated blocks in crash-safe storage, GHOST fork choice, and an orphan pool.
+
+:class:`Chain` is what a consensus client holds. ``import_block`` validates a block, stores it with the
+new head in one durable transaction, and connects any orphans that were waiting for it. Fork choice
+lives in memory and is rebuilt from the store on open (one pass over the stored blocks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from qoin.chain import forkchoice
+from qoin.chain.block import Block, Header
+from qoin.chain.genesis import Genesis
+from qoin.chain.orphans import OrphanPool, connect
+from qoin.chain.store import BlockStore
+from qoin.chain.validation import InvalidBlock, genesis_meta, validate_block
+
+STORE_FILE = "chain.sqlite3"
+
+
+class ImportStatus(Enum):
+    """What happened to an imported block."""
+
+    IMPORTED = "imported"
+    DUPLICATE = "duplicate"
+    ORPHAN = "orphan"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The outcome of :meth:`Chain.import_block`."""
+
+    status: ImportStatus
+    """Imported, already known, or kept as an orphan."""
+    block_hash: bytes
+    """The block given."""
+    head: bytes
+    """The head after the import (and any orphans it connected)."""
+    head_changed: bool
+    """Whether the head moved."""
+    reorg_depth: int
+    """Blocks of the old head's chain that left the canonical chain (0: no reorg)."""
+    connected: tuple[bytes, ...] = ()
+    """Blocks stored by this call: the block itself and any orphans it connected."""
+    rejected_orphans: tuple[tuple[bytes, str], ...] = field(default=())
+    """Orphans that turned out invalid once their parent arrived, with the reason."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Chain:
+    """Blocks, fork choice and head of one network, backed by a :class:`BlockStore`."""
+
+    def __init__(self, store: BlockStore, orphans: OrphanPool[Block] | None = None) -> None:
+        self.store = store
+        self.genesis = store.genesis
+        self.orphans: OrphanPool[Block] = OrphanPool() if orphans is None else orphans
+        self.forks = forkchoice.new_store(genesis_meta(self.genesis))
+        for meta in store.metas():
+            if meta.height > 0:
+                forkchoice.on_block(self.forks, meta)
+        self._head = forkchoice.get_head(self.forks)
+
+    @classmethod
+    def open(cls, datadir: Path, genesis: Genesis) -> Chain:
+        """Open the chain kept in ``datadir`` (created on first use)."""
+        return cls(BlockStore.open(datadir / STORE_FILE, genesis))
+
+    @property
+    def head(self) -> bytes:
+        """Hash of the head block."""
+        return self._head
+
+    @property
+    def head_header(self) -> Header:
+        """Header of the head block."""
+        header = self.store.header(self._head)
+        if header is None:  # the head is always stored; this guards against a corrupt store
+            raise InvalidBlock("the head block is missing from the store")
+        return header
+
+    def has_block(self, block_hash: bytes) -> bool:
+        """Whether the block is stored (orphans are not)."""
+        return block_hash in self.forks.blocks
+
+    def import_block(self, block: Block, now_ms: int | None = None) -> ImportResult:
+        """Validate and store ``block``; raise :class:`InvalidBlock` if it breaks a rule.
+
+        A block whose parent is unknown is kept in the bounded orphan pool and stored once the
+        parent arrives.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        block_hash = block.block_hash
+        old_head = self._head
+        if self.has_block(block_hash):
+            return ImportResult(ImportStatus.DUPLICATE, block_hash, old_head, False, 0)
+        if not self.has_block(block.header.parent_hash):
+            self.orphans.add(block_hash, block.header.parent_hash, block, len(block.encode()))
+            return ImportResult(ImportStatus.ORPHAN, block_hash, old_head, False, 0)
+        self._connect(block, now)
+        connected = [block_hash]
+        rejected = []
+        for orphan in connect(self.orphans, block_hash):
+            if not self.has_block(orphan.header.parent_hash):
+                continue  # its parent was an orphan that turned out invalid
+            try:
+                self._connect(orphan, now)
+            except InvalidBlock as exc:
+                rejected.append((orphan.block_hash, f"{type(exc).__name__}: {exc}"))
+                continue
+            connected.append(orphan.block_hash)
+        disconnected, _ = forkchoice.reorg_path(self.forks, old_head, self._head)
+        return ImportResult(
+            ImportStatus.IMPORTED,
+            block_hash,
+            self._head,
+            self._head != old_head,
+            len(disconnected),
+            tuple(connected),
+            tuple(rejected),
+        )
+
+    def _connect(self, block: Block, now_ms: int) -> None:
+        """Validate a block whose parent is stored, update fork choice, commit durably."""
+        meta = validate_block(self.genesis, self.store, block, now_ms)
+        forkchoice.on_block(self.forks, meta)
+        new_head = forkchoice.get_head(self.forks)
+        canonical: list[tuple[int, bytes]] = []
+        height = None
+        if new_head != self._head:
+            _, connect_path = forkchoice.reorg_path(self.forks, self._head, new_head)
+            canonical = [(self.forks.blocks[h].height, h) for h in connect_path]
+            height = self.forks.blocks[new_head].height
+        self.store.commit_block(block, meta, new_head, canonical, height)
+        self._head = new_head
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()

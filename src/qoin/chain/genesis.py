@@ -1,0 +1,255 @@
+"""Genesis files: a network's identity, consensus parameters and initial allocation.
+
+A genesis file is JSON::
+
+    {
+      "network": "devnet",
+      "chain_id": 1337,
+      "timestamp_ms": 1764000000000,
+      "block_time_ms": 2000,
+      "asert_halflife_ms": 40000,
+      "max_future_drift_ms": 15000,
+      "nbits": {"n": 64, "m": 64},
+      "initial_target": "0x...",                      # hex, the anchor target of ASERT
+      "allocation": [{"address": "qoin1...", "amount": 12000000000000}, ...]
+    }
+
+The allocation must total exactly 10 % of the supply cap (ARCHITECTURE.md §5), with no address twice.
+The genesis *header* is derived from the file: height 0, zero parent, the file's timestamp, ``nbits``
+and target, an empty body, ``state_root = tagged_hash("QOIN/genesis-allocation/v1", allocation)``
+(the execution layer's state root replaces this commitment once it exists), and an all-zero miner key
+and proof (genesis is accepted by its hash, not by proof-of-work). Its hash identifies the network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qoin.chain.block import Block, Coinbase, Header, siblings_root, transactions_root
+from qoin.chain.issuance import GENESIS_ALLOCATION, IssuanceSchedule, schedule_for_block_time
+from qoin.crypto.address import ADDRESS_SIZE, Address, AddressError
+from qoin.crypto.hashing import HASH_SIZE, tagged_hash
+from qoin.crypto.hybrid import HybridPublicKey
+from qoin.crypto.suites import DEFAULT_SUITE
+from qoin.encoding.codec import Writer
+from qoin.errors import QoinError
+from qoin.pow.difficulty import Anchor, DifficultyParams
+from qoin.pow.mq import MQError, MQParams
+from qoin.pow.proof import NbitsNotAllowed, max_target, nbits_of, params_of, placeholder_proof
+
+TAG_GENESIS_ALLOCATION = b"QOIN/genesis-allocation/v1"
+MAX_GENESIS_FILE_SIZE = 512 * 1024 * 1024
+NETWORKS = ("mainnet", "devnet")
+"""Networks whose genesis files ship with Qoin (``src/qoin/chain/networks/NAME.json``)."""
+
+
+class GenesisError(QoinError):
+    """A genesis file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Shor credited to an address at genesis."""
+
+    address: Address
+    """Recipient."""
+    amount: int
+    """Shor."""
+
+
+@dataclass(frozen=True)
+class Genesis:
+    """A network: its parameters and its genesis block."""
+
+    network: str
+    """Human name of the network."""
+    chain_id: int
+    """Chain id that every transaction and header carries."""
+    timestamp_ms: int
+    """Genesis timestamp (ASERT anchor time)."""
+    block_time_ms: int
+    """Target block time."""
+    asert_halflife_ms: int
+    """ASERT half-life."""
+    max_future_drift_ms: int
+    """How far ahead of the local clock a block may be."""
+    nbits: int
+    """MQ parameters every header of this network uses."""
+    initial_target: int
+    """ASERT anchor target."""
+    allocation: tuple[Allocation, ...]
+    """Initial balances (10 % of the cap)."""
+
+    @cached_property
+    def difficulty(self) -> DifficultyParams:
+        """ASERT and timestamp parameters."""
+        return DifficultyParams(
+            block_time_ms=self.block_time_ms,
+            halflife_ms=self.asert_halflife_ms,
+            max_target=max_target(self.nbits),
+            max_future_drift_ms=self.max_future_drift_ms,
+        )
+
+    @cached_property
+    def anchor(self) -> Anchor:
+        """The ASERT anchor: the genesis block."""
+        return Anchor(0, self.timestamp_ms, self.initial_target)
+
+    @cached_property
+    def issuance(self) -> IssuanceSchedule:
+        """The subsidy schedule for this network's block time."""
+        return schedule_for_block_time(self.block_time_ms)
+
+    @cached_property
+    def allocation_commitment(self) -> bytes:
+        """Hash of the canonical encoding of the allocation list."""
+        writer = Writer().varint(len(self.allocation))
+        for entry in self.allocation:
+            writer.fixed(entry.address.raw, ADDRESS_SIZE).varint(entry.amount)
+        return tagged_hash(TAG_GENESIS_ALLOCATION, writer.bytes())
+
+    @cached_property
+    def block(self) -> Block:
+        """The genesis block (empty body)."""
+        miner = HybridPublicKey(
+            DEFAULT_SUITE, tuple(bytes(c.public_key_size) for c in DEFAULT_SUITE.components)
+        )
+        coinbase = Coinbase(())
+        header = Header(
+            chain_id=self.chain_id,
+            height=0,
+            parent_hash=bytes(HASH_SIZE),
+            timestamp_ms=self.timestamp_ms,
+            nbits=self.nbits,
+            target=self.initial_target,
+            transactions_root=transactions_root(coinbase, ()),
+            siblings_root=siblings_root(()),
+            state_root=self.allocation_commitment,
+            receipts_root=bytes(HASH_SIZE),
+            coinbase=miner.address,
+            miner=miner,
+            pow_r=bytes(32),
+            pow_nonce=bytes(HASH_SIZE),
+            pow_proof=placeholder_proof(DEFAULT_SUITE),
+        )
+        return Block(header, (), coinbase, ())
+
+    @property
+    def header(self) -> Header:
+        """The genesis header."""
+        return self.block.header
+
+    @property
+    def genesis_hash(self) -> bytes:
+        """The network's identity."""
+        return self.block.block_hash
+
+
+def to_json(genesis: Genesis) -> dict[str, Any]:
+    """The JSON object of a genesis file (inverse of :func:`from_json`)."""
+    params = params_of(genesis.nbits)
+    return {
+        "network": genesis.network,
+        "chain_id": genesis.chain_id,
+        "timestamp_ms": genesis.timestamp_ms,
+        "block_time_ms": genesis.block_time_ms,
+        "asert_halflife_ms": genesis.asert_halflife_ms,
+        "max_future_drift_ms": genesis.max_future_drift_ms,
+        "nbits": {"n": params.n, "m": params.m},
+        "initial_target": hex(genesis.initial_target),
+        "allocation": [{"address": str(a.address), "amount": a.amount} for a in genesis.allocation],
+    }
+
+
+def _int(obj: dict[str, Any], key: str, minimum: int = 0) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise GenesisError(f"genesis field {key!r} must be an integer >= {minimum}")
+    return value
+
+
+def from_json(obj: Any) -> Genesis:
+    """Parse and check a genesis JSON object."""
+    if not isinstance(obj, dict):
+        raise GenesisError("a genesis file holds a JSON object")
+    name = obj.get("network")
+    if not isinstance(name, str) or not name:
+        raise GenesisError("genesis field 'network' must be a non-empty string")
+    nbits_obj = obj.get("nbits")
+    if not isinstance(nbits_obj, dict):
+        raise GenesisError("genesis field 'nbits' must be an object {n, m}")
+    try:
+        nbits = nbits_of(MQParams(_int(nbits_obj, "n"), _int(nbits_obj, "m")))
+        params_of(nbits)
+    except (MQError, NbitsNotAllowed) as exc:
+        raise GenesisError(f"genesis nbits: {exc}") from None
+    target_text = obj.get("initial_target")
+    try:
+        target = int(target_text, 16) if isinstance(target_text, str) else -1
+    except ValueError:
+        target = -1
+    if not 1 <= target <= max_target(nbits):
+        raise GenesisError("genesis 'initial_target' must be a hex integer in [1, 2^m - 1]")
+    entries = obj.get("allocation")
+    if not isinstance(entries, list):
+        raise GenesisError("genesis field 'allocation' must be a list")
+    allocation = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("address"), str):
+            raise GenesisError("each allocation needs an 'address' string and an 'amount'")
+        try:
+            address = Address.from_text(entry["address"])
+        except AddressError as exc:
+            raise GenesisError(f"allocation: {exc}") from None
+        allocation.append(Allocation(address, _int(entry, "amount", 1)))
+    if len({a.address for a in allocation}) != len(allocation):
+        raise GenesisError("an address appears twice in the genesis allocation")
+    total = sum(a.amount for a in allocation)
+    if total != GENESIS_ALLOCATION:
+        raise GenesisError(
+            f"genesis allocation totals {total:,} Shor; it must be exactly {GENESIS_ALLOCATION:,}"
+        )
+    block_time = _int(obj, "block_time_ms", 1)
+    return Genesis(
+        network=name,
+        chain_id=_int(obj, "chain_id"),
+        timestamp_ms=_int(obj, "timestamp_ms"),
+        block_time_ms=block_time,
+        asert_halflife_ms=_int(obj, "asert_halflife_ms", 1),
+        max_future_drift_ms=_int(obj, "max_future_drift_ms"),
+        nbits=nbits,
+        initial_target=target,
+        allocation=tuple(allocation),
+    )
+
+
+def load_file(path: Path) -> Genesis:
+    """Read a genesis file from disk."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_GENESIS_FILE_SIZE + 1)
+    except OSError as exc:
+        raise GenesisError(f"cannot read genesis file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_GENESIS_FILE_SIZE:
+        raise GenesisError(f"genesis file {path} exceeds {MAX_GENESIS_FILE_SIZE} bytes")
+    try:
+        return from_json(json.loads(raw))
+    except (ValueError, UnicodeDecodeError):
+        raise GenesisError(f"genesis file {path} is not JSON") from None
+
+
+def builtin_json(name: str) -> Any:
+    """A JSON file shipped in ``qoin/chain/networks`` (a genesis file or the devnet key)."""
+    return json.loads(resources.files("qoin.chain.networks").joinpath(f"{name}.json").read_text())
+
+
+def builtin(network: str) -> Genesis:
+    """The genesis of a network that ships with Qoin (``mainnet`` or ``devnet``)."""
+    if network not in NETWORKS:
+        raise GenesisError(f"unknown network {network!r}; built in: {', '.join(NETWORKS)}")
+    return from_json(builtin_json(network))

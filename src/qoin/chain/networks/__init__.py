@@ -1,0 +1,1 @@
+"""Checked-in genesis files (package data)."""

@@ -1,0 +1,83 @@
+"""Building the next block on the head: the template a miner seals.
+
+The template carries every field but the PoW ones: the timestamp (the local clock, but after the
+median of recent ancestors), the ASERT target, up to ``MAX_SIBLINGS`` referenced siblings (stored
+blocks of the parent's generation, heaviest first), the exact coinbase and the body roots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from qoin.chain.block import (
+    MAX_SIBLINGS,
+    ZERO_HASH,
+    Block,
+    Header,
+    siblings_root,
+    transactions_root,
+)
+from qoin.chain.chain import Chain
+from qoin.chain.transaction import Transaction
+from qoin.chain.validation import block_work, expected_coinbase, expected_target
+from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
+from qoin.pow.difficulty import MEDIAN_TIME_SPAN, median_time_past
+from qoin.pow.proof import placeholder_proof
+
+
+def sibling_candidates(chain: Chain, parent: Header) -> tuple[Header, ...]:
+    """Stored blocks of the parent's generation other than the parent, to reference (uncles)."""
+    if parent.height == 0:
+        return ()
+    others = [
+        header
+        for child in chain.forks.children.get(parent.parent_hash, ())
+        if child != parent.block_hash and (header := chain.store.header(child)) is not None
+    ]
+    best = sorted(others, key=lambda h: (-block_work(h), h.block_hash))[:MAX_SIBLINGS]
+    return tuple(sorted(best, key=lambda h: h.block_hash))
+
+
+def build_template(
+    chain: Chain,
+    miner: HybridPublicKey,
+    now_ms: int,
+    transactions: Sequence[Transaction] = (),
+    state_root: bytes = ZERO_HASH,
+    receipts_root: bytes = ZERO_HASH,
+) -> Block:
+    """An unsealed block on the current head, mined by ``miner``."""
+    parent = chain.head_header
+    genesis = chain.genesis
+    recent = chain.store.ancestor_timestamps(parent.block_hash, MEDIAN_TIME_SPAN)
+    timestamp = max(now_ms, median_time_past(recent) + 1)
+    siblings = sibling_candidates(chain, parent)
+    txs = tuple(transactions)
+    coinbase = expected_coinbase(
+        genesis, parent, siblings, miner.address, sum(tx.fee for tx in txs)
+    )
+    header = Header(
+        chain_id=genesis.chain_id,
+        height=parent.height + 1,
+        parent_hash=parent.block_hash,
+        timestamp_ms=timestamp,
+        nbits=genesis.nbits,
+        target=expected_target(genesis, parent),
+        transactions_root=transactions_root(coinbase, txs),
+        siblings_root=siblings_root(siblings),
+        state_root=state_root,
+        receipts_root=receipts_root,
+        coinbase=miner.address,
+        miner=miner,
+        pow_r=bytes(32),
+        pow_nonce=ZERO_HASH,
+        pow_proof=placeholder_proof(miner.suite),
+    )
+    return Block(header, siblings, coinbase, txs)
+
+
+def seal_block(block: Block, r: bytes, nonce: bytes, proof: HybridSignature) -> Block:
+    """The template with a winning attempt's PoW fields."""
+    header = replace(block.header, pow_r=r, pow_nonce=nonce, pow_proof=proof)
+    return replace(block, header=header)

@@ -1,0 +1,1 @@
+"""Node processes: the mining loop and (later) the consensus/execution pair."""

@@ -1,0 +1,107 @@
+"""The mining loop of a node: keep the miner on a template of the current head, import what it finds.
+
+Every time the head changes the loop builds a new template and hands it to the multi-process miner,
+which drops the old one before its next attempt. Solutions are sealed, validated and imported like any
+block from the network. A solution for an older template whose parent is still stored (two workers
+winning at once, or a win just after a head change) is imported too: it is a valid block of the same
+generation and may be referenced as a sibling by the next block.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qoin.chain.block import Block
+from qoin.chain.chain import Chain, ImportResult
+from qoin.chain.producer import build_template, seal_block
+from qoin.chain.validation import InvalidBlock
+from qoin.crypto.hybrid import HybridKeyPair, HybridSignature
+from qoin.pow.miner import Miner, Solution, Template
+
+KEPT_TEMPLATES = 8
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class MinedBlock:
+    """A block this node mined and imported."""
+
+    block: Block
+    """The sealed block."""
+    result: ImportResult
+    """What importing it did."""
+    attempts_per_second: float
+    """The miner's rate since the previous report."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MiningLoop:
+    """Mines on ``chain``'s head with ``keypair`` until :meth:`stop` (or ``max_blocks``)."""
+
+    def __init__(self, chain: Chain, keypair: HybridKeyPair, workers: int | None = None) -> None:
+        self.chain = chain
+        self.keypair = keypair
+        self.miner = Miner(keypair, workers)
+        self._stop = threading.Event()
+        self._templates: OrderedDict[int, Block] = OrderedDict()
+        self._next_id = 0
+        self._template_head: bytes | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler or another thread)."""
+        self._stop.set()
+
+    def _refresh_template(self) -> None:
+        if self._template_head == self.chain.head:
+            return
+        self._next_id += 1
+        template = build_template(self.chain, self.keypair.public, _now_ms())
+        self._templates[self._next_id] = template
+        while len(self._templates) > KEPT_TEMPLATES:
+            self._templates.popitem(last=False)
+        self._template_head = self.chain.head
+        header = template.header
+        self.miner.set_template(
+            Template(self._next_id, header.pow_prefix, header.nbits, header.target)
+        )
+
+    def _seal(self, solution: Solution) -> Block | None:
+        template = self._templates.get(solution.template_id)
+        if template is None:
+            return None
+        return seal_block(
+            template, solution.r, solution.nonce, HybridSignature.decode(solution.proof)
+        )
+
+    def run(
+        self,
+        on_block: Callable[[MinedBlock], None],
+        on_reject: Callable[[str], None],
+        max_blocks: int = 0,
+    ) -> int:
+        """Mine until stopped or ``max_blocks`` blocks (0: no limit); return the blocks mined."""
+        mined = 0
+        with self.miner:
+            while not self._stop.is_set() and (max_blocks == 0 or mined < max_blocks):
+                self._refresh_template()
+                solution = self.miner.next_solution(timeout=POLL_S)
+                if solution is None:
+                    continue
+                block = self._seal(solution)
+                if block is None:
+                    continue
+                try:
+                    result = self.chain.import_block(block)
+                except InvalidBlock as exc:  # e.g. a late solution whose timestamp fell behind
+                    on_reject(f"mined block rejected: {type(exc).__name__}: {exc}")
+                    continue
+                mined += 1
+                on_block(MinedBlock(block, result, self.miner.attempts_per_second()))
+        return mined
