@@ -53,3 +53,10 @@ def mine_next(chain: Chain, keypair: HybridKeyPair | None = None, **overrides: o
     header = mine_in_process(miner, template.header, 10)
     assert header is not None
     return replace(template, header=header)
+
+
+def mine_template(block: Block, keypair: HybridKeyPair | None = None) -> Block:
+    """Seal an (edited) template: one attempt wins at the test network's maximum target."""
+    header = mine_in_process(keypair or keypair_for(), block.header, 10)
+    assert header is not None
+    return replace(block, header=header)

@@ -15,10 +15,11 @@ A genesis file is JSON::
     }
 
 The allocation must total exactly 10 % of the supply cap (ARCHITECTURE.md §5), with no address twice.
-The genesis *header* is derived from the file: height 0, zero parent, the file's timestamp, ``nbits``
-and target, an empty body, ``state_root = tagged_hash("QOIN/genesis-allocation/v1", allocation)``
-(the execution layer's state root replaces this commitment once it exists), and an all-zero miner key
-and proof (genesis is accepted by its hash, not by proof-of-work). Its hash identifies the network.
+The genesis *header* is derived from the file: height 0, zero parent, the file's chain id, timestamp,
+``nbits`` and target, an empty body, ``state_root = tagged_hash("QOIN/genesis/v1", network name ‖
+block time ‖ half-life ‖ drift ‖ allocation)`` (so the genesis hash commits to every parameter; the
+execution layer's state root will take this place once it exists), and an all-zero miner key and
+proof (genesis is accepted by its hash, not by proof-of-work). Its hash identifies the network.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from qoin.pow.difficulty import Anchor, DifficultyParams
 from qoin.pow.mq import MQError, MQParams
 from qoin.pow.proof import NbitsNotAllowed, max_target, nbits_of, params_of, placeholder_proof
 
-TAG_GENESIS_ALLOCATION = b"QOIN/genesis-allocation/v1"
+TAG_GENESIS = b"QOIN/genesis/v1"
+MAX_NETWORK_NAME = 64
 MAX_GENESIS_FILE_SIZE = 512 * 1024 * 1024
 NETWORKS = ("mainnet", "devnet")
 """Networks whose genesis files ship with Qoin (``src/qoin/chain/networks/NAME.json``)."""
@@ -106,12 +108,20 @@ class Genesis:
         return schedule_for_block_time(self.block_time_ms)
 
     @cached_property
-    def allocation_commitment(self) -> bytes:
-        """Hash of the canonical encoding of the allocation list."""
-        writer = Writer().varint(len(self.allocation))
+    def commitment(self) -> bytes:
+        """Hash of every parameter the header does not carry, and of the allocation list, so that
+        the genesis hash identifies the whole network configuration."""
+        writer = (
+            Writer()
+            .var_bytes(self.network.encode(), MAX_NETWORK_NAME)
+            .varint(self.block_time_ms)
+            .varint(self.asert_halflife_ms)
+            .varint(self.max_future_drift_ms)
+            .varint(len(self.allocation))
+        )
         for entry in self.allocation:
             writer.fixed(entry.address.raw, ADDRESS_SIZE).varint(entry.amount)
-        return tagged_hash(TAG_GENESIS_ALLOCATION, writer.bytes())
+        return tagged_hash(TAG_GENESIS, writer.bytes())
 
     @cached_property
     def block(self) -> Block:
@@ -129,7 +139,7 @@ class Genesis:
             target=self.initial_target,
             transactions_root=transactions_root(coinbase, ()),
             siblings_root=siblings_root(()),
-            state_root=self.allocation_commitment,
+            state_root=self.commitment,
             receipts_root=bytes(HASH_SIZE),
             coinbase=miner.address,
             miner=miner,
@@ -178,8 +188,8 @@ def from_json(obj: Any) -> Genesis:
     if not isinstance(obj, dict):
         raise GenesisError("a genesis file holds a JSON object")
     name = obj.get("network")
-    if not isinstance(name, str) or not name:
-        raise GenesisError("genesis field 'network' must be a non-empty string")
+    if not isinstance(name, str) or not 0 < len(name.encode()) <= MAX_NETWORK_NAME:
+        raise GenesisError(f"genesis field 'network' must be a name of 1..{MAX_NETWORK_NAME} bytes")
     nbits_obj = obj.get("nbits")
     if not isinstance(nbits_obj, dict):
         raise GenesisError("genesis field 'nbits' must be an object {n, m}")
