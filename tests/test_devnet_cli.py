@@ -1,4 +1,4 @@
-"""``qoin devnet --blocks K`` mines K verified blocks with real miner processes and exits 0."""
+"""``qoin devnet --blocks K`` mines K validated blocks with a real miner process and exits 0."""
 
 from __future__ import annotations
 
@@ -33,5 +33,6 @@ def test_devnet_mines_blocks_and_exits() -> None:
     assert [h.split()[2] for h in heads] == ["height=1", "height=2", "height=3"]
     summary = json.loads(lines[-1])
     assert summary["height"] == 3
+    assert summary["blocks_mined"] == 3
     assert summary["attempts"] >= 3
     assert len(summary["head"]) == 64

@@ -39,6 +39,7 @@ from qoin.crypto.hybrid import HybridPublicKey
 from qoin.crypto.suites import DEFAULT_SUITE
 from qoin.encoding.codec import Writer
 from qoin.errors import QoinError
+from qoin.files import FileReadError, read_bounded
 from qoin.pow.difficulty import Anchor, DifficultyParams
 from qoin.pow.mq import MQError, MQParams
 from qoin.pow.proof import NbitsNotAllowed, max_target, nbits_of, params_of, placeholder_proof
@@ -241,12 +242,9 @@ def from_json(obj: Any) -> Genesis:
 def load_file(path: Path) -> Genesis:
     """Read a genesis file from disk."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_GENESIS_FILE_SIZE + 1)
-    except OSError as exc:
-        raise GenesisError(f"cannot read genesis file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_GENESIS_FILE_SIZE:
-        raise GenesisError(f"genesis file {path} exceeds {MAX_GENESIS_FILE_SIZE} bytes")
+        raw = read_bounded(path, MAX_GENESIS_FILE_SIZE, "genesis file")
+    except FileReadError as exc:
+        raise GenesisError(str(exc)) from None
     try:
         return from_json(json.loads(raw))
     except (ValueError, UnicodeDecodeError):

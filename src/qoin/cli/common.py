@@ -5,11 +5,17 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import typer
+
+from qoin.files import FileReadError, read_bounded
 
 EXIT_FAILURE = 1
 """The command ran but its answer is "no" (bad password, invalid signature, ...)."""
@@ -34,13 +40,7 @@ def print_json(obj: Any) -> None:
 def read_password(password_file: Path | None, *, confirm: bool) -> str:
     """The keystore password: from ``--password-file``, ``$QOIN_PASSWORD``, or a prompt."""
     if password_file is not None:
-        try:
-            with password_file.open("rb") as handle:
-                raw = handle.read(MAX_PASSWORD_FILE_SIZE + 1)
-        except OSError as exc:
-            fail(f"cannot read password file {password_file}: {exc.strerror}", EXIT_USAGE)
-        if len(raw) > MAX_PASSWORD_FILE_SIZE:
-            fail(f"password file {password_file} is too large", EXIT_USAGE)
+        raw = read_input_file(password_file, "password file", MAX_PASSWORD_FILE_SIZE)
         try:
             password = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
@@ -64,10 +64,26 @@ def read_password(password_file: Path | None, *, confirm: bool) -> str:
 def read_input_file(path: Path, what: str, max_size: int) -> bytes:
     """Read a whole input file, bounded in size, or exit with a clear message."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(max_size + 1)
-    except OSError as exc:
-        fail(f"cannot read {what} {path}: {exc.strerror}", EXIT_USAGE)
-    if len(data) > max_size:
-        fail(f"{what} {path} is larger than {max_size} bytes", EXIT_USAGE)
-    return data
+        return read_bounded(path, max_size, what)
+    except FileReadError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM call ``stop`` (a long-running loop then finishes at its
+    next poll) instead of raising at an arbitrary point, which could fall between a durable commit
+    and the in-memory update that follows it. Yields the list of signals received. Handlers are set
+    explicitly: a shell may start background jobs with SIGINT ignored."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

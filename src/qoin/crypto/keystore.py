@@ -39,6 +39,7 @@ from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair, HybridPublicKey
 from qoin.encoding.codec import DecodeError
 from qoin.errors import QoinError
+from qoin.files import FileReadError, read_bounded
 
 KEYSTORE_VERSION = 1
 KEYSTORE_AAD_TAG = b"QOIN/keystore/v1"
@@ -191,12 +192,9 @@ def from_json(obj: Any) -> KeystoreFile:
 def load(path: Path) -> KeystoreFile:
     """Read a keystore file (no password needed for the public part)."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_KEYSTORE_FILE_SIZE + 1)
-    except OSError as exc:
-        raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from None
-    if len(raw) > MAX_KEYSTORE_FILE_SIZE:
-        raise KeystoreError(f"{path} is larger than any keystore ({MAX_KEYSTORE_FILE_SIZE} bytes)")
+        raw = read_bounded(path, MAX_KEYSTORE_FILE_SIZE, "keystore")
+    except FileReadError as exc:
+        raise KeystoreError(str(exc)) from None
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
