@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,14 +26,29 @@ GenesisFile = Annotated[
 ]
 
 
+def save_genesis_file(datadir: Path, data: bytes) -> None:
+    """Write ``DATADIR/genesis.json`` atomically (a crash leaves the old file or the whole new one,
+    never a truncated one that would make the datadir unusable without ``--genesis``)."""
+    datadir.mkdir(parents=True, exist_ok=True)
+    target = datadir / "genesis.json"
+    partial = datadir / f".genesis.json.{os.getpid()}.tmp"
+    try:
+        with partial.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def open_chain(datadir: Path, genesis_file: Path | None) -> Chain:
     """Open a datadir's chain; the genesis comes from ``--genesis`` or ``DATADIR/genesis.json``."""
     path = genesis_file or datadir / "genesis.json"
     try:
         genesis = genesis_mod.load_file(path)
         if genesis_file is not None and not (datadir / "genesis.json").exists():
-            datadir.mkdir(parents=True, exist_ok=True)
-            (datadir / "genesis.json").write_bytes(genesis_file.read_bytes())
+            save_genesis_file(datadir, genesis_file.read_bytes())
         return Chain.open(datadir, genesis)
     except (genesis_mod.GenesisError, StoreError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -20,7 +18,8 @@ import typer
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.chain import Chain
 from qoin.chain.store import StoreError
-from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, read_password
+from qoin.cli.chain import save_genesis_file
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, read_password, stop_on_signals
 from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair
@@ -39,13 +38,15 @@ def dev_genesis(datadir: Path, genesis_file: Path | None) -> genesis_mod.Genesis
     devnet genesis re-timed to now (a fresh dev chain starts now, so ASERT starts on schedule)."""
     saved = datadir / "genesis.json"
     if genesis_file is not None:
-        return genesis_mod.load_file(genesis_file)
+        chosen = genesis_mod.load_file(genesis_file)
+        if not saved.exists():  # so that a restart (or `qoin chain status`) finds it
+            save_genesis_file(datadir, genesis_file.read_bytes())
+        return chosen
     if saved.exists():
         return genesis_mod.load_file(saved)
     obj = genesis_mod.builtin_json("devnet")
     obj["timestamp_ms"] = int(time.time() * 1000)
-    datadir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(obj, indent=2) + "\n")
+    save_genesis_file(datadir, (json.dumps(obj, indent=2) + "\n").encode())
     return genesis_mod.from_json(obj)
 
 
@@ -79,10 +80,6 @@ def mining_keypair(coinbase: str, keystore_dir: Path, password_file: Path | None
         fail(str(exc), EXIT_USAGE)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def node(
     dev: Annotated[
         bool, typer.Option("--dev", help="Run a single-node development chain.")
@@ -106,16 +103,19 @@ def node(
     if not dev:
         fail("only --dev is available until the p2p network lands; try `qoin node --dev --mine`")
     home = datadir or qoin_home() / "dev"
-    try:
-        chosen = dev_genesis(home, genesis)
-        chain = Chain.open(home, chosen)
-    except (genesis_mod.GenesisError, StoreError) as exc:
-        fail(str(exc), EXIT_USAGE)
+    # The key first: a bad --coinbase fails before the datadir is created or opened.
     keypair = (
         mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
         if coinbase
         else dev_keypair()
     )
+    try:
+        chosen = dev_genesis(home, genesis)
+        chain = Chain.open(home, chosen)
+    except (genesis_mod.GenesisError, StoreError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot use data directory {home}: {exc}", EXIT_USAGE)
     head = chain.head_header
     typer.echo(
         f"qoin node --dev: network {chosen.network} genesis {chosen.genesis_hash.hex()[:16]} "
@@ -127,10 +127,6 @@ def node(
         chain.close()
         return
     loop = MiningLoop(chain, keypair, workers)
-    # Explicit handlers: a shell may start background jobs with SIGINT ignored.
-    previous = {
-        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
     typer.echo(f"mining to {keypair.address} on {loop.miner.workers} processes", err=True)
 
     def report(mined: MinedBlock) -> None:
@@ -146,13 +142,15 @@ def node(
         typer.echo(message, err=True)
 
     try:
-        loop.run(report, reject, blocks)
-    except KeyboardInterrupt:
-        typer.echo("stopping", err=True)
+        # A signal only asks the loop to stop (at its next poll): raising KeyboardInterrupt could
+        # land between a block's durable commit and the in-memory head update, and the head
+        # reported below would not be the stored one.
+        with stop_on_signals(loop.stop) as received:
+            loop.run(report, reject, blocks)
+        if received:
+            typer.echo("stopping", err=True)
     finally:
         loop.miner.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         head = chain.head_header
         chain.close()
         typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)

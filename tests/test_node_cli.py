@@ -1,0 +1,271 @@
+"""``qoin node --dev --mine``: mines real blocks, stops cleanly on Ctrl-C/SIGTERM, restarts from its
+head, and refuses bad arguments with a message. Every wait is bounded; nothing sleeps for an event."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from qoin.chain import genesis as genesis_mod
+
+TIMEOUT_S = 25.0
+HEIGHT_RE = re.compile(r"^(new head|side block) height=(\d+) hash=([0-9a-f]{64}) ")
+STOPPED_RE = re.compile(r"stopped at height=(\d+) hash=([0-9a-f]{64})")
+STARTED_RE = re.compile(r"head height=(\d+) hash=([0-9a-f]{64})")
+DEVNET_ADDRESS = str(genesis_mod.builtin("devnet").allocation[0].address)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "QOIN_HOME": str(tmp_path / "home")}
+
+
+def _qoin(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qoin", *args]
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _qoin(*args),
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+@pytest.fixture
+def easy_genesis(tmp_path: Path) -> Path:
+    """The devnet genesis, starting now, at ~8 attempts a block: blocks in tens of milliseconds."""
+    obj = genesis_mod.builtin_json("devnet")
+    obj["timestamp_ms"] = int(time.time() * 1000)
+    obj["initial_target"] = hex(2**64 // 8)
+    path = tmp_path / "easy-genesis.json"
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def _heights(stdout: str) -> list[tuple[int, str]]:
+    found = []
+    for line in stdout.splitlines():
+        if "height=" in line:
+            match = HEIGHT_RE.match(line)
+            assert match, line
+            found.append((int(match[2]), match[3]))
+    return found
+
+
+def _stopped(stderr: str) -> tuple[int, str]:
+    matches = STOPPED_RE.findall(stderr)
+    assert len(matches) == 1, stderr
+    return int(matches[0][0]), matches[0][1]
+
+
+def _status(tmp_path: Path, datadir: Path) -> dict[str, object]:
+    result = _run(tmp_path, "chain", "status", "--datadir", str(datadir), "--json")
+    assert result.returncode == 0, result.stderr
+    status: dict[str, object] = json.loads(result.stdout)
+    return status
+
+
+def _mine(tmp_path: Path, datadir: Path, blocks: int, *extra: str) -> tuple[list[int], str]:
+    """Mine ``blocks`` blocks on one worker; return the heights printed and stderr."""
+    result = _run(
+        tmp_path,
+        "node",
+        "--dev",
+        "--mine",
+        "--datadir",
+        str(datadir),
+        "--blocks",
+        str(blocks),
+        "--workers",
+        "1",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    heights = [height for height, _ in _heights(result.stdout)]
+    assert len(heights) == blocks, result.stdout
+    # One worker drops a solved template, so there are no side blocks: the head grows by one each.
+    assert heights == sorted(set(heights)), result.stdout
+    return heights, result.stderr
+
+
+def test_mines_blocks_and_continues_after_restart(tmp_path: Path, easy_genesis: Path) -> None:
+    datadir = tmp_path / "node"
+    heights, stderr = _mine(tmp_path, datadir, 3, "--genesis", str(easy_genesis))
+    assert heights == [1, 2, 3]
+    assert _stopped(stderr)[0] == 3
+    # The genesis given once is kept in the datadir: a restart needs no --genesis.
+    assert genesis_mod.load_file(datadir / "genesis.json") == genesis_mod.load_file(easy_genesis)
+
+    heights, stderr = _mine(tmp_path, datadir, 2)
+    started = STARTED_RE.search(stderr)
+    assert started is not None, stderr
+    assert int(started[1]) == 3
+    assert heights == [4, 5]
+    height, head = _stopped(stderr)
+    assert height == 5
+    status = _status(tmp_path, datadir)
+    assert (status["height"], status["head"], status["blocks"]) == (5, head, 6)
+
+
+def test_mines_on_the_builtin_devnet(tmp_path: Path) -> None:
+    """No --genesis: the built-in devnet genesis, re-timed to now, is saved in the datadir."""
+    datadir = tmp_path / "node"
+    result = _run(tmp_path, "node", "--dev", "--mine", "--datadir", str(datadir), "--blocks", "1")
+    assert result.returncode == 0, result.stderr
+    assert [height for height, _ in _heights(result.stdout)] == [1]
+    saved = genesis_mod.load_file(datadir / "genesis.json")
+    assert saved.network == "devnet"
+    assert saved.initial_target == genesis_mod.builtin("devnet").initial_target
+    status = _status(tmp_path, datadir)
+    assert (status["height"], status["head"]) == (1, _stopped(result.stderr)[1])
+
+
+def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _children(pid: int) -> dict[int, int]:
+    """Child pids of ``pid`` with their start times."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = _proc_stat(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+            if stat is not None and stat[1] == pid:
+                found[int(entry.name)] = stat[2]
+    return found
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[2] == start_time and stat[0] not in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_node_cleanly(tmp_path: Path, easy_genesis: Path, sig: signal.Signals) -> None:
+    datadir = tmp_path / "node"
+    args = ["node", "--dev", "--mine", "--datadir", str(datadir), "--workers", "2"]
+    proc = subprocess.Popen(
+        _qoin(*args, "--genesis", str(easy_genesis)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    stderr_lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stderr, stderr_lines), daemon=True).start()
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        first = None
+        while first is None:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, "qoin node exited before mining a block"
+            if "height=" in line:
+                first = line
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # the miner processes (and multiprocessing's helper)
+        proc.send_signal(sig)
+        returncode = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(iter(lambda: stderr_lines.get(timeout=5), None))
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "stopping" in stderr
+    height, head = _stopped(stderr)
+    assert height >= 1
+    # No miner process outlives the node (helpers exit once their parent's pipe closes).
+    deadline = time.monotonic() + 5
+    while (left := [pid for pid, start in workers.items() if _alive(pid, start)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {left}"
+
+    # The store is consistent with what the node reported, and the node continues from it.
+    status = _status(tmp_path, datadir)
+    assert (status["height"], status["head"]) == (height, head)
+    heights, stderr = _mine(tmp_path, datadir, 1)
+    assert heights == [height + 1]
+    height, head = _stopped(stderr)
+    status = _status(tmp_path, datadir)
+    assert (status["height"], status["head"]) == (height, head)
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    for word in words:
+        assert word in result.stderr
+    assert "height=" not in result.stdout
+
+
+def test_node_without_dev_fails_clearly(tmp_path: Path) -> None:
+    result = _run(tmp_path, "node", "--datadir", str(tmp_path / "node"))
+    _assert_clean_failure(result, "--dev")
+    assert not (tmp_path / "node").exists()
+
+
+def test_invalid_coinbase_fails_clearly(tmp_path: Path) -> None:
+    datadir = tmp_path / "node"
+    result = _run(
+        tmp_path, "node", "--dev", "--datadir", str(datadir), "--coinbase", "qoin1invalid"
+    )
+    _assert_clean_failure(result, "invalid address", "qoin1invalid")
+    assert not datadir.exists()
+
+
+def test_coinbase_without_keystore_fails_clearly(tmp_path: Path) -> None:
+    keystores = tmp_path / "keystores"
+    keystores.mkdir()
+    datadir = tmp_path / "node"
+    result = _run(
+        tmp_path,
+        "node",
+        "--dev",
+        "--mine",
+        "--datadir",
+        str(datadir),
+        "--coinbase",
+        DEVNET_ADDRESS,
+        "--keystore-dir",
+        str(keystores),
+    )
+    _assert_clean_failure(result, "no keystore", DEVNET_ADDRESS, str(keystores))
+    assert not datadir.exists()
