@@ -1,0 +1,1 @@
+"""The execution layer: accounts, transaction execution, witnesses, mempool."""

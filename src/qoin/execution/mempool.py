@@ -1,0 +1,293 @@
+"""The mempool: validated pending transactions, ordered per sender by nonce, chosen by fee rate.
+
+Rules:
+
+* **Entry** — right chain, bounded size, valid hybrid signature (keys carried by the transaction or
+  revealed in the state), nonce not below the account's and at most ``max_nonce_gap`` above it, and
+  the sender able to pay this transaction together with its lower-nonce pending ones.
+* **Replacement** — a transaction with the same sender and nonce replaces the pending one only if its
+  fee is at least ``replace_bump_percent`` % higher (so replacement cannot be used to spam).
+* **Bounds** — at most ``max_count`` transactions and ``max_bytes`` bytes. When full, the pending
+  transaction with the lowest fee rate among every sender's *last* one (so no sender is left with a
+  nonce gap) is evicted if the newcomer pays a higher rate; otherwise the newcomer is refused.
+* **Selection** — for a block: repeatedly take the highest fee rate (fee per encoded byte) among the
+  senders' next-nonce transactions, skipping what the sender can no longer afford.
+* **Block connected** — included transactions leave; transactions made stale (nonce now too low) or
+  unaffordable leave too. **Reorg** — transactions of disconnected blocks come back (if still valid).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from qoin.chain.transaction import Transaction
+from qoin.crypto.address import Address
+from qoin.crypto.hybrid import SignatureError, verify_for_address
+from qoin.errors import QoinError
+from qoin.execution.account import Account
+
+MAX_TX_SIZE = 32 * 1024
+
+
+class MempoolError(QoinError):
+    """A transaction was not accepted into the mempool; the subclass says why."""
+
+
+class AlreadyKnown(MempoolError):
+    """The very same transaction is already pending."""
+
+
+class WrongChainId(MempoolError):
+    """The transaction is for another chain."""
+
+
+class TransactionTooLarge(MempoolError):
+    """The encoded transaction exceeds the size bound."""
+
+
+class InvalidTransactionSignature(MempoolError):
+    """The signature does not verify, or the keys are missing or not the sender's."""
+
+
+class NonceTooLow(MempoolError):
+    """The sender already used this nonce."""
+
+
+class NonceTooHigh(MempoolError):
+    """The nonce is too far above the sender's next nonce."""
+
+
+class InsufficientFunds(MempoolError):
+    """The sender cannot pay this and its lower-nonce pending transactions."""
+
+
+class Underpriced(MempoolError):
+    """A replacement that does not raise the fee enough, or a newcomer to a full pool that pays
+    less than everything pending."""
+
+
+@dataclass(frozen=True)
+class PendingTx:
+    """A transaction in the pool."""
+
+    tx: Transaction
+    """The transaction."""
+    size: int
+    """Encoded size in bytes."""
+
+    @property
+    def fee_rate(self) -> float:
+        """Fee per encoded byte: the priority."""
+        return self.tx.fee / self.size
+
+
+class Mempool:
+    """Pending transactions of one chain, validated against ``read_account`` (the head state)."""
+
+    def __init__(
+        self,
+        chain_id: int,
+        read_account: Callable[[Address], Account],
+        max_count: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_nonce_gap: int = 64,
+        replace_bump_percent: int = 10,
+    ) -> None:
+        self.chain_id = chain_id
+        self.read_account = read_account
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.max_nonce_gap = max_nonce_gap
+        self.replace_bump_percent = replace_bump_percent
+        self._by_sender: dict[Address, dict[int, PendingTx]] = {}
+        self._by_id: dict[bytes, PendingTx] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._by_id
+
+    @property
+    def total_bytes(self) -> int:
+        """Encoded size of everything pending."""
+        return self._bytes
+
+    def get(self, tx_id: bytes) -> Transaction | None:
+        """A pending transaction by id."""
+        pending = self._by_id.get(tx_id)
+        return None if pending is None else pending.tx
+
+    def pending_of(self, sender: Address) -> list[Transaction]:
+        """A sender's pending transactions in nonce order."""
+        queue = self._by_sender.get(sender, {})
+        return [queue[nonce].tx for nonce in sorted(queue)]
+
+    def next_nonce(self, sender: Address) -> int:
+        """The nonce a new transaction of ``sender`` should use (state nonce plus pending run)."""
+        nonce = self.read_account(sender).nonce
+        queue = self._by_sender.get(sender, {})
+        while nonce in queue:
+            nonce += 1
+        return nonce
+
+    # -- entry -----------------------------------------------------------------------------------
+
+    def _check_signature(self, tx: Transaction, account: Account) -> None:
+        keys = tx.public_keys or account.public_keys
+        if keys is None:
+            # Keys may be revealed by a pending lower-nonce transaction of the same sender.
+            earlier = [p.tx for n, p in self._by_sender.get(tx.sender, {}).items() if n < tx.nonce]
+            keys = next((t.public_keys for t in earlier if t.public_keys is not None), None)
+        if keys is None:
+            raise InvalidTransactionSignature(
+                f"sender {tx.sender} has not revealed its public keys; the transaction must carry them"
+            )
+        try:
+            verify_for_address(tx.sender, keys, tx.signing_hash, tx.signature)
+        except SignatureError as exc:
+            raise InvalidTransactionSignature(str(exc)) from None
+
+    def _check_funds(self, tx: Transaction, account: Account) -> None:
+        queue = self._by_sender.get(tx.sender, {})
+        committed = sum(p.tx.amount + p.tx.fee for nonce, p in queue.items() if nonce < tx.nonce)
+        if committed + tx.amount + tx.fee > account.balance:
+            raise InsufficientFunds(
+                f"{tx.sender} has {account.balance} Shor; this transaction and its pending "
+                f"predecessors need {committed + tx.amount + tx.fee}"
+            )
+
+    def add(self, tx: Transaction) -> None:
+        """Validate and admit ``tx``; raise a :class:`MempoolError` saying why not."""
+        if tx.tx_id in self._by_id:
+            raise AlreadyKnown(f"transaction {tx.tx_id.hex()} is already pending")
+        if tx.chain_id != self.chain_id:
+            raise WrongChainId(f"transaction is for chain {tx.chain_id}, not {self.chain_id}")
+        size = len(tx.encode())
+        if size > MAX_TX_SIZE:
+            raise TransactionTooLarge(f"{size} bytes exceeds {MAX_TX_SIZE}")
+        account = self.read_account(tx.sender)
+        if tx.nonce < account.nonce:
+            raise NonceTooLow(f"nonce {tx.nonce} already used (account nonce {account.nonce})")
+        if tx.nonce > account.nonce + self.max_nonce_gap:
+            raise NonceTooHigh(
+                f"nonce {tx.nonce} is more than {self.max_nonce_gap} above the account's "
+                f"{account.nonce}"
+            )
+        self._check_signature(tx, account)
+        self._check_funds(tx, account)
+        entry = PendingTx(tx, size)
+        replaced = self._by_sender.get(tx.sender, {}).get(tx.nonce)
+        if replaced is not None:
+            needed = max(
+                replaced.tx.fee * (100 + self.replace_bump_percent) // 100, replaced.tx.fee + 1
+            )
+            if tx.fee < needed:
+                raise Underpriced(f"replacing nonce {tx.nonce} needs a fee of at least {needed}")
+            if self._bytes - replaced.size + size > self.max_bytes:
+                raise Underpriced(
+                    "the pool is full; the replacement is larger than what it replaces"
+                )
+            self._remove(replaced)
+        else:
+            self._make_room(entry)
+        self._by_sender.setdefault(tx.sender, {})[tx.nonce] = entry
+        self._by_id[tx.tx_id] = entry
+        self._bytes += size
+
+    def _make_room(self, entry: PendingTx) -> None:
+        while len(self._by_id) + 1 > self.max_count or self._bytes + entry.size > self.max_bytes:
+            tails = [queue[max(queue)] for queue in self._by_sender.values() if queue]
+            if not tails:
+                raise Underpriced("the pool cannot hold this transaction")
+            victim = min(tails, key=lambda p: (p.fee_rate, -p.tx.nonce))
+            if victim.fee_rate >= entry.fee_rate or victim.tx.sender == entry.tx.sender:
+                raise Underpriced(
+                    f"the pool is full and this fee rate ({entry.fee_rate:.4f} Shor/byte) does not "
+                    "beat the lowest pending one"
+                )
+            self._remove(victim)
+
+    def _remove(self, pending: PendingTx) -> None:
+        queue = self._by_sender.get(pending.tx.sender, {})
+        if queue.get(pending.tx.nonce) is pending:
+            del queue[pending.tx.nonce]
+            if not queue:
+                del self._by_sender[pending.tx.sender]
+        if self._by_id.pop(pending.tx.tx_id, None) is not None:
+            self._bytes -= pending.size
+
+    # -- block building --------------------------------------------------------------------------
+
+    def select(self, max_count: int, max_bytes: int) -> list[Transaction]:
+        """Transactions for a new block: best fee rate first, each sender in nonce order."""
+        chosen: list[Transaction] = []
+        used = 0
+        state: dict[Address, tuple[int, int]] = {}  # sender -> (next nonce, spendable balance)
+        heap: list[tuple[float, bytes, Address]] = []
+        for sender, queue in self._by_sender.items():
+            account = self.read_account(sender)
+            state[sender] = (account.nonce, account.balance)
+            head = queue.get(account.nonce)
+            if head is not None:
+                heapq.heappush(heap, (-head.fee_rate, head.tx.tx_id, sender))
+        while heap and len(chosen) < max_count:
+            _, _, sender = heapq.heappop(heap)
+            nonce, balance = state[sender]
+            pending = self._by_sender[sender][nonce]
+            cost = pending.tx.amount + pending.tx.fee
+            if cost > balance or used + pending.size > max_bytes:
+                continue  # this sender's run stops here
+            chosen.append(pending.tx)
+            used += pending.size
+            state[sender] = (nonce + 1, balance - cost)
+            following = self._by_sender[sender].get(nonce + 1)
+            if following is not None:
+                heapq.heappush(heap, (-following.fee_rate, following.tx.tx_id, sender))
+        return chosen
+
+    # -- chain events ----------------------------------------------------------------------------
+
+    def on_block(self, included: Iterable[Transaction]) -> None:
+        """A block was connected: drop its transactions and whatever it made invalid."""
+        for tx in included:
+            pending = self._by_id.get(tx.tx_id)
+            if pending is not None:
+                self._remove(pending)
+        self.revalidate({tx.sender for tx in included})
+
+    def revalidate(self, senders: Iterable[Address] | None = None) -> None:
+        """Drop pending transactions whose nonce is used or that the sender can no longer pay."""
+        for sender in list(senders if senders is not None else self._by_sender):
+            queue = self._by_sender.get(sender)
+            if not queue:
+                continue
+            account = self.read_account(sender)
+            committed = 0
+            for nonce in sorted(queue):
+                pending = queue[nonce]
+                committed += pending.tx.amount + pending.tx.fee
+                if nonce < account.nonce or committed > account.balance:
+                    self._remove(pending)
+
+    def on_reorg(
+        self, disconnected: Iterable[Transaction], connected: Iterable[Transaction]
+    ) -> None:
+        """After a reorg: transactions of disconnected blocks (given oldest first) come back unless
+        the new chain includes them or they became invalid; then everything is revalidated."""
+        connected_ids = {tx.tx_id for tx in connected}
+        for tx in connected:
+            pending = self._by_id.get(tx.tx_id)
+            if pending is not None:
+                self._remove(pending)
+        for tx in disconnected:
+            if tx.tx_id in connected_ids or tx.tx_id in self._by_id:
+                continue
+            try:
+                self.add(tx)
+            except MempoolError:
+                continue  # no longer valid on the new chain
+        self.revalidate()

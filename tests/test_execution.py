@@ -1,0 +1,145 @@
+"""Executing blocks of transfers: every rule, with dict-backed pre-states."""
+
+from __future__ import annotations
+
+import pytest
+
+from qoin.chain.block import Block, Coinbase, Payout
+from qoin.chain.transaction import Transaction, sign_transfer
+from qoin.crypto.address import Address
+from qoin.crypto.hybrid import HybridKeyPair
+from qoin.execution.account import EMPTY_ACCOUNT, Account
+from qoin.execution.transition import (
+    BadFeePayout,
+    BadNonce,
+    BadSignature,
+    BalanceOverflow,
+    InsufficientBalance,
+    KeysMismatch,
+    MissingPublicKey,
+    execute_block,
+    touched_addresses,
+)
+from tests.chainutil import test_genesis
+from tests.conftest import keypair_for
+
+CHAIN = test_genesis().chain_id
+MINER = keypair_for(index=5).address
+
+
+def transfer(
+    sender: HybridKeyPair,
+    to: Address,
+    amount: int,
+    fee: int = 2,
+    nonce: int = 0,
+    reveal: bool = True,
+) -> Transaction:
+    return sign_transfer(
+        sender,
+        chain_id=CHAIN,
+        nonce=nonce,
+        recipient=to,
+        amount=amount,
+        fee=fee,
+        reveal_keys=reveal,
+    )
+
+
+def block_of(*txs: Transaction, reward: int = 100, fees: int | None = None) -> Block:
+    paid = sum(tx.fee for tx in txs) if fees is None else fees
+    coinbase = Coinbase((Payout(MINER, reward), Payout(MINER, paid)))
+    return Block(test_genesis().header, (), coinbase, tuple(txs))
+
+
+def reader(state: dict[Address, Account]):  # type: ignore[no-untyped-def]
+    return lambda address: state.get(address, EMPTY_ACCOUNT)
+
+
+def test_transfers_apply_in_order() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    state = {alice.address: Account(1_000)}
+    txs = [
+        transfer(alice, bob.address, 100, nonce=0),
+        transfer(alice, bob.address, 50, nonce=1, reveal=False),  # keys revealed by tx 0
+    ]
+    outcome = execute_block(reader(state), block_of(*txs), workers=2)
+    post = outcome.post_accounts
+    assert post[alice.address] == Account(1_000 - 154, 2, alice.public)
+    assert post[bob.address] == Account(150, 0, None)
+    assert post[MINER] == Account(104)
+    assert [r.revealed_keys for r in outcome.receipts] == [True, False]
+    assert [r.fee for r in outcome.receipts] == [2, 2]
+    assert touched_addresses(block_of(*txs)) == [alice.address, bob.address, MINER]
+
+
+def test_revealed_keys_from_state() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    state = {alice.address: Account(500, 3, alice.public)}
+    tx = transfer(alice, bob.address, 10, nonce=3, reveal=False)
+    outcome = execute_block(reader(state), block_of(tx))
+    assert outcome.post_accounts[alice.address].nonce == 4
+    assert outcome.receipts[0].revealed_keys is False
+
+
+def test_missing_keys() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    tx = transfer(alice, bob.address, 10, reveal=False)
+    with pytest.raises(MissingPublicKey):
+        execute_block(reader({alice.address: Account(500)}), block_of(tx))
+
+
+def test_keys_of_someone_else() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    tx = transfer(alice, bob.address, 10)
+    forged = Transaction(**{**tx.__dict__, "public_keys": bob.public})
+    with pytest.raises(KeysMismatch):
+        execute_block(reader({alice.address: Account(500)}), block_of(forged))
+
+
+def test_bad_signature() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    tx = transfer(alice, bob.address, 10)
+    forged = Transaction(**{**tx.__dict__, "amount": 11})
+    with pytest.raises(BadSignature, match="transaction 0"):
+        execute_block(reader({alice.address: Account(500)}), block_of(forged))
+
+
+def test_nonce_rules() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    state = {alice.address: Account(500, 1, alice.public)}
+    with pytest.raises(BadNonce):
+        execute_block(reader(state), block_of(transfer(alice, bob.address, 1, nonce=0)))
+    with pytest.raises(BadNonce):
+        execute_block(reader(state), block_of(transfer(alice, bob.address, 1, nonce=2)))
+
+
+def test_double_spend_rejected() -> None:
+    alice, bob, carol = keypair_for(index=2), keypair_for(index=3), keypair_for(index=4)
+    state = {alice.address: Account(100)}
+    txs = [
+        transfer(alice, bob.address, 90, nonce=0),
+        transfer(alice, carol.address, 90, nonce=1, reveal=False),
+    ]
+    with pytest.raises(InsufficientBalance, match="transaction 1"):
+        execute_block(reader(state), block_of(*txs))
+
+
+def test_fee_payout_must_match() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    tx = transfer(alice, bob.address, 10, fee=5)
+    with pytest.raises(BadFeePayout):
+        execute_block(reader({alice.address: Account(500)}), block_of(tx, fees=6))
+
+
+def test_balance_overflow() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    state = {alice.address: Account(500), bob.address: Account(2**64 - 5)}
+    with pytest.raises(BalanceOverflow):
+        execute_block(reader(state), block_of(transfer(alice, bob.address, 10)))
+
+
+def test_account_encoding_roundtrip() -> None:
+    alice = keypair_for(index=2)
+    for account in (EMPTY_ACCOUNT, Account(5, 7), Account(2**64 - 1, 1, alice.public)):
+        assert Account.decode(account.encode()) == account
