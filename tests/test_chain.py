@@ -279,3 +279,39 @@ def test_reorg_updates_canonical_index(tmp_path: Path) -> None:
     reopened = Chain.open(tmp_path / "main", test_genesis())
     assert reopened.head == longer[-1].block_hash
     reopened.close()
+
+
+def test_stripping_revealed_keys_changes_the_block(chain: Chain) -> None:
+    """A relay that strips a first-spend transaction's keys must not keep the block hash valid."""
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    tx = sign_transfer(
+        alice, chain_id=chain.genesis.chain_id, nonce=0, recipient=bob.address, amount=1, fee=1
+    )
+    block = mine_template(template(chain, transactions=[tx]))
+    check(chain, block)
+    stripped_tx = replace(tx, public_keys=None)
+    assert stripped_tx.tx_id == tx.tx_id
+    stripped = replace(block, transactions=(stripped_tx,))
+    assert stripped.block_hash == block.block_hash
+    with pytest.raises(BadTransactionsRoot):
+        check(chain, stripped)
+
+
+def test_data_directory_is_locked(tmp_path: Path) -> None:
+    first = Chain.open(tmp_path, test_genesis())
+    with pytest.raises(StoreError, match="in use"):
+        Chain.open(tmp_path, test_genesis())
+    first.close()
+    Chain.open(tmp_path, test_genesis()).close()
+
+
+def test_orphans_need_valid_pow_and_chain(chain: Chain) -> None:
+    orphan = mine_next(chain, parent_hash=b"\x42" * 32)
+    forged = replace(orphan, header=replace(orphan.header, pow_r=b"\x01" * 32))
+    with pytest.raises(BadProofOfWork, match="orphan"):
+        chain.import_block(forged, now_ms=FAR_FUTURE)
+    with pytest.raises(WrongChain):
+        chain.import_block(
+            mine_next(chain, parent_hash=b"\x42" * 32, chain_id=9), now_ms=FAR_FUTURE
+        )
+    assert len(chain.orphans) == 0

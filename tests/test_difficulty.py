@@ -108,3 +108,11 @@ def test_timestamp_rules() -> None:
         check_timestamp(PARAMS, median, ancestors, now)
     with pytest.raises(TimestampTooFarInFuture, match="system clock"):
         check_timestamp(PARAMS, now + PARAMS.max_future_drift_ms + 1, ancestors, now)
+
+
+def test_far_off_schedule_clamps_without_huge_numbers() -> None:
+    tiny = DifficultyParams(
+        block_time_ms=1, halflife_ms=1, max_target=PARAMS.max_target, max_future_drift_ms=0
+    )
+    assert asert_target(tiny, ANCHOR, 0, ANCHOR.timestamp_ms + 10**15) == PARAMS.max_target
+    assert asert_target(tiny, ANCHOR, 10**15, ANCHOR.timestamp_ms) == 1

@@ -20,6 +20,7 @@ from qoin.chain.forkchoice import (
     UnknownParent,
     ancestors,
     best_child,
+    build_store,
     common_ancestor,
     get_head,
     get_weight,
@@ -505,3 +506,30 @@ def test_arrival_order_does_not_matter(
     expected = brute_weights(tree, tree.metas)
     assert results[0][1] == expected
     assert results[0][0] == brute_head(tree.metas, expected, genesis.block_hash)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees_in_topological_order(), st.data())
+def test_bulk_build_equals_incremental(
+    case: tuple[Tree, list[BlockMeta]], data: st.DataObject
+) -> None:
+    """The one-pass rebuild used on restart gives the incremental store, and stays consistent
+    when more blocks arrive after it."""
+    tree, order = case
+    genesis = tree.metas[0]
+    cut = data.draw(st.integers(min_value=0, max_value=len(order)))
+    built = build_store(genesis, order[:cut])
+    incremental = new_store(genesis)
+    for meta in order[:cut]:
+        on_block(incremental, meta)
+    assert built.weights == incremental.weights
+    assert built.seen_children == incremental.seen_children
+    assert built.referenced_under == {
+        k: v for k, v in incremental.referenced_under.items() if v
+    } | {k: v for k, v in built.referenced_under.items() if not v}
+    for meta in order[cut:]:
+        on_block(built, meta)
+    present = [genesis, *order]
+    expected = brute_weights(tree, present)
+    assert built.weights == expected
+    assert get_head(built) == brute_head(present, expected, genesis.block_hash)

@@ -33,7 +33,7 @@ and the whole encoding is at most :data:`MAX_BLOCK_SIZE` bytes, checked before d
 
 Body commitments in the header::
 
-    transactions_root = merkle_root([coinbase hash] + [tx_id of each transaction])
+    transactions_root = merkle_root([coinbase hash] + [commitment of each transaction])
     siblings_root     = merkle_root([block hash of each sibling header])
 
 with ``coinbase hash = tagged_hash("QOIN/coinbase/v1", coinbase encoding)``.
@@ -224,7 +224,7 @@ class Coinbase:
 
 def transactions_root(coinbase: Coinbase, transactions: tuple[Transaction, ...]) -> bytes:
     """The header commitment to a body's coinbase and transactions."""
-    return merkle_root([coinbase.coinbase_hash, *(tx.tx_id for tx in transactions)])
+    return merkle_root([coinbase.coinbase_hash, *(tx.commitment for tx in transactions)])
 
 
 def siblings_root(siblings: tuple[Header, ...]) -> bytes:

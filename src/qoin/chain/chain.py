@@ -17,7 +17,7 @@ from qoin.chain.block import Block, Header
 from qoin.chain.genesis import Genesis
 from qoin.chain.orphans import OrphanPool, connect
 from qoin.chain.store import BlockStore
-from qoin.chain.validation import InvalidBlock, genesis_meta, validate_block
+from qoin.chain.validation import InvalidBlock, check_orphan, genesis_meta, validate_block
 
 STORE_FILE = "chain.sqlite3"
 
@@ -61,11 +61,24 @@ class Chain:
         self.store = store
         self.genesis = store.genesis
         self.orphans: OrphanPool[Block] = OrphanPool() if orphans is None else orphans
-        self.forks = forkchoice.new_store(genesis_meta(self.genesis))
-        for meta in store.metas():
-            if meta.height > 0:
-                forkchoice.on_block(self.forks, meta)
+        self.forks = self._rebuild_forks()
         self._head = forkchoice.get_head(self.forks)
+        if store.head() != self._head:
+            # Only possible if the file was written by something other than this class.
+            self._repair_head()
+
+    def _rebuild_forks(self) -> forkchoice.Store:
+        """Fork choice from the stored blocks, in one pass."""
+        return forkchoice.build_store(
+            genesis_meta(self.genesis), (m for m in self.store.metas() if m.height > 0)
+        )
+
+    def _repair_head(self) -> None:
+        path = [self._head]
+        while path[-1] != self.genesis.genesis_hash:
+            path.append(self.forks.blocks[path[-1]].parent_hash)
+        canonical = [(self.forks.blocks[h].height, h) for h in reversed(path)]
+        self.store.set_head(self._head, canonical, canonical[-1][0])
 
     @classmethod
     def open(cls, datadir: Path, genesis: Genesis) -> Chain:
@@ -101,6 +114,8 @@ class Chain:
         if self.has_block(block_hash):
             return ImportResult(ImportStatus.DUPLICATE, block_hash, old_head, False, 0)
         if not self.has_block(block.header.parent_hash):
+            # What can be checked without the parent is checked before the block takes room.
+            check_orphan(self.genesis, block)
             self.orphans.add(block_hash, block.header.parent_hash, block, len(block.encode()))
             return ImportResult(ImportStatus.ORPHAN, block_hash, old_head, False, 0)
         self._connect(block, now)
@@ -130,6 +145,15 @@ class Chain:
         """Validate a block whose parent is stored, update fork choice, commit durably."""
         meta = validate_block(self.genesis, self.store, block, now_ms)
         forkchoice.on_block(self.forks, meta)
+        try:
+            self._commit(block, meta)
+        except BaseException:
+            # Memory must not hold a block the store does not: rebuild from what is stored.
+            self.forks = self._rebuild_forks()
+            self._head = forkchoice.get_head(self.forks)
+            raise
+
+    def _commit(self, block: Block, meta: forkchoice.BlockMeta) -> None:
         new_head = forkchoice.get_head(self.forks)
         canonical: list[tuple[int, bytes]] = []
         height = None

@@ -41,6 +41,7 @@ no longer considered, so that walks stop at the pruned root; it is not implement
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from qoin.crypto.hashing import HASH_SIZE
@@ -281,6 +282,55 @@ def on_block(store: Store, meta: BlockMeta) -> None:
         if sibling not in store.seen_children and grandparent is not None:
             store.seen_children[sibling] = grandparent
             _add_to_chain(store, grandparent, work)
+
+
+def build_store(genesis: BlockMeta, metas: Iterable[BlockMeta]) -> Store:
+    """A store holding ``genesis`` and ``metas`` (parents before children), built in one pass.
+
+    Equivalent to :func:`new_store` followed by :func:`on_block` for each block, but linear in the
+    number of blocks instead of ``O(depth)`` per block: the tree is linked first, then every weight
+    is computed bottom-up from the definition::
+
+        weight(A) = Σ over X in subtree(A) of (work(X) + work of X's unstored generation members
+                    referenced somewhere)           # stored blocks and never-stored siblings
+                    + work of A's own references    # siblings of A's parent
+                    + work of the distinct references of A's children   # siblings of A
+    """
+    store = new_store(genesis)
+    for meta in metas:
+        if meta.block_hash in store.blocks:
+            continue
+        siblings = _check_block(store, meta)
+        block, parent = meta.block_hash, meta.parent_hash
+        store.blocks[block] = meta
+        store.children[block] = []
+        store.children[parent].append(block)
+        store.works[block] = meta.work
+        store.seen_children[block] = parent
+        grandparent = _parent(store, parent)
+        referenced = store.referenced_under.setdefault(parent, set())
+        for sibling, work in siblings.items():
+            store.works[sibling] = work
+            referenced.add(sibling)
+            if grandparent is not None:
+                store.seen_children.setdefault(sibling, grandparent)
+    # Never-stored siblings count once, at the block whose child they are (their generation).
+    unstored: dict[bytes, int] = {}
+    for sibling, generation in store.seen_children.items():
+        if sibling not in store.blocks:
+            unstored[generation] = unstored.get(generation, 0) + store.works[sibling]
+    subtree: dict[bytes, int] = {}
+    for block in sorted(store.blocks, key=lambda h: -store.blocks[h].height):
+        meta = store.blocks[block]
+        subtree[block] = (
+            meta.work
+            + unstored.get(block, 0)
+            + sum(subtree[child] for child in store.children[block])
+        )
+        own = sum(_distinct_siblings(meta).values())
+        under = sum(store.works[s] for s in store.referenced_under.get(block, ()))
+        store.weights[block] = subtree[block] + own + under
+    return store
 
 
 def get_weight(store: Store, block_hash: bytes) -> int:

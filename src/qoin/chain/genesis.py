@@ -177,10 +177,14 @@ def to_json(genesis: Genesis) -> dict[str, Any]:
     }
 
 
-def _int(obj: dict[str, Any], key: str, minimum: int = 0) -> int:
+U64_MAX = 2**64 - 1
+YEAR_MS = 31_557_600_000
+
+
+def _int(obj: dict[str, Any], key: str, minimum: int = 0, maximum: int = U64_MAX) -> int:
     value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise GenesisError(f"genesis field {key!r} must be an integer >= {minimum}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise GenesisError(f"genesis field {key!r} must be an integer in [{minimum}, {maximum}]")
     return value
 
 
@@ -217,7 +221,7 @@ def from_json(obj: Any) -> Genesis:
             address = Address.from_text(entry["address"])
         except AddressError as exc:
             raise GenesisError(f"allocation: {exc}") from None
-        allocation.append(Allocation(address, _int(entry, "amount", 1)))
+        allocation.append(Allocation(address, _int(entry, "amount", 1, GENESIS_ALLOCATION)))
     if len({a.address for a in allocation}) != len(allocation):
         raise GenesisError("an address appears twice in the genesis allocation")
     total = sum(a.amount for a in allocation)
@@ -225,14 +229,14 @@ def from_json(obj: Any) -> Genesis:
         raise GenesisError(
             f"genesis allocation totals {total:,} Shor; it must be exactly {GENESIS_ALLOCATION:,}"
         )
-    block_time = _int(obj, "block_time_ms", 1)
+    block_time = _int(obj, "block_time_ms", 1, YEAR_MS)
     return Genesis(
         network=name,
         chain_id=_int(obj, "chain_id"),
         timestamp_ms=_int(obj, "timestamp_ms"),
         block_time_ms=block_time,
-        asert_halflife_ms=_int(obj, "asert_halflife_ms", 1),
-        max_future_drift_ms=_int(obj, "max_future_drift_ms"),
+        asert_halflife_ms=_int(obj, "asert_halflife_ms", block_time, 100 * YEAR_MS),
+        max_future_drift_ms=_int(obj, "max_future_drift_ms", 0, 86_400_000),
         nbits=nbits,
         initial_target=target,
         allocation=tuple(allocation),

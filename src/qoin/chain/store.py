@@ -2,7 +2,7 @@
 
 Tables::
 
-    blocks    (hash PK, parent, height, work, block)  every accepted block, canonical encoding
+    blocks    (hash PK, parent, height, work, header, block)  every accepted block, canonical encoding
     siblings  (hash, sibling, work)                   sibling references (fork-choice data)
     canonical (height PK, hash)                       the chain from genesis to the head
     meta      (key PK, value)                         schema version, genesis hash, head
@@ -11,11 +11,18 @@ Each accepted block is written in one transaction together with the new head and
 index changes; a transaction is durable when :meth:`BlockStore.commit_block` returns. After a crash
 (``kill -9``, power loss) SQLite rolls back any half-written transaction on open, so the store always
 holds a consistent head and every block that was acknowledged.
+
+One process at a time: opening takes an exclusive lock on ``<store>.lock`` (like Bitcoin Core's
+``.lock``), so a second node or ``qoin chain import`` on the same data directory is refused instead of
+interleaving writes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,11 +33,12 @@ from qoin.chain.validation import genesis_meta
 from qoin.encoding.codec import DecodeError
 from qoin.errors import QoinError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HEADER_CACHE_SIZE = 4096
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     hash BLOB PRIMARY KEY, parent BLOB NOT NULL, height INTEGER NOT NULL,
-    work TEXT NOT NULL, block BLOB NOT NULL
+    work TEXT NOT NULL, header BLOB NOT NULL, block BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_height ON blocks (height);
 CREATE TABLE IF NOT EXISTS siblings (
@@ -48,24 +56,30 @@ class StoreError(QoinError):
 class BlockStore:
     """Blocks, fork-choice data, the canonical index and the head, in one SQLite file."""
 
-    def __init__(self, connection: sqlite3.Connection, genesis: Genesis) -> None:
+    def __init__(self, connection: sqlite3.Connection, genesis: Genesis, lock_fd: int) -> None:
         self._db = connection
         self.genesis = genesis
-        self._headers: dict[bytes, Header] = {}
+        self._lock_fd = lock_fd
+        self._headers: OrderedDict[bytes, Header] = OrderedDict()
 
     @classmethod
     def open(cls, path: Path, genesis: Genesis) -> BlockStore:
         """Open (or create) the store at ``path`` for the network of ``genesis``."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(path.with_name(path.name + ".lock"))
         try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            store = cls(db, genesis, lock_fd)
+            store._initialise()
         except sqlite3.DatabaseError as exc:
+            os.close(lock_fd)
             raise StoreError(f"cannot open block store {path}: {exc}") from None
-        store = cls(db, genesis)
-        store._initialise()
+        except StoreError:
+            os.close(lock_fd)
+            raise
         return store
 
     def _meta(self, key: str) -> bytes | None:
@@ -99,8 +113,15 @@ class BlockStore:
 
     def _insert(self, block: Block, meta: BlockMeta) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?, ?)",
-            (meta.block_hash, meta.parent_hash, meta.height, str(meta.work), block.encode()),
+            "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                meta.block_hash,
+                meta.parent_hash,
+                meta.height,
+                str(meta.work),
+                block.header.encode(),
+                block.encode(),
+            ),
         )
         self._db.executemany(
             "INSERT OR IGNORE INTO siblings VALUES (?, ?, ?)",
@@ -123,6 +144,13 @@ class BlockStore:
             self._db.executemany("INSERT OR REPLACE INTO canonical VALUES (?, ?)", canonical)
             if canonical_height is not None:
                 self._db.execute("DELETE FROM canonical WHERE height > ?", (canonical_height,))
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (head,))
+
+    def set_head(self, head: bytes, canonical: Sequence[tuple[int, bytes]], height: int) -> None:
+        """Set the head and canonical index atomically (repair after a foreign writer)."""
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO canonical VALUES (?, ?)", canonical)
+            self._db.execute("DELETE FROM canonical WHERE height > ?", (height,))
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (head,))
 
     def head(self) -> bytes:
@@ -148,14 +176,22 @@ class BlockStore:
             raise StoreError(f"stored block {block_hash.hex()} is corrupt: {exc}") from None
 
     def header(self, block_hash: bytes) -> Header | None:
-        """A stored block's header, or None (cached: headers are immutable)."""
+        """A stored block's header, or None (recent ones cached: headers are immutable)."""
         cached = self._headers.get(block_hash)
-        if cached is None:
-            block = self.get_block(block_hash)
-            if block is None:
-                return None
-            cached = self._headers[block_hash] = block.header
-        return cached
+        if cached is not None:
+            self._headers.move_to_end(block_hash)
+            return cached
+        row = self._db.execute("SELECT header FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        if row is None:
+            return None
+        try:
+            header = Header.decode(bytes(row[0]))
+        except DecodeError as exc:
+            raise StoreError(f"stored header {block_hash.hex()} is corrupt: {exc}") from None
+        self._headers[block_hash] = header
+        if len(self._headers) > HEADER_CACHE_SIZE:
+            self._headers.popitem(last=False)
+        return header
 
     def ancestor_timestamps(self, block_hash: bytes, count: int) -> list[int]:
         """Timestamps of the block and up to ``count - 1`` ancestors, oldest first."""
@@ -190,8 +226,24 @@ class BlockStore:
         return int(self._db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
 
     def close(self) -> None:
-        """Close the database (everything committed is already durable)."""
+        """Close the database (everything committed is already durable) and release the lock."""
         self._db.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock(path: Path) -> int:
+    """Take the data directory's exclusive lock, or raise :class:`StoreError`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"the data directory is in use by another process (lock {path} is held)"
+        ) from None
+    return fd
 
 
 class _Commit:

@@ -18,7 +18,10 @@ The first seven fields form the *body*. The signed message is
 ``tagged_hash("QOIN/tx-signing/v1", body)``; the transaction id is
 ``tagged_hash("QOIN/tx-id/v1", body ‖ signature)``. The public keys are left out of the id: they are
 fully determined by the sender address (which hashes them), so adding or stripping them cannot change
-what the transaction does and must not change its id.
+what the transaction does and must not change its id. Blocks, however, commit to
+``tagged_hash("QOIN/tx-commitment/v1", whole encoding)``, keys included, so that a relay cannot strip
+the keys from a block's first-spend transaction (which would make the body unexecutable) while the
+block hash stays the same.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from qoin.crypto.address import ADDRESS_SIZE, Address
-from qoin.crypto.hashing import TAG_TX_ID, TAG_TX_SIGNING, tagged_hash
+from qoin.crypto.hashing import TAG_TX_COMMITMENT, TAG_TX_ID, TAG_TX_SIGNING, tagged_hash
 from qoin.crypto.hybrid import (
     HybridKeyPair,
     HybridPublicKey,
@@ -92,6 +95,12 @@ class Transaction:
     def tx_id(self) -> bytes:
         """The transaction id (hash): body and signature, not the revealed keys."""
         return tagged_hash(TAG_TX_ID, self.body, self.signature.encode())
+
+    @cached_property
+    def commitment(self) -> bytes:
+        """Hash of the whole encoding, revealed keys included: what a block commits to, so that
+        stripping or adding keys changes the block (unlike the id, which must not change)."""
+        return tagged_hash(TAG_TX_COMMITMENT, self.encode())
 
     def encode(self) -> bytes:
         """Canonical encoding of the whole transaction."""

@@ -237,6 +237,20 @@ def validate_block(genesis: Genesis, chain: ChainView, block: Block, now_ms: int
     )
 
 
+def check_orphan(genesis: Genesis, block: Block) -> None:
+    """The checks a block whose parent is unknown can pass before it is kept as an orphan: this
+    chain and ``nbits``, and a valid proof-of-work against its own claimed target. (The target
+    rule needs the parent; it is checked, with everything else, when the parent arrives.)"""
+    header = block.header
+    if header.chain_id != genesis.chain_id:
+        raise WrongChain(
+            f"block is for chain {header.chain_id}, this node is on {genesis.chain_id}"
+        )
+    if header.nbits != genesis.nbits:
+        raise BadNbits(f"nbits 0x{header.nbits:04x}; this network uses 0x{genesis.nbits:04x}")
+    _check_pow(header, header.target, "orphan header")
+
+
 def genesis_meta(genesis: Genesis) -> BlockMeta:
     """Fork-choice data of the genesis block."""
     header = genesis.header

@@ -23,6 +23,7 @@ from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, read_password, stop_
 from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair
+from qoin.errors import QoinError
 from qoin.node.mining import MinedBlock, MiningLoop
 
 DEV_KEY_PASSWORD = "devnet"  # noqa: S105 (the published password of the published devnet key)
@@ -149,11 +150,17 @@ def node(
             loop.run(report, reject, blocks)
         if received:
             typer.echo("stopping", err=True)
+    except QoinError as exc:  # e.g. a miner process died, or the disk failed under the store
+        failure = f"{type(exc).__name__}: {exc}"
+    else:
+        failure = ""
     finally:
         loop.miner.stop()
         head = chain.head_header
         chain.close()
         typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)
+    if failure:
+        fail(failure, EXIT_FAILURE)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ HASH_SIZE = 32
 TAG_HYBRID_SIGNATURE = b"QOIN/hybrid-signature/v1"
 TAG_TX_SIGNING = b"QOIN/tx-signing/v1"
 TAG_TX_ID = b"QOIN/tx-id/v1"
+TAG_TX_COMMITMENT = b"QOIN/tx-commitment/v1"
 TAG_BLOCK_HASH = b"QOIN/block-hash/v1"
 TAG_MESSAGE = b"QOIN/message/v1"
 

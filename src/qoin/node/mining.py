@@ -99,8 +99,9 @@ class MiningLoop:
                     continue
                 try:
                     result = self.chain.import_block(block)
-                except InvalidBlock as exc:  # e.g. a late solution whose timestamp fell behind
+                except InvalidBlock as exc:  # e.g. the clock moved back past the drift bound
                     on_reject(f"mined block rejected: {type(exc).__name__}: {exc}")
+                    self._template_head = None  # build a fresh template (new timestamp)
                     continue
                 mined += 1
                 on_block(MinedBlock(block, result, self.miner.attempts_per_second()))

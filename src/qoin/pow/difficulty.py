@@ -89,6 +89,11 @@ def asert_target(
     height_delta = parent_height - anchor.height
     exponent = ((time_delta - params.block_time_ms * height_delta) * RADIX) // params.halflife_ms
     shifts, factor = pow2_fixed(exponent)
+    # Far off schedule the result is a clamp bound anyway; decide before shifting huge numbers.
+    if shifts > params.max_target.bit_length():
+        return params.max_target
+    if -shifts >= anchor.target.bit_length() + RADIX_BITS + 1:
+        return 1
     target = anchor.target * factor
     target = target << shifts if shifts >= 0 else target >> -shifts
     target >>= RADIX_BITS

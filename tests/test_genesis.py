@@ -1,0 +1,72 @@
+"""Genesis files: checked-in networks load; bad files are refused with a clear reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qoin.chain.genesis import GenesisError, builtin, from_json, load_file, to_json
+from qoin.chain.issuance import GENESIS_ALLOCATION
+
+
+@pytest.mark.parametrize("network", ["mainnet", "devnet"])
+def test_builtin_networks(network: str) -> None:
+    genesis = builtin(network)
+    assert sum(a.amount for a in genesis.allocation) == GENESIS_ALLOCATION
+    assert from_json(to_json(genesis)) == genesis
+    assert genesis.header.height == 0
+
+
+def test_genesis_hash_commits_to_every_parameter() -> None:
+    base = to_json(builtin("devnet"))
+    hashes = {from_json(base).genesis_hash}
+    for key, value in [
+        ("block_time_ms", 3000),
+        ("asert_halflife_ms", 400_000),
+        ("max_future_drift_ms", 1),
+        ("network", "other"),
+        ("chain_id", 9),
+        ("timestamp_ms", 1),
+        ("initial_target", "0x10"),
+    ]:
+        hashes.add(from_json({**base, key: value}).genesis_hash)
+    assert len(hashes) == 8
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("chain_id", 2**70, "chain_id"),
+        ("block_time_ms", 0, "block_time_ms"),
+        ("block_time_ms", 10**15, "block_time_ms"),
+        ("asert_halflife_ms", 1, "asert_halflife_ms"),
+        ("initial_target", "0x0", "initial_target"),
+        ("initial_target", "zz", "initial_target"),
+        ("nbits", {"n": 64, "m": 32}, "nbits"),
+        ("network", "", "network"),
+        ("allocation", [], "exactly"),
+    ],
+)
+def test_bad_fields_refused(key: str, value: object, message: str) -> None:
+    with pytest.raises(GenesisError, match=message):
+        from_json({**to_json(builtin("devnet")), key: value})
+
+
+def test_duplicate_allocation_refused() -> None:
+    obj = to_json(builtin("devnet"))
+    entry = obj["allocation"][0]
+    half = {"address": entry["address"], "amount": GENESIS_ALLOCATION // 2}
+    with pytest.raises(GenesisError, match="twice"):
+        from_json({**obj, "allocation": [half, half]})
+
+
+def test_load_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(GenesisError, match="cannot read"):
+        load_file(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(GenesisError, match="not JSON"):
+        load_file(tmp_path / "bad.json")
+    (tmp_path / "ok.json").write_text(json.dumps(to_json(builtin("devnet"))))
+    assert load_file(tmp_path / "ok.json") == builtin("devnet")
