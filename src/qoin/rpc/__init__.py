@@ -1,0 +1,1 @@
+"""JSON-RPC: the user endpoint, the engine API and their authentication."""
