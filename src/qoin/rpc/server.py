@@ -281,6 +281,10 @@ class RpcServer:
             return JSONResponse(
                 _error(None, RpcError(PARSE_ERROR, "parse error: body is not JSON"))
             )
+        return await self._dispatch(payload)
+
+    async def _dispatch(self, payload: Any) -> Response:
+        """Answer one request or a batch (notifications get no answer: HTTP 204 if none is left)."""
         if isinstance(payload, list):
             if not payload or len(payload) > MAX_BATCH:
                 error = RpcError(INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
