@@ -92,6 +92,8 @@ def _mine(tmp_path: Path, datadir: Path, blocks: int, *extra: str) -> tuple[list
         str(blocks),
         "--workers",
         "1",
+        "--rpc-port",
+        "0",
         *extra,
     )
     assert result.returncode == 0, result.stderr
@@ -125,7 +127,18 @@ def test_mines_blocks_and_continues_after_restart(tmp_path: Path, easy_genesis: 
 def test_mines_on_the_builtin_devnet(tmp_path: Path) -> None:
     """No --genesis: the built-in devnet genesis, re-timed to now, is saved in the datadir."""
     datadir = tmp_path / "node"
-    result = _run(tmp_path, "node", "--dev", "--mine", "--datadir", str(datadir), "--blocks", "1")
+    result = _run(
+        tmp_path,
+        "node",
+        "--dev",
+        "--mine",
+        "--datadir",
+        str(datadir),
+        "--blocks",
+        "1",
+        "--rpc-port",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     assert [height for height, _ in _heights(result.stdout)] == [1]
     saved = genesis_mod.load_file(datadir / "genesis.json")
@@ -173,7 +186,17 @@ def _alive(pid: int, start_time: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_node_cleanly(tmp_path: Path, easy_genesis: Path, sig: signal.Signals) -> None:
     datadir = tmp_path / "node"
-    args = ["node", "--dev", "--mine", "--datadir", str(datadir), "--workers", "2"]
+    args = [
+        "node",
+        "--dev",
+        "--mine",
+        "--datadir",
+        str(datadir),
+        "--workers",
+        "2",
+        "--rpc-port",
+        "0",
+    ]
     proc = subprocess.Popen(
         _qoin(*args, "--genesis", str(easy_genesis)),
         stdout=subprocess.PIPE,

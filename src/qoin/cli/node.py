@@ -24,7 +24,11 @@ from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
+from qoin.execution.client import ExecutionClient
+from qoin.execution.state import ExecutionState
+from qoin.node.local_execution import LocalExecution, catch_up
 from qoin.node.mining import MinedBlock, MiningLoop
+from qoin.rpc.serve import BackgroundServer
 
 DEV_KEY_PASSWORD = "devnet"  # noqa: S105 (the published password of the published devnet key)
 
@@ -99,8 +103,11 @@ def node(
     genesis: Annotated[Path | None, typer.Option(help="Genesis file (default: devnet).")] = None,
     workers: Annotated[int | None, typer.Option(help="Miner processes.", min=1)] = None,
     blocks: Annotated[int, typer.Option(help="Stop after mining this many blocks.", min=0)] = 0,
+    rpc_port: Annotated[
+        int, typer.Option(help="User JSON-RPC port on 127.0.0.1 (0: any free port).")
+    ] = 8645,
 ) -> None:
-    """Run a node (today: --dev, a single-node chain; --mine to mine it)."""
+    """Run a node (today: --dev, a single-node chain with its execution client; --mine to mine)."""
     if not dev:
         fail("only --dev is available until the p2p network lands; try `qoin node --dev --mine`")
     home = datadir or qoin_home() / "dev"
@@ -127,7 +134,30 @@ def node(
         typer.echo("not mining (add --mine); nothing else to do without peers yet", err=True)
         chain.close()
         return
-    loop = MiningLoop(chain, keypair, workers)
+    run_mining(chain, keypair, workers, blocks, rpc_port, home)
+
+
+def run_mining(
+    chain: Chain,
+    keypair: HybridKeyPair,
+    workers: int | None,
+    blocks: int,
+    rpc_port: int,
+    home: Path,
+) -> None:
+    """Mine with an in-process execution client serving the user RPC, until stopped."""
+    try:
+        state = ExecutionState.open(home / "execution", chain.genesis)
+        client = ExecutionClient(state)
+        replayed = catch_up(chain, client)
+        server = BackgroundServer(client.user_server().app, port=rpc_port).start()
+    except (QoinError, OSError) as exc:
+        chain.close()
+        fail(f"cannot start the execution client: {exc}", EXIT_USAGE)
+    typer.echo(
+        f"execution client: user RPC {server.url} (replayed {replayed} blocks at start)", err=True
+    )
+    loop = MiningLoop(chain, keypair, workers, LocalExecution(client))
     typer.echo(f"mining to {keypair.address} on {loop.miner.workers} processes", err=True)
 
     def report(mined: MinedBlock) -> None:
@@ -156,6 +186,8 @@ def node(
         failure = ""
     finally:
         loop.miner.stop()
+        server.stop()
+        state.close()
         head = chain.head_header
         chain.close()
         typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from qoin.chain.block import Block
 from qoin.chain.chain import Chain, ImportResult
@@ -38,6 +39,16 @@ class MinedBlock:
     """The miner's rate since the previous report."""
 
 
+class ExecutionLink(Protocol):
+    """What the mining loop needs from an execution client."""
+
+    def build(self, template: Block) -> Block:
+        """Fill a template with transactions and the post-state roots."""
+
+    def imported(self, chain: Chain, result: ImportResult) -> None:
+        """Tell the execution client about newly stored blocks and the new head."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -45,8 +56,15 @@ def _now_ms() -> int:
 class MiningLoop:
     """Mines on ``chain``'s head with ``keypair`` until :meth:`stop` (or ``max_blocks``)."""
 
-    def __init__(self, chain: Chain, keypair: HybridKeyPair, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        keypair: HybridKeyPair,
+        workers: int | None = None,
+        execution: ExecutionLink | None = None,
+    ) -> None:
         self.chain = chain
+        self.execution = execution
         self.keypair = keypair
         self.miner = Miner(keypair, workers)
         self._stop = threading.Event()
@@ -63,6 +81,8 @@ class MiningLoop:
             return
         self._next_id += 1
         template = build_template(self.chain, self.keypair.public, _now_ms())
+        if self.execution is not None:
+            template = self.execution.build(template)
         self._templates[self._next_id] = template
         while len(self._templates) > KEPT_TEMPLATES:
             self._templates.popitem(last=False)
@@ -103,6 +123,8 @@ class MiningLoop:
                     on_reject(f"mined block rejected: {type(exc).__name__}: {exc}")
                     self._template_head = None  # build a fresh template (new timestamp)
                     continue
+                if self.execution is not None:
+                    self.execution.imported(self.chain, result)
                 mined += 1
                 on_block(MinedBlock(block, result, self.miner.attempts_per_second()))
         return mined

@@ -1,0 +1,153 @@
+"""``qoin execution``: run the execution client; ``qoin balance`` and ``qoin tx send`` talk to one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from qoin.chain import genesis as genesis_mod
+from qoin.chain.transaction import sign_transfer
+from qoin.cli.common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    fail,
+    print_json,
+    read_password,
+    stop_on_signals,
+)
+from qoin.crypto import keystore
+from qoin.crypto.address import Address, AddressError
+from qoin.execution.client import ExecutionClient
+from qoin.execution.state import ExecutionState, ExecutionStateError
+from qoin.rpc.jwt import JwtError, create_secret
+from qoin.rpc.serve import BackgroundServer, ServeError
+
+DEFAULT_RPC = "http://127.0.0.1:8645/"
+RpcUrl = Annotated[str, typer.Option("--rpc", help="The execution client's user RPC URL.")]
+
+
+def execution(
+    datadir: Annotated[Path, typer.Option(help="Execution data directory.")],
+    genesis: Annotated[
+        Path | None, typer.Option(help="Genesis file (default: DATADIR/genesis.json, else devnet).")
+    ] = None,
+    rpc_port: Annotated[int, typer.Option(help="User JSON-RPC port (127.0.0.1).")] = 8645,
+    engine_port: Annotated[int, typer.Option(help="Engine API port (127.0.0.1).")] = 8651,
+    jwt_secret: Annotated[
+        Path | None, typer.Option(help="Engine JWT secret file (created if missing).")
+    ] = None,
+) -> None:
+    """Run the execution client until Ctrl-C or SIGTERM."""
+    saved = datadir / "genesis.json"
+    try:
+        chosen = (
+            genesis_mod.load_file(genesis or saved)
+            if (genesis or saved.exists())
+            else genesis_mod.builtin("devnet")
+        )
+        secret = create_secret(jwt_secret or datadir / "jwt.hex")
+        state = ExecutionState.open(datadir, chosen)
+    except (genesis_mod.GenesisError, JwtError, ExecutionStateError, OSError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    client = ExecutionClient(state)
+    done = threading.Event()
+    try:
+        with (
+            BackgroundServer(client.user_server().app, port=rpc_port) as user,
+            BackgroundServer(client.engine_server(secret).app, port=engine_port) as engine,
+            stop_on_signals(done.set),
+        ):
+            typer.echo(
+                f"qoin execution: network {chosen.network}, head height={state.head_height()}, "
+                f"user RPC {user.url}, engine API {engine.url}",
+                err=True,
+            )
+            done.wait()
+    except ServeError as exc:
+        fail(str(exc), EXIT_USAGE)
+    finally:
+        state.close()
+    typer.echo("stopped", err=True)
+
+
+def _call(url: str, method: str, *params: Any) -> Any:
+    try:
+        answer = httpx.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
+            timeout=30,
+        ).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        fail(f"cannot reach the execution client at {url}: {exc}", EXIT_FAILURE)
+    if "error" in answer:
+        fail(f"{method}: {answer['error'].get('message')}", EXIT_FAILURE)
+    return answer.get("result")
+
+
+def balance(
+    address: Annotated[str, typer.Argument(help="Account address (qoin1…).")],
+    rpc: RpcUrl = DEFAULT_RPC,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the whole account as JSON.")
+    ] = False,
+) -> None:
+    """Show an account's balance (Shor)."""
+    try:
+        Address.from_text(address)
+    except AddressError as exc:
+        fail(str(exc), EXIT_USAGE)
+    account = _call(rpc, "qoin_getAccount", address)
+    if json_out:
+        print_json(account)
+    else:
+        typer.echo(f"{account['balance']}")
+
+
+tx_app = typer.Typer(help="Build, sign and send transactions.", no_args_is_help=True)
+
+
+@tx_app.command("send")
+def tx_send(
+    key: Annotated[Path, typer.Option(help="Sender keystore.")],
+    to: Annotated[str, typer.Option(help="Recipient address.")],
+    amount: Annotated[int, typer.Option(help="Shor to send.", min=0)],
+    fee: Annotated[
+        int | None, typer.Option(help="Fee in Shor (default: estimated).", min=0)
+    ] = None,
+    rpc: RpcUrl = DEFAULT_RPC,
+    password_file: Annotated[Path | None, typer.Option(help="Keystore password file.")] = None,
+) -> None:
+    """Sign a transfer with a keystore and submit it; print its hash."""
+    try:
+        recipient = Address.from_text(to)
+        store = keystore.load(key)
+    except (AddressError, keystore.KeystoreError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    chain_id = _call(rpc, "qoin_chainId")
+    account = _call(rpc, "qoin_getAccount", str(store.address))
+    paid = fee if fee is not None else _call(rpc, "qoin_estimateFee")["fee"]
+    try:
+        keypair = keystore.decrypt_keypair(store, read_password(password_file, confirm=False))
+    except keystore.KeystoreError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    tx = sign_transfer(
+        keypair,
+        chain_id=chain_id,
+        nonce=account["nextNonce"],
+        recipient=recipient,
+        amount=amount,
+        fee=paid,
+        reveal_keys=not account["publicKeysRevealed"],
+    )
+    typer.echo(_call(rpc, "qoin_sendRawTransaction", tx.encode().hex()))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``execution``, ``balance`` and ``tx`` to the ``qoin`` command."""
+    app.command("execution")(execution)
+    app.command("balance")(balance)
+    app.add_typer(tx_app, name="tx")

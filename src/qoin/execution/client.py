@@ -1,0 +1,460 @@
+"""The execution client: state database + mempool + payload building, behind two JSON-RPC servers.
+
+* the **user RPC** (``qoin_*`` methods, no authentication, 127.0.0.1 by default);
+* the **engine API** (``engine_*`` methods, JWT HS256) that the consensus client drives.
+
+Values on the wire: hashes, addresses' raw bytes, blocks, transactions, proofs and witnesses are hex
+strings of their canonical encodings; addresses are bech32m text; amounts are integers (Shor).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+from starlette.requests import Request
+
+from qoin.chain.block import MAX_BLOCK_SIZE, Block, Coinbase, Payout, transactions_root
+from qoin.chain.issuance import supply_info
+from qoin.chain.transaction import Transaction
+from qoin.crypto.address import Address
+from qoin.errors import QoinError
+from qoin.execution.account import Account
+from qoin.execution.mempool import Mempool
+from qoin.execution.state import ExecutionState, PayloadStatus
+from qoin.rpc.jwt import JwtError, verify
+from qoin.rpc.server import Method, Param, RpcError, RpcServer
+
+MAX_PAYLOADS = 16
+BLOCK_TX_LIMIT = 4096
+DEFAULT_FEE_PER_BYTE = 1
+
+
+class ExecutionError(QoinError):
+    """A request the execution client cannot serve (unknown block, payload, ...)."""
+
+
+def _hex_bytes(value: str, size: int | None = None) -> bytes:
+    data = bytes.fromhex(value.removeprefix("0x"))
+    if size is not None and len(data) != size:
+        raise ValueError(f"expected {size} bytes")
+    return data
+
+
+HASH = Param("hash", {"type": "string", "maxLength": 66}, parse=lambda v: _hex_bytes(v, 32))
+ADDRESS = Param("address", {"type": "string", "maxLength": 90}, parse=Address.from_text)
+BLOCK_TAG = Param(
+    "block",
+    {"type": ["string", "integer", "null"], "maxLength": 66},
+    required=False,
+    description="block hash (hex), height, or 'latest' (default)",
+)
+
+
+def account_json(account: Account) -> dict[str, Any]:
+    """An account on the wire."""
+    return {
+        "balance": account.balance,
+        "nonce": account.nonce,
+        "publicKeysRevealed": account.public_keys is not None,
+    }
+
+
+def tx_json(tx: Transaction) -> dict[str, Any]:
+    """A transaction on the wire."""
+    return {
+        "hash": tx.tx_id.hex(),
+        "chainId": tx.chain_id,
+        "from": str(tx.sender),
+        "to": str(tx.recipient),
+        "nonce": tx.nonce,
+        "amount": tx.amount,
+        "fee": tx.fee,
+        "payload": tx.payload.hex(),
+        "revealsKeys": tx.public_keys is not None,
+        "raw": tx.encode().hex(),
+    }
+
+
+class ExecutionClient:
+    """Serves one :class:`ExecutionState` and its mempool."""
+
+    def __init__(self, state: ExecutionState) -> None:
+        self.state = state
+        self.lock = threading.RLock()
+        self.mempool = Mempool(state.genesis.chain_id, state.account)
+        self._payloads: OrderedDict[str, Block] = OrderedDict()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _block_hash(self, tag: str | int | None) -> bytes:
+        if tag is None or tag == "latest":
+            return self.state.head
+        if isinstance(tag, int):
+            found = self.state.canonical_hash(tag)
+            if found is None:
+                raise ExecutionError(f"no canonical block at height {tag}")
+            return found
+        try:
+            return _hex_bytes(tag, 32)
+        except ValueError:
+            raise RpcError(
+                -32602, "invalid params: block must be a hash, a height or 'latest'"
+            ) from None
+
+    def _block_json(self, block: Block) -> dict[str, Any]:
+        header = block.header
+        return {
+            "hash": block.block_hash.hex(),
+            "height": header.height,
+            "parentHash": header.parent_hash.hex(),
+            "timestampMs": header.timestamp_ms,
+            "stateRoot": header.state_root.hex(),
+            "receiptsRoot": header.receipts_root.hex(),
+            "miner": str(header.coinbase),
+            "siblings": [s.block_hash.hex() for s in block.siblings],
+            "coinbase": [
+                {"to": str(p.recipient), "amount": p.amount} for p in block.coinbase.payouts
+            ],
+            "transactions": [tx_json(tx) for tx in block.transactions],
+            "raw": block.encode().hex(),
+        }
+
+    # -- user RPC --------------------------------------------------------------------------------
+
+    def chain_id(self) -> int:
+        """The chain id."""
+        return self.state.genesis.chain_id
+
+    def block_number(self) -> int:
+        """Height of the head."""
+        with self.lock:
+            return self.state.head_height()
+
+    def block_by_number(self, height: int) -> dict[str, Any] | None:
+        """A canonical block by height."""
+        with self.lock:
+            found = self.state.canonical_hash(height)
+            block = None if found is None else self.state.block(found)
+            return None if block is None else self._block_json(block)
+
+    def block_by_hash(self, hash: bytes) -> dict[str, Any] | None:
+        """A stored block by hash."""
+        with self.lock:
+            block = self.state.block(hash)
+            return None if block is None else self._block_json(block)
+
+    def balance(self, address: Address, block: str | int | None = None) -> int:
+        """Balance in Shor."""
+        with self.lock:
+            return self.state.account(address, self._block_hash(block)).balance
+
+    def account(self, address: Address, block: str | int | None = None) -> dict[str, Any]:
+        """Balance, nonce, whether keys are revealed, and the next nonce to use."""
+        with self.lock:
+            found = account_json(self.state.account(address, self._block_hash(block)))
+            found["nextNonce"] = self.mempool.next_nonce(address)
+            return found
+
+    def transaction(self, hash: bytes) -> dict[str, Any] | None:
+        """A transaction: canonical (with its block) or pending."""
+        with self.lock:
+            found = self.state.transaction(hash)
+            if found is not None:
+                tx, block_hash, index = found
+                return {**tx_json(tx), "blockHash": block_hash.hex(), "index": index}
+            pending = self.mempool.get(hash)
+            return None if pending is None else {**tx_json(pending), "pending": True}
+
+    def receipt(self, hash: bytes) -> dict[str, Any] | None:
+        """The receipt of a canonical transaction."""
+        with self.lock:
+            found = self.state.transaction(hash)
+            if found is None:
+                return None
+            tx, block_hash, index = found
+            block = self.state.block(block_hash)
+            return {
+                "transactionHash": hash.hex(),
+                "blockHash": block_hash.hex(),
+                "blockHeight": None if block is None else block.header.height,
+                "index": index,
+                "from": str(tx.sender),
+                "fee": tx.fee,
+                "status": "success",
+            }
+
+    def send_raw_transaction(self, raw: Transaction) -> str:
+        """Validate a transaction into the mempool; return its hash."""
+        with self.lock:
+            self.mempool.add(raw)
+            return raw.tx_id.hex()
+
+    def proof(self, address: Address, block: str | int | None = None) -> dict[str, Any]:
+        """Like EIP-1186 ``eth_getProof``: the account and its Merkle proof against a state root."""
+        with self.lock:
+            block_hash = self._block_hash(block)
+            root, proof = self.state.proof(address, block_hash)
+            return {
+                "address": str(address),
+                "blockHash": block_hash.hex(),
+                "stateRoot": root.hex(),
+                "account": account_json(self.state.account(address, block_hash)),
+                "proof": proof.encode().hex(),
+            }
+
+    def estimate_fee(self, size: int = 3_500) -> dict[str, int]:
+        """A fee for a transaction of ``size`` bytes: the pool's going rate, at least the floor."""
+        with self.lock:
+            chosen = self.mempool.select(BLOCK_TX_LIMIT, MAX_BLOCK_SIZE // 2)
+        rates = sorted(tx.fee / len(tx.encode()) for tx in chosen)
+        rate = max(DEFAULT_FEE_PER_BYTE, rates[len(rates) // 2] if rates else 0)
+        return {"feePerByte": int(rate), "fee": int(rate * size), "size": size}
+
+    def supply(self, height: int | None = None) -> dict[str, Any]:
+        """Issuance figures at a height (default: the head)."""
+        with self.lock:
+            at = self.state.head_height() if height is None else height
+        info = supply_info(self.state.genesis.issuance, at)
+        return {
+            "height": at,
+            "era": info.era,
+            "subsidy": info.subsidy,
+            "mined": info.mined,
+            "supply": info.supply,
+        }
+
+    # -- engine API -------------------------------------------------------------------------------
+
+    def new_payload(self, block: Block) -> dict[str, Any]:
+        """Execute a block; VALID / INVALID / SYNCING / ACCEPTED."""
+        with self.lock:
+            verdict = self.state.new_payload(block)
+            if verdict.status is PayloadStatus.VALID and self.state.head == block.block_hash:
+                self.mempool.on_block(block.transactions)  # the block extended the head
+            return {"status": verdict.status.value, "validationError": verdict.reason or None}
+
+    def forkchoice_updated(self, head: bytes, template: Block | None = None) -> dict[str, Any]:
+        """Move the head; with a template, start building a payload on it."""
+        with self.lock:
+            try:
+                change = self.state.forkchoice_updated(head)
+            except QoinError as exc:
+                return {"payloadStatus": {"status": "INVALID", "validationError": str(exc)}}
+            if change.connected or change.disconnected:
+                self.mempool.on_reorg(change.disconnected, change.connected)
+            payload_id = None
+            if template is not None:
+                payload_id = secrets.token_hex(8)
+                self._payloads[payload_id] = self.build_payload(template)
+                while len(self._payloads) > MAX_PAYLOADS:
+                    self._payloads.popitem(last=False)
+            return {"payloadStatus": {"status": PayloadStatus.VALID.value}, "payloadId": payload_id}
+
+    def build_payload(self, template: Block) -> Block:
+        """Fill a consensus template with mempool transactions, the fee payout and the roots."""
+        if template.header.parent_hash != self.state.head:
+            raise ExecutionError("payload templates must build on the head")
+        txs = tuple(self.mempool.select(BLOCK_TX_LIMIT, MAX_BLOCK_SIZE // 2))
+        payouts = list(template.coinbase.payouts)
+        if not payouts:
+            raise ExecutionError("the template's coinbase has no fee payout")
+        payouts[-1] = Payout(payouts[-1].recipient, sum(tx.fee for tx in txs))
+        coinbase = Coinbase(tuple(payouts))
+        header = replace(template.header, transactions_root=transactions_root(coinbase, txs))
+        return self.state.fill_roots(
+            replace(template, header=header, coinbase=coinbase, transactions=txs)
+        )
+
+    def get_payload(self, payload_id: str) -> str:
+        """The built (unsealed) block of a payload id, hex-encoded."""
+        with self.lock:
+            block = self._payloads.get(payload_id)
+        if block is None:
+            raise ExecutionError(f"unknown payload id {payload_id}")
+        return block.encode().hex()
+
+    def get_proofs(self, block_hash: bytes, addresses: list[Address]) -> dict[str, Any]:
+        """Pre-state (parent root) and post-state (block root) proofs of accounts, for sampling."""
+        with self.lock:
+            block = self.state.block(block_hash)
+            if block is None:
+                raise ExecutionError(f"unknown block {block_hash.hex()}")
+            parent = block.header.parent_hash
+            return {
+                "parentStateRoot": self.state.proof(addresses[0], parent)[0].hex()
+                if addresses
+                else None,
+                "proofs": [
+                    {
+                        "address": str(a),
+                        "pre": self.state.proof(a, parent)[1].encode().hex(),
+                        "post": self.state.proof(a, block_hash)[1].encode().hex(),
+                    }
+                    for a in addresses
+                ],
+            }
+
+    def get_witness(self, block_hash: bytes) -> str:
+        """The full execution witness of a stored block, hex-encoded."""
+        with self.lock:
+            block = self.state.block(block_hash)
+            if block is None:
+                raise ExecutionError(f"unknown block {block_hash.hex()}")
+            return self.state.witness(block).encode().hex()
+
+    # -- servers -----------------------------------------------------------------------------------
+
+    def user_server(self) -> RpcServer:
+        """The user JSON-RPC server."""
+        raw_tx = Param(
+            "raw",
+            {"type": "string", "maxLength": 2 * 64 * 1024},
+            parse=lambda v: Transaction.decode(_hex_bytes(v)),
+        )
+        height = Param("height", {"type": "integer", "minimum": 0})
+        return RpcServer(
+            "Qoin execution client",
+            [
+                Method("qoin_chainId", self.chain_id, (), {"type": "integer"}, "Chain id"),
+                Method(
+                    "qoin_blockNumber", self.block_number, (), {"type": "integer"}, "Head height"
+                ),
+                Method(
+                    "qoin_getBlockByNumber",
+                    self.block_by_number,
+                    (height,),
+                    {"type": ["object", "null"]},
+                    "Canonical block by height",
+                ),
+                Method(
+                    "qoin_getBlockByHash",
+                    self.block_by_hash,
+                    (HASH,),
+                    {"type": ["object", "null"]},
+                    "Block by hash",
+                ),
+                Method(
+                    "qoin_getBalance",
+                    self.balance,
+                    (ADDRESS, BLOCK_TAG),
+                    {"type": "integer"},
+                    "Balance in Shor",
+                ),
+                Method(
+                    "qoin_getAccount",
+                    self.account,
+                    (ADDRESS, BLOCK_TAG),
+                    {"type": "object"},
+                    "Account",
+                ),
+                Method(
+                    "qoin_getTransactionByHash",
+                    self.transaction,
+                    (HASH,),
+                    {"type": ["object", "null"]},
+                    "Transaction",
+                ),
+                Method(
+                    "qoin_getTransactionReceipt",
+                    self.receipt,
+                    (HASH,),
+                    {"type": ["object", "null"]},
+                    "Receipt",
+                ),
+                Method(
+                    "qoin_sendRawTransaction",
+                    self.send_raw_transaction,
+                    (raw_tx,),
+                    {"type": "string"},
+                    "Submit a transaction",
+                ),
+                Method(
+                    "qoin_getProof",
+                    self.proof,
+                    (ADDRESS, BLOCK_TAG),
+                    {"type": "object"},
+                    "Account with Merkle proof",
+                ),
+                Method(
+                    "qoin_estimateFee",
+                    self.estimate_fee,
+                    (Param("size", {"type": "integer", "minimum": 1}, required=False),),
+                    {"type": "object"},
+                    "Fee estimate",
+                ),
+                Method(
+                    "qoin_supply",
+                    self.supply,
+                    (Param("height", {"type": "integer", "minimum": 0}, required=False),),
+                    {"type": "object"},
+                    "Issuance",
+                ),
+            ],
+        )
+
+    def engine_server(self, secret: bytes) -> RpcServer:
+        """The engine API server, authenticated with the shared JWT secret."""
+
+        def authenticate(request: Request) -> None:
+            header = request.headers.get("authorization", "")
+            if not header.startswith("Bearer "):
+                raise JwtError("missing 'Authorization: Bearer <jwt>'")
+            verify(secret, header.removeprefix("Bearer "))
+
+        block = Param(
+            "block",
+            {"type": "string", "maxLength": 2 * MAX_BLOCK_SIZE},
+            parse=lambda v: Block.decode(_hex_bytes(v)),
+        )
+        template = replace(block, name="template", required=False)
+        addresses = Param(
+            "addresses",
+            {"type": "array"},
+            parse=lambda v: [Address.from_text(a) for a in v[:1024]],
+        )
+        return RpcServer(
+            "Qoin engine API",
+            [
+                Method(
+                    "engine_newPayload",
+                    self.new_payload,
+                    (block,),
+                    {"type": "object"},
+                    "Execute a block",
+                ),
+                Method(
+                    "engine_forkchoiceUpdated",
+                    self.forkchoice_updated,
+                    (replace(HASH, name="head"), template),
+                    {"type": "object"},
+                    "Set head, build payload",
+                ),
+                Method(
+                    "engine_getPayload",
+                    self.get_payload,
+                    (Param("payload_id", {"type": "string", "maxLength": 32}),),
+                    {"type": "string"},
+                    "Built payload",
+                ),
+                Method(
+                    "engine_getProofs",
+                    self.get_proofs,
+                    (replace(HASH, name="block_hash"), addresses),
+                    {"type": "object"},
+                    "Pre/post proofs",
+                ),
+                Method(
+                    "engine_getWitness",
+                    self.get_witness,
+                    (replace(HASH, name="block_hash"),),
+                    {"type": "string"},
+                    "Execution witness",
+                ),
+            ],
+            authenticate=authenticate,
+            max_body=3 * MAX_BLOCK_SIZE,
+        )

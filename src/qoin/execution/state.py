@@ -1,0 +1,447 @@
+"""The execution client's database: the state tree, executed blocks, the canonical chain, the
+transaction index and receipts, in one SQLite file (``execution.sqlite3``, WAL, ``synchronous=FULL``).
+
+Verdicts follow the engine API:
+
+* ``new_payload(block)`` — ``SYNCING`` if the parent is unknown; otherwise the block is executed on its
+  parent's state and compared with the header's ``state_root`` and ``receipts_root``: ``VALID`` or
+  ``INVALID`` with the reason. A valid child of the current head becomes the head (its state is
+  committed as the next version of the tree); a block elsewhere whose parent's state is retained is
+  executed statelessly from a witness and stored, not applied. A block deeper in a side branch (its
+  parent's state was never materialised) is stored as ``ACCEPTED``: it is executed when a head change
+  reaches it, and is then ``VALID`` or ``INVALID``. VALID and INVALID never flip: invalid blocks are
+  remembered.
+* ``forkchoice_updated(head)`` — moves the head to a valid stored block: the state rolls back to the
+  fork point and the new branch's blocks are re-executed; the canonical index, transaction index and
+  receipts follow. It returns the transactions of the disconnected and connected blocks (mempool).
+
+State roots of the last ``retain`` blocks stay servable (proofs, witnesses, reorgs); older versions
+are pruned. The genesis state is version 0: the allocation of the genesis file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+from qoin.chain.block import Block
+from qoin.chain.genesis import Genesis
+from qoin.chain.transaction import Transaction
+from qoin.crypto.address import Address
+from qoin.crypto.batch import default_workers
+from qoin.errors import QoinError
+from qoin.execution.account import Account, state_key
+from qoin.execution.transition import InvalidExecution, Receipt
+from qoin.execution.witness import (
+    Witness,
+    decode_account,
+    execute_on_tree,
+    execute_stateless,
+    make_witness,
+)
+from qoin.state.nodestore import SqliteNodeStore
+from qoin.state.smt import Proof, SmtError, SparseMerkleTree
+
+STATE_FILE = "execution.sqlite3"
+DEFAULT_RETAIN = 256
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS blocks (hash BLOB PRIMARY KEY, parent BLOB NOT NULL, "
+    "height INTEGER NOT NULL, state_root BLOB NOT NULL, status TEXT NOT NULL, "
+    "block BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS invalid (hash BLOB PRIMARY KEY, reason TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS canonical (height INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS txindex (tx_id BLOB PRIMARY KEY, block BLOB NOT NULL, "
+    "idx INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS receipts (block BLOB NOT NULL, idx INTEGER NOT NULL, "
+    "receipt BLOB NOT NULL, PRIMARY KEY (block, idx)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+)
+
+
+class ExecutionStateError(QoinError):
+    """The execution database cannot do what was asked."""
+
+
+class StateRootMismatch(InvalidExecution):
+    """Executing the block gives another state root than its header claims."""
+
+
+class ReceiptsRootMismatch(InvalidExecution):
+    """Executing the block gives another receipts root than its header claims."""
+
+
+class PayloadStatus(Enum):
+    """Engine API verdicts."""
+
+    VALID = "VALID"
+    INVALID = "INVALID"
+    SYNCING = "SYNCING"
+    ACCEPTED = "ACCEPTED"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A payload's status, with the reason when it is invalid."""
+
+    status: PayloadStatus
+    """VALID, INVALID or SYNCING."""
+    reason: str = ""
+    """Why it is invalid."""
+
+
+@dataclass(frozen=True)
+class HeadChange:
+    """What a head move did, for the mempool."""
+
+    disconnected: tuple[Transaction, ...]
+    """Transactions of the blocks that left the canonical chain, oldest first."""
+    connected: tuple[Transaction, ...]
+    """Transactions of the blocks that joined it, oldest first."""
+
+
+class ExecutionState:
+    """State, blocks and indexes of one execution client."""
+
+    def __init__(self, db: sqlite3.Connection, genesis: Genesis, lock_fd: int, retain: int) -> None:
+        self._db = db
+        self.genesis = genesis
+        self._lock_fd = lock_fd
+        self.retain = retain
+        self.nodes = SqliteNodeStore(db)
+        self.tree = SparseMerkleTree.open_latest(self.nodes)
+        self.pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
+        self._init_genesis()
+
+    @classmethod
+    def open(cls, datadir: Path, genesis: Genesis, retain: int = DEFAULT_RETAIN) -> ExecutionState:
+        """Open (or create) the execution database in ``datadir``."""
+        datadir.mkdir(parents=True, exist_ok=True)
+        path = datadir / STATE_FILE
+        fd = os.open(path.with_name(STATE_FILE + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ExecutionStateError(f"{datadir} is in use by another execution client") from None
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            SqliteNodeStore.tune(db)
+            db.execute("PRAGMA synchronous=FULL")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            return cls(db, genesis, fd, retain)
+        except (sqlite3.DatabaseError, QoinError) as exc:
+            os.close(fd)
+            raise ExecutionStateError(f"cannot open {path}: {exc}") from None
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _init_genesis(self) -> None:
+        genesis_hash = self.genesis.genesis_hash
+        stored = self._meta("genesis")
+        if stored is not None:
+            if stored != genesis_hash:
+                raise ExecutionStateError("this data directory belongs to another network")
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            root = self.tree.update(
+                {state_key(a.address): Account(a.amount).encode() for a in self.genesis.allocation},
+                0,
+            )
+            self._db.execute(
+                "INSERT INTO blocks VALUES (?, ?, 0, ?, 'VALID', ?)",
+                (genesis_hash, bytes(32), root, self.genesis.block.encode()),
+            )
+            self._db.execute("INSERT INTO canonical VALUES (0, ?)", (genesis_hash,))
+            self._db.execute(
+                "INSERT INTO meta VALUES ('genesis', ?), ('head', ?)", (genesis_hash, genesis_hash)
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self.nodes.clear_cache()
+        self.tree = SparseMerkleTree.open_latest(self.nodes)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> bytes:
+        """Hash of the head block."""
+        head = self._meta("head")
+        if head is None:
+            raise ExecutionStateError("no head")
+        return head
+
+    def block_info(self, block_hash: bytes) -> tuple[int, bytes, bytes] | None:
+        """(height, parent, post-state root) of a stored valid block."""
+        row = self._db.execute(
+            "SELECT height, parent, state_root FROM blocks WHERE hash = ?", (block_hash,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def block(self, block_hash: bytes) -> Block | None:
+        """A stored valid block."""
+        row = self._db.execute("SELECT block FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return None if row is None else Block.decode(bytes(row[0]))
+
+    def canonical_hash(self, height: int) -> bytes | None:
+        """The canonical block at ``height``."""
+        row = self._db.execute("SELECT hash FROM canonical WHERE height = ?", (height,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def head_height(self) -> int:
+        """Height of the head block."""
+        info = self.block_info(self.head)
+        return 0 if info is None else info[0]
+
+    def _root_of(self, block_hash: bytes | None) -> bytes:
+        if block_hash is None:
+            return self.tree.root
+        info = self.block_info(block_hash)
+        if info is None:
+            raise ExecutionStateError(f"unknown block {block_hash.hex()}")
+        return info[2]
+
+    def account(self, address: Address, block_hash: bytes | None = None) -> Account:
+        """An account at the head (or after a retained block)."""
+        try:
+            return decode_account(self.tree.get_at(self._root_of(block_hash), state_key(address)))
+        except SmtError as exc:
+            raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
+
+    def proof(self, address: Address, block_hash: bytes | None = None) -> tuple[bytes, Proof]:
+        """(state root, Merkle proof of the account) at the head or after a retained block."""
+        root = self._root_of(block_hash)
+        try:
+            return root, self.tree.prove_at(root, state_key(address))
+        except SmtError as exc:
+            raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
+
+    def witness(self, block: Block) -> Witness:
+        """The witness of ``block`` against its parent's state root (which must be retained)."""
+        parent_root = self._root_of(block.header.parent_hash)
+        try:
+            return make_witness(self.tree, parent_root, block)
+        except SmtError as exc:
+            raise ExecutionStateError(f"parent state is no longer retained: {exc}") from None
+
+    def transaction(self, tx_id: bytes) -> tuple[Transaction, bytes, int] | None:
+        """(transaction, block hash, index) of a canonical transaction."""
+        row = self._db.execute(
+            "SELECT block, idx FROM txindex WHERE tx_id = ?", (tx_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        block = self.block(bytes(row[0]))
+        if block is None:
+            return None
+        return block.transactions[int(row[1])], bytes(row[0]), int(row[1])
+
+    # -- payloads ----------------------------------------------------------------------------------
+
+    def fill_roots(self, template: Block) -> Block:
+        """``template`` with the ``state_root`` and ``receipts_root`` its execution gives (for
+        building a payload; raises :class:`InvalidExecution` if it cannot execute)."""
+        witness = self.witness(template)
+        parent_root = self._root_of(template.header.parent_hash)
+        post_root, receipts = execute_stateless(parent_root, template, witness, self.pool)
+        header = replace(template.header, state_root=post_root, receipts_root=receipts)
+        return replace(template, header=header)
+
+    def new_payload(self, block: Block) -> Verdict:
+        """Execute and judge a block (see the module docstring)."""
+        block_hash = block.block_hash
+        row = self._db.execute(
+            "SELECT reason FROM invalid WHERE hash = ?", (block_hash,)
+        ).fetchone()
+        if row is not None:
+            return Verdict(PayloadStatus.INVALID, str(row[0]))
+        known = self._status(block_hash)
+        if known is not None:
+            return Verdict(known)
+        parent = self.block_info(block.header.parent_hash)
+        if parent is None:
+            return Verdict(PayloadStatus.SYNCING)
+        if block.header.parent_hash != self.head and not self._retained(parent[2]):
+            # The parent's state was never materialised (deep side branch) or was pruned.
+            self._store_block(block, block.header.state_root, PayloadStatus.ACCEPTED)
+            return Verdict(PayloadStatus.ACCEPTED)
+        try:
+            if block.header.parent_hash == self.head:
+                self._extend_head(block)
+            else:
+                self._validate_side(block)
+        except InvalidExecution as exc:
+            return self._mark_invalid(block_hash, exc)
+        return Verdict(PayloadStatus.VALID)
+
+    def _retained(self, root: bytes) -> bool:
+        """Whether the state with this root can be read from the node store."""
+        return root == bytes(32) or self.nodes.get(root) is not None
+
+    def _mark_invalid(self, block_hash: bytes, exc: Exception) -> Verdict:
+        reason = f"{type(exc).__name__}: {exc}"
+        self._db.execute("INSERT OR IGNORE INTO invalid VALUES (?, ?)", (block_hash, reason))
+        return Verdict(PayloadStatus.INVALID, reason)
+
+    def _status(self, block_hash: bytes) -> PayloadStatus | None:
+        row = self._db.execute("SELECT status FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return None if row is None else PayloadStatus(str(row[0]))
+
+    def _check_roots(self, block: Block, state_root: bytes, receipts_root: bytes) -> None:
+        if block.header.state_root != state_root:
+            raise StateRootMismatch(
+                f"state root mismatch: header {block.header.state_root.hex()}, "
+                f"execution gives {state_root.hex()}"
+            )
+        if block.header.receipts_root != receipts_root:
+            raise ReceiptsRootMismatch("receipts root mismatch")
+
+    def _extend_head(self, block: Block) -> None:
+        height = block.header.height
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            root, outcome = execute_on_tree(self.tree, block, height, self.pool)
+            self._check_roots(block, root, outcome.receipts_root)
+            self._store_block(block, root, PayloadStatus.VALID)
+            self._connect(block, outcome.receipts)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (block.block_hash,))
+            if height > self.retain:
+                self.tree.prune(height - self.retain)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _validate_side(self, block: Block) -> None:
+        post_root, receipts_root = execute_stateless(
+            self._root_of(block.header.parent_hash), block, self.witness(block), self.pool
+        )
+        self._check_roots(block, post_root, receipts_root)
+        self._store_block(block, post_root, PayloadStatus.VALID)
+
+    def _store_block(self, block: Block, root: bytes, status: PayloadStatus) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                block.block_hash,
+                block.header.parent_hash,
+                block.header.height,
+                root,
+                status.value,
+                block.encode(),
+            ),
+        )
+
+    def _connect(self, block: Block, receipts: Sequence[Receipt]) -> None:
+        block_hash = block.block_hash
+        self._db.execute(
+            "INSERT OR REPLACE INTO canonical VALUES (?, ?)", (block.header.height, block_hash)
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO txindex VALUES (?, ?, ?)",
+            [(tx.tx_id, block_hash, i) for i, tx in enumerate(block.transactions)],
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?)",
+            [(block_hash, r.index, r.encode()) for r in receipts],
+        )
+
+    def _disconnect(self, block: Block) -> None:
+        self._db.executemany(
+            "DELETE FROM txindex WHERE tx_id = ?", [(tx.tx_id,) for tx in block.transactions]
+        )
+        self._db.execute("DELETE FROM canonical WHERE height = ?", (block.header.height,))
+
+    def forkchoice_updated(self, head_hash: bytes) -> HeadChange:
+        """Make ``head_hash`` (a stored, not invalid, block) the head; roll the state over to it.
+        Accepted blocks on the way are executed now; if one fails it is marked invalid, nothing
+        changes, and :class:`ExecutionStateError` says why."""
+        if head_hash == self.head:
+            return HeadChange((), ())
+        if self.block_info(head_hash) is None:
+            raise ExecutionStateError(f"unknown or invalid head {head_hash.hex()}")
+        old_path, new_path = self._paths(self.head, head_hash)
+        old_blocks = [self._require(h) for h in old_path]  # newest first
+        new_blocks = [self._require(h) for h in reversed(new_path)]  # oldest first
+        fork_root = self._root_of(new_blocks[0].header.parent_hash if new_blocks else head_hash)
+        failing = head_hash
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for block in old_blocks:
+                self._disconnect(block)
+            self.tree = self.tree.with_root(fork_root)
+            for block in new_blocks:
+                failing = block.block_hash
+                root, outcome = execute_on_tree(self.tree, block, block.header.height, self.pool)
+                self._check_roots(block, root, outcome.receipts_root)
+                self._store_block(block, root, PayloadStatus.VALID)
+                self._connect(block, outcome.receipts)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (head_hash,))
+            self._db.execute("COMMIT")
+        except InvalidExecution as exc:
+            self._rollback()
+            self._mark_invalid(failing, exc)
+            raise ExecutionStateError(f"head change failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        return HeadChange(
+            tuple(tx for block in reversed(old_blocks) for tx in block.transactions),
+            tuple(tx for block in new_blocks for tx in block.transactions),
+        )
+
+    def _require(self, block_hash: bytes) -> Block:
+        block = self.block(block_hash)
+        if block is None:
+            raise ExecutionStateError(f"block {block_hash.hex()} is not stored")
+        return block
+
+    def _paths(self, old: bytes, new: bytes) -> tuple[list[bytes], list[bytes]]:
+        """Blocks from ``old`` and from ``new`` down to (excluding) their common ancestor."""
+        old_path, new_path = [], []
+        a, b = self.block_info(old), self.block_info(new)
+        if a is None or b is None:
+            raise ExecutionStateError("unknown block in head change")
+        while a[0] > b[0]:
+            old_path.append(old)
+            old, a = a[1], self._info(a[1])
+        while b[0] > a[0]:
+            new_path.append(new)
+            new, b = b[1], self._info(b[1])
+        while old != new:
+            old_path.append(old)
+            new_path.append(new)
+            old, a = a[1], self._info(a[1])
+            new, b = b[1], self._info(b[1])
+        return old_path, new_path
+
+    def _info(self, block_hash: bytes) -> tuple[int, bytes, bytes]:
+        info = self.block_info(block_hash)
+        if info is None:
+            raise ExecutionStateError(f"block {block_hash.hex()} is not stored")
+        return info
+
+    def close(self) -> None:
+        """Close the database and release the lock."""
+        self.pool.shutdown(wait=True)
+        self._db.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

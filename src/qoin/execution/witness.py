@@ -1,0 +1,146 @@
+"""Execution witnesses and stateless re-execution.
+
+A witness for a block is the pre-state of every account the block touches, each with a Merkle proof
+against the *parent's* state root (inclusion for existing accounts, exclusion for new ones)::
+
+    witness = count varint (<= MAX_WITNESS_ACCOUNTS), then (address 32 bytes, proof) pairs
+
+``execute_stateless(parent_root, block, witness)`` verifies every proof, executes the block on the
+proven values with the same :func:`~qoin.execution.transition.execute_block` as the stateful path,
+applies the changes to a :class:`~qoin.state.partial.PartialTree` and returns the post-state root and
+the receipts root. It needs no database, so the consensus client can run it.
+
+Accounts are never deleted: an account is written only when its post-state differs from its
+pre-state, and an absent account that receives nothing stays absent (a zero-amount payout does not
+create it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from qoin.chain.block import Block
+from qoin.crypto.address import ADDRESS_SIZE, Address
+from qoin.encoding.codec import DecodeError, Reader, Writer
+from qoin.errors import QoinError
+from qoin.execution.account import EMPTY_ACCOUNT, Account, state_key
+from qoin.execution.transition import (
+    BlockOutcome,
+    InvalidExecution,
+    execute_block,
+    touched_addresses,
+)
+from qoin.state.partial import PartialTree, WitnessIncomplete
+from qoin.state.smt import Proof, SparseMerkleTree
+
+MAX_WITNESS_ACCOUNTS = 4 * 8192 + 8
+
+
+class InvalidWitness(InvalidExecution):
+    """A witness that does not prove the block's pre-state."""
+
+
+@dataclass(frozen=True)
+class Witness:
+    """Pre-state proofs of the accounts a block touches."""
+
+    proofs: tuple[tuple[Address, Proof], ...]
+    """(address, proof against the parent state root), in first-touch order."""
+
+    def encode(self) -> bytes:
+        """Canonical encoding."""
+        writer = Writer().varint(len(self.proofs))
+        for address, proof in self.proofs:
+            writer.fixed(address.raw, ADDRESS_SIZE).raw(proof.encode())
+        return writer.bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Witness:
+        """Decode, bounding the number of accounts before reading them."""
+        reader = Reader(data)
+        count = reader.count(MAX_WITNESS_ACCOUNTS)
+        proofs = tuple(
+            (Address(reader.fixed(ADDRESS_SIZE)), Proof.read(reader)) for _ in range(count)
+        )
+        reader.finish()
+        return cls(proofs)
+
+
+def decode_account(value: bytes | None) -> Account:
+    """The account stored as ``value`` (absent: the empty account)."""
+    if value is None:
+        return EMPTY_ACCOUNT
+    try:
+        return Account.decode(value)
+    except DecodeError as exc:
+        raise InvalidWitness(f"a state value is not an account: {exc}") from None
+
+
+def state_changes(read: Callable[[Address], Account], outcome: BlockOutcome) -> dict[bytes, bytes]:
+    """Tree writes of an outcome: the encoded post-state of every account that changed."""
+    return {
+        state_key(address): account.encode()
+        for address, account in outcome.post_accounts.items()
+        if account != read(address)
+    }
+
+
+def make_witness(tree: SparseMerkleTree, parent_root: bytes, block: Block) -> Witness:
+    """The witness of ``block`` from a tree that retains ``parent_root``."""
+    return Witness(
+        tuple(
+            (address, tree.prove_at(parent_root, state_key(address)))
+            for address in touched_addresses(block)
+        )
+    )
+
+
+def execute_stateless(
+    parent_root: bytes,
+    block: Block,
+    witness: Witness,
+    executor: ThreadPoolExecutor | None = None,
+) -> tuple[bytes, bytes]:
+    """Re-execute ``block`` from ``witness`` alone; return (post-state root, receipts root)."""
+    proofs: Mapping[bytes, Proof] = {state_key(address): proof for address, proof in witness.proofs}
+    try:
+        tree = PartialTree.from_proofs(parent_root, proofs)
+    except QoinError as exc:  # ProofError: the reason is in the message
+        raise InvalidWitness(f"witness does not prove the parent state: {exc}") from exc
+    cache: dict[Address, Account] = {}
+
+    def read(address: Address) -> Account:
+        if address not in cache:
+            try:
+                value = tree.value(state_key(address))
+            except WitnessIncomplete as exc:
+                raise InvalidWitness(str(exc)) from None
+            cache[address] = decode_account(value)
+        return cache[address]
+
+    outcome = execute_block(read, block, executor=executor)
+    for key, value in state_changes(read, outcome).items():
+        tree.set(key, value)
+    return tree.root(), outcome.receipts_root
+
+
+def execute_on_tree(
+    tree: SparseMerkleTree,
+    block: Block,
+    version: int,
+    executor: ThreadPoolExecutor | None = None,
+) -> tuple[bytes, BlockOutcome]:
+    """The stateful path: execute ``block`` on the tree's current root and commit it as
+    ``version``; return the new root and the outcome."""
+    cache: dict[Address, Account] = {}
+
+    def read(address: Address) -> Account:
+        if address not in cache:
+            cache[address] = decode_account(tree.get(state_key(address)))
+        return cache[address]
+
+    outcome = execute_block(read, block, executor=executor)
+    root = tree.update(state_changes(read, outcome), version)
+    return root, outcome

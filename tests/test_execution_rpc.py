@@ -1,0 +1,135 @@
+"""The execution client's user RPC and engine API over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
+from qoin.chain.transaction import sign_transfer
+from qoin.crypto.hashing import HASH_SIZE
+from qoin.execution.account import Account, state_key
+from qoin.execution.client import ExecutionClient
+from qoin.execution.state import ExecutionState
+from qoin.pow.proof import placeholder_proof
+from qoin.rpc.jwt import encode
+from qoin.rpc.serve import BackgroundServer
+from qoin.state.smt import Proof, verify_proof
+from tests.conftest import keypair_for
+from tests.test_execution_state import ALICE, BOB, MINER, genesis
+
+SECRET = bytes(range(32))
+
+
+@dataclass
+class Running:
+    user: str
+    engine: str
+    state: ExecutionState
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Running]:
+    state = ExecutionState.open(tmp_path, genesis())
+    client = ExecutionClient(state)
+    with (
+        BackgroundServer(client.user_server().app) as user,
+        BackgroundServer(client.engine_server(SECRET).app) as engine,
+    ):
+        yield Running(user.url, engine.url, state)
+    state.close()
+
+
+def rpc(url: str, method: str, *params: object, token: str | None = None) -> dict[str, object]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    return httpx.post(url, json=body, headers=headers, timeout=30).json()  # type: ignore[no-any-return]
+
+
+def engine(url: str, method: str, *params: object) -> dict[str, object]:
+    return rpc(url, method, *params, token=encode(SECRET))
+
+
+def template_on(parent: Block) -> Block:
+    """What a consensus client sends: header fields, coinbase with a zero fee payout, no txs."""
+    coinbase = Coinbase((Payout(MINER.address, 10), Payout(MINER.address, 0)))
+    header = replace(
+        parent.header,
+        height=parent.header.height + 1,
+        parent_hash=parent.block_hash,
+        timestamp_ms=parent.header.timestamp_ms + 1000,
+        transactions_root=transactions_root(coinbase, ()),
+        siblings_root=siblings_root(()),
+        coinbase=MINER.address,
+        miner=MINER.public,
+        pow_proof=placeholder_proof(MINER.suite),
+        pow_nonce=bytes(HASH_SIZE),
+    )
+    return Block(header, (), coinbase, ())
+
+
+def test_transfer_through_rpc_and_engine(node: Running) -> None:
+    assert rpc(node.user, "qoin_chainId")["result"] == genesis().chain_id
+    tx = sign_transfer(
+        ALICE, chain_id=genesis().chain_id, nonce=0, recipient=BOB.address, amount=1234, fee=5
+    )
+    sent = rpc(node.user, "qoin_sendRawTransaction", tx.encode().hex())
+    assert sent["result"] == tx.tx_id.hex()
+    pending = rpc(node.user, "qoin_getTransactionByHash", tx.tx_id.hex())["result"]
+    assert pending["pending"] is True  # type: ignore[index]
+    head = genesis().block
+    built = engine(
+        node.engine,
+        "engine_forkchoiceUpdated",
+        head.block_hash.hex(),
+        template_on(head).encode().hex(),
+    )["result"]
+    payload_id = built["payloadId"]  # type: ignore[index]
+    block = Block.decode(
+        bytes.fromhex(engine(node.engine, "engine_getPayload", payload_id)["result"])
+    )  # type: ignore[arg-type]
+    assert block.transactions == (tx,)
+    assert block.coinbase.payouts[-1].amount == 5
+    verdict = engine(node.engine, "engine_newPayload", block.encode().hex())["result"]
+    assert verdict["status"] == "VALID"  # type: ignore[index]
+    engine(node.engine, "engine_forkchoiceUpdated", block.block_hash.hex())
+    assert rpc(node.user, "qoin_blockNumber")["result"] == 1
+    assert rpc(node.user, "qoin_getBalance", str(BOB.address))["result"] == 1234
+    receipt = rpc(node.user, "qoin_getTransactionReceipt", tx.tx_id.hex())["result"]
+    assert receipt["blockHash"] == block.block_hash.hex()  # type: ignore[index]
+    proof = rpc(node.user, "qoin_getProof", str(BOB.address))["result"]
+    value = verify_proof(
+        bytes.fromhex(proof["stateRoot"]),
+        state_key(BOB.address),  # type: ignore[index]
+        Proof.decode(bytes.fromhex(proof["proof"])),
+    )  # type: ignore[index]
+    assert Account.decode(value or b"") == Account(1234)
+    witness = engine(node.engine, "engine_getWitness", block.block_hash.hex())["result"]
+    assert isinstance(witness, str) and len(witness) > 0
+    proofs = engine(node.engine, "engine_getProofs", block.block_hash.hex(), [str(BOB.address)])[
+        "result"
+    ]
+    assert len(proofs["proofs"]) == 1  # type: ignore[index]
+    assert rpc(node.user, "qoin_getBlockByNumber", 1)["result"]["hash"] == block.block_hash.hex()  # type: ignore[index]
+
+
+def test_errors(node: Running) -> None:
+    assert rpc(node.user, "qoin_getBalance", "qoin1bad")["error"]["code"] == -32602  # type: ignore[index]
+    assert rpc(node.user, "qoin_sendRawTransaction", "zz")["error"]["code"] == -32602  # type: ignore[index]
+    assert rpc(node.user, "qoin_nope")["error"]["code"] == -32601  # type: ignore[index]
+    foreign = sign_transfer(
+        keypair_for(index=7), chain_id=1, nonce=0, recipient=BOB.address, amount=1, fee=1
+    )
+    refused = rpc(node.user, "qoin_sendRawTransaction", foreign.encode().hex())["error"]
+    assert refused["code"] == -32000 and "WrongChainId" in refused["message"]  # type: ignore[index]
+    unauthenticated = httpx.post(
+        node.engine,
+        json={"jsonrpc": "2.0", "id": 1, "method": "engine_getPayload", "params": ["x"]},
+        timeout=10,
+    )
+    assert unauthenticated.status_code == 401
+    assert engine(node.engine, "engine_getPayload", "nope")["error"]["code"] == -32000  # type: ignore[index]
