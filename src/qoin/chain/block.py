@@ -252,6 +252,11 @@ class Block:
 
     def encode(self) -> bytes:
         """Canonical encoding of the block."""
+        return self.encoded
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical encoding, computed once (taken from the input when decoded)."""
         if len(self.siblings) > MAX_SIBLINGS:
             raise OversizeField(f"{len(self.siblings)} siblings exceed {MAX_SIBLINGS}")
         if len(self.transactions) > MAX_BLOCK_TRANSACTIONS:
@@ -282,4 +287,6 @@ class Block:
             Transaction.read(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS))
         )
         reader.finish()
-        return cls(header, siblings, coinbase, transactions)
+        block = cls(header, siblings, coinbase, transactions)
+        block.__dict__["encoded"] = bytes(data)  # canonical: the input is the encoding
+        return block

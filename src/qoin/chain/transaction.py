@@ -14,11 +14,10 @@ Encoding of a version-1 transfer (see :mod:`qoin.encoding.codec` for the primiti
     [public_keys]  hybrid public key of the sender, present only when has_keys = 1
     signature      hybrid signature
 
-The first seven fields form the *body*. The signed message is
-``tagged_hash("QOIN/tx-signing/v1", body)``; the transaction id is
-``tagged_hash("QOIN/tx-id/v1", body ‖ signature)``. The public keys are left out of the id: they are
-fully determined by the sender address (which hashes them), so adding or stripping them cannot change
-what the transaction does and must not change its id. Blocks, however, commit to
+The first eight fields form the *body*. The signed message is
+``tagged_hash("QOIN/tx-signing/v1", body)``; the transaction id is ``tagged_hash("QOIN/tx-id/v1",
+body)``. Like segwit's txid, the id leaves out the witness data — the revealed public keys, fully
+determined by the sender address, and the signature — so no relay can change a transaction's id. Blocks, however, commit to
 ``tagged_hash("QOIN/tx-commitment/v1", whole encoding)``, keys included, so that a relay cannot strip
 the keys from a block's first-spend transaction (which would make the body unexecutable) while the
 block hash stays the same.
@@ -93,8 +92,9 @@ class Transaction:
 
     @cached_property
     def tx_id(self) -> bytes:
-        """The transaction id (hash): body and signature, not the revealed keys."""
-        return tagged_hash(TAG_TX_ID, self.body, self.signature.encode())
+        """The transaction id: a hash of the signed body only (like segwit's txid), so neither the
+        revealed keys nor the signature bytes can change it."""
+        return tagged_hash(TAG_TX_ID, self.body)
 
     @cached_property
     def commitment(self) -> bytes:
@@ -104,6 +104,11 @@ class Transaction:
 
     def encode(self) -> bytes:
         """Canonical encoding of the whole transaction."""
+        return self.encoded
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical encoding, computed once (taken from the input when decoded)."""
         writer = Writer().raw(self.body)
         if self.public_keys is None:
             writer.u8(0)
@@ -114,6 +119,7 @@ class Transaction:
     @classmethod
     def read(cls, reader: Reader) -> Transaction:
         """Decode one transaction from a reader (inside a block)."""
+        start = reader.position
         tx_type = reader.u8()
         if tx_type != TX_TYPE_TRANSFER_V1:
             raise UnknownVersion(f"unknown transaction type {tx_type}")
@@ -129,7 +135,10 @@ class Transaction:
             raise NonCanonicalInteger(f"public-key flag must be 0 or 1, got {has_keys}")
         public_keys = HybridPublicKey.read(reader) if has_keys else None
         signature = HybridSignature.read(reader)
-        return cls(chain_id, sender, nonce, recipient, amount, fee, payload, public_keys, signature)
+        tx = cls(chain_id, sender, nonce, recipient, amount, fee, payload, public_keys, signature)
+        # Canonical decoding: the input bytes are exactly the encoding; keep them.
+        tx.__dict__["encoded"] = reader.consumed_since(start)
+        return tx
 
     @classmethod
     def decode(cls, data: bytes) -> Transaction:

@@ -42,3 +42,16 @@ def bench_pow(
     from qoin.bench import pow as pow_bench  # noqa: PLC0415
 
     print_json(pow_bench.run(seconds, workers))
+
+
+@bench_app.command("import")
+def bench_import(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+    senders: Annotated[int, typer.Option(help="Funded senders.", min=1)] = 500,
+    blocks: Annotated[int, typer.Option(help="Measured blocks.", min=1)] = 4,
+    txs_per_block: Annotated[int, typer.Option(help="Transfers per block.", min=1)] = 1_000,
+) -> None:
+    """Execution import rate of blocks of transfers vs verifying their signatures only."""
+    from qoin.bench import importing  # noqa: PLC0415
+
+    print_json(importing.run(senders, blocks, txs_per_block))

@@ -8,13 +8,15 @@ sizeable fraction of a 100 µs verify and would cap the speed-up well below the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature, is_valid
 
 VerifyItem = tuple[HybridPublicKey, bytes, HybridSignature]
 """(public key, message, signature)."""
+T = TypeVar("T")
 
 
 def default_workers() -> int:
@@ -47,3 +49,25 @@ def verify_many(
         with ThreadPoolExecutor(max_workers=count, thread_name_prefix="verify") as pool:
             results = list(pool.map(_verify_chunk, chunks))
     return [verdict for chunk in results for verdict in chunk]
+
+
+def start_in_chunks(
+    check: Callable[[Sequence[T]], list[bool]],
+    items: Sequence[T],
+    executor: ThreadPoolExecutor,
+    workers: int | None = None,
+) -> Callable[[], list[bool]]:
+    """Run ``check`` over one chunk of ``items`` per worker on ``executor``; return a function that
+    waits for the verdicts, in order.
+
+    The caller can do other work meanwhile (block import applies transactions while the
+    signatures are checked on the other cores); the libraries release the GIL while they verify.
+    """
+    count = workers or default_workers()
+    size = max(1, -(-len(items) // count))
+    futures = [executor.submit(check, items[i : i + size]) for i in range(0, len(items), size)]
+
+    def wait() -> list[bool]:
+        return [verdict for future in futures for verdict in future.result()]
+
+    return wait

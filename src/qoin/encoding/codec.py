@@ -125,6 +125,15 @@ class Reader:
         """Number of bytes not yet consumed."""
         return len(self._data) - self._pos
 
+    @property
+    def position(self) -> int:
+        """Offset of the next byte to read."""
+        return self._pos
+
+    def consumed_since(self, start: int) -> bytes:
+        """The bytes read since offset ``start`` (the exact encoding of what was decoded)."""
+        return self._data[start : self._pos]
+
     def _take(self, size: int) -> bytes:
         if size < 0 or size > self.remaining:
             raise TruncatedInput(

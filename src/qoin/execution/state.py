@@ -24,7 +24,8 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -37,7 +38,7 @@ from qoin.crypto.address import Address
 from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
 from qoin.execution.account import Account, state_key
-from qoin.execution.transition import InvalidExecution, Receipt
+from qoin.execution.transition import BlockOutcome, InvalidExecution, Receipt
 from qoin.execution.witness import (
     Witness,
     decode_account,
@@ -49,6 +50,7 @@ from qoin.state.nodestore import SqliteNodeStore
 from qoin.state.smt import Proof, SmtError, SparseMerkleTree
 
 STATE_FILE = "execution.sqlite3"
+ACCOUNT_CACHE_SIZE = 200_000
 DEFAULT_RETAIN = 256
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS blocks (hash BLOB PRIMARY KEY, parent BLOB NOT NULL, "
@@ -116,6 +118,8 @@ class ExecutionState:
         self.nodes = SqliteNodeStore(db)
         self.tree = SparseMerkleTree.open_latest(self.nodes)
         self.pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
+        # Decoded accounts of the head state (saves tree walks on import); cleared on any other move.
+        self._accounts: OrderedDict[Address, Account] = OrderedDict()
         self._init_genesis()
 
     @classmethod
@@ -175,6 +179,7 @@ class ExecutionState:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+        self._accounts.clear()
         self.nodes.clear_cache()
         self.tree = SparseMerkleTree.open_latest(self.nodes)
 
@@ -317,17 +322,33 @@ class ExecutionState:
         height = block.header.height
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            root, outcome = execute_on_tree(self.tree, block, height, self.pool)
-            self._check_roots(block, root, outcome.receipts_root)
-            self._store_block(block, root, PayloadStatus.VALID)
-            self._connect(block, outcome.receipts)
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (block.block_hash,))
+
+            def write(root: bytes, outcome: BlockOutcome) -> None:
+                # Runs while signatures are still being verified; the COMMIT waits for them.
+                self._check_roots(block, root, outcome.receipts_root)
+                self._store_block(block, root, PayloadStatus.VALID)
+                self._connect(block, outcome.receipts)
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'head'", (block.block_hash,)
+                )
+
+            _, outcome = execute_on_tree(
+                self.tree, block, height, self.pool, then=write, read_cache=self._accounts
+            )
             if height > self.retain:
                 self.tree.prune(height - self.retain)
             self._db.execute("COMMIT")
+            self._remember(outcome.post_accounts)
         except BaseException:
             self._rollback()
             raise
+
+    def _remember(self, accounts: Mapping[Address, Account]) -> None:
+        for address, account in accounts.items():
+            self._accounts[address] = account
+            self._accounts.move_to_end(address)
+        while len(self._accounts) > ACCOUNT_CACHE_SIZE:
+            self._accounts.popitem(last=False)
 
     def _validate_side(self, block: Block) -> None:
         post_root, receipts_root = execute_stateless(
@@ -386,6 +407,7 @@ class ExecutionState:
         try:
             for block in old_blocks:
                 self._disconnect(block)
+            self._accounts.clear()
             self.tree = self.tree.with_root(fork_root)
             for block in new_blocks:
                 failing = block.block_hash

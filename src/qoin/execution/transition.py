@@ -18,16 +18,16 @@ transactions for plain transfers).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from qoin.chain.block import Block
 from qoin.chain.transaction import Transaction
 from qoin.crypto.address import ADDRESS_SIZE, Address
-from qoin.crypto.batch import verify_many
+from qoin.crypto.batch import start_in_chunks, verify_many
 from qoin.crypto.hashing import tagged_hash
-from qoin.crypto.hybrid import HybridPublicKey
+from qoin.crypto.hybrid import HybridPublicKey, is_valid
 from qoin.crypto.merkle import merkle_root
 from qoin.encoding.codec import Writer
 from qoin.errors import QoinError
@@ -159,25 +159,24 @@ def _credit(account: Account, amount: int, what: str) -> Account:
     return Account(balance, account.nonce, account.public_keys)
 
 
-def execute_block(
-    read: Callable[[Address], Account],
-    block: Block,
-    executor: ThreadPoolExecutor | None = None,
-    workers: int | None = None,
-) -> BlockOutcome:
-    """Execute ``block`` on the pre-state given by ``read`` (absent accounts read as empty)."""
-    txs = block.transactions
-    keys = resolve_keys(txs, read)
-    verdicts = verify_many(
-        [(key, tx.signing_hash, tx.signature) for key, tx in zip(keys, txs, strict=True)],
-        workers=workers,
-        executor=executor,
-    )
+def _verify_txs(chunk: Sequence[tuple[HybridPublicKey, Transaction]]) -> list[bool]:
+    """Signature verdicts of a chunk (signing hashes computed on the worker thread too)."""
+    return [is_valid(key, tx.signing_hash, tx.signature) for key, tx in chunk]
+
+
+def _check_verdicts(verdicts: list[bool], txs: tuple[Transaction, ...]) -> None:
     for index, ok in enumerate(verdicts):
         if not ok:
             raise BadSignature(
                 f"transaction {index} ({txs[index].tx_id.hex()[:16]}): bad signature"
             )
+
+
+def _apply(
+    read: Callable[[Address], Account], block: Block, keys: list[HybridPublicKey]
+) -> BlockOutcome:
+    """Steps 3 to 5: apply transactions and payouts in order (signatures are checked apart)."""
+    txs = block.transactions
     accounts: dict[Address, Account] = {}
 
     def get(address: Address) -> Account:
@@ -209,6 +208,40 @@ def execute_block(
         accounts[payout.recipient] = _credit(get(payout.recipient), payout.amount, "coinbase")
     receipt_tuple = tuple(receipts)
     return BlockOutcome(accounts, receipt_tuple, receipts_root(receipt_tuple))
+
+
+def execute_block(
+    read: Callable[[Address], Account],
+    block: Block,
+    executor: ThreadPoolExecutor | None = None,
+    workers: int | None = None,
+    then: Callable[[BlockOutcome], None] | None = None,
+) -> BlockOutcome:
+    """Execute ``block`` on the pre-state given by ``read`` (absent accounts read as empty).
+
+    With an ``executor``, signatures are verified on its threads *while* the transactions are
+    applied (and while ``then`` — e.g. the state-tree update — runs); the verdicts are joined before
+    returning. A bad signature is reported in preference to any other error of the same block.
+    """
+    txs = block.transactions
+    keys = resolve_keys(txs, read)
+    if executor is None:
+        items = [(key, tx.signing_hash, tx.signature) for key, tx in zip(keys, txs, strict=True)]
+        _check_verdicts(verify_many(items, workers=workers), txs)
+        outcome = _apply(read, block, keys)
+        if then is not None:
+            then(outcome)
+        return outcome
+    pending = start_in_chunks(_verify_txs, list(zip(keys, txs, strict=True)), executor, workers)
+    try:
+        outcome = _apply(read, block, keys)
+        if then is not None:
+            then(outcome)
+    except InvalidExecution:
+        _check_verdicts(pending(), txs)
+        raise
+    _check_verdicts(pending(), txs)
+    return outcome
 
 
 def empty_reader(address: Address) -> Account:

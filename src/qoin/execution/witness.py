@@ -120,9 +120,11 @@ def execute_stateless(
             cache[address] = decode_account(value)
         return cache[address]
 
-    outcome = execute_block(read, block, executor=executor)
-    for key, value in state_changes(read, outcome).items():
-        tree.set(key, value)
+    def update(outcome: BlockOutcome) -> None:
+        for key, value in state_changes(read, outcome).items():
+            tree.set(key, value)
+
+    outcome = execute_block(read, block, executor=executor, then=update)
     return tree.root(), outcome.receipts_root
 
 
@@ -131,16 +133,30 @@ def execute_on_tree(
     block: Block,
     version: int,
     executor: ThreadPoolExecutor | None = None,
+    then: Callable[[bytes, BlockOutcome], None] | None = None,
+    read_cache: dict[Address, Account] | None = None,
 ) -> tuple[bytes, BlockOutcome]:
-    """The stateful path: execute ``block`` on the tree's current root and commit it as
-    ``version``; return the new root and the outcome."""
+    """The stateful path: execute ``block`` on the tree's current root and write it as
+    ``version``; return the new root and the outcome. ``then(root, outcome)`` runs while the
+    signatures are still being verified (e.g. the caller's own writes, in the same transaction).
+    ``read_cache`` may hold accounts already known at the tree's current root (it is only read)."""
+    known = read_cache or {}
     cache: dict[Address, Account] = {}
 
     def read(address: Address) -> Account:
         if address not in cache:
-            cache[address] = decode_account(tree.get(state_key(address)))
+            hit = known.get(address)
+            cache[address] = (
+                hit if hit is not None else decode_account(tree.get(state_key(address)))
+            )
         return cache[address]
 
-    outcome = execute_block(read, block, executor=executor)
-    root = tree.update(state_changes(read, outcome), version)
-    return root, outcome
+    roots: list[bytes] = []
+
+    def update(done: BlockOutcome) -> None:
+        roots.append(tree.update(state_changes(read, done), version))
+        if then is not None:
+            then(roots[0], done)
+
+    outcome = execute_block(read, block, executor=executor, then=update)
+    return roots[0], outcome

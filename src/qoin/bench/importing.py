@@ -1,0 +1,171 @@
+"""``qoin bench import``: end-to-end block import throughput of the execution client.
+
+Setup (not timed): ``senders`` fresh key pairs are funded at genesis; one setup block reveals every
+sender's keys; then ``blocks`` blocks of ``txs_per_block`` transfers (all senders already revealed,
+several transactions each, nonces in order) are built on a scratch database, which also computes their
+state and receipts roots.
+
+Measured: a fresh execution database imports the encoded blocks — decode, parallel hybrid signature
+check on all cores, apply, state root, commit — and the transactions per second are compared with the
+rate of *only* verifying the same signatures on all cores, in the same run (goal: >= 0.6 of it).
+Peak RSS of the process is reported too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from qoin.bench.timing import machine_info, peak_rss_bytes
+from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
+from qoin.chain.genesis import Allocation, Genesis
+from qoin.chain.issuance import GENESIS_ALLOCATION
+from qoin.chain.transaction import Transaction, sign_transfer
+from qoin.crypto.batch import default_workers, verify_many
+from qoin.crypto.hybrid import HybridKeyPair, generate_keypair
+from qoin.execution.state import ExecutionState, PayloadStatus
+from qoin.pow.proof import DEFAULT_NBITS, max_target, placeholder_proof
+
+CHAIN_ID = 9001
+
+
+def _genesis(senders: list[HybridKeyPair]) -> Genesis:
+    share, rest = divmod(GENESIS_ALLOCATION, len(senders))
+    allocation = tuple(
+        Allocation(kp.address, share + (rest if i == 0 else 0)) for i, kp in enumerate(senders)
+    )
+    return Genesis(
+        network="bench-import",
+        chain_id=CHAIN_ID,
+        timestamp_ms=1_700_000_000_000,
+        block_time_ms=10_000,
+        asert_halflife_ms=1_200_000,
+        max_future_drift_ms=15_000,
+        nbits=DEFAULT_NBITS,
+        initial_target=max_target(DEFAULT_NBITS),
+        allocation=allocation,
+    )
+
+
+def _next_block(
+    state: ExecutionState, parent: Block, txs: tuple[Transaction, ...], miner: HybridKeyPair
+) -> Block:
+    coinbase = Coinbase((Payout(miner.address, 0), Payout(miner.address, sum(t.fee for t in txs))))
+    header = replace(
+        parent.header,
+        height=parent.header.height + 1,
+        parent_hash=parent.block_hash,
+        timestamp_ms=parent.header.timestamp_ms + 10_000,
+        transactions_root=transactions_root(coinbase, txs),
+        siblings_root=siblings_root(()),
+        coinbase=miner.address,
+        miner=miner.public,
+        pow_proof=placeholder_proof(miner.suite),
+    )
+    return state.fill_roots(Block(header, (), coinbase, txs))
+
+
+def _sign_all(
+    jobs: list[tuple[HybridKeyPair, int, bool]], recipient: HybridKeyPair
+) -> list[Transaction]:
+    def sign(job: tuple[HybridKeyPair, int, bool]) -> Transaction:
+        keypair, nonce, reveal = job
+        return sign_transfer(
+            keypair,
+            chain_id=CHAIN_ID,
+            nonce=nonce,
+            recipient=recipient.address,
+            amount=1_000,
+            fee=10,
+            reveal_keys=reveal,
+        )
+
+    with ThreadPoolExecutor(default_workers()) as pool:  # the signing libraries release the GIL
+        return list(pool.map(sign, jobs))
+
+
+def prepare(
+    senders: int, blocks: int, txs_per_block: int, workdir: Path
+) -> tuple[Genesis, list[bytes]]:
+    """Build the workload; return the genesis and the encoded measured blocks."""
+    with ThreadPoolExecutor(default_workers()) as pool:
+        keys = list(pool.map(lambda _: generate_keypair(), range(senders + 1)))
+    miner, funded = keys[0], keys[1:]
+    genesis = _genesis(funded)
+    scratch = ExecutionState.open(workdir / "scratch", genesis)
+    try:
+        block = genesis.block
+        reveal = _sign_all([(kp, 0, True) for kp in funded], miner)
+        block = _next_block(scratch, block, tuple(reveal), miner)
+        if scratch.new_payload(block).status is not PayloadStatus.VALID:
+            raise RuntimeError("setup block invalid")
+        encoded = [block.encode()]
+        per_sender = -(-blocks * txs_per_block // senders)
+        jobs = [(kp, nonce, False) for nonce in range(1, per_sender + 1) for kp in funded]
+        transfers = _sign_all(jobs[: blocks * txs_per_block], miner)
+        for index in range(blocks):
+            txs = tuple(transfers[index * txs_per_block : (index + 1) * txs_per_block])
+            block = _next_block(scratch, block, txs, miner)
+            if scratch.new_payload(block).status is not PayloadStatus.VALID:
+                raise RuntimeError(f"benchmark block {index} invalid")
+            encoded.append(block.encode())
+    finally:
+        scratch.close()
+    return genesis, encoded
+
+
+def run(senders: int = 500, blocks: int = 4, txs_per_block: int = 1_000) -> dict[str, Any]:
+    """The import benchmark as one JSON-ready object."""
+    with tempfile.TemporaryDirectory(prefix="qoin-bench-import-") as tmp:
+        workdir = Path(tmp)
+        started = time.perf_counter()
+        genesis, encoded = prepare(senders, blocks, txs_per_block, workdir)
+        setup_s = time.perf_counter() - started
+        state = ExecutionState.open(workdir / "measured", genesis)
+        try:
+            setup_block = Block.decode(encoded[0])
+            state.new_payload(setup_block)
+            measured = [Block.decode(raw) for raw in encoded[1:]]  # for the verify-only rate
+            items = [
+                (
+                    tx.public_keys or state.account(tx.sender).public_keys,
+                    tx.signing_hash,
+                    tx.signature,
+                )
+                for block in measured
+                for tx in block.transactions
+            ]
+            start = time.perf_counter()
+            for raw in encoded[1:]:
+                verdict = state.new_payload(Block.decode(raw))
+                if verdict.status is not PayloadStatus.VALID:
+                    raise RuntimeError(f"import failed: {verdict.reason}")
+            import_s = time.perf_counter() - start
+            ready = [(k, m, s) for k, m, s in items if k is not None]
+            start = time.perf_counter()
+            verify_many(ready, executor=state.pool)
+            verify_s = time.perf_counter() - start
+        finally:
+            state.close()
+    transactions = blocks * txs_per_block
+    import_rate = transactions / import_s
+    verify_rate = len(ready) / verify_s
+    return {
+        "benchmark": "import",
+        "machine": machine_info(),
+        "senders": senders,
+        "blocks": blocks,
+        "transactions": transactions,
+        "setup_seconds": round(setup_s, 2),
+        "import_seconds": round(import_s, 3),
+        "import_tx_per_s": import_rate,
+        "verify_only_tx_per_s_all_cores": verify_rate,
+        "ratio": import_rate / verify_rate,
+        "workers": default_workers(),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "goals": {"ratio": 0.6},
+    }
