@@ -8,6 +8,7 @@ from qoin.chain.block import Block, Coinbase, Payout
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
+from qoin.encoding.codec import Reader
 from qoin.execution.account import EMPTY_ACCOUNT, Account
 from qoin.execution.transition import (
     BadFeePayout,
@@ -143,3 +144,18 @@ def test_account_encoding_roundtrip() -> None:
     alice = keypair_for(index=2)
     for account in (EMPTY_ACCOUNT, Account(5, 7), Account(2**64 - 1, 1, alice.public)):
         assert Account.decode(account.encode()) == account
+
+
+def test_receipt_encoding_is_canonical() -> None:
+    receipt = execute_block(
+        reader({keypair_for(index=2).address: Account(1_000)}),
+        block_of(transfer(keypair_for(index=2), keypair_for(index=3).address, 5, fee=300)),
+    ).receipts[0]
+    data = receipt.encode()
+    parsed = Reader(data)
+    assert parsed.varint() == 0
+    assert parsed.fixed(32) == receipt.tx_id
+    assert parsed.fixed(32) == receipt.sender.raw
+    assert parsed.varint() == 300
+    assert parsed.u8() == 1
+    parsed.finish()

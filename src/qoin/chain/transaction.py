@@ -130,14 +130,16 @@ class Transaction:
         amount = reader.varint()
         fee = reader.varint()
         payload = reader.var_bytes(MAX_PAYLOAD_SIZE)
+        body = reader.consumed_since(start)
         has_keys = reader.u8()
         if has_keys > 1:
             raise NonCanonicalInteger(f"public-key flag must be 0 or 1, got {has_keys}")
         public_keys = HybridPublicKey.read(reader) if has_keys else None
         signature = HybridSignature.read(reader)
         tx = cls(chain_id, sender, nonce, recipient, amount, fee, payload, public_keys, signature)
-        # Canonical decoding: the input bytes are exactly the encoding; keep them.
+        # Canonical decoding: the input bytes are exactly the encoding (and the body its prefix).
         tx.__dict__["encoded"] = reader.consumed_since(start)
+        tx.__dict__["body"] = body
         return tx
 
     @classmethod
