@@ -14,21 +14,14 @@ import time
 from pathlib import Path
 
 from qoin.chain import genesis as genesis_mod
+from tests.cliutil import DEVNET_PASSWORD, run_qoin
 from tests.conftest import keypair_for
 
 DEV_KEY = Path(genesis_mod.__file__).parent / "networks" / "devnet-key.json"
 
 
 def qoin(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QOIN_PASSWORD": "devnet"}
-    return subprocess.run(
-        [sys.executable, "-m", "qoin", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_qoin(*args, env={"QOIN_PASSWORD": DEVNET_PASSWORD})
 
 
 def start_node(datadir: Path) -> tuple[subprocess.Popen[str], str]:

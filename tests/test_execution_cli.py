@@ -17,6 +17,7 @@ import pytest
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.block import Block
 from qoin.rpc.jwt import encode, load_secret
+from tests.cliutil import DEVNET_PASSWORD, run_qoin
 from tests.conftest import keypair_for
 from tests.test_execution_rpc import template_on
 
@@ -60,15 +61,7 @@ def execution(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
 
 
 def qoin(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QOIN_PASSWORD": "devnet"}
-    return subprocess.run(
-        [sys.executable, "-m", "qoin", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_qoin(*args, env={"QOIN_PASSWORD": DEVNET_PASSWORD})
 
 
 def test_send_and_balance(execution: tuple[str, str, Path]) -> None:

@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from qoin.crypto import keystore
 from qoin.crypto.address import Address
+from tests.cliutil import run_qoin
 from tests.conftest import keypair_for
 
 FAST = ["--scrypt-log-n", "14"]
 
 
 def qoin(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "QOIN_PASSWORD"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "qoin", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
+    return run_qoin(*args, env=env)
 
 
 def test_encrypt_decrypt_roundtrip(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from qoin.pow.proof import (
     DEFAULT_NBITS,
     PowError,
     max_target,
-    placeholder_proof,
+    unsealed_header,
     verify_header_pow,
 )
 from tests.conftest import keypair_for
@@ -34,22 +34,13 @@ WAIT_S = 30.0
 
 def header_for(keypair: HybridKeyPair, target: int, tag: int = 0) -> Header:
     """An unsealed header paying ``keypair``; ``tag`` makes the PoW prefix distinct."""
-    return Header(
+    return unsealed_header(
+        keypair.public,
+        target=target,
         chain_id=1337,
         height=1 + tag,
         parent_hash=bytes([0x11 + tag]) * HASH_SIZE,
         timestamp_ms=1_700_000_000_000 + tag,
-        nbits=DEFAULT_NBITS,
-        target=target,
-        transactions_root=bytes(HASH_SIZE),
-        siblings_root=bytes(HASH_SIZE),
-        state_root=bytes(HASH_SIZE),
-        receipts_root=bytes(HASH_SIZE),
-        coinbase=keypair.address,
-        miner=keypair.public,
-        pow_r=bytes(32),
-        pow_nonce=bytes(HASH_SIZE),
-        pow_proof=placeholder_proof(keypair.suite),
     )
 
 

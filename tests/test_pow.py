@@ -28,9 +28,9 @@ from qoin.pow.proof import (
     nbits_of,
     nonce_of,
     params_of,
-    placeholder_proof,
     prefix_hash,
     seal,
+    unsealed_header,
     verify_header_pow,
 )
 from tests.conftest import keypair_for
@@ -39,22 +39,13 @@ EASY = max_target(DEFAULT_NBITS)
 
 
 def unsealed(keypair: HybridKeyPair, target: int = EASY, nbits: int = DEFAULT_NBITS) -> Header:
-    return Header(
+    return unsealed_header(
+        keypair.public,
+        target=target,
+        nbits=nbits,
         chain_id=1337,
-        height=1,
         parent_hash=b"\x11" * HASH_SIZE,
         timestamp_ms=1_700_000_000_000,
-        nbits=nbits,
-        target=target,
-        transactions_root=bytes(HASH_SIZE),
-        siblings_root=bytes(HASH_SIZE),
-        state_root=bytes(HASH_SIZE),
-        receipts_root=bytes(HASH_SIZE),
-        coinbase=keypair.address,
-        miner=keypair.public,
-        pow_r=bytes(32),
-        pow_nonce=bytes(HASH_SIZE),
-        pow_proof=placeholder_proof(keypair.suite),
     )
 
 

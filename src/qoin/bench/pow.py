@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -33,30 +34,27 @@ from qoin.pow.proof import (
     mine_in_process,
     mq_system,
     params_of,
-    placeholder_proof,
     prefix_hash,
+    unsealed_header,
     verify_header_pow,
 )
 
 
 def sample_header(keypair: HybridKeyPair, nbits: int, target: int) -> Header:
-    """An unsealed header with realistic field sizes."""
-    return Header(
-        chain_id=1,
-        height=1,
+    """An unsealed header with realistic (random) roots and parent."""
+    header = unsealed_header(
+        keypair.public,
+        target=target,
+        nbits=nbits,
         parent_hash=os.urandom(HASH_SIZE),
         timestamp_ms=int(time.time() * 1000),
-        nbits=nbits,
-        target=target,
+    )
+    return replace(
+        header,
         transactions_root=os.urandom(HASH_SIZE),
         siblings_root=os.urandom(HASH_SIZE),
         state_root=os.urandom(HASH_SIZE),
         receipts_root=os.urandom(HASH_SIZE),
-        coinbase=keypair.address,
-        miner=keypair.public,
-        pow_r=bytes(32),
-        pow_nonce=bytes(HASH_SIZE),
-        pow_proof=placeholder_proof(keypair.suite),
     )
 
 

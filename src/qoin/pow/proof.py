@@ -30,7 +30,14 @@ from functools import lru_cache
 
 from qoin.chain.block import Header
 from qoin.crypto.hashing import tagged_hash
-from qoin.crypto.hybrid import HybridKeyPair, HybridSignature, SignatureError, sign, verify
+from qoin.crypto.hybrid import (
+    HybridKeyPair,
+    HybridPublicKey,
+    HybridSignature,
+    SignatureError,
+    sign,
+    verify,
+)
 from qoin.crypto.suites import Suite
 from qoin.errors import QoinError
 from qoin.pow.mq import (
@@ -154,6 +161,38 @@ def make_attempt(
 def placeholder_proof(suite: Suite) -> HybridSignature:
     """An all-zero proof of the right size, for a header that is not sealed yet."""
     return HybridSignature(suite, tuple(bytes(c.signature_size) for c in suite.components))
+
+
+def unsealed_header(
+    miner: HybridPublicKey,
+    *,
+    target: int,
+    nbits: int = DEFAULT_NBITS,
+    chain_id: int = 1,
+    height: int = 1,
+    parent_hash: bytes = bytes(32),
+    timestamp_ms: int = 0,
+) -> Header:
+    """A header paying ``miner``'s address with empty roots and a placeholder proof: what mining
+    starts from in tests, benchmarks and tools (nodes build templates with ``chain.producer``)."""
+    zero = bytes(32)
+    return Header(
+        chain_id=chain_id,
+        height=height,
+        parent_hash=parent_hash,
+        timestamp_ms=timestamp_ms,
+        nbits=nbits,
+        target=target,
+        transactions_root=zero,
+        siblings_root=zero,
+        state_root=zero,
+        receipts_root=zero,
+        coinbase=miner.address,
+        miner=miner,
+        pow_r=zero,
+        pow_nonce=zero,
+        pow_proof=placeholder_proof(miner.suite),
+    )
 
 
 def seal(header: Header, attempt: Attempt) -> Header:
