@@ -133,3 +133,14 @@ def test_errors(node: Running) -> None:
     )
     assert unauthenticated.status_code == 401
     assert engine(node.engine, "engine_getPayload", "nope")["error"]["code"] == -32000  # type: ignore[index]
+
+
+def test_parameter_bounds(node: Running) -> None:
+    assert rpc(node.user, "qoin_getBlockByNumber", 2**70)["error"]["code"] == -32602  # type: ignore[index]
+    assert rpc(node.user, "qoin_getBalance", str(BOB.address), 2**64)["error"]["code"] == -32602  # type: ignore[index]
+    many = [str(BOB.address)] * 1025
+    head = genesis().block.block_hash.hex()
+    assert engine(node.engine, "engine_getProofs", head, many)["error"]["code"] == -32602  # type: ignore[index]
+    assert engine(node.engine, "engine_getProofs", head, [1, 2])["error"]["code"] == -32602  # type: ignore[index]
+    unknown = engine(node.engine, "engine_forkchoiceUpdated", "ab" * 32)["result"]
+    assert unknown["payloadStatus"]["status"] == "SYNCING"  # type: ignore[index]

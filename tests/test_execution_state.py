@@ -175,3 +175,55 @@ def test_accepted_block_that_fails_is_invalid_on_head_change(tmp_path: Path) -> 
     assert state.account(BOB.address) == Account(100)
     assert state.new_payload(lying_child).status is PayloadStatus.INVALID
     state.close()
+
+
+def test_head_moved_back_to_an_ancestor_then_extended(tmp_path: Path) -> None:
+    """Regression: after a head move to an ancestor, the state is the head's, not the newest
+    tree version's — also after a failed payload rolls back and after a restart."""
+    state = ExecutionState.open(tmp_path, genesis(), retain=8)
+    g = genesis().block
+    a1 = child(state, g, (pay(0, 100),))
+    assert state.new_payload(a1).status is PayloadStatus.VALID
+    a2 = child(state, a1, (pay(1, 10),))
+    assert state.new_payload(a2).status is PayloadStatus.VALID
+    state.forkchoice_updated(a1.block_hash)
+    assert state.account(BOB.address) == Account(100)
+    broken = replace(
+        child(state, a1, salt=5),
+        header=replace(child(state, a1, salt=5).header, state_root=bytes(32)),
+    )
+    assert state.new_payload(broken).status is PayloadStatus.INVALID  # rolls back
+    b2 = child(state, a1, (pay(1, 1),), salt=7)
+    assert state.new_payload(b2).status is PayloadStatus.VALID
+    assert state.account(BOB.address) == Account(101)
+    state.forkchoice_updated(a1.block_hash)
+    state.close()
+    reopened = ExecutionState.open(tmp_path, genesis(), retain=8)
+    assert reopened.account(BOB.address) == Account(100)
+    reopened.close()
+
+
+def test_children_of_accepted_blocks_are_not_executed_on_claimed_roots(
+    state: ExecutionState,
+) -> None:
+    g = genesis().block
+    a1 = child(state, g, (pay(0, 100),))
+    assert state.new_payload(a1).status is PayloadStatus.VALID
+    b1 = child(state, g, salt=1)
+    assert state.new_payload(b1).status is PayloadStatus.VALID
+    # b2 claims genesis's state root; it is ACCEPTED (its parent's state is not materialised)
+    fake = replace(
+        b1,
+        header=replace(
+            b1.header,
+            height=2,
+            parent_hash=b1.block_hash,
+            state_root=state.block_info(g.block_hash)[2],
+        ),
+    )  # type: ignore[index]
+    assert state.new_payload(fake).status is PayloadStatus.ACCEPTED
+    grandchild = replace(fake, header=replace(fake.header, height=3, parent_hash=fake.block_hash))
+    assert state.new_payload(grandchild).status is PayloadStatus.ACCEPTED
+    wrong_height = replace(fake, header=replace(fake.header, height=9, timestamp_ms=7))
+    verdict = state.new_payload(wrong_height)
+    assert verdict.status is PayloadStatus.INVALID and "height" in verdict.reason

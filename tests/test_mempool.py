@@ -62,7 +62,7 @@ def test_entry_rules(state: dict[Address, Account]) -> None:
         pool.add(tx(ALICE, 1, chain=1))
     with pytest.raises(NonceTooHigh):
         pool.add(tx(ALICE, 500))
-    forged = Transaction(**{**tx(ALICE, 1).__dict__, "amount": 999})
+    forged = Transaction(**{**tx(ALICE, 1).__dict__, "amount": 2})
     with pytest.raises(InvalidTransactionSignature):
         pool.add(forged)
     with pytest.raises(InsufficientFunds):
@@ -141,3 +141,13 @@ def test_block_and_reorg_events(state: dict[Address, Account]) -> None:
     pool.on_reorg(disconnected=[a0], connected=[])
     assert a0.tx_id in pool and a1.tx_id in pool
     assert [t.nonce for t in pool.select(10, 10**6)] == [0, 1]
+
+
+def test_funds_count_every_pending_nonce(state: dict[Address, Account]) -> None:
+    """Submitting nonces from high to low must not commit more than the balance."""
+    pool = pool_for(state)
+    pool.add(tx(ALICE, 0, amount=400))
+    pool.add(tx(ALICE, 2, amount=400, reveal=False))
+    with pytest.raises(InsufficientFunds):
+        pool.add(tx(ALICE, 1, amount=400, reveal=False))
+    pool.add(tx(ALICE, 1, amount=100, reveal=False))

@@ -148,3 +148,10 @@ def test_authentication() -> None:
             ).status_code
             == 401
         )
+
+
+def test_bounds_and_deep_json(url: str) -> None:
+    negative = call(url, {"jsonrpc": "2.0", "id": 1, "method": "add", "params": [1, -5]}).json()
+    assert negative["error"]["code"] == -32602
+    deep = httpx.post(url, content=b"[" * 3000, timeout=10)
+    assert deep.json()["error"]["code"] == -32700

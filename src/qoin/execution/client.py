@@ -24,13 +24,22 @@ from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.execution.account import Account
 from qoin.execution.mempool import Mempool
-from qoin.execution.state import ExecutionState, PayloadStatus
+from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
 from qoin.rpc.jwt import JwtError, verify
 from qoin.rpc.server import Method, Param, RpcError, RpcServer
 
 MAX_PAYLOADS = 16
 BLOCK_TX_LIMIT = 4096
 DEFAULT_FEE_PER_BYTE = 1
+
+
+MAX_PROOF_ADDRESSES = 1024
+
+
+def _addresses(values: list[Any]) -> list[Address]:
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("addresses must be strings")
+    return [Address.from_text(v) for v in values]
 
 
 class ExecutionError(QoinError):
@@ -46,9 +55,10 @@ def _hex_bytes(value: str, size: int | None = None) -> bytes:
 
 HASH = Param("hash", {"type": "string", "maxLength": 66}, parse=lambda v: _hex_bytes(v, 32))
 ADDRESS = Param("address", {"type": "string", "maxLength": 90}, parse=Address.from_text)
+MAX_HEIGHT = 2**63 - 1
 BLOCK_TAG = Param(
     "block",
-    {"type": ["string", "integer", "null"], "maxLength": 66},
+    {"type": ["string", "integer", "null"], "maxLength": 66, "minimum": 0, "maximum": MAX_HEIGHT},
     required=False,
     description="block hash (hex), height, or 'latest' (default)",
 )
@@ -242,6 +252,8 @@ class ExecutionClient:
         with self.lock:
             try:
                 change = self.state.forkchoice_updated(head)
+            except UnknownHead:
+                return {"payloadStatus": {"status": "SYNCING"}, "payloadId": None}
             except QoinError as exc:
                 return {"payloadStatus": {"status": "INVALID", "validationError": str(exc)}}
             if change.connected or change.disconnected:
@@ -315,7 +327,7 @@ class ExecutionClient:
             {"type": "string", "maxLength": 2 * 64 * 1024},
             parse=lambda v: Transaction.decode(_hex_bytes(v)),
         )
-        height = Param("height", {"type": "integer", "minimum": 0})
+        height = Param("height", {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT})
         return RpcServer(
             "Qoin execution client",
             [
@@ -382,14 +394,26 @@ class ExecutionClient:
                 Method(
                     "qoin_estimateFee",
                     self.estimate_fee,
-                    (Param("size", {"type": "integer", "minimum": 1}, required=False),),
+                    (
+                        Param(
+                            "size",
+                            {"type": "integer", "minimum": 1, "maximum": 1 << 24},
+                            required=False,
+                        ),
+                    ),
                     {"type": "object"},
                     "Fee estimate",
                 ),
                 Method(
                     "qoin_supply",
                     self.supply,
-                    (Param("height", {"type": "integer", "minimum": 0}, required=False),),
+                    (
+                        Param(
+                            "height",
+                            {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT},
+                            required=False,
+                        ),
+                    ),
                     {"type": "object"},
                     "Issuance",
                 ),
@@ -412,9 +436,7 @@ class ExecutionClient:
         )
         template = replace(block, name="template", required=False)
         addresses = Param(
-            "addresses",
-            {"type": "array"},
-            parse=lambda v: [Address.from_text(a) for a in v[:1024]],
+            "addresses", {"type": "array", "maxItems": MAX_PROOF_ADDRESSES}, parse=_addresses
         )
         return RpcServer(
             "Qoin engine API",

@@ -2,9 +2,10 @@
 
 Rules:
 
-* **Entry** — right chain, bounded size, valid hybrid signature (keys carried by the transaction or
-  revealed in the state), nonce not below the account's and at most ``max_nonce_gap`` above it, and
-  the sender able to pay this transaction together with its lower-nonce pending ones.
+* **Entry** — right chain, bounded size, nonce not below the account's and at most
+  ``max_nonce_gap`` above it, the sender able to pay this transaction together with all its other
+  pending ones, and (last, being the costly check) a valid hybrid signature (keys carried by the
+  transaction, revealed in the state, or revealed by a pending lower-nonce transaction).
 * **Replacement** — a transaction with the same sender and nonce replaces the pending one only if its
   fee is at least ``replace_bump_percent`` % higher (so replacement cannot be used to spam).
 * **Bounds** — at most ``max_count`` transactions and ``max_bytes`` bytes. When full, the pending
@@ -152,12 +153,14 @@ class Mempool:
             raise InvalidTransactionSignature(str(exc)) from None
 
     def _check_funds(self, tx: Transaction, account: Account) -> None:
+        # Every pending transaction of the sender counts (whatever its nonce), except the one this
+        # would replace: the sender must be able to pay for all of them.
         queue = self._by_sender.get(tx.sender, {})
-        committed = sum(p.tx.amount + p.tx.fee for nonce, p in queue.items() if nonce < tx.nonce)
+        committed = sum(p.tx.amount + p.tx.fee for nonce, p in queue.items() if nonce != tx.nonce)
         if committed + tx.amount + tx.fee > account.balance:
             raise InsufficientFunds(
-                f"{tx.sender} has {account.balance} Shor; this transaction and its pending "
-                f"predecessors need {committed + tx.amount + tx.fee}"
+                f"{tx.sender} has {account.balance} Shor; this transaction and its other pending "
+                f"ones need {committed + tx.amount + tx.fee}"
             )
 
     def add(self, tx: Transaction) -> None:
@@ -177,8 +180,8 @@ class Mempool:
                 f"nonce {tx.nonce} is more than {self.max_nonce_gap} above the account's "
                 f"{account.nonce}"
             )
+        self._check_funds(tx, account)  # cheap checks before the signature
         self._check_signature(tx, account)
-        self._check_funds(tx, account)
         entry = PendingTx(tx, size)
         replaced = self._by_sender.get(tx.sender, {}).get(tx.nonce)
         if replaced is not None:

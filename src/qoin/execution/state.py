@@ -50,6 +50,8 @@ from qoin.state.nodestore import SqliteNodeStore
 from qoin.state.smt import Proof, SmtError, SparseMerkleTree
 
 STATE_FILE = "execution.sqlite3"
+_UNKNOWN_ROOT = b"\xff" * 32
+"""Root recorded for ACCEPTED blocks until they are executed: never a real tree root."""
 ACCOUNT_CACHE_SIZE = 200_000
 DEFAULT_RETAIN = 256
 _SCHEMA = (
@@ -68,6 +70,10 @@ _SCHEMA = (
 
 class ExecutionStateError(QoinError):
     """The execution database cannot do what was asked."""
+
+
+class UnknownHead(ExecutionStateError):
+    """A head change to a block this client has not received (the engine answers SYNCING)."""
 
 
 class StateRootMismatch(InvalidExecution):
@@ -116,11 +122,12 @@ class ExecutionState:
         self._lock_fd = lock_fd
         self.retain = retain
         self.nodes = SqliteNodeStore(db)
-        self.tree = SparseMerkleTree.open_latest(self.nodes)
+        self.tree = SparseMerkleTree(self.nodes)
         self.pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
         # Decoded accounts of the head state (saves tree walks on import); cleared on any other move.
         self._accounts: OrderedDict[Address, Account] = OrderedDict()
         self._init_genesis()
+        self.tree = self._head_tree()
 
     @classmethod
     def open(cls, datadir: Path, genesis: Genesis, retain: int = DEFAULT_RETAIN) -> ExecutionState:
@@ -181,7 +188,15 @@ class ExecutionState:
             self._db.execute("ROLLBACK")
         self._accounts.clear()
         self.nodes.clear_cache()
-        self.tree = SparseMerkleTree.open_latest(self.nodes)
+        self.tree = self._head_tree()
+
+    def _head_tree(self) -> SparseMerkleTree:
+        """The tree at the head block's state (after a head move to an ancestor, newer tree
+        versions of the abandoned branch still exist: the head, not the newest version, rules)."""
+        info = self.block_info(self.head)
+        if info is None:
+            raise ExecutionStateError("the head block is missing from the execution database")
+        return SparseMerkleTree(self.nodes, info[2])
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -271,30 +286,54 @@ class ExecutionState:
 
     def new_payload(self, block: Block) -> Verdict:
         """Execute and judge a block (see the module docstring)."""
-        block_hash = block.block_hash
-        row = self._db.execute(
-            "SELECT reason FROM invalid WHERE hash = ?", (block_hash,)
-        ).fetchone()
-        if row is not None:
-            return Verdict(PayloadStatus.INVALID, str(row[0]))
-        known = self._status(block_hash)
-        if known is not None:
-            return Verdict(known)
-        parent = self.block_info(block.header.parent_hash)
-        if parent is None:
-            return Verdict(PayloadStatus.SYNCING)
-        if block.header.parent_hash != self.head and not self._retained(parent[2]):
-            # The parent's state was never materialised (deep side branch) or was pruned.
-            self._store_block(block, block.header.state_root, PayloadStatus.ACCEPTED)
-            return Verdict(PayloadStatus.ACCEPTED)
+        early = self._precheck(block)
+        if early is not None:
+            return early
         try:
             if block.header.parent_hash == self.head:
                 self._extend_head(block)
             else:
                 self._validate_side(block)
         except InvalidExecution as exc:
-            return self._mark_invalid(block_hash, exc)
+            return self._mark_invalid(block.block_hash, exc)
         return Verdict(PayloadStatus.VALID)
+
+    def _precheck(self, block: Block) -> Verdict | None:
+        """The verdict when the block cannot (or need not) be executed now; None to execute it."""
+        block_hash, parent_hash = block.block_hash, block.header.parent_hash
+        reason = self._invalid_reason(block_hash)
+        known = self._status(block_hash)
+        if reason is not None:  # an executed-and-failed ACCEPTED block is still in `blocks`
+            return Verdict(PayloadStatus.INVALID, reason)
+        if known is not None:
+            return Verdict(known)
+        parent_status, parent = self._status(parent_hash), self.block_info(parent_hash)
+        problem = self._parent_problem(block, parent)
+        if problem is not None:
+            return self._mark_invalid(block_hash, ExecutionStateError(problem))
+        if parent_status is None or parent is None:
+            return Verdict(PayloadStatus.SYNCING)
+        if parent_status is PayloadStatus.ACCEPTED or (
+            parent_hash != self.head and not self._retained(parent[2])
+        ):
+            # The parent's state was never materialised (deep side branch) or was pruned.
+            self._store_block(block, _UNKNOWN_ROOT, PayloadStatus.ACCEPTED)
+            return Verdict(PayloadStatus.ACCEPTED)
+        return None
+
+    def _parent_problem(self, block: Block, parent: tuple[int, bytes, bytes] | None) -> str | None:
+        """Why a block is invalid because of its parent alone (invalid parent, wrong height)."""
+        if self._invalid_reason(block.header.parent_hash) is not None:
+            return "its parent is invalid"
+        if parent is not None and block.header.height != parent[0] + 1:
+            return f"height {block.header.height} after a parent at {parent[0]}"
+        return None
+
+    def _invalid_reason(self, block_hash: bytes) -> str | None:
+        row = self._db.execute(
+            "SELECT reason FROM invalid WHERE hash = ?", (block_hash,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _retained(self, root: bytes) -> bool:
         """Whether the state with this root can be read from the node store."""
@@ -396,8 +435,11 @@ class ExecutionState:
         changes, and :class:`ExecutionStateError` says why."""
         if head_hash == self.head:
             return HeadChange((), ())
+        reason = self._invalid_reason(head_hash)
+        if reason is not None:
+            raise ExecutionStateError(f"head {head_hash.hex()} is invalid: {reason}")
         if self.block_info(head_hash) is None:
-            raise ExecutionStateError(f"unknown or invalid head {head_hash.hex()}")
+            raise UnknownHead(f"unknown head {head_hash.hex()}")
         old_path, new_path = self._paths(self.head, head_hash)
         old_blocks = [self._require(h) for h in old_path]  # newest first
         new_blocks = [self._require(h) for h in reversed(new_path)]  # oldest first

@@ -55,8 +55,10 @@ def catch_up(chain: Chain, client: ExecutionClient) -> int:
         if block is None or client.state.block_info(block.block_hash) is not None:
             continue
         verdict = client.new_payload(block)
-        if verdict["status"] != "VALID":
+        if verdict["status"] not in ("VALID", "ACCEPTED"):  # ACCEPTED: executed by the head move
             raise ExecutionLinkError(f"replaying height {height}: {verdict}")
         replayed += 1
-    client.forkchoice_updated(chain.head)
+    answer = client.forkchoice_updated(chain.head)
+    if answer["payloadStatus"]["status"] != "VALID":
+        raise ExecutionLinkError(f"execution could not follow the chain's head: {answer}")
     return replayed

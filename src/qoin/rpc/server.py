@@ -108,7 +108,8 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def check_value(schema: Mapping[str, Any], value: Any, name: str) -> None:
-    """Check the JSON type (and ``minimum``, ``pattern``-free length bounds) of a parameter."""
+    """Check a parameter against the subset of JSON Schema the methods use: ``type``,
+    ``minimum``/``maximum`` (integers), ``maxLength`` (strings) and ``maxItems`` (arrays)."""
     kinds = schema.get("type")
     if kinds is None:
         return
@@ -119,14 +120,15 @@ def check_value(schema: Mapping[str, Any], value: Any, name: str) -> None:
             break
     else:
         raise invalid_params(f"{name} must be of type {' or '.join(allowed)}")
-    if (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and value < schema.get("minimum", value)
-    ):
-        raise invalid_params(f"{name} must be >= {schema['minimum']}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < schema.get("minimum", value):
+            raise invalid_params(f"{name} must be >= {schema['minimum']}")
+        if value > schema.get("maximum", value):
+            raise invalid_params(f"{name} must be <= {schema['maximum']}")
     if isinstance(value, str) and len(value) > schema.get("maxLength", len(value)):
         raise invalid_params(f"{name} is longer than {schema['maxLength']} characters")
+    if isinstance(value, list) and len(value) > schema.get("maxItems", len(value)):
+        raise invalid_params(f"{name} holds more than {schema['maxItems']} items")
 
 
 def _bind(method: Method, params: Any) -> dict[str, Any]:
@@ -277,7 +279,7 @@ class RpcServer:
                 )
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return JSONResponse(
                 _error(None, RpcError(PARSE_ERROR, "parse error: body is not JSON"))
             )
