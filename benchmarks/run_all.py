@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-BENCHMARKS = ("crypto", "pow")
+BENCHMARKS = ("crypto", "pow", "import")
 
 
 def main() -> int:
