@@ -55,9 +55,11 @@ _UNKNOWN_ROOT = b"\xff" * 32
 ACCOUNT_CACHE_SIZE = 200_000
 DEFAULT_RETAIN = 256
 _SCHEMA = (
+    # A rowid table: rows hold whole blocks (megabytes), which SQLite stores far better in rowid
+    # tables than in WITHOUT ROWID ones (meant for small rows).
     "CREATE TABLE IF NOT EXISTS blocks (hash BLOB PRIMARY KEY, parent BLOB NOT NULL, "
     "height INTEGER NOT NULL, state_root BLOB NOT NULL, status TEXT NOT NULL, "
-    "block BLOB NOT NULL) WITHOUT ROWID",
+    "block BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS invalid (hash BLOB PRIMARY KEY, reason TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS canonical (height INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS txindex (tx_id BLOB PRIMARY KEY, block BLOB NOT NULL, "
