@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -227,9 +228,11 @@ class RpcServer:
             if method is None:
                 raise RpcError(METHOD_NOT_FOUND, f"method not found: {name}")
             kwargs = _bind(method, request.get("params"))
-            result = method.handler(**kwargs)
             if method.is_async:
-                result = await result
+                result = await method.handler(**kwargs)
+            else:
+                # Blocking work (executing a block, proofs) must not stall the event loop.
+                result = await run_in_threadpool(method.handler, **kwargs)
         except RpcError as exc:
             return None if notification else _error(request_id, exc)
         except QoinError as exc:
