@@ -188,10 +188,8 @@ def test_head_moved_back_to_an_ancestor_then_extended(tmp_path: Path) -> None:
     assert state.new_payload(a2).status is PayloadStatus.VALID
     state.forkchoice_updated(a1.block_hash)
     assert state.account(BOB.address) == Account(100)
-    broken = replace(
-        child(state, a1, salt=5),
-        header=replace(child(state, a1, salt=5).header, state_root=bytes(32)),
-    )
+    sibling = child(state, a1, salt=5)
+    broken = replace(sibling, header=replace(sibling.header, state_root=bytes(32)))
     assert state.new_payload(broken).status is PayloadStatus.INVALID  # rolls back
     b2 = child(state, a1, (pay(1, 1),), salt=7)
     assert state.new_payload(b2).status is PayloadStatus.VALID

@@ -50,7 +50,8 @@ class ImportResult:
     """Orphans that turned out invalid once their parent arrived, with the reason."""
 
 
-def _now_ms() -> int:
+def clock_ms() -> int:
+    """The local clock in milliseconds since the Unix epoch (block timestamps' unit)."""
     return int(time.time() * 1000)
 
 
@@ -108,7 +109,7 @@ class Chain:
         A block whose parent is unknown is kept in the bounded orphan pool and stored once the
         parent arrives.
         """
-        now = _now_ms() if now_ms is None else now_ms
+        now = clock_ms() if now_ms is None else now_ms
         block_hash = block.block_hash
         old_head = self._head
         if self.has_block(block_hash):

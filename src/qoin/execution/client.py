@@ -292,21 +292,18 @@ class ExecutionClient:
     def get_proofs(self, block_hash: bytes, addresses: list[Address]) -> dict[str, Any]:
         """Pre-state (parent root) and post-state (block root) proofs of accounts, for sampling."""
         with self.lock:
-            block = self.state.block(block_hash)
-            if block is None:
+            info = self.state.block_info(block_hash)
+            if info is None:
                 raise ExecutionError(f"unknown block {block_hash.hex()}")
-            parent = block.header.parent_hash
+            parent = info[1]
+            pre = [self.state.proof(a, parent) for a in addresses]
+            post = [self.state.proof(a, block_hash) for a in addresses]
             return {
-                "parentStateRoot": self.state.proof(addresses[0], parent)[0].hex()
-                if addresses
-                else None,
+                "parentStateRoot": self.state.block_info(parent)[2].hex(),  # type: ignore[index]
+                "stateRoot": info[2].hex(),
                 "proofs": [
-                    {
-                        "address": str(a),
-                        "pre": self.state.proof(a, parent)[1].encode().hex(),
-                        "post": self.state.proof(a, block_hash)[1].encode().hex(),
-                    }
-                    for a in addresses
+                    {"address": str(a), "pre": p[1].encode().hex(), "post": q[1].encode().hex()}
+                    for a, p, q in zip(addresses, pre, post, strict=True)
                 ],
             }
 

@@ -10,14 +10,13 @@ generation and may be referenced as a sibling by the next block.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from qoin.chain.block import Block
-from qoin.chain.chain import Chain, ImportResult
+from qoin.chain.chain import Chain, ImportResult, clock_ms
 from qoin.chain.producer import build_template, seal_block
 from qoin.chain.validation import InvalidBlock
 from qoin.crypto.hybrid import HybridKeyPair, HybridSignature
@@ -49,10 +48,6 @@ class ExecutionLink(Protocol):
         """Tell the execution client about newly stored blocks and the new head."""
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class MiningLoop:
     """Mines on ``chain``'s head with ``keypair`` until :meth:`stop` (or ``max_blocks``)."""
 
@@ -80,7 +75,7 @@ class MiningLoop:
         if self._template_head == self.chain.head:
             return
         self._next_id += 1
-        template = build_template(self.chain, self.keypair.public, _now_ms())
+        template = build_template(self.chain, self.keypair.public, clock_ms())
         if self.execution is not None:
             template = self.execution.build(template)
         self._templates[self._next_id] = template
