@@ -37,7 +37,7 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.address import Address
 from qoin.crypto.hashing import sha3_256
 from qoin.crypto.hybrid import generate_keypair
-from qoin.execution.account import Account, state_key
+from qoin.execution.account import AccountLeaf, state_key
 from qoin.pow.proof import placeholder_proof
 from qoin.rpc.jwt import encode, load_secret
 from qoin.state.smt import Proof, verify_proof
@@ -148,7 +148,10 @@ def main() -> int:
                     state_key(address),
                     Proof.decode(bytes.fromhex(proof["proof"])),
                 )
-                if value is None or Account.decode(value).balance != proof["account"]["balance"]:
+                if (
+                    value is None
+                    or AccountLeaf.decode(value).balance != proof["account"]["balance"]
+                ):
                     raise RuntimeError("a served proof does not match the served balance")
             query_s = time.perf_counter() - started
             token_secret = load_secret(workdir / "data" / "jwt.hex")

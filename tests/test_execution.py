@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qoin.chain.block import Block, Coinbase, Payout
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
-from qoin.encoding.codec import Reader
-from qoin.execution.account import EMPTY_ACCOUNT, Account
+from qoin.encoding.codec import DecodeError, Reader, encode_varint
+from qoin.execution.account import (
+    EMPTY_ACCOUNT,
+    Account,
+    AccountLeaf,
+    AccountLeavesInvalid,
+    account_writes,
+    keys_key,
+    read_account,
+    state_key,
+)
 from qoin.execution.transition import (
     BadFeePayout,
     BadNonce,
@@ -18,11 +31,15 @@ from qoin.execution.transition import (
     InsufficientBalance,
     KeysMismatch,
     MissingPublicKey,
+    Receipt,
+    decode_receipts,
+    encode_receipts,
     execute_block,
     touched_addresses,
 )
 from tests.chainutil import test_genesis
 from tests.conftest import keypair_for
+from tests.strategies import HASHES
 
 CHAIN = test_genesis().chain_id
 MINER = keypair_for(index=5).address
@@ -140,10 +157,31 @@ def test_balance_overflow() -> None:
         execute_block(reader(state), block_of(transfer(alice, bob.address, 10)))
 
 
-def test_account_encoding_roundtrip() -> None:
+def test_account_leaves_roundtrip() -> None:
     alice = keypair_for(index=2)
     for account in (EMPTY_ACCOUNT, Account(5, 7), Account(2**64 - 1, 1, alice.public)):
-        assert Account.decode(account.encode()) == account
+        assert AccountLeaf.decode(account.leaf.encode()) == account.leaf
+        leaves = account_writes(alice.address, EMPTY_ACCOUNT, account)
+        assert read_account(leaves.get, alice.address) == account
+    # the keys leaf is written once, by the reveal, and never rewritten
+    revealed = Account(5, 1, alice.public)
+    assert list(account_writes(alice.address, revealed, replace(revealed, balance=9))) == [
+        state_key(alice.address)
+    ]
+    assert account_writes(alice.address, revealed, revealed) == {}
+
+
+def test_account_leaves_that_do_not_fit_together() -> None:
+    alice, bob = keypair_for(index=2), keypair_for(index=3)
+    leaves = account_writes(alice.address, EMPTY_ACCOUNT, Account(5, 1, alice.public))
+    with pytest.raises(AccountLeavesInvalid, match="no keys leaf"):
+        read_account(
+            {state_key(alice.address): leaves[state_key(alice.address)]}.get, alice.address
+        )
+    with pytest.raises(AccountLeavesInvalid, match="holds keys of"):
+        read_account({**leaves, keys_key(alice.address): bob.public.encode()}.get, alice.address)
+    with pytest.raises(AccountLeavesInvalid, match="revealed flag"):
+        read_account({state_key(alice.address): b"\x01\x05\x01\x02"}.get, alice.address)
 
 
 def test_receipt_encoding_is_canonical() -> None:
@@ -159,3 +197,32 @@ def test_receipt_encoding_is_canonical() -> None:
     assert parsed.varint() == 300
     assert parsed.u8() == 1
     parsed.finish()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(HASHES, HASHES, st.integers(0, 2**64 - 1), st.booleans()), max_size=12),
+    st.binary(max_size=8),
+)
+def test_block_receipts_record_roundtrip_and_rejects_bad_input(
+    fields: list[tuple[bytes, bytes, int, bool]], junk: bytes
+) -> None:
+    receipts = tuple(
+        Receipt(i, tx_id, Address(sender), fee, revealed)
+        for i, (tx_id, sender, fee, revealed) in enumerate(fields)
+    )
+    record = encode_receipts(receipts)
+    assert decode_receipts(record) == receipts
+    if junk:
+        with pytest.raises(DecodeError):
+            decode_receipts(record + junk)
+    with pytest.raises(DecodeError):  # a count the record does not hold
+        decode_receipts(encode_varint(len(receipts) + 1) + record[1:])
+    if receipts:
+        shifted = (replace(receipts[0], index=1), *receipts[1:])
+        with pytest.raises(DecodeError, match="carries index"):
+            decode_receipts(encode_receipts(shifted))
+        flag_at = len(encode_varint(len(receipts))) + len(receipts[0].encode()) - 1
+        bad_flag = record[:flag_at] + b"\x02" + record[flag_at + 1 :]
+        with pytest.raises(DecodeError, match="flag"):
+            decode_receipts(bad_flag)

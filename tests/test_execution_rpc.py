@@ -12,7 +12,7 @@ import pytest
 from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
 from qoin.chain.transaction import sign_transfer
 from qoin.crypto.hashing import HASH_SIZE
-from qoin.execution.account import Account, state_key
+from qoin.execution.account import AccountLeaf, state_key
 from qoin.execution.client import ExecutionClient
 from qoin.execution.state import ExecutionState
 from qoin.pow.proof import placeholder_proof
@@ -101,13 +101,15 @@ def test_transfer_through_rpc_and_engine(node: Running) -> None:
     assert rpc(node.user, "qoin_getBalance", str(BOB.address))["result"] == 1234
     receipt = rpc(node.user, "qoin_getTransactionReceipt", tx.tx_id.hex())["result"]
     assert receipt["blockHash"] == block.block_hash.hex()  # type: ignore[index]
+    assert receipt["index"] == 0 and receipt["fee"] == tx.fee  # type: ignore[index]
+    assert receipt["revealedKeys"] is (tx.public_keys is not None)  # type: ignore[index]
     proof = rpc(node.user, "qoin_getProof", str(BOB.address))["result"]
     value = verify_proof(
         bytes.fromhex(proof["stateRoot"]),
         state_key(BOB.address),  # type: ignore[index]
         Proof.decode(bytes.fromhex(proof["proof"])),
     )  # type: ignore[index]
-    assert Account.decode(value or b"") == Account(1234)
+    assert AccountLeaf.decode(value or b"") == AccountLeaf(1234)
     witness = engine(node.engine, "engine_getWitness", block.block_hash.hex())["result"]
     assert isinstance(witness, str) and len(witness) > 0
     proofs = engine(node.engine, "engine_getProofs", block.block_hash.hex(), [str(BOB.address)])[

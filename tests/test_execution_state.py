@@ -13,7 +13,7 @@ from qoin.chain.genesis import Allocation, Genesis
 from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.hashing import HASH_SIZE
-from qoin.execution.account import Account, state_key
+from qoin.execution.account import Account, AccountLeaf, keys_key, state_key
 from qoin.execution.state import ExecutionState, ExecutionStateError, PayloadStatus
 from qoin.pow.proof import placeholder_proof
 from qoin.state.smt import verify_proof
@@ -77,7 +77,10 @@ def test_chain_of_payloads_and_proofs(state: ExecutionState) -> None:
     assert state.account(ALICE.address).nonce == 2
     assert state.account(BOB.address, b1.block_hash) == Account(100)
     root, proof = state.proof(BOB.address)
-    assert Account.decode(verify_proof(root, state_key(BOB.address), proof) or b"") == Account(150)
+    leaf = verify_proof(root, state_key(BOB.address), proof)
+    assert AccountLeaf.decode(leaf or b"") == AccountLeaf(150)
+    root, keys_proof = state.proof(ALICE.address, keys=True)
+    assert verify_proof(root, keys_key(ALICE.address), keys_proof) == ALICE.public.encode()
     assert state.transaction(b2.transactions[0].tx_id) is not None
 
 

@@ -7,7 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -23,13 +23,12 @@ from qoin.pow.proof import (
     unsealed_header,
     verify_header_pow,
 )
-from tests.conftest import keypair_for
+from tests.conftest import keypair_for, wait_until
 
 EASY = max_target(DEFAULT_NBITS) >> 3  # about 8 attempts per win: a real search, still quick
 IMPOSSIBLE = 0  # wins with probability 2^-64 per attempt: never, in a test
 WORKERS = 2
 SOLVE_TIMEOUT_S = 30.0  # generous: includes spawning workers on a loaded machine
-WAIT_S = 30.0
 
 
 def header_for(keypair: HybridKeyPair, target: int, tag: int = 0) -> Header:
@@ -55,15 +54,6 @@ def sealed_with(header: Header, solution: Solution) -> Header:
         pow_nonce=solution.nonce,
         pow_proof=HybridSignature.decode(solution.proof),
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, poll: float = 0.01) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(poll)
 
 
 @pytest.fixture

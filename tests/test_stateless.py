@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from qoin.chain.block import Block, Coinbase, Payout
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.hybrid import HybridKeyPair
-from qoin.execution.account import Account, state_key
+from qoin.execution.account import EMPTY_ACCOUNT, Account, AccountLeaf, account_writes
 from qoin.execution.transition import InsufficientBalance
 from qoin.execution.witness import (
     InvalidWitness,
@@ -49,10 +49,10 @@ def signed(sender: HybridKeyPair, nonce: int, to: int, amount: int, reveal: bool
 def fresh_tree(funded: list[int], revealed: set[int]) -> SparseMerkleTree:
     tree = SparseMerkleTree(MemoryNodeStore())
     # a few unrelated accounts so the tree has depth
-    changes = {bytes([i]) * 32: Account(i).encode() for i in range(1, 40)}
+    changes = {bytes([i]) * 32: AccountLeaf(i).encode() for i in range(1, 40)}
     for i in funded:
         keys = KEYS[i].public if i in revealed else None
-        changes[state_key(KEYS[i].address)] = Account(1_000, 0, keys).encode()
+        changes.update(account_writes(KEYS[i].address, EMPTY_ACCOUNT, Account(1_000, 0, keys)))
     tree.update(changes, 1)
     return tree
 
@@ -101,14 +101,21 @@ def test_bad_witnesses_rejected() -> None:
     with pytest.raises(InvalidWitness, match="does not prove"):
         execute_stateless(bytes(32), block, witness)
     # a proof whose value was altered (a richer sender)
-    address, proof = witness.proofs[0]
-    richer = replace(proof, value=Account(10**9, 0, KEYS[0].public).encode())
-    forged = Witness(((address, richer), *witness.proofs[1:]))
+    address, proof = witness.accounts[0]
+    richer = replace(proof, value=AccountLeaf(10**9, 0, True).encode())
+    forged = Witness(((address, richer), *witness.accounts[1:]), witness.keys)
     with pytest.raises(InvalidWitness, match="does not prove"):
         execute_stateless(parent_root, block, forged)
-    # an account left out
+    # a keys leaf swapped for another key's (the proof no longer holds)
+    sender, keys_proof = witness.keys[0]
+    other_keys = replace(keys_proof, value=KEYS[1].public.encode())
+    with pytest.raises(InvalidWitness, match="does not prove"):
+        execute_stateless(parent_root, block, replace(witness, keys=((sender, other_keys),)))
+    # an account left out; the revealed sender's keys left out
     with pytest.raises(InvalidWitness, match="no proof"):
-        execute_stateless(parent_root, block, Witness(witness.proofs[:-1]))
+        execute_stateless(parent_root, block, Witness(witness.accounts[:-1], witness.keys))
+    with pytest.raises(InvalidWitness, match="no proof"):
+        execute_stateless(parent_root, block, Witness(witness.accounts, ()))
 
 
 def test_stateless_rejects_what_stateful_rejects() -> None:

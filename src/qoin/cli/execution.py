@@ -21,6 +21,7 @@ from qoin.cli.common import (
 )
 from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
+from qoin.crypto.batch import favour_verifier_threads
 from qoin.execution.client import ExecutionClient
 from qoin.execution.state import ExecutionState, ExecutionStateError
 from qoin.rpc.jwt import JwtError, create_secret
@@ -51,6 +52,7 @@ def execution(
         )
         secret = create_secret(jwt_secret or datadir / "jwt.hex")
         state = ExecutionState.open(datadir, chosen)
+        favour_verifier_threads()
     except (genesis_mod.GenesisError, JwtError, ExecutionStateError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
     client = ExecutionClient(state)

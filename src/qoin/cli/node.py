@@ -22,6 +22,7 @@ from qoin.cli.chain import save_genesis_file
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, read_password, stop_on_signals
 from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
+from qoin.crypto.batch import favour_verifier_threads
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.execution.client import ExecutionClient
@@ -148,6 +149,7 @@ def run_mining(
     """Mine with an in-process execution client serving the user RPC, until stopped."""
     try:
         state = ExecutionState.open(home / "execution", chain.genesis)
+        favour_verifier_threads()
         client = ExecutionClient(state)
         replayed = catch_up(chain, client)
         server = BackgroundServer(client.user_server().app, port=rpc_port).start()

@@ -62,8 +62,8 @@ def _read_suite(reader: Reader, what: str) -> Suite:
         raise UnknownVersion(f"{what}: {exc}") from None
 
 
-def _read_parts(reader: Reader, sizes: list[int]) -> tuple[bytes, ...]:
-    return tuple(reader.fixed(size) for size in sizes)
+def _read_parts(reader: Reader, sizes: tuple[int, ...]) -> tuple[bytes, ...]:
+    return tuple([reader.fixed(size) for size in sizes])
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ class HybridPublicKey:
     """One public key per component, in suite order."""
 
     def __post_init__(self) -> None:
-        sizes = [c.public_key_size for c in self.suite.components]
-        if [len(k) for k in self.keys] != sizes:
+        sizes = self.suite.public_key_sizes
+        if tuple(map(len, self.keys)) != sizes:
             raise MalformedKey(f"{self.suite.name} public keys must have sizes {sizes}")
 
     def encode(self) -> bytes:
@@ -98,7 +98,7 @@ class HybridPublicKey:
     def read(cls, reader: Reader) -> HybridPublicKey:
         """Decode from a reader (used inside larger objects)."""
         suite = _read_suite(reader, "public key")
-        return cls(suite, _read_parts(reader, [c.public_key_size for c in suite.components]))
+        return cls(suite, _read_parts(reader, suite.public_key_sizes))
 
     @classmethod
     def decode(cls, data: bytes) -> HybridPublicKey:
@@ -119,8 +119,8 @@ class HybridSignature:
     """One signature per component, in suite order."""
 
     def __post_init__(self) -> None:
-        sizes = [c.signature_size for c in self.suite.components]
-        if [len(p) for p in self.parts] != sizes:
+        sizes = self.suite.signature_sizes
+        if tuple(map(len, self.parts)) != sizes:
             raise MalformedSignature(f"{self.suite.name} signatures must have sizes {sizes}")
 
     def encode(self) -> bytes:
@@ -131,7 +131,7 @@ class HybridSignature:
     def read(cls, reader: Reader) -> HybridSignature:
         """Decode from a reader (used inside larger objects)."""
         suite = _read_suite(reader, "signature")
-        return cls(suite, _read_parts(reader, [c.signature_size for c in suite.components]))
+        return cls(suite, _read_parts(reader, suite.signature_sizes))
 
     @classmethod
     def decode(cls, data: bytes) -> HybridSignature:
@@ -180,7 +180,7 @@ class HybridKeyPair:
         suite = _read_suite(reader, "secret key")
         if suite != public.suite:
             raise MalformedKey(f"secret key is {suite.name}, public key is {public.suite.name}")
-        parts = _read_parts(reader, [c.secret_key_size for c in suite.components])
+        parts = _read_parts(reader, tuple(c.secret_key_size for c in suite.components))
         reader.finish()
         return cls(public, parts)
 

@@ -16,6 +16,7 @@ id     name                                   NIST level
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from qoin.crypto.schemes import (
     FALCON512,
@@ -42,6 +43,16 @@ class Suite:
     """Human name: component names joined by ``+``."""
     components: tuple[SignatureScheme, ...]
     """The schemes, in the order their keys and signatures are encoded."""
+
+    @cached_property
+    def public_key_sizes(self) -> tuple[int, ...]:
+        """Each component's public key size, in order (read on every decode)."""
+        return tuple(c.public_key_size for c in self.components)
+
+    @cached_property
+    def signature_sizes(self) -> tuple[int, ...]:
+        """Each component's signature size, in order."""
+        return tuple(c.signature_size for c in self.components)
 
     @property
     def public_key_size(self) -> int:

@@ -135,20 +135,23 @@ class Reader:
         return self._data[start : self._pos]
 
     def _take(self, size: int) -> bytes:
-        if size < 0 or size > self.remaining:
-            raise TruncatedInput(
-                f"need {size} bytes at offset {self._pos}, only {self.remaining} left"
-            )
-        out = self._data[self._pos : self._pos + size]
-        self._pos += size
-        return out
+        pos = self._pos
+        end = pos + size
+        if size < 0 or end > len(self._data):
+            raise TruncatedInput(f"need {size} bytes at offset {pos}, only {self.remaining} left")
+        self._pos = end
+        return self._data[pos:end]
 
     def varint(self, bits: int = 64) -> int:
         """Read a minimal unsigned LEB128 varint that fits in ``bits`` bits."""
+        data, pos = self._data, self._pos
+        if pos < len(data) and data[pos] < 0x80 and bits >= 7:  # one byte: always minimal
+            self._pos = pos + 1
+            return data[pos]
         max_len = (bits + 6) // 7
         value = 0
         for index in range(max_len):
-            (byte,) = self._take(1)
+            byte = self.u8()
             value |= (byte & 0x7F) << (7 * index)
             if not byte & 0x80:
                 if byte == 0 and index > 0:
@@ -160,7 +163,11 @@ class Reader:
 
     def u8(self) -> int:
         """Read one byte."""
-        return self._take(1)[0]
+        pos = self._pos
+        if pos >= len(self._data):
+            raise TruncatedInput(f"need 1 byte at offset {pos}, none left")
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
         """Read a 16-bit big-endian integer."""

@@ -180,20 +180,22 @@ class ExecutionClient:
             return None if pending is None else {**tx_json(pending), "pending": True}
 
     def receipt(self, hash: bytes) -> dict[str, Any] | None:
-        """The receipt of a canonical transaction."""
+        """The receipt of a canonical transaction, as stored when its block was executed."""
         with self.lock:
-            found = self.state.transaction(hash)
+            found = self.state.receipt(hash)
             if found is None:
                 return None
-            tx, block_hash, index = found
-            block = self.state.block(block_hash)
+            receipt, block_hash = found
+            info = self.state.block_info(block_hash)
             return {
                 "transactionHash": hash.hex(),
                 "blockHash": block_hash.hex(),
-                "blockHeight": None if block is None else block.header.height,
-                "index": index,
-                "from": str(tx.sender),
-                "fee": tx.fee,
+                "blockHeight": None if info is None else info[0],
+                "index": receipt.index,
+                "from": str(receipt.sender),
+                "fee": receipt.fee,
+                "revealedKeys": receipt.revealed_keys,
+                "receiptHash": receipt.receipt_hash.hex(),
                 "status": "success",
             }
 
@@ -208,13 +210,18 @@ class ExecutionClient:
         with self.lock:
             block_hash = self._block_hash(block)
             root, proof = self.state.proof(address, block_hash)
-            return {
+            account = self.state.account(address, block_hash)
+            answer: dict[str, Any] = {
                 "address": str(address),
                 "blockHash": block_hash.hex(),
                 "stateRoot": root.hex(),
-                "account": account_json(self.state.account(address, block_hash)),
+                "account": account_json(account),
                 "proof": proof.encode().hex(),
             }
+            if account.public_keys is not None:
+                keys_proof = self.state.proof(address, block_hash, keys=True)[1]
+                answer["keysProof"] = keys_proof.encode().hex()
+            return answer
 
     def estimate_fee(self, size: int = 3_500) -> dict[str, int]:
         """A fee for a transaction of ``size`` bytes: the pool's going rate, at least the floor."""

@@ -1,5 +1,6 @@
 """The execution client's database: the state tree, executed blocks, the canonical chain, the
-transaction index and receipts, in one SQLite file (``execution.sqlite3``, WAL, ``synchronous=FULL``).
+transaction index and receipts, in one SQLite file (``execution.sqlite3``, WAL, ``synchronous=NORMAL``,
+checkpointed by a background thread).
 
 Verdicts follow the engine API:
 
@@ -21,6 +22,7 @@ are pruned. The genesis state is version 0: the allocation of the genesis file.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -37,11 +39,17 @@ from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
 from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
-from qoin.execution.account import Account, state_key
-from qoin.execution.transition import BlockOutcome, InvalidExecution, Receipt
+from qoin.execution.account import Account, AccountLeaf, keys_key, read_account, state_key
+from qoin.execution.checkpointer import Checkpointer
+from qoin.execution.transition import (
+    BlockOutcome,
+    InvalidExecution,
+    Receipt,
+    decode_receipts,
+    encode_receipts,
+)
 from qoin.execution.witness import (
     Witness,
-    decode_account,
     execute_on_tree,
     execute_stateless,
     make_witness,
@@ -51,6 +59,8 @@ from qoin.state.smt import Proof, SmtError, SparseMerkleTree
 
 STATE_FILE = "execution.sqlite3"
 _UNKNOWN_ROOT = b"\xff" * 32
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""A reset WAL is truncated back to this size."""
 """Root recorded for ACCEPTED blocks until they are executed: never a real tree root."""
 ACCOUNT_CACHE_SIZE = 200_000
 DEFAULT_RETAIN = 256
@@ -64,8 +74,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS canonical (height INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS txindex (tx_id BLOB PRIMARY KEY, block BLOB NOT NULL, "
     "idx INTEGER NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS receipts (block BLOB NOT NULL, idx INTEGER NOT NULL, "
-    "receipt BLOB NOT NULL, PRIMARY KEY (block, idx)) WITHOUT ROWID",
+    # One row per executed block: all its receipts in one record (transfers have small receipts;
+    # a row per receipt cost the import path a thousand B-tree inserts per block).
+    "CREATE TABLE IF NOT EXISTS block_receipts (block BLOB PRIMARY KEY, receipts BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
 )
 
@@ -118,18 +129,26 @@ class HeadChange:
 class ExecutionState:
     """State, blocks and indexes of one execution client."""
 
-    def __init__(self, db: sqlite3.Connection, genesis: Genesis, lock_fd: int, retain: int) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        genesis: Genesis,
+        lock_fd: int,
+        retain: int,
+        checkpointer: Checkpointer,
+    ) -> None:
         self._db = db
+        self._checkpointer = checkpointer
         self.genesis = genesis
         self._lock_fd = lock_fd
         self.retain = retain
         self.nodes = SqliteNodeStore(db)
         self.tree = SparseMerkleTree(self.nodes)
-        self.pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
         # Decoded accounts of the head state (saves tree walks on import); cleared on any other move.
         self._accounts: OrderedDict[Address, Account] = OrderedDict()
         self._init_genesis()
         self.tree = self._head_tree()
+        self.pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
 
     @classmethod
     def open(cls, datadir: Path, genesis: Genesis, retain: int = DEFAULT_RETAIN) -> ExecutionState:
@@ -142,14 +161,25 @@ class ExecutionState:
         except OSError:
             os.close(fd)
             raise ExecutionStateError(f"{datadir} is in use by another execution client") from None
+        db: sqlite3.Connection | None = None
+        checkpointer: Checkpointer | None = None
         try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             SqliteNodeStore.tune(db)
-            db.execute("PRAGMA synchronous=FULL")
+            # The state is derived from the consensus chain, which replays what a power loss drops
+            # (the WAL keeps the file consistent); see docs/decisions.md #13.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             for statement in _SCHEMA:
                 db.execute(statement)
-            return cls(db, genesis, fd, retain)
+            checkpointer = Checkpointer(path)
+            return cls(db, genesis, fd, retain, checkpointer)
         except (sqlite3.DatabaseError, QoinError) as exc:
+            if checkpointer is not None:
+                checkpointer.close()
+            if db is not None:
+                db.close()
             os.close(fd)
             raise ExecutionStateError(f"cannot open {path}: {exc}") from None
 
@@ -169,7 +199,10 @@ class ExecutionState:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             root = self.tree.update(
-                {state_key(a.address): Account(a.amount).encode() for a in self.genesis.allocation},
+                {
+                    state_key(a.address): AccountLeaf(a.amount).encode()
+                    for a in self.genesis.allocation
+                },
                 0,
             )
             self._db.execute(
@@ -181,6 +214,7 @@ class ExecutionState:
                 "INSERT INTO meta VALUES ('genesis', ?), ('head', ?)", (genesis_hash, genesis_hash)
             )
             self._db.execute("COMMIT")
+            self._checkpointer.after_commit(self._db)
         except BaseException:
             self._rollback()
             raise
@@ -243,15 +277,19 @@ class ExecutionState:
     def account(self, address: Address, block_hash: bytes | None = None) -> Account:
         """An account at the head (or after a retained block)."""
         try:
-            return decode_account(self.tree.get_at(self._root_of(block_hash), state_key(address)))
+            root = self._root_of(block_hash)
+            return read_account(lambda key: self.tree.get_at(root, key), address)
         except SmtError as exc:
             raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
 
-    def proof(self, address: Address, block_hash: bytes | None = None) -> tuple[bytes, Proof]:
-        """(state root, Merkle proof of the account) at the head or after a retained block."""
+    def proof(
+        self, address: Address, block_hash: bytes | None = None, keys: bool = False
+    ) -> tuple[bytes, Proof]:
+        """(state root, Merkle proof of the account leaf — or with ``keys`` of the keys leaf) at
+        the head or after a retained block."""
         root = self._root_of(block_hash)
         try:
-            return root, self.tree.prove_at(root, state_key(address))
+            return root, self.tree.prove_at(root, (keys_key if keys else state_key)(address))
         except SmtError as exc:
             raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
 
@@ -274,6 +312,17 @@ class ExecutionState:
         if block is None:
             return None
         return block.transactions[int(row[1])], bytes(row[0]), int(row[1])
+
+    def receipt(self, tx_id: bytes) -> tuple[Receipt, bytes] | None:
+        """(receipt, block hash) of a canonical transaction."""
+        row = self._db.execute(
+            "SELECT r.receipts, t.block, t.idx FROM txindex t "
+            "JOIN block_receipts r ON r.block = t.block WHERE t.tx_id = ?",
+            (tx_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return decode_receipts(bytes(row[0]))[int(row[2])], bytes(row[1])
 
     # -- payloads ----------------------------------------------------------------------------------
 
@@ -379,6 +428,7 @@ class ExecutionState:
             if height > self.retain:
                 self.tree.prune(height - self.retain)
             self._db.execute("COMMIT")
+            self._checkpointer.after_commit(self._db)
             self._remember(outcome.post_accounts)
         except BaseException:
             self._rollback()
@@ -420,9 +470,9 @@ class ExecutionState:
             "INSERT OR REPLACE INTO txindex VALUES (?, ?, ?)",
             [(tx.tx_id, block_hash, i) for i, tx in enumerate(block.transactions)],
         )
-        self._db.executemany(
-            "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?)",
-            [(block_hash, r.index, r.encode()) for r in receipts],
+        self._db.execute(
+            "INSERT OR REPLACE INTO block_receipts VALUES (?, ?)",
+            (block_hash, encode_receipts(receipts)),
         )
 
     def _disconnect(self, block: Block) -> None:
@@ -461,6 +511,7 @@ class ExecutionState:
                 self._connect(block, outcome.receipts)
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'head'", (head_hash,))
             self._db.execute("COMMIT")
+            self._checkpointer.after_commit(self._db)
         except InvalidExecution as exc:
             self._rollback()
             self._mark_invalid(failing, exc)
@@ -505,8 +556,11 @@ class ExecutionState:
         return info
 
     def close(self) -> None:
-        """Close the database and release the lock."""
+        """Close the database (its WAL folded into the file) and release the lock."""
         self.pool.shutdown(wait=True)
+        self._checkpointer.close()
+        with contextlib.suppress(sqlite3.Error):  # SQLite recovers from the WAL on the next open
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)

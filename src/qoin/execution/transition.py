@@ -21,15 +21,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
-from qoin.chain.block import Block
+from qoin.chain.block import MAX_BLOCK_TRANSACTIONS, Block
 from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
-from qoin.crypto.batch import start_in_chunks, verify_many
+from qoin.crypto.batch import start_verifying, verify_many
 from qoin.crypto.hashing import tagged_hash
 from qoin.crypto.hybrid import HybridPublicKey, is_valid
 from qoin.crypto.merkle import merkle_root
-from qoin.encoding.codec import encode_varint
+from qoin.encoding.codec import DecodeError, NonCanonicalInteger, Reader, encode_varint
 from qoin.errors import QoinError
 from qoin.execution.account import EMPTY_ACCOUNT, Account
 
@@ -85,8 +86,12 @@ class Receipt:
     """Whether this transaction revealed its sender's public keys."""
 
     def encode(self) -> bytes:
-        """Canonical encoding: varint index ‖ tx id (32) ‖ sender (32) ‖ varint fee ‖ u8 revealed.
-        (Its hash is a leaf of the receipts root; built directly, it is on the import hot path.)"""
+        """Canonical encoding: varint index ‖ tx id (32) ‖ sender (32) ‖ varint fee ‖ u8 revealed."""
+        return self.encoded
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The encoding, built once (it is hashed into the root and stored)."""
         return b"".join(
             (
                 encode_varint(self.index),
@@ -97,10 +102,36 @@ class Receipt:
             )
         )
 
+    @classmethod
+    def read(cls, reader: Reader) -> Receipt:
+        """Decode one receipt (the flag must be 0 or 1)."""
+        index, tx_id, sender = reader.varint(), reader.fixed(32), Address(reader.fixed(32))
+        fee, revealed = reader.varint(), reader.u8()
+        if revealed > 1:
+            raise NonCanonicalInteger(f"receipt key-reveal flag must be 0 or 1, got {revealed}")
+        return cls(index, tx_id, sender, fee, revealed == 1)
+
     @property
     def receipt_hash(self) -> bytes:
         """Tagged hash of the encoding."""
         return tagged_hash(TAG_RECEIPT, self.encode())
+
+
+def encode_receipts(receipts: Sequence[Receipt]) -> bytes:
+    """A block's receipts as one record: varint count, then each encoding (how they are stored)."""
+    return encode_varint(len(receipts)) + b"".join(receipt.encode() for receipt in receipts)
+
+
+def decode_receipts(data: bytes) -> tuple[Receipt, ...]:
+    """Inverse of :func:`encode_receipts`; the count is bounded by the block limit and receipt
+    ``i`` must have index ``i``."""
+    reader = Reader(data)
+    receipts = tuple(Receipt.read(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS)))
+    reader.finish()
+    for position, receipt in enumerate(receipts):
+        if receipt.index != position:
+            raise DecodeError(f"receipt {position} carries index {receipt.index}")
+    return receipts
 
 
 def receipts_root(receipts: tuple[Receipt, ...]) -> bytes:
@@ -233,7 +264,7 @@ def execute_block(
         if then is not None:
             then(outcome)
         return outcome
-    pending = start_in_chunks(_verify_txs, list(zip(keys, txs, strict=True)), executor, workers)
+    pending = start_verifying(_verify_txs, list(zip(keys, txs, strict=True)), executor, workers)
     try:
         outcome = _apply(read, block, keys)
         if then is not None:

@@ -1,9 +1,12 @@
 """Execution witnesses and stateless re-execution.
 
 A witness for a block is the pre-state of every account the block touches, each with a Merkle proof
-against the *parent's* state root (inclusion for existing accounts, exclusion for new ones)::
+against the *parent's* state root (inclusion for existing accounts, exclusion for new ones), and the
+keys leaf of every sender (inclusion once revealed, exclusion before: the first spend inserts it) and
+of every other touched account that has revealed its keys::
 
-    witness = count varint (<= MAX_WITNESS_ACCOUNTS), then (address 32 bytes, proof) pairs
+    witness = count varint (<= MAX_WITNESS_ACCOUNTS), then (address 32 bytes, account-leaf proof)
+              count varint (<= MAX_WITNESS_ACCOUNTS), then (address 32 bytes, keys-leaf proof)
 
 ``execute_stateless(parent_root, block, witness)`` verifies every proof, executes the block on the
 proven values with the same :func:`~qoin.execution.transition.execute_block` as the stateful path,
@@ -17,15 +20,23 @@ create it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from qoin.chain.block import Block
 from qoin.crypto.address import ADDRESS_SIZE, Address
-from qoin.encoding.codec import DecodeError, Reader, Writer
+from qoin.encoding.codec import Reader, Writer
 from qoin.errors import QoinError
-from qoin.execution.account import EMPTY_ACCOUNT, Account, state_key
+from qoin.execution.account import (
+    Account,
+    AccountLeaf,
+    AccountLeavesInvalid,
+    account_writes,
+    keys_key,
+    read_account,
+    state_key,
+)
 from qoin.execution.transition import (
     BlockOutcome,
     InvalidExecution,
@@ -44,56 +55,66 @@ class InvalidWitness(InvalidExecution):
 
 @dataclass(frozen=True)
 class Witness:
-    """Pre-state proofs of the accounts a block touches."""
+    """Pre-state proofs of the accounts a block touches and of its senders' keys."""
 
-    proofs: tuple[tuple[Address, Proof], ...]
-    """(address, proof against the parent state root), in first-touch order."""
+    accounts: tuple[tuple[Address, Proof], ...]
+    """(address, proof of its account leaf against the parent state root), in first-touch order."""
+    keys: tuple[tuple[Address, Proof], ...] = ()
+    """(sender, proof of its keys leaf against the parent state root), in first-send order."""
 
     def encode(self) -> bytes:
         """Canonical encoding."""
-        writer = Writer().varint(len(self.proofs))
-        for address, proof in self.proofs:
-            writer.fixed(address.raw, ADDRESS_SIZE).raw(proof.encode())
+        writer = Writer()
+        for entries in (self.accounts, self.keys):
+            writer.varint(len(entries))
+            for address, proof in entries:
+                writer.fixed(address.raw, ADDRESS_SIZE).raw(proof.encode())
         return writer.bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Witness:
-        """Decode, bounding the number of accounts before reading them."""
+        """Decode, bounding each number of entries before reading them."""
         reader = Reader(data)
-        count = reader.count(MAX_WITNESS_ACCOUNTS)
-        proofs = tuple(
-            (Address(reader.fixed(ADDRESS_SIZE)), Proof.read(reader)) for _ in range(count)
+        accounts, keys = (
+            tuple(
+                (Address(reader.fixed(ADDRESS_SIZE)), Proof.read(reader))
+                for _ in range(reader.count(MAX_WITNESS_ACCOUNTS))
+            )
+            for _ in range(2)
         )
         reader.finish()
-        return cls(proofs)
+        return cls(accounts, keys)
 
-
-def decode_account(value: bytes | None) -> Account:
-    """The account stored as ``value`` (absent: the empty account)."""
-    if value is None:
-        return EMPTY_ACCOUNT
-    try:
-        return Account.decode(value)
-    except DecodeError as exc:
-        raise InvalidWitness(f"a state value is not an account: {exc}") from None
+    def proofs_by_key(self) -> dict[bytes, Proof]:
+        """Every proof, under the tree key it proves."""
+        proofs = {state_key(address): proof for address, proof in self.accounts}
+        proofs.update((keys_key(address), proof) for address, proof in self.keys)
+        return proofs
 
 
 def state_changes(read: Callable[[Address], Account], outcome: BlockOutcome) -> dict[bytes, bytes]:
-    """Tree writes of an outcome: the encoded post-state of every account that changed."""
-    return {
-        state_key(address): account.encode()
-        for address, account in outcome.post_accounts.items()
-        if account != read(address)
-    }
+    """Tree writes of an outcome: the changed account leaves and the newly revealed keys leaves."""
+    changes: dict[bytes, bytes] = {}
+    for address, account in outcome.post_accounts.items():
+        changes.update(account_writes(address, read(address), account))
+    return changes
 
 
 def make_witness(tree: SparseMerkleTree, parent_root: bytes, block: Block) -> Witness:
-    """The witness of ``block`` from a tree that retains ``parent_root``."""
+    """The witness of ``block`` from a tree that retains ``parent_root``: every touched account
+    leaf, and the keys leaf of every sender and of every touched account that has revealed keys
+    (an account is read whole, so a revealed recipient's keys come along)."""
+    touched = touched_addresses(block)
+    senders = {tx.sender for tx in block.transactions}
+
+    def revealed(address: Address) -> bool:
+        value = tree.get_at(parent_root, state_key(address))
+        return value is not None and AccountLeaf.decode(value).revealed
+
+    with_keys = [address for address in touched if address in senders or revealed(address)]
     return Witness(
-        tuple(
-            (address, tree.prove_at(parent_root, state_key(address)))
-            for address in touched_addresses(block)
-        )
+        tuple((address, tree.prove_at(parent_root, state_key(address))) for address in touched),
+        tuple((address, tree.prove_at(parent_root, keys_key(address))) for address in with_keys),
     )
 
 
@@ -104,9 +125,8 @@ def execute_stateless(
     executor: ThreadPoolExecutor | None = None,
 ) -> tuple[bytes, bytes]:
     """Re-execute ``block`` from ``witness`` alone; return (post-state root, receipts root)."""
-    proofs: Mapping[bytes, Proof] = {state_key(address): proof for address, proof in witness.proofs}
     try:
-        tree = PartialTree.from_proofs(parent_root, proofs)
+        tree = PartialTree.from_proofs(parent_root, witness.proofs_by_key())
     except QoinError as exc:  # ProofError: the reason is in the message
         raise InvalidWitness(f"witness does not prove the parent state: {exc}") from exc
     cache: dict[Address, Account] = {}
@@ -114,10 +134,9 @@ def execute_stateless(
     def read(address: Address) -> Account:
         if address not in cache:
             try:
-                value = tree.value(state_key(address))
-            except WitnessIncomplete as exc:
+                cache[address] = read_account(tree.value, address)
+            except (WitnessIncomplete, AccountLeavesInvalid) as exc:
                 raise InvalidWitness(str(exc)) from None
-            cache[address] = decode_account(value)
         return cache[address]
 
     def update(outcome: BlockOutcome) -> None:
@@ -146,9 +165,7 @@ def execute_on_tree(
     def read(address: Address) -> Account:
         if address not in cache:
             hit = known.get(address)
-            cache[address] = (
-                hit if hit is not None else decode_account(tree.get(state_key(address)))
-            )
+            cache[address] = hit if hit is not None else read_account(tree.get, address)
         return cache[address]
 
     roots: list[bytes] = []
