@@ -297,20 +297,29 @@ class ExecutionClient:
         return block.encode().hex()
 
     def get_proofs(self, block_hash: bytes, addresses: list[Address]) -> dict[str, Any]:
-        """Pre-state (parent root) and post-state (block root) proofs of accounts, for sampling."""
+        """Proofs of accounts' leaves before (parent root) and after (block root) a block, for
+        account state sampling: the account leaf and the keys leaf of each."""
         with self.lock:
             info = self.state.block_info(block_hash)
             if info is None:
                 raise ExecutionError(f"unknown block {block_hash.hex()}")
             parent = info[1]
-            pre = [self.state.proof(a, parent) for a in addresses]
-            post = [self.state.proof(a, block_hash) for a in addresses]
+
+            def proof(address: Address, at: bytes, keys: bool) -> str:
+                return self.state.proof(address, at, keys=keys)[1].encode().hex()
+
             return {
-                "parentStateRoot": self.state.block_info(parent)[2].hex(),  # type: ignore[index]
+                "parentStateRoot": self.state.state_root(parent).hex(),
                 "stateRoot": info[2].hex(),
                 "proofs": [
-                    {"address": str(a), "pre": p[1].encode().hex(), "post": q[1].encode().hex()}
-                    for a, p, q in zip(addresses, pre, post, strict=True)
+                    {
+                        "address": str(a),
+                        "pre": proof(a, parent, False),
+                        "post": proof(a, block_hash, False),
+                        "preKeys": proof(a, parent, True),
+                        "postKeys": proof(a, block_hash, True),
+                    }
+                    for a in addresses
                 ],
             }
 

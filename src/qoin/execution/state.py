@@ -266,7 +266,8 @@ class ExecutionState:
         info = self.block_info(self.head)
         return 0 if info is None else info[0]
 
-    def _root_of(self, block_hash: bytes | None) -> bytes:
+    def state_root(self, block_hash: bytes | None = None) -> bytes:
+        """The state root after a stored block (the head's by default)."""
         if block_hash is None:
             return self.tree.root
         info = self.block_info(block_hash)
@@ -277,7 +278,7 @@ class ExecutionState:
     def account(self, address: Address, block_hash: bytes | None = None) -> Account:
         """An account at the head (or after a retained block)."""
         try:
-            root = self._root_of(block_hash)
+            root = self.state_root(block_hash)
             return read_account(lambda key: self.tree.get_at(root, key), address)
         except SmtError as exc:
             raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
@@ -287,7 +288,7 @@ class ExecutionState:
     ) -> tuple[bytes, Proof]:
         """(state root, Merkle proof of the account leaf — or with ``keys`` of the keys leaf) at
         the head or after a retained block."""
-        root = self._root_of(block_hash)
+        root = self.state_root(block_hash)
         try:
             return root, self.tree.prove_at(root, (keys_key if keys else state_key)(address))
         except SmtError as exc:
@@ -295,7 +296,7 @@ class ExecutionState:
 
     def witness(self, block: Block) -> Witness:
         """The witness of ``block`` against its parent's state root (which must be retained)."""
-        parent_root = self._root_of(block.header.parent_hash)
+        parent_root = self.state_root(block.header.parent_hash)
         try:
             return make_witness(self.tree, parent_root, block)
         except SmtError as exc:
@@ -330,7 +331,7 @@ class ExecutionState:
         """``template`` with the ``state_root`` and ``receipts_root`` its execution gives (for
         building a payload; raises :class:`InvalidExecution` if it cannot execute)."""
         witness = self.witness(template)
-        parent_root = self._root_of(template.header.parent_hash)
+        parent_root = self.state_root(template.header.parent_hash)
         post_root, receipts = execute_stateless(parent_root, template, witness, self.pool)
         header = replace(template.header, state_root=post_root, receipts_root=receipts)
         return replace(template, header=header)
@@ -443,7 +444,7 @@ class ExecutionState:
 
     def _validate_side(self, block: Block) -> None:
         post_root, receipts_root = execute_stateless(
-            self._root_of(block.header.parent_hash), block, self.witness(block), self.pool
+            self.state_root(block.header.parent_hash), block, self.witness(block), self.pool
         )
         self._check_roots(block, post_root, receipts_root)
         self._store_block(block, post_root, PayloadStatus.VALID)
@@ -495,7 +496,7 @@ class ExecutionState:
         old_path, new_path = self._paths(self.head, head_hash)
         old_blocks = [self._require(h) for h in old_path]  # newest first
         new_blocks = [self._require(h) for h in reversed(new_path)]  # oldest first
-        fork_root = self._root_of(new_blocks[0].header.parent_hash if new_blocks else head_hash)
+        fork_root = self.state_root(new_blocks[0].header.parent_hash if new_blocks else head_hash)
         failing = head_hash
         self._db.execute("BEGIN IMMEDIATE")
         try:

@@ -1,0 +1,1 @@
+"""The consensus client: block store, fork choice, mining, and execution clients checked by sampling."""

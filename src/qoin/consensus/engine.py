@@ -1,0 +1,167 @@
+"""The consensus client's side of the engine API: one authenticated HTTP JSON-RPC connection to an
+execution client.
+
+Every call carries a fresh HS256 token from the shared secret and has a timeout; every answer is
+checked for shape before use, so a broken or hostile execution client surfaces as
+:class:`EngineError` (with the reason), never as a crash.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from qoin.chain.block import Block
+from qoin.consensus.sampling import AccountProofs
+from qoin.crypto.address import Address
+from qoin.errors import QoinError
+from qoin.execution.witness import Witness
+from qoin.rpc import jwt
+from qoin.state.smt import Proof
+
+DEFAULT_TIMEOUT_S = 30.0
+"""How long one engine call may take (a full block's witness included)."""
+STATUSES = ("VALID", "INVALID", "SYNCING", "ACCEPTED")
+
+
+class EngineError(QoinError):
+    """An engine call failed: unreachable, timed out, refused, or answered nonsense."""
+
+
+@dataclass(frozen=True)
+class PayloadVerdict:
+    """An execution client's answer to ``engine_newPayload``."""
+
+    status: str
+    """VALID, INVALID, SYNCING or ACCEPTED."""
+    reason: str | None = None
+    """Why, for INVALID."""
+
+
+@dataclass(frozen=True)
+class SampleAnswer:
+    """An answer to ``engine_getProofs``: the roots the client claims and each account's proofs."""
+
+    parent_root: bytes
+    """The parent's state root, as the client has it."""
+    state_root: bytes
+    """The block's state root, as the client has it."""
+    proofs: dict[Address, AccountProofs]
+    """Proofs by account."""
+
+
+def _field(answer: Any, name: str, kind: type) -> Any:
+    if not isinstance(answer, dict) or not isinstance(answer.get(name), kind):
+        raise EngineError(f"malformed answer: no {kind.__name__} field {name!r}")
+    return answer[name]
+
+
+def _hex(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise EngineError(f"malformed answer: {what} is not a string")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise EngineError(f"malformed answer: {what} is not hex") from None
+
+
+def _decoded(kind: Any, text: Any, what: str) -> Any:
+    try:
+        return kind.decode(_hex(text, what))
+    except QoinError as exc:
+        raise EngineError(f"malformed answer: {what}: {exc}") from None
+
+
+class EngineClient:
+    """Calls one execution client's engine API."""
+
+    def __init__(self, url: str, secret: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url = url
+        self._secret = secret
+        self._ids = itertools.count(1)
+        self._http = httpx.Client(timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"EngineClient({self.url})"
+
+    def call(self, method: str, *params: Any) -> Any:
+        """One JSON-RPC call; its ``result``, or :class:`EngineError`."""
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
+        headers = {"Authorization": f"Bearer {jwt.encode(self._secret)}"}
+        try:
+            response = self._http.post(self.url, json=body, headers=headers)
+        except httpx.TimeoutException:
+            raise EngineError(f"{method}: no answer from {self.url} in time") from None
+        except httpx.HTTPError as exc:
+            raise EngineError(f"{method}: {self.url} unreachable: {exc}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            raise EngineError(f"{method}: HTTP {response.status_code}, not JSON") from None
+        if not isinstance(answer, dict):
+            raise EngineError(f"{method}: the answer is not a JSON object")
+        if "error" in answer:
+            error = answer["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise EngineError(f"{method} refused: {message}")
+        if "result" not in answer:
+            raise EngineError(f"{method}: the answer has no result")
+        return answer["result"]
+
+    def new_payload(self, block: Block) -> PayloadVerdict:
+        """Ask the client to execute a block."""
+        answer = self.call("engine_newPayload", block.encode().hex())
+        status = _field(answer, "status", str)
+        if status not in STATUSES:
+            raise EngineError(f"engine_newPayload: unknown status {status!r}")
+        reason = answer.get("validationError")
+        return PayloadVerdict(status, reason if isinstance(reason, str) else None)
+
+    def forkchoice_updated(self, head: bytes, template: Block | None = None) -> str | None:
+        """Move the client's head (and with a template start a payload); the payload id."""
+        params: list[Any] = [head.hex()]
+        if template is not None:
+            params.append(template.encode().hex())
+        answer = self.call("engine_forkchoiceUpdated", *params)
+        status = _field(_field(answer, "payloadStatus", dict), "status", str)
+        if status != "VALID":
+            raise EngineError(f"engine_forkchoiceUpdated: {status}: {answer['payloadStatus']}")
+        payload_id = answer.get("payloadId")
+        return payload_id if isinstance(payload_id, str) else None
+
+    def get_payload(self, payload_id: str) -> Block:
+        """The block built for a payload id."""
+        return _decoded(Block, self.call("engine_getPayload", payload_id), "payload")  # type: ignore[no-any-return]
+
+    def get_proofs(self, block_hash: bytes, addresses: list[Address]) -> SampleAnswer:
+        """Pre- and post-state proofs of accounts around a block."""
+        answer = self.call("engine_getProofs", block_hash.hex(), [str(a) for a in addresses])
+        entries = _field(answer, "proofs", list)
+        proofs: dict[Address, AccountProofs] = {}
+        for entry in entries:
+            try:
+                address = Address.from_text(_field(entry, "address", str))
+            except QoinError as exc:
+                raise EngineError(f"malformed answer: {exc}") from None
+            proofs[address] = AccountProofs(
+                *(_decoded(Proof, _field(entry, name, str), name) for name in _PROOF_FIELDS)
+            )
+        return SampleAnswer(
+            _hex(_field(answer, "parentStateRoot", str), "parentStateRoot"),
+            _hex(_field(answer, "stateRoot", str), "stateRoot"),
+            proofs,
+        )
+
+    def get_witness(self, block_hash: bytes) -> Witness:
+        """The full execution witness of a block the client stores."""
+        return _decoded(Witness, self.call("engine_getWitness", block_hash.hex()), "witness")  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+
+_PROOF_FIELDS = ("pre", "post", "preKeys", "postKeys")
