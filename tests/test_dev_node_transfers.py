@@ -54,7 +54,7 @@ def start_node(datadir: Path) -> tuple[subprocess.Popen[str], str]:
             line = lines.get(timeout=1)
         except queue.Empty:
             continue
-        found = re.search(r"user RPC (\S+)", line)
+        found = re.search(r"user RPC (http://[^\s,]+)", line)
         if found:
             return proc, found.group(1)
     proc.kill()

@@ -8,6 +8,8 @@ lives in memory and is rebuilt from the store on open (one pass over the stored 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,8 +20,25 @@ from qoin.chain.genesis import Genesis
 from qoin.chain.orphans import OrphanPool, connect
 from qoin.chain.store import BlockStore
 from qoin.chain.validation import InvalidBlock, check_orphan, genesis_meta, validate_block
+from qoin.errors import QoinError
 
 STORE_FILE = "chain.sqlite3"
+MAX_REMEMBERED_INVALID = 10_000
+"""Execution-invalid block hashes kept in memory (re-submissions and descendants fail at once)."""
+
+
+class ExecutionRejected(InvalidBlock):
+    """The block passes the consensus rules but does not execute to the roots it claims."""
+
+
+class ExecutionUndecided(QoinError):
+    """The block's execution cannot be judged now (no execution client can answer): not stored,
+    not invalid; it can be submitted again."""
+
+
+ExecutionCheck = Callable[[Block], None]
+"""Judges a block whose consensus rules passed: returns if it executes correctly, raises
+:class:`ExecutionRejected` or :class:`ExecutionUndecided` otherwise."""
 
 
 class ImportStatus(Enum):
@@ -58,8 +77,16 @@ def clock_ms() -> int:
 class Chain:
     """Blocks, fork choice and head of one network, backed by a :class:`BlockStore`."""
 
-    def __init__(self, store: BlockStore, orphans: OrphanPool[Block] | None = None) -> None:
+    def __init__(
+        self,
+        store: BlockStore,
+        orphans: OrphanPool[Block] | None = None,
+        execution_check: ExecutionCheck | None = None,
+    ) -> None:
         self.store = store
+        self.execution_check = execution_check
+        self.invalid: OrderedDict[bytes, str] = OrderedDict()
+        """Blocks the execution check rejected, with the reason (most recent last)."""
         self.genesis = store.genesis
         self.orphans: OrphanPool[Block] = OrphanPool() if orphans is None else orphans
         self.forks = self._rebuild_forks()
@@ -82,9 +109,12 @@ class Chain:
         self.store.set_head(self._head, canonical, canonical[-1][0])
 
     @classmethod
-    def open(cls, datadir: Path, genesis: Genesis) -> Chain:
-        """Open the chain kept in ``datadir`` (created on first use)."""
-        return cls(BlockStore.open(datadir / STORE_FILE, genesis))
+    def open(
+        cls, datadir: Path, genesis: Genesis, execution_check: ExecutionCheck | None = None
+    ) -> Chain:
+        """Open the chain kept in ``datadir`` (created on first use). With ``execution_check``,
+        every block is judged by it before it is stored (a consensus client's execution clients)."""
+        return cls(BlockStore.open(datadir / STORE_FILE, genesis), execution_check=execution_check)
 
     @property
     def head(self) -> bytes:
@@ -114,6 +144,7 @@ class Chain:
         old_head = self._head
         if self.has_block(block_hash):
             return ImportResult(ImportStatus.DUPLICATE, block_hash, old_head, False, 0)
+        self._refuse_known_invalid(block)
         if not self.has_block(block.header.parent_hash):
             # What can be checked without the parent is checked before the block takes room.
             check_orphan(self.genesis, block)
@@ -122,13 +153,21 @@ class Chain:
         self._connect(block, now)
         connected = [block_hash]
         rejected = []
+        undecided: set[bytes] = set()
         for orphan in connect(self.orphans, block_hash):
-            if not self.has_block(orphan.header.parent_hash):
-                continue  # its parent was an orphan that turned out invalid
+            parent = orphan.header.parent_hash
             try:
+                if parent in undecided:
+                    raise ExecutionUndecided("its parent is undecided")
+                if not self.has_block(parent):
+                    continue  # its parent was an orphan that turned out invalid
                 self._connect(orphan, now)
             except InvalidBlock as exc:
                 rejected.append((orphan.block_hash, f"{type(exc).__name__}: {exc}"))
+                continue
+            except ExecutionUndecided:  # back to the pool, to be tried again with its parent
+                undecided.add(orphan.block_hash)
+                self.orphans.add(orphan.block_hash, parent, orphan, len(orphan.encode()))
                 continue
             connected.append(orphan.block_hash)
         disconnected, _ = forkchoice.reorg_path(self.forks, old_head, self._head)
@@ -142,9 +181,30 @@ class Chain:
             tuple(rejected),
         )
 
+    def _refuse_known_invalid(self, block: Block) -> None:
+        """Fail fast on a block the execution check rejected before, or on its descendants."""
+        block_hash, parent_hash = block.block_hash, block.header.parent_hash
+        if block_hash in self.invalid:
+            raise ExecutionRejected(f"rejected before: {self.invalid[block_hash]}")
+        if parent_hash in self.invalid:
+            self._remember_invalid(block_hash, "its parent is invalid")
+            raise ExecutionRejected(f"its parent {parent_hash.hex()[:16]} is invalid")
+
+    def _remember_invalid(self, block_hash: bytes, reason: str) -> None:
+        self.invalid[block_hash] = reason
+        while len(self.invalid) > MAX_REMEMBERED_INVALID:
+            self.invalid.popitem(last=False)
+
     def _connect(self, block: Block, now_ms: int) -> None:
-        """Validate a block whose parent is stored, update fork choice, commit durably."""
+        """Validate a block whose parent is stored (consensus rules, then execution if a check is
+        set), update fork choice, commit durably."""
         meta = validate_block(self.genesis, self.store, block, now_ms)
+        if self.execution_check is not None:
+            try:
+                self.execution_check(block)
+            except ExecutionRejected as exc:
+                self._remember_invalid(block.block_hash, str(exc))
+                raise
         forkchoice.on_block(self.forks, meta)
         try:
             self._commit(block, meta)

@@ -23,6 +23,7 @@ from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.batch import favour_verifier_threads
 from qoin.execution.client import ExecutionClient
+from qoin.execution.dishonest import MODES, DishonestClient
 from qoin.execution.state import ExecutionState, ExecutionStateError
 from qoin.rpc.jwt import JwtError, create_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
@@ -41,8 +42,14 @@ def execution(
     jwt_secret: Annotated[
         Path | None, typer.Option(help="Engine JWT secret file (created if missing).")
     ] = None,
+    dishonest: Annotated[
+        str | None,
+        typer.Option(hidden=True, help="TEST ONLY: lie to the consensus client in this way."),
+    ] = None,
 ) -> None:
     """Run the execution client until Ctrl-C or SIGTERM."""
+    if dishonest is not None and dishonest not in MODES:
+        fail(f"unknown --dishonest mode {dishonest!r}; one of {', '.join(MODES)}", EXIT_USAGE)
     saved = datadir / "genesis.json"
     try:
         chosen = (
@@ -55,7 +62,7 @@ def execution(
         favour_verifier_threads()
     except (genesis_mod.GenesisError, JwtError, ExecutionStateError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
-    client = ExecutionClient(state)
+    client = ExecutionClient(state) if dishonest is None else DishonestClient(state, mode=dishonest)
     done = threading.Event()
     try:
         with (
@@ -63,12 +70,15 @@ def execution(
             BackgroundServer(client.engine_server(secret).app, port=engine_port) as engine,
             stop_on_signals(done.set),
         ):
+            lying = f" (TEST ONLY: dishonest, {dishonest})" if dishonest else ""
             typer.echo(
                 f"qoin execution: network {chosen.network}, head height={state.head_height()}, "
-                f"user RPC {user.url}, engine API {engine.url}",
+                f"user RPC {user.url}, engine API {engine.url}{lying}",
                 err=True,
             )
             done.wait()
+            if isinstance(client, DishonestClient):
+                client.close()  # let hanging calls end so that the servers can stop
     except ServeError as exc:
         fail(str(exc), EXIT_USAGE)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qoin.cli import devnet, execution, node, supply
+from qoin.cli import consensus, devnet, execution, node, supply
 from qoin.cli.bench import bench_app
 from qoin.cli.chain import chain_app
 from qoin.cli.keys import keys_app
@@ -23,6 +23,7 @@ supply.register(app)
 devnet.register(app)
 node.register(app)
 execution.register(app)
+consensus.register(app)
 
 
 def main() -> None:

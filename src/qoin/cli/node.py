@@ -1,8 +1,7 @@
-"""``qoin node``: run a node. Today: ``--dev``, a single-node development chain that can mine.
-
-The consensus/execution split (``qoin consensus``, ``qoin execution``) and p2p arrive with their
-issues; until then ``qoin node --dev --mine`` runs the chain (validation, GHOST fork choice, crash-safe
-storage) with the multi-process miner, and continues from its head after a restart.
+"""``qoin node``: run a node — an execution client and a consensus client as two processes joined by
+the engine API (:mod:`qoin.node.supervisor` starts, watches and stops them). Today ``--dev``: a
+single-node development chain (p2p comes with its issue); ``--mine`` to mine. A restart continues
+from the head.
 """
 
 from __future__ import annotations
@@ -16,21 +15,17 @@ from typing import Annotated
 import typer
 
 from qoin.chain import genesis as genesis_mod
-from qoin.chain.chain import Chain
-from qoin.chain.store import StoreError
 from qoin.cli.chain import save_genesis_file
-from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, read_password, stop_on_signals
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, read_password
+from qoin.consensus.sampling import DEFAULT_SAMPLES, MAX_SAMPLES
 from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
-from qoin.crypto.batch import favour_verifier_threads
 from qoin.crypto.hybrid import HybridKeyPair
-from qoin.errors import QoinError
-from qoin.execution.client import ExecutionClient
-from qoin.execution.state import ExecutionState
-from qoin.node.local_execution import LocalExecution, catch_up
-from qoin.node.mining import MinedBlock, MiningLoop
-from qoin.rpc.serve import BackgroundServer
+from qoin.node.mining import MinedBlock
+from qoin.node.supervisor import supervise
+from qoin.rpc.jwt import JwtError, create_secret
 
+JWT_FILE = "jwt.hex"
 DEV_KEY_PASSWORD = "devnet"  # noqa: S105 (the published password of the published devnet key)
 
 
@@ -62,8 +57,8 @@ def dev_keypair() -> HybridKeyPair:
     return keystore.decrypt_keypair(keystore.from_json(obj), DEV_KEY_PASSWORD)
 
 
-def mining_keypair(coinbase: str, keystore_dir: Path, password_file: Path | None) -> HybridKeyPair:
-    """The key of ``coinbase``: PoW attempts are signatures by the key the coinbase pays."""
+def coinbase_keystore(coinbase: str, keystore_dir: Path) -> Path:
+    """The keystore file of ``coinbase``, checked to exist (a clear error otherwise)."""
     try:
         address = Address.from_text(coinbase)
     except AddressError as exc:
@@ -76,6 +71,12 @@ def mining_keypair(coinbase: str, keystore_dir: Path, password_file: Path | None
             "create one with `qoin keys new` or give --keystore-dir",
             EXIT_USAGE,
         )
+    return path
+
+
+def mining_keypair(coinbase: str, keystore_dir: Path, password_file: Path | None) -> HybridKeyPair:
+    """The key of ``coinbase``: PoW attempts are signatures by the key the coinbase pays."""
+    path = coinbase_keystore(coinbase, keystore_dir)
     try:
         return keystore.decrypt_keypair(
             keystore.load(path), read_password(password_file, confirm=False)
@@ -84,6 +85,17 @@ def mining_keypair(coinbase: str, keystore_dir: Path, password_file: Path | None
         fail(str(exc), EXIT_FAILURE)
     except keystore.KeystoreError as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def report_mined(mined: MinedBlock) -> None:
+    """One line per mined block on stdout (``new head height=N hash=H ...``)."""
+    header = mined.block.header
+    reorg = f" reorg={mined.result.reorg_depth}" if mined.result.reorg_depth else ""
+    where = "new head" if mined.result.head_changed else "side block"
+    typer.echo(
+        f"{where} height={header.height} hash={header.block_hash.hex()} "
+        f"siblings={len(mined.block.siblings)} attempts/s={mined.attempts_per_second:,.0f}{reorg}",
+    )
 
 
 def node(
@@ -107,94 +119,50 @@ def node(
     rpc_port: Annotated[
         int, typer.Option(help="User JSON-RPC port on 127.0.0.1 (0: any free port).")
     ] = 8645,
+    consensus_rpc_port: Annotated[
+        int, typer.Option(help="Consensus JSON-RPC port on 127.0.0.1 (0: any free port).")
+    ] = 8646,
+    samples: Annotated[
+        int, typer.Option(help="Accounts sampled per block.", min=1, max=MAX_SAMPLES)
+    ] = DEFAULT_SAMPLES,
 ) -> None:
-    """Run a node (today: --dev, a single-node chain with its execution client; --mine to mine)."""
+    """Run a node: an execution client and a consensus client, two processes joined by the engine
+    API (today with --dev: a single-node chain; --mine to mine)."""
     if not dev:
         fail("only --dev is available until the p2p network lands; try `qoin node --dev --mine`")
     home = datadir or qoin_home() / "dev"
     # The key first: a bad --coinbase fails before the datadir is created or opened.
-    keypair = (
-        mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
-        if coinbase
-        else dev_keypair()
-    )
+    if coinbase:
+        coinbase_keystore(coinbase, keystore_dir or qoin_home() / "keystore")
     try:
         chosen = dev_genesis(home, genesis)
-        chain = Chain.open(home, chosen)
-    except (genesis_mod.GenesisError, StoreError) as exc:
+        create_secret(home / JWT_FILE)
+    except (genesis_mod.GenesisError, JwtError) as exc:
         fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot use data directory {home}: {exc}", EXIT_USAGE)
-    head = chain.head_header
     typer.echo(
         f"qoin node --dev: network {chosen.network} genesis {chosen.genesis_hash.hex()[:16]} "
-        f"datadir {home}; head height={head.height} hash={head.block_hash.hex()}",
+        f"datadir {home}; starting the execution and consensus clients",
         err=True,
     )
-    if not mine:
-        typer.echo("not mining (add --mine); nothing else to do without peers yet", err=True)
-        chain.close()
-        return
-    run_mining(chain, keypair, workers, blocks, rpc_port, home)
-
-
-def run_mining(
-    chain: Chain,
-    keypair: HybridKeyPair,
-    workers: int | None,
-    blocks: int,
-    rpc_port: int,
-    home: Path,
-) -> None:
-    """Mine with an in-process execution client serving the user RPC, until stopped."""
-    try:
-        state = ExecutionState.open(home / "execution", chain.genesis)
-        favour_verifier_threads()
-        client = ExecutionClient(state)
-        replayed = catch_up(chain, client)
-        server = BackgroundServer(client.user_server().app, port=rpc_port).start()
-    except (QoinError, OSError) as exc:
-        chain.close()
-        fail(f"cannot start the execution client: {exc}", EXIT_USAGE)
-    typer.echo(
-        f"execution client: user RPC {server.url} (replayed {replayed} blocks at start)", err=True
-    )
-    loop = MiningLoop(chain, keypair, workers, LocalExecution(client))
-    typer.echo(f"mining to {keypair.address} on {loop.miner.workers} processes", err=True)
-
-    def report(mined: MinedBlock) -> None:
-        header = mined.block.header
-        reorg = f" reorg={mined.result.reorg_depth}" if mined.result.reorg_depth else ""
-        where = "new head" if mined.result.head_changed else "side block"
-        typer.echo(
-            f"{where} height={header.height} hash={header.block_hash.hex()} "
-            f"siblings={len(mined.block.siblings)} attempts/s={mined.attempts_per_second:,.0f}{reorg}",
-        )
-
-    def reject(message: str) -> None:
-        typer.echo(message, err=True)
-
-    try:
-        # A signal only asks the loop to stop (at its next poll): raising KeyboardInterrupt could
-        # land between a block's durable commit and the in-memory head update, and the head
-        # reported below would not be the stored one.
-        with stop_on_signals(loop.stop) as received:
-            loop.run(report, reject, blocks)
-        if received:
-            typer.echo("stopping", err=True)
-    except QoinError as exc:  # e.g. a miner process died, or the disk failed under the store
-        failure = f"{type(exc).__name__}: {exc}"
-    else:
-        failure = ""
-    finally:
-        loop.miner.stop()
-        server.stop()
-        state.close()
-        head = chain.head_header
-        chain.close()
-        typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)
-    if failure:
-        fail(failure, EXIT_FAILURE)
+    common = ["--genesis", str(home / "genesis.json"), "--jwt-secret", str(home / JWT_FILE)]
+    execution_args = ["execution", "--datadir", str(home / "execution"), "--rpc-port"]
+    execution_args += [str(rpc_port), "--engine-port", "0", *common]
+    consensus_args = ["consensus", "--datadir", str(home), "--rpc-port", str(consensus_rpc_port)]
+    consensus_args += [*common, "--samples", str(samples)]
+    if mine:
+        consensus_args += ["--mine", "--blocks", str(blocks)]
+        consensus_args += ["--workers", str(workers)] if workers else []
+    for flag, value in (
+        ("--coinbase", coinbase),
+        ("--keystore-dir", keystore_dir),
+        ("--password-file", password_file),
+    ):
+        consensus_args += [flag, str(value)] if value is not None else []
+    code = supervise(execution_args, consensus_args)
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -155,9 +155,11 @@ class EngineClient:
             proofs,
         )
 
-    def get_witness(self, block_hash: bytes) -> Witness:
-        """The full execution witness of a block the client stores."""
-        return _decoded(Witness, self.call("engine_getWitness", block_hash.hex()), "witness")  # type: ignore[no-any-return]
+    def get_witness(self, block_hash: bytes, block: Block | None = None) -> Witness:
+        """The full execution witness of a block the client stores — or of ``block``, sent along,
+        which the client may not store (it does not keep blocks it found invalid)."""
+        params = [block_hash.hex()] + ([] if block is None else [block.encode().hex()])
+        return _decoded(Witness, self.call("engine_getWitness", *params), "witness")  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -20,7 +20,7 @@ leaves; it reads as balance 0, nonce 0, no keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from qoin.crypto.address import Address
@@ -131,3 +131,8 @@ def account_writes(address: Address, before: Account, after: Account) -> dict[by
     if after.public_keys is not None and before.public_keys is None:
         writes[keys_key(address)] = after.public_keys.encode()
     return writes
+
+
+def genesis_leaves(allocation: Iterable[tuple[Address, int]]) -> dict[bytes, bytes]:
+    """The state tree of a genesis allocation, as key → leaf value (accounts without keys)."""
+    return {state_key(address): AccountLeaf(amount).encode() for address, amount in allocation}

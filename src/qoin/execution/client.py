@@ -323,13 +323,17 @@ class ExecutionClient:
                 ],
             }
 
-    def get_witness(self, block_hash: bytes) -> str:
-        """The full execution witness of a stored block, hex-encoded."""
+    def get_witness(self, block_hash: bytes, block: Block | None = None) -> str:
+        """The full execution witness of a block, hex-encoded: a stored block, or ``block`` itself
+        (e.g. one this client found invalid, which it does not store) if its parent's state is
+        retained."""
         with self.lock:
-            block = self.state.block(block_hash)
-            if block is None:
+            stored = self.state.block(block_hash)
+            if stored is None and block is not None and block.block_hash == block_hash:
+                stored = block
+            if stored is None:
                 raise ExecutionError(f"unknown block {block_hash.hex()}")
-            return self.state.witness(block).encode().hex()
+            return self.state.witness(stored).encode().hex()
 
     # -- servers -----------------------------------------------------------------------------------
 
@@ -485,7 +489,7 @@ class ExecutionClient:
                 Method(
                     "engine_getWitness",
                     self.get_witness,
-                    (replace(HASH, name="block_hash"),),
+                    (replace(HASH, name="block_hash"), replace(block, required=False)),
                     {"type": "string"},
                     "Execution witness",
                 ),

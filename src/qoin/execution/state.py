@@ -39,7 +39,7 @@ from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
 from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
-from qoin.execution.account import Account, AccountLeaf, keys_key, read_account, state_key
+from qoin.execution.account import Account, genesis_leaves, keys_key, read_account, state_key
 from qoin.execution.checkpointer import Checkpointer
 from qoin.execution.transition import (
     BlockOutcome,
@@ -199,10 +199,7 @@ class ExecutionState:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             root = self.tree.update(
-                {
-                    state_key(a.address): AccountLeaf(a.amount).encode()
-                    for a in self.genesis.allocation
-                },
+                genesis_leaves((a.address, a.amount) for a in self.genesis.allocation),
                 0,
             )
             self._db.execute(

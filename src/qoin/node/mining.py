@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qoin.chain.block import Block
-from qoin.chain.chain import Chain, ImportResult, clock_ms
+from qoin.chain.chain import Chain, ExecutionUndecided, ImportResult, clock_ms
 from qoin.chain.producer import build_template, seal_block
 from qoin.chain.validation import InvalidBlock
 from qoin.crypto.hybrid import HybridKeyPair, HybridSignature
+from qoin.errors import QoinError
 from qoin.pow.miner import Miner, Solution, Template
 
 KEPT_TEMPLATES = 8
@@ -57,8 +58,11 @@ class MiningLoop:
         keypair: HybridKeyPair,
         workers: int | None = None,
         execution: ExecutionLink | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
         self.chain = chain
+        self.lock = lock or threading.RLock()
+        """Held while the loop reads or changes the chain (shared with other writers)."""
         self.execution = execution
         self.keypair = keypair
         self.miner = Miner(keypair, workers)
@@ -105,7 +109,13 @@ class MiningLoop:
         mined = 0
         with self.miner:
             while not self._stop.is_set() and (max_blocks == 0 or mined < max_blocks):
-                self._refresh_template()
+                try:
+                    with self.lock:
+                        self._refresh_template()
+                except QoinError as exc:  # e.g. no execution client can build a payload now
+                    on_reject(f"no template: {type(exc).__name__}: {exc}")
+                    self._stop.wait(POLL_S)
+                    continue
                 solution = self.miner.next_solution(timeout=POLL_S)
                 if solution is None:
                     continue
@@ -113,13 +123,16 @@ class MiningLoop:
                 if block is None:
                     continue
                 try:
-                    result = self.chain.import_block(block)
-                except InvalidBlock as exc:  # e.g. the clock moved back past the drift bound
+                    with self.lock:
+                        result = self.chain.import_block(block)
+                        if self.execution is not None:
+                            self.execution.imported(self.chain, result)
+                except (InvalidBlock, ExecutionUndecided) as exc:
+                    # e.g. the clock moved back past the drift bound, or the execution clients
+                    # could not judge the block (or found it invalid: a lying payload builder)
                     on_reject(f"mined block rejected: {type(exc).__name__}: {exc}")
                     self._template_head = None  # build a fresh template (new timestamp)
                     continue
-                if self.execution is not None:
-                    self.execution.imported(self.chain, result)
                 mined += 1
                 on_block(MinedBlock(block, result, self.miner.attempts_per_second()))
         return mined

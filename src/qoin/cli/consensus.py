@@ -1,0 +1,143 @@
+"""``qoin consensus``: run the consensus client against one or more execution clients.
+
+It keeps blocks and fork choice only (no account state), judges every block with its execution
+clients (engine API, account state sampling, stateless re-execution when they disagree), mines on
+payloads they build with ``--mine``, and serves ``consensus_submitBlock`` / ``consensus_status`` on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qoin.chain import genesis as genesis_mod
+from qoin.chain.store import StoreError
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, stop_on_signals
+from qoin.cli.node import dev_genesis, dev_keypair, mining_keypair, qoin_home, report_mined
+from qoin.consensus.engine import DEFAULT_TIMEOUT_S, EngineClient
+from qoin.consensus.node import ConsensusNode, EngineLink
+from qoin.consensus.sampling import DEFAULT_SAMPLES, MAX_SAMPLES
+from qoin.crypto.batch import favour_verifier_threads
+from qoin.errors import QoinError
+from qoin.node.mining import MiningLoop
+from qoin.rpc.jwt import JwtError, load_secret
+from qoin.rpc.serve import BackgroundServer, ServeError
+
+
+def engine_clients(urls: list[str], secrets: list[Path], timeout: float) -> list[EngineClient]:
+    """One client per ``--execution`` URL; one ``--jwt-secret`` for all, or one per URL."""
+    if not urls:
+        fail("give at least one --execution URL (an execution client's engine API)", EXIT_USAGE)
+    if len(secrets) not in (1, len(urls)):
+        fail("give one --jwt-secret for all execution clients, or one per --execution", EXIT_USAGE)
+    try:
+        keys = [load_secret(path) for path in secrets]
+    except JwtError as exc:
+        fail(str(exc), EXIT_USAGE)
+    return [
+        EngineClient(url, keys[0] if len(keys) == 1 else keys[i], timeout)
+        for i, url in enumerate(urls)
+    ]
+
+
+def consensus(
+    execution: Annotated[
+        list[str],
+        typer.Option("--execution", help="Engine API URL of an execution client (repeatable)."),
+    ],
+    jwt_secret: Annotated[
+        list[Path],
+        typer.Option("--jwt-secret", help="Engine JWT secret file: one for all, or one per URL."),
+    ],
+    datadir: Annotated[
+        Path | None, typer.Option(help="Data directory (default $QOIN_HOME/consensus).")
+    ] = None,
+    genesis: Annotated[Path | None, typer.Option(help="Genesis file (default: devnet).")] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="Mine blocks.")] = False,
+    coinbase: Annotated[
+        str | None, typer.Option(help="Mine to this address (its keystore must be available).")
+    ] = None,
+    keystore_dir: Annotated[
+        Path | None, typer.Option(help="Where to find the coinbase keystore.")
+    ] = None,
+    password_file: Annotated[Path | None, typer.Option(help="Keystore password file.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Miner processes.", min=1)] = None,
+    blocks: Annotated[int, typer.Option(help="Stop after mining this many blocks.", min=0)] = 0,
+    rpc_port: Annotated[
+        int, typer.Option(help="Consensus JSON-RPC port on 127.0.0.1 (0: any free port).")
+    ] = 8646,
+    samples: Annotated[
+        int, typer.Option(help="Accounts sampled per block.", min=1, max=MAX_SAMPLES)
+    ] = DEFAULT_SAMPLES,
+    engine_timeout: Annotated[
+        float, typer.Option(help="Seconds an engine call may take.", min=0.1)
+    ] = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Run the consensus client until Ctrl-C or SIGTERM (or --blocks mined)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per engine call
+    home = datadir or qoin_home() / "consensus"
+    keypair = (
+        mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
+        if coinbase
+        else dev_keypair()
+    )
+    clients = engine_clients(execution, jwt_secret, engine_timeout)
+    favour_verifier_threads()  # it re-executes blocks statelessly when clients disagree
+    try:
+        chosen = dev_genesis(home, genesis)
+        node = ConsensusNode(home, chosen, clients, samples)
+    except (genesis_mod.GenesisError, StoreError, QoinError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot use data directory {home}: {exc}", EXIT_USAGE)
+    if not node.validator.active:
+        node.close()
+        fail(f"no usable execution client: all are listed in {node.dropped.path}", EXIT_USAGE)
+    node.follow_head()
+    done = threading.Event()
+    failure = ""
+    try:
+        with BackgroundServer(node.rpc_server().app, port=rpc_port) as server:
+            head = node.chain.head_header
+            typer.echo(
+                f"qoin consensus: network {chosen.network} datadir {home}; head "
+                f"height={head.height} hash={head.block_hash.hex()}; RPC {server.url}; execution "
+                f"clients {', '.join(c.url for c in node.validator.active)}",
+                err=True,
+            )
+            if mine:
+                loop = MiningLoop(
+                    node.chain,
+                    keypair,
+                    workers,
+                    EngineLink(node, lambda message: typer.echo(message, err=True)),
+                    node.lock,
+                )
+                with stop_on_signals(loop.stop) as received:
+                    loop.run(report_mined, lambda message: typer.echo(message, err=True), blocks)
+            else:
+                with stop_on_signals(done.set) as received:
+                    done.wait()
+            if received:
+                typer.echo("stopping", err=True)
+    except ServeError as exc:
+        failure = str(exc)
+    except QoinError as exc:  # e.g. a miner process died, or the disk failed under the store
+        failure = f"{type(exc).__name__}: {exc}"
+    finally:
+        head = node.chain.head_header
+        node.close()
+        typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)
+    if failure:
+        fail(failure, EXIT_FAILURE)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``consensus`` to the ``qoin`` command."""
+    app.command("consensus")(consensus)

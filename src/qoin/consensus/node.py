@@ -1,0 +1,225 @@
+"""The consensus client: its chain (blocks, GHOST fork choice, no account state), the execution
+clients it judges blocks with, mining on payloads they build, and its small JSON-RPC.
+
+Every block — mined here or submitted — passes the consensus rules, then the execution validator
+(:mod:`qoin.consensus.validator`), and only then is stored. After the head moves, every usable
+execution client is told (``engine_forkchoiceUpdated``); a client that lacks blocks (SYNCING) is
+replayed the canonical chain first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qoin.chain.block import MAX_BLOCK_SIZE, Block
+from qoin.chain.chain import (
+    Chain,
+    ExecutionRejected,
+    ExecutionUndecided,
+    ImportResult,
+    ImportStatus,
+)
+from qoin.chain.genesis import Genesis
+from qoin.chain.validation import InvalidBlock
+from qoin.consensus.engine import EngineClient, EngineError
+from qoin.consensus.sampling import DEFAULT_SAMPLES
+from qoin.consensus.validator import (
+    DROPPED_FILE,
+    DroppedClients,
+    ExecutionUnavailable,
+    ExecutionValidator,
+)
+from qoin.execution.account import genesis_leaves
+from qoin.rpc.server import Method, Param, RpcServer
+from qoin.state.nodestore import MemoryNodeStore
+from qoin.state.smt import SparseMerkleTree
+
+log = logging.getLogger(__name__)
+
+
+def genesis_state_root(genesis: Genesis) -> bytes:
+    """The execution state root of the genesis allocation (the genesis header's ``state_root``
+    holds the genesis commitment instead, so blocks at height 1 are checked against this)."""
+    tree = SparseMerkleTree(MemoryNodeStore())
+    return tree.update(genesis_leaves((a.address, a.amount) for a in genesis.allocation), 0)
+
+
+class ConsensusNode:
+    """A chain whose blocks are judged by execution clients before they are stored."""
+
+    def __init__(
+        self,
+        datadir: Path,
+        genesis: Genesis,
+        clients: list[EngineClient],
+        samples: int = DEFAULT_SAMPLES,
+    ) -> None:
+        datadir.mkdir(parents=True, exist_ok=True)
+        self.dropped = DroppedClients(datadir / DROPPED_FILE)
+        for client in clients:
+            if client.url in self.dropped:
+                entry = self.dropped.entries[client.url]
+                log.warning(
+                    "not using execution client %s: dropped at %s because %s (remove it from %s "
+                    "to use it again)",
+                    client.url,
+                    entry.get("at"),
+                    entry.get("reason"),
+                    self.dropped.path,
+                )
+        self.validator = ExecutionValidator(clients, self.dropped, samples)
+        self.genesis_root = genesis_state_root(genesis)
+        self.lock = threading.RLock()
+        """Held around every chain change (mining loop and RPC threads)."""
+        self.chain = Chain.open(datadir, genesis, execution_check=self._check)
+        self.judged: dict[str, int] = {"sampled": 0, "stateless": 0, "accepted": 0, "invalid": 0}
+        """How many blocks were decided each way."""
+
+    def _parent_root(self, block: Block) -> bytes:
+        parent_hash = block.header.parent_hash
+        if parent_hash == self.chain.genesis.genesis_hash:
+            return self.genesis_root
+        header = self.chain.store.header(parent_hash)
+        if header is None:  # the chain only checks blocks whose parent it stores
+            raise ExecutionUndecided(f"parent {parent_hash.hex()} is not stored")
+        return header.state_root
+
+    def _check(self, block: Block) -> None:
+        """The chain's execution check."""
+        try:
+            judgement = self.validator.judge(block, self._parent_root(block))
+        except ExecutionUnavailable as exc:
+            raise ExecutionUndecided(str(exc)) from None
+        if not judgement.valid:
+            self.judged["invalid"] += 1
+            log.warning("block %s is invalid: %s", block.block_hash.hex(), judgement.reason)
+            raise ExecutionRejected(judgement.reason or "execution is invalid")
+        self.judged[judgement.how] += 1
+
+    # -- execution clients follow the chain -------------------------------------------------------
+
+    def follow_head(self) -> None:
+        """Tell every usable execution client the head, replaying blocks it lacks."""
+        for client in self.validator.active:
+            try:
+                client.forkchoice_updated(self.chain.head)
+            except EngineError as exc:
+                if "SYNCING" not in str(exc):
+                    log.warning("execution client %s did not follow the head: %s", client.url, exc)
+                    continue
+                self._replay(client)
+
+    def _replay(self, client: EngineClient) -> None:
+        """Send ``client`` the canonical chain (blocks it has are answered at once), then the head."""
+        try:
+            for height in range(1, self.chain.head_header.height + 1):
+                block_hash = self.chain.store.canonical_hash(height)
+                block = None if block_hash is None else self.chain.store.get_block(block_hash)
+                if block is not None:
+                    client.new_payload(block)
+            client.forkchoice_updated(self.chain.head)
+            log.info("execution client %s caught up to the head", client.url)
+        except EngineError as exc:
+            log.warning("could not bring execution client %s up to date: %s", client.url, exc)
+
+    # -- blocks --------------------------------------------------------------------------------------
+
+    def import_block(self, block: Block) -> ImportResult:
+        """Judge and store a block (see :meth:`Chain.import_block`); the execution clients follow
+        a head change."""
+        with self.lock:
+            result = self.chain.import_block(block)
+            if result.head_changed:
+                self.follow_head()
+            return result
+
+    def submit_block(self, block: Block) -> dict[str, Any]:
+        """The ``consensus_submitBlock`` RPC: import a block and say what happened."""
+        try:
+            result = self.import_block(block)
+        except InvalidBlock as exc:
+            return {"status": "invalid", "reason": f"{type(exc).__name__}: {exc}"}
+        except ExecutionUndecided as exc:
+            return {"status": "undecided", "reason": str(exc)}
+        status = "imported" if result.status is ImportStatus.IMPORTED else result.status.value
+        return {
+            "status": status,
+            "head": result.head.hex(),
+            "headChanged": result.head_changed,
+            "rejected": [{"hash": h.hex(), "reason": r} for h, r in result.rejected_orphans],
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The ``consensus_status`` RPC."""
+        with self.lock:
+            header = self.chain.head_header
+            return {
+                "head": header.block_hash.hex(),
+                "height": header.height,
+                "stateRoot": header.state_root.hex(),
+                "executionClients": [
+                    {"url": c.url, "active": c.url not in self.dropped}
+                    for c in self.validator.clients
+                ],
+                "dropped": self.dropped.entries,
+                "judged": dict(self.judged),
+                "invalidBlocks": len(self.chain.invalid),
+            }
+
+    def rpc_server(self) -> RpcServer:
+        """The consensus client's JSON-RPC (127.0.0.1): submit a block, read the status."""
+        block = Param(
+            "block",
+            {"type": "string", "maxLength": 2 * MAX_BLOCK_SIZE},
+            parse=lambda value: Block.decode(bytes.fromhex(value)),
+        )
+        return RpcServer(
+            "Qoin consensus client",
+            [
+                Method(
+                    "consensus_submitBlock",
+                    self.submit_block,
+                    (block,),
+                    {"type": "object"},
+                    "Judge and import a block",
+                ),
+                Method("consensus_status", self.status, (), {"type": "object"}, "Head and clients"),
+            ],
+            max_body=3 * MAX_BLOCK_SIZE,
+        )
+
+    def close(self) -> None:
+        """Close the chain and the execution connections."""
+        with self.lock:
+            self.validator.close()
+            self.chain.close()
+
+
+class EngineLink:
+    """The mining loop's execution link over the engine API: payloads from the first usable client
+    that builds one; head changes go to every client."""
+
+    def __init__(self, node: ConsensusNode, report: Callable[[str], None]) -> None:
+        self.node = node
+        self.report = report
+
+    def build(self, template: Block) -> Block:
+        """A payload on the template (transactions, fee payout, roots)."""
+        for client in self.node.validator.active:
+            try:
+                payload_id = client.forkchoice_updated(self.node.chain.head, template)
+                if payload_id is None:
+                    raise EngineError("no payload id in the answer")
+                return client.get_payload(payload_id)
+            except EngineError as exc:
+                self.report(f"execution client {client.url} built no payload: {exc}")
+        raise ExecutionUndecided("no execution client could build a payload")
+
+    def imported(self, chain: Chain, result: ImportResult) -> None:
+        """After a mined block: the clients follow the head."""
+        if result.head_changed:
+            self.node.follow_head()

@@ -1,0 +1,205 @@
+"""Deciding a block's execution validity with untrusted execution clients.
+
+For each block (whose consensus rules already passed) the consensus client:
+
+1. sends ``engine_newPayload`` to every usable execution client, in parallel;
+2. if they all answer VALID, samples each one (:mod:`qoin.consensus.sampling`) with a fresh draw
+   of its own CSPRNG, made after the answer;
+3. on anything else — an INVALID verdict, disagreement, a timeout or error, a failed sample —
+   fetches the full witness from a client, checks it against the parent's state root, runs
+   :func:`~qoin.execution.witness.execute_stateless` itself and takes that verdict;
+4. drops every client whose answer contradicts the verdict it established (or that did not answer,
+   or served a bad proof or witness), records it in the data directory so that it stays dropped
+   across restarts, and logs why.
+
+ACCEPTED (a client stored a deep side-branch block without executing it) and SYNCING (it lacks the
+parent) are not verdicts: with no verdict and no witness to be had, :class:`ExecutionUnavailable`
+says the block cannot be decided now, which is not the same as invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from qoin.chain.block import Block
+from qoin.consensus.engine import EngineClient, EngineError, PayloadVerdict
+from qoin.consensus.sampling import DEFAULT_SAMPLES, SampleFailed, check_sample, draw_sample
+from qoin.crypto.batch import default_workers
+from qoin.errors import QoinError
+from qoin.execution.transition import InvalidExecution, touched_addresses
+from qoin.execution.witness import InvalidWitness, execute_stateless
+
+log = logging.getLogger(__name__)
+
+DROPPED_FILE = "dropped-execution-clients.json"
+
+
+class ExecutionUnavailable(QoinError):
+    """No execution client could give a verdict or a witness for the block: undecided."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The consensus client's verdict on a block's execution."""
+
+    valid: bool
+    """Whether the block executes to the roots its header claims."""
+    reason: str | None
+    """Why it is invalid."""
+    how: str
+    """``sampled`` (clients agreed, samples confirmed), ``stateless`` (decided by re-execution
+    from a witness) or ``accepted`` (stored unexecuted by every client: a deep side branch)."""
+
+
+class DroppedClients:
+    """The execution clients this consensus client caught lying, kept in a JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, str]] = {}
+        if path.exists():
+            try:
+                loaded = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise QoinError(f"cannot read {path}: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise QoinError(f"{path} is not a JSON object")
+            self.entries = {str(url): dict(entry) for url, entry in loaded.items()}
+
+    def __contains__(self, url: str) -> bool:
+        return url in self.entries
+
+    def drop(self, url: str, reason: str) -> None:
+        """Remember ``url`` as dropped (written atomically before returning)."""
+        self.entries[url] = {
+            "reason": reason,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.entries, indent=2) + "\n")
+        os.replace(temporary, self.path)
+
+
+class ExecutionValidator:
+    """Judges blocks with a set of execution clients (see the module docstring)."""
+
+    def __init__(
+        self,
+        clients: list[EngineClient],
+        dropped: DroppedClients,
+        samples: int = DEFAULT_SAMPLES,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clients = clients
+        self.dropped = dropped
+        self.samples = samples
+        self.rng = rng or secrets.SystemRandom()
+        self._calls = ThreadPoolExecutor(max(1, len(clients)), thread_name_prefix="engine")
+        self._verify = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
+
+    @property
+    def active(self) -> list[EngineClient]:
+        """The clients not dropped."""
+        return [client for client in self.clients if client.url not in self.dropped]
+
+    def judge(self, block: Block, parent_root: bytes) -> Judgement:
+        """Decide whether ``block`` executes correctly on the state with root ``parent_root``."""
+        clients = self.active
+        if not clients:
+            raise ExecutionUnavailable("every execution client has been dropped")
+        futures = {client: self._calls.submit(client.new_payload, block) for client in clients}
+        answers: dict[EngineClient, PayloadVerdict] = {}
+        suspects: dict[EngineClient, str] = {}
+        for client, future in futures.items():
+            try:
+                answers[client] = future.result()
+            except EngineError as exc:
+                suspects[client] = f"no verdict: {exc}"
+        decided = {c: a for c, a in answers.items() if a.status in ("VALID", "INVALID")}
+        statuses = {answer.status for answer in decided.values()}
+        if decided and statuses == {"VALID"} and not suspects:
+            for client in decided:
+                problem = self._sample(client, block, parent_root)
+                if problem is not None:
+                    suspects[client] = problem
+            if not suspects:
+                return Judgement(True, None, "sampled")
+        elif not decided and not suspects and any(a.status == "ACCEPTED" for a in answers.values()):
+            return Judgement(True, None, "accepted")
+        judgement = self._reexecute(block, parent_root, clients, suspects)
+        for client, answer in decided.items():
+            if (answer.status == "VALID") != judgement.valid and client not in suspects:
+                suspects[client] = (
+                    f"answered {answer.status} ({answer.reason or 'no reason'}) for block "
+                    f"{block.block_hash.hex()[:16]}, which is "
+                    f"{'valid' if judgement.valid else 'invalid: ' + str(judgement.reason)}"
+                )
+        for client, why in suspects.items():
+            self._drop(client, why)
+        return judgement
+
+    def _sample(self, client: EngineClient, block: Block, parent_root: bytes) -> str | None:
+        """Why ``client``'s VALID failed its sample, or None if it held."""
+        chosen = draw_sample(touched_addresses(block), self.samples, self.rng)
+        if not chosen:
+            return None
+        try:
+            answer = client.get_proofs(block.block_hash, chosen)
+            check_sample(parent_root, block, chosen, answer.proofs)
+        except (EngineError, SampleFailed) as exc:
+            return f"sample of block {block.block_hash.hex()[:16]} failed: {exc}"
+        return None
+
+    def _reexecute(
+        self,
+        block: Block,
+        parent_root: bytes,
+        clients: list[EngineClient],
+        suspects: dict[EngineClient, str],
+    ) -> Judgement:
+        """The verdict of stateless re-execution, with a witness from the first client that
+        serves a good one (clients not yet suspected first)."""
+        for client in sorted(clients, key=lambda c: c in suspects):
+            try:
+                witness = client.get_witness(block.block_hash, block)
+            except EngineError as exc:
+                suspects.setdefault(client, f"no witness: {exc}")
+                continue
+            try:
+                post_root, receipts_root = execute_stateless(
+                    parent_root, block, witness, self._verify
+                )
+            except InvalidWitness as exc:
+                suspects.setdefault(client, f"served a bad witness: {exc}")
+                continue
+            except InvalidExecution as exc:
+                return Judgement(False, f"{type(exc).__name__}: {exc}", "stateless")
+            if post_root != block.header.state_root:
+                return Judgement(False, "state root mismatch (stateless re-execution)", "stateless")
+            if receipts_root != block.header.receipts_root:
+                return Judgement(
+                    False, "receipts root mismatch (stateless re-execution)", "stateless"
+                )
+            return Judgement(True, None, "stateless")
+        raise ExecutionUnavailable(
+            f"no execution client served a usable witness for block {block.block_hash.hex()}"
+        )
+
+    def _drop(self, client: EngineClient, why: str) -> None:
+        log.warning("dropping execution client %s: %s", client.url, why)
+        self.dropped.drop(client.url, why)
+
+    def close(self) -> None:
+        """Stop the worker threads and close the connections."""
+        self._calls.shutdown(wait=False, cancel_futures=True)
+        self._verify.shutdown(wait=True)
+        for client in self.clients:
+            client.close()

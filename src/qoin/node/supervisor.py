@@ -1,0 +1,116 @@
+"""``qoin node``'s two processes: start the execution client, then the consensus client pointed at
+its engine API; watch both; stop both in order.
+
+The children run in their own sessions, so a Ctrl-C at the terminal reaches only the supervisor,
+which then stops the consensus client first (it finishes its current block and closes its store),
+then the execution client. If either child exits on its own, the other is stopped too: the
+consensus client's exit status is the node's (0 after ``--blocks``); an execution client that dies
+first is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+from qoin.cli.common import stop_on_signals
+
+START_TIMEOUT_S = 600.0
+"""How long the execution client may take to start (a large genesis state is built first)."""
+STOP_TIMEOUT_S = 30.0
+"""How long a child may take to stop after SIGTERM before it is killed."""
+POLL_S = 0.2
+ENGINE_URL = re.compile(r"engine API (http://\S+)")
+
+
+class SupervisorError(Exception):
+    """A child could not be started."""
+
+
+def _spawn(args: Sequence[str], stderr: int | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(  # noqa: S603 (this interpreter running qoin, with our arguments)
+        [sys.executable, "-m", "qoin", *args],
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _forward(stream: IO[str], urls: queue.Queue[str | None]) -> None:
+    """Copy a child's stderr to ours; report the engine URL once it is printed."""
+    for line in stream:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        found = ENGINE_URL.search(line)
+        if found:
+            urls.put(found.group(1))
+    urls.put(None)
+
+
+def _stop(child: subprocess.Popen[str]) -> int:
+    """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT_S`; the exit status."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            sys.stderr.write(
+                f"process {child.pid} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it\n"
+            )
+            child.kill()
+    return child.wait()
+
+
+def _engine_url(urls: queue.Queue[str | None], stop: threading.Event) -> str | None:
+    """The execution client's engine URL once printed; None if it exited, took longer than
+    :data:`START_TIMEOUT_S`, or a signal came first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            return urls.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+    return None
+
+
+def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> int:
+    """Run ``qoin <execution_args>`` and ``qoin <consensus_args> --execution URL`` until a signal
+    or until one of them exits; return the node's exit status."""
+    execution = _spawn(execution_args, stderr=subprocess.PIPE)
+    urls: queue.Queue[str | None] = queue.Queue()
+    if execution.stderr is None:  # never: Popen with stderr=PIPE sets it
+        raise SupervisorError("no pipe to the execution client's stderr")
+    threading.Thread(target=_forward, args=(execution.stderr, urls), daemon=True).start()
+    stop = threading.Event()
+    with stop_on_signals(stop.set) as received:
+        url = _engine_url(urls, stop)
+        if url is None or stop.is_set():
+            _stop(execution)
+            if received:
+                return 0
+            sys.stderr.write("error: the execution client did not start (see above)\n")
+            return 1
+        consensus = _spawn([*consensus_args, "--execution", url])
+        while not stop.is_set() and consensus.poll() is None and execution.poll() is None:
+            stop.wait(POLL_S)
+        if received:
+            sys.stderr.write("stopping\n")
+        execution_died = execution.poll() is not None and consensus.poll() is None
+        consensus_code = _stop(consensus)
+        execution_code = _stop(execution)
+    if execution_died:
+        sys.stderr.write(f"error: the execution client exited with status {execution_code}\n")
+        return 1
+    if received:
+        clean = (0, -signal.SIGTERM)  # a child stopped before it set its handlers dies of SIGTERM
+        return 0 if consensus_code in clean and execution_code in clean else 1
+    return consensus_code

@@ -1,0 +1,358 @@
+"""A real consensus process judging blocks with two real execution processes, one of them lying
+(`qoin execution --dishonest MODE`, test only): every lie is caught, the block gets the honest
+verdict, the liar is dropped (and stays dropped after a restart), and the chain goes on.
+
+Blocks come from a producer in the test process (its own chain and execution state compute the
+honest roots) and reach the consensus client through `consensus_submitBlock`; the
+``omit-transaction`` case has the consensus client mine on the liar's payloads instead. The test
+network's target is the maximum, so sealing a block takes one hybrid signature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from qoin.chain import genesis as genesis_mod
+from qoin.chain.block import Block, Coinbase, Payout, transactions_root
+from qoin.chain.chain import Chain
+from qoin.chain.genesis import Allocation, Genesis
+from qoin.chain.issuance import GENESIS_ALLOCATION
+from qoin.chain.producer import build_template
+from qoin.chain.transaction import Transaction, sign_transfer
+from qoin.execution.state import ExecutionState, PayloadStatus
+from qoin.rpc.jwt import create_secret
+from tests.chainutil import mine_template, on_schedule, test_genesis
+from tests.conftest import keypair_for
+
+FUNDED, ALICE, BOB, CAROL, MINER = (keypair_for(index=i) for i in (9, 2, 3, 4, 5))
+START_S = 60.0
+ENGINE_TIMEOUT_S = "3"
+
+
+def genesis() -> Genesis:
+    return replace(test_genesis(), allocation=(Allocation(FUNDED.address, GENESIS_ALLOCATION),))
+
+
+class Producer:
+    """Builds valid (or deliberately invalid) sealed blocks on its own copy of the chain."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.chain = Chain.open(workdir / "producer-chain", genesis())
+        self.state = ExecutionState.open(workdir / "producer-execution", genesis())
+
+    def block(self, txs: tuple[Transaction, ...] = (), honest_roots: bool = True) -> Block:
+        """The next block with ``txs``; with ``honest_roots=False`` it keeps its parent's roots
+        (for a block whose execution fails)."""
+        height = self.chain.head_header.height + 1
+        template = build_template(self.chain, MINER.public, on_schedule(genesis(), height))
+        payouts = list(template.coinbase.payouts)
+        payouts[-1] = Payout(payouts[-1].recipient, sum(tx.fee for tx in txs))
+        coinbase = Coinbase(tuple(payouts))
+        header = replace(template.header, transactions_root=transactions_root(coinbase, txs))
+        block = replace(template, header=header, coinbase=coinbase, transactions=txs)
+        if honest_roots:
+            block = self.state.fill_roots(block)
+        return mine_template(block, MINER)
+
+    def accept(self, block: Block) -> None:
+        """Make ``block`` the producer's head too."""
+        self.chain.import_block(block)
+        assert self.state.new_payload(block).status is PayloadStatus.VALID
+        self.state.forkchoice_updated(block.block_hash)
+
+    def close(self) -> None:
+        self.state.close()
+        self.chain.close()
+
+
+def pay(sender: Any, nonce: int, to: Any, amount: int, reveal: bool = False) -> Transaction:
+    return sign_transfer(
+        sender,
+        chain_id=genesis().chain_id,
+        nonce=nonce,
+        recipient=to.address,
+        amount=amount,
+        fee=10,
+        reveal_keys=reveal,
+    )
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str | None]
+    seen: list[str]
+
+    def wait_for(self, pattern: str, timeout: float = START_S) -> re.Match[str]:
+        """The first line (seen so far or coming) matching ``pattern``."""
+        regex = re.compile(pattern)
+        for line in self.seen:
+            if found := regex.search(line):
+                return found
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            if found := regex.search(line):
+                return found
+        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.seen)}")
+
+    def output(self) -> str:
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return "".join(self.seen)
+            if line is not None:
+                self.seen.append(line)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def start(*args: str) -> Process:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qoin", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    return Process(proc, lines, [])
+
+
+def rpc(url: str, method: str, *params: object) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    answer = httpx.post(url, json=body, timeout=60).json()
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+@dataclass
+class Network:
+    workdir: Path
+    honest: Process
+    liar: Process
+    honest_engine: str
+    liar_engine: str
+    liar_user: str
+
+    def consensus(self, *extra: str) -> tuple[Process, str]:
+        proc = start(
+            "consensus",
+            "--datadir",
+            str(self.workdir / "consensus"),
+            "--genesis",
+            str(self.workdir / "genesis.json"),
+            "--jwt-secret",
+            str(self.workdir / "jwt.hex"),
+            "--execution",
+            self.liar_engine,
+            "--execution",
+            self.honest_engine,
+            "--engine-timeout",
+            ENGINE_TIMEOUT_S,
+            "--rpc-port",
+            "0",
+            *extra,
+        )
+        return proc, proc.wait_for(r"; RPC (\S+);")[1]
+
+
+@pytest.fixture
+def network(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Network]:
+    mode: str = request.param
+    (tmp_path / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
+    create_secret(tmp_path / "jwt.hex")
+
+    def execution(name: str, *extra: str) -> Process:
+        return start(
+            "execution",
+            "--datadir",
+            str(tmp_path / name),
+            "--genesis",
+            str(tmp_path / "genesis.json"),
+            "--jwt-secret",
+            str(tmp_path / "jwt.hex"),
+            "--rpc-port",
+            "0",
+            "--engine-port",
+            "0",
+            *extra,
+        )
+
+    honest, liar = execution("honest"), execution("liar", "--dishonest", mode)
+    try:
+        found_honest = honest.wait_for(r"engine API (\S+)")
+        found_liar = liar.wait_for(r"user RPC (\S+), engine API (\S+)")
+        yield Network(tmp_path, honest, liar, found_honest[1], found_liar[2], found_liar[1])
+    finally:
+        for process in (liar, honest):
+            process.stop()
+
+
+def status(url: str) -> dict[str, Any]:
+    result: dict[str, Any] = rpc(url, "consensus_status")
+    return result
+
+
+def submit(url: str, block: Block) -> dict[str, Any]:
+    result: dict[str, Any] = rpc(url, "consensus_submitBlock", block.encode().hex())
+    return result
+
+
+def assert_dropped(state: dict[str, Any], network: Network, *words: str) -> None:
+    assert network.liar_engine in state["dropped"], state
+    reason = state["dropped"][network.liar_engine]["reason"]
+    for word in words:
+        assert word in reason, reason
+    assert network.honest_engine not in state["dropped"]
+
+
+@pytest.fixture
+def producer(tmp_path: Path) -> Iterator[Producer]:
+    made = Producer(tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.mark.parametrize("network", ["wrong-state-root"], indirect=True)
+def test_wrong_state_root_is_caught_and_remembered(network: Network, producer: Producer) -> None:
+    consensus, url = network.consensus()
+    try:
+        first = producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),))
+        answer = submit(url, first)  # the liar calls this valid block INVALID
+        assert answer["status"] == "imported", answer
+        producer.accept(first)
+        state = status(url)
+        assert state["head"] == first.block_hash.hex()
+        assert state["judged"]["stateless"] == 1
+        assert_dropped(state, network, "answered INVALID", "which is valid")
+        consensus.wait_for("dropping execution client")
+    finally:
+        assert consensus.stop() == 0, consensus.output()
+    # Remembered across a restart: the liar is not asked again, the chain goes on.
+    consensus, url = network.consensus()
+    try:
+        consensus.wait_for("not using execution client .* dropped")
+        second = producer.block((pay(ALICE, 0, BOB, 100, reveal=True),))
+        assert submit(url, second)["status"] == "imported"
+        state = status(url)
+        assert state["head"] == second.block_hash.hex()
+        assert [c["active"] for c in state["executionClients"]] == [False, True]
+        assert state["judged"]["sampled"] == 1
+    finally:
+        assert consensus.stop() == 0, consensus.output()
+
+
+@pytest.mark.parametrize("network", ["valid-for-invalid"], indirect=True)
+def test_double_spend_called_valid_is_caught(network: Network, producer: Producer) -> None:
+    consensus, url = network.consensus()
+    try:
+        first = producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),))
+        assert submit(url, first)["status"] == "imported"
+        producer.accept(first)
+        assert status(url)["judged"]["sampled"] == 1  # both agreed, both samples held
+        spend_twice = (pay(ALICE, 0, BOB, 800, reveal=True), pay(ALICE, 1, CAROL, 800))
+        double = producer.block(spend_twice, honest_roots=False)
+        answer = submit(url, double)
+        assert answer["status"] == "invalid", answer
+        assert "InsufficientBalance" in answer["reason"], answer
+        state = status(url)
+        assert state["head"] == first.block_hash.hex()
+        assert_dropped(state, network, "answered VALID", "invalid")
+        honest_next = producer.block((pay(ALICE, 0, BOB, 800, reveal=True),))
+        assert submit(url, honest_next)["status"] == "imported"
+        assert status(url)["head"] == honest_next.block_hash.hex()
+    finally:
+        assert consensus.stop() == 0, consensus.output()
+
+
+@pytest.mark.parametrize("network", ["wrong-balance-proof"], indirect=True)
+def test_proof_of_a_wrong_balance_is_caught(network: Network, producer: Producer) -> None:
+    consensus, url = network.consensus()
+    try:
+        first = producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),))
+        assert submit(url, first)["status"] == "imported"
+        state = status(url)
+        assert state["head"] == first.block_hash.hex()
+        assert state["judged"]["stateless"] == 1  # the sample failed: decided by re-execution
+        assert_dropped(state, network, "sample", "does not verify")
+    finally:
+        assert consensus.stop() == 0, consensus.output()
+
+
+@pytest.mark.parametrize("network", ["silent"], indirect=True)
+def test_silent_client_is_caught(network: Network, producer: Producer) -> None:
+    consensus, url = network.consensus()
+    try:
+        first = producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),))
+        started = time.monotonic()
+        assert submit(url, first)["status"] == "imported"
+        assert time.monotonic() - started < 30  # bounded by the engine timeout, not the silence
+        state = status(url)
+        assert state["head"] == first.block_hash.hex()
+        assert_dropped(state, network, "no verdict", "in time")
+    finally:
+        assert consensus.stop() == 0, consensus.output()
+
+
+@pytest.mark.parametrize("network", ["omit-transaction"], indirect=True)
+def test_payload_that_omits_a_transaction_is_caught(network: Network) -> None:
+    # The transfer reaches only the liar's mempool; its payload leaves it out but keeps its
+    # effect in the state root. The consensus client mines on the liar's payload (first client).
+    sent = rpc(
+        network.liar_user,
+        "qoin_sendRawTransaction",
+        pay(FUNDED, 0, ALICE, 1_000, reveal=True).encode().hex(),
+    )
+    assert len(sent) == 64
+    consensus, _ = network.consensus("--mine", "--blocks", "2", "--workers", "1")
+    try:
+        assert consensus.proc.wait(timeout=120) == 0, consensus.output()
+    finally:
+        consensus.stop()
+    output = consensus.output()
+    assert "mined block rejected" in output, output
+    assert "dropping execution client" in output, output
+    state_file = network.workdir / "consensus" / "dropped-execution-clients.json"
+    dropped = json.loads(state_file.read_text())
+    assert network.liar_engine in dropped and network.honest_engine not in dropped
+    assert "answered VALID" in dropped[network.liar_engine]["reason"]
+    heights = [int(h) for h in re.findall(r"new head height=(\d+)", output)]
+    assert heights == [1, 2]  # the honest chain, on the honest client's payloads
