@@ -94,6 +94,8 @@ def _mine(tmp_path: Path, datadir: Path, blocks: int, *extra: str) -> tuple[list
         "1",
         "--rpc-port",
         "0",
+        "--consensus-rpc-port",
+        "0",
         *extra,
     )
     assert result.returncode == 0, result.stderr
@@ -137,6 +139,8 @@ def test_mines_on_the_builtin_devnet(tmp_path: Path) -> None:
         "--blocks",
         "1",
         "--rpc-port",
+        "0",
+        "--consensus-rpc-port",
         "0",
     )
     assert result.returncode == 0, result.stderr
@@ -195,6 +199,8 @@ def test_signal_stops_node_cleanly(tmp_path: Path, easy_genesis: Path, sig: sign
         "--workers",
         "2",
         "--rpc-port",
+        "0",
+        "--consensus-rpc-port",
         "0",
     ]
     proc = subprocess.Popen(
@@ -292,3 +298,52 @@ def test_coinbase_without_keystore_fails_clearly(tmp_path: Path) -> None:
     )
     _assert_clean_failure(result, "no keystore", DEVNET_ADDRESS, str(keystores))
     assert not datadir.exists()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def test_node_stops_when_its_execution_client_dies(tmp_path: Path, easy_genesis: Path) -> None:
+    """Two processes joined by the engine API: if one dies, the node stops the other and fails."""
+    args = ["node", "--dev", "--mine", "--datadir", str(tmp_path / "node"), "--workers", "1"]
+    args += ["--rpc-port", "0", "--consensus-rpc-port", "0", "--genesis", str(easy_genesis)]
+    proc = subprocess.Popen(
+        _qoin(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    stderr_lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stderr, stderr_lines), daemon=True).start()
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, "qoin node exited before mining a block"
+            if "height=" in line:
+                break
+        children = _children(proc.pid)
+        roles = {pid: _cmdline(pid) for pid in children}
+        execution = [pid for pid, cmd in roles.items() if "execution" in cmd]
+        consensus = [pid for pid, cmd in roles.items() if "consensus" in cmd]
+        assert len(execution) == 1 and len(consensus) == 1, roles
+        os.kill(execution[0], signal.SIGKILL)
+        returncode = proc.wait(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(iter(lambda: stderr_lines.get(timeout=5), None))
+    assert returncode == 1, stderr
+    assert "the execution client exited" in stderr
+    assert "Traceback" not in stderr
+    deadline = time.monotonic() + 5
+    while _alive(consensus[0], children[consensus[0]]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(consensus[0], children[consensus[0]]), (
+        "the consensus client outlived the node"
+    )
