@@ -18,6 +18,7 @@ Everything here is pure; the engine calls and the fallback live in :mod:`qoin.co
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 from collections.abc import Mapping, Sequence
@@ -92,9 +93,12 @@ def proven_account(root: bytes, address: Address, leaf: Proof, keys: Proof, when
         except ProofError as exc:
             raise BadSampleProof(f"{when} proof of {address} does not verify: {exc}") from None
     try:
-        return read_account(values.__getitem__, address)
+        account = read_account(values.__getitem__, address)
     except AccountLeavesInvalid as exc:
         raise BadSampleProof(f"{when} state of {address}: {exc}") from None
+    if account.public_keys is None and values[keys_key(address)] is not None:
+        raise BadSampleProof(f"{when} state of {address}: a keys leaf, but keys not revealed")
+    return account
 
 
 def check_fee_payout(block: Block) -> None:
@@ -174,3 +178,15 @@ def check_sample(
                 f"; the proven post-state has balance {post.balance}, nonce {post.nonce}, keys "
                 f"{'revealed' if post.public_keys else 'not revealed'}"
             )
+
+
+def detection_probability(n: int, m: int, k: int) -> float:
+    """The probability that a sample of ``k`` distinct accounts, drawn uniformly without
+    replacement from the ``n`` a block touches, includes at least one of the ``m`` whose proven
+    post-state is wrong: ``1 - C(n - m, k) / C(n, k)`` (hypergeometric, exact), with ``k`` capped
+    at ``n`` (every account is checked). A wrong account is always caught once sampled, so this is
+    the chance that :func:`check_sample` fails (docs/spec/sampling.md)."""
+    if n < 0 or not 0 <= m <= n or k < 0:
+        raise ValueError(f"need 0 <= m <= n and k >= 0, got n={n}, m={m}, k={k}")
+    drawn = min(k, n)
+    return 1 - math.comb(n - m, drawn) / math.comb(n, drawn)
