@@ -1,7 +1,8 @@
-"""Reading files whose size is bounded before anything is allocated."""
+"""Files: reading with a size bound checked before anything is allocated, and atomic writes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from qoin.errors import QoinError
@@ -24,3 +25,18 @@ def read_bounded(path: Path, max_size: int, what: str) -> bytes:
     if len(data) > max_size:
         raise FileReadError(f"{what} {path} is larger than {max_size} bytes")
     return data
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old file or the whole new one
+    (written to a temporary file beside it, fsynced, then renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with partial.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

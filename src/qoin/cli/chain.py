@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,7 @@ from qoin.chain.store import StoreError
 from qoin.chain.validation import InvalidBlock
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
 from qoin.encoding.codec import DecodeError
+from qoin.files import write_atomically
 
 chain_app = typer.Typer(help="Import, export and inspect the block store.", no_args_is_help=True)
 
@@ -29,17 +29,7 @@ GenesisFile = Annotated[
 def save_genesis_file(datadir: Path, data: bytes) -> None:
     """Write ``DATADIR/genesis.json`` atomically (a crash leaves the old file or the whole new one,
     never a truncated one that would make the datadir unusable without ``--genesis``)."""
-    datadir.mkdir(parents=True, exist_ok=True)
-    target = datadir / "genesis.json"
-    partial = datadir / f".genesis.json.{os.getpid()}.tmp"
-    try:
-        with partial.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(datadir / "genesis.json", data)
 
 
 def open_chain(datadir: Path, genesis_file: Path | None) -> Chain:

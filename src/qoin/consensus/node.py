@@ -75,7 +75,11 @@ class ConsensusNode:
         self.genesis_root = genesis_state_root(genesis)
         self.lock = threading.RLock()
         """Held around every chain change (mining loop and RPC threads)."""
-        self.chain = Chain.open(datadir, genesis, execution_check=self._check)
+        try:
+            self.chain = Chain.open(datadir, genesis, execution_check=self._check)
+        except BaseException:
+            self.validator.close()
+            raise
         self.judged: dict[str, int] = {"sampled": 0, "stateless": 0, "accepted": 0, "invalid": 0}
         """How many blocks were decided each way."""
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import secrets
 import time
@@ -36,6 +35,7 @@ from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
 from qoin.execution.transition import InvalidExecution, touched_addresses
 from qoin.execution.witness import InvalidWitness, execute_stateless
+from qoin.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class DroppedClients:
             "reason": reason,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.entries, indent=2) + "\n")
-        os.replace(temporary, self.path)
+        write_atomically(self.path, (json.dumps(self.entries, indent=2) + "\n").encode())
 
 
 class ExecutionValidator:
