@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
-from qoin.chain.chain import Chain, ImportStatus
+from qoin.chain.chain import Chain, ExecutionRejected, ExecutionUndecided, ImportStatus
 from qoin.chain.issuance import block_subsidy
 from qoin.chain.producer import build_template
 from qoin.chain.store import StoreError
@@ -315,3 +315,51 @@ def test_orphans_need_valid_pow_and_chain(chain: Chain) -> None:
             mine_next(chain, parent_hash=b"\x42" * 32, chain_id=9), now_ms=FAR_FUTURE
         )
     assert len(chain.orphans) == 0
+
+
+def test_execution_check_rejects_remembers_and_defers(tmp_path: Path) -> None:
+    """A consensus client's chain stores a block only once its execution check passes: a
+    rejected block and its descendants fail at once afterwards; an undecided block is not stored,
+    not remembered, and an orphan waiting on it goes back to the pool."""
+    verdicts: dict[bytes, str] = {}
+    checked: list[bytes] = []
+
+    def check(block: Block) -> None:
+        checked.append(block.block_hash)
+        verdict = verdicts.get(block.block_hash, "valid")
+        if verdict == "invalid":
+            raise ExecutionRejected("state root mismatch")
+        if verdict == "undecided":
+            raise ExecutionUndecided("no execution client answered")
+
+    producer = Chain.open(tmp_path / "producer", test_genesis())
+    chain = Chain.open(tmp_path / "judged", test_genesis(), execution_check=check)
+    try:
+        first, second, third = grow(producer, 3)
+        verdicts[first.block_hash] = "invalid"
+        with pytest.raises(ExecutionRejected, match="state root mismatch"):
+            chain.import_block(first, now_ms=FAR_FUTURE)
+        assert not chain.has_block(first.block_hash) and chain.head_header.height == 0
+        with pytest.raises(ExecutionRejected, match="rejected before"):
+            chain.import_block(first, now_ms=FAR_FUTURE)
+        with pytest.raises(ExecutionRejected, match=r"parent .* is invalid"):
+            chain.import_block(second, now_ms=FAR_FUTURE)
+        assert checked == [first.block_hash]  # neither re-submission was executed again
+
+        verdicts[first.block_hash] = "undecided"
+        other = Chain.open(tmp_path / "judged-2", test_genesis(), execution_check=check)
+        try:
+            assert other.import_block(third, now_ms=FAR_FUTURE).status is ImportStatus.ORPHAN
+            assert other.import_block(second, now_ms=FAR_FUTURE).status is ImportStatus.ORPHAN
+            with pytest.raises(ExecutionUndecided):
+                other.import_block(first, now_ms=FAR_FUTURE)
+            assert other.head_header.height == 0 and first.block_hash not in other.invalid
+            verdicts[first.block_hash] = "valid"  # the execution clients are back
+            result = other.import_block(first, now_ms=FAR_FUTURE)
+            assert result.connected == (first.block_hash, second.block_hash, third.block_hash)
+            assert other.head == third.block_hash
+        finally:
+            other.close()
+    finally:
+        chain.close()
+        producer.close()
