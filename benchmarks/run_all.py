@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-BENCHMARKS = ("crypto", "pow", "import")
+BENCHMARKS = ("crypto", "pow", "import", "sampling")
 
 
 def main() -> int:

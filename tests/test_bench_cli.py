@@ -49,3 +49,56 @@ def test_bench_unknown_suite_is_a_clear_error() -> None:
     )
     assert result.returncode == 2
     assert "unknown signature suite" in result.stderr
+
+
+def test_bench_sampling_json() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qoin",
+            "bench",
+            "sampling",
+            "--json",
+            "--senders",
+            "8",
+            "--blocks",
+            "2",
+            "--txs-per-block",
+            "8",
+            "--samples",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["benchmark"] == "sampling"
+    assert report["samples"] == 4
+    assert report["transactions"] == 16
+    assert report["sampled_accounts_per_block"] == 4
+    assert report["peak_rss_bytes"] > 0
+    assert report["machine"]["cpus"] >= 1
+    for path in ("sampling", "stateless"):
+        figures = report[path]
+        assert figures["mean_ms"] > 0 and figures["min_ms"] > 0
+        assert figures["min_ms"] <= figures["mean_ms"]
+        assert len(figures["per_block_mean_ms"]) == 2
+        assert figures["bytes_fetched_mean"] > 0
+    ratio = report["stateless"]["mean_ms"] / report["sampling"]["mean_ms"]
+    assert abs(report["ratio"] - ratio) < 1e-9
+
+
+def test_bench_sampling_refuses_too_many_samples() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "qoin", "bench", "sampling", "--samples", "100000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--samples must be at most" in result.stderr

@@ -55,3 +55,24 @@ def bench_import(
     from qoin.bench import importing  # noqa: PLC0415
 
     print_json(importing.run(senders, blocks, txs_per_block))
+
+
+@bench_app.command("sampling")
+def bench_sampling(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+    senders: Annotated[int, typer.Option(help="Funded senders.", min=1)] = 500,
+    blocks: Annotated[int, typer.Option(help="Measured blocks.", min=1)] = 4,
+    txs_per_block: Annotated[int, typer.Option(help="Transfers per block.", min=1)] = 1_000,
+    samples: Annotated[
+        int | None,
+        typer.Option(help="Accounts sampled per block (default: the consensus client's).", min=1),
+    ] = None,
+) -> None:
+    """Consensus-side validation time per block: account sampling vs stateless re-execution."""
+    from qoin.bench import sampling  # noqa: PLC0415
+    from qoin.consensus.sampling import DEFAULT_SAMPLES, MAX_SAMPLES  # noqa: PLC0415
+
+    chosen = DEFAULT_SAMPLES if samples is None else samples
+    if chosen > MAX_SAMPLES:
+        fail(f"--samples must be at most {MAX_SAMPLES}", EXIT_USAGE)
+    print_json(sampling.run(senders, blocks, txs_per_block, chosen))

@@ -59,9 +59,9 @@ from qoin.state.smt import Proof, SmtError, SparseMerkleTree
 
 STATE_FILE = "execution.sqlite3"
 _UNKNOWN_ROOT = b"\xff" * 32
+"""Root recorded for ACCEPTED blocks until they are executed: never a real tree root."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """A reset WAL is truncated back to this size."""
-"""Root recorded for ACCEPTED blocks until they are executed: never a real tree root."""
 ACCOUNT_CACHE_SIZE = 200_000
 DEFAULT_RETAIN = 256
 _SCHEMA = (

@@ -268,18 +268,11 @@ class RpcServer:
                 return JSONResponse(
                     _error(None, RpcError(INVALID_REQUEST, f"unauthorized: {exc}")), 401
                 )
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+        body = await self._read_body(request)
+        if body is None:
             return JSONResponse(
                 _error(None, RpcError(INVALID_REQUEST, "request body too large")), 413
             )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body:
-                return JSONResponse(
-                    _error(None, RpcError(INVALID_REQUEST, "request body too large")), 413
-                )
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
