@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -155,3 +156,13 @@ def test_bounds_and_deep_json(url: str) -> None:
     assert negative["error"]["code"] == -32602
     deep = httpx.post(url, content=b"[" * 3000, timeout=10)
     assert deep.json()["error"]["code"] == -32700
+
+
+def test_listening_socket_says_tcp_so_connections_get_nodelay() -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only if the listening socket's protocol
+    is IPPROTO_TCP; with protocol 0 every small answer waited ~40 ms for a delayed ACK."""
+    with BackgroundServer(RpcServer("test", METHODS).app) as server:
+        listening = server._socket  # the cause is a property of this socket
+        assert listening.proto == socket.IPPROTO_TCP
+        assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "nope"}).json()
