@@ -1,0 +1,1 @@
+"""Peer-to-peer networking: the post-quantum encrypted transport (gossip and sync build on it)."""
