@@ -356,3 +356,54 @@ def test_payload_that_omits_a_transaction_is_caught(network: Network) -> None:
     assert "answered VALID" in dropped[network.liar_engine]["reason"]
     heights = [int(h) for h in re.findall(r"new head height=(\d+)", output)]
     assert heights == [1, 2]  # the honest chain, on the honest client's payloads
+
+
+def test_a_fresh_execution_client_is_replayed_the_chain(tmp_path: Path, producer: Producer) -> None:
+    """An execution client that lacks the consensus client's blocks (a new or wiped data
+    directory) answers SYNCING; the consensus client replays the canonical chain to it."""
+    (tmp_path / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
+    create_secret(tmp_path / "jwt.hex")
+    common = [
+        "--genesis",
+        str(tmp_path / "genesis.json"),
+        "--jwt-secret",
+        str(tmp_path / "jwt.hex"),
+    ]
+
+    def execution(name: str) -> tuple[Process, str, str]:
+        proc = start("execution", "--datadir", str(tmp_path / name), *common,
+                     "--rpc-port", "0", "--engine-port", "0")  # fmt: skip
+        found = proc.wait_for(r"user RPC (\S+), engine API (\S+)")
+        return proc, found[1], found[2]
+
+    def consensus(engine: str) -> tuple[Process, str]:
+        proc = start("consensus", "--datadir", str(tmp_path / "consensus"), *common,
+                     "--execution", engine, "--rpc-port", "0")  # fmt: skip
+        return proc, proc.wait_for(r"; RPC (\S+);")[1]
+
+    first, _, engine = execution("first")
+    try:
+        node, url = consensus(engine)
+        try:
+            blocks = [producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),))]
+            producer.accept(blocks[0])
+            blocks.append(producer.block((pay(ALICE, 0, BOB, 10, reveal=True),)))
+            for block in blocks:
+                assert submit(url, block)["status"] == "imported"
+        finally:
+            assert node.stop() == 0, node.output()
+    finally:
+        first.stop()
+    fresh, user, engine = execution("fresh")
+    try:
+        assert rpc(user, "qoin_blockNumber") == 0
+        node, url = consensus(engine)
+        try:
+            node.wait_for("caught up to the head")
+            assert rpc(user, "qoin_blockNumber") == 2
+            assert rpc(user, "qoin_getBalance", str(BOB.address)) == 10
+            assert status(url)["head"] == blocks[-1].block_hash.hex()
+        finally:
+            assert node.stop() == 0, node.output()
+    finally:
+        fresh.stop()
