@@ -82,11 +82,13 @@ def consensus(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per engine call
     home = datadir or qoin_home() / "consensus"
-    keypair = (
-        mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
-        if coinbase
-        else dev_keypair()
-    )
+    keypair = None
+    if mine:  # PoW attempts are signatures by the key the coinbase pays
+        keypair = (
+            mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
+            if coinbase
+            else dev_keypair()
+        )
     clients = engine_clients(execution, jwt_secret, engine_timeout)
     favour_verifier_threads()  # it re-executes blocks statelessly when clients disagree
     try:
@@ -111,7 +113,7 @@ def consensus(
                 f"clients {', '.join(c.url for c in node.validator.active)}",
                 err=True,
             )
-            if mine:
+            if keypair is not None:
                 loop = MiningLoop(
                     node.chain,
                     keypair,
