@@ -209,16 +209,10 @@ def _apply(
 ) -> BlockOutcome:
     """Steps 3 to 5: apply transactions and payouts in order (signatures are checked apart)."""
     txs = block.transactions
-    accounts: dict[Address, Account] = {}
-
-    def get(address: Address) -> Account:
-        if address not in accounts:
-            accounts[address] = read(address)
-        return accounts[address]
-
+    accounts: dict[Address, Account] = {}  # every account read is written back below
     receipts = []
     for index, tx in enumerate(txs):
-        sender = get(tx.sender)
+        sender = accounts.get(tx.sender) or read(tx.sender)
         if tx.nonce != sender.nonce:
             raise BadNonce(f"transaction {index}: nonce {tx.nonce}, account expects {sender.nonce}")
         cost = tx.amount + tx.fee
@@ -230,14 +224,20 @@ def _apply(
         accounts[tx.sender] = Account(
             sender.balance - cost, sender.nonce + 1, sender.public_keys or keys[index]
         )
-        accounts[tx.recipient] = _credit(get(tx.recipient), tx.amount, f"transaction {index}")
+        recipient = accounts.get(tx.recipient) or read(tx.recipient)
+        if recipient.balance + tx.amount > MAX_BALANCE:
+            raise BalanceOverflow(f"transaction {index} would overflow a balance")
+        accounts[tx.recipient] = Account(
+            recipient.balance + tx.amount, recipient.nonce, recipient.public_keys
+        )
         receipts.append(Receipt(index, tx.tx_id, tx.sender, tx.fee, reveals))
     fees = sum(tx.fee for tx in txs)
     payouts = block.coinbase.payouts
     if not payouts or payouts[-1].amount != fees:
         raise BadFeePayout(f"the last coinbase payout must be the {fees} Shor of fees")
     for payout in payouts:
-        accounts[payout.recipient] = _credit(get(payout.recipient), payout.amount, "coinbase")
+        current = accounts.get(payout.recipient) or read(payout.recipient)
+        accounts[payout.recipient] = _credit(current, payout.amount, "coinbase")
     receipt_tuple = tuple(receipts)
     return BlockOutcome(accounts, receipt_tuple, receipts_root(receipt_tuple))
 
