@@ -407,3 +407,50 @@ def test_a_fresh_execution_client_is_replayed_the_chain(tmp_path: Path, producer
             assert node.stop() == 0, node.output()
     finally:
         fresh.stop()
+
+
+def test_side_blocks_do_not_get_the_honest_client_dropped(
+    tmp_path: Path, producer: Producer
+) -> None:
+    """A competing block at the head's height is valid but off the execution client's head: it
+    keeps no post-state for it, so it serves no proofs. Re-execution decides; nobody is dropped.
+    One block deeper the side branch has no executed parent anywhere (ACCEPTED): undecided."""
+    (tmp_path / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
+    create_secret(tmp_path / "jwt.hex")
+    common = [
+        "--genesis",
+        str(tmp_path / "genesis.json"),
+        "--jwt-secret",
+        str(tmp_path / "jwt.hex"),
+    ]
+    execution = start("execution", "--datadir", str(tmp_path / "execution"), *common,
+                      "--rpc-port", "0", "--engine-port", "0")  # fmt: skip
+    try:
+        engine = execution.wait_for(r"engine API (\S+)")[1]
+        node = start("consensus", "--datadir", str(tmp_path / "consensus"), *common,
+                     "--execution", engine, "--rpc-port", "0")  # fmt: skip
+        try:
+            url = node.wait_for(r"; RPC (\S+);")[1]
+            siblings = [
+                producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),)),
+                producer.block((pay(FUNDED, 0, BOB, 2_000, reveal=True),)),
+            ]
+            # Fork choice breaks the tie by the lower hash: submitting the winner first keeps the
+            # execution client's head on it, so the loser is only ever judged as a side block.
+            winner, loser = sorted(siblings, key=lambda block: block.block_hash)
+            assert submit(url, winner)["status"] == "imported"
+            assert submit(url, loser)["status"] == "imported"  # judged statelessly
+            state = status(url)
+            assert state["dropped"] == {}, state
+            assert state["judged"] == {"sampled": 1, "stateless": 1, "invalid": 0}
+            assert state["head"] == winner.block_hash.hex()
+            producer.accept(loser)
+            payer = ALICE if loser is siblings[0] else BOB
+            deeper = producer.block((pay(payer, 0, CAROL, 5, reveal=True),))
+            answer = submit(url, deeper)
+            assert answer["status"] == "undecided", answer
+            assert status(url)["dropped"] == {}
+        finally:
+            assert node.stop() == 0, node.output()
+    finally:
+        execution.stop()

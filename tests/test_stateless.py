@@ -126,3 +126,15 @@ def test_stateless_rejects_what_stateful_rejects() -> None:
         execute_stateless(tree.root, block, witness)
     with pytest.raises(InsufficientBalance):
         execute_on_tree(tree, block, 2)
+
+
+def test_witness_without_a_first_spenders_keys_leaf_is_an_invalid_witness() -> None:
+    """The first spend inserts the keys leaf, so the witness must prove its absence; leaving that
+    proof out is a bad witness (InvalidWitness), not an unexpected error."""
+    tree = fresh_tree([0, 1], set())  # account 0 has not revealed its keys
+    parent_root = tree.root
+    block = block_for([signed(KEYS[0], 0, 2, 10, True)], 1)
+    witness = make_witness(tree, parent_root, block)
+    execute_stateless(parent_root, block, witness)  # complete: fine
+    with pytest.raises(InvalidWitness, match="no proof"):
+        execute_stateless(parent_root, block, Witness(witness.accounts, ()))

@@ -70,7 +70,9 @@ def read_input_file(path: Path, what: str, max_size: int) -> bytes:
 
 
 @contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[int]]:
+def stop_on_signals(
+    stop: Callable[[], None], signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+) -> Iterator[list[int]]:
     """Within the block, SIGINT and SIGTERM call ``stop`` (a long-running loop then finishes at its
     next poll) instead of raising at an arbitrary point, which could fall between a durable commit
     and the in-memory update that follows it. Yields the list of signals received. Handlers are set
@@ -81,7 +83,7 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[int]]:
         received.append(signum)
         stop()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield received
     finally:

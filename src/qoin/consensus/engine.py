@@ -9,6 +9,8 @@ checked for shape before use, so a broken or hostile execution client surfaces a
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,9 @@ from qoin.rpc import jwt
 from qoin.state.smt import Proof
 
 DEFAULT_TIMEOUT_S = 30.0
-"""How long one engine call may take (a full block's witness included)."""
+"""How long one engine call may take, answer included (a full block's witness included)."""
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
+"""The largest engine answer read: a witness of the largest block is well under this."""
 STATUSES = ("VALID", "INVALID", "SYNCING", "ACCEPTED")
 
 
@@ -82,6 +86,7 @@ class EngineClient:
         self.url = url
         self._secret = secret
         self._ids = itertools.count(1)
+        self.timeout = timeout
         self._http = httpx.Client(timeout=timeout)
 
     def __repr__(self) -> str:
@@ -91,16 +96,25 @@ class EngineClient:
         """One JSON-RPC call; its ``result``, or :class:`EngineError`."""
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
         headers = {"Authorization": f"Bearer {jwt.encode(self._secret)}"}
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self._http.post(self.url, json=body, headers=headers)
+            with self._http.stream("POST", self.url, json=body, headers=headers) as response:
+                raw = bytearray()
+                for chunk in response.iter_bytes():  # a trickling answer must not outlast us
+                    raw += chunk
+                    if len(raw) > MAX_ANSWER_BYTES:
+                        raise EngineError(f"{method}: answer over {MAX_ANSWER_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("answer too slow")
+                status = response.status_code
         except httpx.TimeoutException:
             raise EngineError(f"{method}: no answer from {self.url} in time") from None
         except httpx.HTTPError as exc:
             raise EngineError(f"{method}: {self.url} unreachable: {exc}") from None
         try:
-            answer = response.json()
-        except ValueError:
-            raise EngineError(f"{method}: HTTP {response.status_code}, not JSON") from None
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise EngineError(f"{method}: HTTP {status}, not JSON") from None
         if not isinstance(answer, dict):
             raise EngineError(f"{method}: the answer is not a JSON object")
         if "error" in answer:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qoin.chain.block import MAX_BLOCK_SIZE, Block
+from qoin.chain.block import MAX_BLOCK_SIZE, Block, Payout, transactions_root
 from qoin.chain.chain import (
     Chain,
     ExecutionRejected,
@@ -80,7 +81,7 @@ class ConsensusNode:
         except BaseException:
             self.validator.close()
             raise
-        self.judged: dict[str, int] = {"sampled": 0, "stateless": 0, "accepted": 0, "invalid": 0}
+        self.judged: dict[str, int] = {"sampled": 0, "stateless": 0, "invalid": 0}
         """How many blocks were decided each way."""
 
     def _parent_root(self, block: Block) -> bytes:
@@ -136,7 +137,11 @@ class ConsensusNode:
         """Judge and store a block (see :meth:`Chain.import_block`); the execution clients follow
         a head change."""
         with self.lock:
-            result = self.chain.import_block(block)
+            try:
+                result = self.chain.import_block(block)
+            except ExecutionUndecided:
+                self.follow_head()  # a client that lacks blocks (SYNCING) is replayed them
+                raise
             if result.head_changed:
                 self.follow_head()
             return result
@@ -203,6 +208,28 @@ class ConsensusNode:
             self.chain.close()
 
 
+def payload_problem(template: Block, payload: Block) -> str | None:
+    """How a payload departs from what may change in its template (transactions, the fee payout,
+    the roots), or None. Checked before any proof-of-work is spent on it."""
+    changeable = ("transactions_root", "state_root", "receipts_root")
+    fixed = {name: getattr(template.header, name) for name in changeable}
+    if replace(payload.header, **fixed) != template.header:
+        return "changed header fields other than its roots"
+    if payload.siblings != template.siblings:
+        return "changed the sibling headers"
+    ours, theirs = template.coinbase.payouts, payload.coinbase.payouts
+    if len(theirs) != len(ours) or theirs[:-1] != ours[:-1]:
+        return "changed the coinbase's reward payouts"
+    if theirs[-1] != Payout(ours[-1].recipient, sum(tx.fee for tx in payload.transactions)):
+        return "pays another fee payout than its transactions' fees"
+    if (
+        transactions_root(payload.coinbase, payload.transactions)
+        != payload.header.transactions_root
+    ):
+        return "carries a transactions root that does not match its transactions"
+    return None
+
+
 class EngineLink:
     """The mining loop's execution link over the engine API: payloads from the first usable client
     that builds one; head changes go to every client."""
@@ -218,9 +245,15 @@ class EngineLink:
                 payload_id = client.forkchoice_updated(self.node.chain.head, template)
                 if payload_id is None:
                     raise EngineError("no payload id in the answer")
-                return client.get_payload(payload_id)
+                payload = client.get_payload(payload_id)
             except EngineError as exc:
                 self.report(f"execution client {client.url} built no payload: {exc}")
+                continue
+            problem = payload_problem(template, payload)
+            if problem is None:
+                return payload
+            self.node.validator.drop(client, f"built a payload that {problem}")
+        self.node.follow_head()  # a client that lacks blocks (SYNCING) is replayed them
         raise ExecutionUndecided("no execution client could build a payload")
 
     def imported(self, chain: Chain, result: ImportResult) -> None:

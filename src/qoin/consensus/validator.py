@@ -13,8 +13,10 @@ For each block (whose consensus rules already passed) the consensus client:
    across restarts, and logs why.
 
 ACCEPTED (a client stored a deep side-branch block without executing it) and SYNCING (it lacks the
-parent) are not verdicts: with no verdict and no witness to be had, :class:`ExecutionUnavailable`
-says the block cannot be decided now, which is not the same as invalid.
+parent) are not verdicts: such a block goes to re-execution too, and with no witness to be had
+(nobody holds its parent's state), :class:`ExecutionUnavailable` says it cannot be decided now,
+which is not the same as invalid. A client that serves no proofs for a VALID block (it may not keep
+a side block's post-state) is not suspected for that alone: re-execution decides.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class Judgement:
     reason: str | None
     """Why it is invalid."""
     how: str
-    """``sampled`` (clients agreed, samples confirmed), ``stateless`` (decided by re-execution
-    from a witness) or ``accepted`` (stored unexecuted by every client: a deep side branch)."""
+    """``sampled`` (clients agreed, samples confirmed) or ``stateless`` (decided by
+    re-execution from a witness)."""
 
 
 class DroppedClients:
@@ -70,9 +72,14 @@ class DroppedClients:
                 loaded = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise QoinError(f"cannot read {path}: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise QoinError(f"{path} is not a JSON object")
-            self.entries = {str(url): dict(entry) for url, entry in loaded.items()}
+            if not isinstance(loaded, dict) or not all(
+                isinstance(entry, dict) for entry in loaded.values()
+            ):
+                raise QoinError(f"{path} is not a JSON object of URL -> {{reason, at}}")
+            self.entries = {
+                str(url): {str(k): str(v) for k, v in entry.items()}
+                for url, entry in loaded.items()
+            }
 
     def __contains__(self, url: str) -> bool:
         return url in self.entries
@@ -123,15 +130,17 @@ class ExecutionValidator:
                 suspects[client] = f"no verdict: {exc}"
         decided = {c: a for c, a in answers.items() if a.status in ("VALID", "INVALID")}
         statuses = {answer.status for answer in decided.values()}
+        unconfirmed = False
         if decided and statuses == {"VALID"} and not suspects:
             for client in decided:
-                problem = self._sample(client, block, parent_root)
-                if problem is not None:
+                lie, problem = self._sample(client, block, parent_root)
+                if lie:
                     suspects[client] = problem
-            if not suspects:
+                elif problem:  # e.g. a side-branch block whose post-state is not materialised
+                    log.info("sample of %s unavailable: %s", client.url, problem)
+                    unconfirmed = True
+            if not suspects and not unconfirmed:
                 return Judgement(True, None, "sampled")
-        elif not decided and not suspects and any(a.status == "ACCEPTED" for a in answers.values()):
-            return Judgement(True, None, "accepted")
         judgement = self._reexecute(block, parent_root, clients, suspects)
         for client, answer in decided.items():
             if (answer.status == "VALID") != judgement.valid and client not in suspects:
@@ -144,17 +153,23 @@ class ExecutionValidator:
             self._drop(client, why)
         return judgement
 
-    def _sample(self, client: EngineClient, block: Block, parent_root: bytes) -> str | None:
-        """Why ``client``'s VALID failed its sample, or None if it held."""
+    def _sample(self, client: EngineClient, block: Block, parent_root: bytes) -> tuple[bool, str]:
+        """Sample ``client``'s VALID: ``(False, "")`` if it held; ``(True, why)`` if the proofs
+        contradict it (a lie); ``(False, why)`` if the client served no proofs (not a lie by
+        itself: it may not keep the post-state of a side-branch block — re-execution decides)."""
         chosen = draw_sample(touched_addresses(block), self.samples, self.rng)
         if not chosen:
-            return None
+            return False, ""
+        what = f"sample of block {block.block_hash.hex()[:16]}"
         try:
             answer = client.get_proofs(block.block_hash, chosen)
+        except EngineError as exc:
+            return False, f"{what}: no proofs: {exc}"
+        try:
             check_sample(parent_root, block, chosen, answer.proofs)
-        except (EngineError, SampleFailed) as exc:
-            return f"sample of block {block.block_hash.hex()[:16]} failed: {exc}"
-        return None
+        except SampleFailed as exc:
+            return True, f"{what} failed: {exc}"
+        return False, ""
 
     def _reexecute(
         self,
@@ -191,6 +206,10 @@ class ExecutionValidator:
         raise ExecutionUnavailable(
             f"no execution client served a usable witness for block {block.block_hash.hex()}"
         )
+
+    def drop(self, client: EngineClient, why: str) -> None:
+        """Drop ``client`` for good (logged, and recorded in the data directory)."""
+        self._drop(client, why)
 
     def _drop(self, client: EngineClient, why: str) -> None:
         log.warning("dropping execution client %s: %s", client.url, why)

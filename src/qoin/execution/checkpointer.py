@@ -45,7 +45,10 @@ class Checkpointer:
         except FileNotFoundError:
             oversized = False
         if oversized:
-            writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            try:  # never fails the commit that just happened: the next one tries again
+                writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint after commit failed: %s", exc)
         self._wanted.set()
 
     def _run(self) -> None:

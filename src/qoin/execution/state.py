@@ -426,8 +426,8 @@ class ExecutionState:
             if height > self.retain:
                 self.tree.prune(height - self.retain)
             self._db.execute("COMMIT")
-            self._checkpointer.after_commit(self._db)
             self._remember(outcome.post_accounts)
+            self._checkpointer.after_commit(self._db)
         except BaseException:
             self._rollback()
             raise

@@ -140,8 +140,11 @@ def execute_stateless(
         return cache[address]
 
     def update(outcome: BlockOutcome) -> None:
-        for key, value in state_changes(read, outcome).items():
-            tree.set(key, value)
+        try:
+            for key, value in state_changes(read, outcome).items():
+                tree.set(key, value)
+        except WitnessIncomplete as exc:  # e.g. a first spend whose keys leaf is not proven
+            raise InvalidWitness(str(exc)) from None
 
     outcome = execute_block(read, block, executor=executor, then=update)
     return tree.root(), outcome.receipts_root

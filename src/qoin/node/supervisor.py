@@ -29,6 +29,7 @@ STOP_TIMEOUT_S = 30.0
 """How long a child may take to stop after SIGTERM before it is killed."""
 POLL_S = 0.2
 ENGINE_URL = re.compile(r"engine API (http://\S+)")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class SupervisorError(Exception):
@@ -84,33 +85,51 @@ def _engine_url(urls: queue.Queue[str | None], stop: threading.Event) -> str | N
 
 def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> int:
     """Run ``qoin <execution_args>`` and ``qoin <consensus_args> --execution URL`` until a signal
-    or until one of them exits; return the node's exit status."""
+    (SIGINT, SIGTERM, or SIGHUP: a closed terminal) or until one of them exits; return the node's
+    exit status. Whatever happens here, both children are stopped before it returns."""
+    stop = threading.Event()
+    children: list[subprocess.Popen[str]] = []
+    with stop_on_signals(stop.set, STOP_SIGNALS) as received:
+        try:
+            return _run(execution_args, consensus_args, stop, received, children)
+        finally:
+            for child in reversed(children):  # consensus first, then execution
+                _stop(child)
+
+
+def _run(
+    execution_args: Sequence[str],
+    consensus_args: Sequence[str],
+    stop: threading.Event,
+    received: list[int],
+    children: list[subprocess.Popen[str]],
+) -> int:
     execution = _spawn(execution_args, stderr=subprocess.PIPE)
-    urls: queue.Queue[str | None] = queue.Queue()
+    children.append(execution)
     if execution.stderr is None:  # never: Popen with stderr=PIPE sets it
         raise SupervisorError("no pipe to the execution client's stderr")
+    urls: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_forward, args=(execution.stderr, urls), daemon=True).start()
-    stop = threading.Event()
-    with stop_on_signals(stop.set) as received:
-        url = _engine_url(urls, stop)
-        if url is None or stop.is_set():
-            _stop(execution)
-            if received:
-                return 0
-            sys.stderr.write("error: the execution client did not start (see above)\n")
-            return 1
-        consensus = _spawn([*consensus_args, "--execution", url])
-        while not stop.is_set() and consensus.poll() is None and execution.poll() is None:
-            stop.wait(POLL_S)
+    url = _engine_url(urls, stop)
+    if url is None or stop.is_set():
+        _stop(execution)
         if received:
-            sys.stderr.write("stopping\n")
-        execution_died = execution.poll() is not None and consensus.poll() is None
-        consensus_code = _stop(consensus)
-        execution_code = _stop(execution)
+            return 0
+        sys.stderr.write("error: the execution client did not start (see above)\n")
+        return 1
+    consensus = _spawn([*consensus_args, "--execution", url])
+    children.append(consensus)
+    while not stop.is_set() and consensus.poll() is None and execution.poll() is None:
+        stop.wait(POLL_S)
+    if received:
+        sys.stderr.write("stopping\n")
+    execution_died = execution.poll() is not None and consensus.poll() is None
+    consensus_code = _stop(consensus)
+    execution_code = _stop(execution)
     if execution_died:
         sys.stderr.write(f"error: the execution client exited with status {execution_code}\n")
         return 1
+    clean = (0, -signal.SIGTERM)  # a child stopped before it set its handlers dies of SIGTERM
     if received:
-        clean = (0, -signal.SIGTERM)  # a child stopped before it set its handlers dies of SIGTERM
         return 0 if consensus_code in clean and execution_code in clean else 1
-    return consensus_code
+    return consensus_code if consensus_code >= 0 else 1
