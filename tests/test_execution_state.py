@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.hashing import HASH_SIZE
 from qoin.execution.account import Account, AccountLeaf, keys_key, state_key
-from qoin.execution.state import ExecutionState, ExecutionStateError, PayloadStatus
+from qoin.execution.state import STATE_FILE, ExecutionState, ExecutionStateError, PayloadStatus
 from qoin.pow.proof import placeholder_proof
 from qoin.state.smt import verify_proof
 from tests.chainutil import test_genesis
@@ -228,3 +229,13 @@ def test_children_of_accepted_blocks_are_not_executed_on_claimed_roots(
     wrong_height = replace(fake, header=replace(fake.header, height=9, timestamp_ms=7))
     verdict = state.new_payload(wrong_height)
     assert verdict.status is PayloadStatus.INVALID and "height" in verdict.reason
+
+
+def test_a_data_directory_of_another_layout_is_refused_clearly(tmp_path: Path) -> None:
+    ExecutionState.open(tmp_path, genesis()).close()
+    db = sqlite3.connect(tmp_path / STATE_FILE)
+    db.execute("DELETE FROM meta WHERE key = 'format'")  # what an older Qoin left behind
+    db.commit()
+    db.close()
+    with pytest.raises(ExecutionStateError, match="older Qoin"):
+        ExecutionState.open(tmp_path, genesis())

@@ -60,6 +60,9 @@ from qoin.state.smt import Proof, SmtError, SparseMerkleTree
 STATE_FILE = "execution.sqlite3"
 _UNKNOWN_ROOT = b"\xff" * 32
 """Root recorded for ACCEPTED blocks until they are executed: never a real tree root."""
+DATA_FORMAT = b"2"
+"""Layout of the execution database: 2 = keys in their own state leaf, receipts one record per
+block (format 1, without this meta key, kept keys inside the account leaf)."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """A reset WAL is truncated back to this size."""
 ACCOUNT_CACHE_SIZE = 200_000
@@ -195,6 +198,11 @@ class ExecutionState:
         if stored is not None:
             if stored != genesis_hash:
                 raise ExecutionStateError("this data directory belongs to another network")
+            if self._meta("format") != DATA_FORMAT:
+                raise ExecutionStateError(
+                    "this execution data directory was written by an older Qoin (another state "
+                    "layout); delete it — the consensus client replays the chain into a new one"
+                )
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -208,7 +216,8 @@ class ExecutionState:
             )
             self._db.execute("INSERT INTO canonical VALUES (0, ?)", (genesis_hash,))
             self._db.execute(
-                "INSERT INTO meta VALUES ('genesis', ?), ('head', ?)", (genesis_hash, genesis_hash)
+                "INSERT INTO meta VALUES ('genesis', ?), ('head', ?), ('format', ?)",
+                (genesis_hash, genesis_hash, DATA_FORMAT),
             )
             self._db.execute("COMMIT")
             self._checkpointer.after_commit(self._db)
