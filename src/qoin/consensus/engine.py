@@ -35,6 +35,10 @@ class EngineError(QoinError):
     """An engine call failed: unreachable, timed out, refused, or answered nonsense."""
 
 
+class ClientSyncing(EngineError):
+    """The execution client lacks blocks to follow the head (``SYNCING``): replay them to it."""
+
+
 @dataclass(frozen=True)
 class PayloadVerdict:
     """An execution client's answer to ``engine_newPayload``."""
@@ -141,6 +145,8 @@ class EngineClient:
             params.append(template.encode().hex())
         answer = self.call("engine_forkchoiceUpdated", *params)
         status = _field(_field(answer, "payloadStatus", dict), "status", str)
+        if status == "SYNCING":
+            raise ClientSyncing(f"engine_forkchoiceUpdated: {self.url} lacks blocks (SYNCING)")
         if status != "VALID":
             raise EngineError(f"engine_forkchoiceUpdated: {status}: {answer['payloadStatus']}")
         payload_id = answer.get("payloadId")

@@ -26,7 +26,7 @@ from qoin.chain.chain import (
 )
 from qoin.chain.genesis import Genesis
 from qoin.chain.validation import InvalidBlock
-from qoin.consensus.engine import EngineClient, EngineError
+from qoin.consensus.engine import ClientSyncing, EngineClient, EngineError
 from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.consensus.validator import (
     DROPPED_FILE,
@@ -112,11 +112,10 @@ class ConsensusNode:
         for client in self.validator.active:
             try:
                 client.forkchoice_updated(self.chain.head)
-            except EngineError as exc:
-                if "SYNCING" not in str(exc):
-                    log.warning("execution client %s did not follow the head: %s", client.url, exc)
-                    continue
+            except ClientSyncing:
                 self._replay(client)
+            except EngineError as exc:
+                log.warning("execution client %s did not follow the head: %s", client.url, exc)
 
     def _replay(self, client: EngineClient) -> None:
         """Send ``client`` the canonical chain (blocks it has are answered at once), then the head."""
