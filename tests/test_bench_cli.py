@@ -1,30 +1,15 @@
-"""``qoin bench crypto`` runs end to end and prints the documented JSON (figures are not judged)."""
+"""``qoin bench`` commands run end to end and print the documented JSON (figures are not judged)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+from tests.cliutil import run_qoin
 
 
 def test_bench_crypto_json() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qoin",
-            "bench",
-            "crypto",
-            "--json",
-            "--seconds",
-            "0.1",
-            "--suite",
-            "falcon512+mldsa44",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run_qoin(
+        "bench", "crypto", "--json", "--seconds", "0.1", "--suite", "falcon512+mldsa44", timeout=120
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -40,39 +25,25 @@ def test_bench_crypto_json() -> None:
 
 
 def test_bench_unknown_suite_is_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "qoin", "bench", "crypto", "--suite", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_qoin("bench", "crypto", "--suite", "nope", timeout=60)
     assert result.returncode == 2
     assert "unknown signature suite" in result.stderr
 
 
 def test_bench_sampling_json() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qoin",
-            "bench",
-            "sampling",
-            "--json",
-            "--senders",
-            "8",
-            "--blocks",
-            "2",
-            "--txs-per-block",
-            "8",
-            "--samples",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_qoin(
+        "bench",
+        "sampling",
+        "--json",
+        "--senders",
+        "8",
+        "--blocks",
+        "2",
+        "--txs-per-block",
+        "8",
+        "--samples",
+        "4",
         timeout=120,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -93,12 +64,6 @@ def test_bench_sampling_json() -> None:
 
 
 def test_bench_sampling_refuses_too_many_samples() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "qoin", "bench", "sampling", "--samples", "100000"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_qoin("bench", "sampling", "--samples", "100000", timeout=60)
     assert result.returncode == 2
     assert "--samples must be at most" in result.stderr

@@ -163,6 +163,33 @@ def rpc(url: str, method: str, *params: object) -> Any:
     return answer["result"]
 
 
+def network_files(workdir: Path) -> None:
+    """Write the genesis and the engine secret that every process of a test shares."""
+    (workdir / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
+    create_secret(workdir / "jwt.hex")
+
+
+def start_execution(workdir: Path, name: str, *extra: str) -> tuple[Process, str, str]:
+    """A `qoin execution` in ``workdir/name``: the process, its user RPC and engine URLs."""
+    proc = start("execution", "--datadir", str(workdir / name), *network_files_args(workdir),
+                 "--rpc-port", "0", "--engine-port", "0", *extra)  # fmt: skip
+    found = proc.wait_for(r"user RPC (\S+), engine API (\S+)")
+    return proc, found[1], found[2]
+
+
+def start_consensus(workdir: Path, engines: list[str], *extra: str) -> tuple[Process, str]:
+    """A `qoin consensus` in ``workdir/consensus`` judging with ``engines``: process, RPC URL."""
+    executions = [arg for engine in engines for arg in ("--execution", engine)]
+    proc = start("consensus", "--datadir", str(workdir / "consensus"),
+                 *network_files_args(workdir), *executions, "--rpc-port", "0", *extra)  # fmt: skip
+    return proc, proc.wait_for(r"; RPC (\S+);")[1]
+
+
+def network_files_args(workdir: Path) -> list[str]:
+    """The arguments naming the files of :func:`network_files`."""
+    return ["--genesis", str(workdir / "genesis.json"), "--jwt-secret", str(workdir / "jwt.hex")]
+
+
 @dataclass
 class Network:
     workdir: Path
@@ -173,57 +200,23 @@ class Network:
     liar_user: str
 
     def consensus(self, *extra: str) -> tuple[Process, str]:
-        proc = start(
-            "consensus",
-            "--datadir",
-            str(self.workdir / "consensus"),
-            "--genesis",
-            str(self.workdir / "genesis.json"),
-            "--jwt-secret",
-            str(self.workdir / "jwt.hex"),
-            "--execution",
-            self.liar_engine,
-            "--execution",
-            self.honest_engine,
-            "--engine-timeout",
-            ENGINE_TIMEOUT_S,
-            "--rpc-port",
-            "0",
-            *extra,
-        )
-        return proc, proc.wait_for(r"; RPC (\S+);")[1]
+        engines = [self.liar_engine, self.honest_engine]
+        return start_consensus(self.workdir, engines, "--engine-timeout", ENGINE_TIMEOUT_S, *extra)
 
 
 @pytest.fixture
 def network(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Network]:
     mode: str = request.param
-    (tmp_path / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
-    create_secret(tmp_path / "jwt.hex")
-
-    def execution(name: str, *extra: str) -> Process:
-        return start(
-            "execution",
-            "--datadir",
-            str(tmp_path / name),
-            "--genesis",
-            str(tmp_path / "genesis.json"),
-            "--jwt-secret",
-            str(tmp_path / "jwt.hex"),
-            "--rpc-port",
-            "0",
-            "--engine-port",
-            "0",
-            *extra,
-        )
-
-    honest, liar = execution("honest"), execution("liar", "--dishonest", mode)
+    network_files(tmp_path)
+    honest, _, honest_engine = start_execution(tmp_path, "honest")
     try:
-        found_honest = honest.wait_for(r"engine API (\S+)")
-        found_liar = liar.wait_for(r"user RPC (\S+), engine API (\S+)")
-        yield Network(tmp_path, honest, liar, found_honest[1], found_liar[2], found_liar[1])
+        liar, liar_user, liar_engine = start_execution(tmp_path, "liar", "--dishonest", mode)
+        try:
+            yield Network(tmp_path, honest, liar, honest_engine, liar_engine, liar_user)
+        finally:
+            liar.stop()
     finally:
-        for process in (liar, honest):
-            process.stop()
+        honest.stop()
 
 
 def status(url: str) -> dict[str, Any]:
@@ -361,29 +354,10 @@ def test_payload_that_omits_a_transaction_is_caught(network: Network) -> None:
 def test_a_fresh_execution_client_is_replayed_the_chain(tmp_path: Path, producer: Producer) -> None:
     """An execution client that lacks the consensus client's blocks (a new or wiped data
     directory) answers SYNCING; the consensus client replays the canonical chain to it."""
-    (tmp_path / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
-    create_secret(tmp_path / "jwt.hex")
-    common = [
-        "--genesis",
-        str(tmp_path / "genesis.json"),
-        "--jwt-secret",
-        str(tmp_path / "jwt.hex"),
-    ]
-
-    def execution(name: str) -> tuple[Process, str, str]:
-        proc = start("execution", "--datadir", str(tmp_path / name), *common,
-                     "--rpc-port", "0", "--engine-port", "0")  # fmt: skip
-        found = proc.wait_for(r"user RPC (\S+), engine API (\S+)")
-        return proc, found[1], found[2]
-
-    def consensus(engine: str) -> tuple[Process, str]:
-        proc = start("consensus", "--datadir", str(tmp_path / "consensus"), *common,
-                     "--execution", engine, "--rpc-port", "0")  # fmt: skip
-        return proc, proc.wait_for(r"; RPC (\S+);")[1]
-
-    first, _, engine = execution("first")
+    network_files(tmp_path)
+    first, _, engine = start_execution(tmp_path, "first")
     try:
-        node, url = consensus(engine)
+        node, url = start_consensus(tmp_path, [engine])
         try:
             blocks = [producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),))]
             producer.accept(blocks[0])
@@ -394,10 +368,10 @@ def test_a_fresh_execution_client_is_replayed_the_chain(tmp_path: Path, producer
             assert node.stop() == 0, node.output()
     finally:
         first.stop()
-    fresh, user, engine = execution("fresh")
+    fresh, user, engine = start_execution(tmp_path, "fresh")
     try:
         assert rpc(user, "qoin_blockNumber") == 0
-        node, url = consensus(engine)
+        node, url = start_consensus(tmp_path, [engine])
         try:
             node.wait_for("caught up to the head")
             assert rpc(user, "qoin_blockNumber") == 2
@@ -415,22 +389,11 @@ def test_side_blocks_do_not_get_the_honest_client_dropped(
     """A competing block at the head's height is valid but off the execution client's head: it
     keeps no post-state for it, so it serves no proofs. Re-execution decides; nobody is dropped.
     One block deeper the side branch has no executed parent anywhere (ACCEPTED): undecided."""
-    (tmp_path / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
-    create_secret(tmp_path / "jwt.hex")
-    common = [
-        "--genesis",
-        str(tmp_path / "genesis.json"),
-        "--jwt-secret",
-        str(tmp_path / "jwt.hex"),
-    ]
-    execution = start("execution", "--datadir", str(tmp_path / "execution"), *common,
-                      "--rpc-port", "0", "--engine-port", "0")  # fmt: skip
+    network_files(tmp_path)
+    execution, _, engine = start_execution(tmp_path, "execution")
     try:
-        engine = execution.wait_for(r"engine API (\S+)")[1]
-        node = start("consensus", "--datadir", str(tmp_path / "consensus"), *common,
-                     "--execution", engine, "--rpc-port", "0")  # fmt: skip
+        node, url = start_consensus(tmp_path, [engine])
         try:
-            url = node.wait_for(r"; RPC (\S+);")[1]
             siblings = [
                 producer.block((pay(FUNDED, 0, ALICE, 1_000, reveal=True),)),
                 producer.block((pay(FUNDED, 0, BOB, 2_000, reveal=True),)),

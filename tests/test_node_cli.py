@@ -18,6 +18,7 @@ from typing import IO
 import pytest
 
 from qoin.chain import genesis as genesis_mod
+from tests.conftest import wait_until
 
 TIMEOUT_S = 25.0
 HEIGHT_RE = re.compile(r"^(new head|side block) height=(\d+) hash=([0-9a-f]{64}) ")
@@ -79,24 +80,16 @@ def _status(tmp_path: Path, datadir: Path) -> dict[str, object]:
     return status
 
 
+def _mining_node(datadir: Path, *extra: str) -> list[str]:
+    """``qoin node --dev --mine`` arguments, its RPC ports picked by the system."""
+    return ["node", "--dev", "--mine", "--datadir", str(datadir), "--rpc-port", "0",
+            "--consensus-rpc-port", "0", *extra]  # fmt: skip
+
+
 def _mine(tmp_path: Path, datadir: Path, blocks: int, *extra: str) -> tuple[list[int], str]:
     """Mine ``blocks`` blocks on one worker; return the heights printed and stderr."""
     result = _run(
-        tmp_path,
-        "node",
-        "--dev",
-        "--mine",
-        "--datadir",
-        str(datadir),
-        "--blocks",
-        str(blocks),
-        "--workers",
-        "1",
-        "--rpc-port",
-        "0",
-        "--consensus-rpc-port",
-        "0",
-        *extra,
+        tmp_path, *_mining_node(datadir, "--blocks", str(blocks), "--workers", "1", *extra)
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -129,20 +122,7 @@ def test_mines_blocks_and_continues_after_restart(tmp_path: Path, easy_genesis: 
 def test_mines_on_the_builtin_devnet(tmp_path: Path) -> None:
     """No --genesis: the built-in devnet genesis, re-timed to now, is saved in the datadir."""
     datadir = tmp_path / "node"
-    result = _run(
-        tmp_path,
-        "node",
-        "--dev",
-        "--mine",
-        "--datadir",
-        str(datadir),
-        "--blocks",
-        "1",
-        "--rpc-port",
-        "0",
-        "--consensus-rpc-port",
-        "0",
-    )
+    result = _run(tmp_path, *_mining_node(datadir, "--blocks", "1"))
     assert result.returncode == 0, result.stderr
     assert [height for height, _ in _heights(result.stdout)] == [1]
     saved = genesis_mod.load_file(datadir / "genesis.json")
@@ -187,64 +167,67 @@ def _alive(pid: int, start_time: int) -> bool:
     return stat is not None and stat[2] == start_time and stat[0] not in ("Z", "X")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_node_cleanly(tmp_path: Path, easy_genesis: Path, sig: signal.Signals) -> None:
-    datadir = tmp_path / "node"
-    args = [
-        "node",
-        "--dev",
-        "--mine",
-        "--datadir",
-        str(datadir),
-        "--workers",
-        "2",
-        "--rpc-port",
-        "0",
-        "--consensus-rpc-port",
-        "0",
-    ]
+def _descendants(pid: int) -> dict[int, int]:
+    """Every process below ``pid`` (children, theirs, ...) with its start time."""
+    found = _children(pid)
+    for child in list(found):
+        found.update(_descendants(child))
+    return found
+
+
+def _start_until_first_block(
+    tmp_path: Path, args: list[str]
+) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
+    """Start ``qoin ARGS``; return once it printed its first block (and its stderr lines)."""
     proc = subprocess.Popen(
-        _qoin(*args, "--genesis", str(easy_genesis)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(tmp_path),
+        _qoin(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
     )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
+    assert proc.stdout is not None and proc.stderr is not None
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
     stderr_lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stderr, stderr_lines), daemon=True).start()
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        first = None
-        while first is None:
+        while True:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             assert line is not None, "qoin node exited before mining a block"
             if "height=" in line:
-                first = line
-        workers = _children(proc.pid)
-        assert len(workers) >= 2, workers  # the miner processes (and multiprocessing's helper)
-        proc.send_signal(sig)
-        returncode = proc.wait(timeout=10)
+                return proc, stderr_lines
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _wait(proc: subprocess.Popen[str], timeout: float) -> int:
+    """The exit status within ``timeout``; the process is killed if it does not exit."""
+    try:
+        return proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_node_cleanly(tmp_path: Path, easy_genesis: Path, sig: signal.Signals) -> None:
+    datadir = tmp_path / "node"
+    args = _mining_node(datadir, "--workers", "2", "--genesis", str(easy_genesis))
+    proc, stderr_lines = _start_until_first_block(tmp_path, args)
+    # the execution and consensus clients, the miner processes (and multiprocessing's helper)
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 4, workers
+    proc.send_signal(sig)
+    returncode = _wait(proc, 10)
     stderr = "".join(iter(lambda: stderr_lines.get(timeout=5), None))
     assert returncode == 0, stderr
     assert "Traceback" not in stderr
     assert "stopping" in stderr
     height, head = _stopped(stderr)
     assert height >= 1
-    # No miner process outlives the node (helpers exit once their parent's pipe closes).
-    deadline = time.monotonic() + 5
-    while (left := [pid for pid, start in workers.items() if _alive(pid, start)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-    assert not left, f"processes left behind: {left}"
+    # No client or miner process outlives the node (helpers exit once their parent's pipe closes).
+    wait_until(lambda: not any(_alive(pid, start) for pid, start in workers.items()), timeout=5)
 
     # The store is consistent with what the node reported, and the node continues from it.
     status = _status(tmp_path, datadir)
@@ -309,41 +292,18 @@ def _cmdline(pid: int) -> list[str]:
 
 def test_node_stops_when_its_execution_client_dies(tmp_path: Path, easy_genesis: Path) -> None:
     """Two processes joined by the engine API: if one dies, the node stops the other and fails."""
-    args = ["node", "--dev", "--mine", "--datadir", str(tmp_path / "node"), "--workers", "1"]
-    args += ["--rpc-port", "0", "--consensus-rpc-port", "0", "--genesis", str(easy_genesis)]
-    proc = subprocess.Popen(
-        _qoin(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
-    stderr_lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(proc.stderr, stderr_lines), daemon=True).start()
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            assert line is not None, "qoin node exited before mining a block"
-            if "height=" in line:
-                break
-        children = _children(proc.pid)
-        roles = {pid: _cmdline(pid) for pid in children}
-        execution = [pid for pid, cmd in roles.items() if "execution" in cmd]
-        consensus = [pid for pid, cmd in roles.items() if "consensus" in cmd]
-        assert len(execution) == 1 and len(consensus) == 1, roles
-        os.kill(execution[0], signal.SIGKILL)
-        returncode = proc.wait(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    args = _mining_node(tmp_path / "node", "--workers", "1", "--genesis", str(easy_genesis))
+    proc, stderr_lines = _start_until_first_block(tmp_path, args)
+    children = _children(proc.pid)
+    roles = {pid: _cmdline(pid) for pid in children}
+    execution = [pid for pid, cmd in roles.items() if "execution" in cmd]
+    consensus = [pid for pid, cmd in roles.items() if "consensus" in cmd]
+    assert len(execution) == 1 and len(consensus) == 1, roles
+    os.kill(execution[0], signal.SIGKILL)
+    returncode = _wait(proc, TIMEOUT_S)
     stderr = "".join(iter(lambda: stderr_lines.get(timeout=5), None))
     assert returncode == 1, stderr
     assert "the execution client exited" in stderr
     assert "Traceback" not in stderr
-    deadline = time.monotonic() + 5
-    while _alive(consensus[0], children[consensus[0]]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(consensus[0], children[consensus[0]]), (
-        "the consensus client outlived the node"
-    )
+    # the consensus client does not outlive the node
+    wait_until(lambda: not _alive(consensus[0], children[consensus[0]]), timeout=5)

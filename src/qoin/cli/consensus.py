@@ -18,10 +18,25 @@ import typer
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.store import StoreError
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, stop_on_signals
-from qoin.cli.node import dev_genesis, dev_keypair, mining_keypair, qoin_home, report_mined
+from qoin.cli.node import (
+    BlocksOption,
+    CoinbaseOption,
+    ConsensusRpcPortOption,
+    GenesisOption,
+    KeystoreDirOption,
+    MineOption,
+    PasswordFileOption,
+    SamplesOption,
+    WorkersOption,
+    dev_genesis,
+    dev_keypair,
+    mining_keypair,
+    qoin_home,
+    report_mined,
+)
 from qoin.consensus.engine import DEFAULT_TIMEOUT_S, EngineClient
 from qoin.consensus.node import ConsensusNode, EngineLink
-from qoin.consensus.sampling import DEFAULT_SAMPLES, MAX_SAMPLES
+from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.crypto.batch import favour_verifier_threads
 from qoin.errors import QoinError
 from qoin.node.mining import MiningLoop
@@ -57,23 +72,15 @@ def consensus(
     datadir: Annotated[
         Path | None, typer.Option(help="Data directory (default $QOIN_HOME/consensus).")
     ] = None,
-    genesis: Annotated[Path | None, typer.Option(help="Genesis file (default: devnet).")] = None,
-    mine: Annotated[bool, typer.Option("--mine", help="Mine blocks.")] = False,
-    coinbase: Annotated[
-        str | None, typer.Option(help="Mine to this address (its keystore must be available).")
-    ] = None,
-    keystore_dir: Annotated[
-        Path | None, typer.Option(help="Where to find the coinbase keystore.")
-    ] = None,
-    password_file: Annotated[Path | None, typer.Option(help="Keystore password file.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Miner processes.", min=1)] = None,
-    blocks: Annotated[int, typer.Option(help="Stop after mining this many blocks.", min=0)] = 0,
-    rpc_port: Annotated[
-        int, typer.Option(help="Consensus JSON-RPC port on 127.0.0.1 (0: any free port).")
-    ] = 8646,
-    samples: Annotated[
-        int, typer.Option(help="Accounts sampled per block.", min=1, max=MAX_SAMPLES)
-    ] = DEFAULT_SAMPLES,
+    genesis: GenesisOption = None,
+    mine: MineOption = False,
+    coinbase: CoinbaseOption = None,
+    keystore_dir: KeystoreDirOption = None,
+    password_file: PasswordFileOption = None,
+    workers: WorkersOption = None,
+    blocks: BlocksOption = 0,
+    rpc_port: ConsensusRpcPortOption = 8646,
+    samples: SamplesOption = DEFAULT_SAMPLES,
     engine_timeout: Annotated[
         float, typer.Option(help="Seconds an engine call may take.", min=0.1)
     ] = DEFAULT_TIMEOUT_S,

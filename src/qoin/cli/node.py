@@ -29,6 +29,27 @@ JWT_FILE = "jwt.hex"
 DEV_KEY_PASSWORD = "devnet"  # noqa: S105 (the published password of the published devnet key)
 
 
+# Options shared by `qoin node` and `qoin consensus` (the node passes them on to its consensus
+# client).
+MineOption = Annotated[bool, typer.Option("--mine", help="Mine blocks.")]
+CoinbaseOption = Annotated[
+    str | None, typer.Option(help="Mine to this address (its keystore must be available).")
+]
+KeystoreDirOption = Annotated[
+    Path | None, typer.Option(help="Where to find the coinbase keystore.")
+]
+PasswordFileOption = Annotated[Path | None, typer.Option(help="Keystore password file.")]
+GenesisOption = Annotated[Path | None, typer.Option(help="Genesis file (default: devnet).")]
+WorkersOption = Annotated[int | None, typer.Option(help="Miner processes.", min=1)]
+BlocksOption = Annotated[int, typer.Option(help="Stop after mining this many blocks.", min=0)]
+ConsensusRpcPortOption = Annotated[
+    int, typer.Option(help="Consensus JSON-RPC port on 127.0.0.1 (0: any free port).")
+]
+SamplesOption = Annotated[
+    int, typer.Option(help="Accounts sampled per block.", min=1, max=MAX_SAMPLES)
+]
+
+
 def qoin_home() -> Path:
     """``$QOIN_HOME``, default ``~/.qoin``."""
     return Path(os.environ.get("QOIN_HOME", Path.home() / ".qoin"))
@@ -102,29 +123,21 @@ def node(
     dev: Annotated[
         bool, typer.Option("--dev", help="Run a single-node development chain.")
     ] = False,
-    mine: Annotated[bool, typer.Option("--mine", help="Mine blocks.")] = False,
+    mine: MineOption = False,
     datadir: Annotated[
         Path | None, typer.Option(help="Data directory (default $QOIN_HOME/dev).")
     ] = None,
-    coinbase: Annotated[
-        str | None, typer.Option(help="Mine to this address (its keystore must be available).")
-    ] = None,
-    keystore_dir: Annotated[
-        Path | None, typer.Option(help="Where to find the coinbase keystore.")
-    ] = None,
-    password_file: Annotated[Path | None, typer.Option(help="Keystore password file.")] = None,
-    genesis: Annotated[Path | None, typer.Option(help="Genesis file (default: devnet).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Miner processes.", min=1)] = None,
-    blocks: Annotated[int, typer.Option(help="Stop after mining this many blocks.", min=0)] = 0,
+    coinbase: CoinbaseOption = None,
+    keystore_dir: KeystoreDirOption = None,
+    password_file: PasswordFileOption = None,
+    genesis: GenesisOption = None,
+    workers: WorkersOption = None,
+    blocks: BlocksOption = 0,
     rpc_port: Annotated[
         int, typer.Option(help="User JSON-RPC port on 127.0.0.1 (0: any free port).")
     ] = 8645,
-    consensus_rpc_port: Annotated[
-        int, typer.Option(help="Consensus JSON-RPC port on 127.0.0.1 (0: any free port).")
-    ] = 8646,
-    samples: Annotated[
-        int, typer.Option(help="Accounts sampled per block.", min=1, max=MAX_SAMPLES)
-    ] = DEFAULT_SAMPLES,
+    consensus_rpc_port: ConsensusRpcPortOption = 8646,
+    samples: SamplesOption = DEFAULT_SAMPLES,
 ) -> None:
     """Run a node: an execution client and a consensus client, two processes joined by the engine
     API (today with --dev: a single-node chain; --mine to mine)."""

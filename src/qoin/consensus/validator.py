@@ -37,11 +37,13 @@ from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
 from qoin.execution.transition import InvalidExecution, touched_addresses
 from qoin.execution.witness import InvalidWitness, execute_stateless
-from qoin.files import write_atomically
+from qoin.files import FileReadError, read_bounded, write_atomically
 
 log = logging.getLogger(__name__)
 
 DROPPED_FILE = "dropped-execution-clients.json"
+MAX_DROPPED_FILE = 1024 * 1024
+"""The dropped-clients file is read only up to this size (it lists a handful of URLs)."""
 
 
 class ExecutionUnavailable(QoinError):
@@ -69,8 +71,8 @@ class DroppedClients:
         self.entries: dict[str, dict[str, str]] = {}
         if path.exists():
             try:
-                loaded = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
+                loaded = json.loads(read_bounded(path, MAX_DROPPED_FILE, "dropped-clients file"))
+            except (FileReadError, ValueError, RecursionError) as exc:
                 raise QoinError(f"cannot read {path}: {exc}") from None
             if not isinstance(loaded, dict) or not all(
                 isinstance(entry, dict) for entry in loaded.values()
