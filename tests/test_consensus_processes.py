@@ -388,7 +388,8 @@ def test_side_blocks_do_not_get_the_honest_client_dropped(
 ) -> None:
     """A competing block at the head's height is valid but off the execution client's head: it
     keeps no post-state for it, so it serves no proofs. Re-execution decides; nobody is dropped.
-    One block deeper the side branch has no executed parent anywhere (ACCEPTED): undecided."""
+    One block deeper the side branch has no executed parent anywhere (ACCEPTED): the execution
+    client is moved onto the branch to execute it, and the block is judged."""
     network_files(tmp_path)
     execution, _, engine = start_execution(tmp_path, "execution")
     try:
@@ -411,9 +412,46 @@ def test_side_blocks_do_not_get_the_honest_client_dropped(
             payer = ALICE if loser is siblings[0] else BOB
             deeper = producer.block((pay(payer, 0, CAROL, 5, reveal=True),))
             answer = submit(url, deeper)
-            assert answer["status"] == "undecided", answer
+            assert answer["status"] == "imported", answer
+            assert answer["head"] == deeper.block_hash.hex()
             assert status(url)["dropped"] == {}
         finally:
             assert node.stop() == 0, node.output()
     finally:
+        execution.stop()
+
+
+def test_a_deep_side_branch_is_judged_and_the_execution_client_returns_to_the_head(
+    tmp_path: Path, producer: Producer
+) -> None:
+    """A side branch two blocks deep that stays lighter than the main chain: its second block has
+    no executed parent (ACCEPTED), so the client executes the branch for the judgement, then
+    follows the real head again."""
+    network_files(tmp_path)
+    execution, user, engine = start_execution(tmp_path, "execution")
+    side = Producer(tmp_path / "side")
+    try:
+        node, url = start_consensus(tmp_path, [engine])
+        try:
+            for nonce in range(3):
+                block = producer.block((pay(FUNDED, nonce, ALICE, 1_000 + nonce, nonce == 0),))
+                assert submit(url, block)["status"] == "imported"
+                producer.accept(block)
+            main_head = producer.chain.head.hex()
+            for nonce in range(2):
+                block = side.block((pay(FUNDED, nonce, BOB, 7 + nonce, nonce == 0),))
+                answer = submit(url, block)
+                assert answer["status"] == "imported", answer
+                assert answer["head"] == main_head and not answer["headChanged"]
+                side.accept(block)
+            node.wait_for(r"is on a side branch .*executing the branch", timeout=5)
+            state = status(url)
+            assert state["dropped"] == {} and state["invalidBlocks"] == 0, state
+            assert rpc(user, "qoin_blockNumber") == 3
+            assert rpc(user, "qoin_getBalance", str(BOB.address)) == 0
+            assert rpc(user, "qoin_getBalance", str(ALICE.address)) == 3 * 1_000 + 3
+        finally:
+            assert node.stop() == 0, node.output()
+    finally:
+        side.close()
         execution.stop()

@@ -33,6 +33,7 @@ from qoin.consensus.validator import (
     DroppedClients,
     ExecutionUnavailable,
     ExecutionValidator,
+    Judgement,
 )
 from qoin.execution.account import genesis_leaves
 from qoin.rpc.server import Method, Param, RpcServer
@@ -83,6 +84,8 @@ class ConsensusNode:
             raise
         self.judged: dict[str, int] = {"sampled": 0, "stateless": 0, "invalid": 0}
         """How many blocks were decided each way."""
+        self._tentative = False
+        """Whether the import under way moved the execution clients to a side branch."""
 
     def _parent_root(self, block: Block) -> bytes:
         parent_hash = block.header.parent_hash
@@ -95,15 +98,39 @@ class ConsensusNode:
 
     def _check(self, block: Block) -> None:
         """The chain's execution check."""
+        parent_root = self._parent_root(block)
         try:
-            judgement = self.validator.judge(block, self._parent_root(block))
+            judgement = self.validator.judge(block, parent_root)
         except ExecutionUnavailable as exc:
-            raise ExecutionUndecided(str(exc)) from None
+            if block.header.parent_hash == self.chain.head:
+                raise ExecutionUndecided(str(exc)) from None
+            judgement = self._judge_on_branch(block, parent_root, str(exc))
         if not judgement.valid:
             self.judged["invalid"] += 1
             log.warning("block %s is invalid: %s", block.block_hash.hex(), judgement.reason)
             raise ExecutionRejected(judgement.reason or "execution is invalid")
         self.judged[judgement.how] += 1
+
+    def _judge_on_branch(self, block: Block, parent_root: bytes, why: str) -> Judgement:
+        """Judge a side-branch block whose parent's state no execution client holds (it answered
+        ACCEPTED): move every client's head to the block for a moment, which makes it execute the
+        branch from the fork point, then judge again. The clients follow the real head again
+        after the import (:meth:`import_block`)."""
+        log.info(
+            "block %s is on a side branch (%s): executing the branch",
+            block.block_hash.hex()[:16],
+            why,
+        )
+        self._tentative = True
+        for client in self.validator.active:
+            try:
+                client.forkchoice_updated(block.block_hash)
+            except EngineError as exc:  # INVALID, SYNCING, down: the second judgement decides
+                log.info("execution client %s did not execute the branch: %s", client.url, exc)
+        try:
+            return self.validator.judge(block, parent_root)
+        except ExecutionUnavailable as exc:
+            raise ExecutionUndecided(str(exc)) from None
 
     # -- execution clients follow the chain -------------------------------------------------------
 
@@ -136,12 +163,15 @@ class ConsensusNode:
         """Judge and store a block (see :meth:`Chain.import_block`); the execution clients follow
         a head change."""
         with self.lock:
+            self._tentative = False
             try:
                 result = self.chain.import_block(block)
-            except ExecutionUndecided:
-                self.follow_head()  # a client that lacks blocks (SYNCING) is replayed them
+            except (ExecutionUndecided, InvalidBlock):
+                # a client that lacks blocks (SYNCING) is replayed them; one moved to a side
+                # branch for a judgement goes back to the head
+                self.follow_head()
                 raise
-            if result.head_changed:
+            if result.head_changed or self._tentative:
                 self.follow_head()
             return result
 
