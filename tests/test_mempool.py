@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+from functools import cache
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.address import Address
@@ -13,6 +19,7 @@ from qoin.execution.mempool import (
     InsufficientFunds,
     InvalidTransactionSignature,
     Mempool,
+    MempoolError,
     NonceTooHigh,
     NonceTooLow,
     Underpriced,
@@ -151,3 +158,192 @@ def test_funds_count_every_pending_nonce(state: dict[Address, Account]) -> None:
     with pytest.raises(InsufficientFunds):
         pool.add(tx(ALICE, 1, amount=400, reveal=False))
     pool.add(tx(ALICE, 1, amount=100, reveal=False))
+
+
+# -- sequence numbers and added_since ------------------------------------------------------------
+
+
+def test_added_since_pages_in_admission_order(state: dict[Address, Account]) -> None:
+    pool = pool_for(state)
+    a0, b0, a1 = tx(ALICE, 0), tx(BOB, 0, reveal=False), tx(ALICE, 1, reveal=False)
+    for t in (a0, b0, a1):
+        pool.add(t)
+    assert pool.top_sequence == 3
+    assert pool.added_since(0, 2, 10**6) == (2, [a0, b0])
+    assert pool.added_since(2, 2, 10**6) == (3, [a1])
+    assert pool.added_since(3, 2, 10**6) == (3, [])
+    assert pool.added_since(0, 10, 1) == (1, [a0])  # the byte bound, but never nothing
+    assert pool.added_since(0, 10, len(a0.encode()) + len(b0.encode())) == (2, [a0, b0])
+    with pytest.raises(ValueError):
+        pool.added_since(0, 0, 10**6)
+
+
+def test_added_since_skips_what_left(state: dict[Address, Account]) -> None:
+    pool = pool_for(state)
+    a0, a1, b0 = tx(ALICE, 0), tx(ALICE, 1, reveal=False), tx(BOB, 0, reveal=False)
+    for t in (a0, a1, b0):
+        pool.add(t)
+    state[ALICE.address] = Account(1_000 - 11, 1, ALICE.public)
+    pool.on_block([a0])
+    assert pool.added_since(0, 10, 10**6) == (3, [a1, b0])
+    state[BOB.address] = Account(1_000, 1, BOB.public)
+    pool.on_block([tx(BOB, 0, fee=99, reveal=False)])  # another b0 was mined: ours is stale
+    state[ALICE.address] = Account(0, 1, ALICE.public)
+    pool.revalidate()  # Alice cannot pay a1 any more
+    assert len(pool) == 0
+    assert pool.added_since(1, 10, 10**6) == (3, [])  # the cursor jumps past what was removed
+
+
+def test_replacement_and_reorg_get_new_numbers(state: dict[Address, Account]) -> None:
+    pool = pool_for(state)
+    old, b0 = tx(ALICE, 0, fee=10), tx(BOB, 0, reveal=False)
+    pool.add(old)
+    pool.add(b0)
+    new = tx(ALICE, 0, fee=20)
+    pool.add(new)
+    assert pool.added_since(0, 10, 10**6) == (3, [b0, new])
+    assert pool.added_since(2, 10, 10**6) == (3, [new])
+    state[BOB.address] = Account(1_000 - 11, 1, BOB.public)
+    pool.on_block([b0])
+    state[BOB.address] = Account(1_000, 0, BOB.public)
+    pool.on_reorg(disconnected=[b0], connected=[])
+    assert pool.added_since(3, 10, 10**6) == (4, [b0])  # back: announced again
+
+
+def test_eviction_leaves_the_sequence(state: dict[Address, Account]) -> None:
+    pool = pool_for(state, max_count=1)
+    cheap, rich = tx(ALICE, 0, fee=1), tx(BOB, 0, fee=500, reveal=False)
+    pool.add(cheap)
+    pool.add(rich)
+    assert pool.added_since(0, 10, 10**6) == (2, [rich])
+
+
+def test_a_cursor_from_a_previous_process_starts_over(state: dict[Address, Account]) -> None:
+    pool = pool_for(state)
+    a0 = tx(ALICE, 0)
+    pool.add(a0)
+    assert pool.added_since(10_000, 10, 10**6) == (1, [a0])
+
+
+def test_many_removals_keep_the_cursor_right(state: dict[Address, Account]) -> None:
+    """Remove and re-admit one transaction many times (past the lazy compaction's threshold)."""
+    pool = pool_for(state)
+    a0, b0 = tx(ALICE, 0), tx(BOB, 0, reveal=False)
+    pool.add(b0)
+    pool.add(a0)
+    cursor = 1  # b0 seen
+    for round_ in range(1, 200):
+        state[ALICE.address] = Account(1_000 - 11, 1, ALICE.public)
+        pool.on_block([a0])
+        state[ALICE.address] = Account(1_000)
+        pool.on_reorg(disconnected=[a0], connected=[])
+        if round_ % 50 == 0:
+            cursor, seen = pool.added_since(cursor, 10, 10**6)
+            assert (cursor, seen) == (pool.top_sequence, [a0])
+    assert pool.top_sequence == 201
+    assert pool.added_since(0, 10, 10**6) == (201, [b0, a0])
+    assert pool.added_since(1, 1, 1) == (201, [a0])
+
+
+SENDERS = (ALICE, BOB, keypair_for(index=6))
+FEES = (10, 30)  # 30 replaces 10 (and pays a higher rate, so it can evict it too)
+
+
+@cache
+def variant(sender: int, nonce: int, fee: int) -> Transaction:
+    """A pre-signed transfer (signing is the slow part): 50 Shor plus fee ``FEES[fee]``."""
+    return tx(SENDERS[sender], nonce, fee=FEES[fee], amount=50)
+
+
+_sender = st.integers(0, len(SENDERS) - 1)
+_fee = st.integers(0, len(FEES) - 1)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), _sender, st.integers(0, 3), _fee),
+        st.tuples(st.just("block"), _sender, _fee),
+        st.tuples(st.just("reorg")),
+        st.tuples(st.just("poll"), st.integers(1, 3), st.booleans()),
+    ),
+    max_size=40,
+)
+
+
+class CursorFollower:
+    """Applies random operations to a small pool and follows :meth:`Mempool.added_since` as the
+    consensus client does, checking every answer against a model of what was admitted when."""
+
+    def __init__(self) -> None:
+        self.state = {k.address: Account(300) for k in SENDERS}
+        self.pool = pool_for(self.state, max_count=6)
+        self.blocks: list[tuple[Transaction, Account]] = []  # connected, with the pre-state
+        self.admitted: dict[bytes, int] = {}  # pending id -> operation that admitted it
+        self.received: dict[bytes, int] = {}  # pending id -> times handed out since admitted
+        self.cursor = 0
+        self.last_admission = 0
+
+    def apply(self, step: int, op: tuple[Any, ...]) -> None:
+        if op[0] == "add":
+            with suppress(MempoolError):
+                self.pool.add(variant(*op[1:]))
+        elif op[0] == "block":
+            self.connect(*op[1:])
+        elif op[0] == "reorg" and self.blocks:
+            included, before = self.blocks.pop()
+            self.state[included.sender] = before
+            self.pool.on_reorg(disconnected=[included], connected=[])
+        elif op[0] == "poll":
+            self.poll(op[1], 1 if op[2] else 10**6)
+        self.observe(step)
+
+    def connect(self, sender: int, fee: int) -> None:
+        """A block with the sender's next transaction: the pending one or another variant."""
+        before = self.state[SENDERS[sender].address]
+        included = variant(sender, before.nonce, fee) if before.nonce <= 3 else None
+        if included is None or included.amount + included.fee > before.balance:
+            return
+        after = Account(before.balance - included.amount - included.fee, before.nonce + 1)
+        self.state[included.sender] = after
+        self.blocks.append((included, before))
+        self.pool.on_block([included])
+
+    def pending(self) -> set[bytes]:
+        return {t.tx_id for k in SENDERS for t in self.pool.pending_of(k.address)}
+
+    def observe(self, step: int) -> None:
+        now = self.pending()
+        for gone in set(self.admitted) - now:
+            del self.admitted[gone], self.received[gone]
+        for new in now - set(self.admitted):
+            self.admitted[new], self.received[new] = step, 0
+
+    def poll(self, max_count: int, max_bytes: int) -> list[Transaction]:
+        cursor, got = self.pool.added_since(self.cursor, max_count, max_bytes)
+        assert cursor >= self.cursor and len(got) <= max_count
+        if not got:
+            assert cursor == self.pool.top_sequence
+        for t in got:
+            assert t.tx_id in self.admitted, "handed out a transaction no longer pending"
+            self.received[t.tx_id] += 1
+            assert self.received[t.tx_id] == 1, "handed out twice"
+            assert self.admitted[t.tx_id] >= self.last_admission, "out of admission order"
+            self.last_admission = self.admitted[t.tx_id]
+        self.cursor = cursor
+        return got
+
+    def drain(self) -> None:
+        for _ in range(len(self.admitted) + 1):
+            if not self.poll(2, 10**6):
+                break
+        assert all(count == 1 for count in self.received.values()), "a pending one was missed"
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS)
+def test_following_the_cursor_yields_every_pending_tx_once_in_order(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    follower = CursorFollower()
+    for step, op in enumerate(ops, start=1):
+        follower.apply(step, op)
+    follower.drain()
+    assert follower.cursor == follower.pool.top_sequence

@@ -11,15 +11,24 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from qoin.chain.block import Block
+from qoin.chain.transaction import Transaction
 from qoin.consensus.sampling import AccountProofs
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
+from qoin.execution.client import (
+    MAX_CURSOR,
+    MAX_ENGINE_TRANSACTIONS,
+    MAX_PENDING_BYTES,
+    SUBMIT_STATUSES,
+)
+from qoin.execution.mempool import MAX_TX_SIZE
 from qoin.execution.witness import Witness
 from qoin.rpc import jwt
 from qoin.state.smt import Proof
@@ -81,6 +90,31 @@ def _decoded(kind: Any, text: Any, what: str) -> Any:
         return kind.decode(_hex(text, what))
     except QoinError as exc:
         raise EngineError(f"malformed answer: {what}: {exc}") from None
+
+
+def _transaction(text: Any) -> Transaction:
+    """A hex-encoded transaction of an answer, its length bounded before it is decoded."""
+    if not isinstance(text, str) or len(text) > 2 * MAX_TX_SIZE:
+        raise EngineError(
+            f"malformed answer: a transaction is not hex of at most {MAX_TX_SIZE} bytes"
+        )
+    return _decoded(Transaction, text, "transaction")  # type: ignore[no-any-return]
+
+
+def _batches(txs: Sequence[Transaction]) -> Iterator[Sequence[Transaction]]:
+    """``txs`` cut into calls of at most :data:`MAX_ENGINE_TRANSACTIONS` transactions and
+    :data:`MAX_PENDING_BYTES` encoded bytes (each transaction fits one)."""
+    start = used = 0
+    for index, tx in enumerate(txs):
+        size = len(tx.encode())
+        if index > start and (
+            index - start >= MAX_ENGINE_TRANSACTIONS or used + size > MAX_PENDING_BYTES
+        ):
+            yield txs[start:index]
+            start, used = index, 0
+        used += size
+    if start < len(txs):
+        yield txs[start:]
 
 
 class EngineClient:
@@ -180,6 +214,46 @@ class EngineClient:
         which the client may not store (it does not keep blocks it found invalid)."""
         params = [block_hash.hex()] + ([] if block is None else [block.encode().hex()])
         return _decoded(Witness, self.call("engine_getWitness", *params), "witness")  # type: ignore[no-any-return]
+
+    def pending_transactions(
+        self, after: int, limit: int = MAX_ENGINE_TRANSACTIONS
+    ) -> tuple[int, list[Transaction]]:
+        """Transactions the client admitted to its mempool after cursor ``after`` and still holds
+        (at most ``limit``, oldest first), and the cursor to pass next time."""
+        answer = self.call("engine_pendingTransactions", after, limit)
+        cursor = _field(answer, "next", int)
+        if isinstance(cursor, bool) or not 0 <= cursor <= MAX_CURSOR:
+            raise EngineError(f"malformed answer: cursor {cursor!r} out of range")
+        items = _field(answer, "transactions", list)
+        if len(items) > limit:
+            raise EngineError(f"malformed answer: {len(items)} transactions, {limit} asked for")
+        txs = [_transaction(item) for item in items]
+        if len(txs) > 1 and sum(len(tx.encode()) for tx in txs) > MAX_PENDING_BYTES:
+            raise EngineError(f"malformed answer: transactions over {MAX_PENDING_BYTES} bytes")
+        return cursor, txs
+
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
+        """Hand transactions (from peers) to the client's mempool; per transaction, in order,
+        ``added``, ``known`` (pending or included already) or ``rejected``."""
+        statuses: list[str] = []
+        for batch in _batches(txs):
+            statuses += self._submit_batch(batch)
+        return statuses
+
+    def _submit_batch(self, batch: Sequence[Transaction]) -> list[str]:
+        answer = self.call("engine_submitTransactions", [tx.encode().hex() for tx in batch])
+        if not isinstance(answer, list) or len(answer) != len(batch):
+            raise EngineError("malformed answer: not one entry per submitted transaction")
+        statuses = []
+        for tx, entry in zip(batch, answer, strict=True):
+            status = _field(entry, "status", str)
+            if status not in SUBMIT_STATUSES:
+                raise EngineError(f"engine_submitTransactions: unknown status {status!r}")
+            tx_id = entry.get("id")
+            if tx_id != tx.tx_id.hex() and (status != "rejected" or tx_id is not None):
+                raise EngineError("malformed answer: an entry names another transaction")
+            statuses.append(status)
+        return statuses
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

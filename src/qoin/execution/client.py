@@ -23,7 +23,7 @@ from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.execution.account import Account
-from qoin.execution.mempool import Mempool
+from qoin.execution.mempool import MAX_TX_SIZE, AlreadyKnown, Mempool, MempoolError, NonceTooLow
 from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
 from qoin.rpc.jwt import JwtError, verify
 from qoin.rpc.server import Method, Param, RpcError, RpcServer
@@ -34,6 +34,16 @@ DEFAULT_FEE_PER_BYTE = 1
 
 
 MAX_PROOF_ADDRESSES = 1024
+MAX_ENGINE_TRANSACTIONS = 4096
+"""Transactions in one ``engine_pendingTransactions`` answer or ``engine_submitTransactions`` call:
+the bound of one p2p transaction message (``qoin.p2p.messages.MAX_ANNOUNCED_TRANSACTIONS``)."""
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+"""Encoded bytes of the transactions in one ``engine_pendingTransactions`` answer (at least one is
+always returned if any is pending: each fits ``MAX_TX_SIZE``)."""
+MAX_CURSOR = 2**63 - 1
+"""The largest mempool sequence number a cursor may name."""
+SUBMIT_STATUSES = ("added", "known", "rejected")
+"""What ``engine_submitTransactions`` says of each transaction."""
 
 
 def _addresses(values: list[Any]) -> list[Address]:
@@ -51,6 +61,24 @@ def _hex_bytes(value: str, size: int | None = None) -> bytes:
     if size is not None and len(data) != size:
         raise ValueError(f"expected {size} bytes")
     return data
+
+
+def _strings(values: list[Any]) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("transactions must be hex strings")
+    return values
+
+
+def _raw_transaction(text: str) -> Transaction:
+    """A hex-encoded transaction, its length bounded before anything is decoded."""
+    if len(text.removeprefix("0x")) > 2 * MAX_TX_SIZE:
+        raise ValueError(f"longer than {MAX_TX_SIZE} bytes")
+    return Transaction.decode(_hex_bytes(text))
+
+
+def _submitted(tx: Transaction | None, status: str, reason: str | None = None) -> dict[str, Any]:
+    """One entry of an ``engine_submitTransactions`` answer."""
+    return {"id": None if tx is None else tx.tx_id.hex(), "status": status, "reason": reason}
 
 
 HASH = Param("hash", {"type": "string", "maxLength": 66}, parse=lambda v: _hex_bytes(v, 32))
@@ -335,6 +363,39 @@ class ExecutionClient:
                 raise ExecutionError(f"unknown block {block_hash.hex()}")
             return self.state.witness(stored).encode().hex()
 
+    def pending_transactions(
+        self, after: int, limit: int = MAX_ENGINE_TRANSACTIONS
+    ) -> dict[str, Any]:
+        """Transactions admitted to the mempool after cursor ``after`` and still pending, in
+        admission order (at most ``limit`` and :data:`MAX_PENDING_BYTES`), hex-encoded, with the
+        cursor for the next call: what the consensus client gossips to its peers."""
+        with self.lock:
+            cursor, txs = self.mempool.added_since(after, limit, MAX_PENDING_BYTES)
+        return {"next": cursor, "transactions": [tx.encode().hex() for tx in txs]}
+
+    def submit_transactions(self, transactions: list[str]) -> list[dict[str, Any]]:
+        """Admit hex-encoded transactions (relayed by the consensus client from its peers) as
+        ``qoin_sendRawTransaction`` does: one ``{id, status, reason}`` per input, in order."""
+        return [self._submit_one(text) for text in transactions]
+
+    def _submit_one(self, text: str) -> dict[str, Any]:
+        try:
+            tx = _raw_transaction(text)
+        except (ValueError, QoinError) as exc:
+            return _submitted(None, "rejected", f"undecodable: {exc}")
+        with self.lock:  # per transaction: blocks and head changes need not wait for a batch
+            try:
+                self.mempool.add(tx)
+            except AlreadyKnown:
+                return _submitted(tx, "known")
+            except NonceTooLow as exc:
+                if self.state.has_transaction(tx.tx_id):  # only an old nonce can be included
+                    return _submitted(tx, "known")
+                return _submitted(tx, "rejected", f"NonceTooLow: {exc}")
+            except MempoolError as exc:
+                return _submitted(tx, "rejected", f"{type(exc).__name__}: {exc}")
+        return _submitted(tx, "added")
+
     # -- servers -----------------------------------------------------------------------------------
 
     def user_server(self) -> RpcServer:
@@ -455,6 +516,22 @@ class ExecutionClient:
         addresses = Param(
             "addresses", {"type": "array", "maxItems": MAX_PROOF_ADDRESSES}, parse=_addresses
         )
+        after = Param(
+            "after",
+            {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR},
+            description="cursor: 0, or the 'next' of the previous answer",
+        )
+        limit = Param(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": MAX_ENGINE_TRANSACTIONS},
+            required=False,
+        )
+        raw_txs = Param(
+            "transactions",
+            {"type": "array", "maxItems": MAX_ENGINE_TRANSACTIONS, "items": {"type": "string"}},
+            parse=_strings,
+            description="hex-encoded transactions",
+        )
         return RpcServer(
             "Qoin engine API",
             [
@@ -492,6 +569,20 @@ class ExecutionClient:
                     (replace(HASH, name="block_hash"), replace(block, required=False)),
                     {"type": "string"},
                     "Execution witness",
+                ),
+                Method(
+                    "engine_pendingTransactions",
+                    self.pending_transactions,
+                    (after, limit),
+                    {"type": "object"},
+                    "Pending transactions after a cursor",
+                ),
+                Method(
+                    "engine_submitTransactions",
+                    self.submit_transactions,
+                    (raw_txs,),
+                    {"type": "array"},
+                    "Admit relayed transactions",
                 ),
             ],
             authenticate=authenticate,

@@ -15,11 +15,16 @@ Rules:
   senders' next-nonce transactions, skipping what the sender can no longer afford.
 * **Block connected** — included transactions leave; transactions made stale (nonce now too low) or
   unaffordable leave too. **Reorg** — transactions of disconnected blocks come back (if still valid).
+* **Sequence numbers** — every admission (a replacement, or a transaction coming back after a reorg,
+  included) gets the next number of a per-process counter starting at 1, so that
+  :meth:`Mempool.added_since` can hand out, cursor by cursor, what was admitted since (transaction
+  gossip: the consensus client relays each execution client's new transactions to its peers).
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -105,6 +110,10 @@ class Mempool:
         self._by_sender: dict[Address, dict[int, PendingTx]] = {}
         self._by_id: dict[bytes, PendingTx] = {}
         self._bytes = 0
+        self._top_seq = 0
+        self._seq_of: dict[bytes, int] = {}  # tx id -> sequence number
+        self._by_seq: dict[int, bytes] = {}  # sequence number -> tx id, in ascending order
+        self._seq_log: list[int] = []  # ascending; may hold removed numbers (compacted lazily)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -197,9 +206,17 @@ class Mempool:
             self._remove(replaced)
         else:
             self._make_room(entry)
+        self._insert(entry)
+
+    def _insert(self, entry: PendingTx) -> None:
+        tx = entry.tx
         self._by_sender.setdefault(tx.sender, {})[tx.nonce] = entry
         self._by_id[tx.tx_id] = entry
-        self._bytes += size
+        self._bytes += entry.size
+        self._top_seq += 1
+        self._seq_of[tx.tx_id] = self._top_seq
+        self._by_seq[self._top_seq] = tx.tx_id
+        self._seq_log.append(self._top_seq)
 
     def _make_room(self, entry: PendingTx) -> None:
         while len(self._by_id) + 1 > self.max_count or self._bytes + entry.size > self.max_bytes:
@@ -222,6 +239,49 @@ class Mempool:
                 del self._by_sender[pending.tx.sender]
         if self._by_id.pop(pending.tx.tx_id, None) is not None:
             self._bytes -= pending.size
+            del self._by_seq[self._seq_of.pop(pending.tx.tx_id)]
+            if len(self._seq_log) > 2 * len(self._by_seq) + 64:
+                self._seq_log = list(self._by_seq)  # drop removed numbers: amortised O(1)
+
+    # -- announcing ------------------------------------------------------------------------------
+
+    @property
+    def top_sequence(self) -> int:
+        """The sequence number of the latest admission (0 before the first)."""
+        return self._top_seq
+
+    def added_since(
+        self, after: int, max_count: int, max_bytes: int
+    ) -> tuple[int, list[Transaction]]:
+        """Transactions still pending that were admitted after sequence number ``after``, in
+        admission order: at most ``max_count`` of them and ``max_bytes`` encoded bytes, but always
+        the first one if any (every pending transaction fits :data:`MAX_TX_SIZE`). Returns them
+        with the cursor to pass next time: the last returned one's number while more are pending
+        after it, else the top number, so that removed transactions are skipped for good.
+
+        A cursor above the top number cannot come from this process (numbers restart at 1 with
+        the process): it counts as 0, so a caller that outlived a restart is not held back until
+        the new numbers pass its old cursor. Cost: O(log n + returned + removed numbers skipped),
+        the last bounded by the lazy compaction of the number log.
+        """
+        if max_count < 1:
+            raise ValueError("max_count must be at least 1")
+        if after > self._top_seq:
+            after = 0
+        chosen: list[Transaction] = []
+        used = last = 0
+        for index in range(bisect_right(self._seq_log, after), len(self._seq_log)):
+            seq = self._seq_log[index]
+            tx_id = self._by_seq.get(seq)
+            if tx_id is None:
+                continue  # removed since it was admitted
+            pending = self._by_id[tx_id]
+            if chosen and (len(chosen) >= max_count or used + pending.size > max_bytes):
+                return last, chosen  # more to come from ``last`` on
+            chosen.append(pending.tx)
+            used += pending.size
+            last = seq
+        return self._top_seq, chosen  # nothing pending past the top: skip what was removed
 
     # -- block building --------------------------------------------------------------------------
 

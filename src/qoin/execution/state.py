@@ -308,6 +308,11 @@ class ExecutionState:
         except SmtError as exc:
             raise ExecutionStateError(f"parent state is no longer retained: {exc}") from None
 
+    def has_transaction(self, tx_id: bytes) -> bool:
+        """Whether a transaction is in the canonical chain (an index lookup, no block read)."""
+        row = self._db.execute("SELECT 1 FROM txindex WHERE tx_id = ?", (tx_id,)).fetchone()
+        return row is not None
+
     def transaction(self, tx_id: bytes) -> tuple[Transaction, bytes, int] | None:
         """(transaction, block hash, index) of a canonical transaction."""
         row = self._db.execute(
