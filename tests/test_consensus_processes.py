@@ -11,40 +11,35 @@ network's target is the maximum, so sealing a block takes one hybrid signature.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import httpx
 import pytest
 
-from qoin.chain import genesis as genesis_mod
 from qoin.chain.block import Block, Coinbase, Payout, transactions_root
 from qoin.chain.chain import Chain
-from qoin.chain.genesis import Allocation, Genesis
-from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.producer import build_template
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.execution.state import ExecutionState, PayloadStatus
-from qoin.rpc.jwt import create_secret
-from tests.chainutil import mine_template, on_schedule, test_genesis
+from tests.chainutil import mine_template, on_schedule
 from tests.conftest import keypair_for
+from tests.procutil import (
+    FUNDED,
+    Process,
+    genesis,
+    network_files,
+    network_files_args,
+    rpc,
+    start,
+    start_execution,
+)
 
-FUNDED, ALICE, BOB, CAROL, MINER = (keypair_for(index=i) for i in (9, 2, 3, 4, 5))
-START_S = 60.0
+ALICE, BOB, CAROL, MINER = (keypair_for(index=i) for i in (2, 3, 4, 5))
 ENGINE_TIMEOUT_S = "3"
-
-
-def genesis() -> Genesis:
-    return replace(test_genesis(), allocation=(Allocation(FUNDED.address, GENESIS_ALLOCATION),))
 
 
 class Producer:
@@ -91,103 +86,12 @@ def pay(sender: Any, nonce: int, to: Any, amount: int, reveal: bool = False) -> 
     )
 
 
-@dataclass
-class Process:
-    proc: subprocess.Popen[str]
-    lines: queue.Queue[str | None]
-    seen: list[str]
-
-    def wait_for(self, pattern: str, timeout: float = START_S) -> re.Match[str]:
-        """The first line (seen so far or coming) matching ``pattern``."""
-        regex = re.compile(pattern)
-        for line in self.seen:
-            if found := regex.search(line):
-                return found
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-            if found := regex.search(line):
-                return found
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.seen)}")
-
-    def output(self) -> str:
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return "".join(self.seen)
-            if line is not None:
-                self.seen.append(line)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def start(*args: str) -> Process:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qoin", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    return Process(proc, lines, [])
-
-
-def rpc(url: str, method: str, *params: object) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-    answer = httpx.post(url, json=body, timeout=60).json()
-    assert "error" not in answer, answer
-    return answer["result"]
-
-
-def network_files(workdir: Path) -> None:
-    """Write the genesis and the engine secret that every process of a test shares."""
-    (workdir / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis())))
-    create_secret(workdir / "jwt.hex")
-
-
-def start_execution(workdir: Path, name: str, *extra: str) -> tuple[Process, str, str]:
-    """A `qoin execution` in ``workdir/name``: the process, its user RPC and engine URLs."""
-    proc = start("execution", "--datadir", str(workdir / name), *network_files_args(workdir),
-                 "--rpc-port", "0", "--engine-port", "0", *extra)  # fmt: skip
-    found = proc.wait_for(r"user RPC (\S+), engine API (\S+)")
-    return proc, found[1], found[2]
-
-
 def start_consensus(workdir: Path, engines: list[str], *extra: str) -> tuple[Process, str]:
     """A `qoin consensus` in ``workdir/consensus`` judging with ``engines``: process, RPC URL."""
     executions = [arg for engine in engines for arg in ("--execution", engine)]
     proc = start("consensus", "--datadir", str(workdir / "consensus"),
                  *network_files_args(workdir), *executions, "--rpc-port", "0", *extra)  # fmt: skip
     return proc, proc.wait_for(r"; RPC (\S+);")[1]
-
-
-def network_files_args(workdir: Path) -> list[str]:
-    """The arguments naming the files of :func:`network_files`."""
-    return ["--genesis", str(workdir / "genesis.json"), "--jwt-secret", str(workdir / "jwt.hex")]
 
 
 @dataclass

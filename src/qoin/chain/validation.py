@@ -118,7 +118,8 @@ def expected_coinbase(
     )
 
 
-def _check_pow(header: Header, target: int, what: str) -> None:
+def check_header_pow(header: Header, target: int, what: str) -> None:
+    """Check a header's proof-of-work against ``target``; :class:`BadProofOfWork` says why not."""
     try:
         verify_header_pow(header, target)
     except PowError as exc:
@@ -163,7 +164,7 @@ def validate_siblings(
         if sibling.nbits != genesis.nbits:
             raise InvalidSibling(f"{where} has nbits 0x{sibling.nbits:04x}")
         _check_timestamp(genesis, chain, sibling, now_ms)
-        _check_pow(sibling, target, where)
+        check_header_pow(sibling, target, where)
 
 
 def validate_body(
@@ -226,7 +227,7 @@ def validate_block(genesis: Genesis, chain: ChainView, block: Block, now_ms: int
     # Timestamp: after the median of recent ancestors, not too far in the future.
     _check_timestamp(genesis, chain, header, now_ms)
     # Difficulty and proof-of-work (target rule, signature, nonce, MQ, coinbase key).
-    _check_pow(header, expected_target(genesis, parent), "header")
+    check_header_pow(header, expected_target(genesis, parent), "header")
     validate_body(genesis, chain, parent, block, now_ms)
     return BlockMeta(
         block_hash=header.block_hash,
@@ -248,7 +249,7 @@ def check_orphan(genesis: Genesis, block: Block) -> None:
         )
     if header.nbits != genesis.nbits:
         raise BadNbits(f"nbits 0x{header.nbits:04x}; this network uses 0x{genesis.nbits:04x}")
-    _check_pow(header, header.target, "orphan header")
+    check_header_pow(header, header.target, "orphan header")
 
 
 def genesis_meta(genesis: Genesis) -> BlockMeta:

@@ -20,11 +20,14 @@ from qoin.chain.store import StoreError
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, stop_on_signals
 from qoin.cli.node import (
     BlocksOption,
+    BootnodeOption,
     CoinbaseOption,
     ConsensusRpcPortOption,
     GenesisOption,
     KeystoreDirOption,
     MineOption,
+    P2PHostOption,
+    P2PPortOption,
     PasswordFileOption,
     SamplesOption,
     WorkersOption,
@@ -35,11 +38,16 @@ from qoin.cli.node import (
     report_mined,
 )
 from qoin.consensus.engine import DEFAULT_TIMEOUT_S, EngineClient
+from qoin.consensus.network import NodeAccess
 from qoin.consensus.node import ConsensusNode, EngineLink
 from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.crypto.batch import favour_verifier_threads
+from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.node.mining import MiningLoop
+from qoin.p2p.identity import NODE_KEY_FILE, load_or_create_node_key
+from qoin.p2p.peers import PeerAddress, PeerAddressError, parse_bootnodes
+from qoin.p2p.service import P2PService
 from qoin.rpc.jwt import JwtError, load_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
 
@@ -84,34 +92,27 @@ def consensus(
     engine_timeout: Annotated[
         float, typer.Option(help="Seconds an engine call may take.", min=0.1)
     ] = DEFAULT_TIMEOUT_S,
+    p2p_port: P2PPortOption = None,
+    p2p_host: P2PHostOption = "127.0.0.1",
+    bootnode: BootnodeOption = None,
 ) -> None:
     """Run the consensus client until Ctrl-C or SIGTERM (or --blocks mined)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per engine call
     home = datadir or qoin_home() / "consensus"
-    keypair = None
-    if mine:  # PoW attempts are signatures by the key the coinbase pays
-        keypair = (
-            mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
-            if coinbase
-            else dev_keypair()
-        )
+    keypair = miner_keypair(coinbase, keystore_dir, password_file) if mine else None
     clients = engine_clients(execution, jwt_secret, engine_timeout)
-    favour_verifier_threads()  # it re-executes blocks statelessly when clients disagree
     try:
-        chosen = dev_genesis(home, genesis)
-        node = ConsensusNode(home, chosen, clients, samples)
-    except (genesis_mod.GenesisError, StoreError, QoinError) as exc:
-        fail(str(exc), EXIT_USAGE)
-    except OSError as exc:
-        fail(f"cannot use data directory {home}: {exc}", EXIT_USAGE)
-    if not node.validator.active:
-        node.close()
-        fail(f"no usable execution client: all are listed in {node.dropped.path}", EXIT_USAGE)
-    node.follow_head()
+        bootnodes = parse_bootnodes(bootnode or [])
+    except PeerAddressError as exc:
+        fail(f"--bootnode: {exc}", EXIT_USAGE)
+    favour_verifier_threads()  # it re-executes blocks statelessly when clients disagree
+    chosen, node = open_node(home, genesis, clients, samples)
     done = threading.Event()
     failure = ""
     try:
+        if p2p_port is not None:
+            node.p2p = start_p2p(node, home, p2p_host, p2p_port, bootnodes)
         with BackgroundServer(node.rpc_server().app, port=rpc_port) as server:
             head = node.chain.head_header
             typer.echo(
@@ -140,11 +141,55 @@ def consensus(
     except QoinError as exc:  # e.g. a miner process died, or the disk failed under the store
         failure = f"{type(exc).__name__}: {exc}"
     finally:
+        if node.p2p is not None:
+            node.p2p.stop()
         head = node.chain.head_header
         node.close()
         typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)
     if failure:
         fail(failure, EXIT_FAILURE)
+
+
+def open_node(
+    home: Path, genesis: Path | None, clients: list[EngineClient], samples: int
+) -> tuple[genesis_mod.Genesis, ConsensusNode]:
+    """The consensus node of ``home``, its execution clients told the head (a clear exit if the
+    data directory cannot be used or no client is usable)."""
+    try:
+        chosen = dev_genesis(home, genesis)
+        node = ConsensusNode(home, chosen, clients, samples)
+    except (genesis_mod.GenesisError, StoreError, QoinError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot use data directory {home}: {exc}", EXIT_USAGE)
+    if not node.validator.active:
+        node.close()
+        fail(f"no usable execution client: all are listed in {node.dropped.path}", EXIT_USAGE)
+    node.follow_head()
+    return chosen, node
+
+
+def miner_keypair(
+    coinbase: str | None, keystore_dir: Path | None, password_file: Path | None
+) -> HybridKeyPair:
+    """The key mining signs with (PoW attempts are signatures by the key the coinbase pays):
+    ``--coinbase``'s keystore, else the published devnet key."""
+    if coinbase:
+        return mining_keypair(coinbase, keystore_dir or qoin_home() / "keystore", password_file)
+    return dev_keypair()
+
+
+def start_p2p(
+    node: ConsensusNode, home: Path, host: str, port: int, bootnodes: tuple[PeerAddress, ...]
+) -> P2PService:
+    """Start the node's p2p service with its node key (created on first start)."""
+    identity = load_or_create_node_key(home / NODE_KEY_FILE)
+    service = P2PService(
+        NodeAccess(node), identity, host=host, port=port, bootnodes=bootnodes, datadir=home
+    )
+    service.start()
+    typer.echo(f"p2p: node {service.enode}", err=True)
+    return service
 
 
 def register(app: typer.Typer) -> None:

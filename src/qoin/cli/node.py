@@ -48,6 +48,15 @@ ConsensusRpcPortOption = Annotated[
 SamplesOption = Annotated[
     int, typer.Option(help="Accounts sampled per block.", min=1, max=MAX_SAMPLES)
 ]
+P2PPortOption = Annotated[
+    int | None,
+    typer.Option(help="Join the p2p network on this TCP port (0: any free port; default: off)."),
+]
+P2PHostOption = Annotated[str, typer.Option(help="Address the p2p port listens on.")]
+BootnodeOption = Annotated[
+    list[str] | None,
+    typer.Option("--bootnode", help="Peer to dial first, qoin1…@host:port (repeatable)."),
+]
 
 
 def qoin_home() -> Path:
@@ -138,6 +147,9 @@ def node(
     ] = 8645,
     consensus_rpc_port: ConsensusRpcPortOption = 8646,
     samples: SamplesOption = DEFAULT_SAMPLES,
+    p2p_port: P2PPortOption = None,
+    p2p_host: P2PHostOption = "127.0.0.1",
+    bootnode: BootnodeOption = None,
 ) -> None:
     """Run a node: an execution client and a consensus client, two processes joined by the engine
     API (today with --dev: a single-node chain; --mine to mine)."""
@@ -171,8 +183,12 @@ def node(
         ("--coinbase", coinbase),
         ("--keystore-dir", keystore_dir),
         ("--password-file", password_file),
+        ("--p2p-port", p2p_port),
     ):
         consensus_args += [flag, str(value)] if value is not None else []
+    if p2p_port is not None:
+        consensus_args += ["--p2p-host", p2p_host]
+        consensus_args += [arg for entry in bootnode or () for arg in ("--bootnode", entry)]
     code = supervise(execution_args, consensus_args)
     if code:
         raise typer.Exit(code)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qoin.chain.block import MAX_BLOCK_SIZE, Block, Payout, transactions_root
 from qoin.chain.chain import (
@@ -35,12 +35,21 @@ from qoin.consensus.validator import (
     ExecutionValidator,
     Judgement,
 )
+from qoin.errors import QoinError
 from qoin.execution.account import genesis_leaves
-from qoin.rpc.server import Method, Param, RpcServer
+from qoin.p2p.peers import PeerAddress, PeerAddressError
+from qoin.rpc.server import Method, Param, RpcServer, invalid_params
 from qoin.state.nodestore import MemoryNodeStore
 from qoin.state.smt import SparseMerkleTree
 
+if TYPE_CHECKING:
+    from qoin.p2p.service import P2PService
+
 log = logging.getLogger(__name__)
+
+
+class P2POff(QoinError):
+    """A p2p request to a node that runs without p2p."""
 
 
 def genesis_state_root(genesis: Genesis) -> bytes:
@@ -86,6 +95,9 @@ class ConsensusNode:
         """How many blocks were decided each way."""
         self._tentative = False
         """Whether the import under way moved the execution clients to a side branch."""
+        self.p2p: P2PService | None = None
+        """The p2p service, when the node is on a network: told about mined and submitted
+        blocks, and shown in the status."""
 
     def _parent_root(self, block: Block) -> bytes:
         parent_hash = block.header.parent_hash
@@ -175,6 +187,12 @@ class ConsensusNode:
                 self.follow_head()
             return result
 
+    def announce(self, result: ImportResult) -> None:
+        """Tell the network about blocks stored by mining or RPC (blocks from peers are
+        announced by the p2p service itself)."""
+        if self.p2p is not None:
+            self.p2p.announce(result)
+
     def submit_block(self, block: Block) -> dict[str, Any]:
         """The ``consensus_submitBlock`` RPC: import a block and say what happened."""
         try:
@@ -183,6 +201,7 @@ class ConsensusNode:
             return {"status": "invalid", "reason": f"{type(exc).__name__}: {exc}"}
         except ExecutionUndecided as exc:
             return {"status": "undecided", "reason": str(exc)}
+        self.announce(result)
         status = "imported" if result.status is ImportStatus.IMPORTED else result.status.value
         return {
             "status": status,
@@ -206,7 +225,19 @@ class ConsensusNode:
                 "dropped": self.dropped.entries,
                 "judged": dict(self.judged),
                 "invalidBlocks": len(self.chain.invalid),
+                "p2p": None if self.p2p is None else self.p2p.snapshot(),
             }
+
+    def add_peer(self, enode: str) -> bool:
+        """The ``consensus_addPeer`` RPC: dial ``qoin1…@host:port`` (or ``host:port``) now."""
+        if self.p2p is None:
+            raise P2POff("this node runs without p2p (start it with --p2p-port)")
+        try:
+            address = PeerAddress.parse(enode)
+        except PeerAddressError as exc:
+            raise invalid_params(str(exc)) from None
+        self.p2p.add_peer(address)
+        return True
 
     def rpc_server(self) -> RpcServer:
         """The consensus client's JSON-RPC (127.0.0.1): submit a block, read the status."""
@@ -226,6 +257,13 @@ class ConsensusNode:
                     "Judge and import a block",
                 ),
                 Method("consensus_status", self.status, (), {"type": "object"}, "Head and clients"),
+                Method(
+                    "consensus_addPeer",
+                    self.add_peer,
+                    (Param("enode", {"type": "string", "maxLength": 256}),),
+                    {"type": "boolean"},
+                    "Dial a peer",
+                ),
             ],
             max_body=3 * MAX_BLOCK_SIZE,
         )
@@ -286,6 +324,7 @@ class EngineLink:
         raise ExecutionUndecided("no execution client could build a payload")
 
     def imported(self, chain: Chain, result: ImportResult) -> None:
-        """After a mined block: the clients follow the head."""
+        """After a mined block: the clients follow the head, the network hears of it."""
         if result.head_changed:
             self.node.follow_head()
+        self.node.announce(result)

@@ -1,0 +1,133 @@
+"""What the p2p service reads and changes in a consensus node (:class:`~qoin.p2p.service.ChainAccess`).
+
+Blocks come from the node's chain (under the node's lock, shared with mining and RPC threads);
+transactions go to and come from the node's execution clients' mempools over the engine API, since
+the consensus client holds none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from qoin.chain import forkchoice
+from qoin.chain.block import Block, Header
+from qoin.chain.chain import ImportResult
+from qoin.chain.genesis import Genesis
+from qoin.chain.transaction import Transaction
+from qoin.consensus.engine import EngineError
+from qoin.consensus.node import ConsensusNode
+from qoin.p2p.messages import MAX_ANNOUNCED_TRANSACTIONS, AnnouncedBlock
+from qoin.p2p.sync import block_locator, fork_height
+
+log = logging.getLogger(__name__)
+
+TIP_DEPTH = 64
+"""Branch tips more than this many blocks below the head are not announced to new peers."""
+
+
+class NodeAccess:
+    """A :class:`~qoin.p2p.service.ChainAccess` over a :class:`ConsensusNode`."""
+
+    def __init__(self, node: ConsensusNode) -> None:
+        self.node = node
+        self.genesis: Genesis = node.chain.genesis
+        self._cursors: dict[str, int] = {}
+        """Per execution client, the mempool cursor of ``engine_pendingTransactions``."""
+
+    def head(self) -> tuple[bytes, int, int]:
+        with self.node.lock:
+            chain = self.node.chain
+            height = chain.forks.blocks[chain.head].height
+            return chain.head, height, tree_weight(chain.forks)
+
+    def tips(self, max_count: int) -> list[AnnouncedBlock]:
+        with self.node.lock:
+            forks = self.node.chain.forks
+            lowest = forks.blocks[self.node.chain.head].height - TIP_DEPTH
+            leaves = [
+                meta
+                for block_hash, children in forks.children.items()
+                if not children and (meta := forks.blocks[block_hash]).height > max(lowest, 0)
+            ]
+        leaves.sort(key=lambda meta: (-meta.height, meta.block_hash))
+        return [AnnouncedBlock(meta.block_hash, meta.height) for meta in leaves[:max_count]]
+
+    def locator(self) -> list[bytes]:
+        with self.node.lock:
+            chain = self.node.chain
+            return block_locator(chain.forks.blocks[chain.head].height, chain.store.canonical_hash)
+
+    def headers_after(self, locator: Sequence[bytes], stop: bytes, max_count: int) -> list[Header]:
+        with self.node.lock:
+            chain = self.node.chain
+            forks, store = chain.forks, chain.store
+
+            def height_of(block_hash: bytes) -> int | None:
+                meta = forks.blocks.get(block_hash)
+                return None if meta is None else meta.height
+
+            start = fork_height(locator, height_of, store.canonical_hash) + 1
+            end = min(forks.blocks[chain.head].height, start + max_count - 1)
+            headers: list[Header] = []
+            for height in range(start, end + 1):
+                block_hash = store.canonical_hash(height)
+                header = None if block_hash is None else store.header(block_hash)
+                if header is None:
+                    break
+                headers.append(header)
+                if block_hash == stop:
+                    break
+            return headers
+
+    def header(self, block_hash: bytes) -> Header | None:
+        with self.node.lock:
+            return self.node.chain.store.header(block_hash)
+
+    def has_block(self, block_hash: bytes) -> bool:
+        with self.node.lock:
+            return self.node.chain.has_block(block_hash)
+
+    def blocks(self, hashes: Sequence[bytes]) -> list[Block]:
+        with self.node.lock:
+            found = (self.node.chain.store.get_block(h) for h in hashes)
+            return [block for block in found if block is not None]
+
+    def import_block(self, block: Block) -> ImportResult:
+        return self.node.import_block(block)
+
+    def new_transactions(self) -> list[Transaction]:
+        fresh: dict[bytes, Transaction] = {}
+        for client in self.node.validator.active:
+            cursor = self._cursors.get(client.url, 0)
+            try:
+                cursor, txs = client.pending_transactions(cursor, MAX_ANNOUNCED_TRANSACTIONS)
+            except EngineError as exc:
+                log.info("no new transactions from %s: %s", client.url, exc)
+                continue
+            self._cursors[client.url] = cursor
+            fresh.update((tx.tx_id, tx) for tx in txs)
+        return list(fresh.values())
+
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
+        """Every client gets the transactions; a transaction counts as ``added`` if one client
+        added it, ``known`` if one knew it, else ``rejected`` (every client refused it)."""
+        verdicts = ["rejected"] * len(txs)
+        rank = {"rejected": 0, "known": 1, "added": 2}
+        for client in self.node.validator.active:
+            try:
+                answers = client.submit_transactions(txs)
+            except EngineError as exc:
+                log.info("could not hand transactions to %s: %s", client.url, exc)
+                # not the peer's fault: do not count its transactions as rejected
+                verdicts = ["known" if v == "rejected" else v for v in verdicts]
+                continue
+            for index, answer in enumerate(answers[: len(txs)]):
+                if rank.get(answer, 0) > rank[verdicts[index]]:
+                    verdicts[index] = answer
+        return verdicts
+
+
+def tree_weight(forks: forkchoice.Store) -> int:
+    """All the work a fork-choice store knows of (the genesis block's GHOST weight)."""
+    return forkchoice.get_weight(forks, forks.genesis)

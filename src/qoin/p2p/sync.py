@@ -1,0 +1,94 @@
+"""Headers-first sync, the parts that need no network: block locators, answering ``GetHeaders``,
+and checking a ``Headers`` reply before any body is downloaded (``docs/spec/p2p.md`` §10).
+
+A *locator* names blocks of the requester's canonical chain, newest first: the ten most recent,
+then exponentially spaced back, always ending with genesis. The answerer finds the first locator
+hash on its own canonical chain (the fork point) and returns its canonical headers after it.
+A reply is checked link by link: the first header's parent must be known (stored, or checked
+earlier in this sync), each next header must be the previous one's child, and each header must
+carry this network's chain id and MQ parameters, the target the difficulty rule gives after its
+parent, and a valid proof-of-work for it. What needs more than the parent (timestamps against
+the median of past blocks, the body, execution) is checked when the block is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from qoin.chain.block import Header
+from qoin.chain.genesis import Genesis
+from qoin.chain.validation import (
+    BadHeight,
+    BadNbits,
+    UnknownParent,
+    WrongChain,
+    check_header_pow,
+    expected_target,
+)
+from qoin.p2p.messages import MAX_LOCATOR_HASHES
+
+RECENT_LOCATOR_HASHES = 10
+"""Locator entries one height apart before the spacing starts doubling."""
+
+
+class HeadersNotConnected(UnknownParent):
+    """A ``Headers`` reply whose first header's parent is unknown, or whose headers do not chain."""
+
+
+def locator_heights(head_height: int) -> list[int]:
+    """The heights a locator names for a chain whose head is at ``head_height``: the ten most
+    recent, then doubling steps back, then 0 (genesis); at most :data:`MAX_LOCATOR_HASHES`."""
+    heights: list[int] = []
+    height, step = head_height, 1
+    while height > 0 and len(heights) < MAX_LOCATOR_HASHES - 1:
+        heights.append(height)
+        if len(heights) >= RECENT_LOCATOR_HASHES:
+            step *= 2
+        height -= step
+    heights.append(0)
+    return heights
+
+
+def block_locator(head_height: int, canonical_hash: Callable[[int], bytes | None]) -> list[bytes]:
+    """The locator of a canonical chain (``canonical_hash(height)`` reads it), newest first."""
+    found = (canonical_hash(height) for height in locator_heights(head_height))
+    return [block_hash for block_hash in found if block_hash is not None]
+
+
+def fork_height(
+    locator: Sequence[bytes],
+    height_of: Callable[[bytes], int | None],
+    canonical_hash: Callable[[int], bytes | None],
+) -> int:
+    """The height of the first locator hash on our canonical chain (0, genesis, if none is)."""
+    for block_hash in locator:
+        height = height_of(block_hash)
+        if height is not None and canonical_hash(height) == block_hash:
+            return height
+    return 0
+
+
+def check_headers(
+    genesis: Genesis, headers: Sequence[Header], parent_of_first: Header | None
+) -> None:
+    """Check a ``Headers`` reply (see the module docstring); raise :class:`InvalidBlock` (or
+    :class:`HeadersNotConnected` when it does not attach) naming the first bad header."""
+    if not headers:
+        return
+    if parent_of_first is None:
+        raise HeadersNotConnected(
+            f"the first header's parent {headers[0].parent_hash.hex()} is unknown"
+        )
+    parent = parent_of_first
+    for index, header in enumerate(headers):
+        what = f"header {index} ({header.block_hash.hex()[:16]})"
+        if header.parent_hash != parent.block_hash:
+            raise HeadersNotConnected(f"{what} does not follow the previous header")
+        if header.chain_id != genesis.chain_id:
+            raise WrongChain(f"{what} is for chain {header.chain_id}")
+        if header.height != parent.height + 1:
+            raise BadHeight(f"{what}: height {header.height} after {parent.height}")
+        if header.nbits != genesis.nbits:
+            raise BadNbits(f"{what}: nbits 0x{header.nbits:04x}")
+        check_header_pow(header, expected_target(genesis, parent), what)
+        parent = header
