@@ -219,7 +219,7 @@ class Counters:
     headers_received: int = 0
     transactions_received: int = 0
     syncs: int = 0
-    bans: int = 0
+    banned: int = 0
 
 
 class P2PService:
@@ -499,7 +499,7 @@ class P2PService:
         """Score a peer's misbehaviour; a banned peer is disconnected at once."""
         log.warning("peer %s: %s: %s", peer.label, kind.value, detail)
         if self.peers.penalise(peer.node_id, kind, detail):
-            self.counters.bans += 1
+            self.counters.banned += 1
             log.warning("peer %s banned: %s", peer.label, detail)
             self._save_bans()
             await self._close(peer, DisconnectReason.BANNED, f"{kind.value}: {detail}")
