@@ -17,13 +17,18 @@ from typing import IO, Any
 import httpx
 
 from qoin.chain import genesis as genesis_mod
+from qoin.chain.block import Block, Coinbase, Payout, transactions_root
+from qoin.chain.chain import Chain
 from qoin.chain.genesis import Allocation, Genesis
 from qoin.chain.issuance import GENESIS_ALLOCATION
+from qoin.chain.producer import build_template
+from qoin.chain.transaction import Transaction, sign_transfer
+from qoin.execution.state import ExecutionState, PayloadStatus
 from qoin.rpc.jwt import create_secret
-from tests.chainutil import test_genesis
+from tests.chainutil import mine_template, on_schedule, test_genesis
 from tests.conftest import keypair_for
 
-FUNDED = keypair_for(index=9)
+FUNDED, MINER = keypair_for(index=9), keypair_for(index=5)
 START_S = 60.0
 
 
@@ -120,3 +125,47 @@ def start_execution(workdir: Path, name: str, *extra: str) -> tuple[Process, str
 def network_files_args(workdir: Path) -> list[str]:
     """The arguments naming the files of :func:`network_files`."""
     return ["--genesis", str(workdir / "genesis.json"), "--jwt-secret", str(workdir / "jwt.hex")]
+
+
+class Producer:
+    """Builds valid (or deliberately invalid) sealed blocks on its own copy of the chain."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.chain = Chain.open(workdir / "producer-chain", genesis())
+        self.state = ExecutionState.open(workdir / "producer-execution", genesis())
+
+    def block(self, txs: tuple[Transaction, ...] = (), honest_roots: bool = True) -> Block:
+        """The next block with ``txs``; with ``honest_roots=False`` it keeps its parent's roots
+        (for a block whose execution fails)."""
+        height = self.chain.head_header.height + 1
+        template = build_template(self.chain, MINER.public, on_schedule(genesis(), height))
+        payouts = list(template.coinbase.payouts)
+        payouts[-1] = Payout(payouts[-1].recipient, sum(tx.fee for tx in txs))
+        coinbase = Coinbase(tuple(payouts))
+        header = replace(template.header, transactions_root=transactions_root(coinbase, txs))
+        block = replace(template, header=header, coinbase=coinbase, transactions=txs)
+        if honest_roots:
+            block = self.state.fill_roots(block)
+        return mine_template(block, MINER)
+
+    def accept(self, block: Block) -> None:
+        """Make ``block`` the producer's head too."""
+        self.chain.import_block(block)
+        assert self.state.new_payload(block).status is PayloadStatus.VALID
+        self.state.forkchoice_updated(block.block_hash)
+
+    def close(self) -> None:
+        self.state.close()
+        self.chain.close()
+
+
+def pay(sender: Any, nonce: int, to: Any, amount: int, reveal: bool = False) -> Transaction:
+    return sign_transfer(
+        sender,
+        chain_id=genesis().chain_id,
+        nonce=nonce,
+        recipient=to.address,
+        amount=amount,
+        fee=10,
+        reveal_keys=reveal,
+    )

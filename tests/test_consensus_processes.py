@@ -14,76 +14,28 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qoin.chain.block import Block, Coinbase, Payout, transactions_root
-from qoin.chain.chain import Chain
-from qoin.chain.producer import build_template
-from qoin.chain.transaction import Transaction, sign_transfer
-from qoin.execution.state import ExecutionState, PayloadStatus
-from tests.chainutil import mine_template, on_schedule
+from qoin.chain.block import Block
 from tests.conftest import keypair_for
 from tests.procutil import (
     FUNDED,
     Process,
-    genesis,
+    Producer,
     network_files,
     network_files_args,
+    pay,
     rpc,
     start,
     start_execution,
 )
 
-ALICE, BOB, CAROL, MINER = (keypair_for(index=i) for i in (2, 3, 4, 5))
+ALICE, BOB, CAROL = (keypair_for(index=i) for i in (2, 3, 4))
 ENGINE_TIMEOUT_S = "3"
-
-
-class Producer:
-    """Builds valid (or deliberately invalid) sealed blocks on its own copy of the chain."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.chain = Chain.open(workdir / "producer-chain", genesis())
-        self.state = ExecutionState.open(workdir / "producer-execution", genesis())
-
-    def block(self, txs: tuple[Transaction, ...] = (), honest_roots: bool = True) -> Block:
-        """The next block with ``txs``; with ``honest_roots=False`` it keeps its parent's roots
-        (for a block whose execution fails)."""
-        height = self.chain.head_header.height + 1
-        template = build_template(self.chain, MINER.public, on_schedule(genesis(), height))
-        payouts = list(template.coinbase.payouts)
-        payouts[-1] = Payout(payouts[-1].recipient, sum(tx.fee for tx in txs))
-        coinbase = Coinbase(tuple(payouts))
-        header = replace(template.header, transactions_root=transactions_root(coinbase, txs))
-        block = replace(template, header=header, coinbase=coinbase, transactions=txs)
-        if honest_roots:
-            block = self.state.fill_roots(block)
-        return mine_template(block, MINER)
-
-    def accept(self, block: Block) -> None:
-        """Make ``block`` the producer's head too."""
-        self.chain.import_block(block)
-        assert self.state.new_payload(block).status is PayloadStatus.VALID
-        self.state.forkchoice_updated(block.block_hash)
-
-    def close(self) -> None:
-        self.state.close()
-        self.chain.close()
-
-
-def pay(sender: Any, nonce: int, to: Any, amount: int, reveal: bool = False) -> Transaction:
-    return sign_transfer(
-        sender,
-        chain_id=genesis().chain_id,
-        nonce=nonce,
-        recipient=to.address,
-        amount=amount,
-        fee=10,
-        reveal_keys=reveal,
-    )
 
 
 def start_consensus(workdir: Path, engines: list[str], *extra: str) -> tuple[Process, str]:
