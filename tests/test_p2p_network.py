@@ -144,13 +144,18 @@ def same_head(nodes: list[Node], height: int | None = None) -> bool:
 
 
 def test_a_late_node_syncs_500_blocks(net: Net, long_chain: Path) -> None:
-    shutil.copytree(long_chain, net.workdir / "seed")
-    seed = net.node("seed")
-    assert seed.height() == LONG_CHAIN
-    late = net.node("late", "--bootnode", seed.enode)
-    wait_until(lambda: same_head([seed, late], LONG_CHAIN), timeout=SYNC_S, poll=0.5)
+    """...from two peers at once: both serve bodies (parallel download)."""
+    seeds = []
+    for name in ("seed-1", "seed-2"):
+        shutil.copytree(long_chain, net.workdir / name)
+        seeds.append(net.node(name))
+        assert seeds[-1].height() == LONG_CHAIN
+    late = net.node("late", *(arg for seed in seeds for arg in ("--bootnode", seed.enode)))
+    wait_until(lambda: same_head([*seeds, late], LONG_CHAIN), timeout=SYNC_S, poll=0.5)
     p2p = late.status()["p2p"]
     assert p2p["blocks_imported"] == LONG_CHAIN and p2p["bans"] == [], p2p
+    served = [peer["blocksServed"] for peer in p2p["peers"]]
+    assert len(served) == 2 and min(served) > 0 and sum(served) >= LONG_CHAIN, p2p
     expected = 1_000 * sum(range(1, LONG_CHAIN // 25 + 1))
     assert rpc(late.user, "qoin_getBalance", str(ALICE.address)) == expected
     assert rpc(late.user, "qoin_blockNumber") == LONG_CHAIN

@@ -191,6 +191,8 @@ class Peer:
     tx_requested: set[bytes] = field(default_factory=set)
     last_received: float = field(default_factory=time.monotonic)
     pinged: bool = False
+    blocks_served: int = 0
+    """Blocks this peer sent us that we had asked for."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -370,6 +372,7 @@ class P2PService:
                     "head": status.head_hash.hex() if status else None,
                     "height": status.head_height if status else None,
                     "score": self.peers.score(peer.node_id),
+                    "blocksServed": peer.blocks_served,
                 }
             )
         return {
@@ -639,6 +642,7 @@ class P2PService:
                 await self._punish(peer, Misbehaviour.UNSOLICITED, "a block not asked for")
                 continue
             peer.known_blocks.add(block.block_hash)
+            peer.blocks_served += 1
             waiter.set_result(block)
 
     async def _import(self, peer: Peer, block: Block) -> ImportResult | None:
@@ -949,6 +953,8 @@ class _Download:
         self.sources: dict[bytes, Peer] = {}
         self.busy: dict[int, int] = {}
         self.pending: deque[Header] = deque()
+        self.sync_peer_only: set[bytes] = set()
+        """Blocks another peer did not serve: asked of the sync peer only."""
         self.tasks: set[asyncio.Task[None]] = set()
 
     def want(self, headers: Sequence[Header]) -> None:
@@ -974,7 +980,9 @@ class _Download:
                 while self.pending and len(batch) < BLOCKS_PER_REQUEST:
                     header = self.pending[0]
                     if peer is not self.sync_peer and (
-                        status is None or status.head_height < header.height
+                        status is None
+                        or status.head_height < header.height
+                        or header.block_hash in self.sync_peer_only
                     ):
                         break
                     batch.append(self.pending.popleft())
@@ -1002,6 +1010,7 @@ class _Download:
             elif block is None:
                 retry.append(header)
         if retry:  # another peer lacked them: the sync peer has them (its headers named them)
+            self.sync_peer_only.update(header.block_hash for header in retry)
             self.pending.extendleft(reversed(retry))
         if self.sync_peer.connection_id not in self.service._connected:
             for future in self.results.values():
