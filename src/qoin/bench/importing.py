@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -38,13 +39,22 @@ ROUNDS = 3
 the medians are compared (one run is a few tenths of a second, and both rates drift by a few %)."""
 
 
-def _genesis(senders: list[HybridKeyPair]) -> Genesis:
+NextBlock = Callable[
+    [Genesis, ExecutionState, Block, tuple[Transaction, ...], HybridKeyPair], Block
+]
+"""Builds the child of ``parent`` carrying ``txs`` on the scratch state (which has executed the
+parent), mined by ``miner``: how :func:`prepare` makes each block."""
+
+
+def bench_genesis(senders: list[HybridKeyPair], network: str = "bench-import") -> Genesis:
+    """A genesis that funds ``senders`` evenly; its initial target is the maximum, so blocks
+    stamped on schedule (one ``block_time_ms`` apart) are sealed by any single attempt."""
     share, rest = divmod(GENESIS_ALLOCATION, len(senders))
     allocation = tuple(
         Allocation(kp.address, share + (rest if i == 0 else 0)) for i, kp in enumerate(senders)
     )
     return Genesis(
-        network="bench-import",
+        network=network,
         chain_id=CHAIN_ID,
         timestamp_ms=1_700_000_000_000,
         block_time_ms=10_000,
@@ -56,9 +66,15 @@ def _genesis(senders: list[HybridKeyPair]) -> Genesis:
     )
 
 
-def _next_block(
-    state: ExecutionState, parent: Block, txs: tuple[Transaction, ...], miner: HybridKeyPair
+def unsealed_block(
+    genesis: Genesis,
+    state: ExecutionState,
+    parent: Block,
+    txs: tuple[Transaction, ...],
+    miner: HybridKeyPair,
 ) -> Block:
+    """A :data:`NextBlock` for the execution client alone: roots filled, no proof-of-work and
+    no block reward (the execution client checks neither)."""
     coinbase = Coinbase((Payout(miner.address, 0), Payout(miner.address, sum(t.fee for t in txs))))
     header = replace(
         parent.header,
@@ -94,18 +110,24 @@ def _sign_all(
 
 
 def prepare(
-    senders: int, blocks: int, txs_per_block: int, workdir: Path
+    senders: int,
+    blocks: int,
+    txs_per_block: int,
+    workdir: Path,
+    next_block: NextBlock = unsealed_block,
+    network: str = "bench-import",
 ) -> tuple[Genesis, list[bytes]]:
-    """Build the workload; return the genesis and the encoded measured blocks."""
+    """Build the workload; return the genesis and the encoded blocks: the setup block revealing
+    every sender's keys, then the ``blocks`` measured ones."""
     with ThreadPoolExecutor(default_workers()) as pool:
         keys = list(pool.map(lambda _: generate_keypair(), range(senders + 1)))
     miner, funded = keys[0], keys[1:]
-    genesis = _genesis(funded)
+    genesis = bench_genesis(funded, network)
     scratch = ExecutionState.open(workdir / "scratch", genesis)
     try:
         block = genesis.block
         reveal = _sign_all([(kp, 0, True) for kp in funded], miner)
-        block = _next_block(scratch, block, tuple(reveal), miner)
+        block = next_block(genesis, scratch, block, tuple(reveal), miner)
         if scratch.new_payload(block).status is not PayloadStatus.VALID:
             raise RuntimeError("setup block invalid")
         encoded = [block.encode()]
@@ -114,7 +136,7 @@ def prepare(
         transfers = _sign_all(jobs[: blocks * txs_per_block], miner)
         for index in range(blocks):
             txs = tuple(transfers[index * txs_per_block : (index + 1) * txs_per_block])
-            block = _next_block(scratch, block, txs, miner)
+            block = next_block(genesis, scratch, block, txs, miner)
             if scratch.new_payload(block).status is not PayloadStatus.VALID:
                 raise RuntimeError(f"benchmark block {index} invalid")
             encoded.append(block.encode())

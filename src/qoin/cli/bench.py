@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from qoin.cli.common import EXIT_USAGE, fail, print_json
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json
 from qoin.crypto.suites import SUITES, UnknownSuite, suite_by_name
 
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON document.", no_args_is_help=True)
@@ -76,3 +76,23 @@ def bench_sampling(
     if chosen > MAX_SAMPLES:
         fail(f"--samples must be at most {MAX_SAMPLES}", EXIT_USAGE)
     print_json(sampling.run(senders, blocks, txs_per_block, chosen))
+
+
+@bench_app.command("sync")
+def bench_sync(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+    blocks: Annotated[int, typer.Option(help="Blocks of transfers in the chain.", min=1)] = 30,
+    txs_per_block: Annotated[
+        int, typer.Option("--txs", "--txs-per-block", help="Transfers per block.", min=1)
+    ] = 300,
+    senders: Annotated[int, typer.Option(help="Funded senders.", min=1)] = 500,
+    rounds: Annotated[int, typer.Option(help="Local imports and syncs measured.", min=1)] = 3,
+) -> None:
+    """A fresh node syncs a prepared chain from a peer over loopback vs importing it locally."""
+    from qoin.bench import sync  # noqa: PLC0415
+    from qoin.errors import QoinError  # noqa: PLC0415
+
+    try:
+        print_json(sync.run(blocks, txs_per_block, senders, rounds))
+    except QoinError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)

@@ -9,6 +9,7 @@ payloads they build with ``--mine``, and serves ``consensus_submitBlock`` / ``co
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -50,6 +51,9 @@ from qoin.p2p.peers import PeerAddress, PeerAddressError, parse_bootnodes
 from qoin.p2p.service import P2PService
 from qoin.rpc.jwt import JwtError, load_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
+
+PAUSE_SIGNAL = signal.SIGUSR1
+"""Stops mining; the node keeps running (see :func:`mine`)."""
 
 
 def engine_clients(urls: list[str], secrets: list[Path], timeout: float) -> list[EngineClient]:
@@ -122,15 +126,7 @@ def consensus(
                 err=True,
             )
             if keypair is not None:
-                loop = MiningLoop(
-                    node.chain,
-                    keypair,
-                    workers,
-                    EngineLink(node, lambda message: typer.echo(message, err=True)),
-                    node.lock,
-                )
-                with stop_on_signals(loop.stop) as received:
-                    loop.run(report_mined, lambda message: typer.echo(message, err=True), blocks)
+                received = mine(node, keypair, workers, blocks)
             else:
                 with stop_on_signals(done.set) as received:
                     done.wait()
@@ -148,6 +144,37 @@ def consensus(
         typer.echo(f"stopped at height={head.height} hash={head.block_hash.hex()}", err=True)
     if failure:
         fail(failure, EXIT_FAILURE)
+
+
+def mine(node: ConsensusNode, keypair: HybridKeyPair, workers: int | None, blocks: int) -> list[int]:
+    """Mine until SIGINT or SIGTERM (or ``blocks`` mined); the signals received. SIGUSR1 stops
+    mining only: the node then follows the network until SIGINT or SIGTERM (``qoin devnet`` lets
+    its nodes agree on a head this way)."""
+    loop = MiningLoop(
+        node.chain,
+        keypair,
+        workers,
+        EngineLink(node, lambda message: typer.echo(message, err=True)),
+        node.lock,
+    )
+    done, paused = threading.Event(), threading.Event()
+
+    def stop() -> None:
+        loop.stop()
+        done.set()
+
+    def pause() -> None:
+        paused.set()
+        loop.stop()
+
+    with stop_on_signals(stop) as received, stop_on_signals(pause, (PAUSE_SIGNAL,)):
+        loop.run(report_mined, lambda message: typer.echo(message, err=True), blocks)
+        if paused.is_set() and not received:
+            typer.echo(
+                "mining stopped (SIGUSR1); following the network until Ctrl-C or SIGTERM", err=True
+            )
+            done.wait()
+    return received
 
 
 def open_node(

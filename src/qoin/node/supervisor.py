@@ -36,9 +36,18 @@ class SupervisorError(Exception):
     """A child could not be started."""
 
 
-def _spawn(args: Sequence[str], stderr: int | None = None) -> subprocess.Popen[str]:
+def spawn_qoin(
+    args: Sequence[str],
+    stdout: int | None = None,
+    stderr: int | None = None,
+    stdin: int | None = None,
+) -> subprocess.Popen[str]:
+    """``qoin ARGS`` with this interpreter, in its own session (so a Ctrl-C at the terminal does
+    not reach it; its own children, e.g. miner processes, share its process group)."""
     return subprocess.Popen(  # noqa: S603 (this interpreter running qoin, with our arguments)
         [sys.executable, "-m", "qoin", *args],
+        stdin=stdin,
+        stdout=stdout,
         stderr=stderr,
         text=True,
         start_new_session=True,
@@ -57,18 +66,26 @@ def _forward(stream: IO[str], urls: queue.Queue[str | None]) -> None:
     urls.put(None)
 
 
-def _stop(child: subprocess.Popen[str]) -> int:
-    """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT_S`; the exit status."""
+def stop_child(child: subprocess.Popen[str], timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit status."""
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
         try:
-            child.wait(STOP_TIMEOUT_S)
+            child.wait(timeout)
         except subprocess.TimeoutExpired:
-            sys.stderr.write(
-                f"process {child.pid} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it\n"
-            )
+            sys.stderr.write(f"process {child.pid} did not stop in {timeout:.0f} s; killing it\n")
             child.kill()
     return child.wait()
+
+
+def kill_group(child: subprocess.Popen[str]) -> None:
+    """SIGKILL whatever is left of the process group of a child started by :func:`spawn_qoin`,
+    once the child itself has exited: a grandchild (a miner process) it could not stop, e.g.
+    because it was killed. The group id cannot be reused while any member is alive."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: nothing outlived the child
 
 
 def _engine_url(urls: queue.Queue[str | None], stop: threading.Event) -> str | None:
@@ -94,7 +111,7 @@ def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> i
             return _run(execution_args, consensus_args, stop, received, children)
         finally:
             for child in reversed(children):  # consensus first, then execution
-                _stop(child)
+                stop_child(child)
 
 
 def _run(
@@ -104,7 +121,7 @@ def _run(
     received: list[int],
     children: list[subprocess.Popen[str]],
 ) -> int:
-    execution = _spawn(execution_args, stderr=subprocess.PIPE)
+    execution = spawn_qoin(execution_args, stderr=subprocess.PIPE)
     children.append(execution)
     if execution.stderr is None:  # never: Popen with stderr=PIPE sets it
         raise SupervisorError("no pipe to the execution client's stderr")
@@ -112,20 +129,20 @@ def _run(
     threading.Thread(target=_forward, args=(execution.stderr, urls), daemon=True).start()
     url = _engine_url(urls, stop)
     if url is None or stop.is_set():
-        _stop(execution)
+        stop_child(execution)
         if received:
             return 0
         sys.stderr.write("error: the execution client did not start (see above)\n")
         return 1
-    consensus = _spawn([*consensus_args, "--execution", url])
+    consensus = spawn_qoin([*consensus_args, "--execution", url])
     children.append(consensus)
     while not stop.is_set() and consensus.poll() is None and execution.poll() is None:
         stop.wait(POLL_S)
     if received:
         sys.stderr.write("stopping\n")
     execution_died = execution.poll() is not None and consensus.poll() is None
-    consensus_code = _stop(consensus)
-    execution_code = _stop(execution)
+    consensus_code = stop_child(consensus)
+    execution_code = stop_child(execution)
     if execution_died:
         sys.stderr.write(f"error: the execution client exited with status {execution_code}\n")
         return 1

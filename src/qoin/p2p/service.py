@@ -635,15 +635,18 @@ class P2PService:
         return [item if isinstance(item, Block) else None for item in done]
 
     async def _on_blocks(self, peer: Peer, message: Blocks) -> None:
+        unasked = 0
         for block in message.blocks:
             self.counters.blocks_received += 1
             waiter = peer.block_waiters.pop(block.block_hash, None)
             if waiter is None or waiter.done():
-                await self._punish(peer, Misbehaviour.UNSOLICITED, "a block not asked for")
+                unasked += 1  # e.g. a reply that came after we gave up on the request
                 continue
             peer.known_blocks.add(block.block_hash)
             peer.blocks_served += 1
             waiter.set_result(block)
+        if unasked:  # one penalty per message: a late reply is one race, not many
+            await self._punish(peer, Misbehaviour.UNSOLICITED, f"{unasked} blocks not asked for")
 
     async def _import(self, peer: Peer, block: Block) -> ImportResult | None:
         """Import one block from ``peer``; punish it if the block is invalid. None if not
