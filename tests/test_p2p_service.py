@@ -1,0 +1,255 @@
+"""The p2p service in-process: two or more services over loopback, each on a real chain (real
+blocks, real validation, a real store file) without execution clients, and a scripted peer that
+misbehaves on purpose. The multi-process tests (tests/test_p2p_network.py) cover the full node."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qoin.chain.block import Block, Header
+from qoin.chain.chain import Chain, ImportResult
+from qoin.chain.genesis import Genesis
+from qoin.chain.transaction import Transaction
+from qoin.consensus.network import tree_weight
+from qoin.crypto.hybrid import generate_keypair
+from qoin.p2p.messages import (
+    AnnouncedBlock,
+    Disconnect,
+    DisconnectReason,
+    Headers,
+    Status,
+    decode_message,
+    encode_message,
+)
+from qoin.p2p.peers import PeerAddress
+from qoin.p2p.service import P2PService
+from qoin.p2p.sync import block_locator, fork_height
+from qoin.p2p.transport import NetworkId, TransportError, connect
+from tests.chainutil import mine_next, test_genesis
+from tests.conftest import keypair_for, wait_until
+
+
+class ChainOnly:
+    """A :class:`~qoin.p2p.service.ChainAccess` over a plain chain (consensus rules only)."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.genesis: Genesis = chain.genesis
+        self.submitted: list[Transaction] = []
+
+    def head(self) -> tuple[bytes, int, int]:
+        return self.chain.head, self.chain.head_header.height, tree_weight(self.chain.forks)
+
+    def tips(self, max_count: int) -> list[AnnouncedBlock]:
+        return [AnnouncedBlock(self.chain.head, self.chain.head_header.height)][:max_count]
+
+    def locator(self) -> list[bytes]:
+        return block_locator(self.chain.head_header.height, self.chain.store.canonical_hash)
+
+    def headers_after(self, locator: Sequence[bytes], stop: bytes, max_count: int) -> list[Header]:
+        store = self.chain.store
+
+        def height_of(block_hash: bytes) -> int | None:
+            header = store.header(block_hash)
+            return None if header is None else header.height
+
+        start = fork_height(locator, height_of, store.canonical_hash) + 1
+        found = []
+        for height in range(start, min(self.chain.head_header.height, start + max_count - 1) + 1):
+            block_hash = store.canonical_hash(height)
+            header = None if block_hash is None else store.header(block_hash)
+            if header is not None:
+                found.append(header)
+        return found
+
+    def header(self, block_hash: bytes) -> Header | None:
+        return self.chain.store.header(block_hash)
+
+    def has_block(self, block_hash: bytes) -> bool:
+        return self.chain.has_block(block_hash)
+
+    def blocks(self, hashes: Sequence[bytes]) -> list[Block]:
+        return [b for h in hashes if (b := self.chain.store.get_block(h)) is not None]
+
+    def import_block(self, block: Block) -> ImportResult:
+        return self.chain.import_block(block)
+
+    def new_transactions(self) -> list[Transaction]:
+        return []
+
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
+        self.submitted.extend(txs)
+        return ["added"] * len(txs)
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.services: list[P2PService] = []
+        self.chains: list[Chain] = []
+
+    def node(self, name: str, blocks: int = 0, *bootnodes: P2PService) -> P2PService:
+        chain = Chain.open(self.tmp_path / name, test_genesis())
+        self.chains.append(chain)
+        for _ in range(blocks):
+            chain.import_block(mine_next(chain))
+        service = P2PService(
+            ChainOnly(chain),
+            generate_keypair(),
+            bootnodes=[PeerAddress.parse(b.enode) for b in bootnodes],
+            datadir=self.tmp_path / name,
+        )
+        service.start()
+        self.services.append(service)
+        return service
+
+    def close(self) -> None:
+        for service in self.services:
+            service.stop()
+        for chain in self.chains:
+            chain.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path)
+    yield made
+    made.close()
+
+
+def chain_of(service: P2PService) -> Chain:
+    access = service.access
+    assert isinstance(access, ChainOnly)
+    return access.chain
+
+
+def test_a_new_node_syncs_and_then_follows_gossip(cluster: Cluster) -> None:
+    seed = cluster.node("seed", 40)
+    late = cluster.node("late", 0, seed)
+    wait_until(lambda: chain_of(late).head == chain_of(seed).head, timeout=30)
+    assert late.snapshot()["syncs"] >= 1
+    # A block mined later reaches it by announcement and fetch.
+    seed_chain = chain_of(seed)
+    block = mine_next(seed_chain)
+    result = seed_chain.import_block(block)
+    seed.announce(result)
+    wait_until(lambda: chain_of(late).head == block.block_hash, timeout=30)
+
+
+def test_nodes_relay_blocks_along_a_line(cluster: Cluster) -> None:
+    first = cluster.node("first", 5)
+    middle = cluster.node("middle", 0, first)
+    last = cluster.node("last", 0, middle)
+    wait_until(lambda: chain_of(last).head == chain_of(first).head, timeout=30)
+    assert not any(p["id"] == str(first.identity.address) for p in last.snapshot()["peers"])
+
+
+class Scripted:
+    """A raw peer: does the handshake, then sends exactly what the test says."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.identity = generate_keypair()
+        self.network = NetworkId.from_genesis(genesis)
+        self.received: list[object] = []
+
+    async def run(self, service: P2PService, payloads: list[bytes], linger: float = 3.0) -> None:
+        address = PeerAddress.parse(service.enode)
+        channel = await connect(address.host, address.port, self.identity, self.network)
+        try:
+            for payload in payloads:
+                await channel.send(payload)
+            async with asyncio.timeout(linger):
+                while True:
+                    self.received.append(decode_message(await channel.receive()))
+        except (TransportError, TimeoutError):
+            pass
+        finally:
+            await channel.close()
+
+    def goodbye(self) -> Disconnect | None:
+        found = [m for m in self.received if isinstance(m, Disconnect)]
+        return found[0] if found else None
+
+
+def status_of(genesis: Genesis) -> bytes:
+    return encode_message(
+        Status(genesis.chain_id, genesis.genesis_hash, genesis.genesis_hash, 0, 1, 0)
+    )
+
+
+def test_garbage_twice_is_a_ban(cluster: Cluster) -> None:
+    node = cluster.node("node", 2)
+    genesis = chain_of(node).genesis
+    seed = random.randrange(2**32)
+    junk = random.Random(seed).randbytes(40)
+    peer = Scripted(genesis)
+    asyncio.run(peer.run(node, [status_of(genesis), b"\xee" + junk]))  # unknown type: 50 points
+    assert peer.goodbye() is None or peer.goodbye().reason != DisconnectReason.BANNED, seed
+    asyncio.run(peer.run(node, [status_of(genesis), b"\xee" + junk]))
+    goodbye = peer.goodbye()
+    assert goodbye is not None and goodbye.reason == DisconnectReason.BANNED, seed
+    subjects = {b["subject"] for b in node.snapshot()["bans"]}
+    assert str(peer.identity.address) in subjects
+
+
+def test_another_network_is_refused_at_status(cluster: Cluster) -> None:
+    node = cluster.node("node", 1)
+    genesis = chain_of(node).genesis
+    peer = Scripted(genesis)
+    other = Status(genesis.chain_id, bytes(32), bytes(32), 0, 1, 0)  # hello ok, Status lies
+    asyncio.run(peer.run(node, [encode_message(other)]))
+    goodbye = peer.goodbye()
+    assert goodbye is not None and goodbye.reason == DisconnectReason.INCOMPATIBLE
+
+
+def test_unsolicited_and_out_of_order_messages_cost_points(cluster: Cluster) -> None:
+    node = cluster.node("node", 1)
+    genesis = chain_of(node).genesis
+    peer = Scripted(genesis)
+    unasked = encode_message(Headers(()))
+    asyncio.run(peer.run(node, [status_of(genesis), unasked, unasked], linger=1.0))
+    assert node.peers.score(peer.identity.address) == 20  # two unsolicited replies, 10 each
+    asyncio.run(peer.run(node, [status_of(genesis), status_of(genesis)], linger=1.0))
+    assert node.peers.score(peer.identity.address) == 40  # a second Status: 20
+
+
+def test_a_header_with_bad_proof_of_work_bans_the_sender(cluster: Cluster, tmp_path: Path) -> None:
+    node = cluster.node("node", 1)
+    genesis = chain_of(node).genesis
+    forged_chain = Chain.open(tmp_path / "forged", test_genesis())
+    try:
+        good = mine_next(forged_chain, keypair_for(index=7))
+    finally:
+        forged_chain.close()
+    # A valid header with its timestamp changed: the proof no longer signs it.
+    header = replace(good.header, timestamp_ms=good.header.timestamp_ms + 1)
+    forged = encode_message(Headers((header,)))
+    peer = Scripted(genesis)
+    heavy = Status(genesis.chain_id, genesis.genesis_hash, good.block_hash, 5, 2**100, 0)
+
+    async def scenario() -> None:
+        address = PeerAddress.parse(node.enode)
+        channel = await connect(address.host, address.port, peer.identity, peer.network)
+        try:
+            await channel.send(encode_message(heavy))
+            async with asyncio.timeout(10):
+                while True:
+                    message = decode_message(await channel.receive())
+                    peer.received.append(message)
+                    if type(message).__name__ == "GetHeaders":
+                        await channel.send(forged)
+        except (TransportError, TimeoutError):
+            pass
+        finally:
+            await channel.close()
+
+    asyncio.run(scenario())
+    goodbye = peer.goodbye()
+    assert goodbye is not None and goodbye.reason == DisconnectReason.BANNED, peer.received
+    assert chain_of(node).head_header.height == 1
