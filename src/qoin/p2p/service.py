@@ -110,6 +110,8 @@ KNOWN_PER_PEER = 16_384
 """Block and transaction hashes remembered per peer as known to it (not re-announced)."""
 TX_CACHE_SIZE = 16_384
 """Recently seen transactions kept to answer ``GetTransactions``."""
+SYNC_REST_S = 10.0
+"""How long a peer a sync failed with is not synced from again."""
 ORPHAN_WALK_BACK = 32
 """How far above our head a gossiped orphan may be before we sync instead of fetching parents."""
 
@@ -193,6 +195,8 @@ class Peer:
     pinged: bool = False
     blocks_served: int = 0
     """Blocks this peer sent us that we had asked for."""
+    sync_rest_until: float = 0.0
+    """After a failed sync from this peer: when it may be synced from again."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -698,44 +702,56 @@ class P2PService:
 
     # -- blocks: headers-first sync -----------------------------------------------------------
 
-    def _consider_sync(self, peer: Peer) -> None:
-        """Sync from ``peer`` if it has a head we lack and no sync is running."""
-        status = peer.status
-        if self._syncing is not None or status is None:
+    def _consider_sync(self, peer: Peer | None = None) -> None:
+        """Start a sync from the best candidate if none is running: the peer claiming the most
+        work among those ahead of us (more work, or a higher head) and not resting after a sync
+        that failed. ``peer`` is the one whose news prompted the call (for the log only)."""
+        if self._syncing is not None:
             return
-        if status.total_work <= self._head[2] and status.head_height <= self._head[1]:
-            # It may still hold blocks we lack (a lighter branch); its tips announcement
-            # brings those.
+        _, our_height, our_work = self._head
+        now = time.monotonic()
+        candidates = [
+            p
+            for p in self._connected.values()
+            if p.status is not None
+            and (p.status.total_work > our_work or p.status.head_height > our_height)
+            and now >= p.sync_rest_until
+        ]
+        # A lighter peer may still hold blocks we lack (a side branch): its tips bring those.
+        if not candidates:
             return
-        self._syncing = peer
-        self._spawn(self._sync(peer))
+        best = max(candidates, key=_claim)
+        self._syncing = best
+        self._spawn(self._sync(best))
 
     async def _sync(self, peer: Peer) -> None:
         self.counters.syncs += 1
-        started, imported = time.monotonic(), 0
+        started, imported, failed = time.monotonic(), 0, True
         log.info("syncing from %s (height %s)", peer.label, peer.status and peer.status.head_height)
         try:
-            imported = await self._sync_from(peer)
+            imported, failed = await self._sync_from(peer)
         except (asyncio.CancelledError, TransportError):
             pass
         finally:
+            if failed or not imported:
+                # Not again at once: a peer whose claim brought nothing (a lie, or work on side
+                # branches its tips will bring) would be asked in a tight loop. The maintenance
+                # tick retries later.
+                peer.sync_rest_until = time.monotonic() + SYNC_REST_S
             if self._syncing is peer:
                 self._syncing = None
         log.info(
             "sync from %s: %d blocks in %.1f s", peer.label, imported, time.monotonic() - started
         )
-        # Someone may be ahead still (the peer moved on, or another peer is heavier).
-        for other in list(self._connected.values()):
-            self._consider_sync(other)
-            if self._syncing is not None:
-                break
+        await self._refresh_head()
+        self._consider_sync()  # someone may be ahead still (the peer moved on, or is heavier)
 
-    async def _sync_from(self, peer: Peer) -> int:
+    async def _sync_from(self, peer: Peer) -> tuple[int, bool]:
         """Headers from ``peer`` in batches, bodies from every able peer, imported in order;
-        the number of blocks imported."""
+        the number of blocks imported, and whether the sync failed."""
         session = _SyncSession(self, peer, await self._call(self.access.locator))
         try:
-            return await session.run()
+            return await session.run(), bool(session.failure)
         finally:
             session.close()
             if session.failure:
@@ -813,8 +829,10 @@ class P2PService:
     # -- upkeep -------------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        """Dial, ping, drop the silent, poll the mempools: every :data:`MAINTAIN_INTERVAL_S`."""
+        """Dial, ping, drop the silent, retry a sync, poll the mempools: every
+        :data:`MAINTAIN_INTERVAL_S`."""
         while True:
+            self._consider_sync()
             for address in self.peers.want_outbound():
                 self._spawn(self._dial(address))
             now = time.monotonic()
@@ -1065,6 +1083,12 @@ _REFUSALS: dict[Refusal | None, DisconnectReason] = {
     Refusal.INBOUND_FULL: DisconnectReason.TOO_MANY_PEERS,
     Refusal.OUTBOUND_FULL: DisconnectReason.TOO_MANY_PEERS,
 }
+
+
+def _claim(peer: Peer) -> tuple[int, int]:
+    """What a peer claims to have: total work, then head height."""
+    status = peer.status
+    return (0, 0) if status is None else (status.total_work, status.head_height)
 
 
 async def _say_goodbye(channel: SecureChannel, reason: DisconnectReason, text: str) -> None:
