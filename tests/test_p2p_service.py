@@ -253,3 +253,31 @@ def test_a_header_with_bad_proof_of_work_bans_the_sender(cluster: Cluster, tmp_p
     goodbye = peer.goodbye()
     assert goodbye is not None and goodbye.reason == DisconnectReason.BANNED, peer.received
     assert chain_of(node).head_header.height == 1
+
+
+def test_a_peer_claiming_work_it_does_not_serve_is_not_asked_in_a_loop(cluster: Cluster) -> None:
+    node = cluster.node("node", 1)
+    genesis = chain_of(node).genesis
+    peer = Scripted(genesis)
+    boast = Status(genesis.chain_id, genesis.genesis_hash, bytes(32), 10**6, 2**200, 0)
+    asked = 0
+
+    async def scenario() -> None:
+        nonlocal asked
+        address = PeerAddress.parse(node.enode)
+        channel = await connect(address.host, address.port, peer.identity, peer.network)
+        try:
+            await channel.send(encode_message(boast))
+            async with asyncio.timeout(3):
+                while True:
+                    message = decode_message(await channel.receive())
+                    if type(message).__name__ == "GetHeaders":
+                        asked += 1
+                        await channel.send(encode_message(Headers(())))
+        except (TransportError, TimeoutError):
+            pass
+        finally:
+            await channel.close()
+
+    asyncio.run(scenario())
+    assert asked == 1  # then it rests (SYNC_REST_S) instead of asking again at once
