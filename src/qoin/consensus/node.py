@@ -212,6 +212,7 @@ class ConsensusNode:
 
     def status(self) -> dict[str, Any]:
         """The ``consensus_status`` RPC."""
+        p2p = None if self.p2p is None else self.p2p.snapshot()  # not under the chain lock
         with self.lock:
             header = self.chain.head_header
             return {
@@ -225,7 +226,7 @@ class ConsensusNode:
                 "dropped": self.dropped.entries,
                 "judged": dict(self.judged),
                 "invalidBlocks": len(self.chain.invalid),
-                "p2p": None if self.p2p is None else self.p2p.snapshot(),
+                "p2p": p2p,
             }
 
     def add_peer(self, enode: str) -> bool:

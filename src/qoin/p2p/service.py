@@ -110,6 +110,8 @@ KNOWN_PER_PEER = 16_384
 """Block and transaction hashes remembered per peer as known to it (not re-announced)."""
 TX_CACHE_SIZE = 16_384
 """Recently seen transactions kept to answer ``GetTransactions``."""
+SNAPSHOT_TIMEOUT_S = 5.0
+"""How long a status request waits for the p2p loop to describe its peers."""
 SYNC_REST_S = 10.0
 """How long a peer a sync failed with is not synced from again."""
 ORPHAN_WALK_BACK = 32
@@ -283,7 +285,7 @@ class P2PService:
         self._thread.start()
         self._started.wait()
         if self._start_error is not None:
-            raise P2PError(f"cannot listen on {self.host}:{self.port}: {self._start_error}")
+            raise P2PError(f"cannot start on {self.host}:{self.port}: {self._start_error}")
 
     def _run(self) -> None:
         asyncio.run(self._main())
@@ -294,13 +296,13 @@ class P2PService:
         self._import_lock = asyncio.Lock()
         try:
             self._server = await asyncio.start_server(self._on_inbound, self.host, self.port)
-        except OSError as exc:
+            self.port = self._server.sockets[0].getsockname()[1]
+            self._head = await self._call(self.access.head)
+        except (OSError, QoinError) as exc:
             self._start_error = exc
-            self._started.set()
             return
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._head = await self._call(self.access.head)
-        self._started.set()
+        finally:
+            self._started.set()
         maintain = asyncio.create_task(self._maintain())
         try:
             await self._stopping.wait()
@@ -364,7 +366,18 @@ class P2PService:
         self._spawn(self._dial(address))
 
     def snapshot(self) -> dict[str, Any]:
-        """Peers, bans and counters (a JSON-able dict; any thread, a consistent enough view)."""
+        """Peers, bans and counters as a JSON-able dict (any thread: read on the loop, which owns
+        them)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return self._snapshot()
+        future = asyncio.run_coroutine_threadsafe(self._snapshot_on_loop(), loop)
+        return future.result(timeout=SNAPSHOT_TIMEOUT_S)
+
+    async def _snapshot_on_loop(self) -> dict[str, Any]:
+        return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         peers = []
         for peer in list(self._connected.values()):
             status = peer.status
