@@ -212,25 +212,29 @@ def test_a_split_network_converges_on_the_heaviest_head(net: Net) -> None:
 
 
 def test_a_transaction_reaches_every_execution_client(net: Net) -> None:
-    """Sent to the first node of a line of three, a transfer is gossiped hop by hop into the
-    mempools of the others, both execution clients of the last one included."""
+    """Sent to the first node of a line of three, transfers are gossiped hop by hop into the
+    mempools of the others, both execution clients of the last one included: one sent before the
+    others connected (announced when they connect), one sent after (announced as it arrives)."""
     first = net.node("first")
+    early = pay(FUNDED, 0, ALICE, 1_234, reveal=True)
+    rpc(first.user, "qoin_sendRawTransaction", early.encode().hex())
     middle = net.node("middle", "--bootnode", first.enode)
     extra, extra_user, extra_engine = start_execution(net.workdir, "last-execution-2")
     try:
         last = net.node("last", "--bootnode", middle.enode, "--execution", extra_engine)
         wait_until(lambda: len(middle.status()["p2p"]["peers"]) == 2, timeout=30, poll=0.2)
-        tx = pay(FUNDED, 0, ALICE, 1_234, reveal=True)
-        rpc(first.user, "qoin_sendRawTransaction", tx.encode().hex())
+        late = pay(FUNDED, 1, BOB, 99)
+        rpc(first.user, "qoin_sendRawTransaction", late.encode().hex())
         for user in (middle.user, last.user, extra_user):
-            wait_until(
-                lambda user=user: rpc(user, "qoin_getTransactionByHash", tx.tx_id.hex()),
-                timeout=30,
-                poll=0.2,
-            )
-            pending = rpc(user, "qoin_getTransactionByHash", tx.tx_id.hex())
-            assert pending["pending"] is True
-        assert last.status()["p2p"]["transactions_received"] == 1
+            for tx in (early, late):
+                wait_until(
+                    lambda user=user, tx=tx: rpc(user, "qoin_getTransactionByHash", tx.tx_id.hex()),
+                    timeout=30,
+                    poll=0.2,
+                )
+                pending = rpc(user, "qoin_getTransactionByHash", tx.tx_id.hex())
+                assert pending["pending"] is True
+        assert last.status()["p2p"]["transactions_received"] == 2
     finally:
         extra.stop()
 

@@ -28,7 +28,7 @@ from qoin.p2p.messages import (
     encode_message,
 )
 from qoin.p2p.peers import PeerAddress
-from qoin.p2p.service import P2PService
+from qoin.p2p.service import BlockRequests, P2PService
 from qoin.p2p.sync import block_locator, fork_height
 from qoin.p2p.transport import NetworkId, TransportError, connect
 from tests.chainutil import mine_next, test_genesis
@@ -82,6 +82,9 @@ class ChainOnly:
 
     def new_transactions(self) -> list[Transaction]:
         return []
+
+    def pending_transactions(self) -> list[Transaction]:
+        return list(self.submitted)
 
     def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
         self.submitted.extend(txs)
@@ -281,3 +284,32 @@ def test_a_peer_claiming_work_it_does_not_serve_is_not_asked_in_a_loop(cluster: 
 
     asyncio.run(scenario())
     assert asked == 1  # then it rests (SYNC_REST_S) instead of asking again at once
+
+
+def test_a_finished_request_does_not_release_a_newer_request_for_the_same_block(
+    tmp_path: Path,
+) -> None:
+    """The race the devnet hit: request A's answer arrives, request B asks for the same block
+    before A cleans up; A's clean-up must leave B waiting for its own answer."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        requests = BlockRequests()
+        chain = Chain.open(tmp_path, test_genesis())
+        block = mine_next(chain)
+        chain.close()
+        first, first_created = requests.register([block.block_hash], loop)
+        assert requests.answer(block.block_hash, block) and first[0].result() is block
+        second, second_created = requests.register([block.block_hash], loop)
+        assert second_created and second[0] is not first[0]
+        requests.release(first_created)  # A cleans up late
+        assert requests.answer(block.block_hash, block)  # B's answer is not "unsolicited"
+        assert second[0].result() is block
+        requests.release(second_created)
+        assert not requests.answer(block.block_hash, block)  # now nothing waits
+        shared, created = requests.register([block.block_hash, block.block_hash], loop)
+        assert shared[0] is shared[1] and len(created) == 1
+        requests.cancel_all()
+        assert shared[0].cancelled()
+
+    asyncio.run(scenario())

@@ -109,6 +109,14 @@ class NodeAccess:
             fresh.update((tx.tx_id, tx) for tx in txs)
         return list(fresh.values())
 
+    def pending_transactions(self) -> list[Transaction]:
+        for client in self.node.validator.active:  # the first client that answers
+            try:
+                return client.pending_transactions(0, MAX_ANNOUNCED_TRANSACTIONS)[1]
+            except EngineError as exc:
+                log.info("no pending transactions from %s: %s", client.url, exc)
+        return []
+
     def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
         """Every client gets the transactions; a transaction counts as ``added`` if one client
         added it, ``known`` if one knew it, else ``rejected`` (every client refused it)."""

@@ -154,6 +154,10 @@ class ChainAccess(Protocol):
     def new_transactions(self) -> list[Transaction]:
         """Transactions the execution clients admitted since the last call."""
 
+    def pending_transactions(self) -> list[Transaction]:
+        """What the execution clients hold pending now (for a new peer; bounded by the caller's
+        message bound)."""
+
     def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
         """Hand transactions to every execution client; a status per transaction."""
 
@@ -178,6 +182,50 @@ class BoundedSet:
         return len(self._items)
 
 
+class BlockRequests:
+    """The blocks asked of one peer and not yet answered, each with the future its answer
+    resolves. Requests that ask for a hash already asked share its future; a request releases
+    only the futures it created, and only while they are still the registered ones."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, asyncio.Future[Block | None]] = {}
+
+    def register(
+        self, hashes: Sequence[bytes], loop: asyncio.AbstractEventLoop
+    ) -> tuple[list[asyncio.Future[Block | None]], dict[bytes, asyncio.Future[Block | None]]]:
+        """Futures for ``hashes`` (in order), and those created here (to ask for, then release)."""
+        waiters: list[asyncio.Future[Block | None]] = []
+        created: dict[bytes, asyncio.Future[Block | None]] = {}
+        for block_hash in hashes:
+            waiter = self._waiting.get(block_hash)
+            if waiter is None:
+                waiter = created[block_hash] = loop.create_future()
+                self._waiting[block_hash] = waiter
+            waiters.append(waiter)
+        return waiters, created
+
+    def answer(self, block_hash: bytes, block: Block | None) -> bool:
+        """Resolve the request for ``block_hash``; False if nothing waits for it (unsolicited)."""
+        waiter = self._waiting.pop(block_hash, None)
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(block)
+        return True
+
+    def release(self, created: dict[bytes, asyncio.Future[Block | None]]) -> None:
+        """Forget the futures a request created, unless another request's replaced them."""
+        for block_hash, waiter in created.items():
+            if self._waiting.get(block_hash) is waiter:
+                del self._waiting[block_hash]
+
+    def cancel_all(self) -> None:
+        """The peer is gone: every request gets no answer."""
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.cancel()
+        self._waiting.clear()
+
+
 @dataclass(eq=False)
 class Peer:
     """One connected peer: its channel, what it told us, and what we asked it for."""
@@ -191,7 +239,7 @@ class Peer:
     known_txs: BoundedSet = field(default_factory=lambda: BoundedSet(KNOWN_PER_PEER))
     outbox: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(OUTBOX_SIZE))
     headers_waiter: asyncio.Future[tuple[Header, ...]] | None = None
-    block_waiters: dict[bytes, asyncio.Future[Block | None]] = field(default_factory=dict)
+    block_requests: BlockRequests = field(default_factory=BlockRequests)
     tx_requested: set[bytes] = field(default_factory=set)
     last_received: float = field(default_factory=time.monotonic)
     pinged: bool = False
@@ -468,6 +516,7 @@ class P2PService:
             tips = await self._call(self.access.tips, MAX_ANNOUNCED_BLOCKS)
             if tips:
                 peer.send(NewBlockHashes(tuple(tips)))
+            await self._announce_pending(peer)
             while True:
                 payload = await peer.channel.receive()
                 peer.last_received, peer.pinged = time.monotonic(), False
@@ -503,9 +552,9 @@ class P2PService:
         if self._connected.pop(peer.connection_id, None) is None:
             return
         self.peers.on_disconnected(peer.connection_id)
-        for waiter in [peer.headers_waiter, *peer.block_waiters.values()]:
-            if waiter is not None and not waiter.done():
-                waiter.cancel()
+        if peer.headers_waiter is not None and not peer.headers_waiter.done():
+            peer.headers_waiter.cancel()
+        peer.block_requests.cancel_all()
         for task in peer.tasks:
             task.cancel()
         if text:
@@ -575,9 +624,7 @@ class P2PService:
     async def _on_not_found(self, peer: Peer, message: NotFound) -> None:
         if message.kind is InventoryKind.BLOCK:
             for block_hash in message.hashes:
-                waiter = peer.block_waiters.pop(block_hash, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                peer.block_requests.answer(block_hash, None)
         else:
             peer.tx_requested.difference_update(message.hashes)
 
@@ -628,40 +675,30 @@ class P2PService:
                     self._spawn(self._fetch_and_import(peer, [parent]))
 
     async def _request_blocks(self, peer: Peer, hashes: Sequence[bytes]) -> list[Block | None]:
-        """Ask ``peer`` for blocks; each is the block, or None (not found, timed out, gone)."""
+        """Ask ``peer`` for blocks; each is the block, or None (not found, timed out, gone).
+        A hash already asked of this peer by another request shares that request's answer."""
         assert self._loop is not None
-        waiters, asked = [], []
-        for block_hash in hashes:
-            waiter = peer.block_waiters.get(block_hash)
-            if waiter is None:  # not already asked of this peer by another request
-                waiter = self._loop.create_future()
-                peer.block_waiters[block_hash] = waiter
-                asked.append(block_hash)
-            waiters.append(waiter)
-        if asked:
-            peer.send(GetBlocks(tuple(asked)))
+        waiters, ours = peer.block_requests.register(hashes, self._loop)
+        if ours:
+            peer.send(GetBlocks(tuple(ours)))
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                done = await asyncio.gather(*waiters, return_exceptions=True)
-        except TimeoutError:
-            done = [w.result() if w.done() and not w.cancelled() else None for w in waiters]
-            await self._punish(peer, Misbehaviour.TIMEOUT, "GetBlocks not answered")
+            # asyncio.wait, not gather: cancelling this request must not cancel shared answers.
+            _, pending = await asyncio.wait(waiters, timeout=REQUEST_TIMEOUT_S)
+            if pending:
+                await self._punish(peer, Misbehaviour.TIMEOUT, "GetBlocks not answered")
         finally:
-            for block_hash in hashes:
-                peer.block_waiters.pop(block_hash, None)
-        return [item if isinstance(item, Block) else None for item in done]
+            peer.block_requests.release(ours)
+        return [w.result() if w.done() and not w.cancelled() else None for w in waiters]
 
     async def _on_blocks(self, peer: Peer, message: Blocks) -> None:
         unasked = 0
         for block in message.blocks:
             self.counters.blocks_received += 1
-            waiter = peer.block_waiters.pop(block.block_hash, None)
-            if waiter is None or waiter.done():
+            if not peer.block_requests.answer(block.block_hash, block):
                 unasked += 1  # e.g. a reply that came after we gave up on the request
                 continue
             peer.known_blocks.add(block.block_hash)
             peer.blocks_served += 1
-            waiter.set_result(block)
         if unasked:  # one penalty per message: a late reply is one race, not many
             await self._punish(peer, Misbehaviour.UNSOLICITED, f"{unasked} blocks not asked for")
 
@@ -824,6 +861,26 @@ class P2PService:
             else:
                 self._remember_tx(tx)
 
+    async def _announce_pending(self, peer: Peer) -> None:
+        """Tell a new peer what our mempools hold: the periodic announcements carry only what is
+        new, and a sender's later transactions are stuck behind one a peer never heard of."""
+        try:
+            txs = await self._call(self.access.pending_transactions)
+        except QoinError as exc:
+            log.info("could not read the pending transactions: %s", exc)
+            return
+        for tx in txs:
+            self._remember_tx(tx)
+        self._announce_transactions(peer, txs)
+
+    def _announce_transactions(self, peer: Peer, txs: Sequence[Transaction]) -> None:
+        fresh = tuple(tx.tx_id for tx in txs if tx.tx_id not in peer.known_txs)
+        for start in range(0, len(fresh), MAX_ANNOUNCED_TRANSACTIONS):
+            batch = fresh[start : start + MAX_ANNOUNCED_TRANSACTIONS]
+            for tx_id in batch:
+                peer.known_txs.add(tx_id)
+            peer.send(NewTransactionHashes(batch))
+
     async def _gossip_transactions(self) -> None:
         """Announce what the execution clients admitted since the last poll."""
         txs = await self._call(self.access.new_transactions)
@@ -832,12 +889,8 @@ class P2PService:
         if not txs:
             return
         for peer in list(self._connected.values()):
-            fresh = tuple(tx.tx_id for tx in txs if tx.tx_id not in peer.known_txs)
-            for start in range(0, len(fresh), MAX_ANNOUNCED_TRANSACTIONS):
-                batch = fresh[start : start + MAX_ANNOUNCED_TRANSACTIONS]
-                for tx_id in batch:
-                    peer.known_txs.add(tx_id)
-                peer.send(NewTransactionHashes(batch))
+            if peer.status is not None:
+                self._announce_transactions(peer, txs)
 
     # -- upkeep -------------------------------------------------------------------------------
 
