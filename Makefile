@@ -20,7 +20,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 bootstrap: $(STAMP)
 
-# The main job: a local network that mines and can be watched (Ctrl-C stops it).
+# The main job: a local network of real nodes over p2p (3 nodes, 2 mining, transfers gossiped)
+# with a live view; Ctrl-C stops every process. Options: `qoin devnet --help`, README.md.
 devnet: $(STAMP)
 	$(BIN)/qoin devnet
 

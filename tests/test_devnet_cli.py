@@ -1,38 +1,221 @@
-"""``qoin devnet --blocks K`` mines K validated blocks with a real miner process and exits 0."""
+"""``qoin devnet``: real nodes (a ``qoin execution`` and a ``qoin consensus`` process each) over p2p
+on 127.0.0.1. With ``--blocks K --json`` it exits 0 once every node is at height K or more and all
+agree on the head, and prints a summary; without ``--blocks`` a SIGINT stops it cleanly. No process
+it started outlives it. Every wait is bounded."""
 
 from __future__ import annotations
 
 import json
+import queue
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from qoin.chain.chain import STORE_FILE, Chain
+from qoin.chain.store import BlockStore
+from qoin.chain.transaction import sign_transfer
+from qoin.node.devnet import read_store, reorg_depth
+from tests.chainutil import mine_template, test_genesis
+from tests.cliutil import run_qoin
+from tests.conftest import keypair_for, wait_until
+from tests.procutil import FUNDED
+from tests.test_chain import FAR_FUTURE, grow, template
+
+RUN_S = 150.0
+SMALL = ("--nodes", "2", "--miners", "1")
+"""Two nodes, one mining: transfers go to the other one, so they reach the miner by gossip."""
+VIEW = re.compile(r"n0\* h=(\d+) [0-9a-f]{8} p=(\d+)")
+TEMP_DIR = re.compile(r"data in (\S+); Ctrl-C stops")
 
 
-def test_devnet_mines_blocks_and_exits() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qoin",
-            "devnet",
-            "--blocks",
-            "3",
-            "--block-time-ms",
-            "300",
-            "--workers",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    heads = [line for line in lines if line.startswith("new head")]
-    assert [h.split()[2] for h in heads] == ["height=1", "height=2", "height=3"]
-    summary = json.loads(lines[-1])
-    assert summary["height"] == 3
-    assert summary["blocks_mined"] == 3
-    assert summary["attempts"] >= 3
-    assert len(summary["head"]) == 64
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Every process below ``pid`` with its start time."""
+    parents: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None:
+                parents.setdefault(stat[1], []).append((int(entry.name), stat[2]))
+    found, todo = {}, [pid]
+    while todo:
+        for child, start in parents.get(todo.pop(), []):
+            found[child] = start
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[2] == start_time and stat[0] not in ("Z", "X")
+
+
+class Devnet:
+    """A running ``qoin devnet``: its stderr lines as they come, and every process seen below it."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qoin", "devnet", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self.stdout: list[str] = []
+        self.seen: dict[int, int] = {}
+        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
+        self._out = threading.Thread(target=self._collect, args=(self.proc.stdout,), daemon=True)
+        self._out.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _collect(self, stream: IO[str]) -> None:
+        self.stdout.extend(stream)
+
+    def watch_until(self, pattern: re.Pattern[str], timeout: float = RUN_S) -> re.Match[str]:
+        """Note the processes below the devnet until a stderr line matches ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.seen.update(_descendants(self.proc.pid))
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            assert line is not None, "".join(self.stderr)
+            if found := pattern.search(line):
+                return found
+        raise AssertionError(f"no line matching {pattern.pattern!r}:\n{''.join(self.stderr)}")
+
+    def finish(self, timeout: float = RUN_S) -> int:
+        """Note the processes below the devnet until it exits; its exit status."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.seen.update(_descendants(self.proc.pid))
+            time.sleep(0.2)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self._out.join(timeout=10)
+        return code
+
+    def summary(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads("".join(self.stdout))
+        return result
+
+    def assert_nothing_left(self) -> None:
+        """Every execution, consensus and miner process is gone."""
+        # two clients per node, and the miners' worker processes
+        assert len(self.seen) >= 5, self.seen
+        wait_until(lambda: not any(_alive(p, t) for p, t in self.seen.items()), timeout=5)
+
+
+def test_blocks_json_agrees_and_leaves_nothing(tmp_path: Path) -> None:
+    started = time.monotonic()
+    net = Devnet(*SMALL, "--blocks", "6", "--json", "--datadir", str(tmp_path))
+    assert net.finish() == 0, "".join(net.stderr)
+    wall = time.monotonic() - started
+    net.assert_nothing_left()
+    summary = net.summary()
+    assert summary["agree"] is True
+    assert summary["height"] >= 6
+    assert [n["node"] for n in summary["nodes"]] == [0, 1]
+    assert [n["mining"] for n in summary["nodes"]] == [True, False]
+    for node in summary["nodes"]:
+        assert (node["head"], node["height"]) == (summary["head"], summary["height"])
+        assert node["peers"] == 1
+        assert node["blocks_stored"] == node["height"] + 1 + node["side_blocks"]
+    assert isinstance(summary["side_blocks"], int) and isinstance(summary["reorgs"], int)
+    assert summary["transactions_included"] > 0, summary
+    assert summary["transactions_sent"] >= summary["transactions_included"]
+    assert 0 < summary["seconds"] <= wall
+    assert summary["datadir"] == str(tmp_path)
+    stderr = "".join(net.stderr)
+    assert "Traceback" not in stderr
+    assert VIEW.search(stderr), stderr  # the live view (on stderr, as stdout holds the JSON)
+    # The data directory was kept: the logs of every process and the shared genesis.
+    assert (tmp_path / "genesis.json").is_file()
+    for index in (0, 1):
+        assert "stopped at height" in (tmp_path / f"node{index}" / "consensus.log").read_text()
+        assert (tmp_path / f"node{index}" / "execution.log").is_file()
+
+
+def test_sigint_stops_every_process() -> None:
+    net = Devnet(*SMALL, "--json")
+    datadir = Path(net.watch_until(TEMP_DIR)[1])
+    # running once node 0 has its peer and a block
+    net.watch_until(re.compile(r"n0\* h=[1-9]\d* [0-9a-f]{8} p=1"))
+    net.proc.send_signal(signal.SIGINT)
+    assert net.finish(60) == 0, "".join(net.stderr)
+    net.assert_nothing_left()
+    stderr = "".join(net.stderr)
+    assert "stopping (signal)" in stderr and "Traceback" not in stderr
+    summary = net.summary()
+    assert summary["interrupted"] is True and summary["error"] is None
+    assert all(node["height"] is not None for node in summary["nodes"]), summary
+    assert summary["datadir"] is None
+    assert not datadir.exists()  # the temporary data directory is removed
+
+
+def test_more_miners_than_nodes_is_refused() -> None:
+    result = run_qoin("devnet", "--nodes", "2", "--miners", "3")
+    assert result.returncode == 2
+    assert "--miners 3 is more than --nodes 2" in result.stderr
+
+
+def test_store_report_counts_side_blocks_reorgs_and_transactions(tmp_path: Path) -> None:
+    """The summary reads a stopped node's store: a 3-block branch replaced by a 5-block one is one
+    reorg of depth 3 and three side blocks; transactions are counted on the canonical chain."""
+    chain = Chain.open(tmp_path / "main", test_genesis())
+    shared = grow(chain, 2)
+    short = grow(chain, 3, keypair_for(index=0))
+    other = Chain.open(tmp_path / "other", test_genesis())
+    for block in shared:
+        other.import_block(block, now_ms=FAR_FUTURE)
+    paid = sign_transfer(FUNDED, chain_id=4242, nonce=0, recipient=keypair_for(index=3).address,
+                         amount=5, fee=1)  # fmt: skip
+    longer = [mine_template(template(other, transactions=[paid]))]
+    other.import_block(longer[0], now_ms=FAR_FUTURE)
+    longer += grow(other, 4, keypair_for(index=1))
+    other.close()
+    for block in longer:
+        chain.import_block(block, now_ms=FAR_FUTURE)
+    chain.close()
+    tip = longer[-1].block_hash.hex()
+    assert reorg_depth_of(tmp_path / "main", short[-1].block_hash.hex(), tip) == 3
+    assert reorg_depth_of(tmp_path / "main", shared[-1].block_hash.hex(), tip) == 0
+    polled = [(b.block_hash.hex(), b.header.height) for b in (shared[0], short[-1], longer[2])]
+    report = read_store(tmp_path / "main", test_genesis(), polled)
+    assert (report.head, report.height) == (tip, 7)
+    assert len(report.hashes) == 1 + 2 + 3 + 5
+    assert len(report.hashes - set(report.canonical)) == 3
+    assert report.reorgs == 1  # shared[0] -> short tip extends; short tip -> longer[2] does not
+    assert report.transactions == 1
+
+
+def reorg_depth_of(datadir: Path, old: str, new: str) -> int:
+    store = BlockStore.open(datadir / STORE_FILE, test_genesis())
+    try:
+        return reorg_depth(store, old, new)
+    finally:
+        store.close()

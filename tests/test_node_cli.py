@@ -307,3 +307,22 @@ def test_node_stops_when_its_execution_client_dies(tmp_path: Path, easy_genesis:
     assert "Traceback" not in stderr
     # the consensus client does not outlive the node
     wait_until(lambda: not _alive(consensus[0], children[consensus[0]]), timeout=5)
+
+
+def test_node_joins_p2p_when_asked(tmp_path: Path, easy_genesis: Path) -> None:
+    datadir = tmp_path / "node"
+    _, stderr = _mine(tmp_path, datadir, 1, "--genesis", str(easy_genesis), "--p2p-port", "0")
+    found = re.search(r"p2p: node (qoin1\w+)@127\.0\.0\.1:(\d+)", stderr)
+    assert found is not None, stderr
+    key_file = datadir / "p2p-node-key.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    # The node id survives a restart.
+    _, stderr = _mine(tmp_path, datadir, 1, "--p2p-port", "0")
+    assert f"p2p: node {found[1]}@" in stderr
+
+
+def test_a_bad_bootnode_fails_clearly(tmp_path: Path, easy_genesis: Path) -> None:
+    result = _run(tmp_path, *_mining_node(tmp_path / "node", "--genesis", str(easy_genesis),
+                                          "--p2p-port", "0", "--bootnode", "nowhere"))  # fmt: skip
+    assert result.returncode != 0
+    assert "--bootnode" in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -53,7 +53,7 @@ from qoin.rpc.jwt import JwtError, load_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
 
 PAUSE_SIGNAL = signal.SIGUSR1
-"""Stops mining; the node keeps running (see :func:`mine`)."""
+"""Stops mining; the node keeps running (see :func:`mine_until_stopped`)."""
 
 
 def engine_clients(urls: list[str], secrets: list[Path], timeout: float) -> list[EngineClient]:
@@ -126,7 +126,7 @@ def consensus(
                 err=True,
             )
             if keypair is not None:
-                received = mine(node, keypair, workers, blocks)
+                received = mine_until_stopped(node, keypair, workers, blocks)
             else:
                 with stop_on_signals(done.set) as received:
                     done.wait()
@@ -146,7 +146,9 @@ def consensus(
         fail(failure, EXIT_FAILURE)
 
 
-def mine(node: ConsensusNode, keypair: HybridKeyPair, workers: int | None, blocks: int) -> list[int]:
+def mine_until_stopped(
+    node: ConsensusNode, keypair: HybridKeyPair, workers: int | None, blocks: int
+) -> list[int]:
     """Mine until SIGINT or SIGTERM (or ``blocks`` mined); the signals received. SIGUSR1 stops
     mining only: the node then follows the network until SIGINT or SIGTERM (``qoin devnet`` lets
     its nodes agree on a head this way)."""

@@ -1,93 +1,106 @@
-"""``qoin devnet``: the project's main job, a local network that mines and can be watched.
+"""``qoin devnet``: the project's main job, a local network of real nodes that mines and can be
+watched (:mod:`qoin.node.devnet` starts, watches and stops the processes).
 
-The multi-node network (consensus and execution clients over p2p) is built issue by issue. Until it
-exists this command runs the most complete thing that does, and says so: one dev node (real blocks,
-full validation, GHOST fork choice, crash-safe storage in a fresh data directory) mining with the
-multi-process PQC-PoW miner on every core, printing a line per new head with attempts per second.
-With ``--blocks K`` it stops after K mined blocks and can print a JSON summary; Ctrl-C stops it.
+Without ``--blocks`` it runs until Ctrl-C or SIGTERM. With ``--blocks K`` it exits once every node's
+head is at least K and, mining stopped, all agree on the head: exit status 0 only if they do.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from qoin.chain import genesis as genesis_mod
-from qoin.chain.chain import Chain
-from qoin.cli.common import stop_on_signals
+from qoin.chain.genesis import GenesisError
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail
 from qoin.cli.node import dev_keypair
-from qoin.node.mining import MinedBlock, MiningLoop
+from qoin.node.devnet import Devnet, DevnetConfig, Outcome
+
+CLEAN_EXITS = (0, -signal.SIGTERM)
+"""A child stopped by SIGTERM exits 0 (or dies of it, if it had not set its handlers yet)."""
 
 
 def devnet(
-    blocks: Annotated[int, typer.Option(help="Stop after this many blocks (0: until Ctrl-C).")] = 0,
+    nodes: Annotated[
+        int, typer.Option(help="Nodes (each an execution + a consensus client).", min=1)
+    ] = 3,
+    miners: Annotated[int, typer.Option(help="How many of the nodes mine.", min=1)] = 2,
+    blocks: Annotated[
+        int,
+        typer.Option(
+            help="Exit once every node is this high and all agree (0: until Ctrl-C).", min=0
+        ),
+    ] = 0,
     block_time_ms: Annotated[int, typer.Option(help="Target block time.", min=100)] = 2_000,
-    workers: Annotated[
-        int | None, typer.Option(help="Miner processes (default: one per core).", min=1)
-    ] = None,
+    workers: Annotated[int, typer.Option(help="Miner processes per mining node.", min=1)] = 1,
     datadir: Annotated[
-        Path | None, typer.Option(help="Keep the chain here (default: a fresh temporary dir).")
+        Path | None,
+        typer.Option(help="Keep the network here (default: a fresh temporary directory)."),
     ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary at the end.")
+        bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")
     ] = False,
 ) -> None:
-    """Run the local network (today: one mining dev node; see the README)."""
-    obj = genesis_mod.builtin_json("devnet")
-    obj["timestamp_ms"] = int(time.time() * 1000)
-    obj["block_time_ms"] = block_time_ms
-    genesis = genesis_mod.from_json(obj)
-    with tempfile.TemporaryDirectory(prefix="qoin-devnet-") as tmp:
-        home = datadir or Path(tmp)
-        chain = Chain.open(home, genesis)
-        loop = MiningLoop(chain, dev_keypair(), workers)
-        typer.echo(
-            "qoin devnet: one mining dev node (the multi-node devnet comes with the p2p issue); "
-            f"{loop.miner.workers} miner processes; Ctrl-C stops",
-            err=True,
-        )
-        side_blocks = reorgs = 0
-        started = time.monotonic()
-
-        def report(mined: MinedBlock) -> None:
-            nonlocal side_blocks, reorgs
-            header = mined.block.header
-            side_blocks += 0 if mined.result.head_changed else 1
-            reorgs += 1 if mined.result.reorg_depth else 0
-            typer.echo(
-                f"{'new head' if mined.result.head_changed else 'side block'} "
-                f"height={header.height} hash={header.block_hash.hex()[:16]} "
-                f"siblings={len(mined.block.siblings)} attempts/s={mined.attempts_per_second:,.0f}"
-            )
-
-        mined = 0
+    """Run a local network of nodes over p2p on 127.0.0.1: mining, transfers, a live view."""
+    if miners > nodes:
+        fail(f"--miners {miners} is more than --nodes {nodes}", EXIT_USAGE)
+    config = DevnetConfig(nodes, miners, blocks, block_time_ms, workers)
+    with tempfile.TemporaryDirectory(prefix="qoin-devnet-", ignore_cleanup_errors=True) as tmp:
+        root = datadir or Path(tmp)
         try:
-            with stop_on_signals(loop.stop) as received:
-                mined = loop.run(report, lambda message: typer.echo(message, err=True), blocks)
-            if received:
-                typer.echo("stopping (signal)", err=True)
-        finally:
-            loop.miner.stop()
-            head = chain.head_header
-            summary = {
-                "height": head.height,
-                "head": head.block_hash.hex(),
-                "blocks_mined": mined,
-                "side_blocks": side_blocks,
-                "reorgs": reorgs,
-                "seconds": round(time.monotonic() - started, 2),
-                "attempts": loop.miner.attempts,
-            }
-            chain.close()
+            net = Devnet(root, config, dev_keypair(), _printer(err=json_out), _printer(err=True))
+        except (GenesisError, OSError) as exc:
+            fail(f"cannot use data directory {root}: {exc}", EXIT_USAGE)
+        outcome = net.run()
+        summary = net.summary(outcome)
+    summary["datadir"] = str(datadir) if datadir else None
     if json_out:
-        typer.echo(json.dumps(summary))
-    else:
-        typer.echo(f"stopped at height={summary['height']} after {summary['seconds']} s", err=True)
+        typer.echo(json.dumps(summary, indent=2))
+    code, message = verdict(config, outcome, summary)
+    typer.echo(f"{'error: ' if code else ''}{message}", err=True)
+    if code:
+        raise typer.Exit(code)
+
+
+def _printer(*, err: bool) -> Callable[[str], None]:
+    """A line printer on stderr or stdout."""
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=err)
+
+    return echo
+
+
+def verdict(config: DevnetConfig, outcome: Outcome, summary: dict[str, Any]) -> tuple[int, str]:
+    """The exit status and the last line to print."""
+    heads = f"{len({n['head'] for n in summary['nodes']})} different heads"
+    if summary["agree"]:
+        heads = f"all nodes at height {summary['height']} head {summary['head'][:16]}"
+    tally = (
+        f"{summary['side_blocks']} side blocks, {summary['reorgs']} reorgs, "
+        f"{summary['transactions_included']} transactions on the chain "
+        f"({summary['transactions_sent']} sent this run) in {summary['seconds']} s"
+    )
+    if outcome.error:
+        return EXIT_FAILURE, f"{outcome.error}\n(stopped every node: {heads})"
+    if any(code not in CLEAN_EXITS for code in outcome.codes):
+        return EXIT_FAILURE, f"a node's process did not stop cleanly ({outcome.codes}); {heads}"
+    if config.blocks and not outcome.reached:
+        return (
+            EXIT_FAILURE,
+            f"interrupted before every node reached height {config.blocks}; {heads}",
+        )
+    if config.blocks and not (outcome.agreed and summary["agree"]):
+        return EXIT_FAILURE, (
+            f"the nodes did not agree on a head within {config.converge_s:.0f} s after mining "
+            f"stopped: {heads}; {tally}"
+        )
+    return 0, f"stopped: {heads}; {tally}"
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,7 @@
 """``qoin node``: run a node — an execution client and a consensus client as two processes joined by
 the engine API (:mod:`qoin.node.supervisor` starts, watches and stops them). Today ``--dev``: a
-single-node development chain (p2p comes with its issue); ``--mine`` to mine. A restart continues
-from the head.
+development chain (the devnet genesis, or ``--genesis``); ``--mine`` to mine; ``--p2p-port`` and
+``--bootnode`` to join other nodes over p2p. A restart continues from the head.
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ def node(
     bootnode: BootnodeOption = None,
 ) -> None:
     """Run a node: an execution client and a consensus client, two processes joined by the engine
-    API (today with --dev: a single-node chain; --mine to mine)."""
+    API (today with --dev: a development chain; --mine to mine; --p2p-port to join peers)."""
     if not dev:
-        fail("only --dev is available until the p2p network lands; try `qoin node --dev --mine`")
+        fail("only development networks exist so far: try `qoin node --dev --mine`")
     home = datadir or qoin_home() / "dev"
     # The key first: a bad --coinbase fails before the datadir is created or opened.
     if coinbase:

@@ -10,6 +10,7 @@ first is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -82,10 +83,8 @@ def kill_group(child: subprocess.Popen[str]) -> None:
     """SIGKILL whatever is left of the process group of a child started by :func:`spawn_qoin`,
     once the child itself has exited: a grandchild (a miner process) it could not stop, e.g.
     because it was killed. The group id cannot be reused while any member is alive."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # empty: nothing outlived it
         os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is empty: nothing outlived the child
 
 
 def _engine_url(urls: queue.Queue[str | None], stop: threading.Event) -> str | None:

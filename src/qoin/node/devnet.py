@@ -1,0 +1,741 @@
+"""``qoin devnet``: a local network of real nodes on 127.0.0.1 that mines, carries transfers and
+can be watched.
+
+Each node is two processes, as ``qoin node`` runs them: a ``qoin execution`` and a
+``qoin consensus`` joined by the engine API (a JWT secret per node). Node 0 starts first; the others
+dial it as their bootnode and each also dials the next one (``consensus_addPeer``), so the network
+is not a star. The first ``miners`` nodes mine (``--mine``, one worker process each by default);
+once every node has its peers, a sender thread submits a transfer from the published devnet key
+about once a second to the last node's execution client, from where p2p gossip carries it to the
+miners. Once a second a line shows every node's height, head and peer count, and the network's
+blocks/s and attempts/s.
+
+With ``blocks`` the run ends once every node's head is at least that high: mining stops (SIGUSR1,
+see :func:`qoin.cli.consensus.mine_until_stopped`), and the nodes get
+:attr:`DevnetConfig.converge_s` seconds to agree on a head. Either way every process is then
+stopped (consensus clients first) and the block stores are read for the summary: heads, side
+blocks, reorgs, transactions included.
+
+Every child runs in its own session, so a Ctrl-C at the terminal reaches only the devnet, which
+stops them in order; whatever happens (an error, a signal), no child is left behind.
+
+The data directory::
+
+    genesis.json        the devnet genesis, re-timed to the first start (shared by every node)
+    node<i>/jwt.hex     node i's engine secret
+    node<i>/execution/  its execution client's data; that client's output in node<i>/execution.log
+    node<i>/consensus/  its consensus client's data (blocks, node key, bans); node<i>/consensus.log
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from qoin.chain import genesis as genesis_mod
+from qoin.chain.chain import STORE_FILE
+from qoin.chain.store import BlockStore, StoreError
+from qoin.chain.transaction import sign_transfer
+from qoin.cli.common import stop_on_signals
+from qoin.crypto.address import Address
+from qoin.crypto.hybrid import HybridKeyPair
+from qoin.errors import QoinError
+from qoin.node.supervisor import STOP_SIGNALS, kill_group, spawn_qoin
+from qoin.rpc.jwt import create_secret
+
+START_TIMEOUT_S = 120.0
+"""How long a client may take to print its addresses (six Python processes start on few cores)."""
+STOP_TIMEOUT_S = 30.0
+"""How long the clients may take to stop after SIGTERM before they are killed."""
+PAUSE_TIMEOUT_S = 30.0
+"""How long a miner may take to confirm that it stopped mining."""
+CONVERGE_S = 60.0
+"""How long the nodes may take to agree on a head once mining stopped."""
+VIEW_INTERVAL_S = 1.0
+POLL_S = 0.25
+RPC_TIMEOUT_S = 5.0
+TX_INTERVAL_S = 1.0
+TX_AMOUNT = 1_000
+TX_SIZE_FOR_FEE = 8_000
+"""The size the fee is estimated for: above a transfer that reveals its keys."""
+RECIPIENTS = 3
+RATE_WINDOW_S = 30.0
+LOG_TAIL_LINES = 20
+
+EXECUTION_URLS = re.compile(r"user RPC (http://\S+), engine API (http://\S+)")
+CONSENSUS_URL = re.compile(r"; RPC (http://\S+);")
+ENODE = re.compile(r"p2p: node (\S+)")
+MINED = re.compile(r"^(?:new head|side block) height=\d+ .*attempts/s=([\d,.]+)")
+PAUSED = re.compile(r"^mining stopped")
+PAUSE_SIGNAL = signal.SIGUSR1
+"""What ``qoin consensus --mine`` stops mining on, following the network still (the same as
+:data:`qoin.cli.consensus.PAUSE_SIGNAL`, not imported: that module brings the whole client)."""
+
+
+class DevnetError(QoinError):
+    """A node could not be started, or one of its processes died."""
+
+
+@dataclass(frozen=True)
+class DevnetConfig:
+    """What ``qoin devnet`` runs."""
+
+    nodes: int = 3
+    miners: int = 2
+    """The first ``miners`` nodes mine."""
+    blocks: int = 0
+    """Stop once every node's head is at least this high (0: run until a signal)."""
+    block_time_ms: int = 2_000
+    """The genesis target block time (a fresh data directory only)."""
+    workers: int = 1
+    """Miner processes per mining node."""
+    converge_s: float = CONVERGE_S
+    tx_interval_s: float = TX_INTERVAL_S
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+class Child:
+    """One ``qoin`` process of the devnet: its output goes to a log file and is watched for the
+    lines the devnet waits on (their first match is kept)."""
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        watch: Sequence[re.Pattern[str]],
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._watch = watch
+        self._on_line = on_line
+        self._found: dict[re.Pattern[str], re.Match[str]] = {}
+        self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._changed = threading.Condition()
+        self._log = log_path.open("a", encoding="utf-8")
+        self.proc = spawn_qoin(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        if self.proc.stdout is None:  # never: Popen with stdout=PIPE sets it
+            raise DevnetError(f"no pipe to {name}'s output")
+        self._reader = threading.Thread(
+            target=self._pump, args=(self.proc.stdout,), name=f"{name} output", daemon=True
+        )
+        self._reader.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                self._log.write(line)
+                self._log.flush()
+                with self._changed:
+                    self._tail.append(line.rstrip("\n"))
+                    for pattern in self._watch:
+                        found = pattern.search(line)
+                        if found and pattern not in self._found:
+                            self._found[pattern] = found
+                    self._changed.notify_all()
+                if self._on_line is not None:
+                    self._on_line(line)
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait_for(
+        self, pattern: re.Pattern[str], cancel: threading.Event, timeout: float = START_TIMEOUT_S
+    ) -> re.Match[str] | None:
+        """The first line matching ``pattern`` (one of ``watch``); None if ``cancel`` is set
+        first; :class:`DevnetError` if the process exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while pattern not in self._found:
+                if cancel.is_set():
+                    return None
+                if not self._reader.is_alive():
+                    raise DevnetError(f"{self.name} exited before it was ready{self.tail()}")
+                if time.monotonic() > deadline:
+                    raise DevnetError(
+                        f"{self.name} printed no line matching {pattern.pattern!r} within "
+                        f"{timeout:.0f} s{self.tail()}"
+                    )
+                self._changed.wait(POLL_S)
+            return self._found[pattern]
+
+    def exited(self) -> int | None:
+        """The exit status if the process has exited."""
+        return self.proc.poll()
+
+    def tail(self) -> str:
+        """The last lines of its output and where the whole of it is."""
+        with self._changed:
+            lines = "\n".join(f"  {line}" for line in self._tail)
+        return f"; its last output lines ({self.log_path}):\n{lines}"
+
+    def close(self) -> None:
+        """After the process exited: let the reader finish, close the log."""
+        self._reader.join(timeout=5)
+        self._log.close()
+
+
+def stop_children(children: Sequence[Child], timeout: float = STOP_TIMEOUT_S) -> list[int]:
+    """SIGTERM to all at once, then wait (SIGKILL after ``timeout``); what is left of their process
+    groups is killed too. Their exit statuses."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for child in children:
+        try:
+            codes.append(child.proc.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            codes.append(child.proc.wait())
+        kill_group(child.proc)
+        child.close()
+    return codes
+
+
+# -- JSON-RPC -------------------------------------------------------------------------------------
+
+
+def call(url: str, method: str, *params: Any, timeout: float = RPC_TIMEOUT_S) -> Any:
+    """One JSON-RPC 2.0 call; :class:`DevnetError` if it cannot be made or answers an error."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    try:
+        answer = httpx.post(url, json=body, timeout=timeout).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise DevnetError(f"{method} at {url}: {exc}") from None
+    if not isinstance(answer, dict):
+        raise DevnetError(f"{method} at {url}: not a JSON-RPC answer")
+    if "error" in answer:
+        error = answer["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise DevnetError(f"{method} at {url}: {message}")
+    return answer.get("result")
+
+
+# -- nodes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What ``consensus_status`` says about a node."""
+
+    height: int
+    head: str
+    peers: int
+    syncing: bool
+
+
+@dataclass
+class Node:
+    """One node of the devnet: its files, its two processes and their addresses."""
+
+    index: int
+    home: Path
+    mining: bool
+    execution: Child | None = None
+    consensus: Child | None = None
+    user_rpc: str = ""
+    engine: str = ""
+    rpc: str = ""
+    enode: str = ""
+    attempts_per_second: float = 0.0
+    """The miner's rate, as printed with its last mined block."""
+    heads: list[tuple[str, int]] = field(default_factory=list)
+    """The heads seen by polling, in order (for counting reorgs afterwards)."""
+    last: NodeStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    def children(self) -> list[Child]:
+        return [c for c in (self.consensus, self.execution) if c is not None]
+
+    def status(self) -> NodeStatus | None:
+        """Poll ``consensus_status``; None if it does not answer now."""
+        try:
+            result = call(self.rpc, "consensus_status")
+            p2p = result.get("p2p") or {}
+            status = NodeStatus(
+                int(result["height"]),
+                str(result["head"]),
+                len(p2p.get("peers", ())),
+                bool(p2p.get("syncing")),
+            )
+        except (DevnetError, AttributeError, KeyError, TypeError, ValueError):
+            return None
+        if not self.heads or self.heads[-1][0] != status.head:
+            self.heads.append((status.head, status.height))
+        self.last = status
+        return status
+
+    def on_consensus_line(self, line: str) -> None:
+        """Note the miner's rate from a mined-block line."""
+        found = MINED.search(line)
+        if found:
+            with contextlib.suppress(ValueError):
+                self.attempts_per_second = float(found[1].replace(",", ""))
+
+
+# -- transfers ------------------------------------------------------------------------------------
+
+
+def recipients(count: int = RECIPIENTS) -> list[Address]:
+    """Fixed addresses the devnet pays (nobody holds their keys: the amounts are burnt)."""
+    return [
+        Address(hashlib.sha3_256(f"qoin devnet recipient {i}".encode()).digest())
+        for i in range(count)
+    ]
+
+
+class TransferSender:
+    """Sends a transfer from ``keypair`` to one execution client every ``interval`` seconds until
+    stopped. The client's ``nextNonce`` counts its pending transactions, so one client is used for
+    all; a transfer reveals the sender's keys until a revealing one is included."""
+
+    def __init__(self, url: str, keypair: HybridKeyPair, chain_id: int, interval: float) -> None:
+        self.url = url
+        self.keypair = keypair
+        self.chain_id = chain_id
+        self.interval = interval
+        self.sent = 0
+        self.failed = 0
+        self.last_error = ""
+        self.stopped = threading.Event()
+        self._to = recipients()
+        self._thread = threading.Thread(target=self._run, name="transfers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=RPC_TIMEOUT_S * 4)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.send_one()
+            except (QoinError, KeyError, TypeError, ValueError) as exc:  # busy: try again later
+                self.failed += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            self.stopped.wait(self.interval)
+
+    def send_one(self) -> str:
+        """Sign and submit one transfer; its hash."""
+        sender = str(self.keypair.address)
+        account = call(self.url, "qoin_getAccount", sender)
+        fee = call(self.url, "qoin_estimateFee", TX_SIZE_FOR_FEE)["fee"]
+        tx = sign_transfer(
+            self.keypair,
+            chain_id=self.chain_id,
+            nonce=int(account["nextNonce"]),
+            recipient=self._to[self.sent % len(self._to)],
+            amount=TX_AMOUNT,
+            fee=int(fee),
+            reveal_keys=not account["publicKeysRevealed"],
+        )
+        tx_hash = str(call(self.url, "qoin_sendRawTransaction", tx.encode().hex()))
+        self.sent += 1
+        return tx_hash
+
+
+# -- the chain, read back -------------------------------------------------------------------------
+
+
+def reorg_depth(store: BlockStore, old: str, new: str) -> int:
+    """How many blocks of ``old``'s chain are not on ``new``'s (0: ``new`` extends ``old``)."""
+    a, b = store.header(bytes.fromhex(old)), store.header(bytes.fromhex(new))
+    depth = 0
+    while a is not None and b is not None and a.height > b.height:
+        a, depth = store.header(a.parent_hash), depth + 1
+    while a is not None and b is not None and b.height > a.height:
+        b = store.header(b.parent_hash)
+    while a is not None and b is not None and a.block_hash != b.block_hash:
+        a, b, depth = store.header(a.parent_hash), store.header(b.parent_hash), depth + 1
+    return depth
+
+
+@dataclass
+class StoreReport:
+    """What a node's block store holds once it stopped."""
+
+    head: str
+    height: int
+    hashes: set[bytes]
+    canonical: list[bytes]
+    reorgs: int
+    transactions: int
+
+
+def read_store(
+    home: Path, genesis: genesis_mod.Genesis, heads: Sequence[tuple[str, int]]
+) -> StoreReport:
+    """Read a stopped node's blocks: head, every stored hash, the canonical chain, the
+    transactions on it, and how many of the polled head changes were reorgs."""
+    store = BlockStore.open(home / STORE_FILE, genesis)
+    try:
+        header = store.header(store.head())
+        if header is None:
+            raise StoreError(f"the head of {home} is not stored")
+        canonical = [store.canonical_hash(h) or b"" for h in range(header.height + 1)]
+        transactions = 0
+        for block_hash in canonical[1:]:
+            block = store.get_block(block_hash)
+            transactions += 0 if block is None else len(block.transactions)
+        seen = [head for head, _ in heads] + [header.block_hash.hex()]
+        reorgs = sum(1 for old, new in itertools.pairwise(seen) if reorg_depth(store, old, new))
+        hashes = {meta.block_hash for meta in store.metas()}
+        return StoreReport(
+            header.block_hash.hex(), header.height, hashes, canonical, reorgs, transactions
+        )
+    finally:
+        store.close()
+
+
+# -- the devnet -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """How a run ended."""
+
+    reached: bool = False
+    """``blocks`` was reached (always False without it)."""
+    agreed: bool = False
+    """The nodes agreed on a head after mining stopped."""
+    interrupted: bool = False
+    error: str = ""
+    seconds: float = 0.0
+    codes: list[int] = field(default_factory=list)
+    """The exit statuses of every process."""
+
+
+class Devnet:
+    """Starts, watches and stops the nodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        config: DevnetConfig,
+        keypair: HybridKeyPair,
+        show: Callable[[str], None],
+        note: Callable[[str], None],
+    ) -> None:
+        self.root = root
+        self.config = config
+        self.keypair = keypair
+        self.show = show
+        """Where the live view goes."""
+        self.note = note
+        """Where messages go."""
+        self.genesis = self._genesis()
+        self.nodes = [
+            Node(i, root / f"node{i}", mining=i < config.miners) for i in range(config.nodes)
+        ]
+        self.sender: TransferSender | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        self._started = time.monotonic()
+        self._shown = 0.0
+
+    def _genesis(self) -> genesis_mod.Genesis:
+        """The network's genesis: the one in the data directory, else the built-in devnet
+        genesis re-timed to now with the configured block time (written there)."""
+        path = self.root / "genesis.json"
+        if path.exists():
+            return genesis_mod.load_file(path)
+        obj = genesis_mod.builtin_json("devnet")
+        obj["timestamp_ms"] = int(time.time() * 1000)
+        obj["block_time_ms"] = self.config.block_time_ms
+        chosen = genesis_mod.from_json(obj)
+        self.root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=2) + "\n")
+        return chosen
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        """Start the nodes, watch them until ``blocks`` (then let them agree) or a signal, stop
+        them all. Every process is stopped before this returns, whatever happens."""
+        cancel = threading.Event()
+        outcome = Outcome()
+        self._started = time.monotonic()
+        with stop_on_signals(cancel.set, STOP_SIGNALS) as received:
+            try:
+                self._start(cancel)
+                if not cancel.is_set():
+                    self._watch(cancel, outcome)
+            except (DevnetError, OSError) as exc:
+                outcome.error = str(exc)
+            finally:
+                if self.sender is not None:
+                    self.sender.stop()
+                outcome.interrupted = bool(received)
+                if received:
+                    self.note("stopping (signal)")
+                outcome.codes = self._stop_all()
+        outcome.seconds = time.monotonic() - self._started
+        return outcome
+
+    def _stop_all(self) -> list[int]:
+        consensus = [n.consensus for n in self.nodes if n.consensus is not None]
+        execution = [n.execution for n in self.nodes if n.execution is not None]
+        return stop_children(consensus) + stop_children(execution)
+
+    def _start(self, cancel: threading.Event) -> None:
+        self.note(
+            f"qoin devnet: nodes={self.config.nodes} miners={self.config.miners} "
+            f"workers={self.config.workers} (per miner) on 127.0.0.1, genesis "
+            f"{self.genesis.genesis_hash.hex()[:16]}, data in {self.root}; Ctrl-C stops"
+        )
+        for node in self.nodes:
+            self._start_execution(node)
+        for node in self.nodes:
+            self._await_execution(node, cancel)
+        first, others = self.nodes[0], self.nodes[1:]
+        if not cancel.is_set():
+            self._start_consensus(first, ())
+            self._await_consensus(first, cancel)
+        if not cancel.is_set():
+            for node in others:
+                self._start_consensus(node, ("--bootnode", first.enode))
+            for node in others:
+                self._await_consensus(node, cancel)
+        if cancel.is_set():
+            return
+        for a, b in links(len(self.nodes)):
+            if a != 0:  # node 0 is every other node's bootnode
+                call(self.nodes[a].rpc, "consensus_addPeer", self.nodes[b].enode)
+        self._await_peers(cancel)
+        # Only now: a transaction is announced to the peers connected when it arrives.
+        self.sender = TransferSender(
+            self.nodes[-1].user_rpc, self.keypair, self.genesis.chain_id, self.config.tx_interval_s
+        )
+        self.sender.start()
+        self.note(
+            f"running; transfers go to {self.nodes[-1].name}'s execution client; view: height "
+            "h, head hash, peers p per node (* mines)"
+        )
+
+    def _await_peers(self, cancel: threading.Event) -> None:
+        """Wait until every node is connected to all the peers :func:`links` gives it."""
+        wanted = [0] * len(self.nodes)
+        for a, b in links(len(self.nodes)):
+            wanted[a], wanted[b] = wanted[a] + 1, wanted[b] + 1
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not cancel.is_set():
+            peers = [s.peers if s else 0 for s in self._poll()]
+            if all(have >= want for have, want in zip(peers, wanted, strict=True)):
+                return
+            if time.monotonic() > deadline:
+                raise DevnetError(f"the nodes did not connect: peers {peers}, expected {wanted}")
+            cancel.wait(POLL_S)
+
+    def _files(self, node: Node) -> list[str]:
+        return ["--genesis", str(self.root / "genesis.json"), "--jwt-secret",
+                str(node.home / "jwt.hex")]  # fmt: skip
+
+    def _start_execution(self, node: Node) -> None:
+        node.home.mkdir(parents=True, exist_ok=True)
+        create_secret(node.home / "jwt.hex")
+        args = ["execution", "--datadir", str(node.home / "execution"), *self._files(node),
+                "--rpc-port", "0", "--engine-port", "0"]  # fmt: skip
+        node.execution = Child(
+            f"{node.name}'s execution client", args, node.home / "execution.log", [EXECUTION_URLS]
+        )
+
+    def _await_execution(self, node: Node, cancel: threading.Event) -> None:
+        if node.execution is None:  # never: started by the step before
+            raise DevnetError(f"{node.name}'s execution client was not started")
+        found = node.execution.wait_for(EXECUTION_URLS, cancel)
+        if found is not None:
+            node.user_rpc, node.engine = found[1], found[2]
+
+    def _start_consensus(self, node: Node, extra: Sequence[str]) -> None:
+        args = ["consensus", "--datadir", str(node.home / "consensus"), *self._files(node),
+                "--execution", node.engine, "--rpc-port", "0", "--p2p-port", "0",
+                *extra]  # fmt: skip
+        if node.mining:
+            args += ["--mine", "--workers", str(self.config.workers)]
+        node.consensus = Child(
+            f"{node.name}'s consensus client",
+            args,
+            node.home / "consensus.log",
+            [ENODE, CONSENSUS_URL, PAUSED],
+            node.on_consensus_line,
+        )
+
+    def _await_consensus(self, node: Node, cancel: threading.Event) -> None:
+        if node.consensus is None:  # never: started by the step before
+            raise DevnetError(f"{node.name}'s consensus client was not started")
+        found = node.consensus.wait_for(CONSENSUS_URL, cancel)
+        enode = node.consensus.wait_for(ENODE, cancel)
+        if found is not None and enode is not None:
+            node.rpc, node.enode = found[1], enode[1]
+
+    # -- watching ---------------------------------------------------------------------------------
+
+    def _check_children(self) -> None:
+        for node in self.nodes:
+            for child in node.children():
+                code = child.exited()
+                if code is not None:
+                    raise DevnetError(f"{child.name} exited with status {code}{child.tail()}")
+
+    def _poll(self) -> list[NodeStatus | None]:
+        self._check_children()
+        statuses = [node.status() for node in self.nodes]
+        heights = [s.height for s in statuses if s is not None]
+        if heights:
+            now = time.monotonic()
+            self._samples.append((now, max(heights)))
+            while self._samples and now - self._samples[0][0] > RATE_WINDOW_S:
+                self._samples.popleft()
+        return statuses
+
+    def _tick(self, cancel: threading.Event) -> list[NodeStatus | None]:
+        """Poll every node (often: the heads seen are what reorgs are counted from), show the
+        view once per :data:`VIEW_INTERVAL_S`, wait a moment."""
+        statuses = self._poll()
+        now = time.monotonic()
+        if now - self._shown >= VIEW_INTERVAL_S:
+            self._shown = now
+            self.show(self.view(statuses))
+        cancel.wait(POLL_S)
+        return statuses
+
+    def _watch(self, cancel: threading.Event, outcome: Outcome) -> None:
+        target = self.config.blocks
+        while not cancel.is_set():
+            statuses = self._tick(cancel)
+            if target and all(s is not None and s.height >= target for s in statuses):
+                outcome.reached = True
+                outcome.agreed = self._converge(cancel)
+                return
+
+    def _converge(self, cancel: threading.Event) -> bool:
+        """Stop mining, then wait until every node reports the same head twice in a row (and
+        none is syncing); False if that does not happen within ``converge_s``."""
+        if self.sender is not None:
+            self.sender.stop()
+        miners = [n.consensus for n in self.nodes if n.mining and n.consensus is not None]
+        for child in miners:
+            child.proc.send_signal(PAUSE_SIGNAL)
+        for child in miners:
+            child.wait_for(PAUSED, cancel, PAUSE_TIMEOUT_S)
+        self.note(f"mining stopped; waiting up to {self.config.converge_s:.0f} s for agreement")
+        deadline = time.monotonic() + self.config.converge_s
+        agreeing = 0
+        while not cancel.is_set() and time.monotonic() < deadline:
+            statuses = self._tick(cancel)
+            agreeing = agreeing + 1 if agree(statuses) else 0
+            if agreeing >= 2:
+                self.show(self.view(statuses))
+                return True
+        return False
+
+    def view(self, statuses: Sequence[NodeStatus | None]) -> str:
+        """One line of the live view."""
+        parts = [f"{time.monotonic() - self._started:5.0f}s"]
+        for node, status in zip(self.nodes, statuses, strict=True):
+            mark = "*" if node.mining else " "
+            if status is None:
+                parts.append(f"n{node.index}{mark} (no answer)")
+            else:
+                sync = " sync" if status.syncing else ""
+                head = f"h={status.height} {status.head[:8]} p={status.peers}{sync}"
+                parts.append(f"n{node.index}{mark} {head}")
+        attempts = sum(n.attempts_per_second for n in self.nodes if n.mining)
+        sent = self.sender.sent if self.sender is not None else 0
+        parts.append(
+            f"{self.blocks_per_second():.2f} blocks/s {attempts:,.0f} attempts/s {sent} txs"
+        )
+        return " | ".join(parts)
+
+    def blocks_per_second(self) -> float:
+        """The network's best height gained per second over the last :data:`RATE_WINDOW_S`."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, h0), (t1, h1) = self._samples[0], self._samples[-1]
+        return (h1 - h0) / (t1 - t0) if t1 > t0 else 0.0
+
+    # -- the summary ------------------------------------------------------------------------------
+
+    def summary(self, outcome: Outcome) -> dict[str, Any]:
+        """The JSON summary of a finished run (it reads the block stores: call after
+        :meth:`run`)."""
+        reports: list[StoreReport | None] = []
+        problems = []
+        for node in self.nodes:
+            try:
+                reports.append(read_store(node.home / "consensus", self.genesis, node.heads))
+            except (StoreError, QoinError, OSError) as exc:
+                reports.append(None)
+                problems.append(f"{node.name}: {exc}")
+        heads = {r.head for r in reports if r is not None}
+        agreed = len(heads) == 1 and None not in reports
+        base = next((r for r in reports if r is not None), None)
+        all_hashes = set().union(*(r.hashes for r in reports if r is not None))
+        return {
+            "agree": agreed,
+            "head": base.head if agreed and base else None,
+            "height": base.height if agreed and base else None,
+            "nodes": [self._node_json(n, r) for n, r in zip(self.nodes, reports, strict=True)],
+            "side_blocks": len(all_hashes - set(base.canonical)) if base else None,
+            "reorgs": sum(r.reorgs for r in reports if r is not None),
+            "transactions_sent": self.sender.sent if self.sender else 0,
+            "transactions_failed": self.sender.failed if self.sender else 0,
+            "transactions_error": self.sender.last_error or None if self.sender else None,
+            "transactions_included": base.transactions if base else None,
+            "seconds": round(outcome.seconds, 2),
+            "reached": outcome.reached,
+            "interrupted": outcome.interrupted,
+            "error": outcome.error or None,
+            "unreadable": problems,
+        }
+
+    def _node_json(self, node: Node, report: StoreReport | None) -> dict[str, Any]:
+        return {
+            "node": node.index,
+            "mining": node.mining,
+            "head": report.head if report else None,
+            "height": report.height if report else None,
+            "peers": node.last.peers if node.last else None,
+            "blocks_stored": len(report.hashes) if report else None,
+            "side_blocks": len(report.hashes) - report.height - 1 if report else None,
+            "reorgs": report.reorgs if report else None,
+        }
+
+
+def links(nodes: int) -> list[tuple[int, int]]:
+    """Who dials whom: every node dials node 0 (its bootnode), and node i dials node i+1 among
+    the others (a ring but for the closing link, which node 0 stands for)."""
+    return [(i, 0) for i in range(1, nodes)] + [(i, i + 1) for i in range(1, nodes - 1)]
+
+
+def agree(statuses: Sequence[NodeStatus | None]) -> bool:
+    """Every node answered, none is syncing, and all have the same head."""
+    if any(s is None or s.syncing for s in statuses):
+        return False
+    return len({s.head for s in statuses if s is not None}) == 1
