@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-BENCHMARKS = ("crypto", "pow", "import", "sampling")
+BENCHMARKS = ("crypto", "pow", "import", "sampling", "sync")
 
 
 def main() -> int:

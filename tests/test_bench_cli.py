@@ -67,3 +67,30 @@ def test_bench_sampling_refuses_too_many_samples() -> None:
     result = run_qoin("bench", "sampling", "--samples", "100000", timeout=60)
     assert result.returncode == 2
     assert "--samples must be at most" in result.stderr
+
+
+def test_bench_sync_json() -> None:
+    result = run_qoin(
+        "bench", "sync", "--json", "--blocks", "3", "--txs", "20", "--senders", "10",
+        "--rounds", "1", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["benchmark"] == "sync"
+    assert report["blocks"] == 4  # the setup block revealing the senders' keys, then 3
+    assert report["transactions"] == 10 + 3 * 20
+    assert report["machine"]["cpus"] >= 1
+    synced = report["sync"]
+    assert synced["height"] == report["blocks"]  # the synced node reached the chain's head
+    assert len(synced["head"]) == 64
+    assert synced["judged"]["sampled"] + synced["judged"]["stateless"] == report["blocks"]
+    assert synced["p2p"]["syncs"] >= 1
+    for path in ("local_import", "sync"):
+        figures = report[path]
+        assert len(figures["runs_seconds"]) == 1
+        assert figures["blocks_per_s"] > 0 and figures["tx_per_s"] > 0
+        assert abs(figures["tx_per_s"] / figures["blocks_per_s"] - 70 / 4) < 1e-6
+    ratio = synced["blocks_per_s"] / report["local_import"]["blocks_per_s"]
+    assert abs(report["ratio"] - ratio) < 1e-9
+    assert report["goal"] == 0.8
+    assert report["met"] == (report["ratio"] >= 0.8)

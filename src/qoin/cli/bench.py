@@ -81,10 +81,10 @@ def bench_sampling(
 @bench_app.command("sync")
 def bench_sync(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
-    blocks: Annotated[int, typer.Option(help="Blocks of transfers in the chain.", min=1)] = 30,
+    blocks: Annotated[int, typer.Option(help="Blocks of transfers in the chain.", min=1)] = 40,
     txs_per_block: Annotated[
         int, typer.Option("--txs", "--txs-per-block", help="Transfers per block.", min=1)
-    ] = 300,
+    ] = 250,
     senders: Annotated[int, typer.Option(help="Funded senders.", min=1)] = 500,
     rounds: Annotated[int, typer.Option(help="Local imports and syncs measured.", min=1)] = 3,
 ) -> None:
