@@ -67,6 +67,7 @@ from qoin.p2p.messages import (
     UnsupportedProtocol,
     decode_message,
     encode_message,
+    encoded_blocks_messages,
     split_blocks,
     split_headers,
     split_transactions,
@@ -496,6 +497,20 @@ def test_split_by_count_and_size(real_blocks: list[Block]) -> None:
     assert not split_blocks([])
     assert not split_headers([])
     assert not split_transactions([])
+
+
+@SLOW
+@given(st.lists(blocks, max_size=6), st.integers(min_value=20_000, max_value=80_000))
+def test_blocks_served_from_stored_encodings_are_the_same_messages(
+    items: list[Block], max_size: int
+) -> None:
+    try:
+        expected = [encode_message(part) for part in split_blocks(items, max_size)]
+    except OversizeField:
+        with pytest.raises(OversizeField):
+            encoded_blocks_messages([b.encode() for b in items], max_size)
+        return
+    assert encoded_blocks_messages([b.encode() for b in items], max_size) == expected
 
 
 @SLOW

@@ -74,8 +74,9 @@ class ChainOnly:
     def has_block(self, block_hash: bytes) -> bool:
         return self.chain.has_block(block_hash)
 
-    def blocks(self, hashes: Sequence[bytes]) -> list[Block]:
-        return [b for h in hashes if (b := self.chain.store.get_block(h)) is not None]
+    def block_encodings(self, hashes: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        found = ((h, self.chain.store.block_encoding(h)) for h in hashes)
+        return [(h, e) for h, e in found if e is not None]
 
     def import_block(self, block: Block) -> ImportResult:
         return self.chain.import_block(block)

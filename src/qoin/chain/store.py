@@ -167,13 +167,18 @@ class BlockStore:
 
     def get_block(self, block_hash: bytes) -> Block | None:
         """A stored block, or None."""
-        row = self._db.execute("SELECT block FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
-        if row is None:
+        encoding = self.block_encoding(block_hash)
+        if encoding is None:
             return None
         try:
-            return Block.decode(bytes(row[0]))
+            return Block.decode(encoding)
         except DecodeError as exc:
             raise StoreError(f"stored block {block_hash.hex()} is corrupt: {exc}") from None
+
+    def block_encoding(self, block_hash: bytes) -> bytes | None:
+        """A stored block's canonical encoding as stored (not decoded), or None."""
+        row = self._db.execute("SELECT block FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def header(self, block_hash: bytes) -> Header | None:
         """A stored block's header, or None (recent ones cached: headers are immutable)."""

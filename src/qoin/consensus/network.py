@@ -88,10 +88,11 @@ class NodeAccess:
         with self.node.lock:
             return self.node.chain.has_block(block_hash)
 
-    def blocks(self, hashes: Sequence[bytes]) -> list[Block]:
+    def block_encodings(self, hashes: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
         with self.node.lock:
-            found = (self.node.chain.store.get_block(h) for h in hashes)
-            return [block for block in found if block is not None]
+            store = self.node.chain.store
+            found = ((h, store.block_encoding(h)) for h in hashes)
+            return [(h, encoding) for h, encoding in found if encoding is not None]
 
     def import_block(self, block: Block) -> ImportResult:
         return self.node.import_block(block)

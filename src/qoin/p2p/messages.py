@@ -643,6 +643,24 @@ def split_blocks(blocks: Sequence[Block], max_size: int = MAX_MESSAGE_SIZE) -> l
     return [Blocks(items[run]) for run in _chunks(sizes, MAX_GET_BLOCKS, max_size)]
 
 
+def encoded_blocks_messages(
+    encodings: Sequence[bytes], max_size: int = MAX_MESSAGE_SIZE
+) -> list[bytes]:
+    """The encoded ``Blocks`` messages of :func:`split_blocks`, built from blocks' stored
+    encodings without decoding them (a node serving blocks sends what it stored). The caller
+    vouches that each encoding is a canonical block of at most ``MAX_BLOCK_SIZE`` bytes."""
+    sizes = [len(encode_varint(len(e))) + len(e) for e in encodings]
+    messages = []
+    for run in _chunks(sizes, MAX_GET_BLOCKS, max_size):
+        writer = Writer().u8(MessageType.BLOCKS)
+        chunk = encodings[run]
+        _write_count(writer, len(chunk), MAX_GET_BLOCKS)
+        for encoding in chunk:
+            writer.var_bytes(encoding, MAX_BLOCK_SIZE)
+        messages.append(writer.bytes())
+    return messages
+
+
 def split_transactions(
     transactions: Sequence[Transaction], max_size: int = MAX_MESSAGE_SIZE
 ) -> list[Transactions]:

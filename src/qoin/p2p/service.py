@@ -67,7 +67,7 @@ from qoin.p2p.messages import (
     Transactions,
     decode_message,
     encode_message,
-    split_blocks,
+    encoded_blocks_messages,
     split_headers,
     split_transactions,
 )
@@ -99,7 +99,7 @@ PING_INTERVAL_S = 15.0
 MAINTAIN_INTERVAL_S = 0.5
 """How often the service dials, pings and polls the execution clients' mempools."""
 BLOCKS_PER_REQUEST = 16
-"""Blocks asked for in one ``GetBlocks`` during sync."""
+"""Blocks asked for in one ``GetBlocks`` during sync (the first requests ask for 1, 2, 4, 8)."""
 REQUESTS_PER_PEER = 4
 """``GetBlocks`` outstanding per peer during sync (4 x 16 = 64 blocks, within the 128 window)."""
 DOWNLOAD_AHEAD = 512
@@ -145,8 +145,8 @@ class ChainAccess(Protocol):
     def has_block(self, block_hash: bytes) -> bool:
         """Whether the block is stored."""
 
-    def blocks(self, hashes: Sequence[bytes]) -> list[Block]:
-        """The stored blocks among ``hashes``, in order."""
+    def block_encodings(self, hashes: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        """``(hash, encoding)`` of the stored blocks among ``hashes``, in order, as stored."""
 
     def import_block(self, block: Block) -> ImportResult:
         """Validate, judge and store a block (raises ``InvalidBlock``, ``ExecutionUndecided``)."""
@@ -259,8 +259,12 @@ class Peer:
 
     def send(self, message: Message) -> bool:
         """Queue a message; False if the peer is too far behind (the caller drops it)."""
+        return self.send_encoded(encode_message(message))
+
+    def send_encoded(self, payload: bytes) -> bool:
+        """Queue an encoded message (see :meth:`send`)."""
         try:
-            self.outbox.put_nowait(encode_message(message))
+            self.outbox.put_nowait(payload)
         except asyncio.QueueFull:
             return False
         return True
@@ -605,10 +609,10 @@ class P2PService:
             waiter.set_result(message.headers)
 
     async def _on_get_blocks(self, peer: Peer, message: GetBlocks) -> None:
-        found = await self._call(self.access.blocks, message.hashes)
-        for reply in split_blocks(found) if found else []:
-            peer.send(reply)
-        served = {block.block_hash for block in found}
+        found = await self._call(self.access.block_encodings, message.hashes)
+        for reply in encoded_blocks_messages([encoding for _, encoding in found]) if found else []:
+            peer.send_encoded(reply)
+        served = {block_hash for block_hash, _ in found}
         missing = tuple(h for h in message.hashes if h not in served)
         if missing:
             peer.send(NotFound(InventoryKind.BLOCK, missing))
@@ -1040,6 +1044,8 @@ class _Download:
         self.sources: dict[bytes, Peer] = {}
         self.busy: dict[int, int] = {}
         self.pending: deque[Header] = deque()
+        self.requests = 0
+        """``GetBlocks`` sent so far."""
         self.sync_peer_only: set[bytes] = set()
         """Blocks another peer did not serve: asked of the sync peer only."""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -1064,7 +1070,10 @@ class _Download:
             while self.pending and self.busy.get(peer.connection_id, 0) < REQUESTS_PER_PEER:
                 status = peer.status
                 batch: list[Header] = []
-                while self.pending and len(batch) < BLOCKS_PER_REQUEST:
+                # The first requests are small (1, 2, 4, ...) so that the first import starts
+                # before a whole 16-block reply is sent, decrypted and decoded.
+                size = min(BLOCKS_PER_REQUEST, 1 << min(self.requests, 8))
+                while self.pending and len(batch) < size:
                     header = self.pending[0]
                     if peer is not self.sync_peer and (
                         status is None
@@ -1075,6 +1084,7 @@ class _Download:
                     batch.append(self.pending.popleft())
                 if not batch:
                     break
+                self.requests += 1
                 self.busy[peer.connection_id] = self.busy.get(peer.connection_id, 0) + 1
                 task = asyncio.create_task(self._fetch(peer, batch))
                 self.tasks.add(task)
