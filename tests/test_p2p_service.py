@@ -16,13 +16,18 @@ from qoin.chain.block import Block, Header
 from qoin.chain.chain import Chain, ImportResult
 from qoin.chain.genesis import Genesis
 from qoin.chain.transaction import Transaction
-from qoin.consensus.network import tree_weight
+from qoin.consensus.network import read_encodings, tree_weight
 from qoin.crypto.hybrid import generate_keypair
+from qoin.p2p import service as service_module
 from qoin.p2p.messages import (
     AnnouncedBlock,
+    Blocks,
     Disconnect,
     DisconnectReason,
+    GetBlocks,
+    GetHeaders,
     Headers,
+    NewBlockHashes,
     Status,
     decode_message,
     encode_message,
@@ -74,9 +79,11 @@ class ChainOnly:
     def has_block(self, block_hash: bytes) -> bool:
         return self.chain.has_block(block_hash)
 
-    def block_encodings(self, hashes: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
-        found = ((h, self.chain.store.block_encoding(h)) for h in hashes)
-        return [(h, e) for h, e in found if e is not None]
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
+        return [h for h in hashes if not self.chain.has_block(h)]
+
+    def block_encodings(self, hashes: Sequence[bytes], max_bytes: int) -> list[tuple[bytes, bytes]]:
+        return read_encodings(self.chain.store.block_encoding, hashes, max_bytes)
 
     def import_block(self, block: Block) -> ImportResult:
         return self.chain.import_block(block)
@@ -125,6 +132,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     made = Cluster(tmp_path)
     yield made
     made.close()
+
+
+def canonical_blocks(chain: Chain, count: int) -> list[Block]:
+    """The first ``count`` blocks of the chain's canonical chain."""
+    found = []
+    for height in range(1, count + 1):
+        block_hash = chain.store.canonical_hash(height)
+        block = None if block_hash is None else chain.store.get_block(block_hash)
+        assert block is not None
+        found.append(block)
+    return found
 
 
 def chain_of(service: P2PService) -> Chain:
@@ -218,9 +236,11 @@ def test_unsolicited_and_out_of_order_messages_cost_points(cluster: Cluster) -> 
     peer = Scripted(genesis)
     unasked = encode_message(Headers(()))
     asyncio.run(peer.run(node, [status_of(genesis), unasked, unasked], linger=1.0))
-    assert node.peers.score(peer.identity.address) == 20  # two unsolicited replies, 10 each
+    # two unsolicited replies, 10 each
+    wait_until(lambda: node.peers.score(peer.identity.address) == 20, timeout=10)
     asyncio.run(peer.run(node, [status_of(genesis), status_of(genesis)], linger=1.0))
-    assert node.peers.score(peer.identity.address) == 40  # a second Status: 20
+    # a second Status: 20
+    wait_until(lambda: node.peers.score(peer.identity.address) == 40, timeout=10)
 
 
 def test_a_header_with_bad_proof_of_work_bans_the_sender(cluster: Cluster, tmp_path: Path) -> None:
@@ -285,6 +305,54 @@ def test_a_peer_claiming_work_it_does_not_serve_is_not_asked_in_a_loop(cluster: 
 
     asyncio.run(scenario())
     assert asked == 1  # then it rests (SYNC_REST_S) instead of asking again at once
+    asyncio.run(scenario())  # the same node id reconnecting is still resting
+    assert asked == 1
+
+
+def test_a_peer_repeating_headers_we_have_cannot_hold_the_sync(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A liar claiming the most work answers every GetHeaders with the same full batch of
+    headers the node already has: the second batch does not follow the first, which costs it
+    points and ends its sync; the node then syncs from an honest peer."""
+    monkeypatch.setattr(service_module, "MAX_HEADERS", 20)
+    seed = cluster.node("seed", 60)
+    late = cluster.node("late", 0)
+    ours = canonical_blocks(chain_of(seed), 30)
+    for block in ours:
+        chain_of(late).import_block(block)
+    genesis = chain_of(late).genesis
+    liar = Scripted(genesis)
+    boast = Status(genesis.chain_id, genesis.genesis_hash, bytes(32), 10**6, 2**200, 0)
+    replies = 0
+
+    async def scenario() -> None:
+        nonlocal replies
+        address = PeerAddress.parse(late.enode)
+        channel = await connect(address.host, address.port, liar.identity, liar.network)
+        try:
+            await channel.send(encode_message(boast))
+            async with asyncio.timeout(5):
+                while True:
+                    message = decode_message(await channel.receive())
+                    if isinstance(message, GetHeaders):
+                        replies += 1
+                        await channel.send(
+                            encode_message(Headers(tuple(b.header for b in ours[:20])))
+                        )
+                    elif isinstance(message, GetBlocks):
+                        found = [b for b in ours if b.block_hash in set(message.hashes)]
+                        await channel.send(encode_message(Blocks(tuple(found))))
+        except (TransportError, TimeoutError):
+            pass
+        finally:
+            await channel.close()
+
+    asyncio.run(scenario())
+    assert replies == 2, replies  # the second reply broke the rule; no third request
+    assert late.peers.score(liar.identity.address) == 20
+    late.add_peer(PeerAddress.parse(seed.enode))
+    wait_until(lambda: chain_of(late).head == chain_of(seed).head, timeout=30)
 
 
 def test_a_finished_request_does_not_release_a_newer_request_for_the_same_block(
@@ -314,3 +382,20 @@ def test_a_finished_request_does_not_release_a_newer_request_for_the_same_block(
         assert shared[0].cancelled()
 
     asyncio.run(scenario())
+
+
+def test_a_flood_of_announcements_starts_a_bounded_number_of_fetches(cluster: Cluster) -> None:
+    node = cluster.node("node", 1)
+    genesis = chain_of(node).genesis
+    peer = Scripted(genesis)
+    rng = random.Random(seed := random.randrange(2**32))
+    floods = [
+        encode_message(
+            NewBlockHashes(tuple(AnnouncedBlock(rng.randbytes(32), 2) for _ in range(64)))
+        )
+        for _ in range(300)
+    ]
+    asyncio.run(peer.run(node, [status_of(genesis), *floods], linger=1.0))
+    fetches = sum(1 for m in peer.received if type(m).__name__ == "GetBlocks")
+    assert fetches <= service_module.FETCHES_PER_PEER, (fetches, seed)
+    assert node.snapshot()["enode"]  # the node still answers at once

@@ -8,7 +8,9 @@ the consensus client holds none.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from qoin.chain import forkchoice
 from qoin.chain.block import Block, Header
@@ -88,11 +90,14 @@ class NodeAccess:
         with self.node.lock:
             return self.node.chain.has_block(block_hash)
 
-    def block_encodings(self, hashes: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         with self.node.lock:
-            store = self.node.chain.store
-            found = ((h, store.block_encoding(h)) for h in hashes)
-            return [(h, encoding) for h, encoding in found if encoding is not None]
+            return [h for h in hashes if not self.node.chain.has_block(h)]
+
+    def block_encodings(self, hashes: Sequence[bytes], max_bytes: int) -> list[tuple[bytes, bytes]]:
+        return read_encodings(
+            self.node.chain.store.block_encoding, hashes, max_bytes, self.node.lock
+        )
 
     def import_block(self, block: Block) -> ImportResult:
         return self.node.import_block(block)
@@ -135,6 +140,28 @@ class NodeAccess:
                 if rank.get(answer, 0) > rank[verdicts[index]]:
                     verdicts[index] = answer
         return verdicts
+
+
+def read_encodings(
+    read: Callable[[bytes], bytes | None],
+    hashes: Sequence[bytes],
+    max_bytes: int,
+    lock: AbstractContextManager[Any] | None = None,
+) -> list[tuple[bytes, bytes]]:
+    """``(hash, encoding)`` of the stored blocks among ``hashes`` in order, stopping before
+    ``max_bytes`` would be exceeded (the first block found always counts)."""
+    found: list[tuple[bytes, bytes]] = []
+    total = 0
+    with lock or nullcontext():
+        for block_hash in hashes:
+            encoding = read(block_hash)
+            if encoding is None:
+                continue
+            if found and total + len(encoding) > max_bytes:
+                break
+            found.append((block_hash, encoding))
+            total += len(encoding)
+    return found
 
 
 def tree_weight(forks: forkchoice.Store) -> int:

@@ -183,9 +183,19 @@ class ConsensusNode:
                 # branch for a judgement goes back to the head
                 self.follow_head()
                 raise
+            except BaseException:
+                if self._tentative:  # e.g. the store failed: the clients still go back
+                    self.follow_head()
+                raise
             if result.head_changed or self._tentative:
                 self.follow_head()
             return result
+
+    @property
+    def moved_clients(self) -> bool:
+        """Whether the last import moved the execution clients onto a side branch (they must
+        follow the head again after it)."""
+        return self._tentative
 
     def announce(self, result: ImportResult) -> None:
         """Tell the network about blocks stored by mining or RPC (blocks from peers are
@@ -326,6 +336,6 @@ class EngineLink:
 
     def imported(self, chain: Chain, result: ImportResult) -> None:
         """After a mined block: the clients follow the head, the network hears of it."""
-        if result.head_changed:
+        if result.head_changed or self.node.moved_clients:
             self.node.follow_head()
         self.node.announce(result)

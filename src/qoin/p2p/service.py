@@ -110,10 +110,27 @@ KNOWN_PER_PEER = 16_384
 """Block and transaction hashes remembered per peer as known to it (not re-announced)."""
 TX_CACHE_SIZE = 16_384
 """Recently seen transactions kept to answer ``GetTransactions``."""
+SHUTDOWN_S = 10.0
+"""How long stopping waits for peers to take their ``Disconnect``."""
 SNAPSHOT_TIMEOUT_S = 5.0
 """How long a status request waits for the p2p loop to describe its peers."""
 SYNC_REST_S = 10.0
-"""How long a peer a sync failed with is not synced from again."""
+"""How long a peer a sync from which failed or brought nothing is not synced from again; doubled
+for each such sync in a row."""
+SYNC_REST_MAX_S = 600.0
+MAX_SYNC_RESTS = 1024
+FETCHES_PER_PEER = 4
+"""Announced-block fetches running at once per peer; announcements beyond are ignored."""
+MAX_REQUESTED_TXS = 16_384
+"""Transaction ids asked of one peer and not yet answered; announcements beyond are ignored."""
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+"""Downloaded blocks waiting for their import during sync, in bytes: no more is asked for."""
+MAX_SERVED_BYTES = 64 * 1024 * 1024
+"""Bytes of blocks sent for one ``GetBlocks``; the rest is answered ``NotFound``."""
+GAVE_UP_PER_PEER = 1024
+"""Block hashes whose request to a peer timed out: their late arrival is no offence."""
+WALK_BACK_DEPTH = 64
+"""How far below our head a side branch is walked back block by block (its tips reach 64)."""
 ORPHAN_WALK_BACK = 32
 """How far above our head a gossiped orphan may be before we sync instead of fetching parents."""
 
@@ -145,8 +162,12 @@ class ChainAccess(Protocol):
     def has_block(self, block_hash: bytes) -> bool:
         """Whether the block is stored."""
 
-    def block_encodings(self, hashes: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
-        """``(hash, encoding)`` of the stored blocks among ``hashes``, in order, as stored."""
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """The hashes among ``hashes`` of blocks not stored, in order."""
+
+    def block_encodings(self, hashes: Sequence[bytes], max_bytes: int) -> list[tuple[bytes, bytes]]:
+        """``(hash, encoding)`` of the stored blocks among ``hashes``, in order, as stored; stops
+        before ``max_bytes`` would be exceeded (at least one block if any is stored)."""
 
     def import_block(self, block: Block) -> ImportResult:
         """Validate, judge and store a block (raises ``InvalidBlock``, ``ExecutionUndecided``)."""
@@ -245,8 +266,10 @@ class Peer:
     pinged: bool = False
     blocks_served: int = 0
     """Blocks this peer sent us that we had asked for."""
-    sync_rest_until: float = 0.0
-    """After a failed sync from this peer: when it may be synced from again."""
+    fetches: int = 0
+    """Announced-block fetches from this peer under way."""
+    gave_up: BoundedSet = field(default_factory=lambda: BoundedSet(GAVE_UP_PER_PEER))
+    """Blocks whose request to this peer timed out (a late arrival is no offence)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -324,6 +347,10 @@ class P2PService:
         self._import_lock: asyncio.Lock | None = None
         self._syncing: Peer | None = None
         self._fetching: set[bytes] = set()
+        self._sync_rests: dict[Address, tuple[float, int]] = {}
+        """Per node id: until when it is not synced from, and how many syncs from it in a row
+        brought nothing (bounded: the oldest entries go first)."""
+        self._session: _SyncSession | None = None
         self._tx_cache: OrderedDict[bytes, Transaction] = OrderedDict()
         self._head: tuple[bytes, int, int] = (access.genesis.genesis_hash, 0, 0)
         self._load_bans()
@@ -350,7 +377,7 @@ class P2PService:
             self._server = await asyncio.start_server(self._on_inbound, self.host, self.port)
             self.port = self._server.sockets[0].getsockname()[1]
             self._head = await self._call(self.access.head)
-        except (OSError, QoinError) as exc:
+        except Exception as exc:
             self._start_error = exc
             return
         finally:
@@ -361,12 +388,22 @@ class P2PService:
         finally:
             maintain.cancel()
             self._server.close()
-            for peer in list(self._connected.values()):
-                await self._close(peer, DisconnectReason.REQUESTED, "shutting down")
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, maintain, return_exceptions=True)
-            self._save_bans()
+            try:
+                async with asyncio.timeout(SHUTDOWN_S):
+                    await asyncio.gather(
+                        *(
+                            self._close(peer, DisconnectReason.REQUESTED, "shutting down")
+                            for peer in list(self._connected.values())
+                        ),
+                        return_exceptions=True,
+                    )
+            except TimeoutError:
+                log.warning("some peers did not take their goodbye within %s s", SHUTDOWN_S)
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, maintain, return_exceptions=True)
+                self._save_bans()
 
     def stop(self) -> None:
         """Disconnect every peer and stop (from any thread; waits for the loop to finish)."""
@@ -564,12 +601,14 @@ class P2PService:
         if text:
             await _say_goodbye(peer.channel, reason, text)
         await peer.channel.close()
-        if self._syncing is peer:
-            self._syncing = None
+        if self._session is not None and self._session.peer is peer:
+            self._session.download.abort()  # the sync ends; _sync then lets another start
         log.info("peer %s disconnected%s", peer.label, f" ({text})" if text else "")
 
     async def _punish(self, peer: Peer, kind: Misbehaviour, detail: str) -> None:
         """Score a peer's misbehaviour; a banned peer is disconnected at once."""
+        if self.peers.is_banned(peer.node_id):
+            return  # already banned (a peer that left is still scored: it is remembered)
         log.warning("peer %s: %s: %s", peer.label, kind.value, detail)
         if self.peers.penalise(peer.node_id, kind, detail):
             self.counters.banned += 1
@@ -609,11 +648,12 @@ class P2PService:
             waiter.set_result(message.headers)
 
     async def _on_get_blocks(self, peer: Peer, message: GetBlocks) -> None:
-        found = await self._call(self.access.block_encodings, message.hashes)
+        asked = tuple(dict.fromkeys(message.hashes))  # each block once
+        found = await self._call(self.access.block_encodings, asked, MAX_SERVED_BYTES)
         for reply in encoded_blocks_messages([encoding for _, encoding in found]) if found else []:
             peer.send_encoded(reply)
         served = {block_hash for block_hash, _ in found}
-        missing = tuple(h for h in message.hashes if h not in served)
+        missing = tuple(h for h in asked if h not in served)
         if missing:
             peer.send(NotFound(InventoryKind.BLOCK, missing))
 
@@ -653,13 +693,31 @@ class P2PService:
             self._consider_sync(peer)
             return
         wanted = [b.block_hash for b in blocks if b.block_hash not in self._fetching]
-        if wanted:
-            self._spawn(self._fetch_and_import(peer, wanted))
+        if wanted and peer.fetches < FETCHES_PER_PEER:  # beyond: sync or a later tip brings them
+            self._start_fetch(peer, wanted)
 
-    async def _fetch_and_import(self, peer: Peer, hashes: Sequence[bytes]) -> None:
+    def _start_fetch(
+        self, peer: Peer, hashes: Sequence[bytes], expected_height: int | None = None
+    ) -> None:
+        """Fetch and import ``hashes`` from ``peer`` in a task of its own (counted at once, so
+        that at most :data:`FETCHES_PER_PEER` run per peer)."""
+        peer.fetches += 1
+        self._spawn(self._fetch_and_import(peer, hashes, expected_height))
+
+    async def _fetch_and_import(
+        self, peer: Peer, hashes: Sequence[bytes], expected_height: int | None
+    ) -> None:
         """Fetch announced blocks we lack from ``peer`` and import them; walk back to a missing
         parent (a few blocks) or start a sync."""
-        unknown = [h for h in hashes if not await self._call(self.access.has_block, h)]
+        try:
+            await self._fetch_and_import_from(peer, hashes, expected_height)
+        finally:
+            peer.fetches -= 1
+
+    async def _fetch_and_import_from(
+        self, peer: Peer, hashes: Sequence[bytes], expected_height: int | None
+    ) -> None:
+        unknown = await self._call(self.access.missing, hashes)
         if not unknown:
             return
         self._fetching.update(unknown)
@@ -670,13 +728,24 @@ class P2PService:
         for block in blocks:
             if block is None:
                 continue
+            height = block.header.height
+            if expected_height is not None and height != expected_height:
+                await self._punish(
+                    peer, Misbehaviour.PROTOCOL_VIOLATION, "a parent at a wrong height"
+                )
+                return
             result = await self._import(peer, block)
-            if result is not None and result.status is ImportStatus.ORPHAN:
-                parent = block.header.parent_hash
-                if block.header.height > self._head[1] + ORPHAN_WALK_BACK:
-                    self._consider_sync(peer)
-                elif parent not in self._fetching:
-                    self._spawn(self._fetch_and_import(peer, [parent]))
+            if result is None or result.status is not ImportStatus.ORPHAN:
+                continue
+            parent = block.header.parent_hash
+            if height > self._head[1] + ORPHAN_WALK_BACK:
+                self._consider_sync(peer)
+            elif (
+                height - 1 > self._head[1] - WALK_BACK_DEPTH  # a short side branch: walk back
+                and parent not in self._fetching
+                and peer.fetches < FETCHES_PER_PEER
+            ):
+                self._start_fetch(peer, [parent], height - 1)
 
     async def _request_blocks(self, peer: Peer, hashes: Sequence[bytes]) -> list[Block | None]:
         """Ask ``peer`` for blocks; each is the block, or None (not found, timed out, gone).
@@ -689,6 +758,8 @@ class P2PService:
             # asyncio.wait, not gather: cancelling this request must not cancel shared answers.
             _, pending = await asyncio.wait(waiters, timeout=REQUEST_TIMEOUT_S)
             if pending:
+                for block_hash in ours:
+                    peer.gave_up.add(block_hash)
                 await self._punish(peer, Misbehaviour.TIMEOUT, "GetBlocks not answered")
         finally:
             peer.block_requests.release(ours)
@@ -699,7 +770,8 @@ class P2PService:
         for block in message.blocks:
             self.counters.blocks_received += 1
             if not peer.block_requests.answer(block.block_hash, block):
-                unasked += 1  # e.g. a reply that came after we gave up on the request
+                # a reply that came after we gave up on the request is no offence
+                unasked += block.block_hash not in peer.gave_up
                 continue
             peer.known_blocks.add(block.block_hash)
             peer.blocks_served += 1
@@ -769,7 +841,7 @@ class P2PService:
             for p in self._connected.values()
             if p.status is not None
             and (p.status.total_work > our_work or p.status.head_height > our_height)
-            and now >= p.sync_rest_until
+            and now >= self._sync_rests.get(p.node_id, (0.0, 0))[0]
         ]
         # A lighter peer may still hold blocks we lack (a side branch): its tips bring those.
         if not candidates:
@@ -789,9 +861,12 @@ class P2PService:
         finally:
             if failed or not imported:
                 # Not again at once: a peer whose claim brought nothing (a lie, or work on side
-                # branches its tips will bring) would be asked in a tight loop. The maintenance
-                # tick retries later.
-                peer.sync_rest_until = time.monotonic() + SYNC_REST_S
+                # branches its tips will bring) would be asked in a loop. The rest doubles with
+                # each such sync (kept by node id, across reconnections); the maintenance tick
+                # retries later.
+                self._rest(peer.node_id)
+            else:
+                self._sync_rests.pop(peer.node_id, None)
             if self._syncing is peer:
                 self._syncing = None
         log.info(
@@ -800,13 +875,24 @@ class P2PService:
         await self._refresh_head()
         self._consider_sync()  # someone may be ahead still (the peer moved on, or is heavier)
 
+    def _rest(self, node_id: Address) -> None:
+        """Do not sync from ``node_id`` for a while: 10 s, doubling per fruitless sync, up to
+        :data:`SYNC_REST_MAX_S`."""
+        _, fruitless = self._sync_rests.pop(node_id, (0.0, 0))
+        delay = min(SYNC_REST_MAX_S, SYNC_REST_S * 2**fruitless)
+        self._sync_rests[node_id] = (time.monotonic() + delay, fruitless + 1)
+        while len(self._sync_rests) > MAX_SYNC_RESTS:
+            self._sync_rests.pop(next(iter(self._sync_rests)))
+
     async def _sync_from(self, peer: Peer) -> tuple[int, bool]:
         """Headers from ``peer`` in batches, bodies from every able peer, imported in order;
         the number of blocks imported, and whether the sync failed."""
         session = _SyncSession(self, peer, await self._call(self.access.locator))
+        self._session = session
         try:
             return await session.run(), bool(session.failure)
         finally:
+            self._session = None
             session.close()
             if session.failure:
                 log.warning("sync from %s stopped: %s", peer.label, session.failure)
@@ -842,9 +928,10 @@ class P2PService:
         for tx_id in tx_ids:
             peer.known_txs.add(tx_id)
         wanted = tuple(i for i in tx_ids if i not in self._tx_cache and i not in peer.tx_requested)
-        if wanted:
+        if wanted and len(peer.tx_requested) + len(wanted) <= MAX_REQUESTED_TXS:
             peer.tx_requested.update(wanted)
-            peer.send(GetTransactions(wanted))
+            if not peer.send(GetTransactions(wanted)):
+                peer.tx_requested.difference_update(wanted)
 
     async def _on_transactions(self, peer: Peer, message: Transactions) -> None:
         txs = message.transactions
@@ -859,10 +946,11 @@ class P2PService:
         for tx in fresh:
             peer.known_txs.add(tx.tx_id)
         statuses = await self._call(self.access.submit_transactions, fresh)
+        # A refusal costs the peer nothing: most are stateful and honest (a nonce used
+        # meanwhile, our pool full, a fee below ours), and undecodable ones were refused with
+        # the message. Only admitted or known transactions are remembered and served.
         for tx, status in zip(fresh, statuses, strict=False):
-            if status == "rejected":
-                await self._punish(peer, Misbehaviour.INVALID_TRANSACTION, tx.tx_id.hex()[:16])
-            else:
+            if status != "rejected":
                 self._remember_tx(tx)
 
     async def _announce_pending(self, peer: Peer) -> None:
@@ -979,7 +1067,18 @@ class _SyncSession:
             if not batch:
                 return
             service.counters.headers_received += len(batch)
-            if parent is None or parent.block_hash != batch[0].parent_hash:
+            # A reply continues the previous batch, or (the first) follows a locator hash: a
+            # peer cannot hold the sync by sending headers we have over and over.
+            follows = (
+                batch[0].parent_hash == parent.block_hash
+                if parent is not None
+                else batch[0].parent_hash in self.locator
+            )
+            if not follows:
+                self.failure = "a Headers reply that does not follow the request"
+                await service._punish(peer, Misbehaviour.PROTOCOL_VIOLATION, self.failure)
+                return
+            if parent is None:
                 parent = await service._call(service.access.header, batch[0].parent_hash)
             try:
                 await service._call(check_headers, service.access.genesis, batch, parent)
@@ -1046,6 +1145,8 @@ class _Download:
         self.pending: deque[Header] = deque()
         self.requests = 0
         """``GetBlocks`` sent so far."""
+        self.buffered_bytes = 0
+        """Bytes of downloaded blocks not yet taken by the import."""
         self.sync_peer_only: set[bytes] = set()
         """Blocks another peer did not serve: asked of the sync peer only."""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -1066,6 +1167,8 @@ class _Download:
         return [p for p in peers if p.connection_id in self.service._connected]
 
     def _dispatch(self) -> None:
+        if self.buffered_bytes > MAX_BUFFERED_BYTES:
+            return  # the import catches up first (get() dispatches again)
         for peer in self._able():
             while self.pending and self.busy.get(peer.connection_id, 0) < REQUESTS_PER_PEER:
                 status = peer.status
@@ -1100,6 +1203,7 @@ class _Download:
             future = self.results[header.block_hash]
             if block is not None and not future.done():
                 self.sources[header.block_hash] = peer
+                self.buffered_bytes += len(block.encode())
                 future.set_result(block)
             elif block is None and peer is self.sync_peer:
                 if not future.done():
@@ -1110,16 +1214,23 @@ class _Download:
             self.sync_peer_only.update(header.block_hash for header in retry)
             self.pending.extendleft(reversed(retry))
         if self.sync_peer.connection_id not in self.service._connected:
-            for future in self.results.values():
-                if not future.done():
-                    future.set_result(None)
+            self.abort()
         self._dispatch()
 
     async def get(self, block_hash: bytes) -> Block | None:
         """The block, once downloaded; None if no peer served it."""
         block = await self.results[block_hash]
         del self.results[block_hash]
+        if block is not None:
+            self.buffered_bytes -= len(block.encode())
+            self._dispatch()
         return block
+
+    def abort(self) -> None:
+        """The sync peer is gone: every block not yet downloaded will not come."""
+        for future in self.results.values():
+            if not future.done():
+                future.set_result(None)
 
     def source(self, block_hash: bytes) -> Peer | None:
         """The peer that served a block (to blame if it is invalid)."""
