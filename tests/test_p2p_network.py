@@ -1,8 +1,9 @@
 """Nodes over the p2p network, as real processes on 127.0.0.1: each node is a `qoin execution` and a
-`qoin consensus --p2p-port 0`. A late node syncs a 500-block chain; a node stopped mid-sync resumes
-from where it stopped; a network split in two mines on both sides and, once joined, converges on
-the GHOST-heaviest head, execution state included; a peer that serves an invalid block is banned
-while the honest nodes go on.
+`qoin consensus --p2p-port 0`. A late node syncs a 500-block chain from two peers at once; a node
+stopped mid-sync resumes from where it stopped; a network split in two mines on both sides (with
+blocks mined in the test, and with the nodes' own miners) and, once joined, converges on the
+GHOST-heaviest head, execution state included; transactions reach every execution client hop by
+hop; a peer that serves an invalid block is banned while the honest nodes go on.
 
 Chains are mined in the test process at the test network's maximum target (one hybrid signature
 per block, stamped on schedule) and reach a node by `consensus_submitBlock` or a prepared data
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +239,50 @@ def test_a_transaction_reaches_every_execution_client(net: Net) -> None:
         assert last.status()["p2p"]["transactions_received"] == 2
     finally:
         extra.stop()
+
+
+def stored_blocks(datadir: Path) -> dict[bytes, Block]:
+    """Every block a stopped node's consensus store holds."""
+    chain = Chain.open(datadir, genesis())
+    try:
+        metas = [meta for meta in chain.store.metas() if meta.height > 0]
+        found = {meta.block_hash: chain.store.get_block(meta.block_hash) for meta in metas}
+        return {block_hash: block for block_hash, block in found.items() if block is not None}
+    finally:
+        chain.close()
+
+
+def test_halves_mining_apart_converge_once_joined(net: Net) -> None:
+    """The same with the nodes' own miners: each half mines (one worker, the test network's
+    maximum target) until both have a few blocks, mining stops (SIGUSR1), the halves join, and
+    all four agree on the head that fork choice over every block any of them stored picks."""
+    mining = ("--mine", "--workers", "1")
+    a1 = net.node("a1", *mining)
+    a2 = net.node("a2", "--bootnode", a1.enode)
+    b1 = net.node("b1", *mining)
+    b2 = net.node("b2", "--bootnode", b1.enode)
+    wait_until(lambda: a2.height() >= 3 and b2.height() >= 3, timeout=120, poll=0.2)
+    for miner in (a1, b1):
+        miner.consensus.proc.send_signal(signal.SIGUSR1)
+        miner.consensus.wait_for("mining stopped")
+    wait_until(lambda: same_head([a1, a2]) and same_head([b1, b2]), timeout=60, poll=0.2)
+    assert a1.status()["head"] != b1.status()["head"]  # the halves did split
+    rpc(a2.url, "consensus_addPeer", b2.enode)
+    nodes = [a1, a2, b1, b2]
+    wait_until(lambda: same_head(nodes), timeout=120, poll=0.5)
+    agreed = a1.status()["head"]
+    for node in nodes:
+        node.stop()
+    union: dict[bytes, Block] = {}
+    for node in nodes:
+        union.update(stored_blocks(net.workdir / node.name))
+    judge = Chain.open(net.workdir / "judge", genesis())
+    try:
+        for block in sorted(union.values(), key=lambda b: b.header.height):
+            judge.import_block(block)
+        assert judge.head.hex() == agreed
+    finally:
+        judge.close()
 
 
 class BadPeer:
