@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from qoin.p2p.messages import (
 )
 from qoin.p2p.peers import PeerAddress
 from qoin.p2p.service import BlockRequests, P2PService
-from qoin.p2p.sync import block_locator, fork_height
+from qoin.p2p.sync import block_locator, headers_after
 from qoin.p2p.transport import NetworkId, TransportError, connect
 from tests.chainutil import mine_next, test_genesis
 from tests.conftest import keypair_for, wait_until
@@ -61,17 +61,13 @@ class ChainOnly:
         store = self.chain.store
 
         def height_of(block_hash: bytes) -> int | None:
-            header = store.header(block_hash)
-            return None if header is None else header.height
+            meta = self.chain.forks.blocks.get(block_hash)
+            return None if meta is None else meta.height
 
-        start = fork_height(locator, height_of, store.canonical_hash) + 1
-        found = []
-        for height in range(start, min(self.chain.head_header.height, start + max_count - 1) + 1):
-            block_hash = store.canonical_hash(height)
-            header = None if block_hash is None else store.header(block_hash)
-            if header is not None:
-                found.append(header)
-        return found
+        head_height = self.chain.head_header.height
+        return headers_after(
+            locator, stop, max_count, head_height, height_of, store.canonical_hash, store.header
+        )
 
     def header(self, block_hash: bytes) -> Header | None:
         return self.chain.store.header(block_hash)
@@ -173,14 +169,22 @@ def test_nodes_relay_blocks_along_a_line(cluster: Cluster) -> None:
 
 
 class Scripted:
-    """A raw peer: does the handshake, then sends exactly what the test says."""
+    """A raw peer: does the handshake, sends exactly what the test says, records what it receives
+    for ``linger`` seconds (or until the node hangs up), answering each message with what
+    ``answer`` returns."""
 
     def __init__(self, genesis: Genesis) -> None:
         self.identity = generate_keypair()
         self.network = NetworkId.from_genesis(genesis)
         self.received: list[object] = []
 
-    async def run(self, service: P2PService, payloads: list[bytes], linger: float = 3.0) -> None:
+    async def run(
+        self,
+        service: P2PService,
+        payloads: list[bytes],
+        linger: float = 3.0,
+        answer: Callable[[object], list[bytes]] = lambda message: [],
+    ) -> None:
         address = PeerAddress.parse(service.enode)
         channel = await connect(address.host, address.port, self.identity, self.network)
         try:
@@ -188,11 +192,18 @@ class Scripted:
                 await channel.send(payload)
             async with asyncio.timeout(linger):
                 while True:
-                    self.received.append(decode_message(await channel.receive()))
+                    message = decode_message(await channel.receive())
+                    self.received.append(message)
+                    for reply in answer(message):
+                        await channel.send(reply)
         except (TransportError, TimeoutError):
             pass
         finally:
             await channel.close()
+
+    def count(self, kind: type) -> int:
+        """How many messages of ``kind`` it received."""
+        return sum(isinstance(message, kind) for message in self.received)
 
     def goodbye(self) -> Disconnect | None:
         found = [m for m in self.received if isinstance(m, Disconnect)]
@@ -257,23 +268,10 @@ def test_a_header_with_bad_proof_of_work_bans_the_sender(cluster: Cluster, tmp_p
     peer = Scripted(genesis)
     heavy = Status(genesis.chain_id, genesis.genesis_hash, good.block_hash, 5, 2**100, 0)
 
-    async def scenario() -> None:
-        address = PeerAddress.parse(node.enode)
-        channel = await connect(address.host, address.port, peer.identity, peer.network)
-        try:
-            await channel.send(encode_message(heavy))
-            async with asyncio.timeout(10):
-                while True:
-                    message = decode_message(await channel.receive())
-                    peer.received.append(message)
-                    if type(message).__name__ == "GetHeaders":
-                        await channel.send(forged)
-        except (TransportError, TimeoutError):
-            pass
-        finally:
-            await channel.close()
+    def answer(message: object) -> list[bytes]:
+        return [forged] if isinstance(message, GetHeaders) else []
 
-    asyncio.run(scenario())
+    asyncio.run(peer.run(node, [encode_message(heavy)], linger=10, answer=answer))
     goodbye = peer.goodbye()
     assert goodbye is not None and goodbye.reason == DisconnectReason.BANNED, peer.received
     assert chain_of(node).head_header.height == 1
@@ -283,30 +281,17 @@ def test_a_peer_claiming_work_it_does_not_serve_is_not_asked_in_a_loop(cluster: 
     node = cluster.node("node", 1)
     genesis = chain_of(node).genesis
     peer = Scripted(genesis)
-    boast = Status(genesis.chain_id, genesis.genesis_hash, bytes(32), 10**6, 2**200, 0)
-    asked = 0
+    boast = encode_message(
+        Status(genesis.chain_id, genesis.genesis_hash, bytes(32), 10**6, 2**200, 0)
+    )
 
-    async def scenario() -> None:
-        nonlocal asked
-        address = PeerAddress.parse(node.enode)
-        channel = await connect(address.host, address.port, peer.identity, peer.network)
-        try:
-            await channel.send(encode_message(boast))
-            async with asyncio.timeout(3):
-                while True:
-                    message = decode_message(await channel.receive())
-                    if type(message).__name__ == "GetHeaders":
-                        asked += 1
-                        await channel.send(encode_message(Headers(())))
-        except (TransportError, TimeoutError):
-            pass
-        finally:
-            await channel.close()
+    def answer(message: object) -> list[bytes]:
+        return [encode_message(Headers(()))] if isinstance(message, GetHeaders) else []
 
-    asyncio.run(scenario())
-    assert asked == 1  # then it rests (SYNC_REST_S) instead of asking again at once
-    asyncio.run(scenario())  # the same node id reconnecting is still resting
-    assert asked == 1
+    asyncio.run(peer.run(node, [boast], answer=answer))
+    assert peer.count(GetHeaders) == 1  # then it rests (SYNC_REST_S), not asked again at once
+    asyncio.run(peer.run(node, [boast], answer=answer))  # reconnecting: still resting
+    assert peer.count(GetHeaders) == 1
 
 
 def test_a_peer_repeating_headers_we_have_cannot_hold_the_sync(
@@ -324,31 +309,17 @@ def test_a_peer_repeating_headers_we_have_cannot_hold_the_sync(
     genesis = chain_of(late).genesis
     liar = Scripted(genesis)
     boast = Status(genesis.chain_id, genesis.genesis_hash, bytes(32), 10**6, 2**200, 0)
-    replies = 0
 
-    async def scenario() -> None:
-        nonlocal replies
-        address = PeerAddress.parse(late.enode)
-        channel = await connect(address.host, address.port, liar.identity, liar.network)
-        try:
-            await channel.send(encode_message(boast))
-            async with asyncio.timeout(5):
-                while True:
-                    message = decode_message(await channel.receive())
-                    if isinstance(message, GetHeaders):
-                        replies += 1
-                        await channel.send(
-                            encode_message(Headers(tuple(b.header for b in ours[:20])))
-                        )
-                    elif isinstance(message, GetBlocks):
-                        found = [b for b in ours if b.block_hash in set(message.hashes)]
-                        await channel.send(encode_message(Blocks(tuple(found))))
-        except (TransportError, TimeoutError):
-            pass
-        finally:
-            await channel.close()
+    def answer(message: object) -> list[bytes]:
+        if isinstance(message, GetHeaders):
+            return [encode_message(Headers(tuple(b.header for b in ours[:20])))]
+        if isinstance(message, GetBlocks):
+            found = [b for b in ours if b.block_hash in set(message.hashes)]
+            return [encode_message(Blocks(tuple(found)))]
+        return []
 
-    asyncio.run(scenario())
+    asyncio.run(liar.run(late, [encode_message(boast)], linger=5, answer=answer))
+    replies = liar.count(GetHeaders)
     assert replies == 2, replies  # the second reply broke the rule; no third request
     assert late.peers.score(liar.identity.address) == 20
     late.add_peer(PeerAddress.parse(seed.enode))
@@ -396,6 +367,6 @@ def test_a_flood_of_announcements_starts_a_bounded_number_of_fetches(cluster: Cl
         for _ in range(300)
     ]
     asyncio.run(peer.run(node, [status_of(genesis), *floods], linger=1.0))
-    fetches = sum(1 for m in peer.received if type(m).__name__ == "GetBlocks")
+    fetches = peer.count(GetBlocks)
     assert fetches <= service_module.FETCHES_PER_PEER, (fetches, seed)
     assert node.snapshot()["enode"]  # the node still answers at once

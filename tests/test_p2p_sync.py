@@ -19,6 +19,7 @@ from qoin.p2p.sync import (
     block_locator,
     check_headers,
     fork_height,
+    headers_after,
     locator_heights,
 )
 from tests.chainutil import mine_next, test_genesis
@@ -101,3 +102,25 @@ def test_headers_that_do_not_connect_are_refused(chain: Chain) -> None:
         check_headers(chain.genesis, [headers[0], headers[2]], chain.genesis.header)
     with pytest.raises(HeadersNotConnected):
         check_headers(chain.genesis, headers[1:], chain.genesis.header)
+
+
+def test_headers_after_answers_from_the_fork_point(chain: Chain) -> None:
+    store = chain.store
+
+    def height_of(block_hash: bytes) -> int | None:
+        meta = chain.forks.blocks.get(block_hash)
+        return None if meta is None else meta.height
+
+    def answer(locator: list[bytes], stop: bytes = bytes(32), count: int = 2000) -> list[int]:
+        found = headers_after(
+            locator, stop, count, 6, height_of, store.canonical_hash, store.header
+        )
+        return [header.height for header in found]
+
+    hashes = [store.canonical_hash(height) or b"" for height in range(7)]
+    assert answer([chain.genesis.genesis_hash]) == [1, 2, 3, 4, 5, 6]
+    assert answer([bytes(32), hashes[3]]) == [4, 5, 6]  # an unknown hash is skipped
+    assert answer([hashes[6]]) == []
+    assert answer([hashes[1]], count=2) == [2, 3]
+    assert answer([hashes[1]], stop=hashes[4]) == [2, 3, 4]
+    assert answer([]) == [1, 2, 3, 4, 5, 6]  # no common block: from genesis

@@ -20,7 +20,7 @@ from qoin.chain.transaction import Transaction
 from qoin.consensus.engine import EngineError
 from qoin.consensus.node import ConsensusNode
 from qoin.p2p.messages import MAX_ANNOUNCED_TRANSACTIONS, AnnouncedBlock
-from qoin.p2p.sync import block_locator, fork_height
+from qoin.p2p.sync import block_locator, headers_after
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,10 @@ class NodeAccess:
                 meta = forks.blocks.get(block_hash)
                 return None if meta is None else meta.height
 
-            start = fork_height(locator, height_of, store.canonical_hash) + 1
-            end = min(forks.blocks[chain.head].height, start + max_count - 1)
-            headers: list[Header] = []
-            for height in range(start, end + 1):
-                block_hash = store.canonical_hash(height)
-                header = None if block_hash is None else store.header(block_hash)
-                if header is None:
-                    break
-                headers.append(header)
-                if block_hash == stop:
-                    break
-            return headers
+            head_height = forks.blocks[chain.head].height
+            return headers_after(
+                locator, stop, max_count, head_height, height_of, store.canonical_hash, store.header
+            )
 
     def header(self, block_hash: bytes) -> Header | None:
         with self.node.lock:

@@ -92,3 +92,27 @@ def check_headers(
             raise BadNbits(f"{what}: nbits 0x{header.nbits:04x}")
         check_header_pow(header, expected_target(genesis, parent), what)
         parent = header
+
+
+def headers_after(
+    locator: Sequence[bytes],
+    stop: bytes,
+    max_count: int,
+    head_height: int,
+    height_of: Callable[[bytes], int | None],
+    canonical_hash: Callable[[int], bytes | None],
+    header_of: Callable[[bytes], Header | None],
+) -> list[Header]:
+    """The answer to ``GetHeaders``: canonical headers after the fork point (:func:`fork_height`),
+    at most ``max_count``, ending with ``stop`` if it is met."""
+    start = fork_height(locator, height_of, canonical_hash) + 1
+    headers: list[Header] = []
+    for height in range(start, min(head_height, start + max_count - 1) + 1):
+        block_hash = canonical_hash(height)
+        header = None if block_hash is None else header_of(block_hash)
+        if header is None:
+            break
+        headers.append(header)
+        if block_hash == stop:
+            break
+    return headers
