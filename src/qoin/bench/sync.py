@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from qoin.bench.importing import prepare
-from qoin.bench.processes import Child, rpc, stop_all
+from qoin.process import Child, rpc, stop_all
 from qoin.bench.timing import machine_info, peak_rss_bytes
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.block import ZERO_HASH, Block, siblings_root, transactions_root

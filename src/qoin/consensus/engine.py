@@ -8,14 +8,9 @@ checked for shape before use, so a broken or hostile execution client surfaces a
 
 from __future__ import annotations
 
-import itertools
-import json
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from qoin.chain.block import Block
 from qoin.chain.transaction import Transaction
@@ -31,6 +26,7 @@ from qoin.execution.client import (
 from qoin.execution.mempool import MAX_TX_SIZE
 from qoin.execution.witness import Witness
 from qoin.rpc import jwt
+from qoin.rpc.client import RpcCallError, RpcClient, RpcTimeout
 from qoin.state.smt import Proof
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -118,50 +114,26 @@ def _batches(txs: Sequence[Transaction]) -> Iterator[Sequence[Transaction]]:
 
 
 class EngineClient:
-    """Calls one execution client's engine API."""
+    """Calls one execution client's engine API (a fresh HS256 token per call)."""
 
     def __init__(self, url: str, secret: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
-        self._secret = secret
-        self._ids = itertools.count(1)
         self.timeout = timeout
-        self._http = httpx.Client(timeout=timeout)
+        self._rpc = RpcClient(
+            url, timeout=timeout, max_answer=MAX_ANSWER_BYTES, token=lambda: jwt.encode(secret)
+        )
 
     def __repr__(self) -> str:
         return f"EngineClient({self.url})"
 
     def call(self, method: str, *params: Any) -> Any:
         """One JSON-RPC call; its ``result``, or :class:`EngineError`."""
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
-        headers = {"Authorization": f"Bearer {jwt.encode(self._secret)}"}
-        deadline = time.monotonic() + self.timeout
         try:
-            with self._http.stream("POST", self.url, json=body, headers=headers) as response:
-                raw = bytearray()
-                for chunk in response.iter_bytes():  # a trickling answer must not outlast us
-                    raw += chunk
-                    if len(raw) > MAX_ANSWER_BYTES:
-                        raise EngineError(f"{method}: answer over {MAX_ANSWER_BYTES} bytes")
-                    if time.monotonic() > deadline:
-                        raise httpx.ReadTimeout("answer too slow")
-                status = response.status_code
-        except httpx.TimeoutException:
+            return self._rpc.call(method, *params)
+        except RpcTimeout:
             raise EngineError(f"{method}: no answer from {self.url} in time") from None
-        except httpx.HTTPError as exc:
-            raise EngineError(f"{method}: {self.url} unreachable: {exc}") from None
-        try:
-            answer = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise EngineError(f"{method}: HTTP {status}, not JSON") from None
-        if not isinstance(answer, dict):
-            raise EngineError(f"{method}: the answer is not a JSON object")
-        if "error" in answer:
-            error = answer["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise EngineError(f"{method} refused: {message}")
-        if "result" not in answer:
-            raise EngineError(f"{method}: the answer has no result")
-        return answer["result"]
+        except RpcCallError as exc:
+            raise EngineError(str(exc)) from None
 
     def new_payload(self, block: Block) -> PayloadVerdict:
         """Ask the client to execute a block."""
@@ -257,7 +229,7 @@ class EngineClient:
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
-        self._http.close()
+        self._rpc.close()
 
 
 _PROOF_FIELDS = ("pre", "post", "preKeys", "postKeys")

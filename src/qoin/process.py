@@ -1,5 +1,6 @@
-"""Real ``qoin`` child processes for benchmarks: start one, read its output lines with the time
-each arrived, call its JSON-RPC, stop it.
+"""The one process helper: start a real ``qoin`` child process (tied to this process's life), read
+its output lines with the time each arrived, wait for a ready line, stop it with a bounded grace.
+Used by the node supervisor, the devnet, the benchmarks and the tests.
 
 A child's stdout and stderr are one pipe, read by a thread of its own as soon as lines come, so a
 line's arrival time (``time.perf_counter()`` of this process) is when the child wrote it, to within
