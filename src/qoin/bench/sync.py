@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from qoin.bench.importing import prepare
-from qoin.process import Child, rpc, stop_all
 from qoin.bench.timing import machine_info, peak_rss_bytes
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.block import ZERO_HASH, Block, siblings_root, transactions_root
@@ -57,6 +56,7 @@ from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.execution.state import ExecutionState
 from qoin.pow.proof import mine_in_process, placeholder_proof
+from qoin.process import Child, rpc, stop_all
 from qoin.rpc.jwt import create_secret
 
 ROUNDS = 3
