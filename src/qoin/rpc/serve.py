@@ -1,26 +1,140 @@
-"""Running an ASGI app with uvicorn on a background thread (for nodes embedding servers, and tests)."""
+"""Running an ASGI app with uvicorn on a background thread (for nodes embedding servers, and tests).
+
+Every server is bounded in what one client can hold (:class:`HttpLimits`): at most
+``max_connections`` open connections (one more is answered ``503`` and closed at once); a request's
+head (request line and headers, at most 16 KiB: h11's bound) must arrive within ``header_timeout``
+seconds of the connection opening, or of the first byte of a later request on it; its body may not
+go ``idle_timeout`` seconds without a byte; between requests a connection stays open ``keep_alive``
+seconds. A connection over a bound is closed; the application sees a disconnect. (uvicorn alone
+times out neither heads nor bodies, and its ``limit_concurrency`` answers 503 only once a head has
+arrived: a client sending a header line every few seconds would hold its connection for ever.) How
+much memory the bodies in flight may take is the application's bound (see :mod:`qoin.rpc.server`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qoin.errors import QoinError
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n"
+)
 
 
 class ServeError(QoinError):
     """A server could not be started."""
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one server lets its clients hold (see the module docstring)."""
+
+    max_connections: int = 128
+    """Open connections at most."""
+    header_timeout: float = 10.0
+    """Seconds a request's head may take to arrive."""
+    idle_timeout: float = 30.0
+    """Seconds a request's body may go without a byte arriving."""
+    keep_alive: int = 5
+    """Seconds a connection may stay idle between requests (uvicorn's keep-alive timeout)."""
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or min(self.header_timeout, self.idle_timeout) <= 0:
+            raise ValueError("HTTP limits must be positive")
+        if self.keep_alive < 1:
+            raise ValueError("the keep-alive timeout is at least 1 s")
+
+
+class _BoundedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 connection with the bounds of :class:`HttpLimits` (set per server by
+    :func:`_bounded_protocol`).
+
+    One timer per connection: while h11 waits for a request head (``IDLE``) it fires at the head's
+    deadline; while it reads a body (``SEND_BODY``), ``idle_timeout`` after the last byte; otherwise
+    (the application is answering) there is none of ours.
+    """
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+
+    _timer: asyncio.TimerHandle | None = None
+    _head_deadline: float | None = None
+    _last_data = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._last_data = self.loop.time()
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
+        self._deadline()  # a new request's head is timed from its first byte
+        super().data_received(data)
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def _deadline(self) -> float | None:
+        """When the connection is closed unless something happens (None: no bound of ours)."""
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            if self._head_deadline is None:
+                self._head_deadline = self.loop.time() + self.limits.header_timeout
+            return self._head_deadline
+        self._head_deadline = None
+        if state is not h11.SEND_BODY:
+            return None
+        if self.flow.read_paused:  # the application is behind, not the client
+            self._last_data = self.loop.time()
+        return self._last_data + self.limits.idle_timeout
+
+    def _watch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._deadline()
+        if deadline is not None and not self.transport.is_closing():
+            self._timer = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        deadline = self._deadline()
+        if deadline is not None and self.loop.time() >= deadline:
+            self.transport.close()
+        else:
+            self._watch()
+
+
+def _bounded_protocol(limits: HttpLimits) -> type[_BoundedH11]:
+    """The connection class of one server."""
+    return type("BoundedH11", (_BoundedH11,), {"limits": limits})
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` on ``host:port`` in a daemon thread; ``port=0`` picks a free one."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, limits: HttpLimits = HttpLimits()
+    ) -> None:
         # Protocol IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
         # without it every answer uvicorn writes in two parts waits ~40 ms for a delayed ACK.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -32,7 +146,15 @@ class BackgroundServer:
             self._socket.close()
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self.limits = limits
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http=_bounded_protocol(limits),
+            timeout_keep_alive=limits.keep_alive,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
@@ -42,6 +164,11 @@ class BackgroundServer:
     def url(self) -> str:
         """Base URL of the server."""
         return f"http://{self.host}:{self.port}/"
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open now."""
+        return len(self._server.server_state.connections)
 
     def start(self, timeout: float = 10.0) -> BackgroundServer:
         """Start serving; wait until the server accepts connections."""

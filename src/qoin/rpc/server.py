@@ -14,8 +14,14 @@ code    meaning                           when
 -32000  server error (application)        the request is valid but cannot be served
 ======= ================================= ===============================================
 
-Bodies above ``max_body`` bytes are refused with HTTP 413 before being read in full. ``rpc.discover``
-returns the OpenRPC document describing every method.
+Bodies above ``max_body`` bytes are refused with HTTP 413 before being read in full. The bodies
+of all requests in flight together may hold at most ``body_budget`` bytes (by default two maximal
+bodies): a request whose declared length does not fit is answered HTTP 503 at once, unread, and one
+without a declared length when it outgrows what is left; what a request holds is given back once it
+is answered. A request ``id`` or ``method`` that is not valid Unicode (a lone UTF-16 surrogate such
+as ``"\ud800"``) is an invalid request; answers are always UTF-8 (a surrogate a handler echoes back
+is replaced). A client that disconnects mid-request is no error of ours: nothing is logged.
+``rpc.discover`` returns the OpenRPC document describing every method.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -44,6 +50,8 @@ INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000
 MAX_BATCH = 100
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
+_MAX_LENGTH_DIGITS = 20
+"""A Content-Length longer than this is refused unread (never parsed as a number)."""
 
 
 class RpcError(QoinError):
@@ -162,6 +170,60 @@ def _bind(method: Method, params: Any) -> dict[str, Any]:
     return kwargs
 
 
+class BodyRefused(QoinError):
+    """A request body not read (too large, or over what the bodies in flight may hold)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _BodyClaim:
+    """The part of a server's body budget one request holds (all on the server's event loop)."""
+
+    server: RpcServer
+    held: int = 0
+
+    def grow_to(self, size: int) -> None:
+        """Hold ``size`` bytes in all, or raise :class:`BodyRefused` (503) if they do not fit."""
+        extra = size - self.held
+        if extra <= 0:
+            return
+        if self.server.bodies_held + extra > self.server.body_budget:
+            raise BodyRefused(
+                503,
+                f"server busy: the request bodies in flight would exceed "
+                f"{self.server.body_budget} bytes; retry later",
+            )
+        self.server.bodies_held += extra
+        self.held = size
+
+    def release(self) -> None:
+        self.server.bodies_held -= self.held
+        self.held = 0
+
+
+class JsonAnswer(JSONResponse):
+    """A JSON response that is always UTF-8, even if the content holds a lone surrogate."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a surrogate echoed from the request: not encodable
+            return text.encode(errors="replace")
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (JSON's ``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _error(request_id: Any, error: RpcError) -> dict[str, Any]:
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.data is not None:
@@ -178,11 +240,16 @@ class RpcServer:
         methods: Sequence[Method],
         authenticate: Callable[[Request], None] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        body_budget: int | None = None,
     ) -> None:
         self.title = title
         self.methods = {m.name: m for m in methods}
         self.authenticate = authenticate
         self.max_body = max_body
+        self.body_budget = 2 * max_body if body_budget is None else body_budget
+        """Bytes the bodies of the requests in flight may hold together."""
+        self.bodies_held = 0
+        """Bytes they hold now."""
         discover = Method("rpc.discover", self.openrpc, (), {"type": "object"}, "OpenRPC document")
         self.methods.setdefault(discover.name, discover)
         self.app = Starlette(routes=[Route("/", self.endpoint, methods=["POST"])])
@@ -218,12 +285,19 @@ class RpcServer:
             )
         request_id = request.get("id")
         notification = "id" not in request
-        if not isinstance(request_id, str | int | type(None)) or isinstance(request_id, bool):
-            return _error(None, RpcError(INVALID_REQUEST, "invalid request: bad id"))
+        if (
+            not isinstance(request_id, str | int | type(None))
+            or isinstance(request_id, bool)
+            or (isinstance(request_id, str) and not _is_unicode(request_id))
+        ):
+            error = RpcError(INVALID_REQUEST, "invalid request: id must be a Unicode string or int")
+            return _error(None, error)
         name = request.get("method")
         try:
             if not isinstance(name, str):
                 raise RpcError(INVALID_REQUEST, "invalid request: method must be a string")
+            if not _is_unicode(name):
+                raise RpcError(INVALID_REQUEST, "invalid request: method name is not Unicode")
             method = self.methods.get(name)
             if method is None:
                 raise RpcError(METHOD_NOT_FOUND, f"method not found: {name}")
@@ -247,47 +321,61 @@ class RpcServer:
             )
         return None if notification else {"jsonrpc": "2.0", "id": request_id, "result": result}
 
-    async def _read_body(self, request: Request) -> bytes | None:
-        """The request body, or None if it is (or claims to be) larger than ``max_body``."""
+    async def _read_body(self, request: Request, claim: _BodyClaim) -> bytearray:
+        """The request body, held in ``claim``; :class:`BodyRefused` if it is (or claims to be)
+        larger than ``max_body``, or does not fit in the body budget."""
+        too_large = BodyRefused(413, "request body too large")
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            return None
+        if declared is not None:
+            digits = declared.isascii() and declared.isdigit()
+            if not digits or len(declared) > _MAX_LENGTH_DIGITS or int(declared) > self.max_body:
+                raise too_large
+            claim.grow_to(int(declared))
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > self.max_body:
-                return None
-        return bytes(body)
+                raise too_large
+            claim.grow_to(len(body))
+        return body
 
     async def endpoint(self, request: Request) -> Response:
-        """HTTP handler: authentication, size bound, parsing, single or batch dispatch."""
+        """HTTP handler: authentication, size bounds, parsing, single or batch dispatch."""
         if self.authenticate is not None:
             try:
                 self.authenticate(request)
             except QoinError as exc:
-                return JSONResponse(
+                return JsonAnswer(
                     _error(None, RpcError(INVALID_REQUEST, f"unauthorized: {exc}")), 401
                 )
-        body = await self._read_body(request)
-        if body is None:
-            return JSONResponse(
-                _error(None, RpcError(INVALID_REQUEST, "request body too large")), 413
-            )
+        claim = _BodyClaim(self)
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return JSONResponse(
-                _error(None, RpcError(PARSE_ERROR, "parse error: body is not JSON"))
+            body = await self._read_body(request, claim)
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                return JsonAnswer(
+                    _error(None, RpcError(PARSE_ERROR, "parse error: body is not JSON"))
+                )
+            del body  # the parsed payload is what the answer needs
+            return await self._dispatch(payload)
+        except BodyRefused as exc:
+            headers = {"retry-after": "1"} if exc.status == 503 else None
+            return JsonAnswer(
+                _error(None, RpcError(INVALID_REQUEST, str(exc))), exc.status, headers
             )
-        return await self._dispatch(payload)
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer
+            return Response(status_code=400)
+        finally:
+            claim.release()
 
     async def _dispatch(self, payload: Any) -> Response:
         """Answer one request or a batch (notifications get no answer: HTTP 204 if none is left)."""
         if isinstance(payload, list):
             if not payload or len(payload) > MAX_BATCH:
                 error = RpcError(INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
-                return JSONResponse(_error(None, error))
+                return JsonAnswer(_error(None, error))
             answers = [answer for item in payload if (answer := await self._call(item)) is not None]
-            return JSONResponse(answers) if answers else Response(status_code=204)
+            return JsonAnswer(answers) if answers else Response(status_code=204)
         answer = await self._call(payload)
-        return JSONResponse(answer) if answer is not None else Response(status_code=204)
+        return JsonAnswer(answer) if answer is not None else Response(status_code=204)
