@@ -32,8 +32,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
+# The whole suite, in two test processes (pytest-xdist; an idle process takes tests from the other).
+# `make unit WORKERS=0` runs it in one process.
+WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(WORKERS) --dist worksteal
 
 test: lint typecheck unit
 

@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
 from qoin.chain.genesis import builtin, to_json
@@ -39,10 +32,14 @@ from qoin.crypto.hashing import sha3_256
 from qoin.crypto.hybrid import generate_keypair
 from qoin.execution.account import AccountLeaf, state_key
 from qoin.pow.proof import placeholder_proof
+from qoin.process import Child, ChildFailed
+from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import encode, load_secret
 from qoin.state.smt import Proof, verify_proof
 
 STARTUP_TIMEOUT_S = 1800
+RPC_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 120.0
 
 
 def write_genesis(path: Path, accounts: int, funded: list[Address]) -> None:
@@ -75,19 +72,6 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def call(url: str, method: str, *params: Any, token: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    answer = httpx.post(
-        url,
-        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
-        headers=headers,
-        timeout=120,
-    ).json()
-    if "error" in answer:
-        raise RuntimeError(f"{method}: {answer['error']}")
-    return answer["result"]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--accounts", type=int, default=1_000_000)
@@ -101,48 +85,30 @@ def main() -> int:
         started = time.perf_counter()
         write_genesis(genesis_file, args.accounts, [k.address for k in keys])
         genesis_s = time.perf_counter() - started
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qoin",
-                "execution",
-                "--datadir",
-                str(workdir / "data"),
-                "--genesis",
-                str(genesis_file),
-                "--rpc-port",
-                "0",
-                "--engine-port",
-                "0",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert proc.stderr is not None
+        execution = Child.start(
+            "execution client",
+            ["execution", "--datadir", str(workdir / "data"), "--genesis", str(genesis_file),
+             "--rpc-port", "0", "--engine-port", "0"],
+        )  # fmt: skip
         started = time.perf_counter()
-        found = None
-        while time.perf_counter() - started < STARTUP_TIMEOUT_S:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            found = re.search(r"user RPC (\S+), engine API (\S+)", line)
-            if found:
-                break
-        if not found:
-            proc.kill()
-            print(json.dumps({"error": "execution client did not start"}))
+        try:
+            _, found, _ = execution.wait_for(r"user RPC (\S+), engine API (\S+)", STARTUP_TIMEOUT_S)
+        except ChildFailed as exc:
+            execution.stop(STOP_TIMEOUT_S)
+            print(json.dumps({"error": f"execution client did not start: {exc}"}))
             return 1
         startup_s = time.perf_counter() - started
-        user, engine = found.group(1), found.group(2)
+        user_url, engine_url = found[1], found[2]
+        token_secret = load_secret(workdir / "data" / "jwt.hex")
+        user = RpcClient(user_url, timeout=RPC_TIMEOUT_S)
+        engine = RpcClient(engine_url, timeout=RPC_TIMEOUT_S, token=lambda: encode(token_secret))
         try:
             rng = random.Random(1)
             started = time.perf_counter()
             for _ in range(args.queries):
                 index = rng.randrange(10, args.accounts)
                 address = Address(sha3_256(index.to_bytes(8, "big")))
-                proof = call(user, "qoin_getProof", str(address))
+                proof = user.call("qoin_getProof", str(address))
                 value = verify_proof(
                     bytes.fromhex(proof["stateRoot"]),
                     state_key(address),
@@ -154,9 +120,8 @@ def main() -> int:
                 ):
                     raise RuntimeError("a served proof does not match the served balance")
             query_s = time.perf_counter() - started
-            token_secret = load_secret(workdir / "data" / "jwt.hex")
             started = time.perf_counter()
-            parent = Block.decode(bytes.fromhex(call(user, "qoin_getBlockByNumber", 0)["raw"]))
+            parent = Block.decode(bytes.fromhex(user.call("qoin_getBlockByNumber", 0)["raw"]))
             for height in range(1, args.blocks + 1):
                 for key in keys:
                     tx = sign_transfer(
@@ -168,7 +133,7 @@ def main() -> int:
                         fee=1,
                         reveal_keys=height == 1,
                     )
-                    call(user, "qoin_sendRawTransaction", tx.encode().hex())
+                    user.call("qoin_sendRawTransaction", tx.encode().hex())
                 coinbase = Coinbase((Payout(keys[0].address, 0), Payout(keys[0].address, 0)))
                 header = replace(
                     parent.header,
@@ -181,25 +146,23 @@ def main() -> int:
                     miner=keys[0].public,
                     pow_proof=placeholder_proof(keys[0].suite),
                 )
-                token = encode(token_secret)
-                built = call(
-                    engine,
+                built = engine.call(
                     "engine_forkchoiceUpdated",
                     parent.block_hash.hex(),
                     Block(header, (), coinbase, ()).encode().hex(),
-                    token=token,
                 )
-                raw = call(engine, "engine_getPayload", built["payloadId"], token=token)
-                verdict = call(engine, "engine_newPayload", raw, token=token)
+                raw = engine.call("engine_getPayload", built["payloadId"])
+                verdict = engine.call("engine_newPayload", raw)
                 if verdict["status"] != "VALID":
                     raise RuntimeError(f"block {height}: {verdict}")
                 parent = Block.decode(bytes.fromhex(raw))
-                call(engine, "engine_forkchoiceUpdated", parent.block_hash.hex(), token=token)
+                engine.call("engine_forkchoiceUpdated", parent.block_hash.hex())
             import_s = time.perf_counter() - started
-            rss = peak_rss(proc.pid)
+            rss = peak_rss(execution.proc.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+            user.close()
+            engine.close()
+            execution.stop(STOP_TIMEOUT_S)
     print(
         json.dumps(
             {

@@ -1,37 +1,32 @@
-"""Shared fixtures: key pairs are slow to make (Falcon), so each suite's is made once per session."""
+"""Shared fixtures: session-wide key pairs (see :mod:`tests.keys`) and ``net``, a test's network
+of real ``qoin`` processes (see :mod:`tests.framework`, whose :func:`~tests.framework.wait_until`
+is the tests' one bounded wait)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from qoin.crypto.hybrid import HybridKeyPair, generate_keypair
-from qoin.crypto.suites import FALCON512_MLDSA44, SUITES, Suite
-
-_CACHE: dict[tuple[int, int], HybridKeyPair] = {}
-
-
-def keypair_for(suite: Suite = FALCON512_MLDSA44, index: int = 0) -> HybridKeyPair:
-    """The ``index``-th session-wide key pair of ``suite``."""
-    key = (suite.suite_id, index)
-    if key not in _CACHE:
-        _CACHE[key] = generate_keypair(suite)
-    return _CACHE[key]
+from qoin.crypto.hybrid import HybridKeyPair
+from qoin.crypto.suites import SUITES, Suite
+from tests.framework import Network
+from tests.keys import keypair_for
 
 
-WAIT_S = 30.0
-"""How long wait_until polls by default before failing the test."""
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, poll: float = 0.01) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(poll)
+@pytest.fixture
+def net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Network]:
+    """A network in ``tmp_path`` (genesis and engine secret written once); every process it
+    starts is stopped when the test ends, passed or failed. ``QOIN_HOME`` points into
+    ``tmp_path`` and ``QOIN_PASSWORD`` is unset for the processes."""
+    monkeypatch.setenv("QOIN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("QOIN_PASSWORD", raising=False)
+    made = Network(tmp_path)
+    try:
+        yield made
+    finally:
+        made.stop_all()
 
 
 @pytest.fixture(params=SUITES, ids=lambda s: s.name)

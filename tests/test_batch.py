@@ -10,7 +10,7 @@ import pytest
 
 from qoin.crypto.batch import BATCH_SIZE, start_verifying, verify_many
 from qoin.crypto.hybrid import sign
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 
 def every_third(chunk: Sequence[int]) -> list[bool]:

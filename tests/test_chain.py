@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
+from qoin.chain.block import Block, Coinbase, Header, Payout, transactions_root
+from qoin.chain.builder import next_block, next_on_head
 from qoin.chain.chain import Chain, ExecutionRejected, ExecutionUndecided, ImportStatus
 from qoin.chain.issuance import block_subsidy
-from qoin.chain.producer import build_template
 from qoin.chain.store import StoreError
-from qoin.chain.transaction import sign_transfer
+from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.chain.validation import (
     BadCoinbase,
     BadHeight,
@@ -25,22 +26,21 @@ from qoin.chain.validation import (
     InvalidSibling,
     UnknownParent,
     WrongChain,
-    expected_coinbase,
     validate_block,
     validate_siblings,
 )
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.pow.proof import max_target
 from tests.chainutil import mine_next, mine_template, on_schedule, test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 FAR_FUTURE = on_schedule(test_genesis(), 100_000)
 
 
 @pytest.fixture
-def chain(tmp_path: Path) -> Chain:
+def chain(tmp_path: Path) -> Iterator[Chain]:
     opened = Chain.open(tmp_path, test_genesis())
-    yield opened  # type: ignore[misc]
+    yield opened
     opened.close()
 
 
@@ -53,10 +53,11 @@ def grow(chain: Chain, count: int, keypair: HybridKeyPair | None = None) -> list
     return blocks
 
 
-def template(chain: Chain, keypair: HybridKeyPair | None = None, **kw: object) -> Block:
-    miner = keypair or keypair_for()
-    height = chain.head_header.height + 1
-    return build_template(chain, miner.public, on_schedule(chain.genesis, height), **kw)  # type: ignore[arg-type]
+def template(
+    chain: Chain, keypair: HybridKeyPair | None = None, transactions: Sequence[Transaction] = ()
+) -> Block:
+    """The next block on the head, not sealed (to edit, then seal with ``mine_template``)."""
+    return next_on_head(chain, keypair or keypair_for(), transactions, sealed=False)
 
 
 def check(chain: Chain, block: Block) -> None:
@@ -181,19 +182,8 @@ def test_sibling_reward_split_and_fees(chain: Chain) -> None:
     assert chain.head == block.block_hash
 
 
-def _with_siblings(chain: Chain, siblings: tuple) -> Block:  # type: ignore[type-arg]
-    base = template(chain)
-    reward_block = replace(base, siblings=siblings)
-
-    coinbase = expected_coinbase(
-        chain.genesis, chain.head_header, siblings, base.header.coinbase, 0
-    )
-    header = replace(
-        base.header,
-        siblings_root=siblings_root(siblings),
-        transactions_root=transactions_root(coinbase, ()),
-    )
-    return mine_template(replace(reward_block, coinbase=coinbase, header=header))
+def _with_siblings(chain: Chain, siblings: tuple[Header, ...]) -> Block:
+    return next_block(chain.genesis, chain.head_header, keypair_for(), siblings=siblings)
 
 
 def test_sibling_rules(chain: Chain) -> None:
@@ -360,6 +350,37 @@ def test_execution_check_rejects_remembers_and_defers(tmp_path: Path) -> None:
             assert other.head == third.block_hash
         finally:
             other.close()
+    finally:
+        chain.close()
+        producer.close()
+
+
+def test_an_undecided_orphan_is_not_kept_under_a_stored_parent(tmp_path: Path) -> None:
+    """An orphan whose execution is undecided once its parent is stored leaves the pool (under a
+    stored parent it could never connect, and the pool would name a block we hold as missing);
+    the orphans above it keep waiting on it, which the pool names as the block to fetch."""
+    verdicts: dict[bytes, str] = {}
+
+    def check(block: Block) -> None:
+        if verdicts.get(block.block_hash) == "undecided":
+            raise ExecutionUndecided("no execution client answered")
+
+    producer = Chain.open(tmp_path / "producer", test_genesis())
+    chain = Chain.open(tmp_path / "judged", test_genesis(), execution_check=check)
+    try:
+        first, second, third = grow(producer, 3)
+        verdicts[second.block_hash] = "undecided"
+        for orphan in (third, second):
+            assert chain.import_block(orphan, now_ms=FAR_FUTURE).status is ImportStatus.ORPHAN
+        result = chain.import_block(first, now_ms=FAR_FUTURE)
+        assert result.connected == (first.block_hash,) and not result.rejected_orphans
+        assert second.block_hash not in chain.orphans
+        assert third.block_hash in chain.orphans
+        assert chain.orphans.missing_parents() == {second.block_hash}
+        verdicts.clear()  # the execution clients are back; a peer sends the block again
+        result = chain.import_block(second, now_ms=FAR_FUTURE)
+        assert result.connected == (second.block_hash, third.block_hash)
+        assert len(chain.orphans) == 0 and chain.head == third.block_hash
     finally:
         chain.close()
         producer.close()

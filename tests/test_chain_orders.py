@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from qoin.chain.block import Block
 from qoin.chain.chain import Chain
 from tests.chainutil import mine_next, on_schedule, test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 NOW = on_schedule(test_genesis(), 100_000)
 

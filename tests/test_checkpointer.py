@@ -9,7 +9,7 @@ import pytest
 
 from qoin.execution import checkpointer
 from qoin.execution.checkpointer import Checkpointer
-from tests.conftest import wait_until
+from tests.framework import wait_until
 
 BLOB = bytes(200_000)
 

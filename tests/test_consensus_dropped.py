@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qoin.consensus.validator import MAX_DROPPED_FILE, DroppedClients
+from qoin.consensus.judge import MAX_DROPPED_FILE, DroppedClients
 from qoin.errors import QoinError
 
 

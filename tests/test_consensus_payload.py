@@ -14,7 +14,7 @@ from qoin.chain.producer import build_template
 from qoin.chain.transaction import sign_transfer
 from qoin.consensus.node import payload_problem
 from tests.chainutil import on_schedule, test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 MINER, PAYER = keypair_for(index=5), keypair_for(index=9)
 

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
 import random
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
 
@@ -36,8 +30,10 @@ from qoin.chain.chain import Chain, ImportStatus
 from qoin.chain.forkchoice import BlockMeta
 from qoin.chain.genesis import Genesis
 from qoin.chain.validation import block_work, genesis_meta
+from qoin.process import ChildFailed
 from tests.chainutil import mine_next, on_schedule, test_genesis
-from tests.conftest import keypair_for
+from tests.framework import Network, read_to_end, test_seed
+from tests.keys import keypair_for
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +160,13 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockTree]:
     )
 
 
-def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 @dataclass
 class Run:
     acks: list[tuple[bytes, bytes]]
     """(block, head) of every ``ACK`` line the process wrote, in order."""
     returncode: int
     stderr: str
+    """What it wrote besides the ACK lines (``imported N blocks`` when it ran to the end)."""
 
 
 def _kill_plan(rng: random.Random, budget: int) -> tuple[float | None, int | None, float | None]:
@@ -191,75 +182,50 @@ def _kill_plan(rng: random.Random, budget: int) -> tuple[float | None, int | Non
     return None, None, rng.uniform(0.0, 0.03)
 
 
-def _import(tree: BlockTree, datadir: Path, rng: random.Random | None, budget: int) -> Run:
+def _import(
+    net: Network, tree: BlockTree, datadir: Path, rng: random.Random | None, budget: int
+) -> Run:
     """Run ``qoin chain import``; with ``rng``, SIGKILL it at a random moment (else run to the end)."""
-    env = {**os.environ, "QOIN_HOME": str(datadir.parent / "home")}
-    stderr_path = datadir.parent / "stderr.txt"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qoin",
-                "chain",
-                "import",
-                str(tree.blocks_file),
-                "--datadir",
-                str(datadir),
-                "--genesis",
-                str(tree.genesis_file),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-        )
+    child = net.spawn(
+        f"import into {datadir.name}",
+        ["chain", "import", str(tree.blocks_file), "--datadir", str(datadir),
+         "--genesis", str(tree.genesis_file)],
+    )  # fmt: skip
     started = time.monotonic()
-    assert proc.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True)
-    reader.start()
     deadline = started + ROUND_TIMEOUT_S
     after_start, after_acks, after_first_ack = (
         (None, None, None) if rng is None else _kill_plan(rng, budget)
     )
     kill_at = deadline if after_start is None else started + after_start
-    raw: list[str] = []
+    acked = index = 0
     try:
-        while after_acks is None or len(raw) < after_acks:
+        while after_acks is None or acked < after_acks:
             remaining = kill_at - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
+            found = child.poll_for(r"^ACK ", remaining, after=index)
+            if found is None:
                 continue
-            if line is None:
-                break  # the process finished before its kill
-            raw.append(line)
-            if len(raw) == 1 and after_first_ack is not None:
+            index, acked = found[0] + 1, acked + 1
+            if acked == 1 and after_first_ack is not None:
                 kill_at = time.monotonic() + after_first_ack
-        assert time.monotonic() < deadline, "qoin chain import took too long"
-        if rng is not None:
-            proc.kill()  # SIGKILL; nothing happens if the process already exited
-        proc.wait(timeout=ROUND_TIMEOUT_S)
-        reader.join(timeout=ROUND_TIMEOUT_S)
-        assert not reader.is_alive()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    except ChildFailed:
+        pass  # the process finished before its kill
+    assert time.monotonic() < deadline, "qoin chain import took too long"
+    if rng is not None:
+        child.proc.kill()  # SIGKILL; nothing happens if the process already exited
+    returncode = child.proc.wait(timeout=ROUND_TIMEOUT_S)
     # Lines written before the kill are acknowledgements too.
-    while not lines.empty():
-        if (line := lines.get_nowait()) is not None:
-            raw.append(line)
+    lines = [line.text for line in read_to_end(child, ROUND_TIMEOUT_S)]
     acks = []
-    for line in raw:
+    for at, line in enumerate(lines):
         match = ACK_RE.match(line)
-        assert match, f"unexpected output line {line!r}"
-        acks.append((bytes.fromhex(match[1]), bytes.fromhex(match[2])))
-    assert proc.returncode is not None
-    return Run(acks, proc.returncode, stderr_path.read_text())
+        # Only ACK lines, and the summary line of a run that reached its end.
+        last = at == len(lines) - 1 and line.startswith("imported ")
+        assert match or last, f"unexpected output line {line!r}:\n{''.join(lines)}"
+        if match:
+            acks.append((bytes.fromhex(match[1]), bytes.fromhex(match[2])))
+    return Run(acks, returncode, "".join(line for line in lines if not ACK_RE.match(line)))
 
 
 def _check_store(tree: BlockTree, datadir: Path, acked: list[bytes]) -> int:
@@ -299,10 +265,9 @@ def _check_store(tree: BlockTree, datadir: Path, acked: list[bytes]) -> int:
         chain.close()
 
 
-def test_import_survives_kill_9(tree: BlockTree, tmp_path: Path) -> None:
-    seed = int(os.environ.get("QOIN_CRASH_SEED", random.randrange(2**32)))
-    log.warning("crash test seed %d (rerun with QOIN_CRASH_SEED=%d)", seed, seed)
-    print(f"crash test seed {seed}")
+@pytest.mark.slow
+def test_import_survives_kill_9(tree: BlockTree, net: Network) -> None:
+    seed = test_seed("QOIN_CRASH_SEED")
     rng = random.Random(seed)
     total = len(tree.connect_order)
     kills = inside_import = 0
@@ -310,13 +275,13 @@ def test_import_survives_kill_9(tree: BlockTree, tmp_path: Path) -> None:
     # Each "life" is one datadir: killed and restarted until every block is stored, then one run to
     # the end. A new life starts (from an empty datadir) until there were KILLS kills.
     while kills < KILLS:
-        datadir = tmp_path / f"node{life}"
+        datadir = net.workdir / f"node{life}"
         life += 1
         acked: list[bytes] = []
         stored = 0
         while True:
             final = stored == total or kills >= KILLS
-            run = _import(tree, datadir, None if final else rng, total - stored)
+            run = _import(net, tree, datadir, None if final else rng, total - stored)
             where = f"seed {seed}, life {life}, kill {kills}"
             # This run acknowledged the next blocks of the import order, each once, in order.
             hashes = [block_hash for block_hash, _ in run.acks]

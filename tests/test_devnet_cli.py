@@ -22,7 +22,8 @@ from qoin.chain.transaction import sign_transfer
 from qoin.node.devnet import read_store, reorg_depth
 from tests.chainutil import mine_template, test_genesis
 from tests.cliutil import run_qoin
-from tests.conftest import keypair_for, wait_until
+from tests.framework import wait_until
+from tests.keys import keypair_for
 from tests.procutil import FUNDED
 from tests.test_chain import FAR_FUTURE, grow, template
 

@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 
 from qoin.chain.block import Block
+from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
-from qoin.consensus.engine import EngineClient, EngineError, _batches
+from qoin.consensus.engine import EngineClient, EngineError, Submission, _batches
 from qoin.execution.client import MAX_ENGINE_TRANSACTIONS, MAX_PENDING_BYTES, ExecutionClient
-from qoin.execution.mempool import MAX_TX_SIZE
+from qoin.execution.mempool import MAX_TX_SIZE, Refusal
 from qoin.execution.state import ExecutionState
 from qoin.p2p.messages import MAX_ANNOUNCED_TRANSACTIONS
 from qoin.rpc.serve import BackgroundServer
 from qoin.rpc.server import Method, Param, RpcServer
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 from tests.test_execution_rpc import SECRET, template_on
 from tests.test_execution_state import ALICE, BOB, genesis
 
@@ -41,6 +42,11 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         yield Engine(client, state)
         client.close()
     state.close()
+
+
+def statuses(answers: list[Submission]) -> list[str]:
+    """The statuses of ``engine_submitTransactions`` answers, in order."""
+    return [answer.status for answer in answers]
 
 
 def pay(nonce: int, amount: int = 1_000, fee: int = 5) -> Transaction:
@@ -68,9 +74,9 @@ def test_the_bound_is_the_p2p_message_bound() -> None:
 
 def test_submit_then_resubmit(engine: Engine) -> None:
     t0, t1 = pay(0), pay(1)
-    assert engine.client.submit_transactions([t0, t1]) == ["added", "added"]
-    assert engine.client.submit_transactions([t1, t0]) == ["known", "known"]
-    assert engine.client.submit_transactions([]) == []
+    assert statuses(engine.client.submit_transactions([t0, t1])) == ["added", "added"]
+    assert statuses(engine.client.submit_transactions([t1, t0])) == ["known", "known"]
+    assert statuses(engine.client.submit_transactions([])) == []
 
 
 def test_large_submissions_are_split(engine: Engine) -> None:
@@ -81,7 +87,9 @@ def test_large_submissions_are_split(engine: Engine) -> None:
     for batch in batches:
         assert len(batch) <= MAX_ENGINE_TRANSACTIONS
         assert sum(len(t.encode()) for t in batch) <= MAX_PENDING_BYTES
-    assert engine.client.submit_transactions(many) == ["added"] + ["known"] * (len(many) - 1)
+    assert statuses(engine.client.submit_transactions(many)) == ["added"] + ["known"] * (
+        len(many) - 1
+    )
 
 
 def test_bad_transactions_are_rejected_with_a_reason(engine: Engine) -> None:
@@ -91,7 +99,7 @@ def test_bad_transactions_are_rejected_with_a_reason(engine: Engine) -> None:
     broke = sign_transfer(
         keypair_for(index=8), chain_id=CHAIN, nonce=0, recipient=BOB.address, amount=1, fee=1
     )
-    assert engine.client.submit_transactions([foreign, pay(0), broke]) == [
+    assert statuses(engine.client.submit_transactions([foreign, pay(0), broke])) == [
         "rejected",
         "added",
         "rejected",
@@ -115,18 +123,60 @@ def test_bad_transactions_are_rejected_with_a_reason(engine: Engine) -> None:
         engine.client.call("engine_submitTransactions", ["00"] * (MAX_ENGINE_TRANSACTIONS + 1))
 
 
+def test_each_answer_says_why_a_transaction_was_refused(engine: Engine) -> None:
+    """``refusal``: intrinsic (never valid anywhere: the relay is at fault), stateful (depends on
+    the state or the pool), null when added or known."""
+    t0 = pay(0)
+    forged = Transaction(**{**pay(1).__dict__, "amount": 2})
+    foreign = sign_transfer(
+        keypair_for(index=7), chain_id=1, nonce=0, recipient=BOB.address, amount=1, fee=1
+    )
+    overflow = pay(1, amount=2**64 - 1)
+    keys_of_another = Transaction(**{**pay(1).__dict__, "public_keys": BOB.public})
+    unrevealed = sign_transfer(
+        keypair_for(index=8), chain_id=CHAIN, nonce=0, recipient=BOB.address, amount=0, fee=0,
+        reveal_keys=False,
+    )  # fmt: skip
+    broke = sign_transfer(
+        keypair_for(index=8), chain_id=CHAIN, nonce=0, recipient=BOB.address, amount=1, fee=1
+    )
+    expected = [
+        (t0.encode().hex(), "added", None),
+        (t0.encode().hex(), "known", None),
+        ("zz", "rejected", "intrinsic"),
+        (pay(1).encode().hex() + "00", "rejected", "intrinsic"),
+        (forged.encode().hex(), "rejected", "intrinsic"),
+        (foreign.encode().hex(), "rejected", "intrinsic"),
+        (overflow.encode().hex(), "rejected", "intrinsic"),
+        (keys_of_another.encode().hex(), "rejected", "intrinsic"),
+        (unrevealed.encode().hex(), "rejected", "stateful"),
+        (broke.encode().hex(), "rejected", "stateful"),
+        (pay(500).encode().hex(), "rejected", "stateful"),
+        (pay(0, amount=7).encode().hex(), "rejected", "stateful"),  # replacement underpriced
+        (pay(1, amount=GENESIS_ALLOCATION).encode().hex(), "rejected", "stateful"),
+    ]
+    answer = engine.client.call("engine_submitTransactions", [raw for raw, _, _ in expected])
+    assert [(entry["status"], entry["refusal"]) for entry in answer] == [
+        (status, refusal) for _, status, refusal in expected
+    ], answer
+
+
 def test_pending_transactions_page_with_the_cursor(engine: Engine) -> None:
-    assert engine.client.pending_transactions(0) == (0, [])
+    base, empty = engine.client.pending_transactions(0)  # numbers start at the start time (µs)
+    assert empty == [] and base > 0
     txs = [pay(nonce) for nonce in range(5)]
-    assert engine.client.submit_transactions(txs) == ["added"] * 5
+    assert statuses(engine.client.submit_transactions(txs)) == ["added"] * 5
     seen: list[Transaction] = []
     cursor, page = engine.client.pending_transactions(0, limit=2)
     while page:
         assert len(page) <= 2
         seen += page
         cursor, page = engine.client.pending_transactions(cursor, limit=2)
-    assert seen == txs and cursor == 5
-    assert engine.client.pending_transactions(3, limit=MAX_ENGINE_TRANSACTIONS) == (5, txs[3:])
+    assert seen == txs and cursor == base + 5
+    assert engine.client.pending_transactions(base + 3, limit=MAX_ENGINE_TRANSACTIONS) == (
+        base + 5,
+        txs[3:],
+    )
     for limit in (0, MAX_ENGINE_TRANSACTIONS + 1):
         with pytest.raises(EngineError, match="invalid params"):
             engine.client.pending_transactions(0, limit=limit)
@@ -136,13 +186,17 @@ def test_pending_transactions_page_with_the_cursor(engine: Engine) -> None:
 
 def test_included_transactions_leave_pending(engine: Engine) -> None:
     t0, t1 = pay(0), pay(1)
-    assert engine.client.submit_transactions([t0]) == ["added"]
+    base = engine.client.pending_transactions(0)[0]
+    assert statuses(engine.client.submit_transactions([t0])) == ["added"]
     block = mine_on_head(engine)
     assert block.transactions == (t0,)
-    assert engine.client.pending_transactions(0) == (1, [])  # t0 left with its block
-    assert engine.client.submit_transactions([t1, t0]) == ["added", "known"]  # t0 is in the chain
-    assert engine.client.pending_transactions(0) == (2, [t1])
-    assert engine.client.pending_transactions(1) == (2, [t1])
+    assert engine.client.pending_transactions(0) == (base + 1, [])  # t0 left with its block
+    assert statuses(engine.client.submit_transactions([t1, t0])) == [
+        "added",
+        "known",
+    ]  # t0 is in the chain
+    assert engine.client.pending_transactions(0) == (base + 2, [t1])
+    assert engine.client.pending_transactions(base + 1) == (base + 2, [t1])
     stale = pay(0, amount=7)  # nonce 0 is used by t0: not known, refused
     assert not engine.state.has_transaction(stale.tx_id)
     assert engine.client.call("engine_submitTransactions", [stale.encode().hex()]) == [
@@ -150,6 +204,7 @@ def test_included_transactions_leave_pending(engine: Engine) -> None:
             "id": stale.tx_id.hex(),
             "status": "rejected",
             "reason": "NonceTooLow: nonce 0 already used (account nonce 1)",
+            "refusal": "stateful",
         }
     ]
 
@@ -162,7 +217,7 @@ def test_malformed_answers_are_engine_errors() -> None:
         for name in ("engine_pendingTransactions", "engine_submitTransactions")
     ]
     t0, t1 = pay(0), pay(1)
-    good = {"id": t0.tx_id.hex(), "status": "added", "reason": None}
+    good = {"id": t0.tx_id.hex(), "status": "added", "reason": None, "refusal": None}
     with BackgroundServer(RpcServer("liar", methods).app) as server:
         client = EngineClient(server.url, SECRET, timeout=30)
         pending_lies: list[Any] = [
@@ -188,11 +243,17 @@ def test_malformed_answers_are_engine_errors() -> None:
             [{**good, "status": "maybe"}],
             [{**good, "id": t1.tx_id.hex()}],
             [{**good, "id": None}],
+            [{**good, "status": "rejected", "refusal": "maybe"}],
+            [{**good, "refusal": "intrinsic"}],  # only a rejected transaction has a refusal
         ]
         for lie in submit_lies:
             answer[0] = lie
             with pytest.raises(EngineError):
                 client.submit_transactions([t0])
-        answer[0] = [{**good, "status": "rejected", "id": None, "reason": "x"}]
-        assert client.submit_transactions([t0]) == ["rejected"]
+        answer[0] = [
+            {**good, "status": "rejected", "id": None, "reason": "x", "refusal": "intrinsic"}
+        ]
+        assert client.submit_transactions([t0]) == [Submission("rejected", Refusal.INTRINSIC)]
+        del answer[0][0]["refusal"]  # a client that does not say why: no blame
+        assert client.submit_transactions([t0]) == [Submission("rejected", None)]
         client.close()

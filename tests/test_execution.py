@@ -38,7 +38,7 @@ from qoin.execution.transition import (
     touched_addresses,
 )
 from tests.chainutil import test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 from tests.strategies import HASHES
 
 CHAIN = test_genesis().chain_id

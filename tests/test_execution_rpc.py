@@ -16,10 +16,11 @@ from qoin.execution.account import AccountLeaf, state_key
 from qoin.execution.client import ExecutionClient
 from qoin.execution.state import ExecutionState
 from qoin.pow.proof import placeholder_proof
+from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import encode
 from qoin.rpc.serve import BackgroundServer
 from qoin.state.smt import Proof, verify_proof
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 from tests.test_execution_state import ALICE, BOB, MINER, genesis
 
 SECRET = bytes(range(32))
@@ -45,9 +46,10 @@ def node(tmp_path: Path) -> Iterator[Running]:
 
 
 def rpc(url: str, method: str, *params: object, token: str | None = None) -> dict[str, object]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """The whole JSON-RPC answer (result or error object) of one call."""
     body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-    return httpx.post(url, json=body, headers=headers, timeout=30).json()  # type: ignore[no-any-return]
+    with RpcClient(url, token=(lambda: token) if token else None) as client:
+        return client.post(body, method)  # type: ignore[no-any-return]
 
 
 def engine(url: str, method: str, *params: object) -> dict[str, object]:
@@ -135,6 +137,30 @@ def test_errors(node: Running) -> None:
     )
     assert unauthenticated.status_code == 401
     assert engine(node.engine, "engine_getPayload", "nope")["error"]["code"] == -32000  # type: ignore[index]
+
+
+def test_refused_transactions_carry_the_refusal_class(node: Running) -> None:
+    """A -32000 refusal of ``qoin_sendRawTransaction`` says in ``data`` whether the transaction
+    can never be valid (intrinsic) or was refused for the state or the pool (stateful)."""
+    foreign = sign_transfer(
+        keypair_for(index=7), chain_id=1, nonce=0, recipient=BOB.address, amount=1, fee=1
+    )
+    broke = sign_transfer(
+        keypair_for(index=7), chain_id=genesis().chain_id, nonce=0, recipient=BOB.address,
+        amount=1, fee=1,
+    )  # fmt: skip
+    accepted = sign_transfer(
+        ALICE, chain_id=genesis().chain_id, nonce=0, recipient=BOB.address, amount=1, fee=1
+    )
+    assert rpc(node.user, "qoin_sendRawTransaction", accepted.encode().hex())["result"]
+    for tx, name, refusal in (
+        (foreign, "WrongChainId", "intrinsic"),
+        (broke, "InsufficientFunds", "stateful"),
+        (accepted, "AlreadyKnown", None),
+    ):
+        error = rpc(node.user, "qoin_sendRawTransaction", tx.encode().hex())["error"]
+        assert error["code"] == -32000 and error["message"].startswith(f"{name}: ")  # type: ignore[index]
+        assert error["data"] == {"refusal": refusal}  # type: ignore[index]
 
 
 def test_parameter_bounds(node: Running) -> None:

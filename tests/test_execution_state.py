@@ -19,7 +19,7 @@ from qoin.execution.state import STATE_FILE, ExecutionState, ExecutionStateError
 from qoin.pow.proof import placeholder_proof
 from qoin.state.smt import verify_proof
 from tests.chainutil import test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 ALICE, BOB, MINER = keypair_for(index=2), keypair_for(index=3), keypair_for(index=4)
 

@@ -15,9 +15,9 @@ from qoin.chain.forkchoice import (
     InvalidBlockMeta,
     InvalidHeight,
     InvalidSiblingReference,
+    ParentNotInStore,
     Store,
     UnknownBlock,
-    UnknownParent,
     ancestors,
     best_child,
     build_store,
@@ -27,6 +27,7 @@ from qoin.chain.forkchoice import (
     is_ancestor,
     new_store,
     on_block,
+    path_between,
     reorg_path,
 )
 from qoin.chain.orphans import OrphanPool, connect
@@ -273,12 +274,12 @@ def snapshot(store: Store) -> tuple[object, ...]:
 def test_unknown_parent_and_bad_height() -> None:
     store = genesis_store()
     before = snapshot(store)
-    with pytest.raises(UnknownParent):
+    with pytest.raises(ParentNotInStore):
         on_block(store, BlockMeta(H(2), H(1), 2, 1))
     with pytest.raises(InvalidHeight):
         on_block(store, BlockMeta(H(1), GENESIS, 2, 1))
     assert snapshot(store) == before
-    assert issubclass(UnknownParent, QoinError)
+    assert issubclass(ParentNotInStore, QoinError)
     with pytest.raises(UnknownBlock):
         get_weight(store, H(1))
 
@@ -461,6 +462,40 @@ def test_incremental_weights_and_head_match_the_definition(
         expected = brute_weights(tree, present)
         assert store.weights == expected
         assert get_head(store) == brute_head(present, expected, genesis.block_hash)
+
+
+def brute_path(
+    metas: dict[bytes, BlockMeta], old: bytes, new: bytes
+) -> tuple[list[bytes], list[bytes]]:
+    """``(disconnect, connect)`` from the definition: each head's ancestry minus the other's."""
+
+    def lineage(block: bytes) -> list[bytes]:  # the block, then its ancestors
+        found = [block]
+        while metas[found[-1]].height > 0:
+            found.append(metas[found[-1]].parent_hash)
+        return found
+
+    old_line, new_line = lineage(old), lineage(new)
+    return [b for b in old_line if b not in new_line], [b for b in new_line if b not in old_line][
+        ::-1
+    ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(trees(), st.data())
+def test_the_one_reorg_walk_matches_the_definition_over_any_store(
+    tree: Tree, data: st.DataObject
+) -> None:
+    metas = {meta.block_hash: meta for meta in tree.metas}
+    store = build_store(tree.metas[0], tree.metas[1:])
+    old, new = (data.draw(st.sampled_from(list(metas))) for _ in range(2))
+    expected = brute_path(metas, old, new)
+    # Over the fork-choice store, and over any other store through its (height, parent) link.
+    assert reorg_path(store, old, new) == expected
+    assert path_between(lambda h: (metas[h].height, metas[h].parent_hash), old, new) == expected
+    fork = metas[expected[0][-1]].parent_hash if expected[0] else old
+    assert common_ancestor(store, old, new) == fork
+    assert is_ancestor(store, fork, old) and is_ancestor(store, fork, new)
 
 
 def feed(store: Store, pool: OrphanPool[BlockMeta], meta: BlockMeta) -> None:

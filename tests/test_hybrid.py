@@ -26,7 +26,7 @@ from qoin.crypto.suites import (
     suite_by_name,
 )
 from qoin.encoding.codec import DecodeError, TrailingBytes, TruncatedInput, UnknownVersion
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 MESSAGE = b"pay bob 5 shor"
 

@@ -12,7 +12,7 @@ import pytest
 from qoin.crypto import keystore
 from qoin.crypto.address import Address
 from tests.cliutil import run_qoin
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 FAST = ["--scrypt-log-n", "14"]
 

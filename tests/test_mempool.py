@@ -16,16 +16,21 @@ from qoin.crypto.hybrid import HybridKeyPair
 from qoin.execution.account import EMPTY_ACCOUNT, Account
 from qoin.execution.mempool import (
     AlreadyKnown,
+    CostTooHigh,
     InsufficientFunds,
     InvalidTransactionSignature,
+    KeysNotRevealed,
     Mempool,
     MempoolError,
     NonceTooHigh,
     NonceTooLow,
+    Refusal,
+    TransactionTooLarge,
     Underpriced,
     WrongChainId,
 )
-from tests.conftest import keypair_for
+from qoin.execution.transition import MAX_BALANCE
+from tests.keys import keypair_for
 
 CHAIN = 77
 ALICE, BOB, CAROL = keypair_for(index=2), keypair_for(index=3), keypair_for(index=4)
@@ -86,6 +91,102 @@ def test_unrevealed_keys_may_come_from_pending(state: dict[Address, Account]) ->
     pool.add(tx(ALICE, 0))
     pool.add(tx(ALICE, 1, reveal=False))
     assert len(pool) == 2
+
+
+def refused(pool: Mempool, t: Transaction) -> MempoolError:
+    """The error ``pool`` refuses ``t`` with (the test fails if it is admitted)."""
+    with pytest.raises(MempoolError) as caught:
+        pool.add(t)
+    return caught.value
+
+
+def test_refusals_say_whether_intrinsic_or_stateful(state: dict[Address, Account]) -> None:
+    state[CAROL.address] = Account(1_000)  # funded, keys not revealed
+    pool = pool_for(state, max_count=2)
+    pending = tx(ALICE, 0, fee=100)
+    pool.add(pending)
+    forged = Transaction(**{**tx(ALICE, 1).__dict__, "amount": 2})
+    # Alice's keys carried by Bob's transaction: they do not hash to the sender.
+    foreign_keys = Transaction(**{**tx(BOB, 0).__dict__, "public_keys": ALICE.public})
+    intrinsic = {
+        "wrong chain": (tx(ALICE, 1, chain=1), WrongChainId),
+        "cost past the largest balance": (tx(ALICE, 1, amount=MAX_BALANCE), CostTooHigh),
+        "bad signature": (forged, InvalidTransactionSignature),
+        "keys of another address": (foreign_keys, InvalidTransactionSignature),
+    }
+    stateful = {
+        "nonce too high": (tx(ALICE, 500), NonceTooHigh),
+        "funds": (tx(ALICE, 1, amount=990), InsufficientFunds),
+        "keys not revealed yet": (tx(CAROL, 0, reveal=False), KeysNotRevealed),
+        "replacement underpriced": (tx(ALICE, 0, fee=105), Underpriced),
+    }
+    for name, (t, kind) in intrinsic.items():
+        error = refused(pool, t)
+        assert type(error) is kind and error.refusal is Refusal.INTRINSIC, name
+    for name, (t, kind) in stateful.items():
+        error = refused(pool, t)
+        assert type(error) is kind and error.refusal is Refusal.STATEFUL, name
+    known = refused(pool, pending)
+    assert isinstance(known, AlreadyKnown) and known.refusal is None
+    pool.add(tx(BOB, 0, fee=50, reveal=False))
+    full = refused(pool, tx(BOB, 1, fee=1, reveal=False))  # a full pool, a lower fee rate
+    assert isinstance(full, Underpriced) and full.refusal is Refusal.STATEFUL
+    state[ALICE.address] = Account(1_000, 1, ALICE.public)
+    used = refused(pool, tx(ALICE, 0, fee=999))
+    assert isinstance(used, NonceTooLow) and used.refusal is Refusal.STATEFUL
+    # No transaction can reach the size bound through decoding; the class says it all.
+    assert TransactionTooLarge.refusal is Refusal.INTRINSIC
+    assert len(pool) == 2
+
+
+def test_before_insert_runs_last_and_a_failure_changes_nothing(
+    state: dict[Address, Account],
+) -> None:
+    """The journal's hook: called only for a transaction that is admitted, before any change
+    (a replacement or an eviction included), and its failure leaves the pool as it was."""
+    pool = pool_for(state, max_count=2)
+    seen: list[Transaction] = []
+
+    def fail(t: Transaction) -> None:
+        seen.append(t)
+        raise OSError("disk full")
+
+    cheap, bob0 = tx(ALICE, 0, fee=1), tx(BOB, 0, fee=20, reveal=False)
+    pool.add(cheap, before_insert=seen.append)
+    pool.add(bob0, before_insert=seen.append)
+    assert seen == [cheap, bob0]
+    with pytest.raises(NonceTooHigh):
+        pool.add(tx(ALICE, 500), before_insert=fail)
+    assert seen == [cheap, bob0]  # not called for a refusal
+    before = (pool.added_since(0, 10, 10**6), pool.total_bytes)
+    for admissible in (tx(BOB, 1, fee=500, reveal=False), tx(ALICE, 0, fee=20)):  # evicts, replaces
+        with pytest.raises(OSError):
+            pool.add(admissible, before_insert=fail)
+        assert seen[-1] == admissible
+        assert (pool.added_since(0, 10, 10**6), pool.total_bytes) == before
+        assert pool.pending_of(ALICE.address) == [cheap] and pool.pending_of(BOB.address) == [bob0]
+    pool.add(tx(BOB, 1, fee=500, reveal=False))
+    assert cheap.tx_id not in pool and len(pool) == 2
+
+
+def test_eviction_takes_several_tails_of_one_sender(state: dict[Address, Account]) -> None:
+    """A large newcomer to a byte-bounded pool evicts as many of the cheapest tails as it needs,
+    from the last nonce down, never leaving a gap."""
+    a = [tx(ALICE, n, fee=1, reveal=n == 0) for n in range(3)]
+    rich = sign_transfer(
+        BOB, chain_id=CHAIN, nonce=0, recipient=CAROL.address, amount=1, fee=900,
+        payload=bytes(4096), reveal_keys=False,
+    )  # fmt: skip
+    sizes = [len(t.encode()) for t in a]
+    # Room for all of Alice's, but for the newcomer only once two of them are gone.
+    pool = pool_for(state, max_bytes=max(sum(sizes), sizes[0] + len(rich.encode())))
+    assert sizes[0] + sizes[1] + len(rich.encode()) > pool.max_bytes
+    for t in a:
+        pool.add(t)
+    pool.add(rich)
+    assert rich.tx_id in pool
+    assert pool.pending_of(ALICE.address) == a[:1]
+    assert pool.total_bytes <= pool.max_bytes
 
 
 def test_selection_by_fee_rate_in_nonce_order(state: dict[Address, Account]) -> None:

@@ -23,7 +23,8 @@ from qoin.pow.proof import (
     unsealed_header,
     verify_header_pow,
 )
-from tests.conftest import keypair_for, wait_until
+from tests.framework import wait_until
+from tests.keys import keypair_for
 
 EASY = max_target(DEFAULT_NBITS) >> 3  # about 8 attempts per win: a real search, still quick
 IMPOSSIBLE = 0  # wins with probability 2^-64 per attempt: never, in a test

@@ -18,7 +18,7 @@ from typing import IO
 import pytest
 
 from qoin.chain import genesis as genesis_mod
-from tests.conftest import wait_until
+from tests.framework import wait_until
 
 TIMEOUT_S = 25.0
 HEIGHT_RE = re.compile(r"^(new head|side block) height=(\d+) hash=([0-9a-f]{64}) ")
@@ -46,15 +46,18 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def easy_genesis(tmp_path: Path) -> Path:
+def write_easy_genesis(path: Path) -> Path:
     """The devnet genesis, starting now, at ~8 attempts a block: blocks in tens of milliseconds."""
     obj = genesis_mod.builtin_json("devnet")
     obj["timestamp_ms"] = int(time.time() * 1000)
     obj["initial_target"] = hex(2**64 // 8)
-    path = tmp_path / "easy-genesis.json"
     path.write_text(json.dumps(obj))
     return path
+
+
+@pytest.fixture
+def easy_genesis(tmp_path: Path) -> Path:
+    return write_easy_genesis(tmp_path / "easy-genesis.json")
 
 
 def _heights(stdout: str) -> list[tuple[int, str]]:

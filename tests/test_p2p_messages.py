@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qoin.chain.block import MAX_BLOCK_SIZE, Block, Coinbase, Header
+from qoin.chain.builder import next_on_head
 from qoin.chain.chain import Chain
-from qoin.chain.producer import build_template
 from qoin.chain.transaction import MAX_PAYLOAD_SIZE as MAX_TX_PAYLOAD_SIZE
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.address import Address
@@ -73,8 +73,8 @@ from qoin.p2p.messages import (
     split_transactions,
 )
 from qoin.p2p.transport import MAX_PAYLOAD_SIZE
-from tests.chainutil import mine_template, on_schedule, test_genesis
-from tests.conftest import keypair_for
+from tests.chainutil import on_schedule, test_genesis
+from tests.keys import keypair_for
 from tests.strategies import HASHES, U64, blocks, headers, transactions
 
 SLOW = settings(
@@ -140,11 +140,7 @@ def real_blocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Block
     )
     mined = []
     for txs in ((), (transfer,), ()):
-        height = chain.head_header.height + 1
-        template = build_template(
-            chain, miner.public, on_schedule(chain.genesis, height), transactions=txs
-        )
-        block = mine_template(template, miner)
+        block = next_on_head(chain, miner, txs)
         chain.import_block(block, now_ms=FAR_FUTURE)
         mined.append(block)
     yield mined

@@ -13,10 +13,10 @@ directory; everything else travels over the encrypted transport.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from qoin.chain.block import Block
 from qoin.chain.chain import Chain
 from qoin.crypto.hybrid import generate_keypair
+from qoin.p2p.addresses import PeerAddress
 from qoin.p2p.messages import (
     Blocks,
     Disconnect,
@@ -37,91 +38,18 @@ from qoin.p2p.messages import (
     decode_message,
     encode_message,
 )
-from qoin.p2p.peers import PeerAddress
 from qoin.p2p.transport import NetworkId, TransportError, connect
-from tests.conftest import keypair_for, wait_until
-from tests.procutil import (
-    FUNDED,
-    Process,
-    Producer,
-    genesis,
-    network_files,
-    network_files_args,
-    pay,
-    rpc,
-    start,
-    start_execution,
-)
+from tests.framework import CONSENSUS, FUNDED, RPC_POLL_S, Network, genesis, pay, wait_until
+from tests.keys import keypair_for
+from tests.procutil import Producer
+
+pytestmark = pytest.mark.slow  # several nodes each, tens of seconds a test
 
 ALICE, BOB = keypair_for(index=2), keypair_for(index=3)
 LONG_CHAIN = 500
 SYNC_S = 240.0
-
-
-@dataclass
-class Node:
-    """One node: an execution process and a consensus process with p2p."""
-
-    name: str
-    execution: Process
-    user: str
-    consensus: Process
-    url: str
-    enode: str
-    engine: str
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = rpc(self.url, "consensus_status")
-        return result
-
-    def height(self) -> int:
-        return int(self.status()["height"])
-
-    def stop(self) -> None:
-        try:
-            assert self.consensus.stop() == 0, self.consensus.output()
-        finally:
-            self.execution.stop()
-
-
-@dataclass
-class Net:
-    workdir: Path
-    nodes: list[Node] = field(default_factory=list)
-
-    def start_consensus(self, name: str, engine: str, *extra: str) -> tuple[Process, str, str]:
-        proc = start("consensus", "--datadir", str(self.workdir / name),
-                     *network_files_args(self.workdir), "--execution", engine,
-                     "--rpc-port", "0", "--p2p-port", "0", *extra)  # fmt: skip
-        url = proc.wait_for(r"; RPC (\S+);")[1]
-        return proc, url, proc.wait_for(r"p2p: node (\S+)")[1]
-
-    def node(self, name: str, *extra: str) -> Node:
-        execution, user, engine = start_execution(self.workdir, f"{name}-execution")
-        try:
-            consensus, url, enode = self.start_consensus(name, engine, *extra)
-        except BaseException:
-            execution.stop()
-            raise
-        node = Node(name, execution, user, consensus, url, enode, engine)
-        self.nodes.append(node)
-        return node
-
-    def restart_consensus(self, node: Node, *extra: str) -> None:
-        assert node.consensus.stop() == 0, node.consensus.output()
-        node.consensus, node.url, node.enode = self.start_consensus(node.name, node.engine, *extra)
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    network_files(tmp_path)
-    made = Net(tmp_path)
-    try:
-        yield made
-    finally:
-        for node in reversed(made.nodes):
-            node.execution.stop()
-            node.consensus.stop()
+SLOW_POLL_S = 0.5
+"""How often the long waits ask (each status call costs the nodes some work)."""
 
 
 @pytest.fixture(scope="module")
@@ -139,70 +67,66 @@ def long_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir / "producer-chain"
 
 
-def same_head(nodes: list[Node], height: int | None = None) -> bool:
-    states = [node.status() for node in nodes]
-    heads = {state["head"] for state in states}
-    return len(heads) == 1 and (height is None or states[0]["height"] == height)
-
-
-def test_a_late_node_syncs_500_blocks(net: Net, long_chain: Path) -> None:
+def test_a_late_node_syncs_500_blocks(net: Network, long_chain: Path) -> None:
     """...from two peers at once: both serve bodies (parallel download)."""
     seeds = []
     for name in ("seed-1", "seed-2"):
         shutil.copytree(long_chain, net.workdir / name)
         seeds.append(net.node(name))
         assert seeds[-1].height() == LONG_CHAIN
-    late = net.node("late", *(arg for seed in seeds for arg in ("--bootnode", seed.enode)))
-    wait_until(lambda: same_head([*seeds, late], LONG_CHAIN), timeout=SYNC_S, poll=0.5)
+    late = net.node("late", bootnodes=seeds)
+    net.sync_heads([*seeds, late], SYNC_S, LONG_CHAIN, SLOW_POLL_S)
     p2p = late.status()["p2p"]
     assert p2p["blocks_imported"] == LONG_CHAIN and p2p["bans"] == [], p2p
     served = [peer["blocksServed"] for peer in p2p["peers"]]
     assert len(served) == 2 and min(served) > 0 and sum(served) >= LONG_CHAIN, p2p
     expected = 1_000 * sum(range(1, LONG_CHAIN // 25 + 1))
-    assert rpc(late.user, "qoin_getBalance", str(ALICE.address)) == expected
-    assert rpc(late.user, "qoin_blockNumber") == LONG_CHAIN
+    assert late.user.call("qoin_getBalance", str(ALICE.address)) == expected
+    assert late.user.call("qoin_blockNumber") == LONG_CHAIN
 
 
-def test_a_node_restarted_mid_sync_resumes(net: Net, long_chain: Path) -> None:
+def test_a_node_restarted_mid_sync_resumes(net: Network, long_chain: Path) -> None:
     shutil.copytree(long_chain, net.workdir / "seed")
     seed = net.node("seed")
-    late = net.node("late", "--bootnode", seed.enode)
-    wait_until(lambda: late.height() >= 100, timeout=SYNC_S, poll=0.2)
-    net.restart_consensus(late, "--bootnode", seed.enode)
-    resumed_at = int(late.consensus.wait_for(r"; head height=(\d+) ")[1])
+    late = net.node("late", bootnodes=[seed])
+    wait_until(lambda: late.height() >= 100, SYNC_S, RPC_POLL_S)
+    late.restart_consensus("--bootnode", str(seed.enode))
+    resumed_at = int(late.child(CONSENSUS).wait_for(r"; head height=(\d+) ")[1][1])
     assert 100 <= resumed_at < LONG_CHAIN, "it stopped after the sync had ended: make it longer"
-    wait_until(lambda: same_head([seed, late], LONG_CHAIN), timeout=SYNC_S, poll=0.5)
+    net.sync_heads([seed, late], SYNC_S, LONG_CHAIN, SLOW_POLL_S)
     assert late.status()["p2p"]["blocks_imported"] == LONG_CHAIN - resumed_at
-    assert rpc(late.user, "qoin_blockNumber") == LONG_CHAIN
+    assert late.user.call("qoin_blockNumber") == LONG_CHAIN
 
 
-def test_a_split_network_converges_on_the_heaviest_head(net: Net) -> None:
+def test_a_split_network_converges_on_the_heaviest_head(net: Network) -> None:
     """Two halves (a1-a2 and b1-b2) mine apart, spending the same coins differently; joined, all
     four agree on the head an in-process fork choice over both branches picks, and their execution
     clients on its state."""
     a1 = net.node("a1")
-    a2 = net.node("a2", "--bootnode", a1.enode)
+    a2 = net.node("a2", bootnodes=[a1])
     b1 = net.node("b1")
-    b2 = net.node("b2", "--bootnode", b1.enode)
+    b2 = net.node("b2", bootnodes=[b1])
+    net.split([a1, a2], [b1, b2])
     side_a, side_b = Producer(net.workdir / "side-a"), Producer(net.workdir / "side-b")
     judge = Chain.open(net.workdir / "judge", genesis())
     try:
         for producer, node, count, payee in ((side_a, a1, 6, ALICE), (side_b, b1, 4, BOB)):
             for nonce in range(count):
                 block = producer.block((pay(FUNDED, nonce, payee, 100 + nonce, nonce == 0),))
-                assert rpc(node.url, "consensus_submitBlock", block.encode().hex())["headChanged"]
+                answer = node.rpc.call("consensus_submitBlock", block.encode().hex())
+                assert answer["headChanged"]
                 producer.accept(block)
                 judge.import_block(block)
-        wait_until(lambda: same_head([a1, a2], 6), timeout=60, poll=0.2)
-        wait_until(lambda: same_head([b1, b2], 4), timeout=60, poll=0.2)
-        assert rpc(a2.user, "qoin_getBalance", str(BOB.address)) == 0
-        rpc(a2.url, "consensus_addPeer", b2.enode)  # join the halves
+        net.sync_heads([a1, a2], 60, 6)
+        net.sync_heads([b1, b2], 60, 4)
+        assert a2.user.call("qoin_getBalance", str(BOB.address)) == 0
+        net.join(a2, b2)
         expected = judge.head.hex()
         nodes = [a1, a2, b1, b2]
-        wait_until(lambda: {n.status()["head"] for n in nodes} == {expected}, timeout=90, poll=0.5)
+        wait_until(lambda: {n.head() for n in nodes} == {expected}, 90, SLOW_POLL_S)
         balances = {
-            (rpc(n.user, "qoin_getBalance", str(ALICE.address)),
-             rpc(n.user, "qoin_getBalance", str(BOB.address)))
+            (n.user.call("qoin_getBalance", str(ALICE.address)),
+             n.user.call("qoin_getBalance", str(BOB.address)))
             for n in nodes
         }  # fmt: skip
         winner_paid = sum(100 + nonce for nonce in range(6))
@@ -213,32 +137,52 @@ def test_a_split_network_converges_on_the_heaviest_head(net: Net) -> None:
         side_b.close()
 
 
-def test_a_transaction_reaches_every_execution_client(net: Net) -> None:
+def test_a_live_network_splits_and_joins(net: Network) -> None:
+    """Peers linked by a bootnode are split (``consensus_removePeer`` on both sides): blocks
+    submitted to one side no longer travel and neither side dials the other again; joined, the
+    other side syncs them."""
+    a = net.node("a")
+    b = net.node("b", bootnodes=[a])
+    wait_until(lambda: net.connected(a, b), 60, RPC_POLL_S, "the bootnode link")
+    net.split([a], [b])
+    producer = Producer(net.workdir / "producer")
+    try:
+        for _ in range(3):
+            block = producer.block()
+            assert a.rpc.call("consensus_submitBlock", block.encode().hex())["headChanged"]
+            producer.accept(block)
+    finally:
+        producer.close()
+    for _ in range(8):  # four upkeep rounds: a redial or a gossiped block would show by now
+        assert not net.connected(a, b) and b.height() == 0
+        time.sleep(SLOW_POLL_S)
+    net.join(a, b)
+    net.sync_heads([a, b], 60, 3)
+
+
+def test_a_transaction_reaches_every_execution_client(net: Network) -> None:
     """Sent to the first node of a line of three, transfers are gossiped hop by hop into the
     mempools of the others, both execution clients of the last one included: one sent before the
     others connected (announced when they connect), one sent after (announced as it arrives)."""
     first = net.node("first")
     early = pay(FUNDED, 0, ALICE, 1_234, reveal=True)
-    rpc(first.user, "qoin_sendRawTransaction", early.encode().hex())
-    middle = net.node("middle", "--bootnode", first.enode)
-    extra, extra_user, extra_engine = start_execution(net.workdir, "last-execution-2")
-    try:
-        last = net.node("last", "--bootnode", middle.enode, "--execution", extra_engine)
-        wait_until(lambda: len(middle.status()["p2p"]["peers"]) == 2, timeout=30, poll=0.2)
-        late = pay(FUNDED, 1, BOB, 99)
-        rpc(first.user, "qoin_sendRawTransaction", late.encode().hex())
-        for user in (middle.user, last.user, extra_user):
-            for tx in (early, late):
-                wait_until(
-                    lambda user=user, tx=tx: rpc(user, "qoin_getTransactionByHash", tx.tx_id.hex()),
-                    timeout=30,
-                    poll=0.2,
-                )
-                pending = rpc(user, "qoin_getTransactionByHash", tx.tx_id.hex())
-                assert pending["pending"] is True
-        assert last.status()["p2p"]["transactions_received"] == 2
-    finally:
-        extra.stop()
+    first.user.call("qoin_sendRawTransaction", early.encode().hex())
+    middle = net.node("middle", bootnodes=[first])
+    extra = net.execution("last-2")
+    last = net.node("last", "--execution", str(extra.engine), bootnodes=[middle])
+    wait_until(lambda: len(middle.status()["p2p"]["peers"]) == 2, 30, RPC_POLL_S)
+    late = pay(FUNDED, 1, BOB, 99)
+    first.user.call("qoin_sendRawTransaction", late.encode().hex())
+    for node in (middle, last, extra):
+        for tx in (early, late):
+            pending = wait_until(
+                functools.partial(node.user.call, "qoin_getTransactionByHash", tx.tx_id.hex()),
+                30,
+                RPC_POLL_S,
+                f"{tx.tx_id.hex()[:12]} in the mempool of {node.name}",
+            )
+            assert pending["pending"] is True
+    assert last.status()["p2p"]["transactions_received"] == 2
 
 
 def stored_blocks(datadir: Path) -> dict[bytes, Block]:
@@ -252,30 +196,30 @@ def stored_blocks(datadir: Path) -> dict[bytes, Block]:
         chain.close()
 
 
-def test_halves_mining_apart_converge_once_joined(net: Net) -> None:
+def test_halves_mining_apart_converge_once_joined(net: Network) -> None:
     """The same with the nodes' own miners: each half mines (one worker, the test network's
     maximum target) until both have a few blocks, mining stops (SIGUSR1), the halves join, and
     all four agree on the head that fork choice over every block any of them stored picks."""
-    mining = ("--mine", "--workers", "1")
-    a1 = net.node("a1", *mining)
-    a2 = net.node("a2", "--bootnode", a1.enode)
-    b1 = net.node("b1", *mining)
-    b2 = net.node("b2", "--bootnode", b1.enode)
-    wait_until(lambda: a2.height() >= 3 and b2.height() >= 3, timeout=120, poll=0.2)
+    a1 = net.node("a1", mine=True)
+    a2 = net.node("a2", bootnodes=[a1])
+    b1 = net.node("b1", mine=True)
+    b2 = net.node("b2", bootnodes=[b1])
+    net.split([a1, a2], [b1, b2])
+    wait_until(lambda: a2.height() >= 3 and b2.height() >= 3, 120, RPC_POLL_S)
     for miner in (a1, b1):
-        miner.consensus.proc.send_signal(signal.SIGUSR1)
-        miner.consensus.wait_for("mining stopped")
-    wait_until(lambda: same_head([a1, a2]) and same_head([b1, b2]), timeout=60, poll=0.2)
-    assert a1.status()["head"] != b1.status()["head"]  # the halves did split
-    rpc(a2.url, "consensus_addPeer", b2.enode)
+        miner.send_signal(CONSENSUS, signal.SIGUSR1)
+        miner.child(CONSENSUS).wait_for("mining stopped")
+    net.sync_heads([a1, a2], 60)
+    net.sync_heads([b1, b2], 60)
+    assert a1.head() != b1.head()  # the halves did split
+    net.join(a2, b2)
     nodes = [a1, a2, b1, b2]
-    wait_until(lambda: same_head(nodes), timeout=120, poll=0.5)
-    agreed = a1.status()["head"]
+    agreed = net.sync_heads(nodes, 120, poll=SLOW_POLL_S)
     for node in nodes:
         node.stop()
     union: dict[bytes, Block] = {}
     for node in nodes:
-        union.update(stored_blocks(net.workdir / node.name))
+        union.update(stored_blocks(node.datadir))
     judge = Chain.open(net.workdir / "judge", genesis())
     try:
         for block in sorted(union.values(), key=lambda b: b.header.height):
@@ -330,7 +274,7 @@ class BadPeer:
             pass
 
 
-def test_a_peer_serving_an_invalid_block_is_banned(net: Net) -> None:
+def test_a_peer_serving_an_invalid_block_is_banned(net: Network) -> None:
     honest = net.node("honest")
     producer = Producer(net.workdir)
     try:
@@ -339,12 +283,13 @@ def test_a_peer_serving_an_invalid_block_is_banned(net: Net) -> None:
             block = producer.block((pay(FUNDED, nonce, ALICE, 10 + nonce, nonce == 0),))
             producer.accept(block)
             good.append(block)
-        assert rpc(honest.url, "consensus_submitBlock", good[0].encode().hex())["headChanged"]
+        answer = honest.rpc.call("consensus_submitBlock", good[0].encode().hex())
+        assert answer["headChanged"]
         bad = producer.block((pay(FUNDED, 3, BOB, 5),), honest_roots=False)
     finally:
         producer.close()
     evil = BadPeer(good, bad)
-    enode = PeerAddress.parse(honest.enode)
+    enode = PeerAddress.parse(str(honest.enode))
     asyncio.run(evil.session(enode))
     assert evil.goodbye is not None and evil.goodbye.reason == DisconnectReason.BANNED
     state = honest.status()
@@ -356,8 +301,8 @@ def test_a_peer_serving_an_invalid_block_is_banned(net: Net) -> None:
     assert evil.goodbye is not None and evil.goodbye.reason == DisconnectReason.BANNED
     assert evil.requests == 0
     # The honest node goes on: a new node syncs its chain, and its bans survive a restart.
-    newcomer = net.node("newcomer", "--bootnode", honest.enode)
-    wait_until(lambda: same_head([honest, newcomer], 3), timeout=60, poll=0.2)
-    net.restart_consensus(honest)
+    newcomer = net.node("newcomer", bootnodes=[honest])
+    net.sync_heads([honest, newcomer], 60, 3)
+    honest.restart_consensus()
     subjects = {b["subject"] for b in honest.status()["p2p"]["bans"]}
     assert str(evil.identity.address) in subjects

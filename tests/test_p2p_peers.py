@@ -1,4 +1,5 @@
-"""Peer bookkeeping: addresses, limits, duplicates, scores, bans, dialling, persistence.
+"""Peer bookkeeping: limits, duplicates, scores, bans, dialling, persistence (addresses are in
+tests/test_p2p_addresses.py, the ban file in tests/test_p2p_bans.py).
 
 Pure unit tests: the manager's clock is a mutable counter advanced by hand, so ban expiry and
 dial backoff are exact. A hypothesis test drives random sequences of events and checks the
@@ -17,6 +18,19 @@ from hypothesis import strategies as st
 
 from qoin.crypto.address import Address
 from qoin.p2p import peers
+from qoin.p2p.addresses import (
+    PeerAddress,
+    PeerAddressError,
+)
+from qoin.p2p.bans import (
+    MAX_DETAIL_CHARS,
+    BanEntry,
+    BanKind,
+    BanListError,
+    bans_from_json,
+    bans_to_json,
+)
+from qoin.p2p.misbehaviour import PENALTIES, Misbehaviour
 from qoin.p2p.peers import (
     DIAL_BACKOFF_BASE_S,
     DIAL_BACKOFF_MAX_S,
@@ -24,25 +38,11 @@ from qoin.p2p.peers import (
     FORGET_AFTER_FAILURES,
     HANDSHAKE_BURST,
     HANDSHAKE_REFILL_S,
-    MAX_DETAIL_CHARS,
-    PENALTIES,
     REWARD_POINTS,
-    BanEntry,
-    BanKind,
-    BanListError,
-    Misbehaviour,
-    PeerAddress,
-    PeerAddressError,
+    ConnectionRefusal,
     PeerConfigError,
     PeerError,
     PeerManager,
-    Refusal,
-    bans_from_json,
-    bans_to_json,
-    host_key,
-    is_loopback,
-    normalize_host,
-    parse_bootnodes,
 )
 
 BAN_S = 3600.0
@@ -98,106 +98,6 @@ def manager(
     )
 
 
-# --- addresses -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "host", "port"),
-    [
-        ("127.0.0.1:9000", "127.0.0.1", 9000),
-        ("  10.0.0.7:1 ", "10.0.0.7", 1),
-        ("[::1]:65535", "::1", 65535),
-        ("[2001:DB8:0:0::1]:30303", "2001:db8::1", 30303),
-        ("[::ffff:192.0.2.1]:9000", "192.0.2.1", 9000),
-        ("Node-1.Example.org.:9000", "node-1.example.org", 9000),
-        ("localhost:9000", "localhost", 9000),
-    ],
-)
-def test_address_parse_normalises(text: str, host: str, port: int) -> None:
-    parsed = PeerAddress.parse(text)
-    assert (parsed.host, parsed.port, parsed.node_id) == (host, port, None)
-    assert PeerAddress.parse(str(parsed)) == parsed
-
-
-def test_address_format() -> None:
-    assert str(addr("127.0.0.1")) == "127.0.0.1:9000"
-    assert str(addr("::1", 7)) == "[::1]:7"
-    with_id = addr("::1", 7, LOW)
-    assert str(with_id) == f"{LOW}@[::1]:7"
-    assert PeerAddress.parse(str(with_id)) == with_id
-    assert with_id.endpoint == ("::1", 7)
-    assert with_id.with_node_id(None) == addr("::1", 7)
-
-
-def test_address_with_node_id() -> None:
-    text = f"{HIGH}@192.0.2.5:9000"
-    parsed = PeerAddress.parse(text)
-    assert parsed.node_id == HIGH
-    assert str(parsed) == text
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("", "empty"),
-        ("127.0.0.1", "missing ':port'"),
-        ("127.0.0.1:", "invalid port"),
-        ("127.0.0.1:0", "out of range"),
-        ("127.0.0.1:65536", "out of range"),
-        ("127.0.0.1:+80", "invalid port"),
-        ("127.0.0.1:\uff18\uff10", "invalid port"),  # full-width digits
-        ("::1:9000", "brackets"),
-        ("[::1:9000", "missing ']'"),
-        ("[::1]9000", "missing ':port'"),
-        ("[127.0.0.1]:9000", "only IPv6"),
-        ("256.1.1.1:9000", "invalid IPv4"),
-        ("1.2.3.04:9000", "invalid IPv4"),
-        ("bad_host:9000", "invalid host name"),
-        ("-bad.example:9000", "invalid host name"),
-        ("@127.0.0.1:9000", "missing node id"),
-        ("qoin1notanaddress@127.0.0.1:9000", "invalid node id"),
-    ],
-)
-def test_address_parse_errors(text: str, message: str) -> None:
-    with pytest.raises(PeerAddressError, match=message):
-        PeerAddress.parse(text)
-
-
-def test_address_constructor_validates() -> None:
-    with pytest.raises(PeerAddressError):
-        PeerAddress("127.0.0.1", 0)
-    with pytest.raises(PeerAddressError):
-        PeerAddress("127.0.0.1", True)
-    with pytest.raises(PeerAddressError):
-        PeerAddress("", 1)
-    assert PeerAddress("::FFFF:10.1.2.3", 5) == PeerAddress("10.1.2.3", 5)
-
-
-def test_hosts() -> None:
-    assert normalize_host("::FFFF:10.1.2.3") == "10.1.2.3"
-    assert host_key("203.0.113.9") == "203.0.113.9"
-    assert host_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
-    assert host_key("2001:db8:1:2:bbbb::7") == host_key("2001:db8:1:2:aaaa::1")
-    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("203.0.113.9")
-
-
-def test_bootnode_list() -> None:
-    text = f" {LOW}@192.0.2.1:9000, 192.0.2.2:9000\n[2001:db8::1]:9000,,192.0.2.2:9000 "
-    boots = parse_bootnodes(text)
-    assert boots == (
-        addr("192.0.2.1", node_id=LOW),
-        addr("192.0.2.2"),
-        addr("2001:db8::1"),
-    )
-    assert parse_bootnodes(["192.0.2.1:1", " ", "192.0.2.1:1"]) == (addr("192.0.2.1", 1),)
-    assert parse_bootnodes("") == ()
-    with pytest.raises(PeerAddressError, match=r"bootnode 2: .*missing ':port'"):
-        parse_bootnodes("192.0.2.1:1, 192.0.2.2")
-    with pytest.raises(PeerAddressError, match=r"bootnode 2: .*conflicts"):
-        parse_bootnodes(f"{LOW}@192.0.2.1:1 {HIGH}@192.0.2.1:1")
-
-
 # --- configuration ---------------------------------------------------------------------------
 
 
@@ -239,10 +139,10 @@ def test_inbound_and_outbound_limits_are_separate() -> None:
     assert m.on_connected(node(2), addr("192.0.2.2", 40002), inbound=True)
     assert not m.can_accept_inbound()
     full = m.on_connected(node(3), addr("192.0.2.3", 40003), inbound=True)
-    assert not full and full.reason is Refusal.INBOUND_FULL
+    assert not full and full.reason is ConnectionRefusal.INBOUND_FULL
     assert m.on_connected(node(4), addr("192.0.2.4"), inbound=False)
     full = m.on_connected(node(5), addr("192.0.2.5"), inbound=False)
-    assert full.reason is Refusal.OUTBOUND_FULL
+    assert full.reason is ConnectionRefusal.OUTBOUND_FULL
     snap = m.snapshot()
     assert (snap.inbound, snap.outbound) == (2, 1)
     assert [p.node_id for p in snap.peers] == [node(1), node(2), node(4)]
@@ -258,7 +158,10 @@ def test_zero_inbound_accepts_none() -> None:
     m = manager(max_inbound=0)
     assert not m.can_accept_inbound()
     assert not m.allow_inbound_handshake("192.0.2.1")
-    assert m.on_connected(node(1), addr("192.0.2.1"), inbound=True).reason is Refusal.INBOUND_FULL
+    assert (
+        m.on_connected(node(1), addr("192.0.2.1"), inbound=True).reason
+        is ConnectionRefusal.INBOUND_FULL
+    )
 
 
 def test_self_connection_refused_and_address_never_dialled_again() -> None:
@@ -267,8 +170,10 @@ def test_self_connection_refused_and_address_never_dialled_again() -> None:
     m = manager(clock, bootnodes=(me,))
     assert m.want_outbound() == [me]
     refused = m.on_connected(OWN, me, inbound=False)
-    assert refused.reason is Refusal.SELF
-    assert m.on_connected(OWN, addr("192.0.2.9", 50000), inbound=True).reason is Refusal.SELF
+    assert refused.reason is ConnectionRefusal.SELF
+    assert (
+        m.on_connected(OWN, addr("192.0.2.9", 50000), inbound=True).reason is ConnectionRefusal.SELF
+    )
     clock.advance(10 * DIAL_BACKOFF_MAX_S)
     assert m.want_outbound() == []
     assert m.snapshot().peers == ()
@@ -298,7 +203,7 @@ def test_duplicate_cross_connection_keeps_the_one_initiated_by_lower_id() -> Non
             assert not m.on_disconnected(first.connection_id or 0)  # already forgotten
             assert m.is_connected(HIGH)
         else:
-            assert not second and second.reason is Refusal.DUPLICATE
+            assert not second and second.reason is ConnectionRefusal.DUPLICATE
     # LOW is lower than us: keep LOW's outbound connection, i.e. our inbound one.
     for first_inbound in (True, False):
         m = manager()
@@ -312,7 +217,7 @@ def test_duplicate_same_direction_keeps_the_first() -> None:
     m = manager()
     first = m.on_connected(HIGH, addr("192.0.2.1", 40000), inbound=True)
     second = m.on_connected(HIGH, addr("192.0.2.1", 40001), inbound=True)
-    assert first and not second and second.reason is Refusal.DUPLICATE
+    assert first and not second and second.reason is ConnectionRefusal.DUPLICATE
     assert m.connection_id(HIGH) == first.connection_id
 
 
@@ -334,10 +239,10 @@ def test_penalty_table_orders_harm() -> None:
     assert (
         p[Misbehaviour.INVALID_BLOCK]
         > p[Misbehaviour.MALFORMED_MESSAGE]
+        > p[Misbehaviour.INVALID_TRANSACTION]
         > p[Misbehaviour.PROTOCOL_VIOLATION]
         > p[Misbehaviour.UNSOLICITED]
         > p[Misbehaviour.TIMEOUT]
-        > p[Misbehaviour.INVALID_TRANSACTION]
         > 0
     )
     assert Misbehaviour.TIMEOUT.penalty == p[Misbehaviour.TIMEOUT]
@@ -380,11 +285,16 @@ def test_banned_node_and_host_refused_until_the_ban_expires() -> None:
     assert m.penalise(bad, Misbehaviour.INVALID_HEADER)
     assert m.is_connected(other)  # judged by its own behaviour
     # the node id, under any address and direction
-    assert m.on_connected(bad, addr("198.51.100.1"), inbound=False).reason is Refusal.BANNED
-    assert m.on_connected(bad, addr("198.51.100.1", 4), inbound=True).reason is Refusal.BANNED
+    assert (
+        m.on_connected(bad, addr("198.51.100.1"), inbound=False).reason is ConnectionRefusal.BANNED
+    )
+    assert (
+        m.on_connected(bad, addr("198.51.100.1", 4), inbound=True).reason
+        is ConnectionRefusal.BANNED
+    )
     # the host, inbound, under a new key
     refused = m.on_connected(fresh_key, addr("192.0.2.1", 40002), inbound=True)
-    assert refused.reason is Refusal.HOST_BANNED
+    assert refused.reason is ConnectionRefusal.HOST_BANNED
     assert not m.allow_inbound_handshake("192.0.2.1")
     # but we may still dial a node on that host (NAT, shared hosting)
     assert m.on_connected(fresh_key, addr("192.0.2.1", 9000), inbound=False)
@@ -404,7 +314,7 @@ def test_ipv6_ban_covers_the_slash_64() -> None:
     assert m.is_banned(host="2001:db8:1:2:ffff::9")
     assert not m.is_banned(host="2001:db8:1:3::5")
     refused = m.on_connected(node(2), addr("2001:db8:1:2::77", 1), inbound=True)
-    assert refused.reason is Refusal.HOST_BANNED
+    assert refused.reason is ConnectionRefusal.HOST_BANNED
 
 
 def test_loopback_hosts_are_not_host_banned_by_default() -> None:
@@ -414,7 +324,10 @@ def test_loopback_hosts_are_not_host_banned_by_default() -> None:
     assert m.penalise(node(1), Misbehaviour.INVALID_BLOCK)
     assert m.is_banned(node(1)) and not m.is_banned(host="127.0.0.1")
     assert m.on_connected(node(2), addr("127.0.0.1", 40001), inbound=True)
-    assert m.on_connected(node(1), addr("127.0.0.1", 40002), inbound=True).reason is Refusal.BANNED
+    assert (
+        m.on_connected(node(1), addr("127.0.0.1", 40002), inbound=True).reason
+        is ConnectionRefusal.BANNED
+    )
     strict = manager(trusted_loopback=False)
     strict.on_connected(node(1), addr("127.0.0.1", 40000), inbound=True)
     assert strict.penalise(node(1), Misbehaviour.INVALID_BLOCK)
@@ -504,6 +417,18 @@ def test_bootnodes_first_then_known_and_reservations() -> None:
     assert m.want_outbound() == [addr("198.51.100.1")]  # then the oldest
 
 
+def test_a_forgotten_node_is_not_dialled_bootnode_included() -> None:
+    boot = addr("192.0.2.100", node_id=HIGH)
+    m = manager(max_outbound=4, bootnodes=(boot,))
+    m.add_known([addr("198.51.100.1", node_id=HIGH), addr("198.51.100.2", node_id=LOW)])
+    assert m.forget(HIGH) == 2  # the bootnode and the known address naming it
+    assert m.known_addresses() == (addr("198.51.100.2", node_id=LOW),)
+    assert m.want_outbound() == [addr("198.51.100.2", node_id=LOW)]
+    assert m.forget(HIGH) == 0
+    assert m.add_known([boot]) == 1  # added again (consensus_addPeer), dialled again
+    assert m.want_outbound() == [boot]
+
+
 def test_reservation_expires_when_a_dial_is_never_reported() -> None:
     clock = FakeClock()
     m = manager(clock, max_outbound=1)
@@ -521,12 +446,12 @@ def test_expected_node_id_mismatch_is_reported_and_backs_off() -> None:
     m = manager(clock, bootnodes=(boot,))
     assert m.want_outbound() == [boot]
     refused = m.on_connected(LOW, boot, inbound=False)
-    assert not refused and refused.reason is Refusal.WRONG_NODE_ID
+    assert not refused and refused.reason is ConnectionRefusal.WRONG_NODE_ID
     assert str(HIGH) in refused.detail and str(LOW) in refused.detail
     assert m.dial_failures(boot) == 1
     # the configured id applies even if the caller forgets to pass it
     refused = m.on_connected(LOW, boot.with_node_id(None), inbound=False)
-    assert refused.reason is Refusal.WRONG_NODE_ID
+    assert refused.reason is ConnectionRefusal.WRONG_NODE_ID
     assert m.dial_failures(boot) == 2
     assert not m.is_connected(LOW)
 
@@ -689,30 +614,6 @@ def test_restored_ban_disconnects_a_connected_peer() -> None:
     m.on_connected(node(1), addr("192.0.2.1"), inbound=False)
     m.restore_bans([BanEntry(BanKind.NODE, str(node(1)), Misbehaviour.INVALID_BLOCK, "", 5.0)])
     assert not m.is_connected(node(1))
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "not json",
-        "[]",
-        '{"version": 2, "bans": []}',
-        '{"version": true, "bans": []}',
-        '{"version": 1, "bans": {}}',
-        '{"version": 1, "bans": [1]}',
-        '{"version": 1, "bans": [{"kind": "node"}]}',
-        '{"version": 1, "bans": [{"kind": "peer", "subject": "x", "reason": "timeout", "detail": "", "expires_at": 5}]}',
-        '{"version": 1, "bans": [{"kind": "host", "subject": "192.0.2.1", "reason": "rude", "detail": "", "expires_at": 5}]}',
-        '{"version": 1, "bans": [{"kind": "host", "subject": "192.0.2.1", "reason": "timeout", "detail": "", "expires_at": NaN}]}',
-        '{"version": 1, "bans": [{"kind": "host", "subject": "192.0.2.1", "reason": "timeout", "detail": "", "expires_at": "5"}]}',
-        '{"version": 1, "bans": [{"kind": "host", "subject": "192.0.2.01", "reason": "timeout", "detail": "", "expires_at": 5}]}',
-        '{"version": 1, "bans": [{"kind": "host", "subject": "2001:DB8::/64", "reason": "timeout", "detail": "", "expires_at": 5}]}',
-        '{"version": 1, "bans": [{"kind": "node", "subject": "qoin1xyz", "reason": "timeout", "detail": "", "expires_at": 5}]}',
-    ],
-)
-def test_bad_ban_lists_are_refused(text: str) -> None:
-    with pytest.raises(BanListError):
-        bans_from_json(text, 1.0)
 
 
 # --- invariants under random events ----------------------------------------------------------

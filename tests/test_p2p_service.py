@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,10 +18,15 @@ import pytest
 from qoin.chain.block import Block, Header
 from qoin.chain.chain import Chain, ImportResult
 from qoin.chain.genesis import Genesis
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.consensus.network import read_encodings, tree_weight
 from qoin.crypto.hybrid import generate_keypair
+from qoin.p2p import blocks as blocks_module
+from qoin.p2p import download as download_module
 from qoin.p2p import service as service_module
+from qoin.p2p import session as session_module
+from qoin.p2p.access import TxVerdict
+from qoin.p2p.addresses import PeerAddress
 from qoin.p2p.messages import (
     AnnouncedBlock,
     Blocks,
@@ -26,22 +34,27 @@ from qoin.p2p.messages import (
     DisconnectReason,
     GetBlocks,
     GetHeaders,
+    GetTransactions,
     Headers,
     NewBlockHashes,
+    NewTransactionHashes,
     Status,
+    Transactions,
     decode_message,
     encode_message,
 )
-from qoin.p2p.peers import PeerAddress
-from qoin.p2p.service import BlockRequests, P2PService
+from qoin.p2p.misbehaviour import Misbehaviour
+from qoin.p2p.service import P2PService
+from qoin.p2p.session import BlockRequests
 from qoin.p2p.sync import block_locator, headers_after
-from qoin.p2p.transport import NetworkId, TransportError, connect
+from qoin.p2p.transport import HELLO_SIZE, NetworkId, TransportError, connect
 from tests.chainutil import mine_next, test_genesis
-from tests.conftest import keypair_for, wait_until
+from tests.framework import wait_until
+from tests.keys import keypair_for
 
 
 class ChainOnly:
-    """A :class:`~qoin.p2p.service.ChainAccess` over a plain chain (consensus rules only)."""
+    """A :class:`~qoin.p2p.access.ChainAccess` over a plain chain (consensus rules only)."""
 
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
@@ -90,9 +103,9 @@ class ChainOnly:
     def pending_transactions(self) -> list[Transaction]:
         return list(self.submitted)
 
-    def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[TxVerdict]:
         self.submitted.extend(txs)
-        return ["added"] * len(txs)
+        return [TxVerdict.ADDED] * len(txs)
 
 
 class Cluster:
@@ -101,13 +114,19 @@ class Cluster:
         self.services: list[P2PService] = []
         self.chains: list[Chain] = []
 
-    def node(self, name: str, blocks: int = 0, *bootnodes: P2PService) -> P2PService:
+    def node(
+        self,
+        name: str,
+        blocks: int = 0,
+        *bootnodes: P2PService,
+        access: Callable[[Chain], ChainOnly] = ChainOnly,
+    ) -> P2PService:
         chain = Chain.open(self.tmp_path / name, test_genesis())
         self.chains.append(chain)
         for _ in range(blocks):
             chain.import_block(mine_next(chain))
         service = P2PService(
-            ChainOnly(chain),
+            access(chain),
             generate_keypair(),
             bootnodes=[PeerAddress.parse(b.enode) for b in bootnodes],
             datadir=self.tmp_path / name,
@@ -300,7 +319,7 @@ def test_a_peer_repeating_headers_we_have_cannot_hold_the_sync(
     """A liar claiming the most work answers every GetHeaders with the same full batch of
     headers the node already has: the second batch does not follow the first, which costs it
     points and ends its sync; the node then syncs from an honest peer."""
-    monkeypatch.setattr(service_module, "MAX_HEADERS", 20)
+    monkeypatch.setattr(download_module, "MAX_HEADERS", 20)
     seed = cluster.node("seed", 60)
     late = cluster.node("late", 0)
     ours = canonical_blocks(chain_of(seed), 30)
@@ -368,5 +387,155 @@ def test_a_flood_of_announcements_starts_a_bounded_number_of_fetches(cluster: Cl
     ]
     asyncio.run(peer.run(node, [status_of(genesis), *floods], linger=1.0))
     fetches = peer.count(GetBlocks)
-    assert fetches <= service_module.FETCHES_PER_PEER, (fetches, seed)
+    assert fetches <= blocks_module.FETCHES_PER_PEER, (fetches, seed)
     assert node.snapshot()["enode"]  # the node still answers at once
+
+
+def test_the_handshakes_in_flight_are_capped_for_every_host(cluster: Cluster) -> None:
+    """Loopback is exempt from the per-host handshake rate, not from the global cap: beyond
+    MAX_HANDSHAKES_IN_FLIGHT half-open handshakes, a connection is closed before the node sends
+    anything (no cryptography spent); once they end, an honest peer connects."""
+    node = cluster.node("node", 1)
+    genesis = chain_of(node).genesis
+    address = PeerAddress.parse(node.enode)
+    cap = service_module.MAX_HANDSHAKES_IN_FLIGHT
+    held = [socket.create_connection((address.host, address.port), timeout=10) for _ in range(cap)]
+    try:
+        for sock in held:  # each is in a handshake: the responder's hello comes at once
+            assert len(receive_exactly(sock, HELLO_SIZE)) == HELLO_SIZE
+        wait_until(lambda: node.snapshot()["handshakes"] == cap, timeout=10)
+        refused_before = node.snapshot()["handshakes_refused"]
+        with socket.create_connection((address.host, address.port), timeout=10) as extra:
+            assert extra.recv(HELLO_SIZE) == b""  # closed at once, not even a hello
+        assert node.snapshot()["handshakes_refused"] == refused_before + 1
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: node.snapshot()["handshakes"] == 0, timeout=10)
+    honest = Scripted(genesis)
+    asyncio.run(honest.run(node, [status_of(genesis)], linger=1.0))
+    assert honest.count(Status) == 1 and honest.goodbye() is None
+
+
+def receive_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``sock`` (its timeout bounds each read), or fewer if it closes."""
+    data = b""
+    for _ in range(size):  # at least one byte per read
+        chunk = sock.recv(size - len(data))
+        data += chunk
+        if not chunk or len(data) == size:
+            break
+    return data
+
+
+class SlowImports(ChainOnly):
+    """A chain whose first import takes :data:`SLOW_IMPORT_S` on the node's chain worker."""
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__(chain)
+        self.importing = threading.Event()
+
+    def import_block(self, block: Block) -> ImportResult:
+        if not self.importing.is_set():
+            self.importing.set()
+            time.sleep(SLOW_IMPORT_S)  # the long import being simulated, not a wait of the test
+        return super().import_block(block)
+
+
+SLOW_IMPORT_S = 5.0
+
+
+def test_a_peer_is_not_blamed_for_our_slow_import(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node asks a peer for two blocks; while it imports the first (slowly), the peer sends a
+    GetHeaders (which waits on the node's chain worker) and then the second block, in time. The
+    node's reader must read that answer at once: the peer is not charged a timeout."""
+    monkeypatch.setattr(session_module, "REQUEST_TIMEOUT_S", 1.5)
+    node = cluster.node("node", 0, access=SlowImports)
+    access = node.access
+    assert isinstance(access, SlowImports)
+    genesis = chain_of(node).genesis
+    other = Chain.open(tmp_path / "other", test_genesis())
+    try:
+        first, second = (
+            mine_next(other, keypair_for(index=7)),
+            mine_next(other, keypair_for(index=8)),
+        )
+    finally:
+        other.close()
+    peer = Scripted(genesis)
+
+    async def scenario() -> None:
+        address = PeerAddress.parse(node.enode)
+        channel = await connect(address.host, address.port, peer.identity, peer.network)
+        try:
+            await channel.send(status_of(genesis))
+            for block in (first, second):
+                announced = NewBlockHashes((AnnouncedBlock(block.block_hash, 1),))
+                await channel.send(encode_message(announced))
+            asked: set[bytes] = set()
+            async with asyncio.timeout(10):
+                while asked != {first.block_hash, second.block_hash}:
+                    message = decode_message(await channel.receive())
+                    if isinstance(message, GetBlocks):
+                        asked.update(message.hashes)
+            await channel.send(encode_message(Blocks((first,))))
+            assert await asyncio.to_thread(access.importing.wait, 10)
+            await channel.send(encode_message(GetHeaders((genesis.genesis_hash,), max_count=8)))
+            await channel.send(encode_message(Blocks((second,))))
+            async with asyncio.timeout(SLOW_IMPORT_S + 10):
+                while not isinstance(decode_message(await channel.receive()), Headers):
+                    pass
+        finally:
+            await channel.close()
+
+    asyncio.run(scenario())
+    wait_until(lambda: chain_of(node).has_block(second.block_hash), timeout=10)
+    assert node.peers.score(peer.identity.address) == 0
+
+
+class JudgedTransactions(ChainOnly):
+    """Execution clients that refuse the transactions named in ``verdicts``."""
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__(chain)
+        self.verdicts: dict[bytes, TxVerdict] = {}
+
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[TxVerdict]:
+        self.submitted.extend(txs)
+        return [self.verdicts.get(tx.tx_id, TxVerdict.ADDED) for tx in txs]
+
+
+def test_relaying_a_transaction_that_can_never_be_valid_costs_points(cluster: Cluster) -> None:
+    """A stateful refusal (a nonce used meanwhile, a full pool) costs the relay nothing; an
+    intrinsic one (bad signature, wrong chain, ...) costs INVALID_TRANSACTION's penalty."""
+    node = cluster.node("node", 1, access=JudgedTransactions)
+    access = node.access
+    assert isinstance(access, JudgedTransactions)
+    genesis = chain_of(node).genesis
+    sender = keypair_for(index=9)
+    stale, forged = (
+        sign_transfer(
+            sender, chain_id=genesis.chain_id, nonce=n, recipient=sender.address, amount=1, fee=1
+        )
+        for n in (0, 1)
+    )
+    access.verdicts = {stale.tx_id: TxVerdict.REFUSED, forged.tx_id: TxVerdict.INVALID}
+    peer = Scripted(genesis)
+
+    def relay(tx: Transaction) -> None:
+        def answer(message: object) -> list[bytes]:
+            if isinstance(message, GetTransactions) and tx.tx_id in message.tx_ids:
+                return [encode_message(Transactions((tx,)))]
+            return []
+
+        announce = encode_message(NewTransactionHashes((tx.tx_id,)))
+        asyncio.run(peer.run(node, [status_of(genesis), announce], linger=1.0, answer=answer))
+        wait_until(lambda: tx in access.submitted, timeout=10)
+
+    relay(stale)
+    assert node.peers.score(peer.identity.address) == 0
+    relay(forged)
+    expected = Misbehaviour.INVALID_TRANSACTION.penalty
+    wait_until(lambda: node.peers.score(peer.identity.address) == expected, timeout=10)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from qoin.chain.block import Header
 from qoin.chain.chain import Chain
-from qoin.chain.validation import BadHeight, BadNbits, BadProofOfWork, WrongChain
+from qoin.chain.validation import BadHeight, BadNbits, BadProofOfWork, BadTimestamp, WrongChain
 from qoin.p2p.messages import MAX_LOCATOR_HASHES
 from qoin.p2p.sync import (
     HeadersNotConnected,
@@ -22,7 +22,9 @@ from qoin.p2p.sync import (
     headers_after,
     locator_heights,
 )
-from tests.chainutil import mine_next, test_genesis
+from tests.chainutil import mine_next, on_schedule, test_genesis
+
+NOW = on_schedule(test_genesis(), 100)
 
 
 @given(st.integers(min_value=0, max_value=2**62))
@@ -73,9 +75,12 @@ def test_fork_height_finds_the_first_locator_hash_on_the_canonical_chain(chain: 
 
 def test_a_valid_header_chain_passes(chain: Chain) -> None:
     headers = headers_of(chain)
-    check_headers(chain.genesis, headers, chain.genesis.header)
-    check_headers(chain.genesis, headers[3:], headers[2])
-    check_headers(chain.genesis, [], None)
+    check_headers(chain.genesis, headers, chain.genesis.header, chain.store.header, NOW)
+    check_headers(chain.genesis, headers[3:], headers[2], chain.store.header, NOW)
+    check_headers(chain.genesis, [], None, chain.store.header, NOW)
+    # the timestamps of earlier headers not stored yet come from ``header_of`` too
+    unstored = {h.block_hash: h for h in headers[:3]}
+    check_headers(chain.genesis, headers[3:], headers[2], unstored.get, NOW)
 
 
 @pytest.mark.parametrize(
@@ -84,24 +89,28 @@ def test_a_valid_header_chain_passes(chain: Chain) -> None:
         ({"chain_id": 1}, WrongChain),
         ({"nbits": 0x1234}, BadNbits),
         ({"height": 9}, BadHeight),
-        ({"timestamp_ms": 1}, BadProofOfWork),  # the proof signs the header
+        ({"timestamp_ms": 1}, BadTimestamp),
+        ({"timestamp_ms": NOW + 60_000}, BadTimestamp),
+        ({"state_root": b"\x01" * 32}, BadProofOfWork),  # the proof signs the header
     ],
 )
-def test_a_bad_header_is_refused(chain: Chain, change: dict[str, int], error: type) -> None:
+def test_a_bad_header_is_refused(chain: Chain, change: dict[str, object], error: type) -> None:
     headers = headers_of(chain)
     headers[2] = replace(headers[2], **change)  # type: ignore[arg-type]
     with pytest.raises(error):
-        check_headers(chain.genesis, headers[:3], chain.genesis.header)
+        check_headers(chain.genesis, headers[:3], chain.genesis.header, chain.store.header, NOW)
 
 
 def test_headers_that_do_not_connect_are_refused(chain: Chain) -> None:
     headers = headers_of(chain)
     with pytest.raises(HeadersNotConnected):
-        check_headers(chain.genesis, headers[1:], None)
+        check_headers(chain.genesis, headers[1:], None, chain.store.header, NOW)
     with pytest.raises(HeadersNotConnected):
-        check_headers(chain.genesis, [headers[0], headers[2]], chain.genesis.header)
+        check_headers(
+            chain.genesis, [headers[0], headers[2]], chain.genesis.header, chain.store.header, NOW
+        )
     with pytest.raises(HeadersNotConnected):
-        check_headers(chain.genesis, headers[1:], chain.genesis.header)
+        check_headers(chain.genesis, headers[1:], chain.genesis.header, chain.store.header, NOW)
 
 
 def test_headers_after_answers_from_the_fork_point(chain: Chain) -> None:

@@ -51,12 +51,12 @@ from qoin.p2p.transport import (
     Timeouts,
     TransportError,
     UnsupportedVersion,
-    WrongChainId,
     WrongGenesis,
     WrongIdentity,
     WrongNetwork,
+    WrongPeerChainId,
 )
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 T = TypeVar("T")
 
@@ -561,7 +561,7 @@ def test_a_signature_over_another_transcript_is_refused(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("network", "error"),
     [
-        (NetworkId(PROTOCOL_VERSION, NET.chain_id + 1, NET.genesis_hash), WrongChainId),
+        (NetworkId(PROTOCOL_VERSION, NET.chain_id + 1, NET.genesis_hash), WrongPeerChainId),
         (NetworkId(PROTOCOL_VERSION, NET.chain_id, sha3_256(b"other genesis")), WrongGenesis),
     ],
     ids=["chain-id", "genesis"],

@@ -33,7 +33,7 @@ from qoin.pow.proof import (
     unsealed_header,
     verify_header_pow,
 )
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 EASY = max_target(DEFAULT_NBITS)
 

@@ -26,8 +26,7 @@ from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import JwtError, encode, load_secret, verify
 from qoin.rpc.serve import BackgroundServer, HttpLimits
 from qoin.rpc.server import INVALID_REQUEST, SERVER_ERROR, Method, Param, RpcServer
-from tests.conftest import wait_until
-from tests.framework import Network, read_to_end
+from tests.framework import Network, read_to_end, wait_until
 
 SECRET = bytes(range(32))
 WAIT_S = 10.0
@@ -233,6 +232,75 @@ def test_a_stalled_body_is_closed_after_the_idle_timeout(caplog: pytest.LogCaptu
             wait_until(lambda: closed_by_server(sock), WAIT_S)
         assert time.monotonic() - started >= SHORT.idle_timeout
         wait_until(lambda: server.connections == 0 and rpc.bodies_held == 0, WAIT_S)
+
+
+def test_a_trickled_body_is_closed_once_behind_the_body_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body trickled a byte at a time, never idle long enough to time out, held its share of the
+    body budget for ever: two such connections declaring ``max_body`` each answered every other
+    request 503. Now a body that falls behind ``body_rate`` after its first ``idle_timeout``
+    seconds is closed, and what it held is given back."""
+    limits = HttpLimits(max_connections=4, header_timeout=1.0, idle_timeout=0.5, body_rate=100)
+    rpc = RpcServer("test", METHODS, max_body=1000, body_budget=2000)
+    with serving(rpc, caplog, limits) as server:
+        started = time.monotonic()
+        trickles = [connect(server, head(1000)) for _ in range(2)]
+        wait_until(lambda: rpc.bodies_held == 2000, WAIT_S)  # the whole budget
+        deadline = time.monotonic() + WAIT_S
+        while not all(closed_by_server(sock) for sock in trickles):  # 10 bytes/s, never idle
+            assert time.monotonic() < deadline, "trickled bodies still open"
+            for sock in trickles:
+                with suppress(OSError):
+                    sock.sendall(b" ")
+            select.select(trickles, [], [], 0.1)
+        assert time.monotonic() - started >= limits.idle_timeout
+        wait_until(lambda: server.connections == 0 and rpc.bodies_held == 0, WAIT_S)
+        for sock in trickles:
+            sock.close()
+        with RpcClient(server.url, timeout=WAIT_S) as client:
+            assert client.call("add", 1, 2) == 3
+
+
+def test_an_unread_answer_does_not_hold_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that asked for large answers and never read them held its connection for ever
+    (uvicorn waits for the send buffer to drain with no timeout): 128 of them filled the
+    connection cap. Now a send buffer not drained within ``idle_timeout`` aborts the connection."""
+    big = Method("big", lambda: "x" * 4_000_000, (), {"type": "string"})
+    limits = HttpLimits(max_connections=4, header_timeout=WAIT_S, idle_timeout=0.5)
+    request = b'{"jsonrpc":"2.0","id":1,"method":"big"}'
+    pipelined = (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(request), request)
+    ) * 4
+    with serving(RpcServer("test", [*METHODS, big]), caplog, limits) as server:
+        readers = []
+        for _ in range(limits.max_connections):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+            sock.connect((server.host, server.port))
+            sock.sendall(pipelined)  # and never read
+            readers.append(sock)
+        wait_until(lambda: server.connections == 0, WAIT_S)
+        for sock in readers:
+            sock.close()
+        with RpcClient(server.url, timeout=WAIT_S) as client:
+            assert client.call("add", 1, 2) == 3
+
+
+def test_a_body_of_many_small_values_is_refused_unparsed(caplog: pytest.LogCaptureFixture) -> None:
+    """5 MiB of ``[[],[],…]`` took 120 MiB once parsed (empty lists cost ~70 bytes each), so the
+    body budget did not bound memory: 48 MiB bodies on the consensus RPC would take over 1 GiB
+    each. Now a body holding more than ``max_values`` JSON values is refused before parsing."""
+    rpc = RpcServer("test", METHODS, max_values=100)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "add", "params": [1, 2]}
+    with serving(rpc, caplog) as server:
+        status, answer = post(server.url, b"[" + b"[]," * 100 + b"[]]")
+        assert status == 413 and "over 100 JSON values" in answer["error"]["message"]
+        status, answer = post(server.url, json.dumps([call] * 9).encode())  # 9 x 10 values
+        assert status == 200 and [a["result"] for a in answer] == [3] * 9
+        status, answer = post(server.url, json.dumps([call] * 11).encode())
+        assert status == 413
+        wait_until(lambda: rpc.bodies_held == 0, WAIT_S)
 
 
 def test_bodies_in_flight_share_one_budget(caplog: pytest.LogCaptureFixture) -> None:

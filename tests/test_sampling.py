@@ -62,7 +62,7 @@ from qoin.execution.witness import execute_on_tree
 from qoin.state.nodestore import MemoryNodeStore
 from qoin.state.smt import Proof, SparseMerkleTree
 from tests.chainutil import test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 GENESIS = test_genesis()
 CHAIN = GENESIS.chain_id

@@ -23,7 +23,7 @@ from qoin.execution.witness import (
 from qoin.state.nodestore import MemoryNodeStore
 from qoin.state.smt import SparseMerkleTree
 from tests.chainutil import test_genesis
-from tests.conftest import keypair_for
+from tests.keys import keypair_for
 
 CHAIN = test_genesis().chain_id
 KEYS = [keypair_for(index=i) for i in range(10, 16)]

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from qoin.chain.transaction import (
     MAX_PAYLOAD_SIZE,
-    MissingPublicKey,
+    PublicKeysUnavailable,
     Transaction,
     sign_transfer,
     verify_transaction_signature,
@@ -78,7 +78,7 @@ def test_signed_transfer_verifies(alice: HybridKeyPair, bob: HybridKeyPair) -> N
 def test_keys_not_carried_use_revealed_keys(alice: HybridKeyPair, bob: HybridKeyPair) -> None:
     tx = _transfer(alice, bob, nonce=1, reveal_keys=False)
     assert tx.public_keys is None
-    with pytest.raises(MissingPublicKey):
+    with pytest.raises(PublicKeysUnavailable):
         verify_transaction_signature(tx)
     verify_transaction_signature(tx, revealed=alice.public)
     with pytest.raises(AddressMismatch):

@@ -17,33 +17,25 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from qoin.bench.timing import machine_info, peak_rss_bytes
-from qoin.chain.block import Block, Coinbase, Payout, siblings_root, transactions_root
+from qoin.chain.block import Block
+from qoin.chain.builder import next_block
 from qoin.chain.genesis import Allocation, Genesis
 from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.batch import VerifyItem, default_workers, favour_verifier_threads, verify_many
 from qoin.crypto.hybrid import HybridKeyPair, generate_keypair
 from qoin.execution.state import ExecutionState, PayloadStatus
-from qoin.pow.proof import DEFAULT_NBITS, max_target, placeholder_proof
+from qoin.pow.proof import DEFAULT_NBITS, max_target
 
 CHAIN_ID = 9001
 ROUNDS = 3
 """Import (into a fresh database) and verify-only are each measured this many times, interleaved;
 the medians are compared (one run is a few tenths of a second, and both rates drift by a few %)."""
-
-
-NextBlock = Callable[
-    [Genesis, ExecutionState, Block, tuple[Transaction, ...], HybridKeyPair], Block
-]
-"""Builds the child of ``parent`` carrying ``txs`` on the scratch state (which has executed the
-parent), mined by ``miner``: how :func:`prepare` makes each block."""
 
 
 def bench_genesis(senders: list[HybridKeyPair], network: str = "bench-import") -> Genesis:
@@ -64,30 +56,6 @@ def bench_genesis(senders: list[HybridKeyPair], network: str = "bench-import") -
         initial_target=max_target(DEFAULT_NBITS),
         allocation=allocation,
     )
-
-
-def unsealed_block(
-    genesis: Genesis,
-    state: ExecutionState,
-    parent: Block,
-    txs: tuple[Transaction, ...],
-    miner: HybridKeyPair,
-) -> Block:
-    """A :data:`NextBlock` for the execution client alone: roots filled, no proof-of-work and
-    no block reward (the execution client checks neither)."""
-    coinbase = Coinbase((Payout(miner.address, 0), Payout(miner.address, sum(t.fee for t in txs))))
-    header = replace(
-        parent.header,
-        height=parent.header.height + 1,
-        parent_hash=parent.block_hash,
-        timestamp_ms=parent.header.timestamp_ms + 10_000,
-        transactions_root=transactions_root(coinbase, txs),
-        siblings_root=siblings_root(()),
-        coinbase=miner.address,
-        miner=miner.public,
-        pow_proof=placeholder_proof(miner.suite),
-    )
-    return state.fill_roots(Block(header, (), coinbase, txs))
 
 
 def _sign_all(
@@ -114,11 +82,14 @@ def prepare(
     blocks: int,
     txs_per_block: int,
     workdir: Path,
-    next_block: NextBlock = unsealed_block,
+    sealed: bool = False,
     network: str = "bench-import",
 ) -> tuple[Genesis, list[bytes]]:
     """Build the workload; return the genesis and the encoded blocks: the setup block revealing
-    every sender's keys, then the ``blocks`` measured ones."""
+    every sender's keys, then the ``blocks`` measured ones. Each is built by
+    :func:`qoin.chain.builder.next_block` on the scratch state (roots filled); with ``sealed`` it
+    also carries a proof-of-work (consensus-valid), otherwise placeholders (the execution client
+    alone does not check them)."""
     with ThreadPoolExecutor(default_workers()) as pool:
         keys = list(pool.map(lambda _: generate_keypair(), range(senders + 1)))
     miner, funded = keys[0], keys[1:]
@@ -127,7 +98,7 @@ def prepare(
     try:
         block = genesis.block
         reveal = _sign_all([(kp, 0, True) for kp in funded], miner)
-        block = next_block(genesis, scratch, block, tuple(reveal), miner)
+        block = next_block(genesis, block.header, miner, reveal, execution=scratch, sealed=sealed)
         if scratch.new_payload(block).status is not PayloadStatus.VALID:
             raise RuntimeError("setup block invalid")
         encoded = [block.encode()]
@@ -136,7 +107,7 @@ def prepare(
         transfers = _sign_all(jobs[: blocks * txs_per_block], miner)
         for index in range(blocks):
             txs = tuple(transfers[index * txs_per_block : (index + 1) * txs_per_block])
-            block = next_block(genesis, scratch, block, txs, miner)
+            block = next_block(genesis, block.header, miner, txs, execution=scratch, sealed=sealed)
             if scratch.new_payload(block).status is not PayloadStatus.VALID:
                 raise RuntimeError(f"benchmark block {index} invalid")
             encoded.append(block.encode())

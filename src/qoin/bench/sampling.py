@@ -6,7 +6,7 @@ Setup (not timed): the ``qoin bench import`` workload (:func:`qoin.bench.importi
 ``txs_per_block`` transfers); a fresh execution client on the genesis serves its engine API (JWT,
 random secret) on 127.0.0.1, and every block is imported through it with ``engine_newPayload`` and
 ``engine_forkchoiceUpdated``, as a consensus client drives it. A block is validated only after the
-execution client has executed it, as in :mod:`qoin.consensus.validator`.
+execution client has executed it, as in :mod:`qoin.consensus.judge`.
 
 Measured, on the consensus side, for every measured block, :data:`ROUNDS` times each (the order of
 the two alternating from round to round, a fresh sample every time):
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from qoin.bench.importing import prepare
-from qoin.bench.timing import machine_info, peak_rss_bytes
+from qoin.bench.timing import BenchmarkCheckFailed, machine_info, peak_rss_bytes
 from qoin.chain.block import Block
 from qoin.consensus.engine import EngineClient, SampleAnswer
 from qoin.consensus.sampling import DEFAULT_SAMPLES, MAX_SAMPLES, check_sample, draw_sample
@@ -56,10 +56,6 @@ ROUNDS = 3
 ROUND_TRIPS = 20
 """No-op engine calls timed for ``engine_round_trip_ms``."""
 ROOT_SIZE = 32
-
-
-class BenchmarkCheckFailed(RuntimeError):
-    """A validation step that must succeed on this workload did not: the figures would be void."""
 
 
 @dataclass

@@ -37,81 +37,35 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qoin.bench.importing import prepare
-from qoin.bench.timing import machine_info, peak_rss_bytes
+from qoin.bench.timing import BenchmarkCheckFailed, machine_info, peak_rss_bytes
 from qoin.chain import genesis as genesis_mod
-from qoin.chain.block import ZERO_HASH, Block, siblings_root, transactions_root
+from qoin.chain.block import Block
 from qoin.chain.chain import Chain, ImportResult, ImportStatus
 from qoin.chain.genesis import Genesis
-from qoin.chain.transaction import Transaction
-from qoin.chain.validation import expected_coinbase, expected_target
 from qoin.consensus.engine import EngineClient
 from qoin.consensus.node import ConsensusNode
 from qoin.crypto.batch import default_workers, favour_verifier_threads
-from qoin.crypto.hybrid import HybridKeyPair
-from qoin.errors import QoinError
-from qoin.execution.state import ExecutionState
-from qoin.pow.proof import mine_in_process, placeholder_proof
-from qoin.process import Child, rpc, stop_all
+from qoin.process import Child, stop_all
+from qoin.rpc.client import call
 from qoin.rpc.jwt import create_secret
 
 ROUNDS = 3
 """Local imports and syncs measured, interleaved; the medians are compared."""
 GOAL_RATIO = 0.8
 SYNC_TIMEOUT_S = 600.0
+RPC_TIMEOUT_S = 60.0
+"""How long one RPC call to a node may take (they share the cores with a sync)."""
 """How long a sync may take before the benchmark gives up."""
 STATUS_POLL_S = 0.25
 """How often the syncing node's status is read while no sync-ended line comes."""
 CAUGHT_UP_POLL_S = 0.05
-SEAL_ATTEMPTS = 10
-"""Attempts to seal a block (one wins at the maximum target)."""
 PEER_CONNECTED = r"peer \S+ connected: head height"
 SYNC_ENDED = r"sync from \S+: (\d+) blocks in"
-
-
-class BenchmarkCheckFailed(QoinError):
-    """Something that must hold on this workload did not: the figures would be void."""
-
-
-def sealed_block(
-    genesis: Genesis,
-    state: ExecutionState,
-    parent: Block,
-    txs: tuple[Transaction, ...],
-    miner: HybridKeyPair,
-) -> Block:
-    """A consensus-valid child of ``parent`` (a :data:`~qoin.bench.importing.NextBlock`): the
-    exact coinbase, the difficulty rule's target, a timestamp on schedule, the roots its execution
-    gives, and one winning proof-of-work attempt."""
-    height = parent.header.height + 1
-    coinbase = expected_coinbase(
-        genesis, parent.header, (), miner.address, sum(tx.fee for tx in txs)
-    )
-    header = replace(
-        parent.header,
-        height=height,
-        parent_hash=parent.block_hash,
-        timestamp_ms=genesis.timestamp_ms + height * genesis.block_time_ms,
-        target=expected_target(genesis, parent.header),
-        transactions_root=transactions_root(coinbase, txs),
-        siblings_root=siblings_root(()),
-        state_root=ZERO_HASH,
-        receipts_root=ZERO_HASH,
-        coinbase=miner.address,
-        miner=miner.public,
-        pow_r=bytes(32),
-        pow_nonce=ZERO_HASH,
-        pow_proof=placeholder_proof(miner.suite),
-    )
-    template = state.fill_roots(Block(header, (), coinbase, txs))
-    sealed = mine_in_process(miner, template.header, SEAL_ATTEMPTS)
-    if sealed is None:
-        raise BenchmarkCheckFailed(f"no attempt sealed block {height} at the maximum target")
-    return replace(template, header=sealed)
 
 
 @dataclass(frozen=True)
@@ -205,7 +159,7 @@ def _start_server(network: Network, children: list[Child]) -> str:
     _consensus_rpc(consensus)
     height = network.head.header.height
     deadline = time.monotonic() + SYNC_TIMEOUT_S
-    while rpc(user_url, "qoin_blockNumber") != height:
+    while call(user_url, "qoin_blockNumber", timeout=RPC_TIMEOUT_S) != height:
         if time.monotonic() > deadline:
             raise BenchmarkCheckFailed("the serving node's execution client did not catch up")
         time.sleep(CAUGHT_UP_POLL_S)
@@ -246,7 +200,7 @@ def _check_imported(block: Block, result: ImportResult) -> None:
 
 def _synced(url: str, network: Network) -> dict[str, Any] | None:
     """The syncing node's status once its head is the chain's head, else None."""
-    status: dict[str, Any] = rpc(url, "consensus_status")
+    status: dict[str, Any] = call(url, "consensus_status", timeout=RPC_TIMEOUT_S)
     head = network.head
     if status["height"] == head.header.height and status["head"] == head.block_hash.hex():
         return status
@@ -324,7 +278,7 @@ def run(
         workdir = Path(tmp)
         started = time.perf_counter()
         genesis, encoded = prepare(
-            senders, blocks, txs_per_block, workdir / "build", sealed_block, "bench-sync"
+            senders, blocks, txs_per_block, workdir / "build", sealed=True, network="bench-sync"
         )
         network = _write_network(workdir, genesis, encoded)
         setup_s = time.perf_counter() - started

@@ -9,6 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from qoin.errors import QoinError
+
+
+class BenchmarkCheckFailed(QoinError):
+    """Something that must hold on a benchmark's workload did not: the figures would be void."""
+
 
 def rate(fn: Callable[[], object], seconds: float, min_calls: int = 3) -> float:
     """Calls per second of ``fn``, running at least ``min_calls`` times and about ``seconds``."""

@@ -19,7 +19,7 @@ from qoin.chain.block import Block, Header
 from qoin.chain.genesis import Genesis
 from qoin.chain.orphans import OrphanPool, connect
 from qoin.chain.store import BlockStore
-from qoin.chain.validation import InvalidBlock, check_orphan, genesis_meta, validate_block
+from qoin.chain.validation import InvalidBlock, genesis_meta, validate_block, validate_header
 from qoin.errors import QoinError
 
 STORE_FILE = "chain.sqlite3"
@@ -102,10 +102,9 @@ class Chain:
         )
 
     def _repair_head(self) -> None:
-        path = [self._head]
-        while path[-1] != self.genesis.genesis_hash:
-            path.append(self.forks.blocks[path[-1]].parent_hash)
-        canonical = [(self.forks.blocks[h].height, h) for h in reversed(path)]
+        genesis_hash = self.genesis.genesis_hash
+        _, path = forkchoice.reorg_path(self.forks, genesis_hash, self._head)
+        canonical = [(0, genesis_hash)] + [(self.forks.blocks[h].height, h) for h in path]
         self.store.set_head(self._head, canonical, canonical[-1][0])
 
     @classmethod
@@ -147,7 +146,7 @@ class Chain:
         self._refuse_known_invalid(block)
         if not self.has_block(block.header.parent_hash):
             # What can be checked without the parent is checked before the block takes room.
-            check_orphan(self.genesis, block)
+            validate_header(self.genesis, None, block.header, self.store, now)
             self.orphans.add(block_hash, block.header.parent_hash, block, len(block.encode()))
             return ImportResult(ImportStatus.ORPHAN, block_hash, old_head, False, 0)
         self._connect(block, now)
@@ -165,9 +164,14 @@ class Chain:
             except InvalidBlock as exc:
                 rejected.append((orphan.block_hash, f"{type(exc).__name__}: {exc}"))
                 continue
-            except ExecutionUndecided:  # back to the pool, to be tried again with its parent
+            except ExecutionUndecided:
                 undecided.add(orphan.block_hash)
-                self.orphans.add(orphan.block_hash, parent, orphan, len(orphan.encode()))
+                # Above an undecided orphan it waits for that one again. An orphan whose parent
+                # is stored is forgotten instead (like an undecided block given directly): under
+                # a stored parent it would never connect. The orphans above it keep naming it as
+                # the parent to fetch.
+                if not self.has_block(parent):
+                    self.orphans.add(orphan.block_hash, parent, orphan, len(orphan.encode()))
                 continue
             connected.append(orphan.block_hash)
         disconnected, _ = forkchoice.reorg_path(self.forks, old_head, self._head)

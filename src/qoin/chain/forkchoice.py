@@ -1,4 +1,4 @@
-"""Fork choice: GHOST over generations (ARCHITECTURE.md §4).
+"""Fork choice: GHOST over generations (docs/spec/chain.md §5).
 
 This is GHOST, the *Greedy Heaviest-Observed Sub-Tree* rule of Sompolinsky and Zohar (2013); the
 whitepaper calls it the "quantum entanglement protocol". Blocks form a tree rooted at genesis. A
@@ -41,7 +41,7 @@ no longer considered, so that walks stop at the pruned root; it is not implement
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from qoin.crypto.hashing import HASH_SIZE
@@ -56,7 +56,7 @@ class InvalidBlockMeta(ForkChoiceError):
     """A :class:`BlockMeta` is malformed (hash size, negative height, non-positive work)."""
 
 
-class UnknownParent(ForkChoiceError):
+class ParentNotInStore(ForkChoiceError):
     """The block's parent is not in the store (the node keeps such blocks in the orphan pool)."""
 
 
@@ -199,7 +199,7 @@ def _check_block(store: Store, meta: BlockMeta) -> dict[bytes, int]:
     # The parent must be in the tree: blocks arrive in topological order.
     parent = store.blocks.get(meta.parent_hash)
     if parent is None:
-        raise UnknownParent(
+        raise ParentNotInStore(
             f"parent {meta.parent_hash.hex()} of {meta.block_hash.hex()} is unknown"
         )
     # A block is exactly one above its parent.
@@ -246,7 +246,7 @@ def on_block(store: Store, meta: BlockMeta) -> None:
     """
     Add a block to the tree and update the weights.
 
-    A block already in the store is ignored. Raises :class:`UnknownParent` if its parent is not in
+    A block already in the store is ignored. Raises :class:`ParentNotInStore` if its parent is not in
     the store, :class:`InvalidHeight` if it is not one above its parent, and
     :class:`InvalidSiblingReference` or :class:`ConflictingWork` for inputs that cannot come from a
     validated block; on error the store is unchanged.
@@ -382,33 +382,59 @@ def is_ancestor(store: Store, ancestor: bytes, descendant: bytes) -> bool:
     return _ancestor_at_height(store, descendant, low.height) == ancestor
 
 
-def common_ancestor(store: Store, a: bytes, b: bytes) -> bytes:
-    """The deepest block that is an ancestor-or-self of both ``a`` and ``b``."""
-    height = min(_meta(store, a).height, _meta(store, b).height)
-    a, b = _ancestor_at_height(store, a, height), _ancestor_at_height(store, b, height)
-    while a != b:
-        a, b = store.blocks[a].parent_hash, store.blocks[b].parent_hash
-    return a
+BlockLink = Callable[[bytes], tuple[int, bytes]]
+"""``(height, parent hash)`` of a known block; raises (its store's error) for an unknown one. The
+narrow view of a block tree that :func:`path_between` walks, whatever store holds the tree."""
 
 
-def reorg_path(store: Store, old_head: bytes, new_head: bytes) -> tuple[list[bytes], list[bytes]]:
+def path_between(
+    link: BlockLink, old_head: bytes, new_head: bytes
+) -> tuple[list[bytes], list[bytes]]:
     """
-    How to move from ``old_head`` to ``new_head``: ``(disconnect, connect)``.
+    How to move from ``old_head`` to ``new_head`` in the tree ``link`` reads:
+    ``(disconnect, connect)``.
 
     ``disconnect`` lists the blocks from ``old_head`` back to (excluding) the common ancestor,
     newest first; ``connect`` lists the blocks from (excluding) the common ancestor to
-    ``new_head``, oldest first. The reorg depth is ``len(disconnect)``.
+    ``new_head``, oldest first. The reorg depth is ``len(disconnect)``. The one common-ancestor
+    walk: fork choice (:func:`reorg_path`) and the execution database use it over their stores.
     """
-    fork = common_ancestor(store, old_head, new_head)
     disconnect: list[bytes] = []
-    node = old_head
-    while node != fork:
-        disconnect.append(node)
-        node = store.blocks[node].parent_hash
     connect: list[bytes] = []
-    node = new_head
-    while node != fork:
-        connect.append(node)
-        node = store.blocks[node].parent_hash
+    (old_height, old_parent), (new_height, new_parent) = link(old_head), link(new_head)
+    # Down to the same height, then both sides together until they meet.
+    while old_height > new_height:
+        disconnect.append(old_head)
+        old_head, (old_height, old_parent) = old_parent, link(old_parent)
+    while new_height > old_height:
+        connect.append(new_head)
+        new_head, (new_height, new_parent) = new_parent, link(new_parent)
+    while old_head != new_head:
+        disconnect.append(old_head)
+        connect.append(new_head)
+        old_head, (old_height, old_parent) = old_parent, link(old_parent)
+        new_head, (new_height, new_parent) = new_parent, link(new_parent)
     connect.reverse()
     return disconnect, connect
+
+
+def _link(store: Store) -> BlockLink:
+    """The fork-choice store as a :data:`BlockLink` (:class:`UnknownBlock` for an unknown hash)."""
+
+    def link(block_hash: bytes) -> tuple[int, bytes]:
+        meta = _meta(store, block_hash)
+        return meta.height, meta.parent_hash
+
+    return link
+
+
+def reorg_path(store: Store, old_head: bytes, new_head: bytes) -> tuple[list[bytes], list[bytes]]:
+    """:func:`path_between` over the fork-choice store: ``(disconnect, connect)`` from
+    ``old_head`` to ``new_head``."""
+    return path_between(_link(store), old_head, new_head)
+
+
+def common_ancestor(store: Store, a: bytes, b: bytes) -> bytes:
+    """The deepest block that is an ancestor-or-self of both ``a`` and ``b``."""
+    disconnect, _ = reorg_path(store, a, b)
+    return store.blocks[disconnect[-1]].parent_hash if disconnect else a

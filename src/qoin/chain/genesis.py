@@ -14,7 +14,7 @@ A genesis file is JSON::
       "allocation": [{"address": "qoin1...", "amount": 12000000000000}, ...]
     }
 
-The allocation must total exactly 10 % of the supply cap (ARCHITECTURE.md §5), with no address twice.
+The allocation must total exactly 10 % of the cap (docs/architecture.md §5), with no address twice.
 The genesis *header* is derived from the file: height 0, zero parent, the file's chain id, timestamp,
 ``nbits`` and target, an empty body, ``state_root = tagged_hash("QOIN/genesis/v1", network name ‖
 block time ‖ half-life ‖ drift ‖ allocation)`` (so the genesis hash commits to every parameter; the

@@ -1,6 +1,6 @@
 """Exact token issuance: how many Shor each block may mint, and the supply at any height.
 
-Rules (ARCHITECTURE.md §5), all in integers of the base unit, the *Shor*:
+Rules (docs/architecture.md §5), all in integers of the base unit, the *Shor*:
 
 * The supply cap is :data:`SUPPLY_CAP` = 120,000,000,000,000 Shor.
 * :data:`GENESIS_ALLOCATION` (10% of the cap) exists at height 0. It is not mined: the genesis block

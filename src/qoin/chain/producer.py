@@ -19,6 +19,7 @@ from qoin.chain.block import (
     transactions_root,
 )
 from qoin.chain.chain import Chain
+from qoin.chain.genesis import Genesis
 from qoin.chain.transaction import Transaction
 from qoin.chain.validation import block_work, expected_coinbase, expected_target
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
@@ -39,33 +40,32 @@ def sibling_candidates(chain: Chain, parent: Header) -> tuple[Header, ...]:
     return tuple(sorted(best, key=lambda h: h.block_hash))
 
 
-def build_template(
-    chain: Chain,
+def assemble_block(
+    genesis: Genesis,
+    parent: Header,
     miner: HybridPublicKey,
-    now_ms: int,
+    timestamp_ms: int,
+    siblings: Sequence[Header] = (),
     transactions: Sequence[Transaction] = (),
     state_root: bytes = ZERO_HASH,
     receipts_root: bytes = ZERO_HASH,
 ) -> Block:
-    """An unsealed block on the current head, mined by ``miner``."""
-    parent = chain.head_header
-    genesis = chain.genesis
-    recent = chain.store.ancestor_timestamps(parent.block_hash, MEDIAN_TIME_SPAN)
-    timestamp = max(now_ms, median_time_past(recent) + 1)
-    siblings = sibling_candidates(chain, parent)
-    txs = tuple(transactions)
+    """An unsealed child of ``parent`` mined by ``miner``: the exact coinbase (the parent height's
+    reward split with ``siblings``, this block's fees to ``miner``), the difficulty rule's target,
+    the body roots, and placeholder PoW fields."""
+    txs, referenced = tuple(transactions), tuple(siblings)
     coinbase = expected_coinbase(
-        genesis, parent, siblings, miner.address, sum(tx.fee for tx in txs)
+        genesis, parent, referenced, miner.address, sum(tx.fee for tx in txs)
     )
     header = Header(
         chain_id=genesis.chain_id,
         height=parent.height + 1,
         parent_hash=parent.block_hash,
-        timestamp_ms=timestamp,
+        timestamp_ms=timestamp_ms,
         nbits=genesis.nbits,
         target=expected_target(genesis, parent),
         transactions_root=transactions_root(coinbase, txs),
-        siblings_root=siblings_root(siblings),
+        siblings_root=siblings_root(referenced),
         state_root=state_root,
         receipts_root=receipts_root,
         coinbase=miner.address,
@@ -74,7 +74,37 @@ def build_template(
         pow_nonce=ZERO_HASH,
         pow_proof=placeholder_proof(miner.suite),
     )
-    return Block(header, siblings, coinbase, txs)
+    return Block(header, referenced, coinbase, txs)
+
+
+def next_timestamp(chain: Chain, parent: Header, now_ms: int) -> int:
+    """The timestamp of a child of ``parent``: ``now_ms``, but after the median of recent
+    ancestors."""
+    recent = chain.store.ancestor_timestamps(parent.block_hash, MEDIAN_TIME_SPAN)
+    return max(now_ms, median_time_past(recent) + 1)
+
+
+def build_template(
+    chain: Chain,
+    miner: HybridPublicKey,
+    now_ms: int,
+    transactions: Sequence[Transaction] = (),
+    state_root: bytes = ZERO_HASH,
+    receipts_root: bytes = ZERO_HASH,
+) -> Block:
+    """An unsealed block on the current head, mined by ``miner``, referencing the stored members
+    of the parent's generation (:func:`sibling_candidates`)."""
+    parent = chain.head_header
+    return assemble_block(
+        chain.genesis,
+        parent,
+        miner,
+        next_timestamp(chain, parent, now_ms),
+        sibling_candidates(chain, parent),
+        transactions,
+        state_root,
+        receipts_root,
+    )
 
 
 def seal_block(block: Block, r: bytes, nonce: bytes, proof: HybridSignature) -> Block:

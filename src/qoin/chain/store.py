@@ -29,7 +29,7 @@ from pathlib import Path
 from qoin.chain.block import Block, Header
 from qoin.chain.forkchoice import BlockMeta
 from qoin.chain.genesis import Genesis
-from qoin.chain.validation import genesis_meta
+from qoin.chain.validation import ancestor_timestamps, genesis_meta
 from qoin.encoding.codec import DecodeError
 from qoin.errors import QoinError
 
@@ -200,13 +200,7 @@ class BlockStore:
 
     def ancestor_timestamps(self, block_hash: bytes, count: int) -> list[int]:
         """Timestamps of the block and up to ``count - 1`` ancestors, oldest first."""
-        stamps: list[int] = []
-        current = self.header(block_hash)
-        while current is not None and len(stamps) < count:
-            stamps.append(current.timestamp_ms)
-            current = None if current.height == 0 else self.header(current.parent_hash)
-        stamps.reverse()
-        return stamps
+        return ancestor_timestamps(self.header, block_hash, count)
 
     def canonical_hash(self, height: int) -> bytes | None:
         """The canonical block at ``height``, or None above the head."""

@@ -45,7 +45,7 @@ MAX_PAYLOAD_SIZE = 4096
 """Largest free-form payload a transfer may carry, in bytes."""
 
 
-class MissingPublicKey(SignatureError):
+class PublicKeysUnavailable(SignatureError):
     """The sender has not revealed its public keys and the transaction does not carry them."""
 
 
@@ -216,7 +216,7 @@ def verify_transaction_signature(
     """
     public = tx.public_keys or revealed
     if public is None:
-        raise MissingPublicKey(
+        raise PublicKeysUnavailable(
             f"sender {tx.sender} has not revealed its public keys and the transaction "
             "does not carry them"
         )

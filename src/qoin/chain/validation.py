@@ -7,7 +7,7 @@ execution layer's verdict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from qoin.chain.block import (
@@ -81,14 +81,51 @@ class BadCoinbase(InvalidBlock):
     """The coinbase does not pay exactly what the reward and fee rules give."""
 
 
-class ChainView(Protocol):
-    """What validation needs to know about blocks already accepted."""
+class Ancestry(Protocol):
+    """What the median-time-past rule reads: the timestamps of a header's ancestors."""
+
+    def ancestor_timestamps(self, block_hash: bytes, count: int) -> Sequence[int]:
+        """Timestamps of the block and up to ``count - 1`` of its ancestors, oldest first."""
+
+
+class ChainView(Ancestry, Protocol):
+    """What block validation needs to know about blocks already accepted."""
 
     def header(self, block_hash: bytes) -> Header | None:
         """The header of a known block, or None."""
 
-    def ancestor_timestamps(self, block_hash: bytes, count: int) -> Sequence[int]:
+
+def ancestor_timestamps(
+    header_of: Callable[[bytes], Header | None], block_hash: bytes, count: int
+) -> list[int]:
+    """Timestamps of ``block_hash`` and up to ``count - 1`` of its ancestors that ``header_of``
+    knows, oldest first (fewer near genesis or where a header is unknown)."""
+    stamps: list[int] = []
+    current = header_of(block_hash)
+    while current is not None and len(stamps) < count:
+        stamps.append(current.timestamp_ms)
+        current = None if current.height == 0 else header_of(current.parent_hash)
+    stamps.reverse()
+    return stamps
+
+
+class HeaderAncestry:
+    """An :class:`Ancestry` over stored headers (``header_of``) and headers not stored yet, such
+    as a headers-first reply being checked before its bodies are downloaded."""
+
+    def __init__(
+        self, header_of: Callable[[bytes], Header | None], pending: Sequence[Header] = ()
+    ) -> None:
+        self._header_of = header_of
+        self._pending = {header.block_hash: header for header in pending}
+
+    def header(self, block_hash: bytes) -> Header | None:
+        """A pending header, else a stored one, or None."""
+        return self._pending.get(block_hash) or self._header_of(block_hash)
+
+    def ancestor_timestamps(self, block_hash: bytes, count: int) -> list[int]:
         """Timestamps of the block and up to ``count - 1`` of its ancestors, oldest first."""
+        return ancestor_timestamps(self.header, block_hash, count)
 
 
 def block_work(header: Header) -> int:
@@ -126,19 +163,70 @@ def check_header_pow(header: Header, target: int, what: str) -> None:
         raise BadProofOfWork(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_timestamp(genesis: Genesis, chain: ChainView, header: Header, now_ms: int) -> None:
-    ancestors = chain.ancestor_timestamps(header.parent_hash, MEDIAN_TIME_SPAN)
+def _check_chain_id(genesis: Genesis, header: Header, what: str) -> None:
+    """Rule 1: the header is for this network."""
+    if header.chain_id != genesis.chain_id:
+        raise WrongChain(
+            f"{what} is for chain {header.chain_id}, this node is on {genesis.chain_id}"
+        )
+
+
+def validate_header(
+    genesis: Genesis,
+    parent: Header | None,
+    header: Header,
+    ancestry: Ancestry,
+    now_ms: int,
+    what: str = "block",
+) -> None:
+    """Check every header rule (``docs/spec/chain.md`` §3, rules 1 to 6, in that order) of
+    ``header`` as a child of ``parent``; raise :class:`InvalidBlock` naming the broken rule, with
+    ``what`` (e.g. ``"sibling 1a2b…"``) leading its message.
+
+    ``ancestry`` gives the timestamps of ``parent`` and its ancestors (the median-time-past rule);
+    ``now_ms`` is the local clock (the future-drift rule). Every header is checked here: blocks,
+    the siblings they reference (against the parent's parent), orphans and headers-first sync.
+
+    With ``parent`` None (an orphan: its parent is not known yet) only the rules that need no
+    parent are checked: this chain, ``nbits``, and the proof-of-work against the header's own
+    claimed target; the rest are checked when the parent arrives.
+    """
+    # The header is for this network.
+    _check_chain_id(genesis, header, what)
+    if parent is not None:
+        # It is a child of the parent it names.
+        if header.parent_hash != parent.block_hash:
+            raise UnknownParent(
+                f"{what} names parent {header.parent_hash.hex()[:16]}, "
+                f"not {parent.block_hash.hex()[:16]}"
+            )
+        # Height follows the parent.
+        if header.height != parent.height + 1:
+            raise BadHeight(f"{what}: height {header.height} after a parent at {parent.height}")
+    # The network's MQ parameters.
+    if header.nbits != genesis.nbits:
+        raise BadNbits(
+            f"{what}: nbits 0x{header.nbits:04x}; this network uses 0x{genesis.nbits:04x}"
+        )
+    if parent is None:
+        # An orphan's target rule needs its parent: its work must at least be real.
+        check_header_pow(header, header.target, f"orphan {what}")
+        return
+    # Timestamp: after the median of recent ancestors, not too far in the future.
+    stamps = ancestry.ancestor_timestamps(header.parent_hash, MEDIAN_TIME_SPAN)
     try:
-        check_timestamp(genesis.difficulty, header.timestamp_ms, ancestors, now_ms)
+        check_timestamp(genesis.difficulty, header.timestamp_ms, stamps, now_ms)
     except TimestampError as exc:
-        raise BadTimestamp(str(exc)) from exc
+        raise BadTimestamp(f"{what}: {exc}") from exc
+    # Difficulty and proof-of-work (target rule, signature, nonce, MQ, coinbase key).
+    check_header_pow(header, expected_target(genesis, parent), what)
 
 
 def validate_siblings(
     genesis: Genesis, chain: ChainView, parent: Header, siblings: Sequence[Header], now_ms: int
 ) -> None:
     """Sibling rules: same generation as the parent, not the parent, strictly ascending hashes
-    (so no sibling twice), this chain and nbits, valid timestamp and PoW."""
+    (so no sibling twice), then every header rule as a child of the parent's parent."""
     if not siblings:
         return
     if parent.height == 0:
@@ -146,7 +234,6 @@ def validate_siblings(
     grandparent = chain.header(parent.parent_hash)
     if grandparent is None:
         raise UnknownParent("the parent's parent is unknown; cannot check siblings")
-    target = expected_target(genesis, grandparent)
     previous = b""
     for sibling in siblings:
         where = f"sibling {sibling.block_hash.hex()[:16]}"
@@ -159,12 +246,7 @@ def validate_siblings(
         if sibling.block_hash <= previous:
             raise InvalidSibling(f"{where}: siblings must be unique, in ascending hash order")
         previous = sibling.block_hash
-        if sibling.chain_id != genesis.chain_id:
-            raise WrongChain(f"{where} is for chain {sibling.chain_id}")
-        if sibling.nbits != genesis.nbits:
-            raise InvalidSibling(f"{where} has nbits 0x{sibling.nbits:04x}")
-        _check_timestamp(genesis, chain, sibling, now_ms)
-        check_header_pow(sibling, target, where)
+        validate_header(genesis, grandparent, sibling, chain, now_ms, where)
 
 
 def validate_body(
@@ -209,25 +291,12 @@ def validate_block(genesis: Genesis, chain: ChainView, block: Block, now_ms: int
     """Check every consensus rule of ``block``; return its fork-choice data, or raise
     :class:`InvalidBlock` naming the broken rule."""
     header = block.header
-    # The block is for this network.
-    if header.chain_id != genesis.chain_id:
-        raise WrongChain(
-            f"block is for chain {header.chain_id}, this node is on {genesis.chain_id}"
-        )
-    # The parent is known.
     parent = chain.header(header.parent_hash)
     if parent is None:
+        # A block for another network is refused as such, not kept as an orphan.
+        _check_chain_id(genesis, header, "block")
         raise UnknownParent(f"parent {header.parent_hash.hex()} is unknown")
-    # Height follows the parent.
-    if header.height != parent.height + 1:
-        raise BadHeight(f"height {header.height} after a parent at {parent.height}")
-    # The network's MQ parameters.
-    if header.nbits != genesis.nbits:
-        raise BadNbits(f"nbits 0x{header.nbits:04x}; this network uses 0x{genesis.nbits:04x}")
-    # Timestamp: after the median of recent ancestors, not too far in the future.
-    _check_timestamp(genesis, chain, header, now_ms)
-    # Difficulty and proof-of-work (target rule, signature, nonce, MQ, coinbase key).
-    check_header_pow(header, expected_target(genesis, parent), "header")
+    validate_header(genesis, parent, header, chain, now_ms)
     validate_body(genesis, chain, parent, block, now_ms)
     return BlockMeta(
         block_hash=header.block_hash,
@@ -236,20 +305,6 @@ def validate_block(genesis: Genesis, chain: ChainView, block: Block, now_ms: int
         work=block_work(header),
         siblings=tuple((s.block_hash, block_work(s)) for s in block.siblings),
     )
-
-
-def check_orphan(genesis: Genesis, block: Block) -> None:
-    """The checks a block whose parent is unknown can pass before it is kept as an orphan: this
-    chain and ``nbits``, and a valid proof-of-work against its own claimed target. (The target
-    rule needs the parent; it is checked, with everything else, when the parent arrives.)"""
-    header = block.header
-    if header.chain_id != genesis.chain_id:
-        raise WrongChain(
-            f"block is for chain {header.chain_id}, this node is on {genesis.chain_id}"
-        )
-    if header.nbits != genesis.nbits:
-        raise BadNbits(f"nbits 0x{header.nbits:04x}; this network uses 0x{genesis.nbits:04x}")
-    check_header_pow(header, header.target, "orphan header")
 
 
 def genesis_meta(genesis: Genesis) -> BlockMeta:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import typer
@@ -67,25 +63,3 @@ def read_input_file(path: Path, what: str, max_size: int) -> bytes:
         return read_bounded(path, max_size, what)
     except FileReadError as exc:
         fail(str(exc), EXIT_USAGE)
-
-
-@contextmanager
-def stop_on_signals(
-    stop: Callable[[], None], signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
-) -> Iterator[list[int]]:
-    """Within the block, SIGINT and SIGTERM call ``stop`` (a long-running loop then finishes at its
-    next poll) instead of raising at an arbitrary point, which could fall between a durable commit
-    and the in-memory update that follows it. Yields the list of signals received. Handlers are set
-    explicitly: a shell may start background jobs with SIGINT ignored."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        stop()
-
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -18,7 +18,7 @@ import typer
 
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.store import StoreError
-from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, stop_on_signals
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail
 from qoin.cli.node import (
     BlocksOption,
     BootnodeOption,
@@ -46,9 +46,10 @@ from qoin.crypto.batch import favour_verifier_threads
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.node.mining import MiningLoop
+from qoin.p2p.addresses import PeerAddress, PeerAddressError, parse_bootnodes
 from qoin.p2p.identity import NODE_KEY_FILE, load_or_create_node_key
-from qoin.p2p.peers import PeerAddress, PeerAddressError, parse_bootnodes
 from qoin.p2p.service import P2PService
+from qoin.process import stop_on_signals
 from qoin.rpc.jwt import JwtError, load_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
 
@@ -122,7 +123,7 @@ def consensus(
             typer.echo(
                 f"qoin consensus: network {chosen.network} datadir {home}; head "
                 f"height={head.height} hash={head.block_hash.hex()}; RPC {server.url}; execution "
-                f"clients {', '.join(c.url for c in node.validator.active)}",
+                f"clients {', '.join(c.url for c in node.judge.active)}",
                 err=True,
             )
             if keypair is not None:
@@ -191,7 +192,7 @@ def open_node(
         fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot use data directory {home}: {exc}", EXIT_USAGE)
-    if not node.validator.active:
+    if all(client.url in node.dropped for client in clients):
         node.close()
         fail(f"no usable execution client: all are listed in {node.dropped.path}", EXIT_USAGE)
     node.follow_head()

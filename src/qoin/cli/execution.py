@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from qoin.chain import genesis as genesis_mod
@@ -17,18 +16,22 @@ from qoin.cli.common import (
     fail,
     print_json,
     read_password,
-    stop_on_signals,
 )
 from qoin.crypto import keystore
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.batch import favour_verifier_threads
 from qoin.execution.client import ExecutionClient
 from qoin.execution.dishonest import MODES, DishonestClient
+from qoin.execution.journal import JOURNAL_FILE, TransactionJournal
 from qoin.execution.state import ExecutionState, ExecutionStateError
+from qoin.process import stop_on_signals
+from qoin.rpc.client import RpcCallError, call
 from qoin.rpc.jwt import JwtError, create_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
 
 DEFAULT_RPC = "http://127.0.0.1:8645/"
+JOURNAL_REWRITE_S = 60.0
+"""How often the journal of local transactions is rewritten to hold only the pending ones."""
 RpcUrl = Annotated[str, typer.Option("--rpc", help="The execution client's user RPC URL.")]
 
 
@@ -62,7 +65,24 @@ def execution(
         favour_verifier_threads()
     except (genesis_mod.GenesisError, JwtError, ExecutionStateError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
-    client = ExecutionClient(state) if dishonest is None else DishonestClient(state, mode=dishonest)
+    journal = TransactionJournal(datadir / JOURNAL_FILE)
+    client = (
+        ExecutionClient(state, journal)
+        if dishonest is None
+        else DishonestClient(state, journal, mode=dishonest)
+    )
+    try:
+        readded, dropped, ignored = client.restore_local_transactions()
+    except OSError as exc:
+        state.close()
+        fail(f"cannot restore the local transactions of {journal.path}: {exc}", EXIT_USAGE)
+    if readded or dropped or ignored:
+        torn = f"; {ignored} bytes of a torn record ignored" if ignored else ""
+        typer.echo(
+            f"qoin execution: local transactions journal: {readded} re-added, {dropped} dropped "
+            f"(included or no longer valid){torn}",
+            err=True,
+        )
     done = threading.Event()
     try:
         with (
@@ -76,28 +96,33 @@ def execution(
                 f"user RPC {user.url}, engine API {engine.url}{lying}",
                 err=True,
             )
-            done.wait()
+            while not done.wait(JOURNAL_REWRITE_S):
+                _save_journal(client)
             if isinstance(client, DishonestClient):
                 client.close()  # let hanging calls end so that the servers can stop
     except ServeError as exc:
         fail(str(exc), EXIT_USAGE)
     finally:
+        _save_journal(client)  # the servers are stopped: no local transaction comes any more
+        journal.close()
         state.close()
     typer.echo("stopped", err=True)
 
 
+def _save_journal(client: ExecutionClient) -> None:
+    try:
+        client.save_journal()
+    except OSError as exc:  # the previous journal stays; the next rewrite tries again
+        typer.echo(f"qoin execution: cannot rewrite the journal: {exc}", err=True)
+
+
 def _call(url: str, method: str, *params: Any) -> Any:
     try:
-        answer = httpx.post(
-            url,
-            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
-            timeout=30,
-        ).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        fail(f"cannot reach the execution client at {url}: {exc}", EXIT_FAILURE)
-    if "error" in answer:
-        fail(f"{method}: {answer['error'].get('message')}", EXIT_FAILURE)
-    return answer.get("result")
+        return call(url, method, *params)
+    except RpcCallError as exc:
+        if exc.code is None:  # no JSON-RPC answer at all
+            fail(f"cannot reach the execution client at {url}: {exc}", EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
 
 
 def balance(

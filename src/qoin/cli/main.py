@@ -8,6 +8,7 @@ from qoin.cli import consensus, devnet, execution, node, supply
 from qoin.cli.bench import bench_app
 from qoin.cli.chain import chain_app
 from qoin.cli.keys import keys_app
+from qoin.process import forgive_closed_output
 
 app = typer.Typer(
     name="qoin",
@@ -27,5 +28,7 @@ consensus.register(app)
 
 
 def main() -> None:
-    """Run the ``qoin`` command line."""
+    """Run the ``qoin`` command line (an output that closes under it is no error, see
+    :func:`qoin.process.forgive_closed_output`)."""
+    forgive_closed_output()
     app()

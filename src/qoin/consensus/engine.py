@@ -3,12 +3,17 @@ execution client.
 
 Every call carries a fresh HS256 token from the shared secret and has a timeout; every answer is
 checked for shape before use, so a broken or hostile execution client surfaces as
-:class:`EngineError` (with the reason), never as a crash.
+:class:`EngineError` (with the reason), never as a crash. The subclass says which: no answer at all
+(:class:`ClientUnavailable`: timed out, unreachable, not a JSON-RPC answer), an answer of the wrong
+shape (:class:`MalformedAnswer`: e.g. a proof or witness that does not decode), or an error object
+(:class:`EngineError` itself: the client refused the call). Every call's outcome (answered or not)
+is reported to :attr:`EngineClient.on_outcome`, which is how the judge knows when a quarantined
+client answers again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,7 @@ from qoin.execution.client import (
     MAX_PENDING_BYTES,
     SUBMIT_STATUSES,
 )
-from qoin.execution.mempool import MAX_TX_SIZE
+from qoin.execution.mempool import MAX_TX_SIZE, Refusal
 from qoin.execution.witness import Witness
 from qoin.rpc import jwt
 from qoin.rpc.client import RpcCallError, RpcClient, RpcTimeout
@@ -38,6 +43,16 @@ STATUSES = ("VALID", "INVALID", "SYNCING", "ACCEPTED")
 
 class EngineError(QoinError):
     """An engine call failed: unreachable, timed out, refused, or answered nonsense."""
+
+
+class ClientUnavailable(EngineError):
+    """No answer: the call timed out, the client is unreachable, or what came back is not a
+    JSON-RPC answer. Not a lie: the client is quarantined and retried."""
+
+
+class MalformedAnswer(EngineError):
+    """The client answered, but the result is not of the shape the method returns (a field
+    missing, not hex, does not decode)."""
 
 
 class ClientSyncing(EngineError):
@@ -55,6 +70,17 @@ class PayloadVerdict:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """An execution client's answer for one transaction of ``engine_submitTransactions``."""
+
+    status: str
+    """``added``, ``known`` (pending or included already) or ``rejected``."""
+    refusal: Refusal | None = None
+    """Why a rejected one was: it can never be valid anywhere (``INTRINSIC``, the relay's fault)
+    or not now, here (``STATEFUL``); None when added or known, or when the client does not say."""
+
+
+@dataclass(frozen=True)
 class SampleAnswer:
     """An answer to ``engine_getProofs``: the roots the client claims and each account's proofs."""
 
@@ -68,33 +94,47 @@ class SampleAnswer:
 
 def _field(answer: Any, name: str, kind: type) -> Any:
     if not isinstance(answer, dict) or not isinstance(answer.get(name), kind):
-        raise EngineError(f"malformed answer: no {kind.__name__} field {name!r}")
+        raise MalformedAnswer(f"malformed answer: no {kind.__name__} field {name!r}")
     return answer[name]
 
 
 def _hex(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
-        raise EngineError(f"malformed answer: {what} is not a string")
+        raise MalformedAnswer(f"malformed answer: {what} is not a string")
     try:
         return bytes.fromhex(text)
     except ValueError:
-        raise EngineError(f"malformed answer: {what} is not hex") from None
+        raise MalformedAnswer(f"malformed answer: {what} is not hex") from None
 
 
 def _decoded(kind: Any, text: Any, what: str) -> Any:
     try:
         return kind.decode(_hex(text, what))
     except QoinError as exc:
-        raise EngineError(f"malformed answer: {what}: {exc}") from None
+        raise MalformedAnswer(f"malformed answer: {what}: {exc}") from None
 
 
 def _transaction(text: Any) -> Transaction:
     """A hex-encoded transaction of an answer, its length bounded before it is decoded."""
     if not isinstance(text, str) or len(text) > 2 * MAX_TX_SIZE:
-        raise EngineError(
+        raise MalformedAnswer(
             f"malformed answer: a transaction is not hex of at most {MAX_TX_SIZE} bytes"
         )
     return _decoded(Transaction, text, "transaction")  # type: ignore[no-any-return]
+
+
+def _refusal(entry: dict[str, Any], status: str) -> Refusal | None:
+    """The ``refusal`` of a submit answer entry: absent or null is None (older clients do not
+    say), and only a rejected transaction has one."""
+    text = entry.get("refusal")
+    if text is None:
+        return None
+    if status != "rejected" or not isinstance(text, str):
+        raise MalformedAnswer(f"malformed answer: refusal {text!r} for a {status} transaction")
+    try:
+        return Refusal(text)
+    except ValueError:
+        raise MalformedAnswer(f"engine_submitTransactions: unknown refusal {text!r}") from None
 
 
 def _batches(txs: Sequence[Transaction]) -> Iterator[Sequence[Transaction]]:
@@ -113,12 +153,18 @@ def _batches(txs: Sequence[Transaction]) -> Iterator[Sequence[Transaction]]:
         yield txs[start:]
 
 
+Outcome = Callable[["EngineClient", ClientUnavailable | None], None]
+"""Told after every call: the client, and :class:`ClientUnavailable` if it did not answer."""
+
+
 class EngineClient:
     """Calls one execution client's engine API (a fresh HS256 token per call)."""
 
     def __init__(self, url: str, secret: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
         self.timeout = timeout
+        self.on_outcome: Outcome | None = None
+        """Told whether each call was answered (set by the judge that uses this client)."""
         self._rpc = RpcClient(
             url, timeout=timeout, max_answer=MAX_ANSWER_BYTES, token=lambda: jwt.encode(secret)
         )
@@ -127,20 +173,33 @@ class EngineClient:
         return f"EngineClient({self.url})"
 
     def call(self, method: str, *params: Any) -> Any:
-        """One JSON-RPC call; its ``result``, or :class:`EngineError`."""
+        """One JSON-RPC call; its ``result``, or :class:`EngineError` (:class:`ClientUnavailable`
+        when nothing usable came back)."""
         try:
-            return self._rpc.call(method, *params)
+            result = self._rpc.call(method, *params)
         except RpcTimeout:
-            raise EngineError(f"{method}: no answer from {self.url} in time") from None
+            failure = ClientUnavailable(f"{method}: no answer from {self.url} in time")
         except RpcCallError as exc:
-            raise EngineError(str(exc)) from None
+            if exc.code is not None:  # an error object: it answered, and refused
+                self._tell(None)
+                raise EngineError(str(exc)) from None
+            failure = ClientUnavailable(str(exc))
+        else:
+            self._tell(None)
+            return result
+        self._tell(failure)
+        raise failure
+
+    def _tell(self, failure: ClientUnavailable | None) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(self, failure)
 
     def new_payload(self, block: Block) -> PayloadVerdict:
         """Ask the client to execute a block."""
         answer = self.call("engine_newPayload", block.encode().hex())
         status = _field(answer, "status", str)
         if status not in STATUSES:
-            raise EngineError(f"engine_newPayload: unknown status {status!r}")
+            raise MalformedAnswer(f"engine_newPayload: unknown status {status!r}")
         reason = answer.get("validationError")
         return PayloadVerdict(status, reason if isinstance(reason, str) else None)
 
@@ -171,7 +230,7 @@ class EngineClient:
             try:
                 address = Address.from_text(_field(entry, "address", str))
             except QoinError as exc:
-                raise EngineError(f"malformed answer: {exc}") from None
+                raise MalformedAnswer(f"malformed answer: {exc}") from None
             proofs[address] = AccountProofs(
                 *(_decoded(Proof, _field(entry, name, str), name) for name in _PROOF_FIELDS)
             )
@@ -195,37 +254,37 @@ class EngineClient:
         answer = self.call("engine_pendingTransactions", after, limit)
         cursor = _field(answer, "next", int)
         if isinstance(cursor, bool) or not 0 <= cursor <= MAX_CURSOR:
-            raise EngineError(f"malformed answer: cursor {cursor!r} out of range")
+            raise MalformedAnswer(f"malformed answer: cursor {cursor!r} out of range")
         items = _field(answer, "transactions", list)
         if len(items) > limit:
-            raise EngineError(f"malformed answer: {len(items)} transactions, {limit} asked for")
+            raise MalformedAnswer(f"malformed answer: {len(items)} transactions, {limit} asked for")
         txs = [_transaction(item) for item in items]
         if len(txs) > 1 and sum(len(tx.encode()) for tx in txs) > MAX_PENDING_BYTES:
-            raise EngineError(f"malformed answer: transactions over {MAX_PENDING_BYTES} bytes")
+            raise MalformedAnswer(f"malformed answer: transactions over {MAX_PENDING_BYTES} bytes")
         return cursor, txs
 
-    def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
-        """Hand transactions (from peers) to the client's mempool; per transaction, in order,
-        ``added``, ``known`` (pending or included already) or ``rejected``."""
-        statuses: list[str] = []
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[Submission]:
+        """Hand transactions (from peers) to the client's mempool; per transaction, in order, its
+        status and, for a rejected one, why (see :class:`Submission`)."""
+        answers: list[Submission] = []
         for batch in _batches(txs):
-            statuses += self._submit_batch(batch)
-        return statuses
+            answers += self._submit_batch(batch)
+        return answers
 
-    def _submit_batch(self, batch: Sequence[Transaction]) -> list[str]:
+    def _submit_batch(self, batch: Sequence[Transaction]) -> list[Submission]:
         answer = self.call("engine_submitTransactions", [tx.encode().hex() for tx in batch])
         if not isinstance(answer, list) or len(answer) != len(batch):
-            raise EngineError("malformed answer: not one entry per submitted transaction")
-        statuses = []
+            raise MalformedAnswer("malformed answer: not one entry per submitted transaction")
+        answers = []
         for tx, entry in zip(batch, answer, strict=True):
             status = _field(entry, "status", str)
             if status not in SUBMIT_STATUSES:
-                raise EngineError(f"engine_submitTransactions: unknown status {status!r}")
+                raise MalformedAnswer(f"engine_submitTransactions: unknown status {status!r}")
             tx_id = entry.get("id")
             if tx_id != tx.tx_id.hex() and (status != "rejected" or tx_id is not None):
-                raise EngineError("malformed answer: an entry names another transaction")
-            statuses.append(status)
-        return statuses
+                raise MalformedAnswer("malformed answer: an entry names another transaction")
+            answers.append(Submission(status, _refusal(entry, status)))
+        return answers
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

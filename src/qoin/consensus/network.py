@@ -1,4 +1,4 @@
-"""What the p2p service reads and changes in a consensus node (:class:`~qoin.p2p.service.ChainAccess`).
+"""What the p2p service reads and changes in a consensus node (:class:`~qoin.p2p.access.ChainAccess`).
 
 Blocks come from the node's chain (under the node's lock, shared with mining and RPC threads);
 transactions go to and come from the node's execution clients' mempools over the engine API, since
@@ -10,17 +10,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qoin.chain import forkchoice
 from qoin.chain.block import Block, Header
 from qoin.chain.chain import ImportResult
 from qoin.chain.genesis import Genesis
 from qoin.chain.transaction import Transaction
-from qoin.consensus.engine import EngineError
-from qoin.consensus.node import ConsensusNode
+from qoin.consensus.engine import EngineError, Submission
+from qoin.execution.mempool import Refusal
+from qoin.p2p.access import TxVerdict
 from qoin.p2p.messages import MAX_ANNOUNCED_TRANSACTIONS, AnnouncedBlock
 from qoin.p2p.sync import block_locator, headers_after
+
+if TYPE_CHECKING:  # the node imports the p2p service, which needs none of it at run time
+    from qoin.consensus.node import ConsensusNode
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ TIP_DEPTH = 64
 
 
 class NodeAccess:
-    """A :class:`~qoin.p2p.service.ChainAccess` over a :class:`ConsensusNode`."""
+    """A :class:`~qoin.p2p.access.ChainAccess` over a :class:`ConsensusNode`."""
 
     def __init__(self, node: ConsensusNode) -> None:
         self.node = node
@@ -84,7 +88,9 @@ class NodeAccess:
 
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         with self.node.lock:
-            return [h for h in hashes if not self.node.chain.has_block(h)]
+            return [
+                h for h in hashes if not self.node.chain.has_block(h) and h not in self.node.pending
+            ]
 
     def block_encodings(self, hashes: Sequence[bytes], max_bytes: int) -> list[tuple[bytes, bytes]]:
         return read_encodings(
@@ -96,7 +102,7 @@ class NodeAccess:
 
     def new_transactions(self) -> list[Transaction]:
         fresh: dict[bytes, Transaction] = {}
-        for client in self.node.validator.active:
+        for client in self.node.judge.active:
             cursor = self._cursors.get(client.url, 0)
             try:
                 cursor, txs = client.pending_transactions(cursor, MAX_ANNOUNCED_TRANSACTIONS)
@@ -108,30 +114,45 @@ class NodeAccess:
         return list(fresh.values())
 
     def pending_transactions(self) -> list[Transaction]:
-        for client in self.node.validator.active:  # the first client that answers
+        for client in self.node.judge.active:  # the first client that answers
             try:
                 return client.pending_transactions(0, MAX_ANNOUNCED_TRANSACTIONS)[1]
             except EngineError as exc:
                 log.info("no pending transactions from %s: %s", client.url, exc)
         return []
 
-    def submit_transactions(self, txs: Sequence[Transaction]) -> list[str]:
-        """Every client gets the transactions; a transaction counts as ``added`` if one client
-        added it, ``known`` if one knew it, else ``rejected`` (every client refused it)."""
-        verdicts = ["rejected"] * len(txs)
-        rank = {"rejected": 0, "known": 1, "added": 2}
-        for client in self.node.validator.active:
+    def submit_transactions(self, txs: Sequence[Transaction]) -> list[TxVerdict]:
+        """Every client gets the transactions; each gets the best verdict a client gave it
+        (:func:`submission_verdict`): ``INVALID`` only if every client that answered found it
+        intrinsically invalid, and a client that could not be asked counts as ``KNOWN`` (not the
+        peer's fault)."""
+        verdicts: list[TxVerdict | None] = [None] * len(txs)
+        for client in self.node.judge.active:
             try:
                 answers = client.submit_transactions(txs)
             except EngineError as exc:
                 log.info("could not hand transactions to %s: %s", client.url, exc)
-                # not the peer's fault: do not count its transactions as rejected
-                verdicts = ["known" if v == "rejected" else v for v in verdicts]
-                continue
+                answers = [Submission("known")] * len(txs)
             for index, answer in enumerate(answers[: len(txs)]):
-                if rank.get(answer, 0) > rank[verdicts[index]]:
-                    verdicts[index] = answer
-        return verdicts
+                verdict = submission_verdict(answer)
+                current = verdicts[index]
+                if current is None or _RANK[verdict] > _RANK[current]:
+                    verdicts[index] = verdict
+        return [TxVerdict.REFUSED if v is None else v for v in verdicts]
+
+
+_RANK = {TxVerdict.INVALID: 0, TxVerdict.REFUSED: 1, TxVerdict.KNOWN: 2, TxVerdict.ADDED: 3}
+"""Which verdict wins when execution clients disagree."""
+
+
+def submission_verdict(answer: Submission) -> TxVerdict:
+    """What one execution client's answer says of a relayed transaction: a rejection is
+    ``INVALID`` only when the client says it can never be valid (an intrinsic refusal)."""
+    if answer.status == "added":
+        return TxVerdict.ADDED
+    if answer.status == "known":
+        return TxVerdict.KNOWN
+    return TxVerdict.INVALID if answer.refusal is Refusal.INTRINSIC else TxVerdict.REFUSED
 
 
 def read_encodings(

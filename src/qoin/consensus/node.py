@@ -1,10 +1,16 @@
 """The consensus client: its chain (blocks, GHOST fork choice, no account state), the execution
 clients it judges blocks with, mining on payloads they build, and its small JSON-RPC.
 
-Every block — mined here or submitted — passes the consensus rules, then the execution validator
-(:mod:`qoin.consensus.validator`), and only then is stored. After the head moves, every usable
-execution client is told (``engine_forkchoiceUpdated``); a client that lacks blocks (SYNCING) is
-replayed the canonical chain first.
+Every block — mined here or submitted — passes the consensus rules, then the execution judge
+(:mod:`qoin.consensus.judge`), and only then is stored. A side block whose branch is not worth
+executing yet is kept undecided with the blocks on top of it (:mod:`qoin.consensus.branches`) and
+judged once its branch is competitive. After the head moves, every usable execution client is told
+(``engine_forkchoiceUpdated``); a client that lacks blocks (SYNCING) is replayed the canonical chain
+first, and so is a client that answers again after a quarantine.
+
+``consensus_status`` never waits for the chain lock (an import may hold it for as long as an engine
+call takes): it answers from a snapshot of the head, refreshed after every change and whenever the
+lock is free.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qoin.chain.block import MAX_BLOCK_SIZE, Block, Payout, transactions_root
+from qoin.chain import forkchoice
+from qoin.chain.block import MAX_BLOCK_SIZE, Block, Header, Payout, transactions_root
 from qoin.chain.chain import (
     Chain,
     ExecutionRejected,
@@ -25,19 +32,29 @@ from qoin.chain.chain import (
     ImportStatus,
 )
 from qoin.chain.genesis import Genesis
-from qoin.chain.validation import InvalidBlock
+from qoin.chain.orphans import connect
+from qoin.chain.validation import InvalidBlock, block_work
+from qoin.consensus.branches import (
+    PendingBlocks,
+    SideBranchPending,
+    competitive,
+    side_branch,
+    weight_bound,
+    worth_executing,
+)
 from qoin.consensus.engine import ClientSyncing, EngineClient, EngineError
-from qoin.consensus.sampling import DEFAULT_SAMPLES
-from qoin.consensus.validator import (
+from qoin.consensus.judge import (
     DROPPED_FILE,
     DroppedClients,
+    ExecutionJudge,
     ExecutionUnavailable,
-    ExecutionValidator,
     Judgement,
 )
+from qoin.consensus.sampling import DEFAULT_SAMPLES
+from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
 from qoin.execution.account import genesis_leaves
-from qoin.p2p.peers import PeerAddress, PeerAddressError
+from qoin.p2p.addresses import PeerAddress, PeerAddressError
 from qoin.rpc.server import Method, Param, RpcServer, invalid_params
 from qoin.state.nodestore import MemoryNodeStore
 from qoin.state.smt import SparseMerkleTree
@@ -46,6 +63,9 @@ if TYPE_CHECKING:
     from qoin.p2p.service import P2PService
 
 log = logging.getLogger(__name__)
+
+STATUS_LOCK_WAIT_S = 0.1
+"""How long ``consensus_status`` waits for the chain lock before it answers from the snapshot."""
 
 
 class P2POff(QoinError):
@@ -82,37 +102,63 @@ class ConsensusNode:
                     entry.get("reason"),
                     self.dropped.path,
                 )
-        self.validator = ExecutionValidator(clients, self.dropped, samples)
+        self.judge = ExecutionJudge(clients, self.dropped, samples)
         self.genesis_root = genesis_state_root(genesis)
         self.lock = threading.RLock()
         """Held around every chain change (mining loop and RPC threads)."""
         try:
             self.chain = Chain.open(datadir, genesis, execution_check=self._check)
         except BaseException:
-            self.validator.close()
+            self.judge.close()
             raise
         self.judged: dict[str, int] = {"sampled": 0, "stateless": 0, "invalid": 0}
         """How many blocks were decided each way."""
+        self.pending = PendingBlocks()
+        """Side blocks kept undecided until their branch is competitive."""
+        self._executing: set[bytes] = set()
+        """The blocks of a pending branch being judged now (competitive as a whole)."""
+        self._pended: list[bytes] = []
+        """Blocks the import under way kept undecided."""
         self._tentative = False
         """Whether the import under way moved the execution clients to a side branch."""
+        self._snapshot: dict[str, Any] = {}
+        """What ``consensus_status`` shows of the chain, as of the last refresh."""
+        self.refresh_snapshot()
         self.p2p: P2PService | None = None
         """The p2p service, when the node is on a network: told about mined and submitted
         blocks, and shown in the status."""
+
+    def _stored_header(self, block_hash: bytes) -> Header:
+        header = self.chain.store.header(block_hash)
+        if header is None:  # the chain only checks blocks whose parent it stores
+            raise ExecutionUndecided(f"parent {block_hash.hex()} is not stored")
+        return header
 
     def _parent_root(self, block: Block) -> bytes:
         parent_hash = block.header.parent_hash
         if parent_hash == self.chain.genesis.genesis_hash:
             return self.genesis_root
-        header = self.chain.store.header(parent_hash)
-        if header is None:  # the chain only checks blocks whose parent it stores
-            raise ExecutionUndecided(f"parent {parent_hash.hex()} is not stored")
-        return header.state_root
+        return self._stored_header(parent_hash).state_root
 
     def _check(self, block: Block) -> None:
-        """The chain's execution check."""
+        """The chain's execution check: side blocks not worth executing yet are kept pending
+        (:class:`SideBranchPending`), the others are judged."""
         parent_root = self._parent_root(block)
+        parent_hash = block.header.parent_hash
+        if parent_hash != self.chain.head and block.block_hash not in self._executing:
+            head = self.chain.head_header
+            bound = weight_bound(block, self._stored_header(parent_hash))
+            branch = side_branch(self.chain.forks, head.block_hash, parent_hash, bound)
+            if not worth_executing(branch, head.height, block.header.height, block_work(head)):
+                self.pending.add(block)
+                self._pended.append(block.block_hash)
+                raise SideBranchPending(
+                    f"block {block.block_hash.hex()[:16]} is on a side branch that is not "
+                    f"competitive with the head (weight {branch.side_weight} against "
+                    f"{branch.head_weight} at height {branch.fork_height}): kept undecided"
+                )
         try:
-            judgement = self.validator.judge(block, parent_root)
+            judgement = self.judge.judge(block, parent_root)
         except ExecutionUnavailable as exc:
             if block.header.parent_hash == self.chain.head:
                 raise ExecutionUndecided(str(exc)) from None
@@ -134,13 +180,13 @@ class ConsensusNode:
             why,
         )
         self._tentative = True
-        for client in self.validator.active:
+        for client in self.judge.active:
             try:
                 client.forkchoice_updated(block.block_hash)
             except EngineError as exc:  # INVALID, SYNCING, down: the second judgement decides
                 log.info("execution client %s did not execute the branch: %s", client.url, exc)
         try:
-            return self.validator.judge(block, parent_root)
+            return self.judge.judge(block, parent_root)
         except ExecutionUnavailable as exc:
             raise ExecutionUndecided(str(exc)) from None
 
@@ -148,7 +194,7 @@ class ConsensusNode:
 
     def follow_head(self) -> None:
         """Tell every usable execution client the head, replaying blocks it lacks."""
-        for client in self.validator.active:
+        for client in self.judge.active:
             try:
                 client.forkchoice_updated(self.chain.head)
             except ClientSyncing:
@@ -171,25 +217,166 @@ class ConsensusNode:
 
     # -- blocks --------------------------------------------------------------------------------------
 
+    def bring_back(self) -> None:
+        """Bring the clients that answer again after a quarantine to the head (replaying blocks
+        they lack)."""
+        if self.judge.take_returned():
+            self.follow_head()
+
     def import_block(self, block: Block) -> ImportResult:
         """Judge and store a block (see :meth:`Chain.import_block`); the execution clients follow
-        a head change."""
+        a head change. A side block not worth executing yet, or a block on top of one, is kept
+        pending: the result says ``ORPHAN`` (kept, not stored), and the block is in
+        :attr:`pending`."""
         with self.lock:
-            self._tentative = False
             try:
-                result = self.chain.import_block(block)
-            except (ExecutionUndecided, InvalidBlock):
-                # a client that lacks blocks (SYNCING) is replayed them; one moved to a side
-                # branch for a judgement goes back to the head
+                return self._import(block)
+            finally:
+                self._pended = []
+                self.refresh_snapshot()
+
+    def _import(self, block: Block) -> ImportResult:
+        self.bring_back()
+        self._tentative = False
+        self._pended = []
+        old_head = self.chain.head
+        parent_hash = block.header.parent_hash
+        if block.block_hash in self.pending:
+            result = ImportResult(ImportStatus.ORPHAN, block.block_hash, old_head, False, 0)
+            if self.chain.has_block(parent_hash):  # its parent was stored since: try again
+                branch = self.pending.take(block.block_hash)
+                result = self._merged(block, old_head, result, *self._import_branch(branch))
+            return self._after_import(block, old_head, result)
+        try:
+            result = self.chain.import_block(block)
+        except SideBranchPending:
+            result = ImportResult(ImportStatus.ORPHAN, block.block_hash, old_head, False, 0)
+        except (ExecutionUndecided, InvalidBlock):
+            # a client that lacks blocks (SYNCING) is replayed them; one moved to a side
+            # branch for a judgement goes back to the head
+            self.follow_head()
+            raise
+        except BaseException:
+            if self._tentative:  # e.g. the store failed: the clients still go back
                 self.follow_head()
-                raise
-            except BaseException:
-                if self._tentative:  # e.g. the store failed: the clients still go back
-                    self.follow_head()
-                raise
-            if result.head_changed or self._tentative:
-                self.follow_head()
+            raise
+        if parent_hash in self.pending:  # an orphan on a pending branch
+            self._pended.append(parent_hash)
+        return self._after_import(block, old_head, result)
+
+    def _after_import(self, block: Block, old_head: bytes, result: ImportResult) -> ImportResult:
+        """The pending branches an import touched: blocks waiting on a block just kept pending
+        join it (and may make its branch competitive); blocks waiting on a block just stored
+        are imported in turn. The execution clients then follow a head change."""
+        done = 0
+        while done < len(self._pended):  # grows if judging a branch keeps other blocks pending
+            pended = self._pended[done]
+            done += 1
+            if pended in self.pending:
+                self._adopt(pended)
+                result = self._judge_if_competitive(pended, block, old_head, result)
+        stored = list(result.connected)
+        for _ in range(len(self.pending) + 1):  # bounded: every round takes pending blocks
+            waiting = [h for parent in stored for h in self.pending.waiting_on(parent)]
+            if not waiting:
+                break
+            connected: list[bytes] = []
+            rejected: list[tuple[bytes, str]] = []
+            for first in waiting:
+                if first in self.pending:
+                    more_connected, more_rejected = self._import_branch(self.pending.take(first))
+                    connected += more_connected
+                    rejected += more_rejected
+            result = self._merged(block, old_head, result, connected, rejected)
+            stored = connected
+        if result.head_changed or self._tentative:
+            self.follow_head()
+        return result
+
+    def _adopt(self, pending: bytes) -> None:
+        """Move the blocks waiting on the pending ``pending`` from the orphan pool to the pending
+        blocks."""
+        for waiting in connect(self.chain.orphans, pending):
+            self.pending.add(waiting)
+
+    def _judge_if_competitive(
+        self, pending: bytes, block: Block, old_head: bytes, result: ImportResult
+    ) -> ImportResult:
+        """Judge the pending branch that ``pending`` is on, parents first, if it is competitive
+        now; what importing ``block`` did (``result`` so far, and this)."""
+        root = self.pending.lowest(pending)
+        parent_hash = root.header.parent_hash
+        if not self.chain.has_block(parent_hash):
             return result
+        head = self.chain.head_header
+        work = self.pending.work(root.block_hash, self._stored_header(parent_hash))
+        branch = side_branch(self.chain.forks, head.block_hash, parent_hash, work)
+        if not competitive(branch, block_work(head)):
+            return result
+        blocks = self.pending.take(root.block_hash)
+        log.info(
+            "side branch from height %d is competitive (weight %d against %d): judging its %d "
+            "blocks",
+            root.header.height,
+            branch.side_weight,
+            branch.head_weight,
+            len(blocks),
+        )
+        return self._merged(block, old_head, result, *self._import_branch(blocks, execute=True))
+
+    def _import_branch(
+        self, blocks: list[Block], execute: bool = False
+    ) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        """Import ``blocks`` taken from the pending blocks (parents first): all judged with
+        ``execute`` (the branch is competitive as a whole), else each like any side block (kept
+        pending again if not worth executing). The blocks stored, and those found invalid."""
+        connected: list[bytes] = []
+        rejected: list[tuple[bytes, str]] = []
+        self._executing = {member.block_hash for member in blocks} if execute else set()
+        try:
+            for member in blocks:
+                parent_hash = member.header.parent_hash
+                if not self.chain.has_block(parent_hash):
+                    if parent_hash in self.pending:  # its parent is kept again: so is it
+                        self.pending.add(member)
+                    continue  # else its parent was found invalid: forgotten
+                try:
+                    done = self.chain.import_block(member)
+                except SideBranchPending:  # kept again
+                    continue
+                except InvalidBlock as exc:
+                    rejected.append((member.block_hash, f"{type(exc).__name__}: {exc}"))
+                    continue
+                except ExecutionUndecided:  # no client can judge it now: it waits again
+                    self.pending.add(member)
+                    continue
+                connected += done.connected
+                rejected += done.rejected_orphans
+        finally:
+            self._executing = set()
+        return connected, rejected
+
+    def _merged(
+        self,
+        block: Block,
+        old_head: bytes,
+        result: ImportResult,
+        connected: list[bytes],
+        rejected: list[tuple[bytes, str]],
+    ) -> ImportResult:
+        """``result`` with more blocks stored and rejected, and the head now."""
+        stored = (*result.connected, *connected)
+        new_head = self.chain.head
+        disconnected, _ = forkchoice.reorg_path(self.chain.forks, old_head, new_head)
+        return ImportResult(
+            ImportStatus.IMPORTED if block.block_hash in stored else result.status,
+            block.block_hash,
+            new_head,
+            new_head != old_head,
+            len(disconnected),
+            stored,
+            (*result.rejected_orphans, *rejected),
+        )
 
     @property
     def moved_clients(self) -> bool:
@@ -213,6 +400,8 @@ class ConsensusNode:
             return {"status": "undecided", "reason": str(exc)}
         self.announce(result)
         status = "imported" if result.status is ImportStatus.IMPORTED else result.status.value
+        if block.block_hash in self.pending:
+            status = "pending"
         return {
             "status": status,
             "head": result.head.hex(),
@@ -220,24 +409,32 @@ class ConsensusNode:
             "rejected": [{"hash": h.hex(), "reason": r} for h, r in result.rejected_orphans],
         }
 
+    def refresh_snapshot(self) -> None:
+        """Take the snapshot ``consensus_status`` shows (under :attr:`lock`)."""
+        header = self.chain.head_header
+        self._snapshot = {
+            "head": header.block_hash.hex(),
+            "height": header.height,
+            "stateRoot": header.state_root.hex(),
+            "invalidBlocks": len(self.chain.invalid),
+        }
+
     def status(self) -> dict[str, Any]:
-        """The ``consensus_status`` RPC."""
-        p2p = None if self.p2p is None else self.p2p.snapshot()  # not under the chain lock
-        with self.lock:
-            header = self.chain.head_header
-            return {
-                "head": header.block_hash.hex(),
-                "height": header.height,
-                "stateRoot": header.state_root.hex(),
-                "executionClients": [
-                    {"url": c.url, "active": c.url not in self.dropped}
-                    for c in self.validator.clients
-                ],
-                "dropped": self.dropped.entries,
-                "judged": dict(self.judged),
-                "invalidBlocks": len(self.chain.invalid),
-                "p2p": p2p,
-            }
+        """The ``consensus_status`` RPC: never waits long for the chain lock (an engine call
+        may hold it); the head is then the one of the last snapshot."""
+        if self.lock.acquire(timeout=STATUS_LOCK_WAIT_S):
+            try:
+                self.refresh_snapshot()
+            finally:
+                self.lock.release()
+        p2p = None if self.p2p is None else self.p2p.snapshot()
+        return {
+            **self._snapshot,
+            **self.judge.report(),
+            "judged": dict(self.judged),
+            "pendingBlocks": len(self.pending),
+            "p2p": p2p,
+        }
 
     def add_peer(self, enode: str) -> bool:
         """The ``consensus_addPeer`` RPC: dial ``qoin1…@host:port`` (or ``host:port``) now."""
@@ -248,6 +445,20 @@ class ConsensusNode:
         except PeerAddressError as exc:
             raise invalid_params(str(exc)) from None
         self.p2p.add_peer(address)
+        return True
+
+    def remove_peer(self, peer: str) -> bool:
+        """The ``consensus_removePeer`` RPC: disconnect a peer (its node id ``qoin1…``, or its
+        ``qoin1…@host:port`` entry) and stop dialling it until it is added again."""
+        if self.p2p is None:
+            raise P2POff("this node runs without p2p (start it with --p2p-port)")
+        try:
+            node_id = PeerAddress.parse(peer).node_id if "@" in peer else Address.from_text(peer)
+        except (PeerAddressError, AddressError) as exc:
+            raise invalid_params(str(exc)) from None
+        if node_id is None:
+            raise invalid_params("name the peer by its node id (qoin1…@host:port)")
+        self.p2p.remove_peer(node_id)
         return True
 
     def rpc_server(self) -> RpcServer:
@@ -275,6 +486,13 @@ class ConsensusNode:
                     {"type": "boolean"},
                     "Dial a peer",
                 ),
+                Method(
+                    "consensus_removePeer",
+                    self.remove_peer,
+                    (Param("peer", {"type": "string", "maxLength": 256}),),
+                    {"type": "boolean"},
+                    "Disconnect a peer and stop dialling it",
+                ),
             ],
             max_body=3 * MAX_BLOCK_SIZE,
         )
@@ -282,7 +500,7 @@ class ConsensusNode:
     def close(self) -> None:
         """Close the chain and the execution connections."""
         with self.lock:
-            self.validator.close()
+            self.judge.close()
             self.chain.close()
 
 
@@ -318,7 +536,8 @@ class EngineLink:
 
     def build(self, template: Block) -> Block:
         """A payload on the template (transactions, fee payout, roots)."""
-        for client in self.node.validator.active:
+        self.node.bring_back()
+        for client in self.node.judge.active:
             try:
                 payload_id = client.forkchoice_updated(self.node.chain.head, template)
                 if payload_id is None:
@@ -330,7 +549,7 @@ class EngineLink:
             problem = payload_problem(template, payload)
             if problem is None:
                 return payload
-            self.node.validator.drop(client, f"built a payload that {problem}")
+            self.node.judge.drop(client, f"built a payload that {problem}")
         self.node.follow_head()  # a client that lacks blocks (SYNCING) is replayed them
         raise ExecutionUndecided("no execution client could build a payload")
 
@@ -338,4 +557,5 @@ class EngineLink:
         """After a mined block: the clients follow the head, the network hears of it."""
         if result.head_changed or self.node.moved_clients:
             self.node.follow_head()
+        self.node.refresh_snapshot()
         self.node.announce(result)

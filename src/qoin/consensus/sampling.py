@@ -13,7 +13,7 @@ The result must equal the proven post-state. Credits from other senders are take
 whether *those* senders could pay is checked when they are sampled. The fee payout's total is checked
 on every block (it needs no state). ``docs/spec/sampling.md`` gives the detection probability.
 
-Everything here is pure; the engine calls and the fallback live in :mod:`qoin.consensus.validator`.
+Everything here is pure; the engine calls and the fallback live in :mod:`qoin.consensus.judge`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,13 @@
 * the **user RPC** (``qoin_*`` methods, no authentication, 127.0.0.1 by default);
 * the **engine API** (``engine_*`` methods, JWT HS256) that the consensus client drives.
 
+Transactions submitted through the user RPC are *local*: with a :class:`TransactionJournal`, each is
+on disk before the RPC answers and comes back into the mempool when the client restarts
+(:meth:`ExecutionClient.restore_local_transactions`). Refusals say whether the transaction is
+intrinsically invalid or refused because of the state or the pool (:class:`Refusal`): in the
+``refusal`` field of each ``engine_submitTransactions`` entry, and in the ``data`` of a
+``qoin_sendRawTransaction`` error.
+
 Values on the wire: hashes, addresses' raw bytes, blocks, transactions, proofs and witnesses are hex
 strings of their canonical encodings; addresses are bech32m text; amounts are integers (Shor).
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
@@ -23,10 +31,18 @@ from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.execution.account import Account
-from qoin.execution.mempool import MAX_TX_SIZE, AlreadyKnown, Mempool, MempoolError, NonceTooLow
+from qoin.execution.journal import JournalError, TransactionJournal
+from qoin.execution.mempool import (
+    MAX_TX_SIZE,
+    AlreadyKnown,
+    Mempool,
+    MempoolError,
+    NonceTooLow,
+    Refusal,
+)
 from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
 from qoin.rpc.jwt import JwtError, verify
-from qoin.rpc.server import Method, Param, RpcError, RpcServer
+from qoin.rpc.server import SERVER_ERROR, Method, Param, RpcError, RpcServer
 
 MAX_PAYLOADS = 16
 BLOCK_TX_LIMIT = 4096
@@ -76,9 +92,19 @@ def _raw_transaction(text: str) -> Transaction:
     return Transaction.decode(_hex_bytes(text))
 
 
-def _submitted(tx: Transaction | None, status: str, reason: str | None = None) -> dict[str, Any]:
+def _submitted(
+    tx: Transaction | None,
+    status: str,
+    reason: str | None = None,
+    refusal: Refusal | None = None,
+) -> dict[str, Any]:
     """One entry of an ``engine_submitTransactions`` answer."""
-    return {"id": None if tx is None else tx.tx_id.hex(), "status": status, "reason": reason}
+    return {
+        "id": None if tx is None else tx.tx_id.hex(),
+        "status": status,
+        "reason": reason,
+        "refusal": None if refusal is None else refusal.value,
+    }
 
 
 HASH = Param("hash", {"type": "string", "maxLength": 66}, parse=lambda v: _hex_bytes(v, 32))
@@ -120,11 +146,18 @@ def tx_json(tx: Transaction) -> dict[str, Any]:
 class ExecutionClient:
     """Serves one :class:`ExecutionState` and its mempool."""
 
-    def __init__(self, state: ExecutionState) -> None:
+    def __init__(self, state: ExecutionState, journal: TransactionJournal | None = None) -> None:
         self.state = state
         self.lock = threading.RLock()
-        self.mempool = Mempool(state.genesis.chain_id, state.account)
+        # Numbered from the start time (µs): above every cursor a previous life handed out.
+        self.mempool = Mempool(
+            state.genesis.chain_id, state.account, first_sequence=time.time_ns() // 1000
+        )
+        self.journal = journal
         self._payloads: OrderedDict[str, Block] = OrderedDict()
+        self._local: dict[bytes, None] = {}
+        """Ids of the local transactions (submitted through the user RPC) pending or journaled, in
+        submission order."""
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -228,10 +261,72 @@ class ExecutionClient:
             }
 
     def send_raw_transaction(self, raw: Transaction) -> str:
-        """Validate a transaction into the mempool; return its hash."""
+        """Validate a transaction into the mempool (and onto the journal's disk); return its hash.
+        A refusal is a -32000 error whose ``data`` is ``{"refusal": "intrinsic" | "stateful" |
+        null}``."""
         with self.lock:
-            self.mempool.add(raw)
+            try:
+                self.mempool.add(raw, before_insert=self._journal_append)
+            except MempoolError as exc:
+                refusal = None if exc.refusal is None else exc.refusal.value
+                raise RpcError(
+                    SERVER_ERROR, f"{type(exc).__name__}: {exc}", data={"refusal": refusal}
+                ) from None
+            self._local[raw.tx_id] = None
             return raw.tx_id.hex()
+
+    # -- the journal of local transactions ----------------------------------------------------------
+
+    def _journal_append(self, tx: Transaction) -> None:
+        """Record a local transaction about to be admitted (rewriting the journal first when the
+        append would not fit); raises :class:`~qoin.execution.journal.JournalError`."""
+        if self.journal is None:
+            return
+        if not self.journal.fits(tx):
+            try:
+                self._rewrite_journal()
+            except OSError as exc:
+                raise JournalError(f"cannot rewrite {self.journal.path}: {exc}") from None
+        self.journal.append(tx)
+
+    def _pending_local(self) -> list[Transaction]:
+        """The local transactions still pending, in submission order (the others are forgotten)."""
+        pending = {tx_id: self.mempool.get(tx_id) for tx_id in self._local}
+        self._local = {tx_id: None for tx_id, tx in pending.items() if tx is not None}
+        return [tx for tx in pending.values() if tx is not None]
+
+    def _rewrite_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.rewrite(self._pending_local())
+
+    def restore_local_transactions(self) -> tuple[int, int, int]:
+        """Replay the journal into the mempool (lower nonces first), then rewrite it with what is
+        pending. Returns (transactions re-added, dropped as included or no longer valid, bytes of
+        a torn or unreadable tail ignored). ``OSError`` if the journal cannot be read or written."""
+        if self.journal is None:
+            return 0, 0, 0
+        contents = self.journal.load()
+        unique: dict[bytes, Transaction] = {}
+        for tx in contents.transactions:
+            unique.setdefault(tx.tx_id, tx)
+        with self.lock:
+            for tx in sorted(unique.values(), key=lambda t: t.nonce):  # stable: file order
+                try:
+                    self.mempool.add(tx)
+                except AlreadyKnown:
+                    pass
+                except MempoolError:
+                    continue  # included since, or no longer valid
+                self._local[tx.tx_id] = None
+            self._rewrite_journal()
+            readded = len(self._local)
+        return readded, len(unique) - readded, contents.ignored_bytes
+
+    def save_journal(self) -> None:
+        """Rewrite the journal to hold only the local transactions still pending (periodically
+        and on a clean stop). ``OSError`` if the disk fails (the previous journal then stays)."""
+        with self.lock:
+            self._rewrite_journal()
 
     def proof(self, address: Address, block: str | int | None = None) -> dict[str, Any]:
         """Like EIP-1186 ``eth_getProof``: the account and its Merkle proof against a state root."""
@@ -375,14 +470,16 @@ class ExecutionClient:
 
     def submit_transactions(self, transactions: list[str]) -> list[dict[str, Any]]:
         """Admit hex-encoded transactions (relayed by the consensus client from its peers) as
-        ``qoin_sendRawTransaction`` does: one ``{id, status, reason}`` per input, in order."""
+        ``qoin_sendRawTransaction`` does (but not as local ones): one ``{id, status, reason,
+        refusal}`` per input, in order; ``refusal`` is ``intrinsic`` or ``stateful`` for a rejected
+        one (undecodable is intrinsic), else null."""
         return [self._submit_one(text) for text in transactions]
 
     def _submit_one(self, text: str) -> dict[str, Any]:
         try:
             tx = _raw_transaction(text)
         except (ValueError, QoinError) as exc:
-            return _submitted(None, "rejected", f"undecodable: {exc}")
+            return _submitted(None, "rejected", f"undecodable: {exc}", Refusal.INTRINSIC)
         with self.lock:  # per transaction: blocks and head changes need not wait for a batch
             try:
                 self.mempool.add(tx)
@@ -391,9 +488,9 @@ class ExecutionClient:
             except NonceTooLow as exc:
                 if self.state.has_transaction(tx.tx_id):  # only an old nonce can be included
                     return _submitted(tx, "known")
-                return _submitted(tx, "rejected", f"NonceTooLow: {exc}")
+                return _submitted(tx, "rejected", f"NonceTooLow: {exc}", exc.refusal)
             except MempoolError as exc:
-                return _submitted(tx, "rejected", f"{type(exc).__name__}: {exc}")
+                return _submitted(tx, "rejected", f"{type(exc).__name__}: {exc}", exc.refusal)
         return _submitted(tx, "added")
 
     # -- servers -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ execution process and check that every lie is caught (docs/spec/sampling.md). Mo
 * ``wrong-state-root`` — calls every valid block INVALID, claiming another state root;
 * ``valid-for-invalid`` — calls every invalid block (a double spend, say) VALID;
 * ``wrong-balance-proof`` — judges honestly but serves post-state proofs with a balance off by one;
+* ``garbled-proof`` — judges honestly but serves post-state proofs that do not decode;
 * ``omit-transaction`` — builds payloads that leave out their last transaction but keep the state
   and receipts roots of the full set (and calls its own payloads VALID);
 * ``silent`` — stops answering engine calls (they hang until the caller gives up).
@@ -31,6 +32,7 @@ MODES = (
     "wrong-state-root",
     "valid-for-invalid",
     "wrong-balance-proof",
+    "garbled-proof",
     "omit-transaction",
     "silent",
 )
@@ -89,6 +91,9 @@ class DishonestClient(ExecutionClient):
         if self.mode == "wrong-balance-proof":
             for entry in answer["proofs"]:
                 entry["post"] = _richer(entry["post"])
+        if self.mode == "garbled-proof":
+            for entry in answer["proofs"]:
+                entry["post"] = "ff" * 40  # hex, but no proof
         return answer
 
     def get_witness(self, block_hash: bytes, block: Block | None = None) -> str:

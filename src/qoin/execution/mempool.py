@@ -15,10 +15,19 @@ Rules:
   senders' next-nonce transactions, skipping what the sender can no longer afford.
 * **Block connected** — included transactions leave; transactions made stale (nonce now too low) or
   unaffordable leave too. **Reorg** — transactions of disconnected blocks come back (if still valid).
+* **Refusals** — every refusal is a :class:`MempoolError` whose :attr:`~MempoolError.refusal` says
+  whether the transaction can never be valid anywhere (:attr:`Refusal.INTRINSIC`: wrong chain,
+  oversize, amount plus fee past the largest balance, a signature that does not verify, keys that
+  are not the sender's) or was refused because of the state or the pool (:attr:`Refusal.STATEFUL`:
+  nonce used or too far ahead, funds, keys not revealed yet, a full pool, an underpriced
+  replacement); :class:`AlreadyKnown` is no refusal (``None``).
 * **Sequence numbers** — every admission (a replacement, or a transaction coming back after a reorg,
-  included) gets the next number of a per-process counter starting at 1, so that
+  included) gets the next number of a counter starting just above ``first_sequence``, so that
   :meth:`Mempool.added_since` can hand out, cursor by cursor, what was admitted since (transaction
-  gossip: the consensus client relays each execution client's new transactions to its peers).
+  gossip: the consensus client relays each execution client's new transactions to its peers). The
+  execution client starts the counter at its start time in microseconds: a restarted client numbers
+  above every cursor its previous life handed out, so a consensus client that outlived the restart
+  receives everything the new mempool holds (local transactions restored from the journal included).
 """
 
 from __future__ import annotations
@@ -27,51 +36,95 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
 
 from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import SignatureError, verify_for_address
 from qoin.errors import QoinError
 from qoin.execution.account import Account
+from qoin.execution.transition import MAX_BALANCE
 
 MAX_TX_SIZE = 32 * 1024
+
+
+class Refusal(Enum):
+    """Why a transaction was refused, for whoever relayed it."""
+
+    INTRINSIC = "intrinsic"
+    """It can never be valid anywhere: relaying it is a fault of the relay."""
+    STATEFUL = "stateful"
+    """It depends on the state or the pool: it may be valid elsewhere or later."""
 
 
 class MempoolError(QoinError):
     """A transaction was not accepted into the mempool; the subclass says why."""
 
+    refusal: ClassVar[Refusal | None] = Refusal.STATEFUL
+    """Intrinsic or stateful; ``None`` for :class:`AlreadyKnown`, which is no refusal."""
+
 
 class AlreadyKnown(MempoolError):
     """The very same transaction is already pending."""
+
+    refusal = None
 
 
 class WrongChainId(MempoolError):
     """The transaction is for another chain."""
 
+    refusal = Refusal.INTRINSIC
+
 
 class TransactionTooLarge(MempoolError):
     """The encoded transaction exceeds the size bound."""
 
+    refusal = Refusal.INTRINSIC
+
+
+class CostTooHigh(MempoolError):
+    """Amount plus fee exceed the largest balance: no sender can ever pay them."""
+
+    refusal = Refusal.INTRINSIC
+
 
 class InvalidTransactionSignature(MempoolError):
-    """The signature does not verify, or the keys are missing or not the sender's."""
+    """The signature does not verify, or the keys carried are not the sender's."""
+
+    refusal = Refusal.INTRINSIC
+
+
+class KeysNotRevealed(InvalidTransactionSignature):
+    """Neither the transaction, the state nor a pending lower-nonce transaction of the sender
+    carries its public keys (the sender's first transaction may still be on its way)."""
+
+    refusal = Refusal.STATEFUL
 
 
 class NonceTooLow(MempoolError):
     """The sender already used this nonce."""
 
+    refusal = Refusal.STATEFUL
+
 
 class NonceTooHigh(MempoolError):
     """The nonce is too far above the sender's next nonce."""
+
+    refusal = Refusal.STATEFUL
 
 
 class InsufficientFunds(MempoolError):
     """The sender cannot pay this and its lower-nonce pending transactions."""
 
+    refusal = Refusal.STATEFUL
+
 
 class Underpriced(MempoolError):
     """A replacement that does not raise the fee enough, or a newcomer to a full pool that pays
     less than everything pending."""
+
+    refusal = Refusal.STATEFUL
 
 
 @dataclass(frozen=True)
@@ -100,6 +153,7 @@ class Mempool:
         max_bytes: int = 64 * 1024 * 1024,
         max_nonce_gap: int = 64,
         replace_bump_percent: int = 10,
+        first_sequence: int = 0,
     ) -> None:
         self.chain_id = chain_id
         self.read_account = read_account
@@ -110,7 +164,7 @@ class Mempool:
         self._by_sender: dict[Address, dict[int, PendingTx]] = {}
         self._by_id: dict[bytes, PendingTx] = {}
         self._bytes = 0
-        self._top_seq = 0
+        self._top_seq = first_sequence
         self._seq_of: dict[bytes, int] = {}  # tx id -> sequence number
         self._by_seq: dict[int, bytes] = {}  # sequence number -> tx id, in ascending order
         self._seq_log: list[int] = []  # ascending; may hold removed numbers (compacted lazily)
@@ -153,7 +207,7 @@ class Mempool:
             earlier = [p.tx for n, p in self._by_sender.get(tx.sender, {}).items() if n < tx.nonce]
             keys = next((t.public_keys for t in earlier if t.public_keys is not None), None)
         if keys is None:
-            raise InvalidTransactionSignature(
+            raise KeysNotRevealed(
                 f"sender {tx.sender} has not revealed its public keys; the transaction must carry them"
             )
         try:
@@ -172,8 +226,14 @@ class Mempool:
                 f"ones need {committed + tx.amount + tx.fee}"
             )
 
-    def add(self, tx: Transaction) -> None:
-        """Validate and admit ``tx``; raise a :class:`MempoolError` saying why not."""
+    def add(
+        self, tx: Transaction, before_insert: Callable[[Transaction], None] | None = None
+    ) -> None:
+        """Validate and admit ``tx``; raise a :class:`MempoolError` saying why not.
+
+        ``before_insert`` (the local journal's append) runs once ``tx`` is known to be admitted,
+        before the pool changes: if it raises, the pool is left as it was.
+        """
         if tx.tx_id in self._by_id:
             raise AlreadyKnown(f"transaction {tx.tx_id.hex()} is already pending")
         if tx.chain_id != self.chain_id:
@@ -181,6 +241,11 @@ class Mempool:
         size = len(tx.encode())
         if size > MAX_TX_SIZE:
             raise TransactionTooLarge(f"{size} bytes exceeds {MAX_TX_SIZE}")
+        if tx.amount + tx.fee > MAX_BALANCE:
+            raise CostTooHigh(
+                f"amount plus fee ({tx.amount + tx.fee} Shor) exceed the largest balance "
+                f"({MAX_BALANCE})"
+            )
         account = self.read_account(tx.sender)
         if tx.nonce < account.nonce:
             raise NonceTooLow(f"nonce {tx.nonce} already used (account nonce {account.nonce})")
@@ -203,9 +268,13 @@ class Mempool:
                 raise Underpriced(
                     "the pool is full; the replacement is larger than what it replaces"
                 )
-            self._remove(replaced)
+            leaving = [replaced]
         else:
-            self._make_room(entry)
+            leaving = self._victims(entry)
+        if before_insert is not None:
+            before_insert(tx)
+        for pending in leaving:
+            self._remove(pending)
         self._insert(entry)
 
     def _insert(self, entry: PendingTx) -> None:
@@ -218,9 +287,21 @@ class Mempool:
         self._by_seq[self._top_seq] = tx.tx_id
         self._seq_log.append(self._top_seq)
 
-    def _make_room(self, entry: PendingTx) -> None:
-        while len(self._by_id) + 1 > self.max_count or self._bytes + entry.size > self.max_bytes:
-            tails = [queue[max(queue)] for queue in self._by_sender.values() if queue]
+    def _victims(self, entry: PendingTx) -> list[PendingTx]:
+        """What to evict, in order, so that ``entry`` fits (nothing while there is room): each
+        time the lowest fee rate among the senders' last transactions not chosen yet. Raises
+        :class:`Underpriced` if that does not beat ``entry``'s rate; changes nothing."""
+        victims: list[PendingTx] = []
+        count, used = len(self._by_id), self._bytes
+        chosen: dict[Address, int] = {}  # sender -> how many of its last transactions are victims
+        while count + 1 > self.max_count or used + entry.size > self.max_bytes:
+            tails = []
+            for sender, queue in self._by_sender.items():
+                taken = chosen.get(sender, 0)
+                if taken == 0:
+                    tails.append(queue[max(queue)])
+                elif taken < len(queue):
+                    tails.append(queue[sorted(queue)[-1 - taken]])
             if not tails:
                 raise Underpriced("the pool cannot hold this transaction")
             victim = min(tails, key=lambda p: (p.fee_rate, -p.tx.nonce))
@@ -229,7 +310,11 @@ class Mempool:
                     f"the pool is full and this fee rate ({entry.fee_rate:.4f} Shor/byte) does not "
                     "beat the lowest pending one"
                 )
-            self._remove(victim)
+            victims.append(victim)
+            chosen[victim.tx.sender] = chosen.get(victim.tx.sender, 0) + 1
+            count -= 1
+            used -= victim.size
+        return victims
 
     def _remove(self, pending: PendingTx) -> None:
         queue = self._by_sender.get(pending.tx.sender, {})
@@ -247,7 +332,7 @@ class Mempool:
 
     @property
     def top_sequence(self) -> int:
-        """The sequence number of the latest admission (0 before the first)."""
+        """The sequence number of the latest admission (``first_sequence`` before the first)."""
         return self._top_seq
 
     def added_since(
@@ -259,9 +344,9 @@ class Mempool:
         with the cursor to pass next time: the last returned one's number while more are pending
         after it, else the top number, so that removed transactions are skipped for good.
 
-        A cursor above the top number cannot come from this process (numbers restart at 1 with
-        the process): it counts as 0, so a caller that outlived a restart is not held back until
-        the new numbers pass its old cursor. Cost: O(log n + returned + removed numbers skipped),
+        A cursor above the top number cannot come from this pool (from an execution client
+        whose clock went back between two lives, say): it counts as 0, so a caller that outlived
+        a restart is not held back until the new numbers pass its old cursor. Cost: O(log n + returned + removed numbers skipped),
         the last bounded by the lazy compaction of the number log.
         """
         if max_count < 1:

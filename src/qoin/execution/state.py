@@ -34,6 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from qoin.chain.block import Block
+from qoin.chain.forkchoice import path_between
 from qoin.chain.genesis import Genesis
 from qoin.chain.transaction import Transaction
 from qoin.crypto.address import Address
@@ -504,9 +505,9 @@ class ExecutionState:
             raise ExecutionStateError(f"head {head_hash.hex()} is invalid: {reason}")
         if self.block_info(head_hash) is None:
             raise UnknownHead(f"unknown head {head_hash.hex()}")
-        old_path, new_path = self._paths(self.head, head_hash)
+        old_path, new_path = path_between(self._link, self.head, head_hash)
         old_blocks = [self._require(h) for h in old_path]  # newest first
-        new_blocks = [self._require(h) for h in reversed(new_path)]  # oldest first
+        new_blocks = [self._require(h) for h in new_path]  # oldest first
         fork_root = self.state_root(new_blocks[0].header.parent_hash if new_blocks else head_hash)
         failing = head_hash
         self._db.execute("BEGIN IMMEDIATE")
@@ -542,24 +543,10 @@ class ExecutionState:
             raise ExecutionStateError(f"block {block_hash.hex()} is not stored")
         return block
 
-    def _paths(self, old: bytes, new: bytes) -> tuple[list[bytes], list[bytes]]:
-        """Blocks from ``old`` and from ``new`` down to (excluding) their common ancestor."""
-        old_path, new_path = [], []
-        a, b = self.block_info(old), self.block_info(new)
-        if a is None or b is None:
-            raise ExecutionStateError("unknown block in head change")
-        while a[0] > b[0]:
-            old_path.append(old)
-            old, a = a[1], self._info(a[1])
-        while b[0] > a[0]:
-            new_path.append(new)
-            new, b = b[1], self._info(b[1])
-        while old != new:
-            old_path.append(old)
-            new_path.append(new)
-            old, a = a[1], self._info(a[1])
-            new, b = b[1], self._info(b[1])
-        return old_path, new_path
+    def _link(self, block_hash: bytes) -> tuple[int, bytes]:
+        """``(height, parent)`` of a stored block: the tree :func:`path_between` walks."""
+        height, parent, _ = self._info(block_hash)
+        return height, parent
 
     def _info(self, block_hash: bytes) -> tuple[int, bytes, bytes]:
         info = self.block_info(block_hash)

@@ -16,8 +16,10 @@ see :func:`qoin.cli.consensus.mine_until_stopped`), and the nodes get
 stopped (consensus clients first) and the block stores are read for the summary: heads, side
 blocks, reorgs, transactions included.
 
-Every child runs in its own session, so a Ctrl-C at the terminal reaches only the devnet, which
-stops them in order; whatever happens (an error, a signal), no child is left behind.
+Every child is a :class:`qoin.process.Child`: it runs in its own session, so a Ctrl-C at the
+terminal reaches only the devnet, which stops them in order; whatever happens (an error, a signal,
+an output that closed), no child is left behind, and a child whose devnet is killed stops too (its
+lifeline).
 
 The data directory::
 
@@ -35,26 +37,25 @@ import itertools
 import json
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-import httpx
+from typing import Any
 
 from qoin.chain import genesis as genesis_mod
 from qoin.chain.chain import STORE_FILE
+from qoin.chain.forkchoice import UnknownBlock, path_between
 from qoin.chain.store import BlockStore, StoreError
 from qoin.chain.transaction import sign_transfer
-from qoin.cli.common import stop_on_signals
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
-from qoin.node.supervisor import STOP_SIGNALS, kill_group, spawn_qoin
+from qoin.node.supervisor import STOP_SIGNALS
+from qoin.process import Child, Line, Output, stop_all, stop_on_signals
+from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import create_secret
 
 START_TIMEOUT_S = 120.0
@@ -74,13 +75,12 @@ TX_SIZE_FOR_FEE = 8_000
 """The size the fee is estimated for: above a transfer that reveals its keys."""
 RECIPIENTS = 3
 RATE_WINDOW_S = 30.0
-LOG_TAIL_LINES = 20
 
-EXECUTION_URLS = re.compile(r"user RPC (http://\S+), engine API (http://\S+)")
-CONSENSUS_URL = re.compile(r"; RPC (http://\S+);")
-ENODE = re.compile(r"p2p: node (\S+)")
+EXECUTION_URLS = r"user RPC (http://\S+), engine API (http://\S+)"
+CONSENSUS_URL = r"; RPC (http://\S+);"
+ENODE = r"p2p: node (\S+)"
 MINED = re.compile(r"^(?:new head|side block) height=\d+ .*attempts/s=([\d,.]+)")
-PAUSED = re.compile(r"^mining stopped")
+PAUSED = r"^mining stopped"
 PAUSE_SIGNAL = signal.SIGUSR1
 """What ``qoin consensus --mine`` stops mining on, following the network still (the same as
 :data:`qoin.cli.consensus.PAUSE_SIGNAL`, not imported: that module brings the whole client)."""
@@ -110,126 +110,18 @@ class DevnetConfig:
 # -- processes ------------------------------------------------------------------------------------
 
 
-class Child:
+def start_child(
+    name: str,
+    args: Sequence[str],
+    log_path: Path,
+    watch: Sequence[str],
+    on_line: Callable[[Line], None] | None = None,
+) -> Child:
     """One ``qoin`` process of the devnet: its output goes to a log file and is watched for the
-    lines the devnet waits on (their first match is kept)."""
-
-    def __init__(
-        self,
-        name: str,
-        args: Sequence[str],
-        log_path: Path,
-        watch: Sequence[re.Pattern[str]],
-        on_line: Callable[[str], None] | None = None,
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._watch = watch
-        self._on_line = on_line
-        self._found: dict[re.Pattern[str], re.Match[str]] = {}
-        self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        self._changed = threading.Condition()
-        self._log = log_path.open("a", encoding="utf-8")
-        self.proc = spawn_qoin(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        if self.proc.stdout is None:  # never: Popen with stdout=PIPE sets it
-            raise DevnetError(f"no pipe to {name}'s output")
-        self._reader = threading.Thread(
-            target=self._pump, args=(self.proc.stdout,), name=f"{name} output", daemon=True
-        )
-        self._reader.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        try:
-            for line in stream:
-                self._log.write(line)
-                self._log.flush()
-                with self._changed:
-                    self._tail.append(line.rstrip("\n"))
-                    for pattern in self._watch:
-                        found = pattern.search(line)
-                        if found and pattern not in self._found:
-                            self._found[pattern] = found
-                    self._changed.notify_all()
-                if self._on_line is not None:
-                    self._on_line(line)
-        finally:
-            with self._changed:
-                self._changed.notify_all()
-
-    def wait_for(
-        self, pattern: re.Pattern[str], cancel: threading.Event, timeout: float = START_TIMEOUT_S
-    ) -> re.Match[str] | None:
-        """The first line matching ``pattern`` (one of ``watch``); None if ``cancel`` is set
-        first; :class:`DevnetError` if the process exits or ``timeout`` passes first."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while pattern not in self._found:
-                if cancel.is_set():
-                    return None
-                if not self._reader.is_alive():
-                    raise DevnetError(f"{self.name} exited before it was ready{self.tail()}")
-                if time.monotonic() > deadline:
-                    raise DevnetError(
-                        f"{self.name} printed no line matching {pattern.pattern!r} within "
-                        f"{timeout:.0f} s{self.tail()}"
-                    )
-                self._changed.wait(POLL_S)
-            return self._found[pattern]
-
-    def exited(self) -> int | None:
-        """The exit status if the process has exited."""
-        return self.proc.poll()
-
-    def tail(self) -> str:
-        """The last lines of its output and where the whole of it is."""
-        with self._changed:
-            lines = "\n".join(f"  {line}" for line in self._tail)
-        return f"; its last output lines ({self.log_path}):\n{lines}"
-
-    def close(self) -> None:
-        """After the process exited: let the reader finish, close the log."""
-        self._reader.join(timeout=5)
-        self._log.close()
-
-
-def stop_children(children: Sequence[Child], timeout: float = STOP_TIMEOUT_S) -> list[int]:
-    """SIGTERM to all at once, then wait (SIGKILL after ``timeout``); what is left of their process
-    groups is killed too. Their exit statuses."""
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    codes = []
-    for child in children:
-        try:
-            codes.append(child.proc.wait(max(0.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            codes.append(child.proc.wait())
-        kill_group(child.proc)
-        child.close()
-    return codes
-
-
-# -- JSON-RPC -------------------------------------------------------------------------------------
-
-
-def call(url: str, method: str, *params: Any, timeout: float = RPC_TIMEOUT_S) -> Any:
-    """One JSON-RPC 2.0 call; :class:`DevnetError` if it cannot be made or answers an error."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-    try:
-        answer = httpx.post(url, json=body, timeout=timeout).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise DevnetError(f"{method} at {url}: {exc}") from None
-    if not isinstance(answer, dict):
-        raise DevnetError(f"{method} at {url}: not a JSON-RPC answer")
-    if "error" in answer:
-        error = answer["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise DevnetError(f"{method} at {url}: {message}")
-    return answer.get("result")
+    lines the devnet waits on (only their first match and the last lines are kept: it runs for
+    long)."""
+    return Child.start(name, args, Output(keep=False, watch=tuple(watch), log=log_path,
+                                          on_line=on_line))  # fmt: skip
 
 
 # -- nodes ----------------------------------------------------------------------------------------
@@ -257,6 +149,8 @@ class Node:
     user_rpc: str = ""
     engine: str = ""
     rpc: str = ""
+    client: RpcClient | None = None
+    """A client of its consensus RPC, once it serves it."""
     enode: str = ""
     attempts_per_second: float = 0.0
     """The miner's rate, as printed with its last mined block."""
@@ -271,10 +165,18 @@ class Node:
     def children(self) -> list[Child]:
         return [c for c in (self.consensus, self.execution) if c is not None]
 
+    def rpc_client(self) -> RpcClient:
+        """The client of its consensus RPC (:class:`DevnetError` before it serves it)."""
+        if self.client is None:
+            raise DevnetError(f"{self.name}'s consensus client is not serving its RPC")
+        return self.client
+
     def status(self) -> NodeStatus | None:
         """Poll ``consensus_status``; None if it does not answer now."""
+        if self.client is None:
+            return None
         try:
-            result = call(self.rpc, "consensus_status")
+            result = self.client.call("consensus_status")
             p2p = result.get("p2p") or {}
             status = NodeStatus(
                 int(result["height"]),
@@ -282,16 +184,16 @@ class Node:
                 len(p2p.get("peers", ())),
                 bool(p2p.get("syncing")),
             )
-        except (DevnetError, AttributeError, KeyError, TypeError, ValueError):
+        except (QoinError, AttributeError, KeyError, TypeError, ValueError):
             return None
         if not self.heads or self.heads[-1][0] != status.head:
             self.heads.append((status.head, status.height))
         self.last = status
         return status
 
-    def on_consensus_line(self, line: str) -> None:
+    def on_consensus_line(self, line: Line) -> None:
         """Note the miner's rate from a mined-block line."""
-        found = MINED.search(line)
+        found = MINED.search(line.text)
         if found:
             with contextlib.suppress(ValueError):
                 self.attempts_per_second = float(found[1].replace(",", ""))
@@ -314,7 +216,7 @@ class TransferSender:
     all; a transfer reveals the sender's keys until a revealing one is included."""
 
     def __init__(self, url: str, keypair: HybridKeyPair, chain_id: int, interval: float) -> None:
-        self.url = url
+        self.client = RpcClient(url, timeout=RPC_TIMEOUT_S)
         self.keypair = keypair
         self.chain_id = chain_id
         self.interval = interval
@@ -332,6 +234,8 @@ class TransferSender:
         self.stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=RPC_TIMEOUT_S * 4)
+        if not self._thread.is_alive():
+            self.client.close()
 
     def _run(self) -> None:
         while not self.stopped.is_set():
@@ -345,8 +249,8 @@ class TransferSender:
     def send_one(self) -> str:
         """Sign and submit one transfer; its hash."""
         sender = str(self.keypair.address)
-        account = call(self.url, "qoin_getAccount", sender)
-        fee = call(self.url, "qoin_estimateFee", TX_SIZE_FOR_FEE)["fee"]
+        account = self.client.call("qoin_getAccount", sender)
+        fee = self.client.call("qoin_estimateFee", TX_SIZE_FOR_FEE)["fee"]
         tx = sign_transfer(
             self.keypair,
             chain_id=self.chain_id,
@@ -356,7 +260,7 @@ class TransferSender:
             fee=int(fee),
             reveal_keys=not account["publicKeysRevealed"],
         )
-        tx_hash = str(call(self.url, "qoin_sendRawTransaction", tx.encode().hex()))
+        tx_hash = str(self.client.call("qoin_sendRawTransaction", tx.encode().hex()))
         self.sent += 1
         return tx_hash
 
@@ -365,16 +269,20 @@ class TransferSender:
 
 
 def reorg_depth(store: BlockStore, old: str, new: str) -> int:
-    """How many blocks of ``old``'s chain are not on ``new``'s (0: ``new`` extends ``old``)."""
-    a, b = store.header(bytes.fromhex(old)), store.header(bytes.fromhex(new))
-    depth = 0
-    while a is not None and b is not None and a.height > b.height:
-        a, depth = store.header(a.parent_hash), depth + 1
-    while a is not None and b is not None and b.height > a.height:
-        b = store.header(b.parent_hash)
-    while a is not None and b is not None and a.block_hash != b.block_hash:
-        a, b, depth = store.header(a.parent_hash), store.header(b.parent_hash), depth + 1
-    return depth
+    """How many blocks of ``old``'s chain are not on ``new``'s (0: ``new`` extends ``old``, or a
+    head's branch is not wholly stored, so no reorg can be measured)."""
+
+    def link(block_hash: bytes) -> tuple[int, bytes]:
+        header = store.header(block_hash)
+        if header is None:
+            raise UnknownBlock(f"block {block_hash.hex()} is not stored")
+        return header.height, header.parent_hash
+
+    try:
+        disconnect, _ = path_between(link, bytes.fromhex(old), bytes.fromhex(new))
+    except UnknownBlock:
+        return 0
+    return len(disconnect)
 
 
 @dataclass
@@ -486,7 +394,7 @@ class Devnet:
                 self._start(cancel)
                 if not cancel.is_set():
                     self._watch(cancel, outcome)
-            except (DevnetError, OSError) as exc:
+            except (QoinError, OSError) as exc:  # DevnetError, ChildFailed, RpcCallError, ...
                 outcome.error = str(exc)
             finally:
                 if self.sender is not None:
@@ -499,9 +407,12 @@ class Devnet:
         return outcome
 
     def _stop_all(self) -> list[int]:
+        for node in self.nodes:
+            if node.client is not None:
+                node.client.close()
         consensus = [n.consensus for n in self.nodes if n.consensus is not None]
         execution = [n.execution for n in self.nodes if n.execution is not None]
-        return stop_children(consensus) + stop_children(execution)
+        return stop_all(consensus, STOP_TIMEOUT_S) + stop_all(execution, STOP_TIMEOUT_S)
 
     def _start(self, cancel: threading.Event) -> None:
         self.note(
@@ -526,7 +437,7 @@ class Devnet:
             return
         for a, b in links(len(self.nodes)):
             if a != 0:  # node 0 is every other node's bootnode
-                call(self.nodes[a].rpc, "consensus_addPeer", self.nodes[b].enode)
+                self.nodes[a].rpc_client().call("consensus_addPeer", self.nodes[b].enode)
         self._await_peers(cancel)
         # Only now: a transaction is announced to the peers connected when it arrives.
         self.sender = TransferSender(
@@ -561,16 +472,16 @@ class Devnet:
         create_secret(node.home / "jwt.hex")
         args = ["execution", "--datadir", str(node.home / "execution"), *self._files(node),
                 "--rpc-port", "0", "--engine-port", "0"]  # fmt: skip
-        node.execution = Child(
+        node.execution = start_child(
             f"{node.name}'s execution client", args, node.home / "execution.log", [EXECUTION_URLS]
         )
 
     def _await_execution(self, node: Node, cancel: threading.Event) -> None:
         if node.execution is None:  # never: started by the step before
             raise DevnetError(f"{node.name}'s execution client was not started")
-        found = node.execution.wait_for(EXECUTION_URLS, cancel)
+        found = node.execution.first_match(EXECUTION_URLS, START_TIMEOUT_S, cancel)
         if found is not None:
-            node.user_rpc, node.engine = found[1], found[2]
+            node.user_rpc, node.engine = found[0][1], found[0][2]
 
     def _start_consensus(self, node: Node, extra: Sequence[str]) -> None:
         args = ["consensus", "--datadir", str(node.home / "consensus"), *self._files(node),
@@ -578,7 +489,7 @@ class Devnet:
                 *extra]  # fmt: skip
         if node.mining:
             args += ["--mine", "--workers", str(self.config.workers)]
-        node.consensus = Child(
+        node.consensus = start_child(
             f"{node.name}'s consensus client",
             args,
             node.home / "consensus.log",
@@ -589,10 +500,11 @@ class Devnet:
     def _await_consensus(self, node: Node, cancel: threading.Event) -> None:
         if node.consensus is None:  # never: started by the step before
             raise DevnetError(f"{node.name}'s consensus client was not started")
-        found = node.consensus.wait_for(CONSENSUS_URL, cancel)
-        enode = node.consensus.wait_for(ENODE, cancel)
+        found = node.consensus.first_match(CONSENSUS_URL, START_TIMEOUT_S, cancel)
+        enode = node.consensus.first_match(ENODE, START_TIMEOUT_S, cancel)
         if found is not None and enode is not None:
-            node.rpc, node.enode = found[1], enode[1]
+            node.rpc, node.enode = found[0][1], enode[0][1]
+            node.client = RpcClient(node.rpc, timeout=RPC_TIMEOUT_S)
 
     # -- watching ---------------------------------------------------------------------------------
 
@@ -601,7 +513,9 @@ class Devnet:
             for child in node.children():
                 code = child.exited()
                 if code is not None:
-                    raise DevnetError(f"{child.name} exited with status {code}{child.tail()}")
+                    raise DevnetError(
+                        f"{child.name} exited with status {code}{child.last_output()}"
+                    )
 
     def _poll(self) -> list[NodeStatus | None]:
         self._check_children()
@@ -643,7 +557,7 @@ class Devnet:
         for child in miners:
             child.proc.send_signal(PAUSE_SIGNAL)
         for child in miners:
-            child.wait_for(PAUSED, cancel, PAUSE_TIMEOUT_S)
+            child.first_match(PAUSED, PAUSE_TIMEOUT_S, cancel)
         self.note(f"mining stopped; waiting up to {self.config.converge_s:.0f} s for agreement")
         deadline = time.monotonic() + self.config.converge_s
         agreeing = 0

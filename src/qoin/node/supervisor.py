@@ -1,102 +1,31 @@
 """``qoin node``'s two processes: start the execution client, then the consensus client pointed at
 its engine API; watch both; stop both in order.
 
-The children run in their own sessions, so a Ctrl-C at the terminal reaches only the supervisor,
-which then stops the consensus client first (it finishes its current block and closes its store),
-then the execution client. If either child exits on its own, the other is stopped too: the
-consensus client's exit status is the node's (0 after ``--blocks``); an execution client that dies
-first is a failure.
+The children are started with :class:`qoin.process.Child`: in their own sessions, so a Ctrl-C at the
+terminal (or its hang-up) reaches only the supervisor, which then stops the consensus client first
+(it finishes its current block and closes its store), then the execution client; and with a
+lifeline, so that they stop too if the supervisor is killed. Their output is forwarded to the
+supervisor's (stdout to stdout, stderr to stderr): a closed output (a ``tee`` or ``head`` that
+exited) is the supervisor's to forgive, never theirs. If either child exits on its own, the other
+is stopped too: the consensus client's exit status is the node's (0 after ``--blocks``); an
+execution client that dies first is a failure.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Sequence
-from typing import IO
 
-from qoin.cli.common import stop_on_signals
+from qoin.process import Child, ChildFailed, Output, note, stop_on_signals
 
 START_TIMEOUT_S = 600.0
 """How long the execution client may take to start (a large genesis state is built first)."""
 STOP_TIMEOUT_S = 30.0
 """How long a child may take to stop after SIGTERM before it is killed."""
 POLL_S = 0.2
-ENGINE_URL = re.compile(r"engine API (http://\S+)")
+ENGINE_URL = r"engine API (http://\S+)"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class SupervisorError(Exception):
-    """A child could not be started."""
-
-
-def spawn_qoin(
-    args: Sequence[str],
-    stdout: int | None = None,
-    stderr: int | None = None,
-    stdin: int | None = None,
-) -> subprocess.Popen[str]:
-    """``qoin ARGS`` with this interpreter, in its own session (so a Ctrl-C at the terminal does
-    not reach it; its own children, e.g. miner processes, share its process group)."""
-    return subprocess.Popen(  # noqa: S603 (this interpreter running qoin, with our arguments)
-        [sys.executable, "-m", "qoin", *args],
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _forward(stream: IO[str], urls: queue.Queue[str | None]) -> None:
-    """Copy a child's stderr to ours; report the engine URL once it is printed."""
-    for line in stream:
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        found = ENGINE_URL.search(line)
-        if found:
-            urls.put(found.group(1))
-    urls.put(None)
-
-
-def stop_child(child: subprocess.Popen[str], timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM, then SIGKILL after ``timeout``; the exit status."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            sys.stderr.write(f"process {child.pid} did not stop in {timeout:.0f} s; killing it\n")
-            child.kill()
-    return child.wait()
-
-
-def kill_group(child: subprocess.Popen[str]) -> None:
-    """SIGKILL whatever is left of the process group of a child started by :func:`spawn_qoin`,
-    once the child itself has exited: a grandchild (a miner process) it could not stop, e.g.
-    because it was killed. The group id cannot be reused while any member is alive."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # empty: nothing outlived it
-        os.killpg(child.pid, signal.SIGKILL)
-
-
-def _engine_url(urls: queue.Queue[str | None], stop: threading.Event) -> str | None:
-    """The execution client's engine URL once printed; None if it exited, took longer than
-    :data:`START_TIMEOUT_S`, or a signal came first."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            return urls.get(timeout=POLL_S)
-        except queue.Empty:
-            continue
-    return None
 
 
 def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> int:
@@ -104,13 +33,13 @@ def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> i
     (SIGINT, SIGTERM, or SIGHUP: a closed terminal) or until one of them exits; return the node's
     exit status. Whatever happens here, both children are stopped before it returns."""
     stop = threading.Event()
-    children: list[subprocess.Popen[str]] = []
+    children: list[Child] = []
     with stop_on_signals(stop.set, STOP_SIGNALS) as received:
         try:
             return _run(execution_args, consensus_args, stop, received, children)
         finally:
             for child in reversed(children):  # consensus first, then execution
-                stop_child(child)
+                child.stop(STOP_TIMEOUT_S)
 
 
 def _run(
@@ -118,32 +47,42 @@ def _run(
     consensus_args: Sequence[str],
     stop: threading.Event,
     received: list[int],
-    children: list[subprocess.Popen[str]],
+    children: list[Child],
 ) -> int:
-    execution = spawn_qoin(execution_args, stderr=subprocess.PIPE)
+    # Their output is ours (forwarded, so that a closed output of ours never reaches them) and
+    # not kept: a node runs for long.
+    execution = Child.start(
+        "the execution client",
+        execution_args,
+        Output(keep=False, watch=(ENGINE_URL,), forward=True),
+    )
     children.append(execution)
-    if execution.stderr is None:  # never: Popen with stderr=PIPE sets it
-        raise SupervisorError("no pipe to the execution client's stderr")
-    urls: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_forward, args=(execution.stderr, urls), daemon=True).start()
-    url = _engine_url(urls, stop)
-    if url is None or stop.is_set():
-        stop_child(execution)
+    try:
+        found = execution.first_match(ENGINE_URL, START_TIMEOUT_S, stop)
+    except ChildFailed:  # it exited (its output says why) or took too long
+        found = None
+    if found is None or stop.is_set():
+        execution.stop(STOP_TIMEOUT_S)
         if received:
             return 0
-        sys.stderr.write("error: the execution client did not start (see above)\n")
+        note("error: the execution client did not start (see above)")
         return 1
-    consensus = spawn_qoin([*consensus_args, "--execution", url])
+    consensus = Child.start(
+        "the consensus client",
+        [*consensus_args, "--execution", found[0][1]],
+        Output(keep=False, forward=True),
+        stdin=None,  # ours: it may ask for the coinbase key's password
+    )
     children.append(consensus)
-    while not stop.is_set() and consensus.poll() is None and execution.poll() is None:
+    while not stop.is_set() and consensus.exited() is None and execution.exited() is None:
         stop.wait(POLL_S)
     if received:
-        sys.stderr.write("stopping\n")
-    execution_died = execution.poll() is not None and consensus.poll() is None
-    consensus_code = stop_child(consensus)
-    execution_code = stop_child(execution)
+        note("stopping")
+    execution_died = execution.exited() is not None and consensus.exited() is None
+    consensus_code = consensus.stop(STOP_TIMEOUT_S)
+    execution_code = execution.stop(STOP_TIMEOUT_S)
     if execution_died:
-        sys.stderr.write(f"error: the execution client exited with status {execution_code}\n")
+        note(f"error: the execution client exited with status {execution_code}")
         return 1
     clean = (0, -signal.SIGTERM)  # a child stopped before it set its handlers dies of SIGTERM
     if received:

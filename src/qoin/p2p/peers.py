@@ -1,16 +1,10 @@
-"""Peer bookkeeping: addresses, bootnodes, connection limits, misbehaviour scores and timed bans.
+"""Peer bookkeeping: known addresses and dialling, connection limits, misbehaviour scores and timed
+bans.
 
 Pure and deterministic: no sockets, no files, no threads. Time comes from an injected monotonic
 ``clock``; the networking code calls :class:`PeerManager` when something happens (a TCP
 connection arrives, a handshake completes, a dial fails, a peer sends something invalid or
 useful) and asks it what to do next (accept this connection? which addresses to dial?).
-
-Addresses
-    A :class:`PeerAddress` is ``host:port`` (IPv4 or a DNS name) or ``[v6]:port``, optionally
-    prefixed by the node id expected there (``qoin1…@127.0.0.1:9000``; the node id is the bech32m
-    address of the node's identity key, ``SecureChannel.peer_id``). Hosts are normalised (IPv6
-    compressed, IPv4-mapped IPv6 written as IPv4, names lower-cased) so that one host has one
-    spelling. :func:`parse_bootnodes` reads a comma- or whitespace-separated list.
 
 Limits
     At most ``max_inbound`` inbound and ``max_outbound`` outbound connections, counted
@@ -28,7 +22,7 @@ Duplicates
 
 Scores
     Each peer has a misbehaviour score, 0 for a clean peer. :meth:`PeerManager.penalise` adds the
-    :class:`Misbehaviour`'s penalty (table :data:`PENALTIES`); when the score reaches
+    :class:`Misbehaviour`'s penalty (table :data:`~qoin.p2p.misbehaviour.PENALTIES`); when the score reaches
     ``ban_threshold`` the peer is banned and forgotten as a connection (the caller closes it).
     :meth:`PeerManager.reward` takes :data:`REWARD_POINTS` off for each useful message, never
     below 0: a peer cannot bank credit in advance to pay for later misbehaviour. Scores outlive a
@@ -47,7 +41,7 @@ Bans
     hosts are never host-banned nor rate-limited by default (``trusted_loopback``): several nodes
     on one machine (tests, devnets) share 127.0.0.1, and a local process is already inside the
     machine's trust boundary; their node ids are still banned. Bans are persisted by the node with
-    :func:`bans_to_json` / :func:`bans_from_json`, which store wall-clock expiry times.
+    :mod:`qoin.p2p.bans`, which stores wall-clock expiry times.
 
 Dialling
     :meth:`PeerManager.want_outbound` proposes addresses to dial for the free outbound slots:
@@ -63,28 +57,39 @@ Inbound handshakes
     A responder spends a signature on any initiator that completes the key exchange (spec §7),
     so :meth:`PeerManager.allow_inbound_handshake` rate-limits new inbound TCP connections per
     host with a token bucket (:data:`HANDSHAKE_BURST` at once, then one per
-    :data:`HANDSHAKE_REFILL_S`) before the handshake starts.
+    :data:`HANDSHAKE_REFILL_S`) before the handshake starts. (The listener also caps the
+    handshakes in flight from all hosts together, trusted loopback included.)
 
-Every table is bounded; every bad input raises a :class:`PeerError` subclass.
+Every table is bounded; every bad input raises a :class:`PeerError` subclass (a malformed
+address :class:`~qoin.p2p.addresses.PeerAddressError`, a malformed restored ban
+:class:`~qoin.p2p.bans.BanListError`).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import math
-import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain
-from types import MappingProxyType
 from typing import Final, TypeVar
 
 from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
+
+# Re-exported for qoin.consensus.node, which imports them from here (to move to addresses).
+from qoin.p2p.addresses import (
+    Endpoint,
+    PeerAddress,
+    PeerAddressError,
+    host_key,
+    is_loopback,
+    parse_host_key,
+)
+from qoin.p2p.bans import MAX_DETAIL_CHARS, BanEntry, BanKind, BanListError
+from qoin.p2p.misbehaviour import Misbehaviour
 
 # --- constants -------------------------------------------------------------------------------
 
@@ -104,8 +109,6 @@ MAX_REMEMBERED_SCORES: Final = 4_096
 """Scores of disconnected peers kept, least recently seen dropped first."""
 MAX_BANS: Final = 10_000
 """Bans kept per kind (node ids, hosts); beyond it the one expiring soonest is dropped."""
-MAX_DETAIL_CHARS: Final = 200
-"""A ban's free-text detail is cut to this length (it may quote attacker-chosen data)."""
 REWARD_POINTS: Final = 1
 """Score healed by one useful message."""
 DIAL_BACKOFF_BASE_S: Final = 1.0
@@ -123,22 +126,8 @@ HANDSHAKE_REFILL_S: Final = 2.0
 """One more inbound handshake per host is allowed every this many seconds."""
 MAX_RATE_LIMITED_HOSTS: Final = 1_024
 """Hosts whose handshake rate is tracked, least recently seen dropped first."""
-IPV6_BAN_PREFIX: Final = 64
-"""IPv6 host bans cover this prefix length."""
-BAN_LIST_VERSION: Final = 1
-"""Version field of the JSON ban list."""
-
-_MAX_PORT: Final = 65_535
-_MAX_HOSTNAME: Final = 253
-_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
-_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_BOOTNODE_SEPARATORS: Final = re.compile(r"[,\s]+")
 
 _K = TypeVar("_K", str, Address)
-
-Endpoint = tuple[str, int]
-"""A normalised ``(host, port)``: what identifies an address regardless of its node id."""
-
 
 # --- errors ----------------------------------------------------------------------------------
 
@@ -147,283 +136,11 @@ class PeerError(QoinError):
     """Invalid input to the peer bookkeeping."""
 
 
-class PeerAddressError(PeerError):
-    """A malformed peer address, host or bootnode list."""
-
-
 class PeerConfigError(PeerError):
     """An invalid peer-manager setting (a negative limit, a non-finite duration, …)."""
 
 
-class BanListError(PeerError):
-    """A saved ban list that cannot be read."""
-
-
-# --- hosts and addresses ---------------------------------------------------------------------
-
-
-def normalize_host(host: str) -> str:
-    """The canonical spelling of ``host``: an IP address or a DNS name.
-
-    IPv4 is dotted decimal without leading zeros; IPv6 is compressed lower case, and an
-    IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, what a dual-stack socket reports for an IPv4
-    peer) becomes its IPv4 address. A name is lower-cased, without a trailing dot, and must be
-    RFC 1123 labels (letters, digits, inner hyphens; at most 63 characters each, 253 in all) whose
-    last label is not all digits, so that a mistyped IPv4 address is an error, not a name.
-    Raises :class:`PeerAddressError`.
-    """
-    if not isinstance(host, str) or not host:
-        raise PeerAddressError("empty host")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ip)
-    if ":" in host or "%" in host:
-        raise PeerAddressError(f"invalid IPv6 address {host!r}")
-    name = host.lower().removesuffix(".")
-    labels = name.split(".")
-    if (
-        len(name) > _MAX_HOSTNAME
-        or not all(_LABEL_RE.fullmatch(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
-        if all(label.isdigit() for label in host.split(".")):
-            raise PeerAddressError(f"invalid IPv4 address {host!r}")
-        raise PeerAddressError(f"invalid host name {host!r}")
-    return name
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
-    canonical = normalize_host(host)
-    if canonical == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(canonical).is_loopback
-    except ValueError:
-        return False
-
-
-def host_key(host: str) -> str:
-    """What a host ban is keyed by: the IPv4 address, the IPv6 /64 (``2001:db8::/64``), or the name.
-
-    An IPv6 host can pick any address in its /64 at will (privacy extensions), so banning one
-    address of it would not stop it. Raises :class:`PeerAddressError`.
-    """
-    canonical = normalize_host(host)
-    try:
-        ip = ipaddress.ip_address(canonical)
-    except ValueError:
-        return canonical
-    if isinstance(ip, ipaddress.IPv6Address):
-        bare = ipaddress.IPv6Address(ip.packed)  # without a scope id
-        return str(ipaddress.IPv6Network((bare, IPV6_BAN_PREFIX), strict=False))
-    return canonical
-
-
-def _parse_host_key(text: str) -> str:
-    """Check that ``text`` is a :func:`host_key` as written, and return it."""
-    if "/" in text:
-        try:
-            network = ipaddress.IPv6Network(text, strict=True)
-        except ValueError:
-            raise PeerAddressError(f"invalid host key {text!r}") from None
-        if network.prefixlen != IPV6_BAN_PREFIX:
-            raise PeerAddressError(f"host key {text!r} is not an IPv6 /{IPV6_BAN_PREFIX}")
-        key = str(network)
-    else:
-        key = host_key(text)
-    if key != text:
-        raise PeerAddressError(f"host key {text!r} is not canonical (expected {key!r})")
-    return key
-
-
-def _parse_port(text: str, whole: str) -> int:
-    if not _PORT_RE.fullmatch(text):
-        raise PeerAddressError(f"invalid port {text!r} in {whole!r}")
-    port = int(text)
-    if not 1 <= port <= _MAX_PORT:
-        raise PeerAddressError(f"port {port} out of range 1…{_MAX_PORT} in {whole!r}")
-    return port
-
-
-def _split_host_port(text: str) -> tuple[str, str]:
-    """Split ``host:port`` or ``[v6]:port`` into host and port text (not yet validated)."""
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise PeerAddressError(f"missing ']' in {text!r}")
-        host, rest = text[1:close], text[close + 1 :]
-        if not rest.startswith(":"):
-            raise PeerAddressError(f"missing ':port' after ']' in {text!r}")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise PeerAddressError(f"only IPv6 addresses go in brackets, got {text!r}") from None
-        return host, rest[1:]
-    colons = text.count(":")
-    if colons == 0:
-        raise PeerAddressError(f"missing ':port' in {text!r}")
-    if colons > 1:
-        raise PeerAddressError(f"write IPv6 addresses in brackets, as [v6]:port, got {text!r}")
-    host, _, port = text.partition(":")
-    return host, port
-
-
-@dataclass(frozen=True)
-class PeerAddress:
-    """Where a node listens: ``host`` and ``port``, and the node id expected there, if known.
-
-    Text form: ``host:port``, ``[v6]:port``, optionally prefixed ``qoin1…@``. The host is
-    normalised on construction (:func:`normalize_host`), so equal addresses compare equal; the
-    port is 1…65535. Raises :class:`PeerAddressError`.
-    """
-
-    host: str
-    port: int
-    node_id: Address | None = None
-    """The identity the node at this address must prove (``expected_peer`` for ``connect``)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.port, int) or isinstance(self.port, bool):
-            raise PeerAddressError(f"a port is an integer, got {self.port!r}")
-        if not 1 <= self.port <= _MAX_PORT:
-            raise PeerAddressError(f"port {self.port} out of range 1…{_MAX_PORT}")
-        if self.node_id is not None and not isinstance(self.node_id, Address):
-            raise PeerAddressError(f"a node id is an Address, got {self.node_id!r}")
-        object.__setattr__(self, "host", normalize_host(self.host))
-
-    @classmethod
-    def parse(cls, text: str) -> PeerAddress:
-        """Parse ``[qoin1…@]host:port`` or ``[qoin1…@][v6]:port`` (surrounding blanks ignored)."""
-        if not isinstance(text, str):
-            raise PeerAddressError(f"a peer address is text, got {text!r}")
-        whole = text.strip()
-        if not whole:
-            raise PeerAddressError("empty peer address")
-        node_id: Address | None = None
-        rest = whole
-        if "@" in whole:
-            id_text, _, rest = whole.partition("@")
-            if not id_text:
-                raise PeerAddressError(f"missing node id before '@' in {whole!r}")
-            try:
-                node_id = Address.from_text(id_text)
-            except AddressError as exc:
-                raise PeerAddressError(f"invalid node id in {whole!r}: {exc}") from None
-        host, port_text = _split_host_port(rest)
-        port = _parse_port(port_text, whole)
-        try:
-            return cls(host, port, node_id)
-        except PeerAddressError as exc:
-            raise PeerAddressError(f"invalid peer address {whole!r}: {exc}") from None
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """``(host, port)``, the address without its node id."""
-        return (self.host, self.port)
-
-    def with_node_id(self, node_id: Address | None) -> PeerAddress:
-        """This address with another expected node id (or none)."""
-        return PeerAddress(self.host, self.port, node_id)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        prefix = "" if self.node_id is None else f"{self.node_id}@"
-        return f"{prefix}{host}:{self.port}"
-
-
-def parse_bootnodes(entries: str | Iterable[str]) -> tuple[PeerAddress, ...]:
-    """Parse a bootnode list: one string separated by commas and/or white space, or strings.
-
-    Blank entries are skipped and exact repeats dropped (first kept, order preserved); one
-    ``host:port`` listed with two different node ids is an error. Each error names the entry by
-    its position (from 1). Raises :class:`PeerAddressError`.
-    """
-    if isinstance(entries, str):
-        items = [item for item in _BOOTNODE_SEPARATORS.split(entries) if item]
-    else:
-        items = [item.strip() for item in entries]
-    result: dict[Endpoint, PeerAddress] = {}
-    for position, item in enumerate(items, start=1):
-        if not item:
-            continue
-        try:
-            address = PeerAddress.parse(item)
-        except PeerAddressError as exc:
-            raise PeerAddressError(f"bootnode {position}: {exc}") from None
-        previous = result.get(address.endpoint)
-        if previous is None:
-            result[address.endpoint] = address
-        elif previous != address:
-            raise PeerAddressError(
-                f"bootnode {position}: {item!r} conflicts with earlier {str(previous)!r}"
-            )
-    return tuple(result.values())
-
-
-# --- misbehaviour ----------------------------------------------------------------------------
-
-
-class Misbehaviour(StrEnum):
-    """What a peer did wrong; :attr:`penalty` is what it costs (see :data:`PENALTIES`)."""
-
-    INVALID_BLOCK = "invalid-block"
-    """A block that fails validation (body, transactions, state root, …)."""
-    INVALID_HEADER = "invalid-header"
-    """A header with bad proof of work or breaking a header rule."""
-    MALFORMED_MESSAGE = "malformed-message"
-    """A message that does not decode."""
-    PROTOCOL_VIOLATION = "protocol-violation"
-    """A well-formed message the protocol forbids (wrong order, over a declared limit)."""
-    UNSOLICITED = "unsolicited"
-    """Data we did not ask for (a response to no request, a block never announced)."""
-    TIMEOUT = "timeout"
-    """A request not answered in time."""
-    INVALID_TRANSACTION = "invalid-transaction"
-    """A relayed transaction that does not validate."""
-
-    @property
-    def penalty(self) -> int:
-        """Score points this misbehaviour costs."""
-        return PENALTIES[self]
-
-
-PENALTIES: Final[Mapping[Misbehaviour, int]] = MappingProxyType(
-    {
-        # An honest node validates a block fully before relaying it, and its proof of work is
-        # checked before anything else: an invalid one is an attack or a consensus split, and
-        # either way the connection is useless. One strike.
-        Misbehaviour.INVALID_BLOCK: 100,
-        # Proof of work costs microseconds to check and a header with bad proof of work costs
-        # the sender nothing to make; honest nodes never relay one. One strike.
-        Misbehaviour.INVALID_HEADER: 100,
-        # Frames are authenticated, so garbage comes from the peer's own software: a bug or an
-        # attack. Two strikes.
-        Misbehaviour.MALFORMED_MESSAGE: 50,
-        # Ordering and limit rules can be broken by a racing or buggy but honest implementation.
-        Misbehaviour.PROTOCOL_VIOLATION: 20,
-        # A response that arrives after we gave up on the request is unsolicited too: races
-        # happen, so ten are tolerated.
-        Misbehaviour.UNSOLICITED: 10,
-        # Slow is not malicious (congested links, a node busy validating), but a peer that never
-        # answers wastes a slot: twenty unanswered requests with nothing useful in between.
-        Misbehaviour.TIMEOUT: 5,
-        # A transaction valid when an honest peer relayed it can be invalid when it arrives (a
-        # competing spend was mined, a reorg, a nonce used meanwhile): fifty with nothing useful
-        # in between, and validating one costs us about a millisecond.
-        Misbehaviour.INVALID_TRANSACTION: 2,
-    }
-)
-"""Penalty per :class:`Misbehaviour`, for the default threshold of 100 (one invalid block or
-header bans; slowness and stale transactions take many repetitions)."""
-
-
-class Refusal(StrEnum):
+class ConnectionRefusal(StrEnum):
     """Why :meth:`PeerManager.on_connected` refused a connection."""
 
     SELF = "self"
@@ -442,15 +159,6 @@ class Refusal(StrEnum):
     """No outbound slot free."""
 
 
-class BanKind(StrEnum):
-    """What a ban covers."""
-
-    NODE = "node"
-    """A node id, written as its bech32m address."""
-    HOST = "host"
-    """A :func:`host_key`: an IPv4 address, an IPv6 /64 or a host name."""
-
-
 # --- results and snapshots -------------------------------------------------------------------
 
 
@@ -459,7 +167,7 @@ class Admission:
     """The answer of :meth:`PeerManager.on_connected`; true exactly when the connection is kept."""
 
     accepted: bool
-    reason: Refusal | None = None
+    reason: ConnectionRefusal | None = None
     """Why it was refused; ``None`` when accepted."""
     detail: str = ""
     """A sentence for the log."""
@@ -486,19 +194,6 @@ class PeerStatus:
     """Misbehaviour score, from 0 up to the ban threshold minus 1."""
     connected_since: float
     """Clock reading when the connection was accepted."""
-
-
-@dataclass(frozen=True)
-class BanEntry:
-    """A ban: who, why, and for how much longer."""
-
-    kind: BanKind
-    subject: str
-    """The node id (bech32m) or the host key."""
-    reason: Misbehaviour
-    detail: str
-    remaining_s: float
-    """Seconds until the ban expires (positive)."""
 
 
 @dataclass(frozen=True)
@@ -741,7 +436,7 @@ class PeerManager:
                     self._ban_node(node_id, ban)
                     self._forget_connection_of(node_id)
                 else:
-                    self._add_ban(self._host_bans, _parse_host_key(entry.subject), ban)
+                    self._add_ban(self._host_bans, parse_host_key(entry.subject), ban)
             except (AddressError, PeerAddressError) as exc:
                 raise BanListError(f"bad {entry.kind} ban {entry.subject!r}: {exc}") from None
             imposed += 1
@@ -801,34 +496,37 @@ class PeerManager:
 
     def _identity_refusal(
         self, node_id: Address, address: PeerAddress, inbound: bool
-    ) -> tuple[Refusal, str] | None:
+    ) -> tuple[ConnectionRefusal, str] | None:
         """Refusals that do not depend on the other connections."""
         if node_id == self._own_id:
-            return Refusal.SELF, f"{address} is this node"
+            return ConnectionRefusal.SELF, f"{address} is this node"
         if not inbound:
             state = self._dial_state(address.endpoint)
             expected = address.node_id
             if expected is None and state is not None and state.bootnode:
                 expected = state.address.node_id
             if expected is not None and expected != node_id:
-                return Refusal.WRONG_NODE_ID, f"expected {expected} at {address}, got {node_id}"
+                return (
+                    ConnectionRefusal.WRONG_NODE_ID,
+                    f"expected {expected} at {address}, got {node_id}",
+                )
         if node_id in self._node_bans:
-            return Refusal.BANNED, f"{node_id} is banned"
+            return ConnectionRefusal.BANNED, f"{node_id} is banned"
         if inbound and self._host_banned(address.host):
-            return Refusal.HOST_BANNED, f"host {host_key(address.host)} is banned"
+            return ConnectionRefusal.HOST_BANNED, f"host {host_key(address.host)} is banned"
         return None
 
     def _after_handshake(
-        self, node_id: Address, address: PeerAddress, refusal: Refusal | None, now: float
+        self, node_id: Address, address: PeerAddress, refusal: ConnectionRefusal | None, now: float
     ) -> None:
         """Dial bookkeeping for an outbound handshake that completed (refused or not)."""
         self._dialling.pop(address.endpoint, None)
         state = self._dial_state(address.endpoint)
         if state is None:
             return
-        if refusal is Refusal.SELF:
+        if refusal is ConnectionRefusal.SELF:
             state.is_self = True
-        elif refusal is Refusal.WRONG_NODE_ID:
+        elif refusal is ConnectionRefusal.WRONG_NODE_ID:
             self._record_failure(state, now)
         else:
             state.learned_id = node_id
@@ -868,15 +566,19 @@ class PeerManager:
             if existing.inbound == inbound or not self._new_connection_wins(inbound, node_id):
                 return Admission(
                     False,
-                    Refusal.DUPLICATE,
+                    ConnectionRefusal.DUPLICATE,
                     f"already connected to {node_id} (connection {existing_id}); keeping that one",
                 )
             replaced = existing
         inbound_count, outbound_count = self._counts(excluding=replaced)
         if inbound and inbound_count >= self._max_inbound:
-            return Admission(False, Refusal.INBOUND_FULL, f"{inbound_count} inbound peers")
+            return Admission(
+                False, ConnectionRefusal.INBOUND_FULL, f"{inbound_count} inbound peers"
+            )
         if not inbound and outbound_count >= self._max_outbound:
-            return Admission(False, Refusal.OUTBOUND_FULL, f"{outbound_count} outbound peers")
+            return Admission(
+                False, ConnectionRefusal.OUTBOUND_FULL, f"{outbound_count} outbound peers"
+            )
         if replaced is not None:
             score = replaced.score
             self._drop_connection(replaced)
@@ -1037,6 +739,18 @@ class PeerManager:
                 self._known.popitem(last=False)
         return added
 
+    def forget(self, node_id: Address) -> int:
+        """Stop dialling ``node_id``: drop every bootnode and known address naming it (an operator
+        removing a peer); return how many were dropped. Its score, bans and any open connection
+        are left as they are: the caller closes the connection."""
+        dropped = 0
+        for table in (self._bootnodes, self._known):
+            for endpoint in [e for e, state in table.items() if state.address.node_id == node_id]:
+                del table[endpoint]
+                self._dialling.pop(endpoint, None)
+                dropped += 1
+        return dropped
+
     def known_addresses(self) -> tuple[PeerAddress, ...]:
         """Bootnodes, then known addresses, oldest first."""
         return tuple(s.address for s in chain(self._bootnodes.values(), self._known.values()))
@@ -1129,97 +843,3 @@ class PeerManager:
             known_addresses=len(self._known),
             dialling=sum(1 for until in self._dialling.values() if until > now),
         )
-
-
-# --- persisting bans -------------------------------------------------------------------------
-
-
-def _check_wall_clock(wall_now: float) -> None:
-    if isinstance(wall_now, bool) or not isinstance(wall_now, int | float):
-        raise BanListError(f"wall_now must be a number, got {wall_now!r}")
-    if not math.isfinite(wall_now):
-        raise BanListError(f"wall_now must be finite, got {wall_now!r}")
-
-
-def bans_to_json(bans: Iterable[BanEntry], wall_now: float) -> str:
-    """Serialise bans with wall-clock expiry (``wall_now`` + remaining, seconds since the epoch).
-
-    Format: ``{"version": 1, "bans": [{"kind", "subject", "reason", "detail", "expires_at"}]}``,
-    entries sorted by kind and subject; expired entries are left out. Pass ``time.time()``.
-    """
-    _check_wall_clock(wall_now)
-    entries = [
-        {
-            "kind": ban.kind.value,
-            "subject": ban.subject,
-            "reason": ban.reason.value,
-            "detail": ban.detail,
-            "expires_at": wall_now + ban.remaining_s,
-        }
-        for ban in sorted(bans, key=lambda b: (b.kind.value, b.subject))
-        if ban.remaining_s > 0
-    ]
-    return json.dumps({"version": BAN_LIST_VERSION, "bans": entries}, indent=2, sort_keys=True)
-
-
-def _reject_constant(name: str) -> object:
-    raise BanListError(f"{name} is not a number")
-
-
-def _text_field(item: Mapping[str, object], name: str, index: int) -> str:
-    value = item.get(name)
-    if not isinstance(value, str):
-        raise BanListError(f"ban {index}: {name!r} must be a string, got {value!r}")
-    return value
-
-
-def _ban_from_json(item: object, index: int, wall_now: float) -> BanEntry | None:
-    if not isinstance(item, dict):
-        raise BanListError(f"ban {index}: expected an object, got {item!r}")
-    kind_text = _text_field(item, "kind", index)
-    subject = _text_field(item, "subject", index)
-    reason_text = _text_field(item, "reason", index)
-    detail = _text_field(item, "detail", index)
-    expires_at = item.get("expires_at")
-    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
-        raise BanListError(f"ban {index}: 'expires_at' must be a number, got {expires_at!r}")
-    try:
-        kind = BanKind(kind_text)
-        reason = Misbehaviour(reason_text)
-    except ValueError as exc:
-        raise BanListError(f"ban {index}: {exc}") from None
-    try:
-        if kind is BanKind.NODE:
-            subject = str(Address.from_text(subject))
-        else:
-            subject = _parse_host_key(subject)
-    except (AddressError, PeerAddressError) as exc:
-        raise BanListError(f"ban {index}: {exc}") from None
-    remaining = float(expires_at) - wall_now
-    if remaining <= 0:
-        return None
-    return BanEntry(kind, subject, reason, detail[:MAX_DETAIL_CHARS], remaining)
-
-
-def bans_from_json(text: str, wall_now: float) -> tuple[BanEntry, ...]:
-    """Read a ban list written by :func:`bans_to_json`; bans expired by ``wall_now`` are dropped.
-
-    Strict: unknown versions, missing or mistyped fields, unknown kinds or reasons, malformed
-    subjects and non-finite numbers raise :class:`BanListError`. Feed the result to
-    :meth:`PeerManager.restore_bans`, which caps each ban at the configured duration.
-    """
-    _check_wall_clock(wall_now)
-    try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, TypeError) as exc:
-        raise BanListError(f"not a JSON ban list: {exc}") from None
-    if not isinstance(document, dict):
-        raise BanListError("a ban list is a JSON object")
-    version = document.get("version")
-    if version != BAN_LIST_VERSION or isinstance(version, bool):
-        raise BanListError(f"unsupported ban list version {version!r}")
-    items = document.get("bans")
-    if not isinstance(items, list):
-        raise BanListError("'bans' must be a list")
-    entries = (_ban_from_json(item, index, wall_now) for index, item in enumerate(items, 1))
-    return tuple(entry for entry in entries if entry is not None)

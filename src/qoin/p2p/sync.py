@@ -5,10 +5,10 @@ A *locator* names blocks of the requester's canonical chain, newest first: the t
 then exponentially spaced back, always ending with genesis. The answerer finds the first locator
 hash on its own canonical chain (the fork point) and returns its canonical headers after it.
 A reply is checked link by link: the first header's parent must be known (stored, or checked
-earlier in this sync), each next header must be the previous one's child, and each header must
-carry this network's chain id and MQ parameters, the target the difficulty rule gives after its
-parent, and a valid proof-of-work for it. What needs more than the parent (timestamps against
-the median of past blocks, the body, execution) is checked when the block is imported.
+earlier in this sync), and each header must pass every header rule as the child of the header
+before it (:func:`qoin.chain.validation.validate_header`: chain id, height, MQ parameters,
+timestamp against the median of its ancestors and the local clock, the difficulty rule's target,
+proof-of-work). The body and its execution are checked when the block is imported.
 """
 
 from __future__ import annotations
@@ -17,14 +17,7 @@ from collections.abc import Callable, Sequence
 
 from qoin.chain.block import Header
 from qoin.chain.genesis import Genesis
-from qoin.chain.validation import (
-    BadHeight,
-    BadNbits,
-    UnknownParent,
-    WrongChain,
-    check_header_pow,
-    expected_target,
-)
+from qoin.chain.validation import HeaderAncestry, UnknownParent, validate_header
 from qoin.p2p.messages import MAX_LOCATOR_HASHES
 
 RECENT_LOCATOR_HASHES = 10
@@ -69,28 +62,30 @@ def fork_height(
 
 
 def check_headers(
-    genesis: Genesis, headers: Sequence[Header], parent_of_first: Header | None
+    genesis: Genesis,
+    headers: Sequence[Header],
+    parent_of_first: Header | None,
+    header_of: Callable[[bytes], Header | None],
+    now_ms: int,
 ) -> None:
     """Check a ``Headers`` reply (see the module docstring); raise :class:`InvalidBlock` (or
-    :class:`HeadersNotConnected` when it does not attach) naming the first bad header."""
+    :class:`HeadersNotConnected` when it does not attach) naming the first bad header.
+    ``header_of`` finds the headers before the reply (stored, or checked earlier in this sync)
+    whose timestamps the median-time-past rule reads; ``now_ms`` is the local clock."""
     if not headers:
         return
     if parent_of_first is None:
         raise HeadersNotConnected(
             f"the first header's parent {headers[0].parent_hash.hex()} is unknown"
         )
+    ancestry = HeaderAncestry(header_of, headers)
     parent = parent_of_first
     for index, header in enumerate(headers):
         what = f"header {index} ({header.block_hash.hex()[:16]})"
-        if header.parent_hash != parent.block_hash:
-            raise HeadersNotConnected(f"{what} does not follow the previous header")
-        if header.chain_id != genesis.chain_id:
-            raise WrongChain(f"{what} is for chain {header.chain_id}")
-        if header.height != parent.height + 1:
-            raise BadHeight(f"{what}: height {header.height} after {parent.height}")
-        if header.nbits != genesis.nbits:
-            raise BadNbits(f"{what}: nbits 0x{header.nbits:04x}")
-        check_header_pow(header, expected_target(genesis, parent), what)
+        try:
+            validate_header(genesis, parent, header, ancestry, now_ms, what)
+        except UnknownParent as exc:
+            raise HeadersNotConnected(f"{what} does not follow the previous header") from exc
         parent = header
 
 

@@ -139,7 +139,7 @@ class WrongNetwork(HandshakeError):
     """The peer belongs to another network."""
 
 
-class WrongChainId(WrongNetwork):
+class WrongPeerChainId(WrongNetwork):
     """The peer's chain id differs from ours."""
 
 
@@ -259,7 +259,7 @@ def check_hello(ours: NetworkId, theirs: NetworkId) -> None:
             f"peer speaks transport version {theirs.version}, we speak {ours.version}"
         )
     if theirs.chain_id != ours.chain_id:
-        raise WrongChainId(f"peer is on chain id {theirs.chain_id}, we are on {ours.chain_id}")
+        raise WrongPeerChainId(f"peer is on chain id {theirs.chain_id}, we are on {ours.chain_id}")
     if theirs.genesis_hash != ours.genesis_hash:
         raise WrongGenesis(
             f"peer's genesis is {theirs.genesis_hash.hex()}, ours is {ours.genesis_hash.hex()}"

@@ -8,7 +8,9 @@ finds a solution reports it and waits for the next template. :meth:`Miner.stop` 
 within about one attempt; the miner is also a context manager.
 
 Workers receive the miner's secret keys over a local pipe at start-up: proof-of-work needs the key
-that is paid, which is the point of the design (see :mod:`qoin.pow.proof`).
+that is paid, which is the point of the design (see :mod:`qoin.pow.proof`). Each worker's first
+step is a lifeline (:func:`qoin.process.lifeline`): it is killed when the process that started it
+dies, however that process ends, so no worker mines on for a dead node.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from qoin.crypto.batch import default_workers
 from qoin.crypto.hybrid import HybridKeyPair, HybridPublicKey
 from qoin.errors import QoinError
 from qoin.pow.proof import make_attempt, mq_system, prefix_hash
+from qoin.process import lifeline, on_lasting_thread
 
 R_SIZE = 32
 _POLL_IDLE_S = 0.05
@@ -79,6 +82,7 @@ def _latest(conn: Connection, current: Template | None) -> Template | None:
 
 def _work(
     index: int,
+    parent: int,
     public: bytes,
     secret: bytes,
     templates: Connection,
@@ -86,7 +90,9 @@ def _work(
     stop: Event,
     counters: SynchronizedArray[Any],
 ) -> None:
-    """Worker process body: attempt on the newest template until told to stop."""
+    """Worker process body: attempt on the newest template until told to stop (or killed when
+    ``parent``, the process that started it, dies)."""
+    lifeline(parent, signal.SIGKILL)  # nothing to clean up here
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     keypair = HybridKeyPair.from_secret(HybridPublicKey.decode(public), secret)
     template: Template | None = None
@@ -131,24 +137,30 @@ class Miner:
         self._rate_mark = (time.monotonic(), 0)
 
     def start(self) -> Miner:
-        """Start the worker processes (they idle until the first template)."""
+        """Start the worker processes (they idle until the first template). They are forked from
+        a thread that lives as long as this process (see :func:`qoin.process.on_lasting_thread`)."""
         if self._stop.is_set():
             raise MinerError("a stopped miner cannot be restarted; make a new one")
         self._rate_mark = (time.monotonic(), 0)
+        on_lasting_thread(self._start_workers)
+        return self
+
+    def _start_workers(self) -> None:
         public, secret = self.keypair.public.encode(), self.keypair.encode_secret()
+        parent = os.getpid()
         for index in range(self.workers):
             receiver, sender = self._ctx.Pipe(duplex=False)
             process = self._ctx.Process(
                 target=_work,
-                args=(index, public, secret, receiver, self._results, self._stop, self._counters),
+                args=(index, parent, public, secret, receiver, self._results, self._stop,
+                      self._counters),
                 name=f"qoin-miner-{index}",
                 daemon=True,
-            )
+            )  # fmt: skip
             process.start()
             receiver.close()
             self._pipes.append(sender)
             self._processes.append(process)
-        return self
 
     def set_template(self, template: Template) -> None:
         """Switch every worker to ``template`` (the head changed, or a new block was built)."""

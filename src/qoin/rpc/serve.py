@@ -4,11 +4,15 @@ Every server is bounded in what one client can hold (:class:`HttpLimits`): at mo
 ``max_connections`` open connections (one more is answered ``503`` and closed at once); a request's
 head (request line and headers, at most 16 KiB: h11's bound) must arrive within ``header_timeout``
 seconds of the connection opening, or of the first byte of a later request on it; its body may not
-go ``idle_timeout`` seconds without a byte; between requests a connection stays open ``keep_alive``
-seconds. A connection over a bound is closed; the application sees a disconnect. (uvicorn alone
-times out neither heads nor bodies, and its ``limit_concurrency`` answers 503 only once a head has
-arrived: a client sending a header line every few seconds would hold its connection for ever.) How
-much memory the bodies in flight may take is the application's bound (see :mod:`qoin.rpc.server`).
+go ``idle_timeout`` seconds without a byte, and must average ``body_rate`` bytes per second after
+its first ``idle_timeout`` seconds (a body trickled a byte at a time would otherwise hold its share
+of the body budget for ever); an answer the client does not read may not stay stuck in the send
+buffer ``idle_timeout`` seconds; between requests a connection stays open ``keep_alive`` seconds. A
+connection over a bound is closed; the application sees a disconnect. (uvicorn alone times out
+neither heads, bodies nor answers, and its ``limit_concurrency`` answers 503 only once a head has
+arrived: a client sending a header line every few seconds, or never reading what it asked for,
+would hold its connection for ever.) How much memory the bodies in flight may take is the
+application's bound (see :mod:`qoin.rpc.server`).
 """
 
 from __future__ import annotations
@@ -46,12 +50,17 @@ class HttpLimits:
     header_timeout: float = 10.0
     """Seconds a request's head may take to arrive."""
     idle_timeout: float = 30.0
-    """Seconds a request's body may go without a byte arriving."""
+    """Seconds a request's body may go without a byte arriving, or an answer without the client
+    reading from it."""
+    body_rate: int = 64 * 1024
+    """Bytes per second a body must average once its first ``idle_timeout`` seconds are past."""
     keep_alive: int = 5
     """Seconds a connection may stay idle between requests (uvicorn's keep-alive timeout)."""
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or min(self.header_timeout, self.idle_timeout) <= 0:
+        if min(self.max_connections, self.body_rate) < 1:
+            raise ValueError("HTTP limits must be positive")
+        if min(self.header_timeout, self.idle_timeout) <= 0:
             raise ValueError("HTTP limits must be positive")
         if self.keep_alive < 1:
             raise ValueError("the keep-alive timeout is at least 1 s")
@@ -62,15 +71,23 @@ class _BoundedH11(H11Protocol):
     :func:`_bounded_protocol`).
 
     One timer per connection: while h11 waits for a request head (``IDLE``) it fires at the head's
-    deadline; while it reads a body (``SEND_BODY``), ``idle_timeout`` after the last byte; otherwise
-    (the application is answering) there is none of ours.
+    deadline; while it reads a body (``SEND_BODY``), ``idle_timeout`` after the last byte or when
+    the body falls behind ``body_rate``, whichever comes first; otherwise (the application is
+    answering) there is none of ours. A second timer runs while the transport's send buffer is
+    full (the client is not reading): if it is not drained within ``idle_timeout``, the
+    connection is aborted (closing would wait for the buffer to drain).
     """
 
     limits: ClassVar[HttpLimits] = HttpLimits()
 
     _timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
     _head_deadline: float | None = None
     _last_data = 0.0
+    _body_started: float | None = None
+    """When the current body started (shifted forward while the application is behind)."""
+    _body_bytes = 0
+    """Bytes of the current body received so far."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -84,28 +101,56 @@ class _BoundedH11(H11Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_data = self.loop.time()
         self._deadline()  # a new request's head is timed from its first byte
+        if self._body_started is not None:
+            self._body_bytes += len(data)
         super().data_received(data)
         self._watch()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.idle_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._cancel_write_timer()
+        super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._cancel_write_timer()
         super().connection_lost(exc)
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        self.transport.abort()
 
     def _deadline(self) -> float | None:
         """When the connection is closed unless something happens (None: no bound of ours)."""
         state = self.conn.their_state
         if state is h11.IDLE:
+            self._body_started = None
             if self._head_deadline is None:
                 self._head_deadline = self.loop.time() + self.limits.header_timeout
             return self._head_deadline
         self._head_deadline = None
         if state is not h11.SEND_BODY:
+            self._body_started = None
             return None
-        if self.flow.read_paused:  # the application is behind, not the client
-            self._last_data = self.loop.time()
-        return self._last_data + self.limits.idle_timeout
+        now = self.loop.time()
+        if self._body_started is None:
+            self._body_started, self._body_bytes = now, 0
+        if self.flow.read_paused:  # the application is behind, not the client: on schedule now
+            self._last_data = now
+            self._body_started = now - self._body_bytes / self.limits.body_rate
+        on_schedule = self._body_started + self._body_bytes / self.limits.body_rate
+        return min(self._last_data, on_schedule) + self.limits.idle_timeout
 
     def _watch(self) -> None:
         if self._timer is not None:

@@ -18,7 +18,11 @@ Bodies above ``max_body`` bytes are refused with HTTP 413 before being read in f
 of all requests in flight together may hold at most ``body_budget`` bytes (by default two maximal
 bodies): a request whose declared length does not fit is answered HTTP 503 at once, unread, and one
 without a declared length when it outgrows what is left; what a request holds is given back once it
-is answered. A request ``id`` or ``method`` that is not valid Unicode (a lone UTF-16 surrogate such
+is answered. A body is parsed only if it holds at most ``max_values`` JSON values (counted
+before parsing, from the bytes that open a value: ``[``, ``{``, ``,`` and ``:``), else it is
+answered HTTP 413: each value costs tens of bytes once parsed whatever its size in the body (a
+5 MiB ``[[],[],…]`` would take 120 MiB), so the budget bounds the memory of requests only with
+this bound. A request ``id`` or ``method`` that is not valid Unicode (a lone UTF-16 surrogate such
 as ``"\ud800"``) is an invalid request; answers are always UTF-8 (a surrogate a handler echoes back
 is replaced). A client that disconnects mid-request is no error of ours: nothing is logged.
 ``rpc.discover`` returns the OpenRPC document describing every method.
@@ -50,6 +54,8 @@ INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000
 MAX_BATCH = 100
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
+DEFAULT_MAX_VALUES = 64 * 1024
+"""JSON values one body may hold (the largest call, ``engine_submitTransactions``, holds ~4,100)."""
 _MAX_LENGTH_DIGITS = 20
 """A Content-Length longer than this is refused unread (never parsed as a number)."""
 
@@ -241,6 +247,7 @@ class RpcServer:
         authenticate: Callable[[Request], None] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         body_budget: int | None = None,
+        max_values: int = DEFAULT_MAX_VALUES,
     ) -> None:
         self.title = title
         self.methods = {m.name: m for m in methods}
@@ -250,6 +257,8 @@ class RpcServer:
         """Bytes the bodies of the requests in flight may hold together."""
         self.bodies_held = 0
         """Bytes they hold now."""
+        self.max_values = max_values
+        """JSON values one body may hold (an upper bound, counted before parsing)."""
         discover = Method("rpc.discover", self.openrpc, (), {"type": "object"}, "OpenRPC document")
         self.methods.setdefault(discover.name, discover)
         self.app = Starlette(routes=[Route("/", self.endpoint, methods=["POST"])])
@@ -337,6 +346,9 @@ class RpcServer:
             if len(body) > self.max_body:
                 raise too_large
             claim.grow_to(len(body))
+        values = 1 + sum(body.count(opener) for opener in b"[{,:")  # strings' bytes count too
+        if values > self.max_values:
+            raise BodyRefused(413, f"request body holds over {self.max_values} JSON values")
         return body
 
     async def endpoint(self, request: Request) -> Response:
