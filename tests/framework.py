@@ -40,7 +40,7 @@ from qoin.chain.genesis import Allocation, Genesis
 from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.hybrid import HybridKeyPair
-from qoin.process import STOP_TIMEOUT_S, Child, ChildFailed, Line
+from qoin.process import KEEP_ALL, STOP_TIMEOUT_S, Child, ChildFailed, Line, Output
 from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import create_secret
 from tests.chainutil import test_genesis
@@ -399,10 +399,11 @@ class Network:
         """The arguments naming the shared genesis and engine secret."""
         return ["--genesis", str(self.genesis_file), "--jwt-secret", str(self.jwt_file)]
 
-    def spawn(self, name: str, args: Sequence[str]) -> Child:
+    def spawn(self, name: str, args: Sequence[str], output: Output = KEEP_ALL) -> Child:
         """Start ``qoin ARGS`` (see :meth:`qoin.process.Child.start`), to be stopped by
-        :meth:`stop_all`."""
-        child = Child.start(name, args)
+        :meth:`stop_all`: a process that is not one of a node's, such as ``qoin node`` or
+        ``qoin devnet`` themselves."""
+        child = Child.start(name, args, output)
         self.children.append(child)
         return child
 

@@ -3,6 +3,7 @@ and real blocks; the end-to-end behaviour with real processes is in test_consens
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 from qoin.chain import forkchoice
@@ -14,6 +15,7 @@ from qoin.consensus.branches import (
     NEAR_HEAD_DEPTH,
     PendingBlocks,
     competitive,
+    pending_branch,
     side_branch,
     weight_bound,
     worth_executing,
@@ -111,7 +113,7 @@ def test_pending_blocks_keep_branches_in_order_and_bounded() -> None:
     assert not pool.add(blocks[0])
     assert len(pool) == 4 and blocks[2].block_hash in pool
     assert pool.lowest(blocks[3].block_hash) == blocks[0]
-    assert pool.work(blocks[1].block_hash, blocks[0].header) == sum(
+    assert pool.work([blocks[1].block_hash], blocks[0].header) == sum(
         block_work(b.header) for b in blocks[1:]
     )
     assert [b.block_hash for b in pool.subtree(blocks[0].block_hash)] == [
@@ -165,7 +167,7 @@ def test_a_branch_heavy_with_siblings_is_judged_before_fork_choice_would_pick_it
     for block in branch:
         pool.add(block)
     assert weight_bound(second, first.header) == 5 * work
-    assert pool.work(first.block_hash, GENESIS.header) == 11 * work
+    assert pool.work([first.block_hash], GENESIS.header) == 11 * work
     pending = side_branch(store, head, GENESIS.genesis_hash, 11 * work)
     assert competitive(pending, work)
     alone = side_branch(store, head, GENESIS.genesis_hash, 3 * work)  # the blocks' work alone
@@ -186,3 +188,54 @@ def test_a_branch_heavy_with_siblings_is_judged_before_fork_choice_would_pick_it
     claim = next_block(GENESIS, first.header, miner, siblings=[boastful], sealed=False)
     assert block_work(boastful) > 1000 * work
     assert weight_bound(claim, first.header) == 2 * work
+
+
+def test_continuations_past_the_fork_point_weigh_on_the_same_branch() -> None:
+    """Fork choice adds up a block's subtrees: two kept continuations of a stored side block,
+    each too light alone to compete with the head's branch, outweigh it together, so they are
+    weighed (and judged) together. Continuations of a block on the head's chain (the fork point)
+    are branches of their own: each is weighed alone, so that many light branches off one old
+    block are not executed for being many."""
+    side = chain_of(1, index=3)[0]  # a stored side block on genesis
+    work = block_work(side.header)
+
+    def continuation(index: int) -> list[Block]:
+        miner, parent, blocks = keypair_for(index=index), side.header, []
+        for _ in range(5):
+            blocks.append(next_block(GENESIS, parent, miner, sealed=False))
+            parent = blocks[-1].header
+        return blocks
+
+    ours, theirs = continuation(1), continuation(2)
+    store = forkchoice.new_store(genesis_meta(GENESIS))
+    parent = GENESIS.genesis_hash
+    for height in range(1, 11):  # the head's branch: ten blocks
+        forkchoice.on_block(store, forkchoice.BlockMeta(h(f"m{height}"), parent, height, work))
+        parent = h(f"m{height}")
+    forkchoice.on_block(store, forkchoice.BlockMeta(side.block_hash, GENESIS.genesis_hash, 1, work))
+    head = forkchoice.get_head(store)
+    pool = PendingBlocks()
+    for block in ours + theirs:
+        pool.add(block)
+    alone = side_branch(store, head, side.block_hash, pool.work([ours[0].block_hash], side.header))
+    assert not competitive(alone, work)  # 1 + 5 (+ 2 of margin) against 10
+    branch, firsts = pending_branch(store, head, pool, side.header, ours[0].block_hash)
+    assert firsts == [ours[0].block_hash, theirs[0].block_hash]
+    assert branch.side_weight == 11 * work and competitive(branch, work)
+    # With both stored, fork choice does leave the head's branch.
+    together = copy.deepcopy(store)
+    for block in [b for first in firsts for b in pool.subtree(first)]:
+        meta = forkchoice.BlockMeta(
+            block.block_hash, block.header.parent_hash, block.header.height, work
+        )
+        forkchoice.on_block(together, meta)
+    assert forkchoice.get_head(together) != head
+    # On genesis, the fork point: each continuation alone.
+    forked = PendingBlocks()
+    apart = chain_of(6, index=1), chain_of(6, index=2)
+    for block in apart[0] + apart[1]:
+        forked.add(block)
+    first = apart[0][0].block_hash
+    branch, firsts = pending_branch(store, head, forked, GENESIS.header, first)
+    assert firsts == [first] and branch.side_weight == 6 * work
+    assert not competitive(branch, work)

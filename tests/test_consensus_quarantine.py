@@ -61,7 +61,25 @@ def test_backoff_doubles_up_to_the_bound_and_ends_on_release() -> None:
     assert first.failures == 9
     assert quarantine.release("http://a/") and not quarantine.release("http://a/")
     assert quarantine.entries() == {}
+    clock.now += QUARANTINE_MAX_S  # well for a whole backoff period since it answered
     assert quarantine.fail("http://a/", "again").failures == 1  # a new row starts over
+
+
+def test_a_client_failing_soon_after_answering_continues_its_row() -> None:
+    """A client that answers one call (e.g. newPayload) and times out on the next (getProofs)
+    ended its quarantine at every answer and was asked at every block, each costing the engine
+    timeout: now its row goes on while it has not stayed well for a whole backoff period."""
+    clock = Clock()
+    quarantine = Quarantine(clock)
+    for expected in range(1, 8):
+        entry = quarantine.fail("http://a/", "proofs timed out")
+        assert entry.failures == expected
+        assert entry.retry_at - clock.now == min(
+            QUARANTINE_MAX_S, QUARANTINE_FIRST_S * 2 ** (expected - 1)
+        )
+        clock.now = entry.retry_at
+        assert quarantine.release("http://a/")  # answered the next newPayload
+        clock.now += 1  # ... and timed out on its proofs a second later
 
 
 def closed_port() -> int:

@@ -5,24 +5,23 @@ it started outlives it. Every wait is bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import queue
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from qoin.chain.chain import STORE_FILE, Chain
 from qoin.chain.store import BlockStore
 from qoin.chain.transaction import sign_transfer
 from qoin.node.devnet import read_store, reorg_depth
+from qoin.process import ChildFailed, Output
 from tests.chainutil import mine_template, test_genesis
 from tests.cliutil import run_qoin
-from tests.framework import wait_until
+from tests.framework import Network, read_to_end, wait_until
 from tests.keys import keypair_for
 from tests.procutil import FUNDED
 from tests.test_chain import FAR_FUTURE, grow, template
@@ -66,33 +65,23 @@ def _alive(pid: int, start_time: int) -> bool:
 
 
 class Devnet:
-    """A running ``qoin devnet``: its stderr lines as they come, and every process seen below it."""
+    """A running ``qoin devnet`` (a :class:`qoin.process.Child`: it stops if this test process
+    dies): its stderr lines as they come, and every process seen below it."""
 
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qoin", "devnet", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        self.stdout: list[str] = []
+    def __init__(self, net: Network, *args: str) -> None:
+        self.child = net.spawn("devnet", ["devnet", *args], Output(split=True))
+        self.proc = self.child.proc
         self.seen: dict[int, int] = {}
-        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
-        self._out = threading.Thread(target=self._collect, args=(self.proc.stdout,), daemon=True)
-        self._out.start()
+        self._after = 0
+        """Index of the first of the devnet's lines :meth:`watch_until` has not looked at."""
 
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.stderr.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
+    @property
+    def stderr(self) -> list[str]:
+        return [line.text for line in self.child.collect() if line.stderr]
 
-    def _collect(self, stream: IO[str]) -> None:
-        self.stdout.extend(stream)
+    @property
+    def stdout(self) -> list[str]:
+        return [line.text for line in self.child.collect() if not line.stderr]
 
     def watch_until(self, pattern: re.Pattern[str], timeout: float = RUN_S) -> re.Match[str]:
         """Note the processes below the devnet until a stderr line matches ``pattern``."""
@@ -100,24 +89,25 @@ class Devnet:
         while time.monotonic() < deadline:
             self.seen.update(_descendants(self.proc.pid))
             try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            assert line is not None, "".join(self.stderr)
-            if found := pattern.search(line):
-                return found
+                found = self.child.poll_for(pattern.pattern, 0.2, self._after)
+            except ChildFailed:  # the output ended
+                raise AssertionError("".join(self.stderr)) from None
+            if found is not None:
+                self._after = found[0] + 1
+                if self.child.seen[found[0]].stderr:
+                    return found[1]
         raise AssertionError(f"no line matching {pattern.pattern!r}:\n{''.join(self.stderr)}")
 
     def finish(self, timeout: float = RUN_S) -> int:
-        """Note the processes below the devnet until it exits; its exit status."""
+        """Note the processes below the devnet until it exits (killed after ``timeout``); its
+        exit status, once its output is read to the end."""
         deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
+        while self.child.exited() is None and time.monotonic() < deadline:
             self.seen.update(_descendants(self.proc.pid))
-            time.sleep(0.2)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        code = self.proc.wait()
-        self._out.join(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.2)
+        code = self.child.finish(time.monotonic())
+        read_to_end(self.child)
         return code
 
     def summary(self) -> dict[str, Any]:
@@ -131,13 +121,14 @@ class Devnet:
         wait_until(lambda: not any(_alive(p, t) for p, t in self.seen.items()), timeout=5)
 
 
-def test_blocks_json_agrees_and_leaves_nothing(tmp_path: Path) -> None:
+def test_blocks_json_agrees_and_leaves_nothing(net: Network) -> None:
+    datadir = net.workdir / "devnet"
     started = time.monotonic()
-    net = Devnet(*SMALL, "--blocks", "6", "--json", "--datadir", str(tmp_path))
-    assert net.finish() == 0, "".join(net.stderr)
+    devnet = Devnet(net, *SMALL, "--blocks", "6", "--json", "--datadir", str(datadir))
+    assert devnet.finish() == 0, "".join(devnet.stderr)
     wall = time.monotonic() - started
-    net.assert_nothing_left()
-    summary = net.summary()
+    devnet.assert_nothing_left()
+    summary = devnet.summary()
     assert summary["agree"] is True
     assert summary["height"] >= 6
     assert [n["node"] for n in summary["nodes"]] == [0, 1]
@@ -150,28 +141,28 @@ def test_blocks_json_agrees_and_leaves_nothing(tmp_path: Path) -> None:
     assert summary["transactions_included"] > 0, summary
     assert summary["transactions_sent"] >= summary["transactions_included"]
     assert 0 < summary["seconds"] <= wall
-    assert summary["datadir"] == str(tmp_path)
-    stderr = "".join(net.stderr)
+    assert summary["datadir"] == str(datadir)
+    stderr = "".join(devnet.stderr)
     assert "Traceback" not in stderr
     assert VIEW.search(stderr), stderr  # the live view (on stderr, as stdout holds the JSON)
     # The data directory was kept: the logs of every process and the shared genesis.
-    assert (tmp_path / "genesis.json").is_file()
+    assert (datadir / "genesis.json").is_file()
     for index in (0, 1):
-        assert "stopped at height" in (tmp_path / f"node{index}" / "consensus.log").read_text()
-        assert (tmp_path / f"node{index}" / "execution.log").is_file()
+        assert "stopped at height" in (datadir / f"node{index}" / "consensus.log").read_text()
+        assert (datadir / f"node{index}" / "execution.log").is_file()
 
 
-def test_sigint_stops_every_process() -> None:
-    net = Devnet(*SMALL, "--json")
-    datadir = Path(net.watch_until(TEMP_DIR)[1])
+def test_sigint_stops_every_process(net: Network) -> None:
+    devnet = Devnet(net, *SMALL, "--json")
+    datadir = Path(devnet.watch_until(TEMP_DIR)[1])
     # running once node 0 has its peer and a block
-    net.watch_until(re.compile(r"n0\* h=[1-9]\d* [0-9a-f]{8} p=1"))
-    net.proc.send_signal(signal.SIGINT)
-    assert net.finish(60) == 0, "".join(net.stderr)
-    net.assert_nothing_left()
-    stderr = "".join(net.stderr)
+    devnet.watch_until(re.compile(r"n0\* h=[1-9]\d* [0-9a-f]{8} p=1"))
+    devnet.proc.send_signal(signal.SIGINT)
+    assert devnet.finish(60) == 0, "".join(devnet.stderr)
+    devnet.assert_nothing_left()
+    stderr = "".join(devnet.stderr)
     assert "stopping (signal)" in stderr and "Traceback" not in stderr
-    summary = net.summary()
+    summary = devnet.summary()
     assert summary["interrupted"] is True and summary["error"] is None
     assert all(node["height"] is not None for node in summary["nodes"]), summary
     assert summary["datadir"] is None

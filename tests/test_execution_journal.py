@@ -4,11 +4,17 @@ client's replay of it on restart (real files; the process-level crash test is in
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from qoin.chain.genesis import to_json
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.execution.client import ExecutionClient
 from qoin.execution.journal import (
@@ -187,6 +193,73 @@ def test_a_full_journal_refuses_and_leaves_the_pool_unchanged(datadir: Path) -> 
         assert client.journal is not None
         client.journal.close()
         client.state.close()
+
+
+FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import json, os, resource, signal, sys
+    from pathlib import Path
+    from qoin.chain.genesis import from_json
+    from qoin.chain.transaction import Transaction
+    from qoin.execution.client import ExecutionClient
+    from qoin.execution.journal import JOURNAL_FILE, TransactionJournal, record
+    from qoin.execution.state import ExecutionState
+    from qoin.process import lifeline
+    from qoin.rpc.server import RpcError
+
+    lifeline(int(sys.argv[2]))  # dies with the test
+    datadir = Path(sys.argv[1])
+    given = json.loads(sys.stdin.read())
+    TXS = [Transaction.decode(bytes.fromhex(tx)) for tx in given["transactions"]]
+    state = ExecutionState.open(datadir, from_json(given["genesis"]))
+    client = ExecutionClient(state, TransactionJournal(datadir / JOURNAL_FILE))
+    client.restore_local_transactions()
+    client.send_raw_transaction(TXS[0])
+    journal = datadir / JOURNAL_FILE
+    size = journal.stat().st_size
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Room for half a record (a short write), then for less than the journal (its rewrite fails).
+    for limit in (size + len(record(TXS[1])) // 2, size // 2):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            client.send_raw_transaction(TXS[1])
+        except RpcError as exc:
+            assert exc.message.startswith("JournalError: "), exc.message
+            assert exc.data == {"refusal": "stateful"}, exc.data
+        else:
+            raise AssertionError("admitted without being journaled")
+        assert TXS[1].tx_id not in client.mempool and len(client.mempool) == 1
+        assert journal.stat().st_size == size  # no torn record of the refused one
+        leftovers = sorted(p.name for p in datadir.iterdir() if p.name.startswith(JOURNAL_FILE))
+        assert leftovers == [JOURNAL_FILE], leftovers  # no partial copy holds the space
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    client.send_raw_transaction(TXS[1])
+    client.send_raw_transaction(TXS[2])
+    os._exit(0)  # a crash: the journal is not rewritten
+    """
+)
+
+
+def test_a_full_disk_refuses_and_loses_nothing_acknowledged(
+    datadir: Path, clients: list[ExecutionClient]
+) -> None:
+    """A write that fails (the process's file size limit: EFBIG, as ENOSPC on a full disk) refuses
+    the transaction with the pool unchanged and leaves no partial copy behind; once there is
+    space again, every transaction acknowledged before and after survives a crash."""
+    given = {"genesis": to_json(genesis()), "transactions": [tx.encode().hex() for tx in TXS]}
+    child = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(datadir), str(os.getpid())],
+        input=json.dumps(given),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    client = reopen(clients, datadir)
+    assert client.restore_local_transactions() == (3, 0, 0)
+    assert client.mempool.pending_of(ALICE.address) == TXS[:3]
 
 
 def test_a_cursor_of_the_previous_life_gets_the_restored_transactions(

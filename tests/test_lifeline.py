@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from qoin.process import EXIT_ORPHANED, Child, ChildFailed, Output, lifeline, on_lasting_thread
+from qoin.process import (
+    EXIT_ORPHANED,
+    Child,
+    ChildFailed,
+    Line,
+    Output,
+    lifeline,
+    on_lasting_thread,
+)
 from tests.framework import read_to_end, wait_until
 from tests.test_node_cli import write_easy_genesis
 
@@ -123,18 +132,17 @@ def _python(code: str) -> list[str]:
 # -- the helper -----------------------------------------------------------------------------------
 
 
-def test_a_child_stops_when_its_parent_is_killed(mark: str) -> None:
-    """A parent that uses the helper is SIGKILLed: its child (a sleeper) gets its lifeline's
-    SIGTERM."""
-    parent = Child.spawn(
-        "parent",
-        _python(
-            "import sys\nfrom qoin.process import Child\n"
-            f"child = Child.spawn('sleeper', [sys.executable, '-c', {SLEEPER!r}])\n"
-            "child.wait_for('ready')\nprint('child', child.proc.pid, flush=True)\n"
-            "import time\ntime.sleep(600)"
-        ),
-    )
+START_SLEEPER = (
+    f"child = Child.spawn('sleeper', [sys.executable, '-c', {SLEEPER!r}])\n"
+    "child.wait_for('ready')\nprint('child', child.proc.pid, flush=True)\n"
+)
+"""Python lines that start a sleeper with the helper and print its pid."""
+
+
+def _kill_parent_of_sleeper(mark: str, code: str) -> None:
+    """Run ``code`` (it prints ``child PID`` once its sleeper runs, then sleeps), SIGKILL it, and
+    wait until no process of the test is left."""
+    parent = Child.spawn("parent", _python(code))
     try:
         sleeper = int(parent.wait_for(r"child (\d+)")[1][1])
         assert sleeper in _left(mark)
@@ -142,6 +150,15 @@ def test_a_child_stops_when_its_parent_is_killed(mark: str) -> None:
         _await_none_left(mark)
     finally:
         parent.stop(5)
+
+
+def test_a_child_stops_when_its_parent_is_killed(mark: str) -> None:
+    """A parent that uses the helper is SIGKILLed: its child (a sleeper) gets its lifeline's
+    SIGTERM."""
+    _kill_parent_of_sleeper(
+        mark,
+        f"import sys, time\nfrom qoin.process import Child\n{START_SLEEPER}time.sleep(600)",
+    )
 
 
 def test_miner_workers_die_with_a_killed_miner(mark: str) -> None:
@@ -228,6 +245,20 @@ def test_a_child_started_from_a_short_lived_thread_keeps_its_lifeline_to_the_pro
             control.wait(5)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the lifeline is Linux's parent-death signal")
+def test_a_child_forked_while_sigterm_is_blocked_still_stops_with_its_parent(mark: str) -> None:
+    """A signal mask survives fork and exec: the first child started from a thread that blocks
+    SIGTERM (which makes the lasting spawning thread, with that mask) must still act on its
+    lifeline's SIGTERM when the parent is SIGKILLed."""
+    start = "".join(f"    {line}\n" for line in START_SLEEPER.splitlines())
+    _kill_parent_of_sleeper(
+        mark,
+        "import signal, sys, threading, time\nfrom qoin.process import Child\ndef start():\n"
+        f"    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})\n{start}"
+        "threading.Thread(target=start).start()\ntime.sleep(600)",
+    )
+
+
 def test_on_lasting_thread_runs_on_the_main_or_one_spawning_thread() -> None:
     assert on_lasting_thread(threading.current_thread) is threading.main_thread()
     seen: list[threading.Thread] = []
@@ -280,6 +311,22 @@ def test_output_forwarded_watched_logged_and_bounded(
     out, err = capfd.readouterr()
     assert "[p] out one\n[p] ready at 7\n[p] x" in out and out.endswith("[p] last")
     assert err == "[p] err one\n"
+
+
+def test_an_error_in_a_line_callback_is_reported_not_taken_for_the_end_of_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in an ``on_line`` callback (here a ValueError) reaches :func:`threading.excepthook`;
+    it is not mistaken for a pipe closed under the reader."""
+    reported: list[type[BaseException]] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(args.exc_type))
+
+    def refuse(line: Line) -> None:
+        raise ValueError(f"cannot take {line.text!r}")
+
+    child = Child.spawn("printer", _python("print('one')"), Output(on_line=refuse))
+    assert child.finish(time.monotonic() + 30) == 0
+    assert reported == [ValueError]
 
 
 def test_split_output_tells_stdout_from_stderr() -> None:
@@ -335,6 +382,42 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_what_is_left_of_its_group(m
     wait_until(lambda: len(_left(mark)) == 2, 30, 0.05, "the child and its grandchild")
     assert child.stop(0.5) == -signal.SIGKILL
     wait_until(lambda: not _left(mark), 10, 0.05, "no process left")
+
+
+# A process in stop_on_signals whose main thread waits with no timeout, with SIGTERM (or SIGINT)
+# blocked on the main thread, so that the kernel delivers it to the other thread.
+OTHER_THREAD_GETS_IT = """
+import signal, sys, threading
+from qoin.process import stop_on_signals
+sig = signal.Signals[sys.argv[1]]
+other = threading.Thread(target=threading.Event().wait, daemon=True)
+other.start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+done = threading.Event()
+with stop_on_signals(done.set) as received:
+    print('ready', flush=True)
+    done.wait()
+print('stopped by', [signal.Signals(s).name for s in received], flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread-directed delivery as on Linux")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_taken_by_another_thread_stops_a_main_thread_that_waits(
+    sig: signal.Signals,
+) -> None:
+    """The kernel may give a process's signal to any of its threads (a lifeline's SIGTERM
+    included): the stop must not wait until the main thread runs Python code again, which a
+    main thread blocked in ``Event.wait()`` never does (an execution client outlived its killed
+    devnet this way, until its next periodic wake-up)."""
+    child = Child.spawn("waiter", [*_python(OTHER_THREAD_GETS_IT), sig.name])
+    try:
+        child.wait_for("ready")
+        child.proc.send_signal(sig)
+        child.wait_for(rf"stopped by \['{sig.name}'\]", 30)
+        assert child.finish(time.monotonic() + 30) == 0
+    finally:
+        child.stop(5)
 
 
 @pytest.mark.parametrize("output", ["pipe", "terminal"])
@@ -427,6 +510,41 @@ def test_node_output_closed_then_ctrl_c(mark: str, easy_genesis: Path) -> None:
     finally:
         piped.end()
     _mines_again(mark, datadir)
+
+
+@pytest.mark.slow
+def test_node_stopped_at_its_password_prompt_gives_the_terminal_back(
+    mark: str, easy_genesis: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``qoin node --mine --coinbase ADDRESS`` on a terminal: its consensus client turns the echo
+    off to ask for the key's password; a Ctrl-C then stops it (it dies of SIGTERM, unable to
+    turn the echo back on): the node puts the terminal's settings back."""
+    monkeypatch.delenv("QOIN_PASSWORD", raising=False)
+    made = subprocess.run(
+        [sys.executable, "-m", "qoin", "keys", "new"], capture_output=True, text=True,
+        timeout=RUN_S, env={**_env(mark), "QOIN_PASSWORD": "secret"}, check=True,
+    )  # fmt: skip
+    address = made.stdout.split()[0]
+    master, terminal = os.openpty()
+    try:
+        args = _node_args(
+            Path(mark) / "node", "--coinbase", address, "--genesis", str(easy_genesis)
+        )
+        node = Child.start("node", args, stdin=terminal)
+        try:
+            wait_until(
+                lambda: not termios.tcgetattr(terminal)[3] & termios.ECHO,
+                RUN_S, 0.05, "the password prompt (echo off)",
+            )  # fmt: skip
+            node.proc.send_signal(signal.SIGINT)
+            assert node.finish(time.monotonic() + GONE_S) == 0, node.tail()
+            assert termios.tcgetattr(terminal)[3] & termios.ECHO, node.tail()
+        finally:
+            node.stop(5)
+    finally:
+        os.close(master)
+        os.close(terminal)
+    _await_none_left(mark)
 
 
 # -- qoin devnet ----------------------------------------------------------------------------------

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from qoin.chain import genesis as genesis_mod
-from tests.framework import wait_until
+from qoin.process import Child, ChildFailed, Output
+from tests.framework import Network, read_to_end, wait_until
 
 TIMEOUT_S = 25.0
 HEIGHT_RE = re.compile(r"^(new head|side block) height=(\d+) hash=([0-9a-f]{64}) ")
@@ -135,12 +133,6 @@ def test_mines_on_the_builtin_devnet(tmp_path: Path) -> None:
     assert (status["height"], status["head"]) == (1, _stopped(result.stderr)[1])
 
 
-def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, parent pid, start time) of a process, or None if it is gone."""
     try:
@@ -178,52 +170,46 @@ def _descendants(pid: int) -> dict[int, int]:
     return found
 
 
-def _start_until_first_block(
-    tmp_path: Path, args: list[str]
-) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
-    """Start ``qoin ARGS``; return once it printed its first block (and its stderr lines)."""
-    proc = subprocess.Popen(
-        _qoin(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
-    stderr_lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(proc.stderr, stderr_lines), daemon=True).start()
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            assert line is not None, "qoin node exited before mining a block"
-            if "height=" in line:
-                return proc, stderr_lines
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+def _start_until_first_block(net: Network, args: list[str]) -> Child:
+    """Start ``qoin ARGS`` in the test's network (stopped when the test ends, or if this process
+    dies); return once it printed its first block."""
+    child = net.spawn("qoin node", args, Output(split=True))
+    deadline = time.monotonic() + TIMEOUT_S
+    after = 0
+    while True:
+        try:
+            found = child.poll_for("height=", max(0.0, deadline - time.monotonic()), after)
+        except ChildFailed:
+            raise AssertionError("qoin node exited before mining a block") from None
+        assert found is not None, "qoin node mined no block in time"
+        if not child.seen[found[0]].stderr:
+            return child
+        after = found[0] + 1
 
 
-def _wait(proc: subprocess.Popen[str], timeout: float) -> int:
+def _wait(child: Child, timeout: float) -> int:
     """The exit status within ``timeout``; the process is killed if it does not exit."""
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return child.finish(time.monotonic() + timeout)
+
+
+def _stderr(child: Child) -> str:
+    """Everything an exited ``child`` wrote on stderr."""
+    return "".join(line.text for line in read_to_end(child, 5) if line.stderr)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_node_cleanly(tmp_path: Path, easy_genesis: Path, sig: signal.Signals) -> None:
+def test_signal_stops_node_cleanly(
+    net: Network, tmp_path: Path, easy_genesis: Path, sig: signal.Signals
+) -> None:
     datadir = tmp_path / "node"
     args = _mining_node(datadir, "--workers", "2", "--genesis", str(easy_genesis))
-    proc, stderr_lines = _start_until_first_block(tmp_path, args)
+    node = _start_until_first_block(net, args)
     # the execution and consensus clients, the miner processes (and multiprocessing's helper)
-    workers = _descendants(proc.pid)
+    workers = _descendants(node.proc.pid)
     assert len(workers) >= 4, workers
-    proc.send_signal(sig)
-    returncode = _wait(proc, 10)
-    stderr = "".join(iter(lambda: stderr_lines.get(timeout=5), None))
+    node.proc.send_signal(sig)
+    returncode = _wait(node, 10)
+    stderr = _stderr(node)
     assert returncode == 0, stderr
     assert "Traceback" not in stderr
     assert "stopping" in stderr
@@ -293,18 +279,20 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def test_node_stops_when_its_execution_client_dies(tmp_path: Path, easy_genesis: Path) -> None:
+def test_node_stops_when_its_execution_client_dies(
+    net: Network, tmp_path: Path, easy_genesis: Path
+) -> None:
     """Two processes joined by the engine API: if one dies, the node stops the other and fails."""
     args = _mining_node(tmp_path / "node", "--workers", "1", "--genesis", str(easy_genesis))
-    proc, stderr_lines = _start_until_first_block(tmp_path, args)
-    children = _children(proc.pid)
+    node = _start_until_first_block(net, args)
+    children = _children(node.proc.pid)
     roles = {pid: _cmdline(pid) for pid in children}
     execution = [pid for pid, cmd in roles.items() if "execution" in cmd]
     consensus = [pid for pid, cmd in roles.items() if "consensus" in cmd]
     assert len(execution) == 1 and len(consensus) == 1, roles
     os.kill(execution[0], signal.SIGKILL)
-    returncode = _wait(proc, TIMEOUT_S)
-    stderr = "".join(iter(lambda: stderr_lines.get(timeout=5), None))
+    returncode = _wait(node, TIMEOUT_S)
+    stderr = _stderr(node)
     assert returncode == 1, stderr
     assert "the execution client exited" in stderr
     assert "Traceback" not in stderr

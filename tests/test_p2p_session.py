@@ -1,15 +1,16 @@
-"""Peer sessions (qoin.p2p.session) over a real loopback channel: closing a peer from one of its
-own tasks."""
+"""Peer sessions (qoin.p2p.session): a peer's backlog once the peer is gone, and closing a peer
+from one of its own tasks over a real loopback channel."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from qoin.crypto.hybrid import generate_keypair
 from qoin.p2p.addresses import PeerAddress
 from qoin.p2p.messages import DisconnectReason
 from qoin.p2p.peers import PeerManager
-from qoin.p2p.session import ConnectedPeers, Counters, PeerSession
+from qoin.p2p.session import BACKLOG_MESSAGES, Backlog, ConnectedPeers, Counters, PeerSession
 from qoin.p2p.transport import NetworkId, SecureChannel, Timeouts, accept, connect
 from tests.chainutil import test_genesis
 
@@ -75,5 +76,36 @@ def test_a_peer_closed_by_its_own_backlog_task_is_closed_completely() -> None:
             await remote.close()
             server.close()
             await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_a_reader_waiting_for_room_in_a_closed_backlog_does_not_wait_forever() -> None:
+    """A peer's reader waits for room in its full backlog; the peer is closed meanwhile (banned by
+    another task, or silent while the chain worker is slow), which cancels the backlog's worker.
+    The waiting reader must be released (and the queued messages forgotten), or its task and
+    up to the backlog's bytes leak with every such peer."""
+
+    async def scenario() -> None:
+        backlog = Backlog()
+        ran: list[int] = []
+
+        def job(index: int) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                ran.append(index)
+
+            return run
+
+        for index in range(BACKLOG_MESSAGES):
+            await backlog.put(job(index), 1)
+        reader = asyncio.create_task(backlog.put(job(BACKLOG_MESSAGES), 1))
+        for _ in range(3):  # let it run until it waits
+            await asyncio.sleep(0)
+        assert not reader.done(), "the backlog is full: the reader waits for room"
+        backlog.close()
+        await asyncio.wait_for(reader, 5)
+        assert len(backlog) == 0
+        await backlog.put(job(99), 1)  # a closed backlog takes nothing
+        assert len(backlog) == 0 and ran == []
 
     asyncio.run(scenario())

@@ -180,7 +180,7 @@ def test_malformed_engine_tokens_get_401(caplog: pytest.LogCaptureFixture) -> No
 def test_client_gone_mid_body_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     """A client that closed before its body arrived was logged as "Exception in ASGI application"
     with a traceback (starlette's ClientDisconnect)."""
-    rpc = RpcServer("test", METHODS)
+    rpc = RpcServer("test", METHODS, small_body=10)  # so that bodies_held shows the reading
     with serving(rpc, caplog) as server:
         for _ in range(3):
             sock = connect(server, head(1000) + b'{"jsonrpc"')
@@ -242,7 +242,7 @@ def test_a_trickled_body_is_closed_once_behind_the_body_rate(
     request 503. Now a body that falls behind ``body_rate`` after its first ``idle_timeout``
     seconds is closed, and what it held is given back."""
     limits = HttpLimits(max_connections=4, header_timeout=1.0, idle_timeout=0.5, body_rate=100)
-    rpc = RpcServer("test", METHODS, max_body=1000, body_budget=2000)
+    rpc = RpcServer("test", METHODS, max_body=1000, body_budget=2000, small_body=10)
     with serving(rpc, caplog, limits) as server:
         started = time.monotonic()
         trickles = [connect(server, head(1000)) for _ in range(2)]
@@ -308,7 +308,7 @@ def test_bodies_in_flight_share_one_budget(caplog: pytest.LogCaptureFixture) -> 
     bodies of concurrent requests together. Now a request that does not fit in what the others
     leave is answered 503 before its body is read; small requests still pass; what a request held
     is given back once it is answered."""
-    rpc = RpcServer("test", METHODS, max_body=1000, body_budget=1500)
+    rpc = RpcServer("test", METHODS, max_body=1000, body_budget=1500, small_body=10)
     call = b'{"jsonrpc":"2.0","id":1,"method":"add","params":[1,2]}'
     with serving(rpc, caplog) as server:
         first = connect(server, head(1000) + call[:10])
@@ -330,6 +330,28 @@ def test_bodies_in_flight_share_one_budget(caplog: pytest.LogCaptureFixture) -> 
         wait_until(lambda: rpc.bodies_held == 0, WAIT_S)
         with connect(server, head(10**9)) as huge:  # over max_body: refused unread
             assert read_answer(huge).startswith(b"HTTP/1.1 413")
+
+
+def test_large_requests_holding_the_budget_cannot_stop_small_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Heads declaring large bodies that never come hold the whole budget (until the idle
+    timeout), but a call whose body is at most ``small_body`` bytes is outside the budget and is
+    answered all the same; a large one is refused 503."""
+    rpc = RpcServer("test", METHODS, max_body=1000, body_budget=2000, small_body=100)
+    with serving(rpc, caplog) as server:
+        holders = [connect(server, head(1000)) for _ in range(2)]
+        try:
+            wait_until(lambda: rpc.bodies_held == 2000, WAIT_S)
+            with RpcClient(server.url, timeout=WAIT_S) as client:
+                assert client.call("add", 1, 2) == 3
+            with connect(server, head(500)) as large:
+                assert read_answer(large).startswith(b"HTTP/1.1 503")
+            assert rpc.bodies_held == 2000
+        finally:
+            for holder in holders:
+                holder.close()
+        wait_until(lambda: rpc.bodies_held == 0, WAIT_S)
 
 
 # -- real processes -----------------------------------------------------------------------------

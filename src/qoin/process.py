@@ -188,7 +188,7 @@ class Child:
                 stderr=subprocess.PIPE if output.split or output.forward else subprocess.STDOUT,
                 stdin=stdin,
                 start_new_session=True,
-                # Only a C call and a comparison run between fork and exec (no lock is taken).
+                # Only C calls and a comparison run between fork and exec (no lock is taken).
                 preexec_fn=functools.partial(lifeline, parent, signal.SIGTERM),  # noqa: PLW1509
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -493,12 +493,15 @@ _PRCTL = _load_prctl()  # loaded here: nothing is loaded between fork and exec
 
 
 def lifeline(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
-    """In a child (between fork and exec, or first thing in a worker process): ask the kernel
-    for ``sig`` when our parent's forking thread ends, then exit at once (status
+    """In a child (between fork and exec, or first thing in a worker process): unblock ``sig``,
+    ask the kernel for it when our parent's forking thread ends, then exit at once (status
     :data:`EXIT_ORPHANED`) if the parent is no longer ``parent`` (the pid it had when it forked
     us: it died before the lifeline was set). Linux only; elsewhere nothing."""
     if _PRCTL is None:
         return
+    # A signal mask survives fork and exec: a child forked by a thread that blocks ``sig`` would
+    # keep the kernel's signal pending for ever.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (sig,))
     if _PRCTL(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig)) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
@@ -549,19 +552,76 @@ def stop_on_signals(
     """Within the block, SIGINT and SIGTERM call ``stop`` (a long-running loop then finishes at its
     next poll) instead of raising at an arbitrary point, which could fall between a durable commit
     and the in-memory update that follows it. Yields the list of signals received. Handlers are set
-    explicitly: a shell may start background jobs with SIGINT ignored."""
+    explicitly: a shell may start background jobs with SIGINT ignored. Call it on the main thread.
+
+    ``stop`` runs on a thread of its own (:func:`_dispatch_signals`), woken by the signal's byte on
+    Python's wakeup file descriptor, never in a Python signal handler: such a handler runs only on
+    the main thread, and only once that thread runs Python code again, which a main thread blocked
+    in a lock wait (``Event.wait()``) does not do when the kernel delivered the signal to another
+    of the process's threads; and a handler that takes a lock (``Event.set``) deadlocks if the
+    signal came while the main thread held it."""
     received: list[int] = []
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int) -> None:
         received.append(signum)
         stop()
 
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    _start_dispatcher()
+    with _dispatch_lock:
+        for sig in signals:
+            _dispatch.setdefault(sig, []).append(on_signal)
+    wakeup = signal.set_wakeup_fd(_wakeup[1], warn_on_full_buffer=False)  # before the handlers
+    previous = {sig: signal.signal(sig, _no_op) for sig in signals}
     try:
         yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        signal.set_wakeup_fd(wakeup)
+        with _dispatch_lock:
+            for sig in signals:
+                _dispatch[sig].remove(on_signal)
+
+
+def _no_op(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler of a signal :func:`stop_on_signals` handles: it only replaces the
+    default action (the signal's byte on the wakeup fd does the work)."""
+
+
+_dispatch: dict[int, list[Callable[[int], None]]] = {}
+"""Per signal, the ``stop_on_signals`` callbacks in force, the innermost last."""
+_dispatch_lock = threading.Lock()
+_wakeup: tuple[int, int] = (-1, -1)
+"""Python's signal wakeup pipe (read end, non-blocking write end) once the dispatcher runs."""
+
+
+def _start_dispatcher() -> None:
+    global _wakeup  # noqa: PLW0603 (one wakeup pipe and one dispatching thread per process)
+    with _dispatch_lock:
+        if _wakeup[0] >= 0:
+            return
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        _wakeup = (read_end, write_end)
+    threading.Thread(
+        target=_dispatch_signals, args=(read_end,), name="qoin signals", daemon=True
+    ).start()
+
+
+def _dispatch_signals(read_end: int) -> None:
+    """Call the innermost callback of every signal whose byte the C-level handler wrote (on
+    whichever thread the kernel delivered it to)."""
+    while True:
+        for signum in os.read(read_end, 64):
+            with _dispatch_lock:
+                callbacks = _dispatch.get(signum)
+                callback = callbacks[-1] if callbacks else None
+            if callback is None:
+                continue
+            try:
+                callback(signum)
+            except Exception as exc:  # the next signal must still be dispatched
+                note(f"error: stopping on signal {signum} failed: {exc!r}")
 
 
 class _ForgivingFile(io.RawIOBase):

@@ -6,9 +6,10 @@ A peer relaying a long branch that will never be the head must not cost that for
 side block (its parent is not the head) is executed only when
 
 * its branch is *competitive*: the GHOST weight the branch would have at the fork point (its stored
-  part, and at most what the block and the blocks waiting on it can add: their work and the work
-  of the siblings they reference, :func:`weight_bound`) plus :data:`COMPETITIVE_MARGIN_BLOCKS` of
-  the head block's work reaches the weight of the head's branch there; or
+  part, and at most what the kept blocks on it can add: their work and the work of the siblings
+  they reference, :func:`weight_bound`; every kept continuation past the fork point counts,
+  :func:`pending_branch`) plus :data:`COMPETITIVE_MARGIN_BLOCKS` of the head block's work reaches
+  the weight of the head's branch there; or
 * it is *near the head*: the fork point is at most :data:`NEAR_HEAD_DEPTH` blocks below the head and
   the block at most that many above the fork point (a natural fork, cheap to execute).
 
@@ -25,7 +26,8 @@ does the importing.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from qoin.chain import forkchoice
 from qoin.chain.block import Block, Header
@@ -84,6 +86,22 @@ def side_branch(forks: forkchoice.Store, head: bytes, parent_hash: bytes, work: 
     if stored:  # the branch has stored blocks already
         side_weight += forks.weights[stored[0]]
     return SideBranch(fork_height, side_weight, head_weight)
+
+
+def pending_branch(
+    forks: forkchoice.Store, head: bytes, pending: PendingBlocks, parent: Header, first: bytes
+) -> tuple[SideBranch, list[bytes]]:
+    """The branch that the kept blocks on the stored ``parent`` (not the head), from the kept
+    ``first``, form against ``head``, and the kept children of ``parent`` it counts. Fork choice
+    adds up a block's subtrees: when ``parent`` is past the fork point, every kept continuation of
+    it weighs on the same branch (two, each too light alone, may outweigh the head's together);
+    when ``parent`` is on the head's chain (it is the fork point), each continuation is a branch
+    of its own, and only ``first``'s counts."""
+    branch = side_branch(forks, head, parent.block_hash, 0)
+    beyond_fork = branch.fork_height < parent.height
+    firsts = pending.waiting_on(parent.block_hash) if beyond_fork else [first]
+    added = pending.work(firsts, parent)
+    return replace(branch, side_weight=branch.side_weight + added), firsts
 
 
 def competitive(branch: SideBranch, head_work: int) -> bool:
@@ -169,14 +187,15 @@ class PendingBlocks:
                 frontier.append(child)
         return found
 
-    def work(self, block_hash: bytes, parent: Header) -> int:
-        """The most weight :meth:`subtree` adds to its branch once stored (:func:`weight_bound`);
-        ``parent`` is the header of the kept ``block_hash``'s parent."""
+    def work(self, firsts: Sequence[bytes], parent: Header) -> int:
+        """The most weight the :meth:`subtree` of each kept block in ``firsts`` (all children of
+        the stored ``parent``) adds to its branch once stored (:func:`weight_bound`)."""
         headers = {parent.block_hash: parent}
         total = 0
-        for block in self.subtree(block_hash):  # parents first
-            headers[block.block_hash] = block.header
-            total += weight_bound(block, headers[block.header.parent_hash])
+        for first in firsts:
+            for block in self.subtree(first):  # parents first
+                headers[block.block_hash] = block.header
+                total += weight_bound(block, headers[block.header.parent_hash])
         return total
 
     def take(self, block_hash: bytes) -> list[Block]:

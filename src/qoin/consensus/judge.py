@@ -16,7 +16,9 @@ A client that gives no verdict (it timed out, is unreachable, refused the call o
 nonsense) is not lying: it is *quarantined* (:class:`Quarantine`) — not asked anything until its
 retry time, which backs off exponentially from :data:`QUARANTINE_FIRST_S` to
 :data:`QUARANTINE_MAX_S` while it keeps failing — and is back as soon as it answers a call again
-(the node then brings it to the head, replaying blocks it lacks).
+(the node then brings it to the head, replaying blocks it lacks). A failure within
+:data:`QUARANTINE_MAX_S` of that answer continues the row, so a client that answers one call and
+times out on the next is asked once per backoff period, not at every block.
 
 ACCEPTED (a client stored a deep side-branch block without executing it) and SYNCING (it lacks the
 parent) are not verdicts: such a block goes to re-execution too, and with no witness to be had
@@ -144,12 +146,20 @@ class Quarantine:
         self.first_s = first_s
         self.max_s = max_s
         self._entries: dict[str, Quarantined] = {}
+        self._released: dict[str, tuple[float, Quarantined]] = {}
+        """Clients that answered again, with when and their last row: a failure within
+        ``max_s`` of that answer continues the row (a client that answers one call and times out
+        on the next must not be asked at full rate). One entry per client URL at most."""
         self._lock = threading.Lock()
 
     def fail(self, url: str, reason: str) -> Quarantined:
-        """Record a failure of ``url``: quarantined (again), for twice as long as last time."""
+        """Record a failure of ``url``: quarantined (again), for twice as long as last time (also
+        when it answered in between, unless it then stayed well for ``max_s``)."""
         with self._lock:
             last = self._entries.get(url)
+            released = self._released.pop(url, None)
+            if last is None and released is not None and self.clock() - released[0] < self.max_s:
+                last = released[1]
             failures = 1 if last is None else last.failures + 1
             wait = min(self.max_s, self.first_s * 2 ** min(failures - 1, 32))
             entry = Quarantined(
@@ -161,7 +171,10 @@ class Quarantine:
     def release(self, url: str) -> bool:
         """``url`` answered: no longer quarantined. Whether it was."""
         with self._lock:
-            return self._entries.pop(url, None) is not None
+            entry = self._entries.pop(url, None)
+            if entry is not None:
+                self._released[url] = (self.clock(), entry)
+            return entry is not None
 
     def holds(self, url: str) -> bool:
         """Whether ``url`` is quarantined and its retry time has not come."""

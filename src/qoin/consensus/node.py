@@ -38,6 +38,7 @@ from qoin.consensus.branches import (
     PendingBlocks,
     SideBranchPending,
     competitive,
+    pending_branch,
     side_branch,
     weight_bound,
     worth_executing,
@@ -302,18 +303,21 @@ class ConsensusNode:
     def _judge_if_competitive(
         self, pending: bytes, block: Block, old_head: bytes, result: ImportResult
     ) -> ImportResult:
-        """Judge the pending branch that ``pending`` is on, parents first, if it is competitive
+        """Judge the pending branch that ``pending`` is on (with the other pending blocks that
+        weigh on the same branch, :func:`pending_branch`), parents first, if it is competitive
         now; what importing ``block`` did (``result`` so far, and this)."""
         root = self.pending.lowest(pending)
         parent_hash = root.header.parent_hash
         if not self.chain.has_block(parent_hash):
             return result
         head = self.chain.head_header
-        work = self.pending.work(root.block_hash, self._stored_header(parent_hash))
-        branch = side_branch(self.chain.forks, head.block_hash, parent_hash, work)
+        parent = self._stored_header(parent_hash)
+        branch, firsts = pending_branch(
+            self.chain.forks, head.block_hash, self.pending, parent, root.block_hash
+        )
         if not competitive(branch, block_work(head)):
             return result
-        blocks = self.pending.take(root.block_hash)
+        blocks = [member for first in firsts for member in self.pending.take(first)]
         log.info(
             "side branch from height %d is competitive (weight %d against %d): judging its %d "
             "blocks",

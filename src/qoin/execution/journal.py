@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,8 +134,8 @@ class TransactionJournal:
 
     def append(self, tx: Transaction) -> None:
         """Append ``tx`` and fsync; :class:`JournalFull` if it does not :meth:`fit`,
-        :class:`JournalError` if the disk fails (the file is then rewritten before the next
-        append)."""
+        :class:`JournalError` if the disk fails (what was written of the record is cut off again
+        if the disk allows, and the file is rewritten before the next append)."""
         if not self.fits(tx):
             raise JournalFull(
                 f"the journal of local transactions is full ({self.max_bytes} bytes pending)"
@@ -149,6 +150,8 @@ class TransactionJournal:
             os.fsync(self._fd)
         except OSError as exc:
             self._dirty = True
+            with suppress(OSError):  # the refused record must not come back on replay
+                os.ftruncate(self._fd, self._size)
             raise JournalError(f"cannot record the transaction in {self.path}: {exc}") from None
         self._size += len(data)
 
@@ -165,13 +168,17 @@ class TransactionJournal:
         temporary = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a partial copy must not hold a full disk's space
+            raise
         # The old file is unlinked now: whatever fails below, no append may go on into it.
         self.close()
         _fsync_directory(self.path.parent)

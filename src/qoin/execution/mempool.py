@@ -346,8 +346,9 @@ class Mempool:
 
         A cursor above the top number cannot come from this pool (from an execution client
         whose clock went back between two lives, say): it counts as 0, so a caller that outlived
-        a restart is not held back until the new numbers pass its old cursor. Cost: O(log n + returned + removed numbers skipped),
-        the last bounded by the lazy compaction of the number log.
+        a restart is not held back until the new numbers pass its old cursor. Cost: O(log n +
+        returned + removed numbers skipped), the last bounded by the lazy compaction of the
+        number log.
         """
         if max_count < 1:
             raise ValueError("max_count must be at least 1")

@@ -13,9 +13,13 @@ execution client that dies first is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
+import termios
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from qoin.process import Child, ChildFailed, Output, note, stop_on_signals
 
@@ -34,12 +38,36 @@ def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> i
     exit status. Whatever happens here, both children are stopped before it returns."""
     stop = threading.Event()
     children: list[Child] = []
+    terminal = _terminal_settings()
     with stop_on_signals(stop.set, STOP_SIGNALS) as received:
         try:
             return _run(execution_args, consensus_args, stop, received, children)
         finally:
             for child in reversed(children):  # consensus first, then execution
                 child.stop(STOP_TIMEOUT_S)
+            _restore_terminal(terminal)
+
+
+def _terminal_settings() -> list[Any] | None:
+    """The settings of our terminal, if stdin is one (the consensus client shares it to prompt
+    for a password)."""
+    try:
+        return termios.tcgetattr(sys.stdin.fileno())
+    except (termios.error, AttributeError, OSError, ValueError):
+        return None
+
+
+def _restore_terminal(settings: list[Any] | None) -> None:
+    """Put back our terminal's settings if a child changed them: a consensus client stopped
+    while it prompted for a password dies with the terminal's echo off."""
+    if settings is None or _terminal_settings() == settings:
+        return
+    ignored = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # run in the background, too
+    try:
+        with contextlib.suppress(termios.error, OSError, ValueError):
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, settings)
+    finally:
+        signal.signal(signal.SIGTTOU, ignored)
 
 
 def _run(

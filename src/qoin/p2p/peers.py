@@ -57,8 +57,10 @@ Inbound handshakes
     A responder spends a signature on any initiator that completes the key exchange (spec §7),
     so :meth:`PeerManager.allow_inbound_handshake` rate-limits new inbound TCP connections per
     host with a token bucket (:data:`HANDSHAKE_BURST` at once, then one per
-    :data:`HANDSHAKE_REFILL_S`) before the handshake starts. (The listener also caps the
-    handshakes in flight from all hosts together, trusted loopback included.)
+    :data:`HANDSHAKE_REFILL_S`) before the handshake starts, and all hosts together, trusted
+    loopback included, with another (:data:`ALL_HANDSHAKES_BURST` at once, then
+    :data:`ALL_HANDSHAKES_PER_S` a second): a flood of handshakes cannot take more than a bounded
+    share of a core from mining and import. (The listener also caps the handshakes in flight.)
 
 Every table is bounded; every bad input raises a :class:`PeerError` subclass (a malformed
 address :class:`~qoin.p2p.addresses.PeerAddressError`, a malformed restored ban
@@ -124,6 +126,11 @@ HANDSHAKE_BURST: Final = 5
 """Inbound handshakes one host may start at once."""
 HANDSHAKE_REFILL_S: Final = 2.0
 """One more inbound handshake per host is allowed every this many seconds."""
+ALL_HANDSHAKES_BURST: Final = 64
+"""Inbound handshakes all hosts together may start at once."""
+ALL_HANDSHAKES_PER_S: Final = 16.0
+"""Inbound handshakes all hosts together may start per second after the burst (each costs the
+responder a hybrid signature and a key exchange, ≈ 10 ms of a core: at most ≈ 16 % of one)."""
 MAX_RATE_LIMITED_HOSTS: Final = 1_024
 """Hosts whose handshake rate is tracked, least recently seen dropped first."""
 
@@ -261,6 +268,14 @@ class _Bucket:
     updated: float
 
 
+def _refill(bucket: _Bucket, now: float, burst: int, per_s: float) -> None:
+    """Add the tokens earned since ``bucket`` was last refilled (``per_s`` a second), up to
+    ``burst``."""
+    elapsed = max(0.0, now - bucket.updated)
+    bucket.tokens = min(float(burst), bucket.tokens + elapsed * per_s)
+    bucket.updated = now
+
+
 def _check_limit(name: str, value: int, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise PeerConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
@@ -326,6 +341,7 @@ class PeerManager:
         self._known: OrderedDict[Endpoint, _DialState] = OrderedDict()
         self._dialling: dict[Endpoint, float] = {}
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._all_handshakes = _Bucket(float(ALL_HANDSHAKES_BURST), clock())
         for address in bootnodes:
             if not isinstance(address, PeerAddress):
                 raise PeerConfigError(f"a bootnode is a PeerAddress, got {address!r}")
@@ -462,32 +478,34 @@ class PeerManager:
     def allow_inbound_handshake(self, host: str) -> bool:
         """Whether to start a handshake with a new inbound TCP connection from ``host``.
 
-        False when no inbound slot is free, the host is banned, or the host has started more than
-        :data:`HANDSHAKE_BURST` handshakes recently (one more per :data:`HANDSHAKE_REFILL_S`).
-        Each true answer uses up one of the host's tokens. Call it before the handshake, so that a
+        False when no inbound slot is free, the host is banned, the host has started more than
+        :data:`HANDSHAKE_BURST` handshakes recently (one more per :data:`HANDSHAKE_REFILL_S`;
+        trusted loopback is exempt), or all hosts together more than :data:`ALL_HANDSHAKES_BURST`
+        (:data:`ALL_HANDSHAKES_PER_S` more a second; nobody is exempt). Each true answer uses up
+        one token of each bucket that applies. Call it before the handshake, so that a
         refused host costs no signature; ``on_connected`` still decides after the handshake.
         """
         now = self._now()
         if not self.can_accept_inbound() or self._host_banned(host):
             return False
-        if self._host_exempt(host):
-            return True
-        key = host_key(host)
-        bucket = self._buckets.pop(key, None)
-        if bucket is None:
-            bucket = _Bucket(float(HANDSHAKE_BURST), now)
-        else:
-            elapsed = max(0.0, now - bucket.updated)
-            bucket.tokens = min(
-                float(HANDSHAKE_BURST), bucket.tokens + elapsed / HANDSHAKE_REFILL_S
-            )
-            bucket.updated = now
-        self._buckets[key] = bucket
-        while len(self._buckets) > MAX_RATE_LIMITED_HOSTS:
-            self._buckets.popitem(last=False)
-        if bucket.tokens < 1:
+        host_bucket = None
+        if not self._host_exempt(host):
+            key = host_key(host)
+            host_bucket = self._buckets.pop(key, None)
+            if host_bucket is None:
+                host_bucket = _Bucket(float(HANDSHAKE_BURST), now)
+            _refill(host_bucket, now, HANDSHAKE_BURST, 1 / HANDSHAKE_REFILL_S)
+            self._buckets[key] = host_bucket
+            while len(self._buckets) > MAX_RATE_LIMITED_HOSTS:
+                self._buckets.popitem(last=False)
+        _refill(self._all_handshakes, now, ALL_HANDSHAKES_BURST, ALL_HANDSHAKES_PER_S)
+        buckets = (
+            [self._all_handshakes] if host_bucket is None else [self._all_handshakes, host_bucket]
+        )
+        if any(bucket.tokens < 1 for bucket in buckets):
             return False
-        bucket.tokens -= 1
+        for bucket in buckets:
+            bucket.tokens -= 1
         return True
 
     def _dial_state(self, endpoint: Endpoint) -> _DialState | None:

@@ -126,23 +126,29 @@ class BlockRequests:
 
 class Backlog:
     """One peer's messages that wait on the chain, handled in order by :meth:`run`; at most
-    :data:`BACKLOG_MESSAGES` and :data:`BACKLOG_BYTES` (:meth:`put` waits for room)."""
+    :data:`BACKLOG_MESSAGES` and :data:`BACKLOG_BYTES` (:meth:`put` waits for room). Once closed
+    (:meth:`close`: the peer is gone) it holds nothing and takes nothing."""
 
     def __init__(self) -> None:
         self._jobs: deque[tuple[Job, int]] = deque()
         self._bytes = 0
         self._changed = asyncio.Event()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._jobs)
 
     async def put(self, job: Job, size: int) -> None:
-        """Queue ``job`` (for a message of ``size`` bytes) once there is room for it."""
-        while self._jobs and (
-            len(self._jobs) >= BACKLOG_MESSAGES or self._bytes + size > BACKLOG_BYTES
+        """Queue ``job`` (for a message of ``size`` bytes) once there is room for it; drop it if
+        the backlog is closed meanwhile (a reader waiting for room must not wait forever)."""
+        while not self._closed and (
+            self._jobs
+            and (len(self._jobs) >= BACKLOG_MESSAGES or self._bytes + size > BACKLOG_BYTES)
         ):
             self._changed.clear()
             await self._changed.wait()
+        if self._closed:
+            return
         self._jobs.append((job, size))
         self._bytes += size
         self._changed.set()
@@ -157,9 +163,18 @@ class Backlog:
             try:
                 await job()
             finally:
-                self._jobs.popleft()
-                self._bytes -= size
+                if self._jobs:  # not cleared by close()
+                    self._jobs.popleft()
+                    self._bytes -= size
                 self._changed.set()
+
+    def close(self) -> None:
+        """The peer is gone: forget the queued messages, and wake a :meth:`put` waiting for room
+        (it returns without queuing)."""
+        self._closed = True
+        self._jobs.clear()
+        self._bytes = 0
+        self._changed.set()
 
 
 @dataclass(eq=False)
@@ -235,6 +250,7 @@ class PeerSession:
         if self.headers_waiter is not None and not self.headers_waiter.done():
             self.headers_waiter.cancel()
         self.block_requests.cancel_all()
+        self.backlog.close()
         for task in self.tasks:
             if task is not spare:
                 task.cancel()

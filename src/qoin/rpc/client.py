@@ -2,7 +2,9 @@
 client's engine calls all call servers through :class:`RpcClient`.
 
 Every call is bounded: the answer in bytes (read as a stream, so a huge or trickling answer is cut
-off) and the whole call in time, not just each read. An optional token source adds
+off) and the whole call in time, not just each read: a call ends within about twice its bound (an
+answer still arriving once the bound has passed is cut off at its next chunk, which the per-read
+timeout, the bound itself, waits for). An optional token source adds
 ``Authorization: Bearer <token>`` to every request (a fresh engine JWT per call). Whatever goes
 wrong (unreachable, timed out, not JSON, an error object, no result) is one :class:`RpcCallError`
 whose message names the method and the URL; an error object's code and data are kept.

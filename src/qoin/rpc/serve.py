@@ -198,6 +198,7 @@ class BackgroundServer:
             lifespan="off",
             access_log=False,
             http=_bounded_protocol(limits),
+            ws="none",  # an Upgrade would hand the connection to a protocol without our bounds
             timeout_keep_alive=limits.keep_alive,
         )
         self._server = uvicorn.Server(config)

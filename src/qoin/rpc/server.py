@@ -18,7 +18,8 @@ Bodies above ``max_body`` bytes are refused with HTTP 413 before being read in f
 of all requests in flight together may hold at most ``body_budget`` bytes (by default two maximal
 bodies): a request whose declared length does not fit is answered HTTP 503 at once, unread, and one
 without a declared length when it outgrows what is left; what a request holds is given back once it
-is answered. A body is parsed only if it holds at most ``max_values`` JSON values (counted
+is answered. Bodies of at most ``small_body`` bytes (64 KiB: every call but a block's) are not
+counted, so large requests holding the budget cannot stop the everyday small ones. A body is parsed only if it holds at most ``max_values`` JSON values (counted
 before parsing, from the bytes that open a value: ``[``, ``{``, ``,`` and ``:``), else it is
 answered HTTP 413: each value costs tens of bytes once parsed whatever its size in the body (a
 5 MiB ``[[],[],…]`` would take 120 MiB), so the budget bounds the memory of requests only with
@@ -56,6 +57,9 @@ MAX_BATCH = 100
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
 DEFAULT_MAX_VALUES = 64 * 1024
 """JSON values one body may hold (the largest call, ``engine_submitTransactions``, holds ~4,100)."""
+DEFAULT_SMALL_BODY = 64 * 1024
+"""Bodies up to this size are outside the body budget (a transaction is at most 32 KiB, 64 KiB
+in hex)."""
 _MAX_LENGTH_DIGITS = 20
 """A Content-Length longer than this is refused unread (never parsed as a number)."""
 
@@ -192,7 +196,10 @@ class _BodyClaim:
     held: int = 0
 
     def grow_to(self, size: int) -> None:
-        """Hold ``size`` bytes in all, or raise :class:`BodyRefused` (503) if they do not fit."""
+        """Hold ``size`` bytes in all, or raise :class:`BodyRefused` (503) if they do not fit
+        (nothing is held while ``size`` is small)."""
+        if size <= self.server.small_body:
+            return
         extra = size - self.held
         if extra <= 0:
             return
@@ -248,6 +255,7 @@ class RpcServer:
         max_body: int = DEFAULT_MAX_BODY,
         body_budget: int | None = None,
         max_values: int = DEFAULT_MAX_VALUES,
+        small_body: int = DEFAULT_SMALL_BODY,
     ) -> None:
         self.title = title
         self.methods = {m.name: m for m in methods}
@@ -259,6 +267,10 @@ class RpcServer:
         """Bytes they hold now."""
         self.max_values = max_values
         """JSON values one body may hold (an upper bound, counted before parsing)."""
+        self.small_body = small_body
+        """Bodies of at most this many bytes are not counted in the budget: whoever holds the
+        budget with large requests (even heads whose body never comes) cannot stop the small
+        ones, the everyday calls; they are bounded by the connection cap instead."""
         discover = Method("rpc.discover", self.openrpc, (), {"type": "object"}, "OpenRPC document")
         self.methods.setdefault(discover.name, discover)
         self.app = Starlette(routes=[Route("/", self.endpoint, methods=["POST"])])
