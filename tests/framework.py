@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import random
 import re
 import signal
@@ -41,6 +40,7 @@ from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.process import KEEP_ALL, STOP_TIMEOUT_S, Child, ChildFailed, Line, Output
+from qoin.process import stop_all as stop_children
 from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import create_secret
 from tests.chainutil import test_genesis
@@ -64,8 +64,6 @@ START_S = 60.0
 """How long a process may take to print its ready line."""
 OUTPUT_CHARS = 4_000
 """Characters of a process's output quoted when it fails."""
-DRAIN_LINES = 100_000
-"""The most lines :func:`output` takes from a child's queue in one call."""
 DESCRIPTION_CHARS = 2_000
 """Characters of a predicate's description and last value quoted when a wait fails."""
 
@@ -145,18 +143,8 @@ test_seed.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def output(child: Child) -> str:
-    """Everything ``child`` printed so far, without waiting (lines still in the pipe are not;
-    at most :data:`DRAIN_LINES` more lines are taken, so a chatty child cannot keep us here)."""
-    for _ in range(DRAIN_LINES):
-        try:
-            line = child.incoming.get_nowait()
-        except queue.Empty:
-            break
-        if line is None:
-            child.incoming.put(None)  # keep the end mark for later waits
-            break
-        child.seen.append(line)
-    return "".join(line.text for line in child.seen)
+    """Everything ``child`` printed so far, without waiting (lines still in the pipe are not)."""
+    return "".join(line.text for line in child.collect())
 
 
 def read_to_end(child: Child, timeout: float = STOP_TIMEOUT_S) -> list[Line]:
@@ -532,11 +520,7 @@ class Network:
         last = [child for child in self.children if id(child) in executions]
         self.children.clear()
         for group in (first, last):
-            for child in group:
-                child.terminate()
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            for child in group:
-                code = child.finish(deadline)
+            for child, code in zip(list(group), stop_children(group), strict=True):
                 print(f"--- {child.name} (exit {code}):\n{output(child)[-OUTPUT_CHARS:]}")
         for node in self.nodes:
             node.processes.clear()

@@ -1,6 +1,5 @@
 """Blocks for process tests: :class:`Producer` builds them on its own chain and execution state.
-The processes themselves are started, called, waited for and stopped by :mod:`tests.framework`
-(whose test-network names are re-exported here for older imports).
+The processes themselves are started, called, waited for and stopped by :mod:`tests.framework`.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ from qoin.chain.builder import next_on_head
 from qoin.chain.chain import Chain
 from qoin.chain.transaction import Transaction
 from qoin.execution.state import ExecutionState, PayloadStatus
-from tests.framework import FUNDED, MINER, genesis, pay
-
-__all__ = ["FUNDED", "MINER", "Producer", "genesis", "pay"]
+from tests.framework import MINER, genesis
 
 
 class Producer:

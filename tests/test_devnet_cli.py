@@ -21,9 +21,8 @@ from qoin.node.devnet import read_store, reorg_depth
 from qoin.process import ChildFailed, Output
 from tests.chainutil import mine_template, test_genesis
 from tests.cliutil import run_qoin
-from tests.framework import Network, read_to_end, wait_until
+from tests.framework import FUNDED, Network, read_to_end, wait_until
 from tests.keys import keypair_for
-from tests.procutil import FUNDED
 from tests.test_chain import FAR_FUTURE, grow, template
 
 RUN_S = 150.0

@@ -20,10 +20,11 @@ A child:
   (``time.perf_counter()``) is when the child wrote it, to within the pipe's latency. Its stdout and
   stderr are one pipe, unless they are told apart (:attr:`Output.split`) or forwarded to ours
   (:attr:`Output.forward`, as ``qoin node`` shows its clients' output); lines can also be appended
-  to a log file, given to a callback and watched for the first match of a pattern. Lines are bounded in length (longer ones are cut into
-  pieces) and decoded as UTF-8 whatever the child writes. A short-lived child's lines are all kept
-  for :meth:`Child.wait_for`; a long-running one keeps only its last lines and its watched matches
-  (:attr:`Output.keep`), so its memory stays bounded;
+  to a log file, given to a callback and watched for the first match of a pattern. Lines are
+  bounded in length (longer ones are cut into pieces) and decoded as UTF-8 whatever the child
+  writes. A short-lived child's lines are all kept for :meth:`Child.wait_for`; a long-running one
+  keeps only its last lines and its watched matches (:attr:`Output.keep`), so its memory stays
+  bounded;
 * is stopped with SIGTERM, a bounded wait, SIGKILL, and SIGKILL to whatever is left of its process
   group (a grandchild it could not stop).
 """

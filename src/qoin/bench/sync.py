@@ -58,9 +58,9 @@ ROUNDS = 3
 """Local imports and syncs measured, interleaved; the medians are compared."""
 GOAL_RATIO = 0.8
 SYNC_TIMEOUT_S = 600.0
+"""How long a sync may take before the benchmark gives up."""
 RPC_TIMEOUT_S = 60.0
 """How long one RPC call to a node may take (they share the cores with a sync)."""
-"""How long a sync may take before the benchmark gives up."""
 STATUS_POLL_S = 0.25
 """How often the syncing node's status is read while no sync-ended line comes."""
 CAUGHT_UP_POLL_S = 0.05

@@ -8,9 +8,9 @@ judged once its branch is competitive. After the head moves, every usable execut
 (``engine_forkchoiceUpdated``); a client that lacks blocks (SYNCING) is replayed the canonical chain
 first, and so is a client that answers again after a quarantine.
 
-``consensus_status`` never waits for the chain lock (an import may hold it for as long as an engine
-call takes): it answers from a snapshot of the head, refreshed after every change and whenever the
-lock is free.
+``consensus_status`` never waits long for the chain lock (an import may hold it for as long as an
+engine call takes): it answers from a snapshot of the head, refreshed after every change and
+whenever the lock is free within :data:`STATUS_LOCK_WAIT_S`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Final
 
 from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
-from qoin.files import write_atomically
+from qoin.files import FileReadError, read_bounded, write_atomically
 from qoin.p2p.addresses import PeerAddressError, parse_host_key
 from qoin.p2p.misbehaviour import Misbehaviour
 
@@ -162,15 +162,12 @@ class BanFile:
     def load(self, wall_now: float) -> tuple[BanEntry, ...]:
         """The saved bans not expired by ``wall_now`` (none if there is no file); raises
         :class:`BanListError` for a file that cannot be read, is too large or is damaged."""
-        try:
-            with self.path.open("rb") as file:
-                text = file.read(MAX_BANS_FILE_BYTES + 1)
-        except FileNotFoundError:
+        if not self.path.exists():
             return ()
-        except OSError as exc:
-            raise BanListError(f"cannot read {self.path}: {exc}") from exc
-        if len(text) > MAX_BANS_FILE_BYTES:
-            raise BanListError(f"{self.path} is larger than {MAX_BANS_FILE_BYTES} bytes")
+        try:
+            text = read_bounded(self.path, MAX_BANS_FILE_BYTES, "ban file")
+        except FileReadError as exc:
+            raise BanListError(str(exc)) from exc
         try:
             return bans_from_json(text.decode(), wall_now)
         except (BanListError, UnicodeDecodeError) as exc:

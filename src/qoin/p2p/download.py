@@ -85,11 +85,10 @@ class BlockSync:
         if self._session is not None and self._session.peer is peer:
             self._session.download.abort()  # the sync ends; _sync then lets another start
 
-    def consider(self, peer: PeerSession | None = None) -> None:
+    def consider(self) -> None:
         """Start a sync from the best candidate if none is running: the peer claiming the most
         work among those ahead of us (more work, or a higher head) and not resting after a sync
-        that failed. ``peer`` is the one whose news prompted the call (unused: every peer is
-        considered)."""
+        that failed."""
         if self.syncing is not None:
             return
         _, our_height, our_work = self.blocks.head

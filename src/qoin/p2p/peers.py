@@ -80,8 +80,6 @@ from typing import Final, TypeVar
 
 from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
-
-# Re-exported for qoin.consensus.node, which imports them from here (to move to addresses).
 from qoin.p2p.addresses import (
     Endpoint,
     PeerAddress,

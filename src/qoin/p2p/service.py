@@ -146,7 +146,8 @@ class P2PService:
         self._load_bans()
 
     def _consider_sync(self, peer: PeerSession) -> None:
-        self._sync.consider(peer)
+        """A peer's blocks are far above our head: every peer is considered for a sync."""
+        self._sync.consider()
 
     def _message_handlers(
         self,
@@ -422,7 +423,7 @@ class P2PService:
         if peer.inbound and status.listen_port:
             self.peers.add_known([PeerAddress(peer.address.host, status.listen_port, peer.node_id)])
         log.info("peer %s connected: head height %d", peer.label, status.head_height)
-        self._sync.consider(peer)
+        self._sync.consider()
 
     # -- messages -----------------------------------------------------------------------------
 

@@ -19,14 +19,15 @@ of all requests in flight together may hold at most ``body_budget`` bytes (by de
 bodies): a request whose declared length does not fit is answered HTTP 503 at once, unread, and one
 without a declared length when it outgrows what is left; what a request holds is given back once it
 is answered. Bodies of at most ``small_body`` bytes (64 KiB: every call but a block's) are not
-counted, so large requests holding the budget cannot stop the everyday small ones. A body is parsed only if it holds at most ``max_values`` JSON values (counted
-before parsing, from the bytes that open a value: ``[``, ``{``, ``,`` and ``:``), else it is
-answered HTTP 413: each value costs tens of bytes once parsed whatever its size in the body (a
-5 MiB ``[[],[],…]`` would take 120 MiB), so the budget bounds the memory of requests only with
-this bound. A request ``id`` or ``method`` that is not valid Unicode (a lone UTF-16 surrogate such
-as ``"\ud800"``) is an invalid request; answers are always UTF-8 (a surrogate a handler echoes back
-is replaced). A client that disconnects mid-request is no error of ours: nothing is logged.
-``rpc.discover`` returns the OpenRPC document describing every method.
+counted, so large requests holding the budget cannot stop the everyday small ones. A body is
+parsed only if it holds at most ``max_values`` JSON values (counted before parsing, from the bytes
+that open a value: ``[``, ``{``, ``,`` and ``:``), else it is answered HTTP 413: each value costs
+tens of bytes once parsed whatever its size in the body (a 5 MiB ``[[],[],…]`` would take
+120 MiB), so the budget bounds the memory of requests only with this bound. A request ``id`` or
+``method`` that is not valid Unicode (a lone UTF-16 surrogate such as ``"\\ud800"``) is an invalid
+request; answers are always UTF-8 (a surrogate a handler echoes back is replaced). A client that
+disconnects mid-request is no error of ours: nothing is logged. ``rpc.discover`` returns the
+OpenRPC document describing every method.
 """
 
 from __future__ import annotations
