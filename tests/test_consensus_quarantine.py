@@ -135,6 +135,12 @@ def test_a_client_that_does_not_answer_is_quarantined_then_back(
         assert "unreachable" in held[down]["reason"]
         assert [c.url for c in judge.active] == [engines.honest]
         assert [s["state"] for s in report["executionClients"]] == ["quarantined", "active"]
+        # 0 s means due: 40 ms before its retry the status said 0 (rounded) while the client was
+        # still left out, and a test that submitted on that 0 raced the retry
+        engines.clock.now += QUARANTINE_FIRST_S - 0.04
+        assert judge.report()["quarantined"][down]["retryInS"] == 0.1
+        assert [c.url for c in judge.active] == [engines.honest]
+        engines.clock.now -= QUARANTINE_FIRST_S - 0.04
         # it comes back on the same port (with a state of its own); once due it is asked again,
         # and answers
         second = ExecutionState.open(tmp_path / "second", genesis())

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -281,7 +282,7 @@ class ExecutionJudge:
                 "reason": entry.reason,
                 "failures": entry.failures,
                 "since": entry.since,
-                "retryInS": round(self.quarantine.retry_in(entry), 1),
+                "retryInS": math.ceil(self.quarantine.retry_in(entry) * 10) / 10,  # 0: due now
             }
             for url, entry in held.items()
             if url not in dropped
