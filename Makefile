@@ -42,3 +42,13 @@ test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The example contracts (examples/contracts/README.md): rebuild every .wasm from its source, or
+# check that the committed builds are exactly what the sources make (needs npm for the
+# AssemblyScript one).
+.PHONY: contracts contracts-check
+contracts: $(STAMP)
+	$(BIN)/python examples/contracts/build.py
+
+contracts-check: $(STAMP)
+	$(BIN)/python examples/contracts/build.py --check

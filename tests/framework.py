@@ -277,10 +277,12 @@ class Node:
 
     def start_supervisor(self, *args: str) -> None:
         """Start ``qoin node ARGS`` (its own execution and consensus clients) in :attr:`datadir`;
-        its user RPC is :attr:`user`."""
+        its user RPC is :attr:`user`. Its consensus RPC port is one the system picks, unless
+        ``args`` name one (tests run side by side; the default port would clash)."""
+        ports = [] if "--consensus-rpc-port" in args else ["--consensus-rpc-port", "0"]
         found = self.start(
             SUPERVISOR,
-            ["node", "--datadir", str(self.datadir), *args],
+            ["node", "--datadir", str(self.datadir), *ports, *args],
             r"user RPC (http://[^\s,]+)",
         )
         self._user = self.network.client(found[1])

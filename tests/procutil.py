@@ -9,7 +9,7 @@ from pathlib import Path
 from qoin.chain.block import Block
 from qoin.chain.builder import next_on_head
 from qoin.chain.chain import Chain
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.execution.state import ExecutionState, PayloadStatus
 from tests.framework import MINER, genesis
 
@@ -21,7 +21,7 @@ class Producer:
         self.chain = Chain.open(workdir / "producer-chain", genesis())
         self.state = ExecutionState.open(workdir / "producer-execution", genesis())
 
-    def block(self, txs: tuple[Transaction, ...] = (), honest_roots: bool = True) -> Block:
+    def block(self, txs: tuple[AnyTransaction, ...] = (), honest_roots: bool = True) -> Block:
         """The next block with ``txs``; with ``honest_roots=False`` its state and receipts roots
         are zero (for a block whose execution fails)."""
         execution = self.state if honest_roots else None

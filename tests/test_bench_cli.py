@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from qoin.bench.contracts import table
 from tests.cliutil import run_qoin
 
 
@@ -50,7 +51,8 @@ def test_bench_sampling_json() -> None:
     assert report["benchmark"] == "sampling"
     assert report["samples"] == 4
     assert report["transactions"] == 16
-    assert report["sampled_accounts_per_block"] == 4
+    assert report["sampled_keys_per_block"] == 4
+    assert report["touched_keys_per_block"] >= 4
     assert report["peak_rss_bytes"] > 0
     assert report["machine"]["cpus"] >= 1
     for path in ("sampling", "stateless"):
@@ -94,3 +96,45 @@ def test_bench_sync_json() -> None:
     assert abs(report["ratio"] - ratio) < 1e-9
     assert report["goal"] == 0.8
     assert report["met"] == (report["ratio"] >= 0.8)
+
+
+def test_bench_contracts_json() -> None:
+    result = run_qoin(
+        "bench", "contracts", "--json", "--senders", "3", "--blocks", "1",
+        "--txs-per-block", "6", "--sampling-txs-per-block", "9", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["benchmark"] == "contracts"
+    assert report["transactions"] == 6
+    assert report["machine"]["cpus"] >= 1
+    assert report["peak_rss_bytes"] > 0
+    imports = report["import"]
+    assert set(imports) == {"transfer", "counter", "token", "names"}
+    for figures in imports.values():
+        assert figures["tx_per_s"] > 0
+        assert len(figures["runs_tx_per_s"]) == report["rounds"]
+    assert imports["transfer"]["gas_per_tx"] == 21_000
+    assert imports["counter"]["gas_per_tx"] > 21_000  # the calls ran: they paid for storage
+    for name, goal in (("counter", 0.5), ("token", 0.5), ("names", 0.8)):
+        ratio = report["ratios"][f"{name}_to_transfer"]
+        expected = imports[name]["tx_per_s"] / imports["transfer"]["tx_per_s"]
+        assert abs(ratio["ratio"] - expected) < 1e-9
+        assert ratio["goal"] == goal
+        assert ratio["goal_met"] == (ratio["ratio"] >= goal)
+    wasm = report["wasm"]
+    assert wasm["spin_gas_per_s"] > 0 and wasm["counter_call_us"] > 0
+    assert wasm["counter_gas_per_call"] > 0
+    sampling = report["sampling"]
+    assert sampling["samples"] == 16
+    for path in ("sampling", "stateless"):
+        assert 0 < sampling[path]["min_ms"] <= sampling[path]["mean_ms"]
+    assert sampling["sampling"]["mean_ms"] <= sampling["sampling"]["worst_ms"]
+    ratio = sampling["stateless"]["mean_ms"] / sampling["sampling"]["mean_ms"]
+    assert abs(sampling["ratio"] - ratio) < 1e-9
+    assert sampling["goal_met"] == (sampling["ratio"] >= 10)
+    # Without --json the same figures print as a small table.
+    lines = table(report).splitlines()
+    assert lines[2].split() == ["workload", "tx/s", "gas/tx", "vs", "transfer", "goal", "met"]
+    assert [line.split()[0] for line in lines[3:7]] == ["transfer", "counter", "token", "names"]
+    assert any(line.startswith("sampling k=16") for line in lines)

@@ -20,8 +20,21 @@ from typing import Any
 
 import pytest
 
+from qoin.actors import NAMES_ADDRESS
+from qoin.actors.names import FEE_PER_BLOCK, MIN_TERM
 from qoin.chain.block import Block
-from tests.framework import CONSENSUS, FUNDED, Network, Node, pay, read_to_end
+from qoin.chain.transaction import sign_call
+from qoin.execution.abi import encode_call
+from tests.framework import (
+    CONSENSUS,
+    FUNDED,
+    Network,
+    Node,
+    genesis,
+    pay,
+    read_to_end,
+    wait_until,
+)
 from tests.keys import keypair_for
 from tests.procutil import Producer
 
@@ -253,3 +266,29 @@ def test_a_deep_side_branch_is_judged_and_the_execution_client_returns_to_the_he
     finally:
         side.close()
     node.stop(CONSENSUS)
+
+
+def test_a_falsified_storage_value_is_caught_by_sampling(net: Network) -> None:
+    """A lying execution client builds a payload whose state root has one storage value of the
+    ``names`` actor changed (and serves proofs that verify against it); sampling every key
+    catches it, and the client is dropped."""
+    liar = net.execution("liar", "--dishonest", "wrong-storage-value")
+    judge = net.add("consensus")
+    judge.engines = [str(liar.engine)]  # the liar alone: an honest client would disagree first
+    tx = sign_call(
+        FUNDED,
+        chain_id=genesis().chain_id,
+        nonce=0,
+        to=NAMES_ADDRESS,
+        data=encode_call("register", ["bobby", bytes(32), MIN_TERM]),
+        value=FEE_PER_BLOCK * MIN_TERM,
+        gas_limit=300_000,
+        fee_per_gas=1,
+        reveal_keys=True,
+    )
+    assert len(liar.user.call("qoin_sendRawTransaction", tx.encode().hex())) == 64
+    judge.start_consensus("--mine", "--blocks", "1", "--workers", "1", "--samples", "1024")
+    judge.child(CONSENSUS).wait_for("dropping execution client", timeout=60)
+    dropped = wait_until(lambda: judge.status()["dropped"] or None, what="the liar dropped")
+    assert "the trace leaves it" in dropped[str(liar.engine)]["reason"]
+    judge.stop(CONSENSUS)

@@ -25,6 +25,7 @@ from qoin.consensus.judge import (
     Quarantine,
 )
 from qoin.consensus.node import genesis_state_root
+from qoin.execution.account import state_key
 from qoin.execution.client import ExecutionClient
 from qoin.execution.dishonest import DishonestClient
 from qoin.execution.state import ExecutionState
@@ -205,7 +206,7 @@ def test_a_refusal_is_an_answer(engines: Engines, tmp_path: Path) -> None:
     try:
         client = judge.clients[0]
         with pytest.raises(EngineError, match="unknown block") as refused:
-            client.get_proofs(bytes(32), [MINER.address])
+            client.get_proofs(bytes(32), [state_key(MINER.address)])
         assert not isinstance(refused.value, ClientUnavailable | MalformedAnswer)
         assert judge.report()["quarantined"] == {} and judge.active == [client]
         with pytest.raises(ClientUnavailable):

@@ -23,6 +23,7 @@ from qoin.execution.account import (
     read_account,
     state_key,
 )
+from qoin.execution.receipt import Receipt, decode_receipts, encode_receipts
 from qoin.execution.transition import (
     BadFeePayout,
     BadNonce,
@@ -31,14 +32,12 @@ from qoin.execution.transition import (
     InsufficientBalance,
     KeysMismatch,
     MissingPublicKey,
-    Receipt,
-    decode_receipts,
-    encode_receipts,
     execute_block,
     touched_addresses,
 )
 from tests.chainutil import test_genesis
 from tests.keys import keypair_for
+from tests.statetools import post_accounts, reader
 from tests.strategies import HASHES
 
 CHAIN = test_genesis().chain_id
@@ -70,10 +69,6 @@ def block_of(*txs: Transaction, reward: int = 100, fees: int | None = None) -> B
     return Block(test_genesis().header, (), coinbase, tuple(txs))
 
 
-def reader(state: dict[Address, Account]):  # type: ignore[no-untyped-def]
-    return lambda address: state.get(address, EMPTY_ACCOUNT)
-
-
 def test_transfers_apply_in_order() -> None:
     alice, bob = keypair_for(index=2), keypair_for(index=3)
     state = {alice.address: Account(1_000)}
@@ -82,7 +77,7 @@ def test_transfers_apply_in_order() -> None:
         transfer(alice, bob.address, 50, nonce=1, reveal=False),  # keys revealed by tx 0
     ]
     outcome = execute_block(reader(state), block_of(*txs), workers=2)
-    post = outcome.post_accounts
+    post = post_accounts(state, outcome, bob.address, MINER)
     assert post[alice.address] == Account(1_000 - 154, 2, alice.public)
     assert post[bob.address] == Account(150, 0, None)
     assert post[MINER] == Account(104)
@@ -96,7 +91,7 @@ def test_revealed_keys_from_state() -> None:
     state = {alice.address: Account(500, 3, alice.public)}
     tx = transfer(alice, bob.address, 10, nonce=3, reveal=False)
     outcome = execute_block(reader(state), block_of(tx))
-    assert outcome.post_accounts[alice.address].nonce == 4
+    assert post_accounts(state, outcome)[alice.address].nonce == 4
     assert outcome.receipts[0].revealed_keys is False
 
 
@@ -191,11 +186,17 @@ def test_receipt_encoding_is_canonical() -> None:
     ).receipts[0]
     data = receipt.encode()
     parsed = Reader(data)
+    assert parsed.u8() == 2  # receipt version
     assert parsed.varint() == 0
     assert parsed.fixed(32) == receipt.tx_id
     assert parsed.fixed(32) == receipt.sender.raw
     assert parsed.varint() == 300
     assert parsed.u8() == 1
+    assert parsed.u8() == 0  # success
+    assert parsed.varint() == 21_000  # a transfer's gas
+    assert parsed.var_bytes(256) == b""  # no reason
+    assert parsed.var_bytes(1 << 14) == b""  # no return data
+    assert parsed.varint() == 0  # no events
     parsed.finish()
 
 
@@ -222,7 +223,7 @@ def test_block_receipts_record_roundtrip_and_rejects_bad_input(
         shifted = (replace(receipts[0], index=1), *receipts[1:])
         with pytest.raises(DecodeError, match="carries index"):
             decode_receipts(encode_receipts(shifted))
-        flag_at = len(encode_varint(len(receipts))) + len(receipts[0].encode()) - 1
+        flag_at = len(encode_varint(len(receipts))) + len(receipts[0].encode()) - 6
         bad_flag = record[:flag_at] + b"\x02" + record[flag_at + 1 :]
         with pytest.raises(DecodeError, match="flag"):
             decode_receipts(bad_flag)

@@ -14,6 +14,7 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.hashing import HASH_SIZE
 from qoin.execution.account import AccountLeaf, state_key
 from qoin.execution.client import ExecutionClient
+from qoin.execution.overlay import TraceSummary, decode_step_records
 from qoin.execution.state import ExecutionState
 from qoin.pow.proof import placeholder_proof
 from qoin.rpc.client import RpcClient
@@ -114,10 +115,17 @@ def test_transfer_through_rpc_and_engine(node: Running) -> None:
     assert AccountLeaf.decode(value or b"") == AccountLeaf(1234)
     witness = engine(node.engine, "engine_getWitness", block.block_hash.hex())["result"]
     assert isinstance(witness, str) and len(witness) > 0
-    proofs = engine(node.engine, "engine_getProofs", block.block_hash.hex(), [str(BOB.address)])[
-        "result"
-    ]
-    assert len(proofs["proofs"]) == 1  # type: ignore[index]
+    bob_key = state_key(BOB.address).hex()
+    proofs = engine(node.engine, "engine_getProofs", block.block_hash.hex(), [bob_key])["result"]
+    assert [entry["key"] for entry in proofs["proofs"]] == [bob_key]  # type: ignore[index]
+    trace = engine(node.engine, "engine_getTrace", block.block_hash.hex())["result"]
+    steps = TraceSummary.decode(bytes.fromhex(trace)).steps  # type: ignore[arg-type]
+    assert len(steps) == 3  # cron, the transfer, the payouts
+    assert state_key(BOB.address) in dict(steps[1].post)
+    served = engine(node.engine, "engine_getSteps", block.block_hash.hex(), [1])["result"]
+    records = decode_step_records(bytes.fromhex(served))  # type: ignore[arg-type]
+    assert list(records) == [1] and steps[1].mismatch(records[1]) is None
+    assert AccountLeaf.decode(dict(records[1].post)[state_key(BOB.address)]) == AccountLeaf(1234)
     assert rpc(node.user, "qoin_getBlockByNumber", 1)["result"]["hash"] == block.block_hash.hex()  # type: ignore[index]
 
 

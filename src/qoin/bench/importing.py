@@ -26,7 +26,7 @@ from qoin.chain.block import Block
 from qoin.chain.builder import next_block
 from qoin.chain.genesis import Allocation, Genesis
 from qoin.chain.issuance import GENESIS_ALLOCATION
-from qoin.chain.transaction import Transaction, sign_transfer
+from qoin.chain.transaction import AnyTransaction, sign_transfer
 from qoin.crypto.batch import VerifyItem, default_workers, favour_verifier_threads, verify_many
 from qoin.crypto.hybrid import HybridKeyPair, generate_keypair
 from qoin.execution.state import ExecutionState, PayloadStatus
@@ -60,8 +60,8 @@ def bench_genesis(senders: list[HybridKeyPair], network: str = "bench-import") -
 
 def _sign_all(
     jobs: list[tuple[HybridKeyPair, int, bool]], recipient: HybridKeyPair
-) -> list[Transaction]:
-    def sign(job: tuple[HybridKeyPair, int, bool]) -> Transaction:
+) -> list[AnyTransaction]:
+    def sign(job: tuple[HybridKeyPair, int, bool]) -> AnyTransaction:
         keypair, nonce, reveal = job
         return sign_transfer(
             keypair,

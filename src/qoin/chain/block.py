@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction, read_transaction
 from qoin.crypto.address import ADDRESS_SIZE, Address
 from qoin.crypto.hashing import HASH_SIZE, TAG_BLOCK_HASH, tagged_hash
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
@@ -222,7 +222,7 @@ class Coinbase:
         )
 
 
-def transactions_root(coinbase: Coinbase, transactions: tuple[Transaction, ...]) -> bytes:
+def transactions_root(coinbase: Coinbase, transactions: tuple[AnyTransaction, ...]) -> bytes:
     """The header commitment to a body's coinbase and transactions."""
     return merkle_root([coinbase.coinbase_hash, *(tx.commitment for tx in transactions)])
 
@@ -242,7 +242,7 @@ class Block:
     """Other members of the parent's generation that this block references (uncles)."""
     coinbase: Coinbase
     """Subsidy and fee payouts."""
-    transactions: tuple[Transaction, ...]
+    transactions: tuple[AnyTransaction, ...]
     """The transactions, in execution order."""
 
     @property
@@ -284,7 +284,7 @@ class Block:
         siblings = tuple(Header.read(reader) for _ in range(reader.count(MAX_SIBLINGS)))
         coinbase = Coinbase.read(reader)
         transactions = tuple(
-            Transaction.read(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS))
+            read_transaction(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS))
         )
         reader.finish()
         block = cls(header, siblings, coinbase, transactions)

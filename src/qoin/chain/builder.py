@@ -22,7 +22,7 @@ from qoin.chain.block import Block, Header
 from qoin.chain.chain import Chain
 from qoin.chain.genesis import Genesis
 from qoin.chain.producer import assemble_block, next_timestamp, sibling_candidates
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.pow.proof import mine_in_process
@@ -65,7 +65,7 @@ def next_block(
     genesis: Genesis,
     parent: Header,
     miner: HybridKeyPair,
-    transactions: Sequence[Transaction] = (),
+    transactions: Sequence[AnyTransaction] = (),
     *,
     siblings: Sequence[Header] = (),
     timestamp_ms: int | None = None,
@@ -94,7 +94,7 @@ def next_block(
 def next_on_head(
     chain: Chain,
     miner: HybridKeyPair,
-    transactions: Sequence[Transaction] = (),
+    transactions: Sequence[AnyTransaction] = (),
     *,
     execution: RootsSource | None = None,
     changes: Mapping[str, Any] | None = None,

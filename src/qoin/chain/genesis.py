@@ -11,13 +11,14 @@ A genesis file is JSON::
       "max_future_drift_ms": 15000,
       "nbits": {"n": 64, "m": 64},
       "initial_target": "0x...",                      # hex, the anchor target of ASERT
+      "block_gas_limit": 60000000,                    # optional (this default): gas per block
       "allocation": [{"address": "qoin1...", "amount": 12000000000000}, ...]
     }
 
 The allocation must total exactly 10 % of the cap (docs/architecture.md §5), with no address twice.
 The genesis *header* is derived from the file: height 0, zero parent, the file's chain id, timestamp,
 ``nbits`` and target, an empty body, ``state_root = tagged_hash("QOIN/genesis/v1", network name ‖
-block time ‖ half-life ‖ drift ‖ allocation)`` (so the genesis hash commits to every parameter; the
+block time ‖ half-life ‖ drift ‖ block gas limit ‖ allocation)`` (so the genesis hash commits to every parameter; the
 execution layer's state root will take this place once it exists), and an all-zero miner key and
 proof (genesis is accepted by its hash, not by proof-of-work). Its hash identifies the network.
 """
@@ -39,6 +40,7 @@ from qoin.crypto.hybrid import HybridPublicKey
 from qoin.crypto.suites import DEFAULT_SUITE
 from qoin.encoding.codec import Writer
 from qoin.errors import QoinError
+from qoin.execution.gas import DEFAULT_BLOCK_GAS_LIMIT, MAX_BLOCK_GAS_LIMIT, MIN_BLOCK_GAS_LIMIT
 from qoin.files import FileReadError, read_bounded
 from qoin.pow.difficulty import Anchor, DifficultyParams
 from qoin.pow.mq import MQError, MQParams
@@ -87,6 +89,8 @@ class Genesis:
     """ASERT anchor target."""
     allocation: tuple[Allocation, ...]
     """Initial balances (10 % of the cap)."""
+    block_gas_limit: int = DEFAULT_BLOCK_GAS_LIMIT
+    """The most gas a block's transactions may reserve together (sum of their gas limits)."""
 
     @cached_property
     def difficulty(self) -> DifficultyParams:
@@ -118,6 +122,7 @@ class Genesis:
             .varint(self.block_time_ms)
             .varint(self.asert_halflife_ms)
             .varint(self.max_future_drift_ms)
+            .varint(self.block_gas_limit)
             .varint(len(self.allocation))
         )
         for entry in self.allocation:
@@ -173,6 +178,7 @@ def to_json(genesis: Genesis) -> dict[str, Any]:
         "max_future_drift_ms": genesis.max_future_drift_ms,
         "nbits": {"n": params.n, "m": params.m},
         "initial_target": hex(genesis.initial_target),
+        "block_gas_limit": genesis.block_gas_limit,
         "allocation": [{"address": str(a.address), "amount": a.amount} for a in genesis.allocation],
     }
 
@@ -240,6 +246,11 @@ def from_json(obj: Any) -> Genesis:
         nbits=nbits,
         initial_target=target,
         allocation=tuple(allocation),
+        block_gas_limit=(
+            _int(obj, "block_gas_limit", MIN_BLOCK_GAS_LIMIT, MAX_BLOCK_GAS_LIMIT)
+            if "block_gas_limit" in obj
+            else DEFAULT_BLOCK_GAS_LIMIT
+        ),
     )
 
 

@@ -20,7 +20,7 @@ from qoin.chain.block import (
 )
 from qoin.chain.chain import Chain
 from qoin.chain.genesis import Genesis
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.chain.validation import block_work, expected_coinbase, expected_target
 from qoin.crypto.hybrid import HybridPublicKey, HybridSignature
 from qoin.pow.difficulty import MEDIAN_TIME_SPAN, median_time_past
@@ -46,7 +46,7 @@ def assemble_block(
     miner: HybridPublicKey,
     timestamp_ms: int,
     siblings: Sequence[Header] = (),
-    transactions: Sequence[Transaction] = (),
+    transactions: Sequence[AnyTransaction] = (),
     state_root: bytes = ZERO_HASH,
     receipts_root: bytes = ZERO_HASH,
 ) -> Block:
@@ -55,7 +55,7 @@ def assemble_block(
     the body roots, and placeholder PoW fields."""
     txs, referenced = tuple(transactions), tuple(siblings)
     coinbase = expected_coinbase(
-        genesis, parent, referenced, miner.address, sum(tx.fee for tx in txs)
+        genesis, parent, referenced, miner.address, sum(tx.max_fee for tx in txs)
     )
     header = Header(
         chain_id=genesis.chain_id,
@@ -88,7 +88,7 @@ def build_template(
     chain: Chain,
     miner: HybridPublicKey,
     now_ms: int,
-    transactions: Sequence[Transaction] = (),
+    transactions: Sequence[AnyTransaction] = (),
     state_root: bytes = ZERO_HASH,
     receipts_root: bytes = ZERO_HASH,
 ) -> Block:

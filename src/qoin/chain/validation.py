@@ -73,6 +73,10 @@ class InvalidSibling(InvalidBlock):
     """A referenced sibling header breaks a sibling rule."""
 
 
+class BlockGasLimitExceeded(InvalidBlock):
+    """The transactions' gas limits together exceed the network's block gas limit."""
+
+
 class DuplicateTransaction(InvalidBlock):
     """The same transaction appears twice."""
 
@@ -275,10 +279,22 @@ def validate_body(
         if tx.tx_id in seen:
             raise DuplicateTransaction(f"transaction {tx.tx_id.hex()[:16]} appears twice")
         seen.add(tx.tx_id)
-    # Coinbase: exact reward split and fees.
-    fees = sum(tx.fee for tx in block.transactions)
-    if fees > SUPPLY_CAP:
-        raise BadCoinbase(f"fees of {fees} Shor exceed the supply")
+    # Gas: the transactions' gas limits fit the block's.
+    reserved = sum(tx.gas_limit for tx in block.transactions)
+    if reserved > genesis.block_gas_limit:
+        raise BlockGasLimitExceeded(
+            f"the transactions reserve {reserved} gas; a block holds at most "
+            f"{genesis.block_gas_limit}"
+        )
+    # Coinbase: exact reward split; the fee payout at most what the transactions can pay (the
+    # execution layer checks it equals the fees they were charged).
+    payouts = block.coinbase.payouts
+    fees = payouts[-1].amount if payouts else 0
+    most = sum(tx.max_fee for tx in block.transactions)
+    if fees > min(most, SUPPLY_CAP):
+        raise BadCoinbase(
+            f"the fee payout of {fees} Shor exceeds the {most} Shor the transactions can pay"
+        )
     expected = expected_coinbase(genesis, parent, block.siblings, header.coinbase, fees)
     if block.coinbase != expected:
         raise BadCoinbase(

@@ -68,7 +68,8 @@ def bench_sampling(
         typer.Option(help="Accounts sampled per block (default: the consensus client's).", min=1),
     ] = None,
 ) -> None:
-    """Consensus-side validation time per block: account sampling vs stateless re-execution."""
+    """Consensus-side validation time per block: sampling every touched key (trace summary,
+    proofs, re-executed steps) vs stateless re-execution."""
     from qoin.bench import sampling  # noqa: PLC0415
     from qoin.consensus.sampling import DEFAULT_SAMPLES, MAX_SAMPLES  # noqa: PLC0415
 
@@ -96,3 +97,42 @@ def bench_sync(
         print_json(sync.run(blocks, txs_per_block, senders, rounds))
     except QoinError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
+
+
+def _to_stderr(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@bench_app.command("contracts")
+def bench_contracts(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a small table.")
+    ] = False,
+    senders: Annotated[int, typer.Option(help="Funded senders.", min=1, max=4_000)] = 100,
+    blocks: Annotated[int, typer.Option(help="Measured blocks per workload.", min=1, max=100)] = 3,
+    txs_per_block: Annotated[
+        int, typer.Option(help="Transactions per block.", min=1, max=4_000)
+    ] = 300,
+    sampling_txs_per_block: Annotated[
+        int, typer.Option(help="Transactions per mixed block sampled.", min=1, max=4_000)
+    ] = 1_000,
+) -> None:
+    """Import rates of blocks of contract and actor calls vs transfers, WebAssembly gas/s, and
+    sampling vs stateless re-execution of blocks of calls."""
+    from qoin.bench import contracts  # noqa: PLC0415
+    from qoin.errors import QoinError  # noqa: PLC0415
+
+    try:
+        report = contracts.run(
+            senders,
+            blocks,
+            txs_per_block,
+            progress=None if json_out else _to_stderr,
+            sampling_txs_per_block=sampling_txs_per_block,
+        )
+    except QoinError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
+    if json_out:
+        print_json(report)
+    else:
+        typer.echo(contracts.table(report))

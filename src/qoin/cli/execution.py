@@ -86,7 +86,7 @@ def execution(
     done = threading.Event()
     try:
         with (
-            BackgroundServer(client.user_server().app, port=rpc_port) as user,
+            client.serve_user(rpc_port) as user,
             BackgroundServer(client.engine_server(secret).app, port=engine_port) as engine,
             stop_on_signals(done.set),
         ):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import typer
 
-from qoin.cli import consensus, devnet, execution, node, supply
+from qoin.cli import consensus, contracts, devnet, execution, node, supply
 from qoin.cli.bench import bench_app
 from qoin.cli.chain import chain_app
 from qoin.cli.keys import keys_app
@@ -24,11 +26,19 @@ supply.register(app)
 devnet.register(app)
 node.register(app)
 execution.register(app)
+contracts.register(app)
 consensus.register(app)
+
+
+THREAD_STACK = 16 * 1024 * 1024
+"""Native stack of every thread the node starts: contract calls nest 16 frames of WebAssembly,
+each with up to 256 KiB of native stack (docs/spec/contracts.md §6); some platforms give threads
+only 512 KiB by default."""
 
 
 def main() -> None:
     """Run the ``qoin`` command line (an output that closes under it is no error, see
     :func:`qoin.process.forgive_closed_output`)."""
     forgive_closed_output()
+    threading.stack_size(THREAD_STACK)
     app()

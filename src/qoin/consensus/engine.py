@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qoin.chain.block import Block
-from qoin.chain.transaction import Transaction
-from qoin.consensus.sampling import AccountProofs
-from qoin.crypto.address import Address
+from qoin.chain.transaction import AnyTransaction, decode_transaction
+from qoin.consensus.sampling import KeyProofs
 from qoin.errors import QoinError
 from qoin.execution.client import (
     MAX_CURSOR,
@@ -29,10 +28,16 @@ from qoin.execution.client import (
     SUBMIT_STATUSES,
 )
 from qoin.execution.mempool import MAX_TX_SIZE, Refusal
+from qoin.execution.overlay import (
+    MAX_STEP_RECORDS,
+    StepAccess,
+    TraceSummary,
+    decode_step_records,
+)
 from qoin.execution.witness import Witness
 from qoin.rpc import jwt
 from qoin.rpc.client import RpcCallError, RpcClient, RpcTimeout
-from qoin.state.smt import Proof
+from qoin.state.smt import KEY_SIZE, Proof
 
 DEFAULT_TIMEOUT_S = 30.0
 """How long one engine call may take, answer included (a full block's witness included)."""
@@ -82,14 +87,14 @@ class Submission:
 
 @dataclass(frozen=True)
 class SampleAnswer:
-    """An answer to ``engine_getProofs``: the roots the client claims and each account's proofs."""
+    """An answer to ``engine_getProofs``: the roots the client claims and each key's proofs."""
 
     parent_root: bytes
     """The parent's state root, as the client has it."""
     state_root: bytes
     """The block's state root, as the client has it."""
-    proofs: dict[Address, AccountProofs]
-    """Proofs by account."""
+    proofs: dict[bytes, KeyProofs]
+    """Proofs by 32-byte state key."""
 
 
 def _field(answer: Any, name: str, kind: type) -> Any:
@@ -114,13 +119,16 @@ def _decoded(kind: Any, text: Any, what: str) -> Any:
         raise MalformedAnswer(f"malformed answer: {what}: {exc}") from None
 
 
-def _transaction(text: Any) -> Transaction:
+def _transaction(text: Any) -> AnyTransaction:
     """A hex-encoded transaction of an answer, its length bounded before it is decoded."""
     if not isinstance(text, str) or len(text) > 2 * MAX_TX_SIZE:
         raise MalformedAnswer(
             f"malformed answer: a transaction is not hex of at most {MAX_TX_SIZE} bytes"
         )
-    return _decoded(Transaction, text, "transaction")  # type: ignore[no-any-return]
+    try:
+        return decode_transaction(_hex(text, "transaction"))
+    except QoinError as exc:
+        raise MalformedAnswer(f"malformed answer: transaction does not decode: {exc}") from None
 
 
 def _refusal(entry: dict[str, Any], status: str) -> Refusal | None:
@@ -137,7 +145,7 @@ def _refusal(entry: dict[str, Any], status: str) -> Refusal | None:
         raise MalformedAnswer(f"engine_submitTransactions: unknown refusal {text!r}") from None
 
 
-def _batches(txs: Sequence[Transaction]) -> Iterator[Sequence[Transaction]]:
+def _batches(txs: Sequence[AnyTransaction]) -> Iterator[Sequence[AnyTransaction]]:
     """``txs`` cut into calls of at most :data:`MAX_ENGINE_TRANSACTIONS` transactions and
     :data:`MAX_PENDING_BYTES` encoded bytes (each transaction fits one)."""
     start = used = 0
@@ -221,18 +229,45 @@ class EngineClient:
         """The block built for a payload id."""
         return _decoded(Block, self.call("engine_getPayload", payload_id), "payload")  # type: ignore[no-any-return]
 
-    def get_proofs(self, block_hash: bytes, addresses: list[Address]) -> SampleAnswer:
-        """Pre- and post-state proofs of accounts around a block."""
-        answer = self.call("engine_getProofs", block_hash.hex(), [str(a) for a in addresses])
-        entries = _field(answer, "proofs", list)
-        proofs: dict[Address, AccountProofs] = {}
-        for entry in entries:
+    def get_trace(self, block_hash: bytes) -> TraceSummary:
+        """What each step of a block the client called VALID read and wrote, each value as a
+        reference (``engine_getTrace``)."""
+        return _decoded(TraceSummary, self.call("engine_getTrace", block_hash.hex()), "trace")  # type: ignore[no-any-return]
+
+    def get_steps(self, block_hash: bytes, indexes: Sequence[int]) -> dict[int, StepAccess]:
+        """The full records of steps of a block (``engine_getSteps``), in calls of at most
+        :data:`~qoin.execution.overlay.MAX_STEP_RECORDS` steps; a record of a step not asked for
+        is a malformed answer (one asked for and missing is for the caller to judge)."""
+        records: dict[int, StepAccess] = {}
+        wanted = sorted(set(indexes))
+        for start in range(0, len(wanted), MAX_STEP_RECORDS):
+            batch = wanted[start : start + MAX_STEP_RECORDS]
+            answer = self.call("engine_getSteps", block_hash.hex(), batch)
             try:
-                address = Address.from_text(_field(entry, "address", str))
+                served = decode_step_records(_hex(answer, "steps"))
             except QoinError as exc:
-                raise MalformedAnswer(f"malformed answer: {exc}") from None
-            proofs[address] = AccountProofs(
-                *(_decoded(Proof, _field(entry, name, str), name) for name in _PROOF_FIELDS)
+                raise MalformedAnswer(f"malformed answer: steps: {exc}") from None
+            extra = served.keys() - set(batch)
+            if extra:
+                raise MalformedAnswer(f"malformed answer: step {min(extra)} was not asked for")
+            records.update(served)
+        return records
+
+    def get_proofs(self, block_hash: bytes, keys: Sequence[bytes]) -> SampleAnswer:
+        """Pre- and post-state proofs of state keys around a block (``engine_getProofs``)."""
+        answer = self.call("engine_getProofs", block_hash.hex(), [key.hex() for key in keys])
+        entries = _field(answer, "proofs", list)
+        if len(entries) > len(keys):
+            raise MalformedAnswer(
+                f"malformed answer: {len(entries)} proofs for {len(keys)} keys asked for"
+            )
+        proofs: dict[bytes, KeyProofs] = {}
+        for entry in entries:
+            key = _hex(_field(entry, "key", str), "key")
+            if len(key) != KEY_SIZE:
+                raise MalformedAnswer(f"malformed answer: a key of {len(key)} bytes")
+            proofs[key] = KeyProofs(
+                *(_decoded(Proof, _field(entry, name, str), name) for name in ("pre", "post"))
             )
         return SampleAnswer(
             _hex(_field(answer, "parentStateRoot", str), "parentStateRoot"),
@@ -248,7 +283,7 @@ class EngineClient:
 
     def pending_transactions(
         self, after: int, limit: int = MAX_ENGINE_TRANSACTIONS
-    ) -> tuple[int, list[Transaction]]:
+    ) -> tuple[int, list[AnyTransaction]]:
         """Transactions the client admitted to its mempool after cursor ``after`` and still holds
         (at most ``limit``, oldest first), and the cursor to pass next time."""
         answer = self.call("engine_pendingTransactions", after, limit)
@@ -263,7 +298,7 @@ class EngineClient:
             raise MalformedAnswer(f"malformed answer: transactions over {MAX_PENDING_BYTES} bytes")
         return cursor, txs
 
-    def submit_transactions(self, txs: Sequence[Transaction]) -> list[Submission]:
+    def submit_transactions(self, txs: Sequence[AnyTransaction]) -> list[Submission]:
         """Hand transactions (from peers) to the client's mempool; per transaction, in order, its
         status and, for a rejected one, why (see :class:`Submission`)."""
         answers: list[Submission] = []
@@ -271,7 +306,7 @@ class EngineClient:
             answers += self._submit_batch(batch)
         return answers
 
-    def _submit_batch(self, batch: Sequence[Transaction]) -> list[Submission]:
+    def _submit_batch(self, batch: Sequence[AnyTransaction]) -> list[Submission]:
         answer = self.call("engine_submitTransactions", [tx.encode().hex() for tx in batch])
         if not isinstance(answer, list) or len(answer) != len(batch):
             raise MalformedAnswer("malformed answer: not one entry per submitted transaction")
@@ -289,6 +324,3 @@ class EngineClient:
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._rpc.close()
-
-
-_PROOF_FIELDS = ("pre", "post", "preKeys", "postKeys")

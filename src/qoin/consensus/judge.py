@@ -3,8 +3,12 @@
 For each block (whose consensus rules already passed) the consensus client:
 
 1. sends ``engine_newPayload`` to every usable execution client, in parallel;
-2. if they all answer VALID, samples each one (:mod:`qoin.consensus.sampling`) with a fresh draw
-   of its own CSPRNG, made after the answer;
+2. if they all answer VALID, samples each one (:mod:`qoin.consensus.sampling`): fetches its trace
+   summary of the block (``engine_getTrace``: every step's keys, values as references) and checks
+   it against the block, draws keys the trace accessed with a fresh draw of its own CSPRNG, made
+   after the answers, fetches their pre and post proofs (``engine_getProofs``), walks their
+   histories, fetches the full records of the steps to re-execute (``engine_getSteps``), checks
+   them against the summary and re-executes them;
 3. on anything else — an INVALID verdict, disagreement, a timeout or error, a failed sample —
    fetches the full witness from a client, checks it against the parent's state root, runs
    :func:`~qoin.execution.witness.execute_stateless` itself and takes that verdict;
@@ -23,8 +27,11 @@ times out on the next is asked once per backoff period, not at every block.
 ACCEPTED (a client stored a deep side-branch block without executing it) and SYNCING (it lacks the
 parent) are not verdicts: such a block goes to re-execution too, and with no witness to be had
 (nobody holds its parent's state), :class:`ExecutionUnavailable` says it cannot be decided now,
-which is not the same as invalid. A client that serves no proofs for a VALID block (it may not keep
-a side block's post-state) is not suspected for that alone: re-execution decides.
+which is not the same as invalid. A client that serves no trace, no proofs or no step records for a
+VALID block (it may not keep a side block's post-state) is not suspected for that alone:
+re-execution decides. One that serves a trace, proofs or records that do not decode, or that fail
+the checks (a record missing from its answer or not matching the summary included), is caught
+lying.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +57,17 @@ from qoin.consensus.engine import (
     MalformedAnswer,
     PayloadVerdict,
 )
-from qoin.consensus.sampling import DEFAULT_SAMPLES, SampleFailed, check_sample, draw_sample
+from qoin.consensus.sampling import (
+    DEFAULT_SAMPLES,
+    SampleFailed,
+    check_sample,
+    check_trace,
+    draw_sample,
+)
 from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
-from qoin.execution.transition import InvalidExecution, touched_addresses
+from qoin.execution.overlay import StepAccess
+from qoin.execution.transition import InvalidExecution, Platform
 from qoin.execution.witness import InvalidWitness, execute_stateless
 from qoin.files import FileReadError, read_bounded, write_atomically
 
@@ -204,11 +218,14 @@ class ExecutionJudge:
         samples: int = DEFAULT_SAMPLES,
         rng: random.Random | None = None,
         quarantine: Quarantine | None = None,
+        platform: Platform | None = None,
     ) -> None:
         self.clients = clients
         self.dropped = dropped
         self.samples = samples
         self.rng = rng or secrets.SystemRandom()
+        self.platform = platform
+        """What re-executes sampled steps' calls (None: the node's actors and runtime)."""
         self.quarantine = quarantine or Quarantine()
         self._lock = threading.Lock()
         """Guards the dropped list and :attr:`_returned` (status readers run on other threads)."""
@@ -352,22 +369,28 @@ class ExecutionJudge:
         return answers
 
     def _sample(self, client: EngineClient, block: Block, parent_root: bytes) -> tuple[bool, str]:
-        """Sample ``client``'s VALID: ``(False, "")`` if it held; ``(True, why)`` if the proofs
-        contradict it or do not decode (a lie); ``(False, why)`` if the client served no proofs
-        (not a lie by itself: it may not keep the post-state of a side-branch block, or it did
-        not answer — re-execution decides)."""
-        chosen = draw_sample(touched_addresses(block), self.samples, self.rng)
-        if not chosen:
-            return False, ""
+        """Sample ``client``'s VALID: ``(False, "")`` if it held; ``(True, why)`` if the trace,
+        the proofs or the step records contradict it or do not decode (a lie); ``(False, why)`` if
+        the client served no trace, proofs or records (not a lie by itself: it may not keep the
+        post-state of a side-branch block, or it did not answer — re-execution decides)."""
         what = f"sample of block {block.block_hash.hex()[:16]}"
+        block_hash = block.block_hash
+
+        def fetch(indexes: Sequence[int]) -> dict[int, StepAccess]:
+            return client.get_steps(block_hash, indexes)
+
         try:
-            answer = client.get_proofs(block.block_hash, chosen)
+            summary = client.get_trace(block_hash)
+            check_trace(block, summary)  # before any key is drawn or proof asked for
+            chosen = draw_sample(summary.keys(), self.samples, self.rng)  # after the answers
+            proofs = client.get_proofs(block_hash, chosen).proofs if chosen else {}
+            check_sample(
+                parent_root, block, summary, chosen, proofs, self.platform, fetch, checked=True
+            )
         except MalformedAnswer as exc:
-            return True, f"{what}: served proofs that do not decode: {exc}"
+            return True, f"{what}: served a trace, proofs or records that do not decode: {exc}"
         except EngineError as exc:
-            return False, f"{what}: no proofs: {exc}"
-        try:
-            check_sample(parent_root, block, chosen, answer.proofs)
+            return False, f"{what}: no trace, proofs or records: {exc}"
         except SampleFailed as exc:
             return True, f"{what} failed: {exc}"
         return False, ""

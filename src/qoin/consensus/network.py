@@ -16,7 +16,7 @@ from qoin.chain import forkchoice
 from qoin.chain.block import Block, Header
 from qoin.chain.chain import ImportResult
 from qoin.chain.genesis import Genesis
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.consensus.engine import EngineError, Submission
 from qoin.execution.mempool import Refusal
 from qoin.p2p.access import TxVerdict
@@ -100,8 +100,8 @@ class NodeAccess:
     def import_block(self, block: Block) -> ImportResult:
         return self.node.import_block(block)
 
-    def new_transactions(self) -> list[Transaction]:
-        fresh: dict[bytes, Transaction] = {}
+    def new_transactions(self) -> list[AnyTransaction]:
+        fresh: dict[bytes, AnyTransaction] = {}
         for client in self.node.judge.active:
             cursor = self._cursors.get(client.url, 0)
             try:
@@ -113,7 +113,7 @@ class NodeAccess:
             fresh.update((tx.tx_id, tx) for tx in txs)
         return list(fresh.values())
 
-    def pending_transactions(self) -> list[Transaction]:
+    def pending_transactions(self) -> list[AnyTransaction]:
         for client in self.node.judge.active:  # the first client that answers
             try:
                 return client.pending_transactions(0, MAX_ANNOUNCED_TRANSACTIONS)[1]
@@ -121,7 +121,7 @@ class NodeAccess:
                 log.info("no pending transactions from %s: %s", client.url, exc)
         return []
 
-    def submit_transactions(self, txs: Sequence[Transaction]) -> list[TxVerdict]:
+    def submit_transactions(self, txs: Sequence[AnyTransaction]) -> list[TxVerdict]:
         """Every client gets the transactions; each gets the best verdict a client gave it
         (:func:`submission_verdict`): ``INVALID`` only if every client that answered found it
         intrinsically invalid, and a client that could not be asked counts as ``KNOWN`` (not the

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qoin.chain import forkchoice
-from qoin.chain.block import MAX_BLOCK_SIZE, Block, Header, Payout, transactions_root
+from qoin.chain.block import MAX_BLOCK_SIZE, Block, Header, transactions_root
 from qoin.chain.chain import (
     Chain,
     ExecutionRejected,
@@ -520,8 +520,9 @@ def payload_problem(template: Block, payload: Block) -> str | None:
     ours, theirs = template.coinbase.payouts, payload.coinbase.payouts
     if len(theirs) != len(ours) or theirs[:-1] != ours[:-1]:
         return "changed the coinbase's reward payouts"
-    if theirs[-1] != Payout(ours[-1].recipient, sum(tx.fee for tx in payload.transactions)):
-        return "pays another fee payout than its transactions' fees"
+    most = sum(tx.max_fee for tx in payload.transactions)
+    if theirs[-1].recipient != ours[-1].recipient or theirs[-1].amount > most:
+        return "pays a fee payout to someone else, or more than its transactions can pay"
     if (
         transactions_root(payload.coinbase, payload.transactions)
         != payload.header.transactions_root

@@ -16,21 +16,38 @@ strings of their canonical encodings; addresses are bech32m text; amounts are in
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
 
-from qoin.chain.block import MAX_BLOCK_SIZE, Block, Coinbase, Payout, transactions_root
+from qoin.chain.block import MAX_BLOCK_SIZE, Block
 from qoin.chain.issuance import supply_info
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import (
+    DEPLOY_ADDRESS,
+    MAX_CALL_DATA,
+    MAX_GAS_LIMIT,
+    TRANSFER_GAS,
+    AnyTransaction,
+    CallTransaction,
+    decode_transaction,
+)
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
-from qoin.execution.account import Account
+from qoin.execution.account import MAX_STORAGE_KEY, Account, storage_key
+from qoin.execution.calls import (
+    STATUS_NAMES,
+    Simulation,
+    receipt_json,
+    simulate,
+    simulation_json,
+)
+from qoin.execution.events import InvalidFilter, logs_json, parse_filter
 from qoin.execution.journal import JournalError, TransactionJournal
 from qoin.execution.mempool import (
     MAX_TX_SIZE,
@@ -40,16 +57,27 @@ from qoin.execution.mempool import (
     NonceTooLow,
     Refusal,
 )
+from qoin.execution.overlay import (
+    MAX_STEP_RECORDS,
+    MAX_TRACE_STEPS,
+    encode_step_records,
+    step_indexes,
+)
 from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
+from qoin.execution.vm import MAX_BALANCE, BlockEnv
 from qoin.rpc.jwt import JwtError, verify
-from qoin.rpc.server import SERVER_ERROR, Method, Param, RpcError, RpcServer
+from qoin.rpc.serve import BackgroundServer, HttpLimits
+from qoin.rpc.server import SERVER_ERROR, Method, Param, RpcError, RpcServer, invalid_params
+from qoin.rpc.subscriptions import SubscriptionEndpoint, SubscriptionHub
+from qoin.state.smt import SmtError
 
 MAX_PAYLOADS = 16
 BLOCK_TX_LIMIT = 4096
-DEFAULT_FEE_PER_BYTE = 1
+MIN_FEE_PER_GAS = 1
+"""The fee per gas suggested when the pool is quiet."""
 
 
-MAX_PROOF_ADDRESSES = 1024
+MAX_PROOF_KEYS = 1024
 MAX_ENGINE_TRANSACTIONS = 4096
 """Transactions in one ``engine_pendingTransactions`` answer or ``engine_submitTransactions`` call:
 the bound of one p2p transaction message (``qoin.p2p.messages.MAX_ANNOUNCED_TRANSACTIONS``)."""
@@ -62,10 +90,11 @@ SUBMIT_STATUSES = ("added", "known", "rejected")
 """What ``engine_submitTransactions`` says of each transaction."""
 
 
-def _addresses(values: list[Any]) -> list[Address]:
-    if not all(isinstance(v, str) for v in values):
-        raise ValueError("addresses must be strings")
-    return [Address.from_text(v) for v in values]
+def _state_keys(values: list[Any]) -> list[bytes]:
+    keys = [bytes.fromhex(v) if isinstance(v, str) else b"" for v in values]
+    if any(len(key) != 32 for key in keys):
+        raise ValueError("state keys are 64 hex digits")
+    return keys
 
 
 class ExecutionError(QoinError):
@@ -85,15 +114,15 @@ def _strings(values: list[Any]) -> list[str]:
     return values
 
 
-def _raw_transaction(text: str) -> Transaction:
+def _raw_transaction(text: str) -> AnyTransaction:
     """A hex-encoded transaction, its length bounded before anything is decoded."""
     if len(text.removeprefix("0x")) > 2 * MAX_TX_SIZE:
         raise ValueError(f"longer than {MAX_TX_SIZE} bytes")
-    return Transaction.decode(_hex_bytes(text))
+    return decode_transaction(_hex_bytes(text))
 
 
 def _submitted(
-    tx: Transaction | None,
+    tx: AnyTransaction | None,
     status: str,
     reason: str | None = None,
     refusal: Refusal | None = None,
@@ -118,6 +147,93 @@ BLOCK_TAG = Param(
 )
 
 
+def _storage_key(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("storage keys are hex strings")
+    key = _hex_bytes(text)
+    if len(key) > MAX_STORAGE_KEY:
+        raise ValueError(f"storage keys are at most {MAX_STORAGE_KEY} bytes")
+    return key
+
+
+STORAGE_KEY = Param(
+    "key",
+    {"type": "string", "maxLength": 2 * MAX_STORAGE_KEY + 2},
+    parse=_storage_key,
+    description="storage key (hex)",
+)
+STORAGE_KEYS = Param(
+    "storageKeys",
+    {"type": "array", "maxItems": 256, "items": {"type": "string"}},
+    parse=lambda v: [_storage_key(k) for k in v],
+    required=False,
+    description="storage keys to prove (hex)",
+)
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """A call to run without a transaction (``qoin_call``, ``qoin_estimateGas``)."""
+
+    sender: Address
+    """Who calls (``from``; default the zero address)."""
+    to: Address
+    """The callee (``to``; absent: a deployment of the module in ``data``)."""
+    value: int
+    """Shor moved with the call."""
+    data: bytes
+    """Call data (method and arguments) or deployment data."""
+    gas: int
+    """Gas given, intrinsic included (0: the block gas limit)."""
+
+
+def _call_request(obj: Any) -> CallRequest:
+    if not isinstance(obj, dict):
+        raise ValueError("the call is an object {from?, to?, value?, data, gas?}")
+    unknown = set(obj) - {"from", "to", "value", "data", "gas"}
+    if unknown:
+        raise ValueError(f"unknown call fields {sorted(unknown)}")
+    data = obj.get("data")
+    if not isinstance(data, str) or len(data) > 2 * MAX_CALL_DATA + 2:
+        raise ValueError(f"'data' must be hex of at most {MAX_CALL_DATA} bytes")
+    value, gas = obj.get("value", 0), obj.get("gas", 0)
+    for name, number, top in (("value", value, MAX_BALANCE), ("gas", gas, MAX_GAS_LIMIT)):
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= top:
+            raise ValueError(f"'{name}' must be an integer in [0, {top}]")
+    sender, to = obj.get("from"), obj.get("to")
+    return CallRequest(
+        Address.from_text(sender) if isinstance(sender, str) else DEPLOY_ADDRESS,
+        Address.from_text(to) if isinstance(to, str) else DEPLOY_ADDRESS,
+        value,
+        _hex_bytes(data),
+        gas,
+    )
+
+
+CALL_REQUEST = Param(
+    "request",
+    {"type": "object"},
+    parse=_call_request,
+    description="{from?, to? (absent: deploy), value?, data (hex), gas?}",
+)
+
+
+def header_json(block: Block) -> dict[str, Any]:
+    """A block's header on the wire (what ``newHeads`` subscribers get: no body)."""
+    header = block.header
+    return {
+        "hash": block.block_hash.hex(),
+        "height": header.height,
+        "parentHash": header.parent_hash.hex(),
+        "timestampMs": header.timestamp_ms,
+        "stateRoot": header.state_root.hex(),
+        "receiptsRoot": header.receipts_root.hex(),
+        "transactionsRoot": header.transactions_root.hex(),
+        "miner": str(header.coinbase),
+        "transactionCount": len(block.transactions),
+    }
+
+
 def account_json(account: Account) -> dict[str, Any]:
     """An account on the wire."""
     return {
@@ -127,19 +243,31 @@ def account_json(account: Account) -> dict[str, Any]:
     }
 
 
-def tx_json(tx: Transaction) -> dict[str, Any]:
-    """A transaction on the wire."""
-    return {
+def tx_json(tx: AnyTransaction) -> dict[str, Any]:
+    """A transaction on the wire (a transfer's ``type`` is ``"transfer"``, a call's ``"call"``)."""
+    common = {
         "hash": tx.tx_id.hex(),
         "chainId": tx.chain_id,
         "from": str(tx.sender),
         "to": str(tx.recipient),
         "nonce": tx.nonce,
+        "gasLimit": tx.gas_limit,
+        "revealsKeys": tx.public_keys is not None,
+        "raw": tx.encode().hex(),
+    }
+    if isinstance(tx, CallTransaction):
+        return common | {
+            "type": "call",
+            "value": tx.value,
+            "data": tx.data.hex(),
+            "feePerGas": tx.fee_per_gas,
+            "deploy": tx.is_deploy,
+        }
+    return common | {
+        "type": "transfer",
         "amount": tx.amount,
         "fee": tx.fee,
         "payload": tx.payload.hex(),
-        "revealsKeys": tx.public_keys is not None,
-        "raw": tx.encode().hex(),
     }
 
 
@@ -151,8 +279,13 @@ class ExecutionClient:
         self.lock = threading.RLock()
         # Numbered from the start time (µs): above every cursor a previous life handed out.
         self.mempool = Mempool(
-            state.genesis.chain_id, state.account, first_sequence=time.time_ns() // 1000
+            state.genesis.chain_id,
+            state.account,
+            first_sequence=time.time_ns() // 1000,
+            block_gas_limit=state.genesis.block_gas_limit,
         )
+        self.hub = SubscriptionHub()
+        """Where WebSocket subscribers get new heads, logs and pending transactions."""
         self.journal = journal
         self._payloads: OrderedDict[str, Block] = OrderedDict()
         self._local: dict[bytes, None] = {}
@@ -248,19 +381,22 @@ class ExecutionClient:
                 return None
             receipt, block_hash = found
             info = self.state.block_info(block_hash)
+            located = self.state.transaction(hash)
+            deployed = (
+                located is not None
+                and isinstance(located[0], CallTransaction)
+                and located[0].is_deploy
+                and receipt.succeeded
+            )
             return {
                 "transactionHash": hash.hex(),
                 "blockHash": block_hash.hex(),
                 "blockHeight": None if info is None else info[0],
-                "index": receipt.index,
-                "from": str(receipt.sender),
-                "fee": receipt.fee,
-                "revealedKeys": receipt.revealed_keys,
-                "receiptHash": receipt.receipt_hash.hex(),
-                "status": "success",
+                **receipt_json(receipt),
+                "contractAddress": str(Address(receipt.return_data)) if deployed else None,
             }
 
-    def send_raw_transaction(self, raw: Transaction) -> str:
+    def send_raw_transaction(self, raw: AnyTransaction) -> str:
         """Validate a transaction into the mempool (and onto the journal's disk); return its hash.
         A refusal is a -32000 error whose ``data`` is ``{"refusal": "intrinsic" | "stateful" |
         null}``."""
@@ -273,11 +409,12 @@ class ExecutionClient:
                     SERVER_ERROR, f"{type(exc).__name__}: {exc}", data={"refusal": refusal}
                 ) from None
             self._local[raw.tx_id] = None
+            self.hub.publish_pending(raw.tx_id.hex())
             return raw.tx_id.hex()
 
     # -- the journal of local transactions ----------------------------------------------------------
 
-    def _journal_append(self, tx: Transaction) -> None:
+    def _journal_append(self, tx: AnyTransaction) -> None:
         """Record a local transaction about to be admitted (rewriting the journal first when the
         append would not fit); raises :class:`~qoin.execution.journal.JournalError`."""
         if self.journal is None:
@@ -289,7 +426,7 @@ class ExecutionClient:
                 raise JournalError(f"cannot rewrite {self.journal.path}: {exc}") from None
         self.journal.append(tx)
 
-    def _pending_local(self) -> list[Transaction]:
+    def _pending_local(self) -> list[AnyTransaction]:
         """The local transactions still pending, in submission order (the others are forgotten)."""
         pending = {tx_id: self.mempool.get(tx_id) for tx_id in self._local}
         self._local = {tx_id: None for tx_id, tx in pending.items() if tx is not None}
@@ -306,7 +443,7 @@ class ExecutionClient:
         if self.journal is None:
             return 0, 0, 0
         contents = self.journal.load()
-        unique: dict[bytes, Transaction] = {}
+        unique: dict[bytes, AnyTransaction] = {}
         for tx in contents.transactions:
             unique.setdefault(tx.tx_id, tx)
         with self.lock:
@@ -328,12 +465,29 @@ class ExecutionClient:
         with self.lock:
             self._rewrite_journal()
 
-    def proof(self, address: Address, block: str | int | None = None) -> dict[str, Any]:
-        """Like EIP-1186 ``eth_getProof``: the account and its Merkle proof against a state root."""
+    def proof(
+        self,
+        address: Address,
+        block: str | int | None = None,
+        storage_keys: list[bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Like EIP-1186 ``eth_getProof``: the account and its Merkle proof against a state root,
+        and a proof of each storage key asked for (inclusion, or exclusion if it is unset)."""
         with self.lock:
             block_hash = self._block_hash(block)
             root, proof = self.state.proof(address, block_hash)
             account = self.state.account(address, block_hash)
+            storage = [
+                {
+                    "key": key.hex(),
+                    "stateKey": storage_key(address, key).hex(),
+                    "value": self.state.storage(address, key, block_hash).hex(),
+                    "proof": self.state.prove_key(storage_key(address, key), block_hash)[1]
+                    .encode()
+                    .hex(),
+                }
+                for key in storage_keys or ()
+            ]
             answer: dict[str, Any] = {
                 "address": str(address),
                 "blockHash": block_hash.hex(),
@@ -344,15 +498,79 @@ class ExecutionClient:
             if account.public_keys is not None:
                 keys_proof = self.state.proof(address, block_hash, keys=True)[1]
                 answer["keysProof"] = keys_proof.encode().hex()
+            if account.code_hash is not None:
+                answer["codeHash"] = account.code_hash.hex()
+            if storage_keys:
+                answer["storage"] = storage
             return answer
 
-    def estimate_fee(self, size: int = 3_500) -> dict[str, int]:
-        """A fee for a transaction of ``size`` bytes: the pool's going rate, at least the floor."""
+    def _simulate(self, request: CallRequest, block: str | int | None) -> Simulation:
+        with self.lock:
+            block_hash = self._block_hash(block)
+            info = self.state.block_info(block_hash)
+            stored = self.state.block(block_hash)
+            if info is None or stored is None:
+                raise ExecutionError(f"unknown block {block_hash.hex()}")
+            root = info[2]
+            tree = self.state.tree
+            env = BlockEnv(
+                self.state.genesis.chain_id,
+                info[0] + 1,
+                stored.header.timestamp_ms,
+                block_hash,
+            )
+            nonce = self.state.account(request.sender, block_hash).nonce
+            gas = request.gas or self.state.genesis.block_gas_limit
+            try:
+                return simulate(
+                    lambda key: tree.get_at(root, key),
+                    env,
+                    sender=request.sender,
+                    to=request.to,
+                    value=request.value,
+                    data=request.data,
+                    gas=gas,
+                    nonce=nonce,
+                )
+            except SmtError as exc:
+                raise ExecutionError(f"state of that block is no longer retained: {exc}") from None
+
+    def call(self, request: CallRequest, block: str | int | None = None) -> dict[str, Any]:
+        """Run a call (or a deployment: no ``to``) on a block's state, keeping nothing."""
+        return simulation_json(self._simulate(request, block))
+
+    def estimate_gas(self, request: CallRequest, block: str | int | None = None) -> dict[str, Any]:
+        """The gas a call transaction needs to succeed; a -32000 error with the call's reason if
+        it would not succeed with the block gas limit."""
+        simulation = self._simulate(request, block)
+        if not simulation.result.succeeded:
+            raise RpcError(
+                SERVER_ERROR,
+                f"the call would not succeed ({STATUS_NAMES[simulation.result.status]}): "
+                f"{simulation.result.reason}",
+                simulation_json(simulation),
+            )
+        return {"gas": simulation.gas_used, "blockGasLimit": self.state.genesis.block_gas_limit}
+
+    def get_code(self, address: Address, block: str | int | None = None) -> str | None:
+        """The module of a contract (hex), or None."""
+        with self.lock:
+            code = self.state.code(address, self._block_hash(block))
+        return None if code is None else code.hex()
+
+    def get_storage(self, address: Address, key: bytes, block: str | int | None = None) -> str:
+        """A storage value of a contract or actor (hex; empty if unset)."""
+        with self.lock:
+            return self.state.storage(address, key, self._block_hash(block)).hex()
+
+    def estimate_fee(self, gas: int = TRANSFER_GAS) -> dict[str, int]:
+        """A fee for a transaction using ``gas`` (default: a transfer's): the median fee per gas of
+        what the pool would put in the next block, at least the floor."""
         with self.lock:
             chosen = self.mempool.select(BLOCK_TX_LIMIT, MAX_BLOCK_SIZE // 2)
-        rates = sorted(tx.fee / len(tx.encode()) for tx in chosen)
-        rate = max(DEFAULT_FEE_PER_BYTE, rates[len(rates) // 2] if rates else 0)
-        return {"feePerByte": int(rate), "fee": int(rate * size), "size": size}
+        rates = sorted(tx.fee_rate for tx in chosen)
+        rate = max(MIN_FEE_PER_GAS, math.ceil(rates[len(rates) // 2]) if rates else 0)
+        return {"feePerGas": rate, "fee": rate * gas, "gas": gas}
 
     def supply(self, height: int | None = None) -> dict[str, Any]:
         """Issuance figures at a height (default: the head)."""
@@ -375,7 +593,16 @@ class ExecutionClient:
             verdict = self.state.new_payload(block)
             if verdict.status is PayloadStatus.VALID and self.state.head == block.block_hash:
                 self.mempool.on_block(block.transactions)  # the block extended the head
+            self._notify()
             return {"status": verdict.status.value, "validationError": verdict.reason or None}
+
+    def _notify(self) -> None:
+        """Hand what the last head change committed to the subscribers (never blocks)."""
+        heads, logs = self.state.take_notifications()
+        if logs:
+            self.hub.publish_logs(logs)
+        for block in heads:
+            self.hub.publish_head(header_json(block))
 
     def forkchoice_updated(self, head: bytes, template: Block | None = None) -> dict[str, Any]:
         """Move the head; with a template, start building a payload on it."""
@@ -386,6 +613,8 @@ class ExecutionClient:
                 return {"payloadStatus": {"status": "SYNCING"}, "payloadId": None}
             except QoinError as exc:
                 return {"payloadStatus": {"status": "INVALID", "validationError": str(exc)}}
+            finally:
+                self._notify()
             if change.connected or change.disconnected:
                 self.mempool.on_reorg(change.disconnected, change.connected)
             payload_id = None
@@ -404,12 +633,7 @@ class ExecutionClient:
         payouts = list(template.coinbase.payouts)
         if not payouts:
             raise ExecutionError("the template's coinbase has no fee payout")
-        payouts[-1] = Payout(payouts[-1].recipient, sum(tx.fee for tx in txs))
-        coinbase = Coinbase(tuple(payouts))
-        header = replace(template.header, transactions_root=transactions_root(coinbase, txs))
-        return self.state.fill_roots(
-            replace(template, header=header, coinbase=coinbase, transactions=txs)
-        )
+        return self.state.fill_roots(replace(template, transactions=txs))
 
     def get_payload(self, payload_id: str) -> str:
         """The built (unsealed) block of a payload id, hex-encoded."""
@@ -419,32 +643,42 @@ class ExecutionClient:
             raise ExecutionError(f"unknown payload id {payload_id}")
         return block.encode().hex()
 
-    def get_proofs(self, block_hash: bytes, addresses: list[Address]) -> dict[str, Any]:
-        """Proofs of accounts' leaves before (parent root) and after (block root) a block, for
-        account state sampling: the account leaf and the keys leaf of each."""
+    def get_proofs(self, block_hash: bytes, keys: list[bytes]) -> dict[str, Any]:
+        """Proofs of state keys before (parent root) and after (block root) a block, for account
+        state sampling."""
         with self.lock:
             info = self.state.block_info(block_hash)
             if info is None:
                 raise ExecutionError(f"unknown block {block_hash.hex()}")
             parent = info[1]
 
-            def proof(address: Address, at: bytes, keys: bool) -> str:
-                return self.state.proof(address, at, keys=keys)[1].encode().hex()
+            def proof(key: bytes, at: bytes) -> str:
+                return self.state.prove_key(key, at)[1].encode().hex()
 
             return {
                 "parentStateRoot": self.state.state_root(parent).hex(),
                 "stateRoot": info[2].hex(),
                 "proofs": [
-                    {
-                        "address": str(a),
-                        "pre": proof(a, parent, False),
-                        "post": proof(a, block_hash, False),
-                        "preKeys": proof(a, parent, True),
-                        "postKeys": proof(a, block_hash, True),
-                    }
-                    for a in addresses
+                    {"key": key.hex(), "pre": proof(key, parent), "post": proof(key, block_hash)}
+                    for key in keys
                 ],
             }
+
+    def get_trace(self, block_hash: bytes) -> str:
+        """What each step of a valid block read and wrote, each value as a reference (hex of the
+        :class:`~qoin.execution.overlay.TraceSummary` encoding), for account state sampling."""
+        with self.lock:
+            return self.state.trace(block_hash).encode_summary().hex()
+
+    def get_steps(self, block_hash: bytes, indexes: list[int]) -> str:
+        """The full records of some steps of a valid block (hex of
+        :func:`~qoin.execution.overlay.encode_step_records`), for account state sampling."""
+        with self.lock:
+            steps = self.state.trace(block_hash).steps
+        beyond = [index for index in indexes if index >= len(steps)]
+        if beyond:
+            raise ExecutionError(f"block {block_hash.hex()} has no step {beyond[0]}")
+        return encode_step_records({index: steps[index] for index in indexes}).hex()
 
     def get_witness(self, block_hash: bytes, block: Block | None = None) -> str:
         """The full execution witness of a block, hex-encoded: a stored block, or ``block`` itself
@@ -491,7 +725,26 @@ class ExecutionClient:
                 return _submitted(tx, "rejected", f"NonceTooLow: {exc}", exc.refusal)
             except MempoolError as exc:
                 return _submitted(tx, "rejected", f"{type(exc).__name__}: {exc}", exc.refusal)
+        self.hub.publish_pending(tx.tx_id.hex())
         return _submitted(tx, "added")
+
+    def get_logs(self, filter: Any) -> list[dict[str, Any]]:
+        """Logs of canonical blocks matching a filter (bounded: the error says how to narrow)."""
+        with self.lock:
+            try:
+                parsed = parse_filter(filter, self.state.head_height())
+            except InvalidFilter as exc:
+                raise invalid_params(str(exc)) from None
+            return logs_json(self.state.events.query(parsed))
+
+    def serve_user(self, port: int = 0, host: str = "127.0.0.1") -> BackgroundServer:
+        """The user JSON-RPC server with WebSocket subscriptions on the same port (not started)."""
+        server = self.user_server()
+        server.add_websocket("/", SubscriptionEndpoint(self.hub, server))
+        limits = HttpLimits(max_connections=self.hub.limits.max_connections + 256)
+        return BackgroundServer(
+            server.app, host, port, limits, websocket_max_frame=self.hub.limits.max_frame
+        )
 
     # -- servers -----------------------------------------------------------------------------------
 
@@ -499,8 +752,8 @@ class ExecutionClient:
         """The user JSON-RPC server."""
         raw_tx = Param(
             "raw",
-            {"type": "string", "maxLength": 2 * 64 * 1024},
-            parse=lambda v: Transaction.decode(_hex_bytes(v)),
+            {"type": "string", "maxLength": 2 * MAX_TX_SIZE + 2},
+            parse=lambda v: decode_transaction(_hex_bytes(v)),
         )
         height = Param("height", {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT})
         return RpcServer(
@@ -562,17 +815,52 @@ class ExecutionClient:
                 Method(
                     "qoin_getProof",
                     self.proof,
-                    (ADDRESS, BLOCK_TAG),
+                    (ADDRESS, BLOCK_TAG, STORAGE_KEYS),
                     {"type": "object"},
-                    "Account with Merkle proof",
+                    "Account (and storage keys) with Merkle proofs",
+                ),
+                Method(
+                    "qoin_getLogs",
+                    self.get_logs,
+                    (Param("filter", {"type": "object"}),),
+                    {"type": "array"},
+                    "Logs matching a filter",
+                ),
+                Method(
+                    "qoin_call",
+                    self.call,
+                    (CALL_REQUEST, BLOCK_TAG),
+                    {"type": "object"},
+                    "Run a call without a transaction",
+                ),
+                Method(
+                    "qoin_estimateGas",
+                    self.estimate_gas,
+                    (CALL_REQUEST, BLOCK_TAG),
+                    {"type": "object"},
+                    "Gas a call transaction needs",
+                ),
+                Method(
+                    "qoin_getCode",
+                    self.get_code,
+                    (ADDRESS, BLOCK_TAG),
+                    {"type": ["string", "null"]},
+                    "A contract's module (hex)",
+                ),
+                Method(
+                    "qoin_getStorageAt",
+                    self.get_storage,
+                    (ADDRESS, STORAGE_KEY, BLOCK_TAG),
+                    {"type": "string"},
+                    "A storage value (hex; empty if unset)",
                 ),
                 Method(
                     "qoin_estimateFee",
                     self.estimate_fee,
                     (
                         Param(
-                            "size",
-                            {"type": "integer", "minimum": 1, "maximum": 1 << 24},
+                            "gas",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_GAS_LIMIT},
                             required=False,
                         ),
                     ),
@@ -610,8 +898,11 @@ class ExecutionClient:
             parse=lambda v: Block.decode(_hex_bytes(v)),
         )
         template = replace(block, name="template", required=False)
-        addresses = Param(
-            "addresses", {"type": "array", "maxItems": MAX_PROOF_ADDRESSES}, parse=_addresses
+        keys = Param(
+            "keys",
+            {"type": "array", "maxItems": MAX_PROOF_KEYS, "items": {"type": "string"}},
+            parse=_state_keys,
+            description="hex-encoded 32-byte state keys",
         )
         after = Param(
             "after",
@@ -656,9 +947,39 @@ class ExecutionClient:
                 Method(
                     "engine_getProofs",
                     self.get_proofs,
-                    (replace(HASH, name="block_hash"), addresses),
+                    (replace(HASH, name="block_hash"), keys),
                     {"type": "object"},
-                    "Pre/post proofs",
+                    "Pre/post proofs of state keys",
+                ),
+                Method(
+                    "engine_getTrace",
+                    self.get_trace,
+                    (replace(HASH, name="block_hash"),),
+                    {"type": "string"},
+                    "What each step of a block read and wrote (values as references)",
+                ),
+                Method(
+                    "engine_getSteps",
+                    self.get_steps,
+                    (
+                        replace(HASH, name="block_hash"),
+                        Param(
+                            "indexes",
+                            {
+                                "type": "array",
+                                "maxItems": MAX_STEP_RECORDS,
+                                "items": {
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "maximum": MAX_TRACE_STEPS - 1,
+                                },
+                            },
+                            parse=step_indexes,
+                            description="step numbers: 0 cron, 1..n transactions, n + 1 payouts",
+                        ),
+                    ),
+                    {"type": "string"},
+                    "Full records of some steps of a block",
                 ),
                 Method(
                     "engine_getWitness",

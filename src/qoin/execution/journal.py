@@ -29,7 +29,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction, decode_transaction
 from qoin.errors import QoinError
 from qoin.execution.mempool import MAX_TX_SIZE, MempoolError, Refusal
 
@@ -56,13 +56,13 @@ class JournalFull(JournalError):
 class JournalContents:
     """What a journal file holds."""
 
-    transactions: tuple[Transaction, ...]
+    transactions: tuple[AnyTransaction, ...]
     """The readable records, in file order (duplicates possible)."""
     ignored_bytes: int
     """Bytes after the last readable record (a torn append), ignored."""
 
 
-def record(tx: Transaction) -> bytes:
+def record(tx: AnyTransaction) -> bytes:
     """One journal record of ``tx``."""
     encoded = tx.encode()
     return (
@@ -75,7 +75,7 @@ def parse(data: bytes) -> JournalContents:
     file holds none (all its bytes ignored)."""
     if not data.startswith(MAGIC):
         return JournalContents((), len(data))
-    transactions: list[Transaction] = []
+    transactions: list[AnyTransaction] = []
     position = len(MAGIC)
     while position + _LENGTH <= len(data):
         length = int.from_bytes(data[position : position + _LENGTH], "big")
@@ -86,7 +86,7 @@ def parse(data: bytes) -> JournalContents:
         if zlib.crc32(encoded) != int.from_bytes(data[end : end + _CRC], "big"):
             break
         try:
-            transactions.append(Transaction.decode(encoded))
+            transactions.append(decode_transaction(encoded))
         except (QoinError, ValueError):  # a decoding error of any kind
             break
         position = end + _CRC
@@ -128,11 +128,11 @@ class TransactionJournal:
             return JournalContents((), 0)
         return parse(data)
 
-    def fits(self, tx: Transaction) -> bool:
+    def fits(self, tx: AnyTransaction) -> bool:
         """Whether ``tx`` can be appended without a rewrite first."""
         return not self._dirty and self._size + len(tx.encode()) + _LENGTH + _CRC <= self.max_bytes
 
-    def append(self, tx: Transaction) -> None:
+    def append(self, tx: AnyTransaction) -> None:
         """Append ``tx`` and fsync; :class:`JournalFull` if it does not :meth:`fit`,
         :class:`JournalError` if the disk fails (what was written of the record is cut off again
         if the disk allows, and the file is rewritten before the next append)."""
@@ -155,7 +155,7 @@ class TransactionJournal:
             raise JournalError(f"cannot record the transaction in {self.path}: {exc}") from None
         self._size += len(data)
 
-    def rewrite(self, transactions: Iterable[Transaction]) -> None:
+    def rewrite(self, transactions: Iterable[AnyTransaction]) -> None:
         """Replace the file by one holding ``transactions`` (at most ``max_bytes``: the rest is
         left out), atomically: a temporary file, fsynced, renamed over it. ``OSError`` if the
         disk fails (the old file then stays as it was)."""

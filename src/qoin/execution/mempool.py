@@ -11,13 +11,17 @@ Rules:
 * **Bounds** — at most ``max_count`` transactions and ``max_bytes`` bytes. When full, the pending
   transaction with the lowest fee rate among every sender's *last* one (so no sender is left with a
   nonce gap) is evicted if the newcomer pays a higher rate; otherwise the newcomer is refused.
-* **Selection** — for a block: repeatedly take the highest fee rate (fee per encoded byte) among the
-  senders' next-nonce transactions, skipping what the sender can no longer afford.
+* **Selection** — for a block: repeatedly take the highest fee rate (Shor per gas: a call's
+  ``fee_per_gas``, a transfer's fee over its fixed gas) among the senders' next-nonce transactions,
+  skipping what the sender can no longer afford or what no longer fits the block's gas limit.
+* **Gas** — a transaction whose gas limit exceeds the block gas limit, or (a call) does not cover its
+  intrinsic gas, can never be included: refused as intrinsic.
 * **Block connected** — included transactions leave; transactions made stale (nonce now too low) or
   unaffordable leave too. **Reorg** — transactions of disconnected blocks come back (if still valid).
 * **Refusals** — every refusal is a :class:`MempoolError` whose :attr:`~MempoolError.refusal` says
   whether the transaction can never be valid anywhere (:attr:`Refusal.INTRINSIC`: wrong chain,
-  oversize, amount plus fee past the largest balance, a signature that does not verify, keys that
+  oversize, value plus the most it can pay past the largest balance, a gas limit the chain cannot
+  include, a signature that does not verify, keys that
   are not the sender's) or was refused because of the state or the pool (:attr:`Refusal.STATEFUL`:
   nonce used or too far ahead, funds, keys not revealed yet, a full pool, an underpriced
   replacement); :class:`AlreadyKnown` is no refusal (``None``).
@@ -39,14 +43,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction, CallTransaction
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import SignatureError, verify_for_address
 from qoin.errors import QoinError
 from qoin.execution.account import Account
-from qoin.execution.transition import MAX_BALANCE
+from qoin.execution.gas import DEFAULT_BLOCK_GAS_LIMIT, call_intrinsic_gas
+from qoin.execution.vm import MAX_BALANCE
 
-MAX_TX_SIZE = 32 * 1024
+MAX_TX_SIZE = 96 * 1024
+"""Largest transaction the pool holds (a deployment carries a module of up to 64 KiB)."""
+
+
+def cost(tx: AnyTransaction) -> int:
+    """The most a transaction can take from its sender: the value it moves plus its most fee."""
+    return tx.value + tx.max_fee
 
 
 class Refusal(Enum):
@@ -84,7 +95,13 @@ class TransactionTooLarge(MempoolError):
 
 
 class CostTooHigh(MempoolError):
-    """Amount plus fee exceed the largest balance: no sender can ever pay them."""
+    """Value plus the most fee exceed the largest balance: no sender can ever pay them."""
+
+    refusal = Refusal.INTRINSIC
+
+
+class GasLimitRefused(MempoolError):
+    """The gas limit exceeds the block gas limit, or does not cover a call's intrinsic gas."""
 
     refusal = Refusal.INTRINSIC
 
@@ -131,15 +148,15 @@ class Underpriced(MempoolError):
 class PendingTx:
     """A transaction in the pool."""
 
-    tx: Transaction
+    tx: AnyTransaction
     """The transaction."""
     size: int
     """Encoded size in bytes."""
 
     @property
     def fee_rate(self) -> float:
-        """Fee per encoded byte: the priority."""
-        return self.tx.fee / self.size
+        """Shor per gas: the priority."""
+        return self.tx.fee_rate
 
 
 class Mempool:
@@ -154,6 +171,7 @@ class Mempool:
         max_nonce_gap: int = 64,
         replace_bump_percent: int = 10,
         first_sequence: int = 0,
+        block_gas_limit: int = DEFAULT_BLOCK_GAS_LIMIT,
     ) -> None:
         self.chain_id = chain_id
         self.read_account = read_account
@@ -161,6 +179,7 @@ class Mempool:
         self.max_bytes = max_bytes
         self.max_nonce_gap = max_nonce_gap
         self.replace_bump_percent = replace_bump_percent
+        self.block_gas_limit = block_gas_limit
         self._by_sender: dict[Address, dict[int, PendingTx]] = {}
         self._by_id: dict[bytes, PendingTx] = {}
         self._bytes = 0
@@ -180,12 +199,12 @@ class Mempool:
         """Encoded size of everything pending."""
         return self._bytes
 
-    def get(self, tx_id: bytes) -> Transaction | None:
+    def get(self, tx_id: bytes) -> AnyTransaction | None:
         """A pending transaction by id."""
         pending = self._by_id.get(tx_id)
         return None if pending is None else pending.tx
 
-    def pending_of(self, sender: Address) -> list[Transaction]:
+    def pending_of(self, sender: Address) -> list[AnyTransaction]:
         """A sender's pending transactions in nonce order."""
         queue = self._by_sender.get(sender, {})
         return [queue[nonce].tx for nonce in sorted(queue)]
@@ -200,7 +219,7 @@ class Mempool:
 
     # -- entry -----------------------------------------------------------------------------------
 
-    def _check_signature(self, tx: Transaction, account: Account) -> None:
+    def _check_signature(self, tx: AnyTransaction, account: Account) -> None:
         keys = tx.public_keys or account.public_keys
         if keys is None:
             # Keys may be revealed by a pending lower-nonce transaction of the same sender.
@@ -215,19 +234,31 @@ class Mempool:
         except SignatureError as exc:
             raise InvalidTransactionSignature(str(exc)) from None
 
-    def _check_funds(self, tx: Transaction, account: Account) -> None:
+    def _check_funds(self, tx: AnyTransaction, account: Account) -> None:
         # Every pending transaction of the sender counts (whatever its nonce), except the one this
         # would replace: the sender must be able to pay for all of them.
         queue = self._by_sender.get(tx.sender, {})
-        committed = sum(p.tx.amount + p.tx.fee for nonce, p in queue.items() if nonce != tx.nonce)
-        if committed + tx.amount + tx.fee > account.balance:
+        committed = sum(cost(p.tx) for nonce, p in queue.items() if nonce != tx.nonce)
+        if committed + cost(tx) > account.balance:
             raise InsufficientFunds(
                 f"{tx.sender} has {account.balance} Shor; this transaction and its other pending "
-                f"ones need {committed + tx.amount + tx.fee}"
+                f"ones need {committed + cost(tx)}"
             )
 
+    def _check_gas(self, tx: AnyTransaction) -> None:
+        if tx.gas_limit > self.block_gas_limit:
+            raise GasLimitRefused(
+                f"gas limit {tx.gas_limit} exceeds the block gas limit {self.block_gas_limit}"
+            )
+        if isinstance(tx, CallTransaction):
+            intrinsic = call_intrinsic_gas(len(tx.data))
+            if tx.gas_limit < intrinsic:
+                raise GasLimitRefused(
+                    f"gas limit {tx.gas_limit} is below the call's intrinsic gas {intrinsic}"
+                )
+
     def add(
-        self, tx: Transaction, before_insert: Callable[[Transaction], None] | None = None
+        self, tx: AnyTransaction, before_insert: Callable[[AnyTransaction], None] | None = None
     ) -> None:
         """Validate and admit ``tx``; raise a :class:`MempoolError` saying why not.
 
@@ -241,11 +272,11 @@ class Mempool:
         size = len(tx.encode())
         if size > MAX_TX_SIZE:
             raise TransactionTooLarge(f"{size} bytes exceeds {MAX_TX_SIZE}")
-        if tx.amount + tx.fee > MAX_BALANCE:
+        if cost(tx) > MAX_BALANCE:
             raise CostTooHigh(
-                f"amount plus fee ({tx.amount + tx.fee} Shor) exceed the largest balance "
-                f"({MAX_BALANCE})"
+                f"value plus fee ({cost(tx)} Shor) exceed the largest balance ({MAX_BALANCE})"
             )
+        self._check_gas(tx)
         account = self.read_account(tx.sender)
         if tx.nonce < account.nonce:
             raise NonceTooLow(f"nonce {tx.nonce} already used (account nonce {account.nonce})")
@@ -259,11 +290,18 @@ class Mempool:
         entry = PendingTx(tx, size)
         replaced = self._by_sender.get(tx.sender, {}).get(tx.nonce)
         if replaced is not None:
+            # Fee per gas raised by the bump (and at least one Shor more in all), in integers.
+            old = replaced.tx
             needed = max(
-                replaced.tx.fee * (100 + self.replace_bump_percent) // 100, replaced.tx.fee + 1
+                -(-old.max_fee * tx.gas_limit * (100 + self.replace_bump_percent))
+                // (100 * old.gas_limit),
+                old.max_fee * tx.gas_limit // old.gas_limit + 1,
             )
-            if tx.fee < needed:
-                raise Underpriced(f"replacing nonce {tx.nonce} needs a fee of at least {needed}")
+            if tx.max_fee < needed:
+                raise Underpriced(
+                    f"replacing nonce {tx.nonce} needs a fee of at least {needed} "
+                    f"({self.replace_bump_percent} % more per gas)"
+                )
             if self._bytes - replaced.size + size > self.max_bytes:
                 raise Underpriced(
                     "the pool is full; the replacement is larger than what it replaces"
@@ -307,7 +345,7 @@ class Mempool:
             victim = min(tails, key=lambda p: (p.fee_rate, -p.tx.nonce))
             if victim.fee_rate >= entry.fee_rate or victim.tx.sender == entry.tx.sender:
                 raise Underpriced(
-                    f"the pool is full and this fee rate ({entry.fee_rate:.4f} Shor/byte) does not "
+                    f"the pool is full and this fee rate ({entry.fee_rate:.4f} Shor/gas) does not "
                     "beat the lowest pending one"
                 )
             victims.append(victim)
@@ -337,7 +375,7 @@ class Mempool:
 
     def added_since(
         self, after: int, max_count: int, max_bytes: int
-    ) -> tuple[int, list[Transaction]]:
+    ) -> tuple[int, list[AnyTransaction]]:
         """Transactions still pending that were admitted after sequence number ``after``, in
         admission order: at most ``max_count`` of them and ``max_bytes`` encoded bytes, but always
         the first one if any (every pending transaction fits :data:`MAX_TX_SIZE`). Returns them
@@ -354,7 +392,7 @@ class Mempool:
             raise ValueError("max_count must be at least 1")
         if after > self._top_seq:
             after = 0
-        chosen: list[Transaction] = []
+        chosen: list[AnyTransaction] = []
         used = last = 0
         for index in range(bisect_right(self._seq_log, after), len(self._seq_log)):
             seq = self._seq_log[index]
@@ -371,9 +409,14 @@ class Mempool:
 
     # -- block building --------------------------------------------------------------------------
 
-    def select(self, max_count: int, max_bytes: int) -> list[Transaction]:
-        """Transactions for a new block: best fee rate first, each sender in nonce order."""
-        chosen: list[Transaction] = []
+    def select(
+        self, max_count: int, max_bytes: int, max_gas: int | None = None
+    ) -> list[AnyTransaction]:
+        """Transactions for a new block: best fee rate first, each sender in nonce order, at most
+        ``max_count`` of them, ``max_bytes`` bytes and ``max_gas`` gas limits (default: the block
+        gas limit)."""
+        gas_left = self.block_gas_limit if max_gas is None else max_gas
+        chosen: list[AnyTransaction] = []
         used = 0
         state: dict[Address, tuple[int, int]] = {}  # sender -> (next nonce, spendable balance)
         heap: list[tuple[float, bytes, Address]] = []
@@ -387,12 +430,14 @@ class Mempool:
             _, _, sender = heapq.heappop(heap)
             nonce, balance = state[sender]
             pending = self._by_sender[sender][nonce]
-            cost = pending.tx.amount + pending.tx.fee
-            if cost > balance or used + pending.size > max_bytes:
+            needed = cost(pending.tx)
+            too_big = used + pending.size > max_bytes or pending.tx.gas_limit > gas_left
+            if needed > balance or too_big:
                 continue  # this sender's run stops here
             chosen.append(pending.tx)
             used += pending.size
-            state[sender] = (nonce + 1, balance - cost)
+            gas_left -= pending.tx.gas_limit
+            state[sender] = (nonce + 1, balance - needed)
             following = self._by_sender[sender].get(nonce + 1)
             if following is not None:
                 heapq.heappush(heap, (-following.fee_rate, following.tx.tx_id, sender))
@@ -400,7 +445,7 @@ class Mempool:
 
     # -- chain events ----------------------------------------------------------------------------
 
-    def on_block(self, included: Iterable[Transaction]) -> None:
+    def on_block(self, included: Iterable[AnyTransaction]) -> None:
         """A block was connected: drop its transactions and whatever it made invalid."""
         for tx in included:
             pending = self._by_id.get(tx.tx_id)
@@ -418,12 +463,12 @@ class Mempool:
             committed = 0
             for nonce in sorted(queue):
                 pending = queue[nonce]
-                committed += pending.tx.amount + pending.tx.fee
+                committed += cost(pending.tx)
                 if nonce < account.nonce or committed > account.balance:
                     self._remove(pending)
 
     def on_reorg(
-        self, disconnected: Iterable[Transaction], connected: Iterable[Transaction]
+        self, disconnected: Iterable[AnyTransaction], connected: Iterable[AnyTransaction]
     ) -> None:
         """After a reorg: transactions of disconnected blocks (given oldest first) come back unless
         the new chain includes them or they became invalid; then everything is revalidated."""

@@ -27,33 +27,43 @@ import fcntl
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from qoin.chain.block import Block
+from qoin.chain.block import Block, transactions_root
 from qoin.chain.forkchoice import path_between
 from qoin.chain.genesis import Genesis
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.crypto.address import Address
 from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
-from qoin.execution.account import Account, genesis_leaves, keys_key, read_account, state_key
+from qoin.execution.account import (
+    Account,
+    code_key,
+    genesis_leaves,
+    keys_key,
+    read_account,
+    state_key,
+    storage_key,
+)
 from qoin.execution.checkpointer import Checkpointer
+from qoin.execution.events import EventIndex, Log, block_logs
+from qoin.execution.overlay import BlockTrace
+from qoin.execution.receipt import Receipt, decode_receipts, encode_receipts
 from qoin.execution.transition import (
     BlockOutcome,
     InvalidExecution,
-    Receipt,
-    decode_receipts,
-    encode_receipts,
+    execute_block,
+    touched_keys,
 )
 from qoin.execution.witness import (
     Witness,
     execute_on_tree,
-    execute_stateless,
     make_witness,
+    root_after,
 )
 from qoin.state.nodestore import SqliteNodeStore
 from qoin.state.smt import Proof, SmtError, SparseMerkleTree
@@ -61,12 +71,15 @@ from qoin.state.smt import Proof, SmtError, SparseMerkleTree
 STATE_FILE = "execution.sqlite3"
 _UNKNOWN_ROOT = b"\xff" * 32
 """Root recorded for ACCEPTED blocks until they are executed: never a real tree root."""
-DATA_FORMAT = b"2"
-"""Layout of the execution database: 2 = keys in their own state leaf, receipts one record per
-block (format 1, without this meta key, kept keys inside the account leaf)."""
+DATA_FORMAT = b"3"
+"""Layout of the execution database: 3 = receipts v2 and contract state (2 had v1 receipts; 1,
+without this meta key, kept keys inside the account leaf)."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """A reset WAL is truncated back to this size."""
-ACCOUNT_CACHE_SIZE = 200_000
+VALUE_CACHE_SIZE = 400_000
+"""State values of the head kept decoded in memory (saves tree walks on import)."""
+TRACE_CACHE_SIZE = 16
+"""Traces of the latest executed blocks kept for sampling (older ones are recomputed)."""
 DEFAULT_RETAIN = 256
 _SCHEMA = (
     # A rowid table: rows hold whole blocks (megabytes), which SQLite stores far better in rowid
@@ -124,9 +137,9 @@ class Verdict:
 class HeadChange:
     """What a head move did, for the mempool."""
 
-    disconnected: tuple[Transaction, ...]
+    disconnected: tuple[AnyTransaction, ...]
     """Transactions of the blocks that left the canonical chain, oldest first."""
-    connected: tuple[Transaction, ...]
+    connected: tuple[AnyTransaction, ...]
     """Transactions of the blocks that joined it, oldest first."""
 
 
@@ -148,8 +161,13 @@ class ExecutionState:
         self.retain = retain
         self.nodes = SqliteNodeStore(db)
         self.tree = SparseMerkleTree(self.nodes)
-        # Decoded accounts of the head state (saves tree walks on import); cleared on any other move.
-        self._accounts: OrderedDict[Address, Account] = OrderedDict()
+        # Values of the head state (saves tree walks on import); cleared on any other move.
+        self._values: OrderedDict[bytes, bytes | None] = OrderedDict()
+        self._traces: OrderedDict[bytes, BlockTrace] = OrderedDict()
+        self.events = EventIndex(db)
+        # What committed head changes did, for subscribers (taken by the client after each call).
+        self._new_heads: list[Block] = []
+        self._new_logs: list[Log] = []
         self._init_genesis()
         self.tree = self._head_tree()
         self.pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
@@ -177,6 +195,7 @@ class ExecutionState:
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             for statement in _SCHEMA:
                 db.execute(statement)
+            EventIndex.create(db)
             checkpointer = Checkpointer(path)
             return cls(db, genesis, fd, retain, checkpointer)
         except (sqlite3.DatabaseError, QoinError) as exc:
@@ -229,7 +248,9 @@ class ExecutionState:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
-        self._accounts.clear()
+        self._values.clear()
+        self._new_heads.clear()
+        self._new_logs.clear()
         self.nodes.clear_cache()
         self.tree = self._head_tree()
 
@@ -301,11 +322,79 @@ class ExecutionState:
         except SmtError as exc:
             raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
 
+    def storage(self, address: Address, key: bytes, block_hash: bytes | None = None) -> bytes:
+        """A contract's or actor's storage value (empty if absent) at the head or after a retained
+        block."""
+        return self.value(storage_key(address, key), block_hash) or b""
+
+    def code(self, address: Address, block_hash: bytes | None = None) -> bytes | None:
+        """The module of the contract at ``address`` (None: not a contract)."""
+        code_hash = self.account(address, block_hash).code_hash
+        return None if code_hash is None else self.value(code_key(code_hash), block_hash)
+
+    def value(self, key: bytes, block_hash: bytes | None = None) -> bytes | None:
+        """The value of any state key at the head or after a retained block."""
+        try:
+            return self.tree.get_at(self.state_root(block_hash), key)
+        except SmtError as exc:
+            raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
+
+    def prove_key(self, key: bytes, block_hash: bytes | None = None) -> tuple[bytes, Proof]:
+        """(state root, Merkle proof of any state key) at the head or after a retained block."""
+        root = self.state_root(block_hash)
+        try:
+            return root, self.tree.prove_at(root, key)
+        except SmtError as exc:
+            raise ExecutionStateError(f"state of that block is no longer retained: {exc}") from None
+
+    def _parent_reader(self, block: Block) -> tuple[bytes, Callable[[bytes], bytes | None]]:
+        parent_root = self.state_root(block.header.parent_hash)
+        tree = self.tree
+
+        def read(key: bytes) -> bytes | None:
+            try:
+                return tree.get_at(parent_root, key)
+            except SmtError as exc:
+                raise ExecutionStateError(f"parent state is no longer retained: {exc}") from None
+
+        return parent_root, read
+
     def witness(self, block: Block) -> Witness:
         """The witness of ``block`` against its parent's state root (which must be retained)."""
-        parent_root = self.state_root(block.header.parent_hash)
+        parent_root, read = self._parent_reader(block)
         try:
-            return make_witness(self.tree, parent_root, block)
+            return make_witness(self.tree, parent_root, touched_keys(read, block))
+        except SmtError as exc:
+            raise ExecutionStateError(f"parent state is no longer retained: {exc}") from None
+
+    def trace(self, block_hash: bytes) -> BlockTrace:
+        """What each step of a stored, valid block read and wrote (re-executed on its parent's
+        state if it is no longer cached)."""
+        cached = self._traces.get(block_hash)
+        if cached is not None:
+            return cached
+        block = self.block(block_hash)
+        if block is None or self._status(block_hash) is not PayloadStatus.VALID:
+            raise ExecutionStateError(f"no valid block {block_hash.hex()} to trace")
+        _, outcome = self._execute_detached(block)
+        self._keep_trace(block_hash, outcome.trace)
+        return outcome.trace
+
+    def _keep_trace(self, block_hash: bytes, trace: BlockTrace) -> None:
+        self._traces[block_hash] = trace
+        self._traces.move_to_end(block_hash)
+        while len(self._traces) > TRACE_CACHE_SIZE:
+            self._traces.popitem(last=False)
+
+    def _execute_detached(
+        self, block: Block, fill_fee_payout: bool = False
+    ) -> tuple[bytes, BlockOutcome]:
+        """Execute ``block`` on its (retained) parent state without writing anything; return the
+        post-state root and the outcome."""
+        parent_root, read = self._parent_reader(block)
+        outcome = execute_block(read, block, executor=self.pool, fill_fee_payout=fill_fee_payout)
+        try:
+            return root_after(self.tree, parent_root, outcome.changes), outcome
         except SmtError as exc:
             raise ExecutionStateError(f"parent state is no longer retained: {exc}") from None
 
@@ -314,7 +403,7 @@ class ExecutionState:
         row = self._db.execute("SELECT 1 FROM txindex WHERE tx_id = ?", (tx_id,)).fetchone()
         return row is not None
 
-    def transaction(self, tx_id: bytes) -> tuple[Transaction, bytes, int] | None:
+    def transaction(self, tx_id: bytes) -> tuple[AnyTransaction, bytes, int] | None:
         """(transaction, block hash, index) of a canonical transaction."""
         row = self._db.execute(
             "SELECT block, idx FROM txindex WHERE tx_id = ?", (tx_id,)
@@ -342,11 +431,14 @@ class ExecutionState:
     def fill_roots(self, template: Block) -> Block:
         """``template`` with the ``state_root`` and ``receipts_root`` its execution gives (for
         building a payload; raises :class:`InvalidExecution` if it cannot execute)."""
-        witness = self.witness(template)
-        parent_root = self.state_root(template.header.parent_hash)
-        post_root, receipts = execute_stateless(parent_root, template, witness, self.pool)
-        header = replace(template.header, state_root=post_root, receipts_root=receipts)
-        return replace(template, header=header)
+        post_root, outcome = self._execute_detached(template, fill_fee_payout=True)
+        header = replace(
+            template.header,
+            transactions_root=transactions_root(outcome.coinbase, template.transactions),
+            state_root=post_root,
+            receipts_root=outcome.receipts_root,
+        )
+        return replace(template, header=header, coinbase=outcome.coinbase)
 
     def new_payload(self, block: Block) -> Verdict:
         """Execute and judge a block (see the module docstring)."""
@@ -436,30 +528,31 @@ class ExecutionState:
                 )
 
             _, outcome = execute_on_tree(
-                self.tree, block, height, self.pool, then=write, read_cache=self._accounts
+                self.tree, block, height, self.pool, then=write, read_cache=self._values
             )
             if height > self.retain:
                 self.tree.prune(height - self.retain)
             self._db.execute("COMMIT")
-            self._remember(outcome.post_accounts)
+            self._remember(outcome.touched)
+            self._keep_trace(block.block_hash, outcome.trace)
             self._checkpointer.after_commit(self._db)
         except BaseException:
             self._rollback()
             raise
 
-    def _remember(self, accounts: Mapping[Address, Account]) -> None:
-        for address, account in accounts.items():
-            self._accounts[address] = account
-            self._accounts.move_to_end(address)
-        while len(self._accounts) > ACCOUNT_CACHE_SIZE:
-            self._accounts.popitem(last=False)
+    def _remember(self, values: Mapping[bytes, bytes | None]) -> None:
+        cache = self._values
+        for key, value in values.items():
+            cache[key] = value
+            cache.move_to_end(key)
+        while len(cache) > VALUE_CACHE_SIZE:
+            cache.popitem(last=False)
 
     def _validate_side(self, block: Block) -> None:
-        post_root, receipts_root = execute_stateless(
-            self.state_root(block.header.parent_hash), block, self.witness(block), self.pool
-        )
-        self._check_roots(block, post_root, receipts_root)
+        post_root, outcome = self._execute_detached(block)
+        self._check_roots(block, post_root, outcome.receipts_root)
         self._store_block(block, post_root, PayloadStatus.VALID)
+        self._keep_trace(block.block_hash, outcome.trace)
 
     def _store_block(self, block: Block, root: bytes, status: PayloadStatus) -> None:
         self._db.execute(
@@ -487,8 +580,31 @@ class ExecutionState:
             "INSERT OR REPLACE INTO block_receipts VALUES (?, ?)",
             (block_hash, encode_receipts(receipts)),
         )
+        logs = block_logs(block_hash, block.header.height, receipts)
+        self.events.add_logs(block_hash, block.header.height, logs)
+        self._new_heads.append(block)
+        self._new_logs.extend(logs)
+
+    def take_notifications(self) -> tuple[list[Block], list[Log]]:
+        """The blocks that joined the canonical chain and the logs that left it (``removed``) and
+        joined it, in order, since the last call — committed changes only."""
+        heads, logs = self._new_heads, self._new_logs
+        self._new_heads, self._new_logs = [], []
+        return heads, logs
+
+    def block_receipts(self, block_hash: bytes) -> tuple[Receipt, ...]:
+        """The receipts of an executed block (empty if it has none stored)."""
+        row = self._db.execute(
+            "SELECT receipts FROM block_receipts WHERE block = ?", (block_hash,)
+        ).fetchone()
+        return () if row is None else decode_receipts(bytes(row[0]))
 
     def _disconnect(self, block: Block) -> None:
+        block_hash, height = block.block_hash, block.header.height
+        self._new_logs.extend(
+            reversed(block_logs(block_hash, height, self.block_receipts(block_hash), removed=True))
+        )
+        self.events.remove_block(block_hash)
         self._db.executemany(
             "DELETE FROM txindex WHERE tx_id = ?", [(tx.tx_id,) for tx in block.transactions]
         )
@@ -514,7 +630,7 @@ class ExecutionState:
         try:
             for block in old_blocks:
                 self._disconnect(block)
-            self._accounts.clear()
+            self._values.clear()
             self.tree = self.tree.with_root(fork_root)
             for block in new_blocks:
                 failing = block.block_hash

@@ -1,4 +1,4 @@
-"""The state transition of a block, as a function of the pre-state of the accounts it touches.
+"""The state transition of a block, as a function of the pre-state of the keys it touches.
 
 ``execute_block(read, block)`` is shared by the stateful execution client (``read`` backed by the
 state database) and by stateless re-execution from a witness (``read`` backed by proven values), so
@@ -7,35 +7,49 @@ both compute the same post-state by construction:
 1. Resolve each transaction's public keys: the keys it carries (its sender's first outgoing
    transaction), else keys revealed earlier in this block, else the keys the state holds.
 2. Verify every hybrid signature, in parallel on all cores (the libraries release the GIL).
-3. Apply the transactions in order: nonce equal to the account's, balance covering amount plus fee,
-   debit, nonce + 1, first-spend key reveal, credit the recipient.
-4. Credit the coinbase payouts (reward split and fees; the fee payout must equal the sum of fees).
-5. Produce one receipt per transaction and the receipts root.
+3. The *cron step*: run the due cron calls (:mod:`qoin.execution.cron`).
+4. One step per transaction, in order:
 
-Any broken rule makes the whole block invalid with a typed reason (there are no failed-but-included
-transactions for plain transfers).
+   * a v1 transfer: nonce equal to the account's, balance covering amount plus fee, debit, nonce + 1,
+     first-spend key reveal, credit the recipient (no code runs, whoever the recipient is); it uses
+     :data:`~qoin.execution.gas.TRANSFER_GAS`;
+   * a call: nonce, intrinsic gas within the gas limit, balance covering value plus the most it can
+     pay (``gas_limit x fee_per_gas``); the sender pays that up front, the call (or deployment) runs
+     in a frame with what gas is left (:mod:`qoin.execution.vm`), and the unused gas is refunded. A
+     call that reverts, runs out of gas or fails is still included: its receipt says why, its fee
+     is charged and nothing else it did stands.
+
+5. The *payout step*: credit the coinbase payouts; the last one (the fees) must equal the fees the
+   transactions were charged.
+6. One receipt per transaction, then one per cron call, and their root.
+
+A broken rule in 4 or 5 (a bad nonce, a sender who cannot pay, intrinsic gas above the limit, a wrong
+fee payout) makes the whole block invalid with a typed reason; a call's own failure does not.
+Every step's reads and writes are recorded (:class:`~qoin.execution.overlay.BlockTrace`): what
+witnesses prove and what account state sampling re-executes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 
-from qoin.chain.block import MAX_BLOCK_TRANSACTIONS, Block
-from qoin.chain.transaction import Transaction
+from qoin.chain.block import Block, Coinbase, Payout
+from qoin.chain.transaction import AnyTransaction, CallTransaction
 from qoin.crypto.address import Address
 from qoin.crypto.batch import start_verifying, verify_many
-from qoin.crypto.hashing import tagged_hash
 from qoin.crypto.hybrid import HybridPublicKey, is_valid
-from qoin.crypto.merkle import merkle_root
-from qoin.encoding.codec import DecodeError, NonCanonicalInteger, Reader, encode_varint
+from qoin.encoding.codec import DecodeError
 from qoin.errors import QoinError
-from qoin.execution.account import EMPTY_ACCOUNT, Account
-
-TAG_RECEIPT = b"QOIN/receipt/v1"
-MAX_BALANCE = 2**64 - 1
+from qoin.execution import cron
+from qoin.execution import gas as costs
+from qoin.execution.abi import decode_call
+from qoin.execution.account import AccountLeaf, keys_key
+from qoin.execution.overlay import BlockTrace, Read, StateOverlay, StepAccess, step_reader
+from qoin.execution.receipt import CallStatus, Receipt, receipts_root
+from qoin.execution.vm import MAX_BALANCE, Actor, BlockEnv, CallResult, Machine, Runtime
 
 
 class InvalidExecution(QoinError):
@@ -59,100 +73,73 @@ class BadNonce(InvalidExecution):
 
 
 class InsufficientBalance(InvalidExecution):
-    """The sender cannot pay amount plus fee."""
+    """The sender cannot pay amount plus fee (a call: value plus its gas limit's worth)."""
 
 
 class BalanceOverflow(InvalidExecution):
     """A credit would push a balance past 2^64 - 1 Shor."""
 
 
+class IntrinsicGasTooLow(InvalidExecution):
+    """A call's gas limit does not cover its intrinsic gas."""
+
+
 class BadFeePayout(InvalidExecution):
-    """The coinbase's fee payout is not the sum of the transactions' fees."""
+    """The coinbase's fee payout is not the sum of the fees the transactions were charged."""
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """What executing one transaction did."""
-
-    index: int
-    """Position in the block."""
-    tx_id: bytes
-    """The transaction."""
-    sender: Address
-    """Who paid."""
-    fee: int
-    """Fee paid to the miner."""
-    revealed_keys: bool
-    """Whether this transaction revealed its sender's public keys."""
-
-    def encode(self) -> bytes:
-        """Canonical encoding: varint index ‖ tx id (32) ‖ sender (32) ‖ varint fee ‖ u8 revealed."""
-        return self.encoded
-
-    @cached_property
-    def encoded(self) -> bytes:
-        """The encoding, built once (it is hashed into the root and stored)."""
-        return b"".join(
-            (
-                encode_varint(self.index),
-                self.tx_id,
-                self.sender.raw,
-                encode_varint(self.fee),
-                b"\x01" if self.revealed_keys else b"\x00",
-            )
-        )
-
-    @classmethod
-    def read(cls, reader: Reader) -> Receipt:
-        """Decode one receipt (the flag must be 0 or 1)."""
-        index, tx_id, sender = reader.varint(), reader.fixed(32), Address(reader.fixed(32))
-        fee, revealed = reader.varint(), reader.u8()
-        if revealed > 1:
-            raise NonCanonicalInteger(f"receipt key-reveal flag must be 0 or 1, got {revealed}")
-        return cls(index, tx_id, sender, fee, revealed == 1)
-
-    @property
-    def receipt_hash(self) -> bytes:
-        """Tagged hash of the encoding."""
-        return tagged_hash(TAG_RECEIPT, self.encode())
-
-
-def encode_receipts(receipts: Sequence[Receipt]) -> bytes:
-    """A block's receipts as one record: varint count, then each encoding (how they are stored)."""
-    return encode_varint(len(receipts)) + b"".join(receipt.encode() for receipt in receipts)
-
-
-def decode_receipts(data: bytes) -> tuple[Receipt, ...]:
-    """Inverse of :func:`encode_receipts`; the count is bounded by the block limit and receipt
-    ``i`` must have index ``i``."""
-    reader = Reader(data)
-    receipts = tuple(Receipt.read(reader) for _ in range(reader.count(MAX_BLOCK_TRANSACTIONS)))
-    reader.finish()
-    for position, receipt in enumerate(receipts):
-        if receipt.index != position:
-            raise DecodeError(f"receipt {position} carries index {receipt.index}")
-    return receipts
-
-
-def receipts_root(receipts: tuple[Receipt, ...]) -> bytes:
-    """Merkle root of the receipts' hashes."""
-    return merkle_root([receipt.receipt_hash for receipt in receipts])
+class BadState(InvalidExecution):
+    """A leaf of the pre-state does not decode (a corrupt database or a lying witness)."""
 
 
 @dataclass(frozen=True)
 class BlockOutcome:
     """The result of executing a block."""
 
-    post_accounts: Mapping[Address, Account]
-    """Post-state of every account the block touched."""
+    changes: Mapping[bytes, bytes]
+    """Every state key the block changed, with its new value (the tree update)."""
+    touched: Mapping[bytes, bytes | None]
+    """The post-state value of every key the block read or wrote (None: absent)."""
     receipts: tuple[Receipt, ...]
-    """One per transaction, in order."""
+    """One per transaction, in order, then one per cron call."""
     receipts_root: bytes
     """Root of the receipts."""
+    trace: BlockTrace
+    """What each step read and wrote."""
+    fees: int
+    """Fees the transactions were charged (what the last coinbase payout pays)."""
+    coinbase: Coinbase
+    """The coinbase as executed (with the fee payout filled in, when asked to fill it)."""
+    gas_used: int
+    """Gas the transactions used."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What executes contract and actor code: the built-in actors and the WebAssembly runtime."""
+
+    actors: Mapping[Address, Actor]
+    """Built-in actors by address."""
+    runtime: Runtime
+    """The WebAssembly runtime (with its compiled-module cache)."""
+
+
+_PLATFORM: list[Platform] = []
+
+
+def default_platform() -> Platform:
+    """The node's actors and runtime (built on first use: importing the runtime loads wasmtime)."""
+    if not _PLATFORM:
+        from qoin.actors import builtin_actors  # noqa: PLC0415 - deferred: loads every actor
+        from qoin.contracts.wasm import default_runtime  # noqa: PLC0415 - deferred: wasmtime
+
+        _PLATFORM.append(Platform(builtin_actors(), default_runtime()))
+    return _PLATFORM[0]
 
 
 def touched_addresses(block: Block) -> list[Address]:
-    """Every account the block reads or writes, in first-touch order (what a witness must cover)."""
+    """Every account the block's transactions and payouts name, in first-touch order (the keys a
+    block reads go beyond these: see :class:`~qoin.execution.overlay.BlockTrace`)."""
     seen: dict[Address, None] = {}
     for tx in block.transactions:
         seen.setdefault(tx.sender)
@@ -162,14 +149,39 @@ def touched_addresses(block: Block) -> list[Address]:
     return list(seen)
 
 
-def resolve_keys(
-    transactions: tuple[Transaction, ...], read: Callable[[Address], Account]
-) -> list[HybridPublicKey]:
+def block_env(block: Block) -> BlockEnv:
+    """What the calls of ``block`` may know about it."""
+    header = block.header
+    return BlockEnv(header.chain_id, header.height, header.timestamp_ms, header.parent_hash)
+
+
+_KEYS_CACHE: dict[bytes, HybridPublicKey] = {}
+_KEYS_CACHE_SIZE = 65_536
+
+
+def decode_keys(raw: bytes) -> HybridPublicKey:
+    """A keys leaf's public key (decoded once per process: a leaf never changes)."""
+    found = _KEYS_CACHE.get(raw)
+    if found is None:
+        try:
+            found = HybridPublicKey.decode(raw)
+        except QoinError as exc:
+            raise BadState(f"a keys leaf does not decode: {exc}") from None
+        if len(_KEYS_CACHE) >= _KEYS_CACHE_SIZE:
+            _KEYS_CACHE.clear()
+        _KEYS_CACHE[raw] = found
+    return found
+
+
+def resolve_keys(transactions: Sequence[AnyTransaction], read: Read) -> list[HybridPublicKey]:
     """The keys each transaction must be verified with (step 1)."""
     revealed: dict[Address, HybridPublicKey] = {}
     keys = []
     for index, tx in enumerate(transactions):
-        public = tx.public_keys or revealed.get(tx.sender) or read(tx.sender).public_keys
+        public = tx.public_keys or revealed.get(tx.sender)
+        if public is None:
+            raw = read(keys_key(tx.sender))
+            public = None if raw is None else decode_keys(raw)
         if public is None:
             raise MissingPublicKey(
                 f"transaction {index} ({tx.tx_id.hex()[:16]}): sender {tx.sender} has not "
@@ -184,19 +196,128 @@ def resolve_keys(
     return keys
 
 
-def _credit(account: Account, amount: int, what: str) -> Account:
-    balance = account.balance + amount
-    if balance > MAX_BALANCE:
-        raise BalanceOverflow(f"{what} would overflow a balance")
-    return Account(balance, account.nonce, account.public_keys)
+def _leaf(machine: Machine, address: Address) -> AccountLeaf:
+    try:
+        return machine.leaf(address)
+    except DecodeError as exc:
+        raise BadState(f"the account leaf of {address} is invalid: {exc}") from None
 
 
-def _verify_txs(chunk: Sequence[tuple[HybridPublicKey, Transaction]]) -> list[bool]:
-    """Signature verdicts of a chunk (signing hashes computed on the worker thread too)."""
-    return [is_valid(key, tx.signing_hash, tx.signature) for key, tx in chunk]
+def _debit_sender(
+    machine: Machine,
+    tx: AnyTransaction,
+    index: int,
+    keys: HybridPublicKey,
+    cost: int,
+    need: int | None = None,
+) -> bool:
+    """Nonce check, the balance check (covering ``need``, by default ``cost``), the debit of
+    ``cost``, nonce + 1 and the key reveal; returns whether this transaction revealed the
+    sender's keys."""
+    sender = _leaf(machine, tx.sender)
+    if tx.nonce != sender.nonce:
+        raise BadNonce(f"transaction {index}: nonce {tx.nonce}, account expects {sender.nonce}")
+    needed = cost if need is None else need
+    if needed > sender.balance:
+        raise InsufficientBalance(
+            f"transaction {index}: {tx.sender} has {sender.balance} Shor, needs {needed}"
+        )
+    reveals = not sender.revealed
+    if reveals:
+        machine.state.set(keys_key(tx.sender), keys.encode())
+    elif tx.public_keys is None:
+        machine.state.get(keys_key(tx.sender))  # the keys the signature was checked with
+    machine.set_leaf(
+        tx.sender, AccountLeaf(sender.balance - cost, sender.nonce + 1, True, sender.code_hash)
+    )
+    return reveals
 
 
-def _check_verdicts(verdicts: list[bool], txs: tuple[Transaction, ...]) -> None:
+def _credit(machine: Machine, address: Address, amount: int, what: str) -> None:
+    """Credit ``amount`` (nothing at all for 0: an absent account that receives nothing stays
+    absent)."""
+    if not amount:
+        return
+    leaf = _leaf(machine, address)
+    if leaf.balance + amount > MAX_BALANCE:
+        raise BalanceOverflow(f"{what} would overflow the balance of {address}")
+    machine.set_leaf(
+        address, AccountLeaf(leaf.balance + amount, leaf.nonce, leaf.revealed, leaf.code_hash)
+    )
+
+
+def apply_transaction(
+    machine: Machine, tx: AnyTransaction, index: int, keys: HybridPublicKey
+) -> Receipt:
+    """Step 4 for one transaction (its signature is checked apart); raises
+    :class:`InvalidExecution` if the transaction cannot be in the block."""
+    if isinstance(tx, CallTransaction):
+        return _apply_call(machine, tx, index, keys)
+    reveals = _debit_sender(machine, tx, index, keys, tx.amount + tx.fee)
+    _credit(machine, tx.recipient, tx.amount, f"transaction {index}")
+    return Receipt(index, tx.tx_id, tx.sender, tx.fee, reveals, gas_used=costs.TRANSFER_GAS)
+
+
+def _apply_call(
+    machine: Machine, tx: CallTransaction, index: int, keys: HybridPublicKey
+) -> Receipt:
+    intrinsic = costs.call_intrinsic_gas(len(tx.data))
+    if tx.gas_limit < intrinsic:
+        raise IntrinsicGasTooLow(
+            f"transaction {index}: gas limit {tx.gas_limit} is below its intrinsic gas {intrinsic}"
+        )
+    # The sender must hold the value too, but it moves inside the frame (undone if the call fails).
+    reveals = _debit_sender(machine, tx, index, keys, tx.max_fee, need=tx.value + tx.max_fee)
+    machine.begin_step()
+    budget = tx.gas_limit - intrinsic
+    if tx.is_deploy:
+        result = machine.deploy(
+            deployer=tx.sender, nonce=tx.nonce, data=tx.data, value=tx.value, gas=budget
+        )
+    else:
+        try:
+            call = decode_call(tx.data)
+        except DecodeError as exc:
+            result = CallResult(CallStatus.FAILED, b"", 0, f"bad call data: {exc}")
+        else:
+            result = machine.call(
+                caller=tx.sender,
+                origin=tx.sender,
+                to=tx.to,
+                value=tx.value,
+                method=call.method,
+                args=call.args,
+                gas=budget,
+                depth=1,
+            )
+    gas_used = intrinsic + result.gas_used
+    refund = (tx.gas_limit - gas_used) * tx.fee_per_gas
+    _credit(machine, tx.sender, refund, f"transaction {index}'s refund")
+    events = tuple(machine.events) if result.succeeded else ()
+    machine.events.clear()
+    return Receipt(
+        index,
+        tx.tx_id,
+        tx.sender,
+        gas_used * tx.fee_per_gas,
+        reveals,
+        result.status,
+        gas_used,
+        result.reason,
+        result.return_data,
+        events,
+    )
+
+
+def apply_payouts(machine: Machine, payouts: Sequence[Payout], fees: int) -> None:
+    """Step 5: credit the payouts; the last must pay exactly ``fees``."""
+    if not payouts or payouts[-1].amount != fees:
+        raise BadFeePayout(f"the last coinbase payout must be the {fees} Shor of fees charged")
+    for payout in payouts:
+        _credit(machine, payout.recipient, payout.amount, "a coinbase payout")
+
+
+def _check_verdicts(verdicts: list[bool], txs: Sequence[AnyTransaction]) -> None:
     for index, ok in enumerate(verdicts):
         if not ok:
             raise BadSignature(
@@ -204,69 +325,86 @@ def _check_verdicts(verdicts: list[bool], txs: tuple[Transaction, ...]) -> None:
             )
 
 
-def _apply(
-    read: Callable[[Address], Account], block: Block, keys: list[HybridPublicKey]
+def _verify_txs(chunk: Sequence[tuple[HybridPublicKey, AnyTransaction]]) -> list[bool]:
+    """Signature verdicts of a chunk (signing hashes computed on the worker thread too)."""
+    return [is_valid(key, tx.signing_hash, tx.signature) for key, tx in chunk]
+
+
+def new_machine(read: Read, block: Block, platform: Platform | None = None) -> Machine:
+    """A machine executing ``block`` over the pre-state ``read``."""
+    chosen = platform or default_platform()
+    return Machine(
+        StateOverlay(read), block_env(block), chosen.actors, chosen.runtime, cron.schedule
+    )
+
+
+def _run(
+    machine: Machine, block: Block, keys: list[HybridPublicKey], fill_fee_payout: bool
 ) -> BlockOutcome:
-    """Steps 3 to 5: apply transactions and payouts in order (signatures are checked apart)."""
+    """Steps 3 to 6 (signatures are checked apart)."""
     txs = block.transactions
-    accounts: dict[Address, Account] = {}  # every account read is written back below
-    receipts = []
+    state = machine.state
+    cron_receipts = cron.run_due(machine, len(txs))
+    state.end_step()
+    receipts: list[Receipt] = []
     for index, tx in enumerate(txs):
-        sender = accounts.get(tx.sender) or read(tx.sender)
-        if tx.nonce != sender.nonce:
-            raise BadNonce(f"transaction {index}: nonce {tx.nonce}, account expects {sender.nonce}")
-        cost = tx.amount + tx.fee
-        if cost > sender.balance:
-            raise InsufficientBalance(
-                f"transaction {index}: {tx.sender} has {sender.balance} Shor, needs {cost}"
-            )
-        reveals = sender.public_keys is None
-        accounts[tx.sender] = Account(
-            sender.balance - cost, sender.nonce + 1, sender.public_keys or keys[index]
-        )
-        recipient = accounts.get(tx.recipient) or read(tx.recipient)
-        if recipient.balance + tx.amount > MAX_BALANCE:
-            raise BalanceOverflow(f"transaction {index} would overflow a balance")
-        accounts[tx.recipient] = Account(
-            recipient.balance + tx.amount, recipient.nonce, recipient.public_keys
-        )
-        receipts.append(Receipt(index, tx.tx_id, tx.sender, tx.fee, reveals))
-    fees = sum(tx.fee for tx in txs)
-    payouts = block.coinbase.payouts
-    if not payouts or payouts[-1].amount != fees:
-        raise BadFeePayout(f"the last coinbase payout must be the {fees} Shor of fees")
-    for payout in payouts:
-        current = accounts.get(payout.recipient) or read(payout.recipient)
-        accounts[payout.recipient] = _credit(current, payout.amount, "coinbase")
-    receipt_tuple = tuple(receipts)
-    return BlockOutcome(accounts, receipt_tuple, receipts_root(receipt_tuple))
+        receipt = apply_transaction(machine, tx, index, keys[index])
+        receipts.append(receipt)
+        state.end_step(receipt.fee)
+    fees = sum(receipt.fee for receipt in receipts)
+    payouts = list(block.coinbase.payouts)
+    if fill_fee_payout and payouts:
+        payouts[-1] = Payout(payouts[-1].recipient, fees)
+    apply_payouts(machine, payouts, fees)
+    state.end_step()
+    receipts.extend(cron_receipts)
+    all_receipts = tuple(receipts)
+    return BlockOutcome(
+        changes=state.changes(),
+        touched=state.values(),
+        receipts=all_receipts,
+        receipts_root=receipts_root(all_receipts),
+        trace=BlockTrace(state.steps),
+        fees=fees,
+        coinbase=Coinbase(tuple(payouts)),
+        gas_used=sum(receipt.gas_used for receipt in all_receipts[: len(txs)]),
+    )
 
 
 def execute_block(
-    read: Callable[[Address], Account],
+    read: Read,
     block: Block,
     executor: ThreadPoolExecutor | None = None,
     workers: int | None = None,
     then: Callable[[BlockOutcome], None] | None = None,
+    fill_fee_payout: bool = False,
+    platform: Platform | None = None,
+    on_machine: Callable[[Machine], None] | None = None,
 ) -> BlockOutcome:
-    """Execute ``block`` on the pre-state given by ``read`` (absent accounts read as empty).
+    """Execute ``block`` on the pre-state given by ``read`` (a state-tree lookup).
 
-    With an ``executor``, signatures are verified on its threads *while* the transactions are
-    applied (and while ``then`` — e.g. the state-tree update — runs); the verdicts are joined before
-    returning. A bad signature is reported in preference to any other error of the same block.
+    With an ``executor``, signatures are verified on its threads *while* the block is applied (and
+    while ``then`` — e.g. the state-tree update — runs); the verdicts are joined before returning. A
+    bad signature is reported in preference to any other error of the same block. With
+    ``fill_fee_payout`` the last coinbase payout is set to the fees charged instead of checked (a
+    block builder's mode; the outcome's ``coinbase`` is the one to put in the block).
+    ``on_machine`` sees the machine before it runs (to learn what a failing block touched).
     """
     txs = block.transactions
     keys = resolve_keys(txs, read)
+    machine = new_machine(read, block, platform)
+    if on_machine is not None:
+        on_machine(machine)
     if executor is None:
         items = [(key, tx.signing_hash, tx.signature) for key, tx in zip(keys, txs, strict=True)]
         _check_verdicts(verify_many(items, workers=workers), txs)
-        outcome = _apply(read, block, keys)
+        outcome = _run(machine, block, keys, fill_fee_payout)
         if then is not None:
             then(outcome)
         return outcome
     pending = start_verifying(_verify_txs, list(zip(keys, txs, strict=True)), executor, workers)
     try:
-        outcome = _apply(read, block, keys)
+        outcome = _run(machine, block, keys, fill_fee_payout)
         if then is not None:
             then(outcome)
     except InvalidExecution:
@@ -276,6 +414,52 @@ def execute_block(
     return outcome
 
 
-def empty_reader(address: Address) -> Account:
-    """A pre-state in which every account is empty."""
-    return EMPTY_ACCOUNT
+def touched_keys(read: Read, block: Block, platform: Platform | None = None) -> list[bytes]:
+    """Every state key executing ``block`` reads, in first-read order — up to the broken rule for
+    an invalid block, which is what re-executing it needs to find the same rule broken."""
+    machines: list[Machine] = []
+    with contextlib.suppress(InvalidExecution):
+        execute_block(read, block, platform=platform, on_machine=machines.append)
+    keys = machines[0].state.touched() if machines else []
+    for tx in block.transactions:  # resolve_keys reads these before any machine exists
+        if tx.public_keys is None and keys_key(tx.sender) not in keys:
+            keys.append(keys_key(tx.sender))
+    return keys
+
+
+def replay_step(
+    block: Block,
+    step: int,
+    access: StepAccess,
+    fees: int,
+    platform: Platform | None = None,
+) -> StepAccess:
+    """Re-execute step ``step`` of ``block`` (0: cron, 1..n: transaction ``step - 1``, n + 1:
+    payouts with ``fees``) from its recorded pre-values alone; return what it really accessed and
+    changed. Signatures are not checked here (the caller checks the ones it must). Raises
+    :class:`InvalidExecution` if the step breaks a rule, and
+    :class:`~qoin.execution.overlay.TraceIncomplete` if it reads a key ``access`` lacks."""
+    machine = new_machine(step_reader(access), block, platform)
+    txs = block.transactions
+    fee = 0
+    if step == 0:
+        cron.run_due(machine, len(txs))
+    elif step <= len(txs):
+        tx = txs[step - 1]
+        keys = tx.public_keys
+        if keys is None:
+            raw = machine.state.get(keys_key(tx.sender))
+            if raw is None:
+                raise MissingPublicKey(f"transaction {step - 1}: the sender has no keys")
+            keys = decode_keys(raw)
+        fee = apply_transaction(machine, tx, step - 1, keys).fee
+    elif step == len(txs) + 1:
+        apply_payouts(machine, block.coinbase.payouts, fees)
+    else:
+        raise ValueError(f"block has {len(txs) + 2} steps, not {step + 1}")
+    return machine.state.end_step(fee)
+
+
+def empty_reader(key: bytes) -> bytes | None:
+    """A pre-state in which every key is absent."""
+    return None

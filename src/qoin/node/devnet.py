@@ -71,8 +71,6 @@ POLL_S = 0.25
 RPC_TIMEOUT_S = 5.0
 TX_INTERVAL_S = 1.0
 TX_AMOUNT = 1_000
-TX_SIZE_FOR_FEE = 8_000
-"""The size the fee is estimated for: above a transfer that reveals its keys."""
 RECIPIENTS = 3
 RATE_WINDOW_S = 30.0
 
@@ -250,7 +248,7 @@ class TransferSender:
         """Sign and submit one transfer; its hash."""
         sender = str(self.keypair.address)
         account = self.client.call("qoin_getAccount", sender)
-        fee = self.client.call("qoin_estimateFee", TX_SIZE_FOR_FEE)["fee"]
+        fee = self.client.call("qoin_estimateFee")["fee"]
         tx = sign_transfer(
             self.keypair,
             chain_id=self.chain_id,

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 from qoin.chain.block import Block, Header
 from qoin.chain.chain import ImportResult
 from qoin.chain.genesis import Genesis
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.p2p.messages import AnnouncedBlock
 
 T = TypeVar("T")
@@ -67,14 +67,14 @@ class ChainAccess(Protocol):
     def import_block(self, block: Block) -> ImportResult:
         """Validate, judge and store a block (raises ``InvalidBlock``, ``ExecutionUndecided``)."""
 
-    def new_transactions(self) -> list[Transaction]:
+    def new_transactions(self) -> list[AnyTransaction]:
         """Transactions the execution clients admitted since the last call."""
 
-    def pending_transactions(self) -> list[Transaction]:
+    def pending_transactions(self) -> list[AnyTransaction]:
         """What the execution clients hold pending now (for a new peer; bounded by the caller's
         message bound)."""
 
-    def submit_transactions(self, txs: Sequence[Transaction]) -> list[TxVerdict]:
+    def submit_transactions(self, txs: Sequence[AnyTransaction]) -> list[TxVerdict]:
         """Hand transactions to every execution client; a verdict per transaction, in order."""
 
 

@@ -47,7 +47,7 @@ from enum import IntEnum
 from typing import ClassVar, Final
 
 from qoin.chain.block import MAX_BLOCK_SIZE, ZERO_HASH, Block, Header
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction, read_transaction
 from qoin.crypto.hashing import HASH_SIZE
 from qoin.encoding.codec import (
     DecodeError,
@@ -85,7 +85,7 @@ MAX_ANNOUNCED_TRANSACTIONS: Final = 4096
 MAX_GET_TRANSACTIONS: Final = MAX_ANNOUNCED_TRANSACTIONS
 """Transaction ids in one ``GetTransactions``: at most one announcement's worth."""
 MAX_TRANSACTIONS: Final = MAX_GET_TRANSACTIONS
-"""Transactions in one ``Transactions`` (a reply to one ``GetTransactions``). Up to ~22 kB each,
+"""Transactions in one ``Transactions`` (a reply to one ``GetTransactions``). Up to 96 KiB each,
 so the frame limit is usually hit first: :func:`split_transactions` cuts a reply to fit."""
 MAX_DISCONNECT_TEXT: Final = 256
 """UTF-8 bytes of a ``Disconnect`` explanation: one log line, never a channel for bulk data."""
@@ -505,7 +505,7 @@ class Transactions:
 
     TYPE: ClassVar[MessageType] = MessageType.TRANSACTIONS
 
-    transactions: tuple[Transaction, ...]
+    transactions: tuple[AnyTransaction, ...]
     """At most :data:`MAX_TRANSACTIONS`, and the message fits :data:`MAX_MESSAGE_SIZE`."""
 
     def write(self, writer: Writer) -> None:
@@ -518,7 +518,7 @@ class Transactions:
     def read(cls, reader: Reader) -> Transactions:
         """Decode the body."""
         count = _read_count(reader, MAX_TRANSACTIONS, 1)
-        return cls(tuple([Transaction.read(reader) for _ in range(count)]))
+        return cls(tuple([read_transaction(reader) for _ in range(count)]))
 
 
 # --- not found -------------------------------------------------------------------------------
@@ -662,7 +662,7 @@ def encoded_blocks_messages(
 
 
 def split_transactions(
-    transactions: Sequence[Transaction], max_size: int = MAX_MESSAGE_SIZE
+    transactions: Sequence[AnyTransaction], max_size: int = MAX_MESSAGE_SIZE
 ) -> list[Transactions]:
     """``Transactions`` messages carrying ``transactions`` in order, each at most ``max_size``."""
     items = tuple(transactions)

@@ -9,7 +9,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from qoin.chain.transaction import Transaction
+from qoin.chain.transaction import AnyTransaction
 from qoin.errors import QoinError
 from qoin.p2p.access import ChainWorker, TxVerdict
 from qoin.p2p.messages import (
@@ -39,15 +39,15 @@ class TransactionRelay:
         self.peers = peers
         self.chain = chain
         self.counters = counters
-        self._cache: OrderedDict[bytes, Transaction] = OrderedDict()
+        self._cache: OrderedDict[bytes, AnyTransaction] = OrderedDict()
 
-    def _remember(self, tx: Transaction) -> None:
+    def _remember(self, tx: AnyTransaction) -> None:
         self._cache[tx.tx_id] = tx
         self._cache.move_to_end(tx.tx_id)
         while len(self._cache) > TX_CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    def _announce(self, peer: PeerSession, txs: Sequence[Transaction]) -> None:
+    def _announce(self, peer: PeerSession, txs: Sequence[AnyTransaction]) -> None:
         fresh = tuple(tx.tx_id for tx in txs if tx.tx_id not in peer.known_txs)
         for start in range(0, len(fresh), MAX_ANNOUNCED_TRANSACTIONS):
             batch = fresh[start : start + MAX_ANNOUNCED_TRANSACTIONS]

@@ -13,6 +13,12 @@ neither heads, bodies nor answers, and its ``limit_concurrency`` answers 503 onl
 arrived: a client sending a header line every few seconds, or never reading what it asked for,
 would hold its connection for ever.) How much memory the bodies in flight may take is the
 application's bound (see :mod:`qoin.rpc.server`).
+
+WebSocket upgrades are refused unless a server is given ``websocket_max_frame``: then an upgrade
+becomes a WebSocket connection (counted in ``max_connections`` like any other) whose incoming
+messages are at most that many bytes, uncompressed, and whose outgoing buffer may not stay full
+(the client not reading) ``idle_timeout`` seconds: such a connection is aborted. What an application
+queues for it is the application's bound (see :mod:`qoin.rpc.subscriptions`).
 """
 
 from __future__ import annotations
@@ -89,6 +95,17 @@ class _BoundedH11(H11Protocol):
     _body_bytes = 0
     """Bytes of the current body received so far."""
 
+    _upgraded = False
+    """Whether the connection became a WebSocket (its transport is another protocol's now)."""
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        super().handle_websocket_upgrade(event)
+        self._upgraded = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._cancel_write_timer()
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
@@ -156,6 +173,8 @@ class _BoundedH11(H11Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._upgraded:  # the WebSocket protocol bounds the connection now
+            return
         deadline = self._deadline()
         if deadline is not None and not self.transport.is_closing():
             self._timer = self.loop.call_at(deadline, self._expire)
@@ -174,11 +193,54 @@ def _bounded_protocol(limits: HttpLimits) -> type[_BoundedH11]:
     return type("BoundedH11", (_BoundedH11,), {"limits": limits})
 
 
+def _bounded_websocket(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """The WebSocket connection class of one server: uvicorn's (websockets, sans-I/O), aborted
+    when its outgoing buffer stays full ``limits.idle_timeout`` seconds (uvicorn's own close then
+    waits for the buffer to drain, for ever if the client never reads)."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: PLC0415
+        WebSocketsSansIOProtocol,
+    )
+
+    class BoundedWebSocket(WebSocketsSansIOProtocol):
+        _write_timer: asyncio.TimerHandle | None = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(limits.idle_timeout, self._stalled)
+
+        def resume_writing(self) -> None:
+            self._cancel_write_timer()
+            super().resume_writing()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_write_timer()
+            super().connection_lost(exc)
+
+        def _cancel_write_timer(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _stalled(self) -> None:
+            self._write_timer = None
+            self.transport.abort()
+
+    return BoundedWebSocket
+
+
 class BackgroundServer:
-    """uvicorn serving ``app`` on ``host:port`` in a daemon thread; ``port=0`` picks a free one."""
+    """uvicorn serving ``app`` on ``host:port`` in a daemon thread; ``port=0`` picks a free one.
+    WebSocket connections are served only with ``websocket_max_frame`` (the largest message a
+    client may send, in bytes; see the module docstring)."""
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int = 0, limits: HttpLimits = HttpLimits()
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: HttpLimits = HttpLimits(),
+        websocket_max_frame: int | None = None,
     ) -> None:
         # Protocol IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
         # without it every answer uvicorn writes in two parts waits ~40 ms for a delayed ACK.
@@ -192,13 +254,21 @@ class BackgroundServer:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         self.host, self.port = self._socket.getsockname()[:2]
         self.limits = limits
+        # Without a bound for WebSockets, an Upgrade is not honoured (no route takes it).
+        websocket: dict[str, Any] = {"ws": "none"}
+        if websocket_max_frame is not None:
+            websocket = {
+                "ws": _bounded_websocket(limits),
+                "ws_max_size": websocket_max_frame,
+                "ws_per_message_deflate": False,  # a compressor per connection, and its work
+            }
         config = uvicorn.Config(
             app,
             log_level="warning",
             lifespan="off",
             access_log=False,
             http=_bounded_protocol(limits),
-            ws="none",  # an Upgrade would hand the connection to a protocol without our bounds
+            **websocket,
             timeout_keep_alive=limits.keep_alive,
         )
         self._server = uvicorn.Server(config)

@@ -42,7 +42,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp
 
 from qoin.errors import QoinError
 
@@ -275,6 +276,11 @@ class RpcServer:
         discover = Method("rpc.discover", self.openrpc, (), {"type": "object"}, "OpenRPC document")
         self.methods.setdefault(discover.name, discover)
         self.app = Starlette(routes=[Route("/", self.endpoint, methods=["POST"])])
+
+    def add_websocket(self, path: str, endpoint: ASGIApp) -> None:
+        """Serve the WebSocket ``endpoint`` (an ASGI app) at ``path`` on this server's port, next
+        to ``POST /`` (an HTTP request never reaches it, nor a WebSocket the JSON-RPC route)."""
+        self.app.router.routes.append(WebSocketRoute(path, endpoint))
 
     def openrpc(self) -> dict[str, Any]:
         """The OpenRPC document of this server."""

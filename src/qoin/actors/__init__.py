@@ -1,0 +1,41 @@
+"""The built-in actors: Python code at fixed addresses, called like contracts.
+
+Each actor lives at ``actor_address(name) = tagged_hash("QOIN/actor/v1", name)``
+(:func:`qoin.execution.account.actor_address`) and is part of the protocol: every node runs the
+same actors, so adding or changing one is a network upgrade. The actors today:
+
+``names`` (:mod:`qoin.actors.names`)
+    Human-readable names that resolve to a 32-byte value, bought for a term with a burnt fee.
+
+The name ``cron`` is reserved: cron calls come from ``actor_address("cron")``
+(:data:`qoin.execution.cron.CRON_ADDRESS`), which has no methods. The storage and compute markets
+will join this list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from types import MappingProxyType
+
+from qoin.actors.names import names_actor
+from qoin.crypto.address import Address
+from qoin.execution.account import actor_address
+from qoin.execution.cron import CRON_ADDRESS
+from qoin.execution.vm import Actor
+
+ACTOR_NAMES = ("names",)
+"""The names of the built-in actors (each lives at ``actor_address(name)``)."""
+NAMES_ADDRESS = actor_address("names")
+"""Where the ``names`` actor lives."""
+
+__all__ = ["ACTOR_NAMES", "CRON_ADDRESS", "NAMES_ADDRESS", "builtin_actors"]
+
+
+@cache
+def builtin_actors() -> Mapping[Address, Actor]:
+    """Every built-in actor by address (built once; the mapping cannot be changed)."""
+    actors: dict[Address, Actor] = {}
+    for actor in (names_actor(),):
+        actors[actor_address(actor.name)] = actor
+    return MappingProxyType(actors)
