@@ -497,7 +497,7 @@ def _ratio(rate: float, baseline: float, goal: float) -> dict[str, Any]:
 
 
 def run(
-    senders: int = 100,
+    senders: int = 500,
     blocks: int = 3,
     txs_per_block: int = 300,
     samples: int = DEFAULT_SAMPLES,

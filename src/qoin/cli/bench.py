@@ -108,7 +108,7 @@ def bench_contracts(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a small table.")
     ] = False,
-    senders: Annotated[int, typer.Option(help="Funded senders.", min=1, max=4_000)] = 100,
+    senders: Annotated[int, typer.Option(help="Funded senders.", min=1, max=4_000)] = 500,
     blocks: Annotated[int, typer.Option(help="Measured blocks per workload.", min=1, max=100)] = 3,
     txs_per_block: Annotated[
         int, typer.Option(help="Transactions per block.", min=1, max=4_000)
