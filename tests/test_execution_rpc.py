@@ -14,8 +14,8 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.hashing import HASH_SIZE
 from qoin.execution.account import AccountLeaf, state_key
 from qoin.execution.client import ExecutionClient
-from qoin.execution.overlay import TraceSummary, decode_step_records
 from qoin.execution.state import ExecutionState
+from qoin.execution.trace import TraceSummary, decode_step_records
 from qoin.pow.proof import placeholder_proof
 from qoin.rpc.client import RpcClient
 from qoin.rpc.jwt import encode

@@ -82,7 +82,10 @@ from qoin.execution.account import (
 from qoin.execution.client import ExecutionClient
 from qoin.execution.cron import CURSOR_KEY
 from qoin.execution.dishonest import DishonestClient
-from qoin.execution.overlay import (
+from qoin.execution.overlay import StepAccess
+from qoin.execution.receipt import CallStatus
+from qoin.execution.state import ExecutionState
+from qoin.execution.trace import (
     ABSENT_REF,
     MAX_INLINE_VALUE,
     MAX_STEP_RECORDS,
@@ -90,7 +93,6 @@ from qoin.execution.overlay import (
     REF_HASH,
     REF_VALUE,
     BlockTrace,
-    StepAccess,
     StepSummary,
     TraceSummary,
     ValueRef,
@@ -104,8 +106,6 @@ from qoin.execution.overlay import (
     step_indexes,
     value_ref,
 )
-from qoin.execution.receipt import CallStatus
-from qoin.execution.state import ExecutionState
 from qoin.execution.transition import BadSignature, BlockOutcome, execute_block, replay_step
 from qoin.rpc.serve import BackgroundServer
 from qoin.state.nodestore import MemoryNodeStore

@@ -64,8 +64,9 @@ from qoin.consensus.sampling import (
 )
 from qoin.crypto.batch import default_workers, favour_verifier_threads
 from qoin.execution.client import ExecutionClient
-from qoin.execution.overlay import MAX_STEP_RECORDS, StepAccess, encode_step_records
+from qoin.execution.overlay import StepAccess
 from qoin.execution.state import ExecutionState
+from qoin.execution.trace import MAX_STEP_RECORDS, encode_step_records
 from qoin.execution.witness import execute_stateless
 from qoin.rpc.jwt import SECRET_SIZE
 from qoin.rpc.serve import BackgroundServer

@@ -28,12 +28,8 @@ from qoin.execution.client import (
     SUBMIT_STATUSES,
 )
 from qoin.execution.mempool import MAX_TX_SIZE, Refusal
-from qoin.execution.overlay import (
-    MAX_STEP_RECORDS,
-    StepAccess,
-    TraceSummary,
-    decode_step_records,
-)
+from qoin.execution.overlay import StepAccess
+from qoin.execution.trace import MAX_STEP_RECORDS, TraceSummary, decode_step_records
 from qoin.execution.witness import Witness
 from qoin.rpc import jwt
 from qoin.rpc.client import RpcCallError, RpcClient, RpcTimeout
@@ -236,7 +232,7 @@ class EngineClient:
 
     def get_steps(self, block_hash: bytes, indexes: Sequence[int]) -> dict[int, StepAccess]:
         """The full records of steps of a block (``engine_getSteps``), in calls of at most
-        :data:`~qoin.execution.overlay.MAX_STEP_RECORDS` steps; a record of a step not asked for
+        :data:`~qoin.execution.trace.MAX_STEP_RECORDS` steps; a record of a step not asked for
         is a malformed answer (one asked for and missing is for the caller to judge)."""
         records: dict[int, StepAccess] = {}
         wanted = sorted(set(indexes))

@@ -2,7 +2,7 @@
 touched (docs/spec/sampling.md).
 
 After an execution client has called a block VALID, the consensus client asks it for the block's
-*trace summary* (:class:`~qoin.execution.overlay.TraceSummary`: what each step — the cron step,
+*trace summary* (:class:`~qoin.execution.trace.TraceSummary`: what each step — the cron step,
 every transaction, the payouts — read and wrote, each value as a reference: itself if at most 32
 bytes, else its SHA3-256), checks it against the block alone (:func:`check_trace`), draws ``k`` of
 the keys it accessed with its own CSPRNG (:func:`draw_sample`: account leaves, keys leaves,
@@ -45,12 +45,11 @@ from qoin.chain.transaction import Transaction
 from qoin.crypto.hybrid import is_valid
 from qoin.errors import QoinError
 from qoin.execution.account import keys_key, state_key
-from qoin.execution.overlay import (
+from qoin.execution.overlay import StepAccess, TraceIncomplete
+from qoin.execution.trace import (
     MAX_STEP_RECORDS,
     BlockTrace,
-    StepAccess,
     StepSummary,
-    TraceIncomplete,
     TraceSummary,
     ref_matches,
     show_ref,
@@ -121,7 +120,7 @@ AnyTrace = BlockTrace | TraceSummary
 """A full trace or its summary: :func:`check_trace` needs only the keys and fees of each step."""
 StepFetch = Callable[[Sequence[int]], Mapping[int, StepAccess]]
 """Fetches the full records of steps by index (``engine_getSteps``, at most
-:data:`~qoin.execution.overlay.MAX_STEP_RECORDS` a call); a record it does not return fails the
+:data:`~qoin.execution.trace.MAX_STEP_RECORDS` a call); a record it does not return fails the
 sample."""
 
 
@@ -405,7 +404,7 @@ class _Replays:
 
 def fetch_records(fetch: StepFetch, indexes: Sequence[int]) -> dict[int, StepAccess]:
     """The records of ``indexes`` through ``fetch``, at most
-    :data:`~qoin.execution.overlay.MAX_STEP_RECORDS` a call; only the ones asked for are kept."""
+    :data:`~qoin.execution.trace.MAX_STEP_RECORDS` a call; only the ones asked for are kept."""
     records: dict[int, StepAccess] = {}
     for start in range(0, len(indexes), MAX_STEP_RECORDS):
         batch = indexes[start : start + MAX_STEP_RECORDS]

@@ -57,13 +57,13 @@ from qoin.execution.mempool import (
     NonceTooLow,
     Refusal,
 )
-from qoin.execution.overlay import (
+from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
+from qoin.execution.trace import (
     MAX_STEP_RECORDS,
     MAX_TRACE_STEPS,
     encode_step_records,
     step_indexes,
 )
-from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
 from qoin.execution.vm import MAX_BALANCE, BlockEnv
 from qoin.rpc.jwt import JwtError, verify
 from qoin.rpc.serve import BackgroundServer, HttpLimits
@@ -666,7 +666,7 @@ class ExecutionClient:
 
     def get_trace(self, block_hash: bytes) -> str:
         """What each step of a valid block read and wrote, each value as a reference (hex of the
-        :class:`~qoin.execution.overlay.TraceSummary` encoding), for account state sampling."""
+        :class:`~qoin.execution.trace.TraceSummary` encoding), for account state sampling."""
         with self.lock:
             return self.state.trace(block_hash).encode_summary().hex()
 

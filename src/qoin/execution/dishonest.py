@@ -47,7 +47,7 @@ from qoin.execution.account import (
 )
 from qoin.execution.client import ExecutionClient
 from qoin.execution.cron import CRON_ADDRESS, CURSOR_KEY
-from qoin.execution.overlay import BlockTrace, decode_step_records, encode_step_records
+from qoin.execution.trace import BlockTrace, decode_step_records, encode_step_records
 from qoin.execution.transition import execute_block
 from qoin.state.nodestore import MemoryNodeStore, NodeStore
 from qoin.state.smt import Proof, SparseMerkleTree

@@ -51,8 +51,8 @@ from qoin.execution.account import (
 )
 from qoin.execution.checkpointer import Checkpointer
 from qoin.execution.events import EventIndex, Log, block_logs
-from qoin.execution.overlay import BlockTrace
 from qoin.execution.receipt import Receipt, decode_receipts, encode_receipts
+from qoin.execution.trace import BlockTrace
 from qoin.execution.transition import (
     BlockOutcome,
     InvalidExecution,

@@ -25,7 +25,7 @@ both compute the same post-state by construction:
 
 A broken rule in 4 or 5 (a bad nonce, a sender who cannot pay, intrinsic gas above the limit, a wrong
 fee payout) makes the whole block invalid with a typed reason; a call's own failure does not.
-Every step's reads and writes are recorded (:class:`~qoin.execution.overlay.BlockTrace`): what
+Every step's reads and writes are recorded (:class:`~qoin.execution.trace.BlockTrace`): what
 witnesses prove and what account state sampling re-executes.
 """
 
@@ -47,8 +47,9 @@ from qoin.execution import cron
 from qoin.execution import gas as costs
 from qoin.execution.abi import decode_call
 from qoin.execution.account import AccountLeaf, keys_key
-from qoin.execution.overlay import BlockTrace, Read, StateOverlay, StepAccess, step_reader
+from qoin.execution.overlay import Read, StateOverlay, StepAccess, step_reader
 from qoin.execution.receipt import CallStatus, Receipt, receipts_root
+from qoin.execution.trace import BlockTrace
 from qoin.execution.vm import MAX_BALANCE, Actor, BlockEnv, CallResult, Machine, Runtime
 
 
@@ -139,7 +140,7 @@ def default_platform() -> Platform:
 
 def touched_addresses(block: Block) -> list[Address]:
     """Every account the block's transactions and payouts name, in first-touch order (the keys a
-    block reads go beyond these: see :class:`~qoin.execution.overlay.BlockTrace`)."""
+    block reads go beyond these: see :class:`~qoin.execution.trace.BlockTrace`)."""
     seen: dict[Address, None] = {}
     for tx in block.transactions:
         seen.setdefault(tx.sender)
