@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -29,8 +29,6 @@ from starlette.requests import Request
 from qoin.chain.block import MAX_BLOCK_SIZE, Block
 from qoin.chain.issuance import supply_info
 from qoin.chain.transaction import (
-    DEPLOY_ADDRESS,
-    MAX_CALL_DATA,
     MAX_GAS_LIMIT,
     TRANSFER_GAS,
     AnyTransaction,
@@ -39,15 +37,10 @@ from qoin.chain.transaction import (
 )
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
-from qoin.execution.account import MAX_STORAGE_KEY, Account, storage_key
+from qoin.execution.account import Account, storage_key
 from qoin.execution.calls import (
-    STATUS_NAMES,
-    Simulation,
     receipt_json,
-    simulate,
-    simulation_json,
 )
-from qoin.execution.events import InvalidFilter, logs_json, parse_filter
 from qoin.execution.journal import JournalError, TransactionJournal
 from qoin.execution.mempool import (
     MAX_TX_SIZE,
@@ -57,6 +50,15 @@ from qoin.execution.mempool import (
     NonceTooLow,
     Refusal,
 )
+from qoin.execution.platform_rpc import STORAGE_KEYS, PlatformRpc
+from qoin.execution.rpc_params import (
+    ADDRESS,
+    BLOCK_TAG,
+    HASH,
+    MAX_HEIGHT,
+    ExecutionError,
+    hex_bytes,
+)
 from qoin.execution.state import ExecutionState, PayloadStatus, UnknownHead
 from qoin.execution.trace import (
     MAX_STEP_RECORDS,
@@ -64,12 +66,10 @@ from qoin.execution.trace import (
     encode_step_records,
     step_indexes,
 )
-from qoin.execution.vm import MAX_BALANCE, BlockEnv
 from qoin.rpc.jwt import JwtError, verify
 from qoin.rpc.serve import BackgroundServer, HttpLimits
-from qoin.rpc.server import SERVER_ERROR, Method, Param, RpcError, RpcServer, invalid_params
+from qoin.rpc.server import SERVER_ERROR, Method, Param, RpcError, RpcServer
 from qoin.rpc.subscriptions import SubscriptionEndpoint, SubscriptionHub
-from qoin.state.smt import SmtError
 
 MAX_PAYLOADS = 16
 BLOCK_TX_LIMIT = 4096
@@ -97,17 +97,6 @@ def _state_keys(values: list[Any]) -> list[bytes]:
     return keys
 
 
-class ExecutionError(QoinError):
-    """A request the execution client cannot serve (unknown block, payload, ...)."""
-
-
-def _hex_bytes(value: str, size: int | None = None) -> bytes:
-    data = bytes.fromhex(value.removeprefix("0x"))
-    if size is not None and len(data) != size:
-        raise ValueError(f"expected {size} bytes")
-    return data
-
-
 def _strings(values: list[Any]) -> list[str]:
     if not all(isinstance(v, str) for v in values):
         raise ValueError("transactions must be hex strings")
@@ -118,7 +107,7 @@ def _raw_transaction(text: str) -> AnyTransaction:
     """A hex-encoded transaction, its length bounded before anything is decoded."""
     if len(text.removeprefix("0x")) > 2 * MAX_TX_SIZE:
         raise ValueError(f"longer than {MAX_TX_SIZE} bytes")
-    return decode_transaction(_hex_bytes(text))
+    return decode_transaction(hex_bytes(text))
 
 
 def _submitted(
@@ -134,88 +123,6 @@ def _submitted(
         "reason": reason,
         "refusal": None if refusal is None else refusal.value,
     }
-
-
-HASH = Param("hash", {"type": "string", "maxLength": 66}, parse=lambda v: _hex_bytes(v, 32))
-ADDRESS = Param("address", {"type": "string", "maxLength": 90}, parse=Address.from_text)
-MAX_HEIGHT = 2**63 - 1
-BLOCK_TAG = Param(
-    "block",
-    {"type": ["string", "integer", "null"], "maxLength": 66, "minimum": 0, "maximum": MAX_HEIGHT},
-    required=False,
-    description="block hash (hex), height, or 'latest' (default)",
-)
-
-
-def _storage_key(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError("storage keys are hex strings")
-    key = _hex_bytes(text)
-    if len(key) > MAX_STORAGE_KEY:
-        raise ValueError(f"storage keys are at most {MAX_STORAGE_KEY} bytes")
-    return key
-
-
-STORAGE_KEY = Param(
-    "key",
-    {"type": "string", "maxLength": 2 * MAX_STORAGE_KEY + 2},
-    parse=_storage_key,
-    description="storage key (hex)",
-)
-STORAGE_KEYS = Param(
-    "storageKeys",
-    {"type": "array", "maxItems": 256, "items": {"type": "string"}},
-    parse=lambda v: [_storage_key(k) for k in v],
-    required=False,
-    description="storage keys to prove (hex)",
-)
-
-
-@dataclass(frozen=True)
-class CallRequest:
-    """A call to run without a transaction (``qoin_call``, ``qoin_estimateGas``)."""
-
-    sender: Address
-    """Who calls (``from``; default the zero address)."""
-    to: Address
-    """The callee (``to``; absent: a deployment of the module in ``data``)."""
-    value: int
-    """Shor moved with the call."""
-    data: bytes
-    """Call data (method and arguments) or deployment data."""
-    gas: int
-    """Gas given, intrinsic included (0: the block gas limit)."""
-
-
-def _call_request(obj: Any) -> CallRequest:
-    if not isinstance(obj, dict):
-        raise ValueError("the call is an object {from?, to?, value?, data, gas?}")
-    unknown = set(obj) - {"from", "to", "value", "data", "gas"}
-    if unknown:
-        raise ValueError(f"unknown call fields {sorted(unknown)}")
-    data = obj.get("data")
-    if not isinstance(data, str) or len(data) > 2 * MAX_CALL_DATA + 2:
-        raise ValueError(f"'data' must be hex of at most {MAX_CALL_DATA} bytes")
-    value, gas = obj.get("value", 0), obj.get("gas", 0)
-    for name, number, top in (("value", value, MAX_BALANCE), ("gas", gas, MAX_GAS_LIMIT)):
-        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= top:
-            raise ValueError(f"'{name}' must be an integer in [0, {top}]")
-    sender, to = obj.get("from"), obj.get("to")
-    return CallRequest(
-        Address.from_text(sender) if isinstance(sender, str) else DEPLOY_ADDRESS,
-        Address.from_text(to) if isinstance(to, str) else DEPLOY_ADDRESS,
-        value,
-        _hex_bytes(data),
-        gas,
-    )
-
-
-CALL_REQUEST = Param(
-    "request",
-    {"type": "object"},
-    parse=_call_request,
-    description="{from?, to? (absent: deploy), value?, data (hex), gas?}",
-)
 
 
 def header_json(block: Block) -> dict[str, Any]:
@@ -286,6 +193,8 @@ class ExecutionClient:
         )
         self.hub = SubscriptionHub()
         """Where WebSocket subscribers get new heads, logs and pending transactions."""
+        self.platform = PlatformRpc(state, self.lock, self._block_hash)
+        """The execution platform's user RPC methods (calls, gas, code, storage, logs)."""
         self.journal = journal
         self._payloads: OrderedDict[str, Block] = OrderedDict()
         self._local: dict[bytes, None] = {}
@@ -303,7 +212,7 @@ class ExecutionClient:
                 raise ExecutionError(f"no canonical block at height {tag}")
             return found
         try:
-            return _hex_bytes(tag, 32)
+            return hex_bytes(tag, 32)
         except ValueError:
             raise RpcError(
                 -32602, "invalid params: block must be a hash, a height or 'latest'"
@@ -504,65 +413,6 @@ class ExecutionClient:
                 answer["storage"] = storage
             return answer
 
-    def _simulate(self, request: CallRequest, block: str | int | None) -> Simulation:
-        with self.lock:
-            block_hash = self._block_hash(block)
-            info = self.state.block_info(block_hash)
-            stored = self.state.block(block_hash)
-            if info is None or stored is None:
-                raise ExecutionError(f"unknown block {block_hash.hex()}")
-            root = info[2]
-            tree = self.state.tree
-            env = BlockEnv(
-                self.state.genesis.chain_id,
-                info[0] + 1,
-                stored.header.timestamp_ms,
-                block_hash,
-            )
-            nonce = self.state.account(request.sender, block_hash).nonce
-            gas = request.gas or self.state.genesis.block_gas_limit
-            try:
-                return simulate(
-                    lambda key: tree.get_at(root, key),
-                    env,
-                    sender=request.sender,
-                    to=request.to,
-                    value=request.value,
-                    data=request.data,
-                    gas=gas,
-                    nonce=nonce,
-                )
-            except SmtError as exc:
-                raise ExecutionError(f"state of that block is no longer retained: {exc}") from None
-
-    def call(self, request: CallRequest, block: str | int | None = None) -> dict[str, Any]:
-        """Run a call (or a deployment: no ``to``) on a block's state, keeping nothing."""
-        return simulation_json(self._simulate(request, block))
-
-    def estimate_gas(self, request: CallRequest, block: str | int | None = None) -> dict[str, Any]:
-        """The gas a call transaction needs to succeed; a -32000 error with the call's reason if
-        it would not succeed with the block gas limit."""
-        simulation = self._simulate(request, block)
-        if not simulation.result.succeeded:
-            raise RpcError(
-                SERVER_ERROR,
-                f"the call would not succeed ({STATUS_NAMES[simulation.result.status]}): "
-                f"{simulation.result.reason}",
-                simulation_json(simulation),
-            )
-        return {"gas": simulation.gas_used, "blockGasLimit": self.state.genesis.block_gas_limit}
-
-    def get_code(self, address: Address, block: str | int | None = None) -> str | None:
-        """The module of a contract (hex), or None."""
-        with self.lock:
-            code = self.state.code(address, self._block_hash(block))
-        return None if code is None else code.hex()
-
-    def get_storage(self, address: Address, key: bytes, block: str | int | None = None) -> str:
-        """A storage value of a contract or actor (hex; empty if unset)."""
-        with self.lock:
-            return self.state.storage(address, key, self._block_hash(block)).hex()
-
     def estimate_fee(self, gas: int = TRANSFER_GAS) -> dict[str, int]:
         """A fee for a transaction using ``gas`` (default: a transfer's): the median fee per gas of
         what the pool would put in the next block, at least the floor."""
@@ -728,15 +578,6 @@ class ExecutionClient:
         self.hub.publish_pending(tx.tx_id.hex())
         return _submitted(tx, "added")
 
-    def get_logs(self, filter: Any) -> list[dict[str, Any]]:
-        """Logs of canonical blocks matching a filter (bounded: the error says how to narrow)."""
-        with self.lock:
-            try:
-                parsed = parse_filter(filter, self.state.head_height())
-            except InvalidFilter as exc:
-                raise invalid_params(str(exc)) from None
-            return logs_json(self.state.events.query(parsed))
-
     def serve_user(self, port: int = 0, host: str = "127.0.0.1") -> BackgroundServer:
         """The user JSON-RPC server with WebSocket subscriptions on the same port (not started)."""
         server = self.user_server()
@@ -753,7 +594,7 @@ class ExecutionClient:
         raw_tx = Param(
             "raw",
             {"type": "string", "maxLength": 2 * MAX_TX_SIZE + 2},
-            parse=lambda v: decode_transaction(_hex_bytes(v)),
+            parse=lambda v: decode_transaction(hex_bytes(v)),
         )
         height = Param("height", {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT})
         return RpcServer(
@@ -820,41 +661,6 @@ class ExecutionClient:
                     "Account (and storage keys) with Merkle proofs",
                 ),
                 Method(
-                    "qoin_getLogs",
-                    self.get_logs,
-                    (Param("filter", {"type": "object"}),),
-                    {"type": "array"},
-                    "Logs matching a filter",
-                ),
-                Method(
-                    "qoin_call",
-                    self.call,
-                    (CALL_REQUEST, BLOCK_TAG),
-                    {"type": "object"},
-                    "Run a call without a transaction",
-                ),
-                Method(
-                    "qoin_estimateGas",
-                    self.estimate_gas,
-                    (CALL_REQUEST, BLOCK_TAG),
-                    {"type": "object"},
-                    "Gas a call transaction needs",
-                ),
-                Method(
-                    "qoin_getCode",
-                    self.get_code,
-                    (ADDRESS, BLOCK_TAG),
-                    {"type": ["string", "null"]},
-                    "A contract's module (hex)",
-                ),
-                Method(
-                    "qoin_getStorageAt",
-                    self.get_storage,
-                    (ADDRESS, STORAGE_KEY, BLOCK_TAG),
-                    {"type": "string"},
-                    "A storage value (hex; empty if unset)",
-                ),
-                Method(
                     "qoin_estimateFee",
                     self.estimate_fee,
                     (
@@ -880,6 +686,7 @@ class ExecutionClient:
                     {"type": "object"},
                     "Issuance",
                 ),
+                *self.platform.methods(),
             ],
         )
 
@@ -895,7 +702,7 @@ class ExecutionClient:
         block = Param(
             "block",
             {"type": "string", "maxLength": 2 * MAX_BLOCK_SIZE},
-            parse=lambda v: Block.decode(_hex_bytes(v)),
+            parse=lambda v: Block.decode(hex_bytes(v)),
         )
         template = replace(block, name="template", required=False)
         keys = Param(
