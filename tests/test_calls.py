@@ -11,6 +11,7 @@ import pytest
 from qoin.actors import NAMES_ADDRESS
 from qoin.actors.names import FEE_PER_BLOCK, MIN_TERM
 from qoin.chain.block import Block, Coinbase, Payout, transactions_root
+from qoin.chain.transaction import CallTransaction
 from qoin.chain.validation import BlockGasLimitExceeded, validate_body
 from qoin.execution import gas as costs
 from qoin.execution.account import Account, contract_address, storage_key
@@ -108,11 +109,11 @@ def test_block_invalidating_rules_of_calls() -> None:
         execute_block(state.get, _block([fine], fine.max_fee))
 
 
-def _block(txs: list, fees: int) -> Block:  # type: ignore[type-arg]
-    header = replace(built_block({}.get, [], MINER.address, height=2).header)
-    return Block(
-        header, (), Coinbase((Payout(MINER.address, 77), Payout(MINER.address, fees))), tuple(txs)
-    )
+def _block(txs: list[CallTransaction], fees: int) -> Block:
+    """A block at height 2 of ``txs`` declaring ``fees`` (execution alone: no roots needed)."""
+    header = replace(test_genesis().header, height=2)
+    payouts = (Payout(MINER.address, 77), Payout(MINER.address, fees))
+    return Block(header, (), Coinbase(payouts), tuple(txs))
 
 
 def test_the_block_gas_limit_bounds_what_transactions_reserve() -> None:
