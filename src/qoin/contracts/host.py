@@ -94,7 +94,7 @@ def _valtype(name: str) -> ValType:
 class Frame:
     """What the imports of one running contract share: its context, store, memory, data."""
 
-    __slots__ = ("args", "ctx", "fuel", "memory", "output", "result", "store", "view")
+    __slots__ = ("args", "ctx", "fresh", "fuel", "memory", "output", "result", "store", "view")
 
     def __init__(self, ctx: Context, store: Store, args: bytes) -> None:
         self.ctx = ctx
@@ -112,7 +112,9 @@ class Frame:
         self.result = b""
         """Return data of the last nested call (read by ``result_read``)."""
         self.view: tuple[int, int] | None = None
-        """The memory's address and size during the current import (None: not looked up)."""
+        """The memory's address and size when last looked up (None: not yet)."""
+        self.fresh = True
+        """Whether the current import has not checked :attr:`view` yet."""
 
     # -- gas ---------------------------------------------------------------------------------------
 
@@ -135,20 +137,22 @@ class Frame:
     # -- memory ------------------------------------------------------------------------------------
 
     def _view(self, caller: Caller) -> tuple[int, int]:
-        """The memory's address in this process and its size, for the current import (memory
-        moves only when it grows, which no import does)."""
+        """The memory's address in this process and its size. Kept from import to import: the
+        memory moves only when it grows (``memory.grow`` in the contract, never an import), and
+        growing changes its size, so the size is checked once per import (``fresh``)."""
         view = self.view
-        if view is None:
-            memory = self.memory
-            if memory is None:  # the module's start function is running: not yet instantiated
-                found = caller.get("memory")
-                if not isinstance(found, Memory):
-                    raise CallFailed("the contract has no memory")
-                memory = self.memory = found
-            view = self.view = (
-                ctypes.addressof(memory.data_ptr(caller).contents),
-                memory.data_len(caller),
-            )
+        memory = self.memory
+        if memory is None:
+            found = caller.get("memory")
+            if not isinstance(found, Memory):
+                raise CallFailed("the contract has no memory")
+            memory = self.memory = found
+        if view is not None and not self.fresh:
+            return view
+        size = memory.data_len(caller)
+        if view is None or view[1] != size:
+            view = self.view = (ctypes.addressof(memory.data_ptr(caller).contents), size)
+        self.fresh = False
         return view
 
     def check(self, caller: Caller, ptr: int, size: int) -> int:
@@ -459,7 +463,7 @@ def _trampoline(env: int | None, caller_ptr: Any, values: Any, count: int) -> in
     try:
         spec, impl = _TABLE[(env or 0) - 1]
         frame = _frames[-1]
-        frame.view = None
+        frame.fresh = True
         frame.settle()
         frame.ctx.gas.charge(HOST_CALL_GAS)
         params = [
