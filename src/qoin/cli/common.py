@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import typer
 
 from qoin.files import FileReadError, read_bounded
+from qoin.rpc.client import RpcCallError, call
 
 EXIT_FAILURE = 1
 """The command ran but its answer is "no" (bad password, invalid signature, ...)."""
@@ -26,6 +27,16 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     """Print ``message`` to stderr and exit with ``code`` (no traceback)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def ask_node(url: str, method: str, *params: Any) -> Any:
+    """One JSON-RPC call to a node; an unreachable node or a refusal exits 1 with one line."""
+    try:
+        return call(url, method, *params)
+    except RpcCallError as exc:
+        if exc.code is None:  # no JSON-RPC answer at all
+            fail(f"cannot reach the execution client at {url}: {exc}", EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
 
 
 def print_json(obj: Any) -> None:

@@ -79,6 +79,7 @@ from qoin.chain.transaction import DEPLOY_ADDRESS, sign_call
 from qoin.cli.common import (
     EXIT_FAILURE,
     EXIT_USAGE,
+    ask_node,
     fail,
     print_json,
     read_input_file,
@@ -295,16 +296,6 @@ def _hex_field(text: Any) -> bytes:
 # -- RPC -------------------------------------------------------------------------------------------
 
 
-def _ask(url: str, method: str, *params: Any) -> Any:
-    """One RPC call; an unreachable node or a refusal exits 1 with one line."""
-    try:
-        return call(url, method, *params)
-    except RpcCallError as exc:
-        if exc.code is None:  # no JSON-RPC answer at all
-            fail(f"cannot reach the execution client at {url}: {exc}", EXIT_FAILURE)
-        fail(str(exc), EXIT_FAILURE)
-
-
 def _answer_int(answer: Any, name: str, method: str) -> int:
     """The integer field ``name`` of an RPC answer (``""``: the answer itself); exit 1 if the node
     answered something else."""
@@ -409,14 +400,14 @@ def _transact(
     """Sign and submit a call transaction (a deployment when ``to`` is :data:`DEPLOY_ADDRESS`);
     returns its id, the sender and the nonce it used."""
     store = _load_keystore(key)
-    chain_id = _answer_int(_ask(url, "qoin_chainId"), "", "qoin_chainId")
-    account = _ask(url, "qoin_getAccount", str(store.address))
+    chain_id = _answer_int(ask_node(url, "qoin_chainId"), "", "qoin_chainId")
+    account = ask_node(url, "qoin_getAccount", str(store.address))
     nonce = _answer_int(account, "nextNonce", "qoin_getAccount")
     limit = gas if gas is not None else _estimate_gas(url, _request(store.address, to, value, data))
     rate = (
         fee_per_gas
         if fee_per_gas is not None
-        else _answer_int(_ask(url, "qoin_estimateFee", limit), "feePerGas", "qoin_estimateFee")
+        else _answer_int(ask_node(url, "qoin_estimateFee", limit), "feePerGas", "qoin_estimateFee")
     )
     try:
         keypair = keystore.decrypt_keypair(store, read_password(password_file, confirm=False))
@@ -433,7 +424,7 @@ def _transact(
         value=value,
         reveal_keys=account.get("publicKeysRevealed") is not True,
     )
-    tx_id = _ask(url, "qoin_sendRawTransaction", tx.encode().hex())
+    tx_id = ask_node(url, "qoin_sendRawTransaction", tx.encode().hex())
     return str(tx_id), store.address, nonce
 
 
@@ -450,7 +441,7 @@ def wait_for_receipt(url: str, tx_id: str, timeout: float, quiet: bool) -> dict[
     deadline = time.monotonic() + timeout
     with _status(quiet, f"waiting for {tx_id[:16]}... to be mined"):
         while True:
-            receipt = _ask(url, "qoin_getTransactionReceipt", tx_id)
+            receipt = ask_node(url, "qoin_getTransactionReceipt", tx_id)
             if receipt is not None:
                 return dict(receipt)
             if time.monotonic() > deadline:
@@ -611,7 +602,7 @@ def contract_call(
 
 def _query(url: str, sender: Address, to: Address, value: int, data: bytes) -> dict[str, Any]:
     """``qoin_call``; exit 1 with the reason if the call does not succeed."""
-    answer = _ask(url, "qoin_call", _request(sender, to, value, data))
+    answer = ask_node(url, "qoin_call", _request(sender, to, value, data))
     if answer.get("status") != "success":
         _not_succeeded(answer)
     return _with_values(dict(answer))
@@ -651,7 +642,7 @@ def contract_receipt(
     """Print a transaction's receipt; exit 1 while it is not in the chain."""
     if len(tx_id.removeprefix("0x")) != 64 or len(_hex_field(tx_id)) != 32:
         fail(f"a transaction id is 32 bytes of hex, not {tx_id[:80]!r}", EXIT_USAGE)
-    receipt = _ask(rpc, "qoin_getTransactionReceipt", tx_id.removeprefix("0x"))
+    receipt = ask_node(rpc, "qoin_getTransactionReceipt", tx_id.removeprefix("0x"))
     if receipt is None:
         fail(f"no receipt for {tx_id}: not in the chain (yet)", EXIT_FAILURE)
     shown = _with_values(dict(receipt))
@@ -725,7 +716,7 @@ def _print_log(log: Any, json_out: bool) -> None:
 def _range(url: str, start: int | None, end: int | None) -> tuple[int, int]:
     """The block range of a query: the options, else the last :data:`MAX_LOG_RANGE` blocks."""
     if end is None:
-        end = int(_ask(url, "qoin_blockNumber"))
+        end = int(ask_node(url, "qoin_blockNumber"))
         if start is not None and start > end:
             end = start  # nothing yet: an empty answer, not an error
     if start is None:
@@ -767,7 +758,7 @@ def _subscription(url: str, live: dict[str, Any]) -> Subscription:
 
 def _query_logs(url: str, start: int | None, end: int | None, live: dict[str, Any]) -> list[Any]:
     first, last = _range(url, start, end)
-    found = _ask(url, "qoin_getLogs", {"fromBlock": first, "toBlock": last, **live})
+    found = ask_node(url, "qoin_getLogs", {"fromBlock": first, "toBlock": last, **live})
     if not isinstance(found, list):
         fail(f"qoin_getLogs at {url} answered no list of logs", EXIT_FAILURE)
     return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -13,6 +13,7 @@ from qoin.chain.transaction import sign_transfer
 from qoin.cli.common import (
     EXIT_FAILURE,
     EXIT_USAGE,
+    ask_node,
     fail,
     print_json,
     read_password,
@@ -25,7 +26,6 @@ from qoin.execution.dishonest import MODES, DishonestClient
 from qoin.execution.journal import JOURNAL_FILE, TransactionJournal
 from qoin.execution.state import ExecutionState, ExecutionStateError
 from qoin.process import stop_on_signals
-from qoin.rpc.client import RpcCallError, call
 from qoin.rpc.jwt import JwtError, create_secret
 from qoin.rpc.serve import BackgroundServer, ServeError
 
@@ -116,15 +116,6 @@ def _save_journal(client: ExecutionClient) -> None:
         typer.echo(f"qoin execution: cannot rewrite the journal: {exc}", err=True)
 
 
-def _call(url: str, method: str, *params: Any) -> Any:
-    try:
-        return call(url, method, *params)
-    except RpcCallError as exc:
-        if exc.code is None:  # no JSON-RPC answer at all
-            fail(f"cannot reach the execution client at {url}: {exc}", EXIT_FAILURE)
-        fail(str(exc), EXIT_FAILURE)
-
-
 def balance(
     address: Annotated[str, typer.Argument(help="Account address (qoin1…).")],
     rpc: RpcUrl = DEFAULT_RPC,
@@ -137,7 +128,7 @@ def balance(
         Address.from_text(address)
     except AddressError as exc:
         fail(str(exc), EXIT_USAGE)
-    account = _call(rpc, "qoin_getAccount", address)
+    account = ask_node(rpc, "qoin_getAccount", address)
     if json_out:
         print_json(account)
     else:
@@ -164,9 +155,9 @@ def tx_send(
         store = keystore.load(key)
     except (AddressError, keystore.KeystoreError) as exc:
         fail(str(exc), EXIT_USAGE)
-    chain_id = _call(rpc, "qoin_chainId")
-    account = _call(rpc, "qoin_getAccount", str(store.address))
-    paid = fee if fee is not None else _call(rpc, "qoin_estimateFee")["fee"]
+    chain_id = ask_node(rpc, "qoin_chainId")
+    account = ask_node(rpc, "qoin_getAccount", str(store.address))
+    paid = fee if fee is not None else ask_node(rpc, "qoin_estimateFee")["fee"]
     try:
         keypair = keystore.decrypt_keypair(store, read_password(password_file, confirm=False))
     except keystore.KeystoreError as exc:
@@ -180,7 +171,7 @@ def tx_send(
         fee=paid,
         reveal_keys=not account["publicKeysRevealed"],
     )
-    typer.echo(_call(rpc, "qoin_sendRawTransaction", tx.encode().hex()))
+    typer.echo(ask_node(rpc, "qoin_sendRawTransaction", tx.encode().hex()))
 
 
 def register(app: typer.Typer) -> None:

@@ -255,8 +255,8 @@ class Machine:
         meter = GasMeter(gas)
         if depth > MAX_CALL_DEPTH:
             return CallResult(CallStatus.FAILED, b"", 0, f"calls nest at most {MAX_CALL_DEPTH}")
-        mark = self.checkpoint()
-        try:
+
+        def body() -> bytes:
             self.move(caller, to, value)
             ctx = Context(self, caller, origin, to, value, meter, depth)
             actor = self.actors.get(to)
@@ -266,30 +266,19 @@ class Machine:
                     values = decode_args(args)
                 except DecodeError as exc:
                     raise CallFailed(f"bad arguments: {exc}") from None
-                returned = actor.call(ctx, method, values)
-            else:
-                code_hash = self.leaf(to).code_hash
-                if code_hash is None:
-                    raise CallFailed(f"{to} holds no contract")
-                if method == INIT_METHOD:
-                    raise CallFailed(f"{INIT_METHOD!r} runs only when the contract is deployed")
-                code = self.code(code_hash)
-                if code_hash not in self.loaded:
-                    meter.charge(costs.CODE_LOAD_BYTE_GAS * len(code))
-                    self.loaded.add(code_hash)
-                returned = self.runtime.run(ctx, code_hash, code, method, args)
-            if len(returned) > MAX_RETURN_DATA:
-                raise CallFailed(f"return data exceeds {MAX_RETURN_DATA} bytes")
-            return CallResult(CallStatus.SUCCESS, returned, meter.used)
-        except Revert as exc:
-            self.revert(mark)
-            return CallResult(CallStatus.REVERTED, exc.data, meter.used, _reason(exc))
-        except OutOfGas as exc:
-            self.revert(mark)
-            return CallResult(CallStatus.OUT_OF_GAS, b"", meter.limit, _reason(exc))
-        except CallFailed as exc:
-            self.revert(mark)
-            return CallResult(CallStatus.FAILED, b"", meter.used, _reason(exc))
+                return actor.call(ctx, method, values)
+            code_hash = self.leaf(to).code_hash
+            if code_hash is None:
+                raise CallFailed(f"{to} holds no contract")
+            if method == INIT_METHOD:
+                raise CallFailed(f"{INIT_METHOD!r} runs only when the contract is deployed")
+            code = self.code(code_hash)
+            if code_hash not in self.loaded:
+                meter.charge(costs.CODE_LOAD_BYTE_GAS * len(code))
+                self.loaded.add(code_hash)
+            return self.runtime.run(ctx, code_hash, code, method, args)
+
+        return self._frame(meter, body)
 
     def deploy(
         self, *, deployer: Address, nonce: int, data: bytes, value: int, gas: int
@@ -298,8 +287,8 @@ class Machine:
         validate it, store it (once per module), move the value, run its ``init`` export if it
         has one. Returns the new address as return data."""
         meter = GasMeter(gas)
-        mark = self.checkpoint()
-        try:
+
+        def body() -> bytes:
             try:
                 deployment = decode_deploy(data)
             except DecodeError as exc:
@@ -308,11 +297,11 @@ class Machine:
             meter.charge(costs.VALIDATE_BYTE_GAS * len(code))
             self.runtime.validate(code)
             meter.charge(costs.DEPLOY_BYTE_GAS * len(code))
-            self.loaded.add(sha3_256(code))  # validating compiled it
+            code_hash = sha3_256(code)
+            self.loaded.add(code_hash)  # validating compiled it
             address = contract_address(deployer, nonce)
             if address in self.actors or self.leaf(address).code_hash is not None:
                 raise CallFailed(f"{address} already holds code")
-            code_hash = sha3_256(code)
             if self.state.get(code_key(code_hash)) is None:
                 self.state.set(code_key(code_hash), code)
             leaf = self.leaf(address)
@@ -321,7 +310,20 @@ class Machine:
             if self.runtime.has_method(code_hash, code, INIT_METHOD):
                 ctx = Context(self, deployer, deployer, address, value, meter, 1)
                 self.runtime.run(ctx, code_hash, code, INIT_METHOD, deployment.args)
-            return CallResult(CallStatus.SUCCESS, address.raw, meter.used)
+            return address.raw
+
+        return self._frame(meter, body)
+
+    def _frame(self, meter: GasMeter, body: Callable[[], bytes]) -> CallResult:
+        """Run ``body`` as a frame charged to ``meter``: its writes and events stand if it
+        returns (its return data, bounded), and are undone if it reverts, runs out of gas or
+        fails, which the result says."""
+        mark = self.checkpoint()
+        try:
+            returned = body()
+            if len(returned) > MAX_RETURN_DATA:
+                raise CallFailed(f"return data exceeds {MAX_RETURN_DATA} bytes")
+            return CallResult(CallStatus.SUCCESS, returned, meter.used)
         except Revert as exc:
             self.revert(mark)
             return CallResult(CallStatus.REVERTED, exc.data, meter.used, _reason(exc))
