@@ -9,6 +9,7 @@ import pytest
 
 from qoin.chain.genesis import GenesisError, builtin, from_json, load_file, to_json
 from qoin.chain.issuance import GENESIS_ALLOCATION
+from qoin.storage import params as storage_params
 
 
 @pytest.mark.parametrize("network", ["mainnet", "devnet"])
@@ -30,9 +31,10 @@ def test_genesis_hash_commits_to_every_parameter() -> None:
         ("chain_id", 9),
         ("timestamp_ms", 1),
         ("initial_target", "0x10"),
+        ("storage_market", {**base["storage_market"], "window": 7}),
     ]:
         hashes.add(from_json({**base, key: value}).genesis_hash)
-    assert len(hashes) == 8
+    assert len(hashes) == 9
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,10 @@ def test_genesis_hash_commits_to_every_parameter() -> None:
         ("nbits", {"n": 64, "m": 32}, "nbits"),
         ("network", "", "network"),
         ("allocation", [], "exactly"),
+        ("storage_market", {"period": 10, "window": 10}, "window"),
+        ("storage_market", {"samples": "8"}, "samples"),
+        ("storage_market", {"nope": 1}, "unknown"),
+        ("storage_market", [], "object"),
     ],
 )
 def test_bad_fields_refused(key: str, value: object, message: str) -> None:
@@ -70,3 +76,12 @@ def test_load_file_errors(tmp_path: Path) -> None:
         load_file(tmp_path / "bad.json")
     (tmp_path / "ok.json").write_text(json.dumps(to_json(builtin("devnet"))))
     assert load_file(tmp_path / "ok.json") == builtin("devnet")
+
+
+def test_storage_market_parameters() -> None:
+    devnet = builtin("devnet")
+    assert devnet.storage == storage_params.DEVNET
+    assert from_json(to_json(devnet)) == devnet
+    obj = to_json(devnet)
+    del obj["storage_market"]
+    assert from_json(obj).storage == storage_params.MAINNET

@@ -74,7 +74,7 @@ from qoin.execution.abi import encode_call, encode_deploy
 from qoin.execution.account import (
     code_key,
     contract_address,
-    genesis_leaves,
+    genesis_state,
     keys_key,
     state_key,
     storage_key,
@@ -285,7 +285,7 @@ def execute(base: Mapping[bytes, bytes], block: Block) -> Executed:
 def setup_state() -> dict[bytes, bytes]:
     """The state after the setup block (height 1): ALICE and BOB revealed, ALICE's counter
     deployed, BOB's name ``alice`` registered until :data:`EXPIRY` (a cron entry due then)."""
-    base = genesis_leaves((a.address, a.amount) for a in GENESIS.allocation)
+    base = genesis_state(GENESIS)
     txs = [
         transfer(ALICE, 0, BOB.address, 1, reveal=True),
         deploy(ALICE, 1),

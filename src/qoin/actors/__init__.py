@@ -6,10 +6,12 @@ same actors, so adding or changing one is a network upgrade. The actors today:
 
 ``names`` (:mod:`qoin.actors.names`)
     Human-readable names that resolve to a 32-byte value, bought for a term with a burnt fee.
+``storage-market`` (:mod:`qoin.actors.storage_market`)
+    Asks, bids and deals for file storage, paid per storage proof (docs/spec/storage.md).
 
 The name ``cron`` is reserved: cron calls come from ``actor_address("cron")``
-(:data:`qoin.execution.cron.CRON_ADDRESS`), which has no methods. The storage and compute markets
-will join this list.
+(:data:`qoin.execution.cron.CRON_ADDRESS`), which has no methods. The compute market will join
+this list.
 """
 
 from __future__ import annotations
@@ -19,23 +21,30 @@ from functools import cache
 from types import MappingProxyType
 
 from qoin.actors.names import names_actor
+from qoin.actors.storage_market import storage_market_actor
 from qoin.crypto.address import Address
-from qoin.execution.account import actor_address
+from qoin.execution.account import STORAGE_MARKET_ADDRESS, actor_address
 from qoin.execution.cron import CRON_ADDRESS
 from qoin.execution.vm import Actor
 
-ACTOR_NAMES = ("names",)
+ACTOR_NAMES = ("names", "storage-market")
 """The names of the built-in actors (each lives at ``actor_address(name)``)."""
 NAMES_ADDRESS = actor_address("names")
 """Where the ``names`` actor lives."""
 
-__all__ = ["ACTOR_NAMES", "CRON_ADDRESS", "NAMES_ADDRESS", "builtin_actors"]
+__all__ = [
+    "ACTOR_NAMES",
+    "CRON_ADDRESS",
+    "NAMES_ADDRESS",
+    "STORAGE_MARKET_ADDRESS",
+    "builtin_actors",
+]
 
 
 @cache
 def builtin_actors() -> Mapping[Address, Actor]:
     """Every built-in actor by address (built once; the mapping cannot be changed)."""
     actors: dict[Address, Actor] = {}
-    for actor in (names_actor(),):
+    for actor in (names_actor(), storage_market_actor()):
         actors[actor_address(actor.name)] = actor
     return MappingProxyType(actors)

@@ -12,13 +12,14 @@ A genesis file is JSON::
       "nbits": {"n": 64, "m": 64},
       "initial_target": "0x...",                      # hex, the anchor target of ASERT
       "block_gas_limit": 60000000,                    # optional (this default): gas per block
+      "storage_market": {"period": 360, ...},         # optional (mainnet values): spec/storage.md §1
       "allocation": [{"address": "qoin1...", "amount": 12000000000000}, ...]
     }
 
 The allocation must total exactly 10 % of the cap (docs/architecture.md §5), with no address twice.
 The genesis *header* is derived from the file: height 0, zero parent, the file's chain id, timestamp,
 ``nbits`` and target, an empty body, ``state_root = tagged_hash("QOIN/genesis/v1", network name ‖
-block time ‖ half-life ‖ drift ‖ block gas limit ‖ allocation)`` (so the genesis hash commits to every parameter; the
+block time ‖ half-life ‖ drift ‖ block gas limit ‖ allocation ‖ storage market parameters)`` (so the genesis hash commits to every parameter; the
 execution layer's state root will take this place once it exists), and an all-zero miner key and
 proof (genesis is accepted by its hash, not by proof-of-work). Its hash identifies the network.
 """
@@ -45,9 +46,12 @@ from qoin.files import FileReadError, read_bounded
 from qoin.pow.difficulty import Anchor, DifficultyParams
 from qoin.pow.mq import MQError, MQParams
 from qoin.pow.proof import NbitsNotAllowed, max_target, nbits_of, params_of, placeholder_proof
+from qoin.storage import params as storage_params
+from qoin.storage.params import StorageParams, StorageParamsError
 
 TAG_GENESIS = b"QOIN/genesis/v1"
 MAX_NETWORK_NAME = 64
+MAX_PARAMS_SIZE = 256
 MAX_GENESIS_FILE_SIZE = 512 * 1024 * 1024
 NETWORKS = ("mainnet", "devnet")
 """Networks whose genesis files ship with Qoin (``src/qoin/chain/networks/NAME.json``)."""
@@ -91,6 +95,8 @@ class Genesis:
     """Initial balances (10 % of the cap)."""
     block_gas_limit: int = DEFAULT_BLOCK_GAS_LIMIT
     """The most gas a block's transactions may reserve together (sum of their gas limits)."""
+    storage: StorageParams = storage_params.MAINNET
+    """The storage market's parameters (written into the genesis state; docs/spec/storage.md)."""
 
     @cached_property
     def difficulty(self) -> DifficultyParams:
@@ -127,6 +133,7 @@ class Genesis:
         )
         for entry in self.allocation:
             writer.fixed(entry.address.raw, ADDRESS_SIZE).varint(entry.amount)
+        writer.var_bytes(self.storage.encode(), MAX_PARAMS_SIZE)
         return tagged_hash(TAG_GENESIS, writer.bytes())
 
     @cached_property
@@ -179,6 +186,7 @@ def to_json(genesis: Genesis) -> dict[str, Any]:
         "nbits": {"n": params.n, "m": params.m},
         "initial_target": hex(genesis.initial_target),
         "block_gas_limit": genesis.block_gas_limit,
+        "storage_market": storage_params.to_json(genesis.storage),
         "allocation": [{"address": str(a.address), "amount": a.amount} for a in genesis.allocation],
     }
 
@@ -251,7 +259,18 @@ def from_json(obj: Any) -> Genesis:
             if "block_gas_limit" in obj
             else DEFAULT_BLOCK_GAS_LIMIT
         ),
+        storage=_storage(obj),
     )
+
+
+def _storage(obj: dict[str, Any]) -> StorageParams:
+    """The ``storage_market`` object's parameters (the mainnet values when it is absent)."""
+    if "storage_market" not in obj:
+        return storage_params.MAINNET
+    try:
+        return storage_params.from_json(obj["storage_market"])
+    except StorageParamsError as exc:
+        raise GenesisError(f"genesis {exc}") from None
 
 
 def load_file(path: Path) -> Genesis:

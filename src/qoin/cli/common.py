@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from qoin.crypto import keystore
+from qoin.crypto.hybrid import HybridKeyPair
 from qoin.files import FileReadError, read_bounded
 from qoin.rpc.client import RpcCallError, call
 
@@ -74,3 +76,16 @@ def read_input_file(path: Path, what: str, max_size: int) -> bytes:
         return read_bounded(path, max_size, what)
     except FileReadError as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def unlock_keystore(path: Path, password_file: Path | None) -> HybridKeyPair:
+    """The key pair of the keystore at ``path``, its password read by :func:`read_password`; an
+    unreadable keystore exits 2, a wrong password 1."""
+    try:
+        store = keystore.load(path)
+    except keystore.KeystoreError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
+        return keystore.decrypt_keypair(store, read_password(password_file, confirm=False))
+    except keystore.KeystoreError as exc:
+        fail(str(exc), EXIT_FAILURE)

@@ -92,6 +92,14 @@ def consensus(
     password_file: PasswordFileOption = None,
     workers: WorkersOption = None,
     blocks: BlocksOption = 0,
+    block_interval_ms: Annotated[
+        int,
+        typer.Option(
+            help="Pause this many ms after each mined block (development and test networks).",
+            min=0,
+            max=3_600_000,
+        ),
+    ] = 0,
     rpc_port: ConsensusRpcPortOption = 8646,
     samples: SamplesOption = DEFAULT_SAMPLES,
     engine_timeout: Annotated[
@@ -127,7 +135,7 @@ def consensus(
                 err=True,
             )
             if keypair is not None:
-                received = mine_until_stopped(node, keypair, workers, blocks)
+                received = mine_until_stopped(node, keypair, workers, blocks, block_interval_ms)
             else:
                 with stop_on_signals(done.set) as received:
                     done.wait()
@@ -148,7 +156,11 @@ def consensus(
 
 
 def mine_until_stopped(
-    node: ConsensusNode, keypair: HybridKeyPair, workers: int | None, blocks: int
+    node: ConsensusNode,
+    keypair: HybridKeyPair,
+    workers: int | None,
+    blocks: int,
+    block_interval_ms: int = 0,
 ) -> list[int]:
     """Mine until SIGINT or SIGTERM (or ``blocks`` mined); the signals received. SIGUSR1 stops
     mining only: the node then follows the network until SIGINT or SIGTERM (``qoin devnet`` lets
@@ -159,6 +171,7 @@ def mine_until_stopped(
         workers,
         EngineLink(node, lambda message: typer.echo(message, err=True)),
         node.lock,
+        block_interval_ms,
     )
     done, paused = threading.Event(), threading.Event()
 

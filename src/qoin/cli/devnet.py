@@ -38,6 +38,9 @@ def devnet(
     ] = 0,
     block_time_ms: Annotated[int, typer.Option(help="Target block time.", min=100)] = 2_000,
     workers: Annotated[int, typer.Option(help="Miner processes per mining node.", min=1)] = 1,
+    storage_providers: Annotated[
+        int, typer.Option(help="Storage provider daemons to run beside the nodes.", min=0, max=32)
+    ] = 0,
     datadir: Annotated[
         Path | None,
         typer.Option(help="Keep the network here (default: a fresh temporary directory)."),
@@ -49,7 +52,9 @@ def devnet(
     """Run a local network of nodes over p2p on 127.0.0.1: mining, transfers, a live view."""
     if miners > nodes:
         fail(f"--miners {miners} is more than --nodes {nodes}", EXIT_USAGE)
-    config = DevnetConfig(nodes, miners, blocks, block_time_ms, workers)
+    config = DevnetConfig(
+        nodes, miners, blocks, block_time_ms, workers, storage_providers=storage_providers
+    )
     with tempfile.TemporaryDirectory(prefix="qoin-devnet-", ignore_cleanup_errors=True) as tmp:
         root = datadir or Path(tmp)
         try:

@@ -54,7 +54,7 @@ from qoin.consensus.judge import (
 from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
-from qoin.execution.account import genesis_leaves
+from qoin.execution.account import genesis_state
 from qoin.p2p.addresses import PeerAddress, PeerAddressError
 from qoin.rpc.server import Method, Param, RpcServer, invalid_params
 from qoin.state.nodestore import MemoryNodeStore
@@ -77,7 +77,7 @@ def genesis_state_root(genesis: Genesis) -> bytes:
     """The execution state root of the genesis allocation (the genesis header's ``state_root``
     holds the genesis commitment instead, so blocks at height 1 are checked against this)."""
     tree = SparseMerkleTree(MemoryNodeStore())
-    return tree.update(genesis_leaves((a.address, a.amount) for a in genesis.allocation), 0)
+    return tree.update(genesis_state(genesis), 0)
 
 
 class ConsensusNode:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qoin.crypto.address import Address
 from qoin.crypto.hashing import sha3_256, tagged_hash
@@ -51,6 +52,9 @@ MAX_STORAGE_KEY = 128
 """Longest storage key a contract or actor may use, in bytes."""
 MAX_STORAGE_VALUE = 16 * 1024
 """Largest storage value, in bytes."""
+
+if TYPE_CHECKING:
+    from qoin.chain.genesis import Genesis
 
 
 @dataclass(frozen=True)
@@ -185,3 +189,17 @@ def account_writes(address: Address, before: Account, after: Account) -> dict[by
 def genesis_leaves(allocation: Iterable[tuple[Address, int]]) -> dict[bytes, bytes]:
     """The state tree of a genesis allocation, as key → leaf value (accounts without keys)."""
     return {state_key(address): AccountLeaf(amount).encode() for address, amount in allocation}
+
+
+STORAGE_MARKET_ADDRESS = actor_address("storage-market")
+"""Where the ``storage-market`` actor lives (its genesis parameters are in its storage)."""
+
+
+def genesis_state(genesis: Genesis) -> dict[bytes, bytes]:
+    """The whole genesis state: the allocation's accounts, and the storage market's parameters
+    under its ``params`` key (docs/spec/storage.md §1)."""
+    from qoin.storage.params import PARAMS_KEY  # noqa: PLC0415 - keeps account.py's imports small
+
+    leaves = genesis_leaves((a.address, a.amount) for a in genesis.allocation)
+    leaves[storage_key(STORAGE_MARKET_ADDRESS, PARAMS_KEY)] = genesis.storage.encode()
+    return leaves

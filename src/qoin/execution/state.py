@@ -43,7 +43,7 @@ from qoin.errors import QoinError
 from qoin.execution.account import (
     Account,
     code_key,
-    genesis_leaves,
+    genesis_state,
     keys_key,
     read_account,
     state_key,
@@ -227,7 +227,7 @@ class ExecutionState:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             root = self.tree.update(
-                genesis_leaves((a.address, a.amount) for a in self.genesis.allocation),
+                genesis_state(self.genesis),
                 0,
             )
             self._db.execute(

@@ -53,6 +53,7 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
+from qoin.node.devnet_storage import StorageProviders, describe, dev_keystore
 from qoin.node.supervisor import STOP_SIGNALS
 from qoin.process import Child, Line, Output, stop_all, stop_on_signals
 from qoin.rpc.client import RpcClient
@@ -103,6 +104,8 @@ class DevnetConfig:
     """Miner processes per mining node."""
     converge_s: float = CONVERGE_S
     tx_interval_s: float = TX_INTERVAL_S
+    storage_providers: int = 0
+    """Storage provider daemons to run beside the nodes (:mod:`qoin.node.devnet_storage`)."""
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -361,6 +364,7 @@ class Devnet:
             Node(i, root / f"node{i}", mining=i < config.miners) for i in range(config.nodes)
         ]
         self.sender: TransferSender | None = None
+        self.storage = StorageProviders(root, config.storage_providers)
         self._samples: deque[tuple[float, int]] = deque()
         self._started = time.monotonic()
         self._shown = 0.0
@@ -405,12 +409,13 @@ class Devnet:
         return outcome
 
     def _stop_all(self) -> list[int]:
+        codes = stop_all(self.storage.children(), STOP_TIMEOUT_S)
         for node in self.nodes:
             if node.client is not None:
                 node.client.close()
         consensus = [n.consensus for n in self.nodes if n.consensus is not None]
         execution = [n.execution for n in self.nodes if n.execution is not None]
-        return stop_all(consensus, STOP_TIMEOUT_S) + stop_all(execution, STOP_TIMEOUT_S)
+        return codes + stop_all(consensus, STOP_TIMEOUT_S) + stop_all(execution, STOP_TIMEOUT_S)
 
     def _start(self, cancel: threading.Event) -> None:
         self.note(
@@ -437,6 +442,9 @@ class Devnet:
             if a != 0:  # node 0 is every other node's bootnode
                 self.nodes[a].rpc_client().call("consensus_addPeer", self.nodes[b].enode)
         self._await_peers(cancel)
+        if self.storage.count and not cancel.is_set():
+            self._start_storage(cancel)
+        self._describe()
         # Only now: a transaction is announced to the peers connected when it arrives.
         self.sender = TransferSender(
             self.nodes[-1].user_rpc, self.keypair, self.genesis.chain_id, self.config.tx_interval_s
@@ -446,6 +454,32 @@ class Devnet:
             f"running; transfers go to {self.nodes[-1].name}'s execution client; view: height "
             "h, head hash, peers p per node (* mines)"
         )
+
+    def _start_storage(self, cancel: threading.Event) -> None:
+        """Fund and start the storage providers (before the transfers: one sender at a time)."""
+        keypairs = self.storage.prepare([node.user_rpc for node in self.nodes])
+        self.note(f"funding {len(keypairs)} storage providers from the devnet key")
+        self.storage.fund(self.nodes[-1].user_rpc, self.keypair, cancel)
+        self.storage.start()
+        self.storage.await_ready(cancel)
+        for provider in self.storage.providers:
+            self.note(f"{provider.name} {provider.address} serves {provider.endpoint}")
+
+    def _describe(self) -> None:
+        """Write ``devnet.json`` (:func:`qoin.node.devnet_storage.describe`)."""
+        nodes = [
+            {"name": n.name, "rpc": n.user_rpc, "consensus_rpc": n.rpc, "engine": n.engine,
+             "enode": n.enode, "mining": n.mining, "datadir": str(n.home)}
+            for n in self.nodes
+        ]  # fmt: skip
+        path = describe(
+            self.root,
+            self.genesis.genesis_hash.hex(),
+            nodes,
+            self.storage.providers,
+            dev_keystore(self.root, self.keypair),
+        )
+        self.note(f"devnet description: {path}")
 
     def _await_peers(self, cancel: threading.Event) -> None:
         """Wait until every node is connected to all the peers :func:`links` gives it."""

@@ -59,8 +59,12 @@ class MiningLoop:
         workers: int | None = None,
         execution: ExecutionLink | None = None,
         lock: threading.RLock | None = None,
+        block_interval_ms: int = 0,
     ) -> None:
         self.chain = chain
+        self.block_interval_ms = block_interval_ms
+        """Pause this long after each mined block (0: none): paces a development or test network
+        whose target is so easy that blocks would come as fast as one signature."""
         self.lock = lock or threading.RLock()
         """Held while the loop reads or changes the chain (shared with other writers)."""
         self.execution = execution
@@ -135,4 +139,7 @@ class MiningLoop:
                     continue
                 mined += 1
                 on_block(MinedBlock(block, result, self.miner.attempts_per_second()))
+                if self.block_interval_ms:
+                    # The worker that solved the template idles until the next one is set.
+                    self._stop.wait(self.block_interval_ms / 1000)
         return mined

@@ -1,0 +1,189 @@
+"""The devnet's storage providers and its ``devnet.json`` description.
+
+``qoin devnet --storage-providers N`` runs N ``qoin storage provider`` daemons beside the nodes.
+Provider i has its own key (a keystore made on the first start, under the devnet's password), is
+funded from the devnet allocation before the devnet's transfers start, talks to node ``i mod
+nodes``'s execution client, and listens on a port the system picks. Files::
+
+    devnet.json               what runs where (see :func:`describe`), rewritten at each start
+    devnet-key.json           the published devnet key's keystore (password in password.txt)
+    password.txt              the password of every keystore here ("devnet")
+    provider<i>/key.json      provider i's keystore
+    provider<i>/data/         its data directory (shards, index, ML-KEM key)
+    provider<i>.log           its output
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qoin.crypto import keystore
+from qoin.crypto.address import Address
+from qoin.crypto.hybrid import HybridKeyPair, generate_keypair
+from qoin.errors import QoinError
+from qoin.process import Child, Line, Output
+from qoin.wallet import Wallet
+
+PASSWORD = "devnet"  # noqa: S105 - the published password of the devnet's keys
+FUNDING = 1_000_000_000_000
+"""Shor each provider receives from the devnet allocation (its collateral and fees)."""
+CAPACITY = "4GiB"
+PRICE = 1_000_000
+"""Shor per GiB per period each devnet provider asks."""
+COLLATERAL = 20_000_000
+"""Shor per GiB of collateral each devnet provider puts up."""
+READY = r"listening on (http://\S+)"
+"""The provider daemon's ready line (its endpoint)."""
+START_TIMEOUT_S = 120.0
+FUND_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Provider:
+    """One storage provider of the devnet."""
+
+    index: int
+    home: Path
+    address: str
+    rpc: str
+    child: Child | None = None
+    endpoint: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"provider{self.index}"
+
+    def json(self) -> dict[str, Any]:
+        """Its entry in ``devnet.json``."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "endpoint": self.endpoint,
+            "pid": None if self.child is None else self.child.proc.pid,
+            "datadir": str(self.home / "data"),
+            "keystore": str(self.home / "key.json"),
+            "rpc": self.rpc,
+            "log": str(self.home.parent / f"{self.name}.log"),
+        }
+
+
+def password_file(root: Path) -> Path:
+    """The devnet's password file (written once)."""
+    path = root / "password.txt"
+    if not path.exists():
+        path.write_text(PASSWORD + "\n")
+    return path
+
+
+def dev_keystore(root: Path, keypair: HybridKeyPair) -> Path:
+    """The devnet key's keystore file, so that the client commands can use it."""
+    path = root / "devnet-key.json"
+    if not path.exists():
+        keystore.save(keystore.encrypt_keypair(keypair, PASSWORD), path)
+    return path
+
+
+def provider_keypair(home: Path) -> HybridKeyPair:
+    """Provider's keypair: made and saved on its first start, read back afterwards."""
+    path = home / "key.json"
+    if path.exists():
+        return keystore.decrypt_keypair(keystore.load(path), PASSWORD)
+    home.mkdir(parents=True, exist_ok=True)
+    keypair = generate_keypair()
+    keystore.save(keystore.encrypt_keypair(keypair, PASSWORD), path)
+    return keypair
+
+
+class StorageProviders:
+    """Makes, funds, starts and stops the devnet's providers."""
+
+    def __init__(self, root: Path, count: int) -> None:
+        self.root = root
+        self.count = count
+        self.providers: list[Provider] = []
+
+    def prepare(self, node_rpcs: Sequence[str]) -> list[HybridKeyPair]:
+        """Each provider's key and node; the keypairs (to fund)."""
+        keypairs = []
+        for i in range(self.count):
+            home = self.root / f"provider{i}"
+            keypair = provider_keypair(home)
+            keypairs.append(keypair)
+            self.providers.append(
+                Provider(i, home, str(keypair.address), node_rpcs[i % len(node_rpcs)])
+            )
+        return keypairs
+
+    def fund(self, url: str, funder: HybridKeyPair, cancel: threading.Event) -> None:
+        """Pay :data:`FUNDING` to every provider that has less, and wait until it is mined."""
+        with Wallet(url, funder) as wallet:
+            sent = []
+            for provider in self.providers:
+                account = wallet.client.call("qoin_getAccount", provider.address)
+                if int(account["balance"]) < FUNDING // 2:
+                    sent.append(wallet.pay(Address.from_text(provider.address), FUNDING))
+            deadline = time.monotonic() + FUND_TIMEOUT_S
+            for tx_id in sent:
+                left = deadline - time.monotonic()
+                if cancel.is_set() or left <= 0:
+                    raise QoinError("the storage providers' funding was not mined in time")
+                wallet.wait(tx_id, left)
+
+    def start(self, on_line: Callable[[Provider], Callable[[Line], None]] | None = None) -> None:
+        """Start every provider daemon (see the module docstring)."""
+        secret = password_file(self.root)
+        for provider in self.providers:
+            args = ["storage", "provider", "--datadir", str(provider.home / "data"),
+                    "--key", str(provider.home / "key.json"), "--password-file", str(secret),
+                    "--capacity", CAPACITY, "--price", str(PRICE), "--collateral",
+                    str(COLLATERAL), "--rpc", provider.rpc,
+                    "--endpoint", "127.0.0.1:0"]  # fmt: skip
+            log = self.root / f"{provider.name}.log"
+            output = Output(
+                keep=False,
+                watch=(READY,),
+                log=log,
+                on_line=on_line(provider) if on_line is not None else None,
+            )
+            provider.child = Child.start(f"storage {provider.name}", args, output)
+
+    def await_ready(self, cancel: threading.Event) -> None:
+        """Wait for every provider's ready line (its endpoint)."""
+        for provider in self.providers:
+            if provider.child is None:
+                continue
+            found = provider.child.first_match(READY, START_TIMEOUT_S, cancel)
+            if found is not None:
+                provider.endpoint = found[0][1]
+
+    def children(self) -> list[Child]:
+        """The running daemons."""
+        return [p.child for p in self.providers if p.child is not None]
+
+
+def describe(
+    root: Path,
+    genesis_hash: str,
+    nodes: Sequence[dict[str, Any]],
+    providers: Sequence[Provider],
+    keystore_path: Path,
+) -> Path:
+    """Write ``devnet.json``: each node's URLs, each provider, the devnet key; its path."""
+    path = root / "devnet.json"
+    obj = {
+        "genesis": genesis_hash,
+        "nodes": list(nodes),
+        "storage_providers": [p.json() for p in providers],
+        "keystore": str(keystore_path),
+        "password_file": str(password_file(root)),
+    }
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(obj, indent=2) + "\n")
+    temp.replace(path)
+    return path
