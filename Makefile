@@ -20,10 +20,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 bootstrap: $(STAMP)
 
-# The main job: a local network of real nodes over p2p (3 nodes, 2 mining, transfers gossiped)
+# The main job: a local network of real nodes over p2p (3 nodes, 2 mining, transfers gossiped,
+# 3 storage providers; DIR/devnet.json says where everything runs and which keystore to use)
 # with a live view; Ctrl-C stops every process. Options: `qoin devnet --help`, README.md.
 devnet: $(STAMP)
-	$(BIN)/qoin devnet
+	$(BIN)/qoin devnet --storage-providers 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -19,8 +19,9 @@ from qoin.chain.store import BlockStore
 from qoin.chain.transaction import sign_transfer
 from qoin.node.devnet import read_store, reorg_depth
 from qoin.process import ChildFailed, Output
+from qoin.storage.market import MarketView
 from tests.chainutil import mine_template, test_genesis
-from tests.cliutil import run_qoin
+from tests.cliutil import DEVNET_PASSWORD, run_qoin
 from tests.framework import FUNDED, Network, read_to_end, wait_until
 from tests.keys import keypair_for
 from tests.test_chain import FAR_FUTURE, grow, template
@@ -166,6 +167,42 @@ def test_sigint_stops_every_process(net: Network) -> None:
     assert all(node["height"] is not None for node in summary["nodes"]), summary
     assert summary["datadir"] is None
     assert not datadir.exists()  # the temporary data directory is removed
+
+
+def test_storage_providers_are_started_described_and_stopped(net: Network) -> None:
+    """``--storage-providers 2``: two provider daemons, funded, with asks on chain at the
+    endpoints ``devnet.json`` gives; the client keystore it names can use them (a dry run); the
+    providers stop with the devnet."""
+    datadir = net.workdir / "devnet"
+    devnet = Devnet(net, *SMALL, "--storage-providers", "2", "--datadir", str(datadir))
+    path = Path(devnet.watch_until(re.compile(r"devnet description: (\S+)"))[1])
+    described = json.loads(path.read_text())
+    providers = described["storage_providers"]
+    assert [p["name"] for p in providers] == ["provider0", "provider1"]
+    rpc = described["nodes"][0]["rpc"]
+    assert [n["name"] for n in described["nodes"]] == ["node0", "node1"]
+    with MarketView(rpc) as view:
+        asks = {str(ask.provider): ask for ask in view.asks()}
+    for provider in providers:
+        ask = asks[provider["address"]]
+        assert ask.active and ask.endpoint == provider["endpoint"]
+        assert provider["url"] == f"http://{provider['endpoint']}"
+        assert Path(provider["datadir"]).is_dir() and _proc_stat(provider["pid"]) is not None
+    sample = net.workdir / "sample.bin"
+    sample.write_bytes(bytes(range(256)) * 64)
+    dry = run_qoin(
+        "storage", "put", str(sample), "--dry-run", "--json", "--key", described["keystore"],
+        "--rpc", rpc,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert {offer["provider"] for offer in plan["offers"]} == set(asks)
+    assert plan["enough"] is True and plan["cost"] > 0
+    assert Path(described["password_file"]).read_text().strip() == DEVNET_PASSWORD
+    devnet.proc.send_signal(signal.SIGINT)
+    assert devnet.finish(60) == 0, "".join(devnet.stderr)
+    devnet.assert_nothing_left()
+    assert all(p["pid"] in devnet.seen for p in providers)  # and so gone, as checked above
 
 
 def test_more_miners_than_nodes_is_refused() -> None:

@@ -30,6 +30,8 @@ GAS_FACTOR = 1.25
 """A transaction's gas limit is the node's estimate times this, plus :data:`GAS_MARGIN`: state can
 move between the estimate and the block (the estimate runs on the head)."""
 GAS_MARGIN = 20_000
+NONCE_RETRIES = 3
+"""Times a transaction is signed anew when another sender of the account took its nonce."""
 RECEIPT_POLL_S = 0.1
 """How often :meth:`Wallet.wait` asks for a receipt."""
 DEFAULT_TIMEOUT_S = 60.0
@@ -159,21 +161,29 @@ class Wallet:
         return max(estimate, min(math.ceil(estimate * GAS_FACTOR) + GAS_MARGIN, limit))
 
     def _submit(self, build: Callable[[int, bool], AnyTransaction]) -> str:
-        """Sign with the next nonce (``build(nonce, reveal_keys)``) and submit; the id (hex)."""
+        """Sign with the next nonce (``build(nonce, reveal_keys)``) and submit; the id (hex).
+        When another sender of the same account took the nonce (the node answers
+        ``NonceTooLow``), the nonce is read again and the transaction signed anew, up to
+        :data:`NONCE_RETRIES` times."""
         with self._lock:
-            if self._nonce is None:
-                account = _ask(self.client, "qoin_getAccount", str(self.address))
-                self._nonce = _int(account, "nextNonce", "qoin_getAccount")
-                self._revealed = account.get("publicKeysRevealed") is True
-            tx = build(self._nonce, not self._revealed)
-            try:
-                tx_id = _ask(self.client, "qoin_sendRawTransaction", tx.encode().hex())
-            except WalletError:
-                self._nonce = None  # re-read: the node knows what it has
-                raise
-            self._nonce += 1
-            self._revealed = True
-            return str(tx_id)
+            retries = NONCE_RETRIES
+            while True:
+                if self._nonce is None:
+                    account = _ask(self.client, "qoin_getAccount", str(self.address))
+                    self._nonce = _int(account, "nextNonce", "qoin_getAccount")
+                    self._revealed = account.get("publicKeysRevealed") is True
+                tx = build(self._nonce, not self._revealed)
+                try:
+                    tx_id = _ask(self.client, "qoin_sendRawTransaction", tx.encode().hex())
+                except WalletError as exc:
+                    self._nonce = None  # re-read: the node knows what it has
+                    if retries and "NonceTooLow" in str(exc):
+                        retries -= 1
+                        continue
+                    raise
+                self._nonce += 1
+                self._revealed = True
+                return str(tx_id)
 
     def pay(self, to: Address, amount: int) -> str:
         """Sign and submit a plain transfer of ``amount`` Shor to ``to``; the transaction id."""

@@ -175,9 +175,11 @@ def _failed(exc: QoinError, rpc: str) -> None:
 
 def _blocks(height: int, target: int) -> str:
     """``target`` as a height and how far it is from ``height``."""
-    if target > height:
-        return f"{target} (in {target - height} blocks)"
-    return f"{target} (now)" if target == height else f"{target} ({height - target} blocks ago)"
+    if target == height:
+        return f"{target} (now)"
+    gap = abs(target - height)
+    blocks = f"{gap} block{'s' if gap > 1 else ''}"
+    return f"{target} (in {blocks})" if target > height else f"{target} ({blocks} ago)"
 
 
 # -- put -------------------------------------------------------------------------------------------

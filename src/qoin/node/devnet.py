@@ -53,7 +53,15 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
-from qoin.node.devnet_storage import StorageProviders, describe, dev_keystore
+from qoin.node.devnet_storage import (
+    CLIENT_FUNDING,
+    StorageProviders,
+    client_keystore,
+    describe,
+    dev_keystore,
+    fund,
+    made_keypair,
+)
 from qoin.node.supervisor import STOP_SIGNALS
 from qoin.process import Child, Line, Output, stop_all, stop_on_signals
 from qoin.rpc.client import RpcClient
@@ -442,6 +450,7 @@ class Devnet:
             if a != 0:  # node 0 is every other node's bootnode
                 self.nodes[a].rpc_client().call("consensus_addPeer", self.nodes[b].enode)
         self._await_peers(cancel)
+        self._fund(cancel)
         if self.storage.count and not cancel.is_set():
             self._start_storage(cancel)
         self._describe()
@@ -455,15 +464,21 @@ class Devnet:
             "h, head hash, peers p per node (* mines)"
         )
 
+    def _fund(self, cancel: threading.Event) -> None:
+        """Fund the user's client key and the storage providers from the devnet key (before the
+        transfers start: one sender at a time)."""
+        client = made_keypair(client_keystore(self.root))
+        self.storage.prepare([node.user_rpc for node in self.nodes])
+        amounts = {str(client.address): CLIENT_FUNDING, **self.storage.funding()}
+        self.note(f"funding the client key and {self.storage.count} storage providers")
+        fund(self.nodes[-1].user_rpc, self.keypair, amounts, cancel)
+
     def _start_storage(self, cancel: threading.Event) -> None:
-        """Fund and start the storage providers (before the transfers: one sender at a time)."""
-        keypairs = self.storage.prepare([node.user_rpc for node in self.nodes])
-        self.note(f"funding {len(keypairs)} storage providers from the devnet key")
-        self.storage.fund(self.nodes[-1].user_rpc, self.keypair, cancel)
+        """Start the storage providers (funded by :meth:`_fund`)."""
         self.storage.start()
         self.storage.await_ready(cancel)
         for provider in self.storage.providers:
-            self.note(f"{provider.name} {provider.address} serves {provider.endpoint}")
+            self.note(f"{provider.name} {provider.address} serves {provider.url}")
 
     def _describe(self) -> None:
         """Write ``devnet.json`` (:func:`qoin.node.devnet_storage.describe`)."""

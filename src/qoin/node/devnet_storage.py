@@ -6,7 +6,9 @@ funded from the devnet allocation before the devnet's transfers start, talks to 
 nodes``'s execution client, and listens on a port the system picks. Files::
 
     devnet.json               what runs where (see :func:`describe`), rewritten at each start
-    devnet-key.json           the published devnet key's keystore (password in password.txt)
+    client-key.json           a funded key for the user's commands (``qoin storage put --key``)
+    devnet-key.json           the published devnet key's keystore (it also sends the devnet's
+                              transfers: use client-key.json, whose nonces nothing else takes)
     password.txt              the password of every keystore here ("devnet")
     provider<i>/key.json      provider i's keystore
     provider<i>/data/         its data directory (shards, index, ML-KEM key)
@@ -31,8 +33,10 @@ from qoin.process import Child, Line, Output
 from qoin.wallet import Wallet
 
 PASSWORD = "devnet"  # noqa: S105 - the published password of the devnet's keys
-FUNDING = 1_000_000_000_000
+FUNDING = 100_000_000_000
 """Shor each provider receives from the devnet allocation (its collateral and fees)."""
+CLIENT_FUNDING = 10 * FUNDING
+"""Shor the client key receives (deposits of many deals)."""
 CAPACITY = "4GiB"
 PRICE = 1_000_000
 """Shor per GiB per period each devnet provider asks."""
@@ -53,7 +57,13 @@ class Provider:
     address: str
     rpc: str
     child: Child | None = None
-    endpoint: str = ""
+    url: str = ""
+    """Its HTTP API (``http://host:port``), once it listens."""
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` as posted in its ask."""
+        return self.url.removeprefix("http://")
 
     @property
     def name(self) -> str:
@@ -65,6 +75,7 @@ class Provider:
             "name": self.name,
             "address": self.address,
             "endpoint": self.endpoint,
+            "url": self.url,
             "pid": None if self.child is None else self.child.proc.pid,
             "datadir": str(self.home / "data"),
             "keystore": str(self.home / "key.json"),
@@ -89,15 +100,36 @@ def dev_keystore(root: Path, keypair: HybridKeyPair) -> Path:
     return path
 
 
-def provider_keypair(home: Path) -> HybridKeyPair:
-    """Provider's keypair: made and saved on its first start, read back afterwards."""
-    path = home / "key.json"
+def made_keypair(path: Path) -> HybridKeyPair:
+    """The keypair of the keystore at ``path``: made and saved on the devnet's first start (under
+    :data:`PASSWORD`), read back afterwards."""
     if path.exists():
         return keystore.decrypt_keypair(keystore.load(path), PASSWORD)
-    home.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     keypair = generate_keypair()
     keystore.save(keystore.encrypt_keypair(keypair, PASSWORD), path)
     return keypair
+
+
+def client_keystore(root: Path) -> Path:
+    """The user's funded keystore (made on the first start)."""
+    return root / "client-key.json"
+
+
+def fund(url: str, funder: HybridKeyPair, amounts: dict[str, int], cancel: threading.Event) -> None:
+    """Pay each address its amount unless it holds half of it already; wait until mined."""
+    with Wallet(url, funder) as wallet:
+        sent = []
+        for address, amount in amounts.items():
+            account = wallet.client.call("qoin_getAccount", address)
+            if int(account["balance"]) < amount // 2:
+                sent.append(wallet.pay(Address.from_text(address), amount))
+        deadline = time.monotonic() + FUND_TIMEOUT_S
+        for tx_id in sent:
+            left = deadline - time.monotonic()
+            if cancel.is_set() or left <= 0:
+                raise QoinError("the devnet's accounts were not funded in time")
+            wallet.wait(tx_id, left)
 
 
 class StorageProviders:
@@ -108,32 +140,18 @@ class StorageProviders:
         self.count = count
         self.providers: list[Provider] = []
 
-    def prepare(self, node_rpcs: Sequence[str]) -> list[HybridKeyPair]:
-        """Each provider's key and node; the keypairs (to fund)."""
-        keypairs = []
+    def prepare(self, node_rpcs: Sequence[str]) -> None:
+        """Each provider's key (made on the first start) and node."""
         for i in range(self.count):
             home = self.root / f"provider{i}"
-            keypair = provider_keypair(home)
-            keypairs.append(keypair)
+            keypair = made_keypair(home / "key.json")
             self.providers.append(
                 Provider(i, home, str(keypair.address), node_rpcs[i % len(node_rpcs)])
             )
-        return keypairs
 
-    def fund(self, url: str, funder: HybridKeyPair, cancel: threading.Event) -> None:
-        """Pay :data:`FUNDING` to every provider that has less, and wait until it is mined."""
-        with Wallet(url, funder) as wallet:
-            sent = []
-            for provider in self.providers:
-                account = wallet.client.call("qoin_getAccount", provider.address)
-                if int(account["balance"]) < FUNDING // 2:
-                    sent.append(wallet.pay(Address.from_text(provider.address), FUNDING))
-            deadline = time.monotonic() + FUND_TIMEOUT_S
-            for tx_id in sent:
-                left = deadline - time.monotonic()
-                if cancel.is_set() or left <= 0:
-                    raise QoinError("the storage providers' funding was not mined in time")
-                wallet.wait(tx_id, left)
+    def funding(self) -> dict[str, int]:
+        """What each provider is paid from the devnet allocation."""
+        return {provider.address: FUNDING for provider in self.providers}
 
     def start(self, on_line: Callable[[Provider], Callable[[Line], None]] | None = None) -> None:
         """Start every provider daemon (see the module docstring)."""
@@ -160,7 +178,7 @@ class StorageProviders:
                 continue
             found = provider.child.first_match(READY, START_TIMEOUT_S, cancel)
             if found is not None:
-                provider.endpoint = found[0][1]
+                provider.url = found[0][1]
 
     def children(self) -> list[Child]:
         """The running daemons."""
@@ -172,15 +190,16 @@ def describe(
     genesis_hash: str,
     nodes: Sequence[dict[str, Any]],
     providers: Sequence[Provider],
-    keystore_path: Path,
+    devnet_key: Path,
 ) -> Path:
-    """Write ``devnet.json``: each node's URLs, each provider, the devnet key; its path."""
+    """Write ``devnet.json``: each node's URLs, each provider, the keystores; its path."""
     path = root / "devnet.json"
     obj = {
         "genesis": genesis_hash,
         "nodes": list(nodes),
         "storage_providers": [p.json() for p in providers],
-        "keystore": str(keystore_path),
+        "keystore": str(client_keystore(root)),
+        "devnet_keystore": str(devnet_key),
         "password_file": str(password_file(root)),
     }
     temp = path.with_suffix(".tmp")
