@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
 import logging
 import os
 import random
@@ -42,7 +41,6 @@ from qoin.crypto.hybrid import HybridKeyPair
 from qoin.process import KEEP_ALL, STOP_TIMEOUT_S, Child, ChildFailed, Line, Output
 from qoin.process import stop_all as stop_children
 from qoin.rpc.client import RpcClient
-from qoin.rpc.jwt import create_secret
 from tests.chainutil import test_genesis
 from tests.keys import keypair_for
 
@@ -160,10 +158,7 @@ def read_to_end(child: Child, timeout: float = STOP_TIMEOUT_S) -> list[Line]:
 def write_network_files(workdir: Path, chosen: Genesis | None = None) -> tuple[Path, Path]:
     """Write the files every process of a test shares: the genesis (the test network by default)
     and the engine JWT secret; their paths."""
-    genesis_file, jwt_file = workdir / "genesis.json", workdir / "jwt.hex"
-    genesis_file.write_text(json.dumps(genesis_mod.to_json(chosen or genesis())))
-    create_secret(jwt_file)
-    return genesis_file, jwt_file
+    return genesis_mod.write_network_files(workdir, chosen or genesis())
 
 
 # -- nodes --------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from qoin.bench.contracts import table
+from qoin.bench.storage import table as storage_table
 from tests.cliutil import run_qoin
 
 
@@ -138,3 +140,45 @@ def test_bench_contracts_json() -> None:
     assert lines[2].split() == ["workload", "tx/s", "gas/tx", "vs", "transfer", "goal", "met"]
     assert [line.split()[0] for line in lines[3:7]] == ["transfer", "counter", "token", "names"]
     assert any(line.startswith("sampling k=16") for line in lines)
+
+
+def storage_report(*extra: str, timeout: float) -> dict[str, Any]:
+    """``qoin bench storage --json`` on a 1 MiB file (set up, proved, stored and retrieved on a
+    live node with 3 provider daemons); the report, checked for the keys every run has."""
+    result = run_qoin(
+        "bench", "storage", "--json", "--size-mib", "1", "--proofs", "5",
+        "--shards-per-provider", "70", "--rounds", "1", "--retrieval-mib", "1", *extra,
+        timeout=timeout,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "starting 3 storage provider daemons" in result.stderr  # progress goes to stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["benchmark"] == "storage"
+    assert (report["size_bytes"], report["n"], report["k"]) == (1 << 20, 4, 2)
+    assert report["machine"]["cpus"] >= 1 and report["peak_rss_bytes"] > 0
+    assert report["sha3"]["mb_per_s"] > 0
+    assert report["setup"]["one_core"]["s_per_gib"] > 0
+    assert report["setup"]["two_cores"]["s_per_gib"] > 0
+    assert report["proofs"]["count"] == 5 and report["proofs"]["verify_us_median"] > 0
+    assert report["chain"]["shards_per_provider"] == 70
+    retrieval = report["retrieval"]
+    assert retrieval["file_bytes"] == 1 << 20
+    assert (retrieval["n"], retrieval["k"], retrieval["rounds"]) == (2, 1, 1)
+    assert retrieval["stored_bytes"] > retrieval["file_bytes"]  # encrypted: nonce and tag
+    assert retrieval["bytes_per_retrieval"] == retrieval["shard_size"] >= retrieval["stored_bytes"]
+    assert retrieval["goal"] == 0.5
+    for cache in ("cold", "warm"):
+        figures = retrieval[cache]
+        for what in ("disk", "verified_disk", "download", "stream"):
+            assert figures[f"{what}_mb_per_s"] > 0
+        ratio = figures["download_mb_per_s"] / figures["disk_mb_per_s"]
+        assert abs(figures["ratio"] - ratio) < 1e-9
+        assert figures["goal_met"] == (figures["ratio"] >= 0.5)
+    return report
+
+
+def test_bench_storage_json_without_repair() -> None:
+    report = storage_report("--no-repair", timeout=180)
+    assert "repair" not in report
+    lines = storage_table(report).splitlines()
+    assert any(line.startswith("retrieval (cold cache)") for line in lines)

@@ -29,14 +29,23 @@ import pytest
 from qoin.chain.block import Block
 from qoin.chain.issuance import GENESIS_ALLOCATION
 from qoin.chain.transaction import Transaction, sign_transfer
+from qoin.compute.params import PARAMS_KEY as COMPUTE_PARAMS_KEY
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
-from qoin.execution.account import AccountLeaf, keys_key, state_key
+from qoin.execution.account import (
+    COMPUTE_MARKET_ADDRESS,
+    STORAGE_MARKET_ADDRESS,
+    AccountLeaf,
+    keys_key,
+    state_key,
+    storage_key,
+)
 from qoin.execution.cron import CURSOR_KEY
 from qoin.execution.state import ExecutionState, PayloadStatus
 from qoin.rpc.client import RpcCallError, RpcClient
 from qoin.rpc.jwt import encode, load_secret
 from qoin.state.smt import EMPTY, NODE_INNER, NODE_LEAF, compute_root, leaf_hash, node_hash
+from qoin.storage.params import PARAMS_KEY
 from tests.framework import FUNDED, Network, genesis, test_seed
 from tests.keys import keypair_for
 from tests.test_execution_state import MINER, child
@@ -209,7 +218,11 @@ def _check_database(prepared: Prepared, datadir: Path, done: int, where: str) ->
         accounts = {state_key(a) for a in prepared.addresses}
         keys = {keys_key(a) for a in prepared.addresses}
         cron = {CURSOR_KEY}  # the cron step's cursor, written by every block
-        assert set(leaves) <= accounts | keys | cron, f"{where}: leaves of unknown accounts"
+        markets = {  # the markets' genesis parameters
+            storage_key(STORAGE_MARKET_ADDRESS, PARAMS_KEY),
+            storage_key(COMPUTE_MARKET_ADDRESS, COMPUTE_PARAMS_KEY),
+        }
+        assert set(leaves) <= accounts | keys | cron | markets, f"{where}: unknown leaves"
         total = sum(AccountLeaf.decode(v).balance for k, v in leaves.items() if k in accounts)
         supply = GENESIS_ALLOCATION + sum(
             payout.amount for block in chain[1:] for payout in block.coinbase.payouts[:-1]

@@ -9,6 +9,8 @@ import pytest
 
 from qoin.chain.genesis import GenesisError, builtin, from_json, load_file, to_json
 from qoin.chain.issuance import GENESIS_ALLOCATION
+from qoin.compute import params as compute_params
+from qoin.execution.account import COMPUTE_MARKET_ADDRESS, genesis_state, storage_key
 from qoin.storage import params as storage_params
 
 
@@ -32,9 +34,10 @@ def test_genesis_hash_commits_to_every_parameter() -> None:
         ("timestamp_ms", 1),
         ("initial_target", "0x10"),
         ("storage_market", {**base["storage_market"], "window": 7}),
+        ("compute_market", {**base["compute_market"], "reveal_blocks": 7}),
     ]:
         hashes.add(from_json({**base, key: value}).genesis_hash)
-    assert len(hashes) == 9
+    assert len(hashes) == 10
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,11 @@ def test_genesis_hash_commits_to_every_parameter() -> None:
         ("storage_market", {"samples": "8"}, "samples"),
         ("storage_market", {"nope": 1}, "unknown"),
         ("storage_market", [], "object"),
+        ("compute_market", {"block_ms": 0}, "block_ms"),
+        ("compute_market", {"fine_client_ppm": 1_000_001}, "fine_client_ppm"),
+        ("compute_market", {"reveal_blocks": True}, "reveal_blocks"),
+        ("compute_market", {"nope": 1}, "unknown"),
+        ("compute_market", 3, "object"),
     ],
 )
 def test_bad_fields_refused(key: str, value: object, message: str) -> None:
@@ -85,3 +93,19 @@ def test_storage_market_parameters() -> None:
     obj = to_json(devnet)
     del obj["storage_market"]
     assert from_json(obj).storage == storage_params.MAINNET
+
+
+def test_compute_market_parameters() -> None:
+    devnet = builtin("devnet")
+    assert devnet.compute == compute_params.DEVNET
+    assert builtin("mainnet").compute == compute_params.MAINNET
+    obj = to_json(devnet)
+    assert obj["compute_market"] == compute_params.to_json(compute_params.DEVNET)
+    del obj["compute_market"]
+    assert from_json(obj).compute == compute_params.MAINNET
+    partial = from_json({**to_json(devnet), "compute_market": {"reveal_blocks": 9}})
+    assert partial.compute.reveal_blocks == 9
+    assert partial.compute.block_ms == compute_params.MAINNET.block_ms
+    leaves = genesis_state(devnet)
+    key = storage_key(COMPUTE_MARKET_ADDRESS, compute_params.PARAMS_KEY)
+    assert compute_params.ComputeParams.decode(leaves[key]) == compute_params.DEVNET

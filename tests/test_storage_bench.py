@@ -1,6 +1,7 @@
-"""The storage benchmark's :func:`qoin.bench.storage.measure` on a tiny file: every documented key
-is there, the figures are positive and consistent with each other, the scratch files are gone, and
-bad sizes are refused (the figures themselves are not judged)."""
+"""The storage benchmark's :func:`qoin.bench.storage.measure` (the part without a network) on a tiny
+file: every documented key is there, the figures are positive and consistent with each other, proofs
+are batched as the prover batches them, the scratch files are gone, and bad sizes are refused (the
+figures themselves are not judged). The whole command, network included: tests/test_bench_cli.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 
 from qoin.bench import storage
 from qoin.bench.timing import BenchmarkCheckFailed
-from qoin.chain.transaction import MAX_CALL_DATA
 from qoin.storage.crypt import encrypted_size
 from qoin.storage.merkle import shard_size_for, tree_depth
+from qoin.storage.provider.prover import ITEM_OVERHEAD, MAX_PROVE_BYTES, MAX_PROVE_ITEMS
 
 
 def test_measure_a_tiny_file(tmp_path: Path) -> None:
@@ -56,15 +57,18 @@ def test_measure_a_tiny_file(tmp_path: Path) -> None:
     # list(deal, shard, list(8 leaves of 256 bytes), paths of 8 x depth x 32 bytes), ABI-encoded
     assert chain["item_bytes"] > 8 * 256 + 8 * depth * 32
     assert chain["item_bytes"] < 8 * 256 + 8 * depth * 32 + 64
+    # Batched as the prover batches: at most 64 items and MAX_PROVE_BYTES of proofs a transaction.
     per_call = chain["items_per_transaction"]
-    assert 1 <= per_call <= 64
-    assert per_call * chain["item_bytes"] <= MAX_CALL_DATA
+    proof_size = 8 * 256 + 8 * depth * 32 + ITEM_OVERHEAD
+    assert per_call == min(MAX_PROVE_ITEMS, MAX_PROVE_BYTES // proof_size)
     assert chain["transactions_per_provider_per_period"] == -(-70 // per_call)
-    assert chain["transaction_overhead_bytes"] > 0
-    assert chain["bytes_per_provider_per_period"] == (
-        70 * chain["item_bytes"]
-        + chain["transactions_per_provider_per_period"] * chain["transaction_overhead_bytes"]
+    assert 0 < chain["transaction_overhead_bytes"] < 10_000  # the signature and the envelope
+    transactions = chain["transactions_per_provider_per_period"]
+    assert 70 * chain["item_bytes"] < chain["bytes_per_provider_per_period"]
+    assert chain["bytes_per_provider_per_period"] <= (
+        70 * chain["item_bytes"] + transactions * chain["transaction_overhead_bytes"] + transactions
     )
+    assert chain["bytes_per_proof"] == chain["bytes_per_provider_per_period"] / 70
     assert report["peak_rss_bytes"] > 0
     assert "s/GiB" in storage.table(report)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -36,29 +36,23 @@ from qoin.chain.genesis import Allocation
 from qoin.crypto.address import Address
 from qoin.crypto.hashing import sha3_256
 from qoin.crypto.hybrid import HybridKeyPair, sign
-from qoin.execution import cron
 from qoin.execution import gas as costs
 from qoin.execution.abi import Value, decode_value, encode_args
-from qoin.execution.account import AccountLeaf, actor_address, state_key, storage_key
+from qoin.execution.account import actor_address, storage_key
 from qoin.execution.calls import event_json
 from qoin.execution.client import ExecutionClient
-from qoin.execution.overlay import StateOverlay
-from qoin.execution.receipt import CallStatus, Event, Receipt
+from qoin.execution.receipt import CallStatus, Receipt
 from qoin.execution.state import ExecutionState
-from qoin.execution.vm import BlockEnv, CallResult, Machine
 from qoin.rpc.serve import BackgroundServer
 from qoin.storage import market, merkle
 from qoin.storage.params import DEVNET, PARAMS_KEY, PPM, StorageParams
+from tests.actorchain import CHAIN_ID, START, ActorChain, funded_state
 from tests.chainutil import test_genesis
 from tests.keys import keypair_for
-from tests.test_names_actor import NoRuntime
 
 MARKET = STORAGE_MARKET_ADDRESS
 PARAMS = DEVNET
 P, W = PARAMS.period, PARAMS.window
-CHAIN_ID = 1337
-FUNDS = 10**15
-START = 1_000
 GIB = 1 << 30
 PRICE = GIB  # one Shor per byte per period
 COLLATERAL = 4 * GIB
@@ -66,115 +60,29 @@ KEM = bytes(i % 251 for i in range(KEM_KEY_SIZE))
 NAMES_BY_TOPIC = {topic(name): name for name in EVENT_NAMES}
 
 
-def parent_hash(height: int) -> bytes:
-    """The (made-up, distinct) hash of the block before ``height``."""
-    return sha3_256(b"test block", (height - 1).to_bytes(8, "big"))
-
-
 @dataclass
-class Chain:
-    """State over heights: every height's cron runs (as a block's would), calls run at the head."""
+class Chain(ActorChain):
+    """The storage market over heights (:class:`tests.actorchain.ActorChain`)."""
 
-    state: dict[bytes, bytes]
-    height: int
-    people: list[Address]
     params: StorageParams = PARAMS
-    supply: int = 0
-    events: list[Event] = field(default_factory=list)
-    cron_receipts: list[Receipt] = field(default_factory=list)
 
     @classmethod
     def new(
         cls, people: Iterable[Address], params: StorageParams = PARAMS, height: int = START
     ) -> Chain:
         everyone = list(people)
-        state = {state_key(a): AccountLeaf(FUNDS).encode() for a in everyone}
-        state[storage_key(MARKET, PARAMS_KEY)] = params.encode()
-        chain = cls(state, height, everyone, params)
+        state = funded_state(everyone, MARKET, {PARAMS_KEY: params.encode()})
+        chain = cls(state, height, everyone, MARKET, NAMES_BY_TOPIC, params=params)
         chain.supply = chain.total()
         return chain
-
-    def machine(self) -> Machine:
-        env = BlockEnv(CHAIN_ID, self.height, self.height * 1000, parent_hash(self.height))
-        return Machine(
-            StateOverlay(self.state.get), env, builtin_actors(), NoRuntime(), cron.schedule
-        )
-
-    def advance(self, height: int) -> list[Receipt]:
-        """Run every block's cron step up to ``height``; the cron receipts."""
-        assert height >= self.height
-        receipts: list[Receipt] = []
-        while self.height < height:
-            self.height += 1
-            machine = self.machine()
-            ran = cron.run_due(machine, 0)
-            self.state.update(machine.state.changes())
-            for receipt in ran:
-                assert receipt.status is CallStatus.SUCCESS, receipt.reason
-                self.events.extend(receipt.events)
-            receipts.extend(ran)
-            self.check_money()
-        self.cron_receipts.extend(receipts)
-        return receipts
-
-    def call(
-        self, caller: Address, method: str, *args: Value, value: int = 0, gas: int = 10**8
-    ) -> CallResult:
-        machine = self.machine()
-        machine.begin_step()
-        result = machine.call(
-            caller=caller,
-            origin=caller,
-            to=MARKET,
-            value=value,
-            method=method,
-            args=encode_args(list(args)),
-            gas=gas,
-            depth=1,
-        )
-        if result.succeeded:
-            self.state.update(machine.state.changes())
-            self.events.extend(machine.events)
-        else:
-            assert machine.state.changes() == {}
-        self.check_money()
-        return result
-
-    def ok(self, caller: Address, method: str, *args: Value, value: int = 0) -> Value | None:
-        """Call; it must succeed; its decoded return value (None for no return data)."""
-        result = self.call(caller, method, *args, value=value)
-        assert result.status is CallStatus.SUCCESS, result.reason
-        return decode_value(result.return_data) if result.return_data else None
-
-    def reverts(self, caller: Address, method: str, *args: Value, value: int = 0) -> str:
-        """Call; it must revert; its reason."""
-        result = self.call(caller, method, *args, value=value)
-        assert result.status is CallStatus.REVERTED, (result.status, result.reason)
-        return result.reason
-
-    def view(self, method: str, *args: Value) -> Value:
-        found = self.ok(self.people[0], method, *args)
-        assert found is not None
-        return found
-
-    def balance(self, address: Address) -> int:
-        return self.machine().leaf(address).balance
-
-    def total(self) -> int:
-        return sum(self.balance(a) for a in {*self.people, MARKET, cron.CRON_ADDRESS})
 
     def totals(self) -> Totals:
         raw = self.state.get(storage_key(MARKET, b"totals"))
         return Totals.decode(raw) if raw else Totals()
 
-    def check_money(self) -> None:
-        """The actor holds exactly its totals; no Shor made or lost."""
+    def held(self) -> int:
         t = self.totals()
-        assert self.balance(MARKET) == t.escrow + t.collateral + t.bonus + t.burned
-        assert self.total() == self.supply
-
-    def record(self, key: bytes) -> bytes | None:
-        return self.state.get(storage_key(MARKET, key)) or None
+        return t.escrow + t.collateral + t.bonus + t.burned
 
     def ask(self, provider: Address) -> Ask:
         raw = self.record(b"A" + provider.raw)
@@ -189,16 +97,6 @@ class Chain:
         raw = self.record(b"S" + deal_id.to_bytes(8, "big") + bytes((index,)))
         assert raw is not None
         return Shard.decode(raw)
-
-    def event_names(self, since: int = 0) -> list[str]:
-        return [NAMES_BY_TOPIC[e.topics[0]] for e in self.events[since:]]
-
-    def last(self, name: str) -> Value:
-        """The data of the last event called ``name``."""
-        for event in reversed(self.events):
-            if NAMES_BY_TOPIC[event.topics[0]] == name:
-                return decode_value(event.data)
-        raise AssertionError(f"no {name} event")
 
     def period(self) -> int:
         return self.height // self.params.period

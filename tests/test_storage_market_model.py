@@ -38,12 +38,11 @@ from qoin.execution.receipt import CallStatus
 from qoin.storage import merkle
 from qoin.storage.market import acceptance_message, proof_item
 from qoin.storage.params import DEVNET
+from tests.actorchain import CHAIN_ID, FUNDS
 from tests.framework import test_seed
 from tests.test_storage_market import (
-    CHAIN_ID,
     CLIENT,
     COLLATERAL,
-    FUNDS,
     GIB,
     KEM,
     NAMES_BY_TOPIC,

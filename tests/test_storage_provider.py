@@ -2,29 +2,24 @@
 refuses hostile uploads (keeping nothing), stores the client's shard, serves it back verifiably,
 and proves it every period, paid from the escrow.
 
-The chain: the test network with a block every ~100 ms (``--block-interval-ms``) and storage
-periods of :data:`PARAMS` (40 blocks, proofs accepted in the first 28): a provider sees each head
-within milliseconds and a proof is mined within a block or two, so a window of ~3 s leaves it
-room even on a loaded machine.
+The chain and the helpers: :mod:`tests.storageutil`. The whole path through the ``qoin storage``
+client commands (put, get, status, a provider killed, a liar with part of its shard deleted, erasure
+coding): :mod:`tests.test_storage_e2e`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from qoin.cli.storage_provider import parse_endpoint, parse_size
-from qoin.crypto import hybrid, keystore
+from qoin.crypto import hybrid
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.execution.abi import decode_value
-from qoin.process import Child
 from qoin.storage import erasure, market
 from qoin.storage.market import STORAGE_MARKET, MarketView
 from qoin.storage.merkle import (
@@ -35,100 +30,33 @@ from qoin.storage.merkle import (
     verify_chunk,
     verify_chunk_nodes,
 )
-from qoin.storage.params import StorageParams
 from qoin.storage.provider.daemon import KEM_FILE, kem_key
 from qoin.storage.provider.prover import MAX_PROVE_BYTES, MAX_PROVE_ITEMS, Proof, batches
 from qoin.storage.provider.server import Refused, parse_range
-from qoin.storage.provider.store import SHARDS_DIR
 from qoin.wallet import Wallet
-from tests.framework import FUNDED, START_S, Network, Node, genesis, wait_until
+from tests.framework import Network, Node, genesis, wait_until
 from tests.keys import keypair_for
-
-PARAMS = StorageParams(
-    period=40,
-    window=28,
-    samples=4,
-    leaf_size=256,
-    max_misses=2,
-    grace_periods=1,
-    max_bid_blocks=400,
-    max_duration=1_000,
+from tests.storageutil import (
+    CLIENT,
+    COLLATERAL,
+    PARAMS,
+    PRICE,
+    RunningProvider,
+    events,
+    fund,
+    info,
+    provider_command,
+    start_provider,
+    storage_network,
+    stored_files,
 )
-"""Storage periods of about 4 s at ~10 blocks per second."""
-PRICE = 10**9
-"""Shor per GiB per period each provider asks (a 16 KiB shard: 15,259 Shor per period)."""
-COLLATERAL = 2 * 10**9
-CAPACITY = "1MiB"
-PASSWORD = "provider-test"
-READY = r"storage provider (\S+) listening on (\S+) \(ask posted\)"
-CLIENT = keypair_for(index=40)
-
-
-@dataclass
-class RunningProvider:
-    """A provider daemon started by a test."""
-
-    keypair: HybridKeyPair
-    child: Child
-    url: str
-    datadir: Path
-
-
-def provider_command(*args: str) -> list[str]:
-    """``qoin storage provider ARGS`` (through the module until ``qoin storage`` is wired)."""
-    return [sys.executable, "-m", "qoin.cli.storage_provider", "storage", "provider", *args]
-
-
-def start_provider(
-    net: Network, node: Node, name: str, keypair: HybridKeyPair, *extra: str
-) -> RunningProvider:
-    """Write a keystore for ``keypair`` and start a provider daemon with it; wait for its ready
-    line (stopped with the network)."""
-    home = net.workdir / name
-    key = home / "key.json"
-    if not key.exists():  # a restart finds its files
-        home.mkdir()
-        keystore.save(keystore.encrypt_keypair(keypair, PASSWORD, log_n=14), key)
-        (home / "password").write_text(PASSWORD)
-    child = Child.spawn(
-        name,
-        provider_command(
-            "--datadir", str(home / "data"), "--key", str(key),
-            "--password-file", str(home / "password"), "--rpc", node.user.url,
-            "--capacity", CAPACITY, "--price", str(PRICE), "--collateral", str(COLLATERAL),
-            *extra,
-        ),
-    )  # fmt: skip
-    net.children.append(child)
-    _, found, _ = child.wait_for(READY, START_S)
-    assert found[1] == str(keypair.address)
-    return RunningProvider(keypair, child, found[2], home / "data")
 
 
 @pytest.fixture
 def chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Network, Node]]:
-    """A mining node on the test network with :data:`PARAMS`, and :data:`CLIENT` funded."""
-    monkeypatch.setenv("QOIN_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("QOIN_PASSWORD", raising=False)
-    net = Network(tmp_path, replace(genesis(), storage=PARAMS))
-    try:
-        node = net.node("miner", "--block-interval-ms", "100", p2p=False, mine=True)
-        yield net, node
-    finally:
-        net.stop_all()
-
-
-def fund(node: Node, *keypairs: HybridKeyPair, amount: int = 10**11) -> None:
-    with Wallet(node.user.url, FUNDED) as funder:
-        for keypair in keypairs:
-            funder.pay(keypair.address, amount)
-    for keypair in keypairs:
-        wait_until(
-            lambda k=keypair: Wallet(node.user.url, k).balance() >= amount,  # type: ignore[misc]
-            30,
-            0.2,
-            f"{keypair.address} funded",
-        )
+    """A mining node on the test network with :data:`PARAMS` (:func:`storage_network`)."""
+    with storage_network(tmp_path, monkeypatch) as made:
+        yield made
 
 
 def put(
@@ -190,35 +118,6 @@ def open_deal(
         root = shard_root(shards[index], PARAMS.leaf_size)
         assert put(provider.url, deal, index, shards[index], CLIENT, root).status_code == 201
     return deal, shards
-
-
-def events(node: Node, name: str, deal: int) -> list[tuple[str, tuple[Any, ...]]]:
-    """(topic 1, data) of every ``name`` event of ``deal`` so far."""
-    logs = node.user.call(
-        "qoin_getLogs",
-        {
-            "fromBlock": 0,
-            "toBlock": "latest",
-            "address": str(STORAGE_MARKET),
-            "topics": [market.event_topic(name).hex()],
-        },
-    )
-    found = []
-    for log in logs:
-        decoded = market.decode_event(log)
-        assert decoded is not None and isinstance(decoded[1], tuple)
-        if decoded[1][0] == deal:
-            found.append((str(log["topics"][1]), decoded[1]))
-    return found
-
-
-def stored_files(provider: RunningProvider) -> list[str]:
-    return sorted(os.listdir(provider.datadir / SHARDS_DIR))
-
-
-def info(provider: RunningProvider) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{provider.url}/v1/info").json()
-    return answer
 
 
 def test_sizes_endpoints_and_ranges_parse() -> None:
@@ -417,16 +316,13 @@ def test_exit_hands_every_shard_to_another_provider(chain: tuple[Network, Node])
     deal, shards = open_deal(node, [a, b])
     a.child.wait_for(rf"proved deal {deal} shard 0 for period \d+", 60)
     c = start_provider(net, node, "taker", taker)
-    home = net.workdir / "leaver"
-    leaving = Child.spawn(
+    leaving = net.spawn(
         "exit",
         provider_command(
-            "exit", "--datadir", str(a.datadir), "--key", str(home / "key.json"),
-            "--password-file", str(home / "password"), "--rpc", node.user.url,
-            "--timeout", "90",
+            "exit", "--datadir", str(a.datadir), "--key", str(a.key),
+            "--password-file", str(a.password_file), "--rpc", node.user.url, "--timeout", "90",
         ),
     )  # fmt: skip
-    net.children.append(leaving)
     leaving.wait_for("ask cancelled", 30)
     leaving.wait_for(rf"left deal {deal} shard 0", 30)
     leaving.wait_for(r"waiting for 1 shard\(s\)", 30)
@@ -460,7 +356,7 @@ def test_provider_survives_the_node_and_its_own_restart(chain: tuple[Network, No
     deal, _shards = open_deal(node, [a, b])
     a.child.wait_for(rf"proved deal {deal} shard 0 for period \d+", 60)
     assert a.child.stop() == 0
-    shard_file = a.datadir / SHARDS_DIR / f"{deal}-0.shard"
+    shard_file = a.shard_file(deal, 0)
     damaged = bytearray(shard_file.read_bytes())
     damaged[777] ^= 0x80
     shard_file.write_bytes(damaged)

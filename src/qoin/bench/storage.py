@@ -13,17 +13,20 @@ Measured:
    the scratch directory, then two worker processes each building whole shards from it,
    memory-mapped, stripe by stripe: :func:`~qoin.storage.erasure.shard_stripes` into a
    :class:`~qoin.storage.merkle.ShardTreeBuilder`). The trees of both runs must agree.
-3. **Proofs**: shard 0 written to a file; for ``proofs`` random beacons, the challenge and
-   :func:`~qoin.storage.merkle.build_proof` reading the challenged chunks from the file
-   (milliseconds per proof), then :func:`~qoin.storage.merkle.verify_proof` (microseconds per proof,
-   what the actor computes besides gas accounting, and the gas the actor charges for it). Every
-   proof must verify.
-4. **Chain bytes**: the ABI-encoded proof item of the ``prove`` call, how many fit one call
-   transaction (:data:`~qoin.chain.transaction.MAX_CALL_DATA`, at most 64 per ABI list), the signed
-   transaction's overhead, and the bytes a provider holding ``shards_per_provider`` such shards puts
-   on chain per period.
+3. **Proofs**: shard 0 stored in a provider's shard store (:class:`~qoin.storage.provider.store.
+   ShardStore`, in the scratch directory); for ``proofs`` random beacons, the daemon's
+   :func:`qoin.storage.provider.prover.prove` (the challenge, the challenged chunks read from the
+   shard file, the leaves and paths: milliseconds per proof), then what the actor computes for an
+   item besides gas accounting: the challenge from the beacon and
+   :func:`~qoin.storage.merkle.verify_proof` (microseconds per proof), and the gas the actor
+   charges for it. Every proof must verify.
+4. **Chain bytes**: the ABI-encoded ``prove`` item (:func:`qoin.storage.market.proof_item`, what
+   the prover sends), and the signed ``prove`` transactions a provider holding
+   ``shards_per_provider`` such shards sends per period, batched as the prover batches them
+   (:func:`qoin.storage.provider.prover.batches`).
 
-Retrieval throughput and repair time need running daemons: the caller extends the returned dict.
+Retrieval throughput and repair time need running daemons: :mod:`qoin.bench.storage_live`;
+:func:`run` does both.
 """
 
 from __future__ import annotations
@@ -42,17 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from qoin.actors.storage_market import proof_gas
+from qoin.bench import storage_live
 from qoin.bench.timing import BenchmarkCheckFailed, machine_info, peak_rss_bytes
-from qoin.chain.transaction import MAX_CALL_DATA, sign_call
+from qoin.chain.transaction import sign_call
 from qoin.crypto.hybrid import generate_keypair
-from qoin.execution.abi import MAX_ARGS, Value, encode_call, encode_value
+from qoin.execution.abi import encode_call, encode_value
 from qoin.execution.account import STORAGE_MARKET_ADDRESS
 from qoin.execution.gas import DATA_BYTE_GAS
 from qoin.storage import crypt, erasure
 from qoin.storage.merkle import (
     ShardTree,
     ShardTreeBuilder,
-    build_proof,
     challenge_indices,
     challenge_seed,
     content_id,
@@ -60,12 +63,14 @@ from qoin.storage.merkle import (
     shard_size_for,
     verify_proof,
 )
+from qoin.storage.provider import prover
+from qoin.storage.provider.store import ShardStore
 
 GIB = 1 << 30
 """Bytes per GiB."""
 MIB = 1 << 20
 """Bytes per MiB."""
-DEFAULT_SIZE = 256 * MIB
+DEFAULT_SIZE = GIB
 """File bytes measured by default (figures are scaled to seconds per GiB)."""
 MAX_SIZE = 4 * GIB
 """The largest file this benchmark will hold in memory."""
@@ -74,7 +79,9 @@ WORKERS = 2
 CHAIN_ID = 1
 """Chain id of the transaction whose size is measured."""
 PROVE_GAS = 10_000_000
-"""Gas limit written into the measured ``prove`` transaction (only its size matters)."""
+"""Gas limit written into the measured ``prove`` transactions (only their size matters)."""
+DEAL = 1
+"""The deal id of the measured shard (its challenges depend on it)."""
 HASH_BLOCK = MIB
 """Bytes per update of the raw SHA3-256 measurement."""
 
@@ -166,40 +173,31 @@ def setup_two_cores(
     return seconds, encodings
 
 
-def proof_item(deal: int, shard: int, leaves: Sequence[bytes], paths: bytes) -> Value:
-    """One item of the actor's ``prove`` call: ``list(deal, shard, list(leaves), paths)``."""
-    return (deal, shard, tuple(leaves), paths)
-
-
 def measure_proofs(
-    tree: ShardTree, path: Path, samples: int, proofs: int, rng: random.Random
-) -> tuple[dict[str, Any], Value]:
-    """Proof generation (from the shard file) and verification times; one proof item."""
+    store: ShardStore, tree: ShardTree, samples: int, proofs: int, rng: random.Random
+) -> tuple[dict[str, Any], prover.Proof]:
+    """Proof generation (the daemon's, from ``store``'s shard 0 of :data:`DEAL`, whose tree is
+    ``tree``) and the actor's verification times; the last proof."""
     generate: list[float] = []
     verify: list[float] = []
-    item: Value = ()
-    with path.open("rb") as handle:
-        descriptor = handle.fileno()
-
-        def read_chunk(chunk: int) -> bytes:
-            start, end = tree.chunk_span(chunk)
-            return os.pread(descriptor, end - start, start)
-
-        for period in range(proofs):
-            beacon = rng.randbytes(32)
-            started = time.perf_counter()
-            indices = challenge_indices(
-                challenge_seed(beacon, 1, 0, period), tree.leaf_count, samples
-            )
-            leaves, paths = build_proof(tree, indices, read_chunk)
-            built = time.perf_counter()
-            ok = verify_proof(tree.root, tree.leaf_count, tree.leaf_size, indices, leaves, paths)
-            verified = time.perf_counter()
-            if not ok:
-                raise BenchmarkCheckFailed(f"the proof of period {period} does not verify")
-            generate.append(built - started)
-            verify.append(verified - built)
-            item = proof_item(1, 0, leaves, paths)
+    proof: prover.Proof | None = None
+    for period in range(proofs):
+        beacon = rng.randbytes(32)
+        started = time.perf_counter()
+        proof = prover.prove(store, DEAL, 0, beacon, period, samples)
+        built = time.perf_counter()
+        seed = challenge_seed(beacon, DEAL, 0, period)
+        indices = challenge_indices(seed, tree.leaf_count, samples)
+        ok = verify_proof(
+            tree.root, tree.leaf_count, tree.leaf_size, indices, proof.leaves, proof.paths
+        )
+        verified = time.perf_counter()
+        if not ok:
+            raise BenchmarkCheckFailed(f"the proof of period {period} does not verify")
+        generate.append(built - started)
+        verify.append(verified - built)
+    if proof is None:
+        raise BenchmarkCheckFailed("proofs is at least 1")
     figures = {
         "count": proofs,
         "generate_ms_mean": statistics.fmean(generate) * 1e3,
@@ -209,20 +207,15 @@ def measure_proofs(
         "hashes_per_verify": proof_hash_count(samples, tree.depth),
         "actor_gas_per_verify": proof_gas(samples, tree.depth, tree.leaf_size),
     }
-    return figures, item
+    return figures, proof
 
 
-def chain_bytes(item: Value, shards_per_provider: int) -> dict[str, Any]:
-    """Bytes of proof items and ``prove`` transactions a provider puts on chain per period."""
-    item_bytes = len(encode_value(item))
-    empty = encode_call("prove", [0, ()])
-    per_call = min(MAX_ARGS, (MAX_CALL_DATA - len(empty) - 16) // item_bytes)
-    if per_call < 1:
-        raise BenchmarkCheckFailed(f"a proof item of {item_bytes} bytes fits no call")
-    keypair = generate_keypair()
-    data = encode_call("prove", [0, (item,) * per_call])
+def prove_transaction_bytes(batch: Sequence[prover.Proof], period: int) -> int:
+    """Bytes of the signed ``prove`` transaction carrying ``batch`` (keys not revealed: a
+    provider's first transaction reveals them once)."""
+    data = encode_call("prove", [period, tuple(proof.item() for proof in batch)])
     transaction = sign_call(
-        keypair,
+        generate_keypair(),
         chain_id=CHAIN_ID,
         nonce=1,
         to=STORAGE_MARKET_ADDRESS,
@@ -231,16 +224,30 @@ def chain_bytes(item: Value, shards_per_provider: int) -> dict[str, Any]:
         fee_per_gas=1,
         reveal_keys=False,
     )
-    overhead = len(transaction.encode()) - per_call * item_bytes
-    transactions = -(-shards_per_provider // per_call)
+    return len(transaction.encode())
+
+
+def chain_bytes(proof: prover.Proof, shards_per_provider: int, period: int) -> dict[str, Any]:
+    """Bytes of proof items and ``prove`` transactions a provider holding ``shards_per_provider``
+    shards like ``proof``'s puts on chain per period (batched as the prover batches them)."""
+    item_bytes = len(encode_value(proof.item()))
+    batches = prover.batches([proof] * shards_per_provider)
+    sizes: dict[int, int] = {}  # transaction bytes by batch length (batches differ only so)
+    for batch in batches:
+        if len(batch) not in sizes:
+            sizes[len(batch)] = prove_transaction_bytes(batch, period)
+    total = sum(sizes[len(batch)] for batch in batches)
+    per_call = len(batches[0])
     return {
         "item_bytes": item_bytes,
         "items_per_transaction": per_call,
-        "transaction_overhead_bytes": overhead,
+        "transaction_bytes": sizes[per_call],
+        "transaction_overhead_bytes": sizes[per_call] - per_call * item_bytes,
         "data_gas_per_item": DATA_BYTE_GAS * item_bytes,
         "shards_per_provider": shards_per_provider,
-        "transactions_per_provider_per_period": transactions,
-        "bytes_per_provider_per_period": shards_per_provider * item_bytes + transactions * overhead,
+        "transactions_per_provider_per_period": len(batches),
+        "bytes_per_provider_per_period": total,
+        "bytes_per_proof": total / shards_per_provider,
     }
 
 
@@ -296,9 +303,8 @@ def measure(
                 if not one or figures["total"] < one["total"]:
                     one = figures
                 shard_bytes = sum(len(shard) for shard in shards)
-                shard_path = shard_dir / "shard-0"
-                shard_path.write_bytes(shards[0])
-                del shards  # only shard 0 is used again (from its file): keep the memory low
+                shard_zero = shards[0]
+                del shards  # only shard 0 is used again: keep the memory low
                 say(f"set-up on {WORKERS} cores (round {round_ + 1} of {rounds})")
                 seconds, encodings = setup_two_cores(
                     data, master, salt, n, k, leaf_size, pool, shard_dir
@@ -306,10 +312,14 @@ def measure(
                 two_s = min(two_s, seconds)
         if [ShardTree.decode(encoding) for encoding in encodings] != trees:
             raise BenchmarkCheckFailed("the two set-ups built different shard trees")
-        say(f"{proofs} proofs")
-        proof_figures, item = measure_proofs(trees[0], shard_path, samples, proofs, rng)
+        say("storing shard 0 in a provider's shard store")
+        with ShardStore.open(shard_dir / "provider") as store:
+            store.put(DEAL, 0, trees[0].root, shard_zero, leaf_size)
+            del shard_zero
+            say(f"{proofs} proofs")
+            proof_figures, proof = measure_proofs(store, trees[0], samples, proofs, rng)
     say("chain bytes")
-    chain = chain_bytes(item, shards_per_provider)
+    chain = chain_bytes(proof, shards_per_provider, proofs)
     one_s = one["total"]
     return {
         "benchmark": "storage",
@@ -350,6 +360,34 @@ def measure(
     }
 
 
+def run(
+    size: int = DEFAULT_SIZE,
+    n: int = 4,
+    k: int = 2,
+    proofs: int = 200,
+    shards_per_provider: int = 100,
+    rounds: int = 2,
+    retrieval_size: int = storage_live.DEFAULT_RETRIEVAL_SIZE,
+    repair: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The whole benchmark: :func:`measure`, then the live network's retrieval and (with
+    ``repair``) repair figures (:func:`qoin.bench.storage_live.measure_live`, the same
+    ``rounds``)."""
+    report = measure(
+        size=size,
+        n=n,
+        k=k,
+        proofs=proofs,
+        shards_per_provider=shards_per_provider,
+        rounds=rounds,
+        progress=progress,
+    )
+    live = storage_live.measure_live(retrieval_size, rounds, repair, progress=progress)
+    del report["peak_rss_bytes"]  # measured again at the end
+    return {**report, **live, "peak_rss_bytes": peak_rss_bytes()}
+
+
 def table(report: dict[str, Any]) -> str:
     """The report as a few human-readable lines."""
     setup = report["setup"]
@@ -376,6 +414,7 @@ def table(report: dict[str, Any]) -> str:
             f"per provider per period ({chain['shards_per_provider']} shards): "
             f"{chain['bytes_per_provider_per_period']:,} bytes in "
             f"{chain['transactions_per_provider_per_period']} transactions",
+            *storage_live.table(report),
             f"peak RSS {report['peak_rss_bytes'] / MIB:.0f} MiB",
         ]
     )

@@ -13,13 +13,15 @@ A genesis file is JSON::
       "initial_target": "0x...",                      # hex, the anchor target of ASERT
       "block_gas_limit": 60000000,                    # optional (this default): gas per block
       "storage_market": {"period": 360, ...},         # optional (mainnet values): spec/storage.md §1
+      "compute_market": {"block_ms": 5000, ...},      # optional (mainnet values): spec/compute.md §1
       "allocation": [{"address": "qoin1...", "amount": 12000000000000}, ...]
     }
 
 The allocation must total exactly 10 % of the cap (docs/architecture.md §5), with no address twice.
 The genesis *header* is derived from the file: height 0, zero parent, the file's chain id, timestamp,
 ``nbits`` and target, an empty body, ``state_root = tagged_hash("QOIN/genesis/v1", network name ‖
-block time ‖ half-life ‖ drift ‖ block gas limit ‖ allocation ‖ storage market parameters)`` (so the genesis hash commits to every parameter; the
+block time ‖ half-life ‖ drift ‖ block gas limit ‖ allocation ‖ storage market parameters ‖
+compute market parameters)`` (so the genesis hash commits to every parameter; the
 execution layer's state root will take this place once it exists), and an all-zero miner key and
 proof (genesis is accepted by its hash, not by proof-of-work). Its hash identifies the network.
 """
@@ -35,6 +37,8 @@ from typing import Any
 
 from qoin.chain.block import Block, Coinbase, Header, siblings_root, transactions_root
 from qoin.chain.issuance import GENESIS_ALLOCATION, IssuanceSchedule, schedule_for_block_time
+from qoin.compute import params as compute_params
+from qoin.compute.params import ComputeParams, ComputeParamsError
 from qoin.crypto.address import ADDRESS_SIZE, Address, AddressError
 from qoin.crypto.hashing import HASH_SIZE, tagged_hash
 from qoin.crypto.hybrid import HybridPublicKey
@@ -46,6 +50,7 @@ from qoin.files import FileReadError, read_bounded
 from qoin.pow.difficulty import Anchor, DifficultyParams
 from qoin.pow.mq import MQError, MQParams
 from qoin.pow.proof import NbitsNotAllowed, max_target, nbits_of, params_of, placeholder_proof
+from qoin.rpc.jwt import create_secret
 from qoin.storage import params as storage_params
 from qoin.storage.params import StorageParams, StorageParamsError
 
@@ -97,6 +102,8 @@ class Genesis:
     """The most gas a block's transactions may reserve together (sum of their gas limits)."""
     storage: StorageParams = storage_params.MAINNET
     """The storage market's parameters (written into the genesis state; docs/spec/storage.md)."""
+    compute: ComputeParams = compute_params.MAINNET
+    """The compute market's parameters (written into the genesis state; docs/spec/compute.md)."""
 
     @cached_property
     def difficulty(self) -> DifficultyParams:
@@ -134,6 +141,7 @@ class Genesis:
         for entry in self.allocation:
             writer.fixed(entry.address.raw, ADDRESS_SIZE).varint(entry.amount)
         writer.var_bytes(self.storage.encode(), MAX_PARAMS_SIZE)
+        writer.var_bytes(self.compute.encode(), MAX_PARAMS_SIZE)
         return tagged_hash(TAG_GENESIS, writer.bytes())
 
     @cached_property
@@ -187,6 +195,7 @@ def to_json(genesis: Genesis) -> dict[str, Any]:
         "initial_target": hex(genesis.initial_target),
         "block_gas_limit": genesis.block_gas_limit,
         "storage_market": storage_params.to_json(genesis.storage),
+        "compute_market": compute_params.to_json(genesis.compute),
         "allocation": [{"address": str(a.address), "amount": a.amount} for a in genesis.allocation],
     }
 
@@ -260,6 +269,7 @@ def from_json(obj: Any) -> Genesis:
             else DEFAULT_BLOCK_GAS_LIMIT
         ),
         storage=_storage(obj),
+        compute=_compute(obj),
     )
 
 
@@ -273,6 +283,16 @@ def _storage(obj: dict[str, Any]) -> StorageParams:
         raise GenesisError(f"genesis {exc}") from None
 
 
+def _compute(obj: dict[str, Any]) -> ComputeParams:
+    """The ``compute_market`` object's parameters (the mainnet values when it is absent)."""
+    if "compute_market" not in obj:
+        return compute_params.MAINNET
+    try:
+        return compute_params.from_json(obj["compute_market"])
+    except ComputeParamsError as exc:
+        raise GenesisError(f"genesis {exc}") from None
+
+
 def load_file(path: Path) -> Genesis:
     """Read a genesis file from disk."""
     try:
@@ -283,6 +303,16 @@ def load_file(path: Path) -> Genesis:
         return from_json(json.loads(raw))
     except (ValueError, UnicodeDecodeError):
         raise GenesisError(f"genesis file {path} is not JSON") from None
+
+
+def write_network_files(workdir: Path, genesis: Genesis) -> tuple[Path, Path]:
+    """Write the files every process of a local network shares into ``workdir``: the genesis
+    (``genesis.json``) and the engine API's JWT secret (``jwt.hex``, a fresh one unless it exists);
+    their paths (for ``--genesis`` and ``--jwt-secret``)."""
+    genesis_file, jwt_file = workdir / "genesis.json", workdir / "jwt.hex"
+    genesis_file.write_text(json.dumps(to_json(genesis)))
+    create_secret(jwt_file)
+    return genesis_file, jwt_file
 
 
 def builtin_json(name: str) -> Any:

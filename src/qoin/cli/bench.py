@@ -136,3 +136,59 @@ def bench_contracts(
         print_json(report)
     else:
         typer.echo(contracts.table(report))
+
+
+@bench_app.command("storage")
+def bench_storage(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a small table.")
+    ] = False,
+    size_mib: Annotated[
+        int, typer.Option(help="MiB of the file set up (figures per GiB).", min=1, max=4_096)
+    ] = 1_024,
+    n: Annotated[int, typer.Option("--n", help="Shards of the file set up.", min=2, max=16)] = 4,
+    k: Annotated[int, typer.Option("--k", help="Shards that rebuild it.", min=1, max=15)] = 2,
+    proofs: Annotated[int, typer.Option(help="Proofs built and verified.", min=1)] = 200,
+    shards_per_provider: Annotated[
+        int, typer.Option(help="Shards a provider proves per period (chain bytes).", min=1)
+    ] = 100,
+    rounds: Annotated[
+        int, typer.Option(help="Rounds of the set-ups and retrievals (the best counts).", min=1)
+    ] = 2,
+    retrieval_mib: Annotated[
+        int, typer.Option(help="MiB of the file stored and retrieved.", min=1, max=1_024)
+    ] = 64,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair/--no-repair", help="Measure a repair after a provider's SIGKILL (~1 min)."
+        ),
+    ] = True,
+) -> None:
+    """Storage market: set-up s/GiB on 1 and 2 cores vs raw SHA3-256, proof time and bytes on
+    chain, retrieval MB/s over loopback vs the local disk, and the time from a provider's
+    SIGKILL to the repaired shard's first accepted proof (a live node and 3 provider daemons on
+    127.0.0.1; progress on stderr)."""
+    from qoin.bench import storage  # noqa: PLC0415
+    from qoin.errors import QoinError  # noqa: PLC0415
+
+    if k >= n:
+        fail(f"--k must be below --n ({n}), got {k}", EXIT_USAGE)
+    try:
+        report = storage.run(
+            size=size_mib * storage.MIB,
+            n=n,
+            k=k,
+            proofs=proofs,
+            shards_per_provider=shards_per_provider,
+            rounds=rounds,
+            retrieval_size=retrieval_mib * storage.MIB,
+            repair=repair,
+            progress=_to_stderr,
+        )
+    except QoinError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
+    if json_out:
+        print_json(report)
+    else:
+        typer.echo(storage.table(report))

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, NoReturn
 
 import typer
 from rich.console import Console
@@ -63,6 +63,7 @@ from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.storage import client, crypt, retrieve
 from qoin.storage.client import (
+    BadOptions,
     ContentStatus,
     Estimate,
     Listing,
@@ -166,8 +167,11 @@ def _keystore_address(key: Path) -> Address:
         fail(str(exc), EXIT_USAGE)
 
 
-def _failed(exc: QoinError, rpc: str) -> None:
-    """Exit 1 with a message for a client error (a node that cannot be reached says where)."""
+def _failed(exc: QoinError, rpc: str) -> NoReturn:
+    """Exit 1 with a message for a client error (a node that cannot be reached says where);
+    exit 2 for options no deal can have."""
+    if isinstance(exc, BadOptions):
+        fail(str(exc), EXIT_USAGE)
     if isinstance(exc, WalletError) and not isinstance(exc, StorageClientError):
         fail(f"the execution client at {rpc} did not answer as expected: {exc}")
     fail(str(exc))
@@ -287,6 +291,12 @@ def put(
             _print_estimate(found)
         return
     data = read_input_file(file, "file to store", client.MAX_PUT_SIZE)
+    _keystore_address(key)  # an unusable keystore, then options the network refuses: first
+    try:
+        with MarketView(rpc) as view:
+            client.check_options(options, view.params())
+    except QoinError as exc:
+        _failed(exc, rpc)
     keypair = unlock_keystore(key, password_file)
     try:
         with MarketView(rpc) as view, progress_bars(quiet) as bars:
@@ -312,6 +322,15 @@ def put(
 # -- get -------------------------------------------------------------------------------------------
 
 
+def _check_out(out: Path) -> None:
+    """Exit 2 unless ``out`` can be written as a file (checked before anything is fetched)."""
+    if out.is_dir():
+        fail(f"{out} is a directory: name the file to write (--out)", EXIT_USAGE)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        fail(f"{parent} is not a directory: cannot write {out}", EXIT_USAGE)
+
+
 @storage_app.command("get")
 def get(
     cid: CidArgument,
@@ -327,6 +346,7 @@ def get(
 ) -> None:
     """Retrieve a file: every chunk verified against the content id, written only when whole."""
     content_id = _cid(cid)
+    _check_out(out)
     try:
         with MarketView(rpc) as view:
             content = retrieve.locate(view, content_id)

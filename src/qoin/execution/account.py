@@ -193,13 +193,17 @@ def genesis_leaves(allocation: Iterable[tuple[Address, int]]) -> dict[bytes, byt
 
 STORAGE_MARKET_ADDRESS = actor_address("storage-market")
 """Where the ``storage-market`` actor lives (its genesis parameters are in its storage)."""
+COMPUTE_MARKET_ADDRESS = actor_address("compute-market")
+"""Where the ``compute-market`` actor lives (its genesis parameters are in its storage)."""
 
 
 def genesis_state(genesis: Genesis) -> dict[bytes, bytes]:
-    """The whole genesis state: the allocation's accounts, and the storage market's parameters
-    under its ``params`` key (docs/spec/storage.md §1)."""
+    """The whole genesis state: the allocation's accounts, and the storage and compute markets'
+    parameters under their ``params`` keys (docs/spec/storage.md §1, docs/spec/compute.md §1)."""
+    from qoin.compute.params import PARAMS_KEY as COMPUTE_KEY  # noqa: PLC0415 - as below
     from qoin.storage.params import PARAMS_KEY  # noqa: PLC0415 - keeps account.py's imports small
 
     leaves = genesis_leaves((a.address, a.amount) for a in genesis.allocation)
     leaves[storage_key(STORAGE_MARKET_ADDRESS, PARAMS_KEY)] = genesis.storage.encode()
+    leaves[storage_key(COMPUTE_MARKET_ADDRESS, COMPUTE_KEY)] = genesis.compute.encode()
     return leaves

@@ -90,6 +90,10 @@ MAX_LOG_QUERIES: Final = 1_000
 """Log queries of :data:`MAX_LOG_RANGE` blocks one listing makes at most (10 M blocks)."""
 PAYMENT_LOG_QUERIES: Final = 20
 """Log queries ``status`` spends at most to add up a deal's payments (else it shows none)."""
+SETTLE_GAS: Final = 3_000_000
+"""Gas added to ``cancel_deal``'s estimate: the estimate runs on the head, and if the deal's
+last check runs before the transaction is mined the cancel settles the deal, which costs more
+(up to ~2.8 M gas for 16 shards). Only the gas used is paid."""
 RECEIPT_TIMEOUT_S: Final = 120.0
 """Seconds to wait for each transaction's receipt."""
 
@@ -110,6 +114,11 @@ class DealNotFormed(StorageClientError):
 
 class NotFound(StorageClientError):
     """No open deal or bid stores the content id."""
+
+
+class BadOptions(StorageClientError):
+    """Options no deal can have (a code, or a duration the network does not allow): the command's
+    input, not the market, must change."""
 
 
 # -- progress --------------------------------------------------------------------------------------
@@ -193,11 +202,21 @@ class Prepared:
 
 
 def check_code(n: int, k: int) -> None:
-    """:class:`StorageClientError` unless 2 <= n <= 16 and 1 <= k < n."""
+    """:class:`BadOptions` unless 2 <= n <= 16 and 1 <= k < n."""
     if not MIN_SHARDS <= n <= MAX_SHARDS:
-        raise StorageClientError(f"--shards is {MIN_SHARDS} to {MAX_SHARDS}, got {n}")
+        raise BadOptions(f"--shards is {MIN_SHARDS} to {MAX_SHARDS}, got {n}")
     if not 1 <= k < n:
-        raise StorageClientError(f"--needed is 1 to shards - 1 = {n - 1}, got {k}")
+        raise BadOptions(f"--needed is 1 to shards - 1 = {n - 1}, got {k}")
+
+
+def check_options(options: PutOptions, params: StorageParams) -> None:
+    """:class:`BadOptions` unless the network's market can take a deal with ``options``."""
+    check_code(options.n, options.k)
+    if not 1 <= options.duration <= params.max_duration:
+        raise BadOptions(
+            f"--duration is 1 to {params.max_duration} periods on this network, got "
+            f"{options.duration}"
+        )
 
 
 def prepare(
@@ -211,7 +230,7 @@ def prepare(
     """Encrypt ``data`` under ``master`` (None: store it in clear), shard it, commit it."""
     check_code(n, k)
     if len(data) > MAX_PUT_SIZE:
-        raise StorageClientError(f"a file is at most {MAX_PUT_SIZE} bytes, got {len(data)}")
+        raise BadOptions(f"a file is at most {MAX_PUT_SIZE} bytes, got {len(data)}")
     stored_size = len(data) if master is None else crypt.encrypted_size(len(data))
     shard_size = merkle.shard_size_for(stored_size, k, leaf_size)
     work = (stored_size if master is not None else 0) + stored_size + n * shard_size
@@ -401,10 +420,10 @@ class Estimate:
 def estimate(view: MarketView, size: int, options: PutOptions, balance: int) -> Estimate:
     """What storing a ``size``-byte file with ``options`` would cost and where it would go
     (:class:`NoMatchingAsks` if too few asks fit)."""
-    check_code(options.n, options.k)
     if not 0 <= size <= MAX_PUT_SIZE:
-        raise StorageClientError(f"a file is at most {MAX_PUT_SIZE} bytes, got {size}")
+        raise BadOptions(f"a file is at most {MAX_PUT_SIZE} bytes, got {size}")
     params = view.params()
+    check_options(options, params)
     stored = crypt.encrypted_size(size) if options.encrypt else size
     shard_size = merkle.shard_size_for(stored, options.k, params.leaf_size)
     chosen = plan(view.asks(), options.n, shard_size, options.duration, options.max_price)
@@ -788,11 +807,7 @@ def put(
     cancelled, or will expire), :class:`StorageClientError` for the rest. A failed upload does
     not raise: the deal stands and :attr:`PutResult.failed` lists it."""
     params = view.params()
-    check_code(options.n, options.k)
-    if not 1 <= options.duration <= params.max_duration:
-        raise StorageClientError(
-            f"--duration is 1 to {params.max_duration} periods, got {options.duration}"
-        )
+    check_options(options, params)
     master = crypt.master_key(wallet.keypair) if options.encrypt else None
     prepared = prepare(data, options.n, options.k, params.leaf_size, master, progress)
     chosen = plan(view.asks(), options.n, prepared.shard_size, options.duration, options.max_price)
@@ -1139,11 +1154,14 @@ def shard_words(
     state: ShardState, misses: int, taken: bool, left: bool, params: StorageParams
 ) -> str:
     """A shard's state in words (docs/spec/storage.md §4.3's table): ``taken``: its provider
-    took it after the deal formed (a repair); ``left``: a provider left it."""
+    took it after the deal formed (a repair); ``left``: a provider left it. A shard not proved
+    yet whose provider missed periods says so too (it fails at ``max_misses``)."""
+    missed = f"missed {misses} of {params.max_misses}"
     if state == ShardState.PENDING:
-        return "repairing" if taken else "uploading"
+        pending = "repairing" if taken else "uploading"
+        return f"{pending}, {missed}" if misses else pending
     if state == ShardState.ACTIVE:
-        return f"missed {misses} of {params.max_misses}" if misses else "active"
+        return missed if misses else "active"
     return "left, re-listed" if left else "failed, re-listed"
 
 
@@ -1352,7 +1370,7 @@ def cancel(wallet: Wallet, view: MarketView, cid: bytes) -> Cancelled:
             raise StorageClientError(
                 f"deal {deal_id} belongs to {deal.client}, not to {wallet.address}"
             )
-        receipt = _transact(wallet, "cancel_deal", (deal_id,))
+        receipt = _transact(wallet, "cancel_deal", (deal_id,), SETTLE_GAS)
         refunds = [_uint(data[1]) for data in _events(receipt, "DealCancelled") if len(data) >= 2]
         return Cancelled("deal", deal_id, sum(refunds))
     params = view.params()
@@ -1372,9 +1390,14 @@ def cancel(wallet: Wallet, view: MarketView, cid: bytes) -> Cancelled:
     raise NotFound(f"{wallet.address} has no open deal or bid for {cid.hex()}")
 
 
-def _transact(wallet: Wallet, method: str, args: tuple[Value, ...]) -> dict[str, Any]:
+def _transact(
+    wallet: Wallet, method: str, args: tuple[Value, ...], extra_gas: int = 0
+) -> dict[str, Any]:
     try:
-        return wallet.transact(STORAGE_MARKET, method, args, timeout=RECEIPT_TIMEOUT_S)
+        gas = None
+        if extra_gas:
+            gas = wallet.estimate(STORAGE_MARKET, method, args, 0) + extra_gas
+        return wallet.transact(STORAGE_MARKET, method, args, gas=gas, timeout=RECEIPT_TIMEOUT_S)
     except CallReverted as exc:
         raise StorageClientError(f"{method} was refused: {exc.reason}") from None
     except WalletError as exc:

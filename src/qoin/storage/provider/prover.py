@@ -31,8 +31,12 @@ MAX_PROVE_ITEMS: Final = MAX_ARGS
 """Items one ``prove`` transaction carries at most (an ABI list holds 64 values)."""
 ITEM_OVERHEAD: Final = 64
 """Bytes an item's encoding adds to its leaves and paths (tags, lengths, deal and shard)."""
-DISHONEST_MODES: Final = ("wrong-leaf",)
-"""TEST ONLY ways to lie: ``wrong-leaf`` proves with one byte of the first leaf flipped."""
+DISHONEST_MODES: Final = ("wrong-leaf", "deleted-part")
+"""TEST ONLY ways to lie: ``wrong-leaf`` proves with one byte of the first leaf flipped;
+``deleted-part`` is a provider that deleted part of its shards and hides it: a shard it cannot
+prove from its file (shorter than indexed, or the challenged chunk no longer hashes to the tree) is
+neither marked lost nor fetched again; the period is skipped (a miss), in the hope that the next
+challenge falls on the part it kept."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,13 @@ class Prover:
                     )
                 )
             except (StoreError, StorageMerkleError) as exc:
+                if self.dishonest == "deleted-part":
+                    self.log(
+                        f"deal {row.deal} shard {row.shard} cannot be proved for period {period}: "
+                        f"{exc}; hiding it (TEST ONLY: dishonest)"
+                    )
+                    self._idle[row.key] = period + 1
+                    continue
                 self.log(f"deal {row.deal} shard {row.shard} lost: {exc}; fetching it again")
                 self.store.set_state(row.deal, row.shard, ShardState.LOST)
                 self._lost(row.deal, row.shard)
