@@ -52,34 +52,59 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TypeVar, cast
+from typing import cast
 
-from qoin.actors.base import BuiltinActor, erase, fixed_bytes, load, no_value, store, topic
+from qoin.actors import records
+from qoin.actors.base import BuiltinActor, fixed_bytes, load, no_value, topic
+from qoin.actors.records import (
+    INFO_PREFIX,
+    KEY_PREFIX,
+    ORDER_PREFIX,
+    Contact,
+    MarketBook,
+    MarketLayout,
+    MarketTotals,
+    ask_key,
+    bid_key,
+    check_acceptance,
+    checked_endpoint,
+    checked_key,
+    cron_only,
+    deal_key,
+    deal_topic,
+    emit,
+    read_bool,
+    read_enum,
+    read_optional_address,
+    read_text,
+    record_id,
+    signed_providers,
+    store_if_changed,
+    tagged_sha3,
+    uint,
+    varints,
+    write_optional_address,
+)
 from qoin.compute.jobspec import MAX_GPU_MODEL, Executor, Verification
 from qoin.compute.params import (
     MAINNET,
     MAX_COLLATERAL_PPM,
     PARAMS_KEY,
     ComputeParams,
-    astuple_ints,
 )
 from qoin.crypto.address import ADDRESS_SIZE, Address
 from qoin.crypto.hashing import HASH_SIZE, tagged_hash
-from qoin.crypto.hybrid import HybridPublicKey
 from qoin.encoding.codec import NonCanonicalInteger, Reader, Writer
-from qoin.errors import QoinError
-from qoin.execution import gas as costs
 from qoin.execution.abi import Value, encode_args, encode_value
-from qoin.execution.cron import CRON_ADDRESS
 from qoin.execution.vm import CallFailed, Context, Revert, check_args
-from qoin.storage.params import PPM
+from qoin.storage.params import PPM, VarintRecord
 
 NAME = "compute-market"
 """The actor's name (its address is ``actor_address(NAME)``)."""
 
-KEM_KEY_SIZE = 1184
-"""Bytes of an ML-KEM-768 encapsulation key."""
-MAX_ENDPOINT = 255
+KEM_KEY_SIZE = records.KEM_KEY_SIZE
+"""Bytes of an ML-KEM-768 encapsulation key (job keys are wrapped to it)."""
+MAX_ENDPOINT = records.MAX_ENDPOINT
 """Longest endpoint (``host:port``), in bytes."""
 MAX_MEDIATORS = 8
 """Most mediators an ask or a bid accepts."""
@@ -87,30 +112,22 @@ MAX_REPLICAS = 2
 """Most providers of one deal."""
 ALL_EXECUTORS = (1 << len(Executor)) - 1
 """The executor bit set with every executor."""
-MAX_PAGE = 32
+MAX_PAGE = records.MAX_PAGE
 """Most positions one ``asks`` or ``mediators`` call looks at."""
-PAGE_BYTES = 12 * 1024
+PAGE_BYTES = records.PAGE_BYTES
 """A page stops before its records pass this many bytes (return data is 16 KiB)."""
 TAG_ACCEPT = b"QOIN/compute/accept/v1"
 """Domain tag of a provider's acceptance of a bid's replica."""
 TAG_COMMIT = b"QOIN/compute/commit/v1"
 """Domain tag of a result commitment."""
-ZERO_ADDRESS = Address(bytes(ADDRESS_SIZE))
+ZERO_ADDRESS = records.ZERO_ADDRESS
 """Stands for "no mediator" in calls and views."""
 ZERO_HASH = bytes(HASH_SIZE)
 """Stands for "no commitment" and "no root" in views."""
 
-TOTALS_KEY = b"totals"
-COUNTERS_KEY = b"counters"
-ASK_PREFIX = b"A"
-INFO_PREFIX = b"I"
-KEY_PREFIX = b"K"
-ORDER_PREFIX = b"O"
 MEDIATOR_PREFIX = b"M"
 MEDIATOR_ORDER_PREFIX = b"N"
 MEDIATOR_INFO_PREFIX = b"E"
-BID_PREFIX = b"B"
-DEAL_PREFIX = b"D"
 REPLICA_PREFIX = b"R"
 
 EVENT_NAMES = (
@@ -137,15 +154,11 @@ EVENT_NAMES = (
 )
 """Every event the actor emits (topic 0 is SHA3-256 of the name)."""
 
-ASK_POSTED, ASK_CANCELLED = topic("AskPosted"), topic("AskCancelled")
+ASK_POSTED = topic("AskPosted")
 MEDIATOR_REGISTERED = topic("MediatorRegistered")
 MEDIATOR_UNREGISTERED = topic("MediatorUnregistered")
 MEDIATOR_RELEASED = topic("MediatorReleased")
-BID_PLACED, BID_CANCELLED, BID_EXPIRED = (
-    topic("BidPlaced"),
-    topic("BidCancelled"),
-    topic("BidExpired"),
-)
+BID_PLACED = topic("BidPlaced")
 DEAL_FORMED, PHASE_STARTED = topic("DealFormed"), topic("PhaseStarted")
 RESULT_COMMITTED, RESULT_REVEALED = topic("ResultCommitted"), topic("ResultRevealed")
 DEAL_TIMED_OUT, DISPUTE_OPENED = topic("DealTimedOut"), topic("DisputeOpened")
@@ -153,8 +166,6 @@ MEDIATION_STARTED, VERDICT = topic("MediationStarted"), topic("Verdict")
 MEDIATION_TIMED_OUT = topic("MediationTimedOut")
 PROVIDER_FINED, PROVIDER_PAID = topic("ProviderFined"), topic("ProviderPaid")
 DEAL_SETTLED = topic("DealSettled")
-
-T = TypeVar("T")
 
 
 class Phase(IntEnum):
@@ -298,6 +309,9 @@ def acceptance_message(
     )
 
 
+hash_gas = records.hash_gas
+
+
 def commitment_body(deal_id: int, provider: Address, root: bytes, salt: bytes) -> bytes:
     """``deal (8) || provider (32) || root (32) || salt (32)``."""
     return deal_id.to_bytes(8, "big") + provider.raw + root + salt
@@ -309,25 +323,7 @@ def commitment(deal_id: int, provider: Address, root: bytes, salt: bytes) -> byt
     return tagged_hash(TAG_COMMIT, commitment_body(deal_id, provider, root, salt))
 
 
-def hash_gas(size: int) -> int:
-    """What ``ctx.sha3`` charges for ``size`` bytes of input."""
-    return costs.HASH_GAS + costs.HASH_WORD_GAS * costs.words(size)
-
-
 # -- records ------------------------------------------------------------------------------------
-
-
-def _varints(writer: Writer, *values: int) -> Writer:
-    for value in values:
-        writer.varint(value)
-    return writer
-
-
-def _read_bool(reader: Reader) -> bool:
-    flag = reader.u8()
-    if flag > 1:
-        raise NonCanonicalInteger(f"a flag is 0 or 1, got {flag}")
-    return flag == 1
 
 
 def _write_addresses(writer: Writer, addresses: tuple[Address, ...]) -> Writer:
@@ -344,25 +340,11 @@ def _read_addresses(reader: Reader) -> tuple[Address, ...]:
     return tuple(Address(reader.fixed(ADDRESS_SIZE)) for _ in range(count))
 
 
-def _read_text(reader: Reader, bound: int) -> str:
-    raw = reader.var_bytes(bound)
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        raise NonCanonicalInteger("a stored string is not UTF-8") from None
-
-
-def _read_enum(reader: Reader, kind: Callable[[int], T], what: str) -> T:
-    raw = reader.u8()
-    try:
-        return kind(raw)
-    except ValueError:
-        raise NonCanonicalInteger(f"unknown {what} {raw}") from None
-
-
 @dataclass(frozen=True)
-class Totals:
+class Totals(MarketTotals):
     """Shor the actor holds, by purpose; the actor's balance is their sum."""
+
+    MARKET = "compute market"
 
     escrow: int = 0
     """Open bids' deposits and deals' escrow (payments and the mediation reserve)."""
@@ -373,36 +355,16 @@ class Totals:
     burned: int = 0
     """Slashed collateral and stakes burnt (held for ever)."""
 
-    def encode(self) -> bytes:
-        """Four varints."""
-        return _varints(Writer(), self.escrow, self.collateral, self.stakes, self.burned).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Totals:
-        """Inverse of :meth:`encode`."""
-        reader = Reader(data)
-        totals = cls(*(reader.varint() for _ in range(4)))
-        reader.finish()
-        return totals
-
     def moved(
         self, *, escrow: int = 0, collateral: int = 0, stakes: int = 0, burned: int = 0
     ) -> Totals:
         """These totals changed by the given amounts; :class:`CallFailed` if one goes negative
         (a broken state: never a caller's fault)."""
-        after = Totals(
-            self.escrow + escrow,
-            self.collateral + collateral,
-            self.stakes + stakes,
-            self.burned + burned,
-        )
-        if min(after.escrow, after.collateral, after.stakes, after.burned) < 0:
-            raise CallFailed(f"compute market totals would go negative: {after}")
-        return after
+        return self.moved_by(escrow=escrow, collateral=collateral, stakes=stakes, burned=burned)
 
 
 @dataclass(frozen=True)
-class Counters:
+class Counters(VarintRecord):
     """The actor's sequence numbers."""
 
     last_bid: int = 0
@@ -413,20 +375,6 @@ class Counters:
     """Mediators ever registered (the next one's position)."""
     open_deals: int = 0
     """Deals formed and not yet settled."""
-
-    def encode(self) -> bytes:
-        """Four varints."""
-        return _varints(
-            Writer(), self.last_bid, self.positions, self.mediator_positions, self.open_deals
-        ).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Counters:
-        """Inverse of :meth:`encode`."""
-        reader = Reader(data)
-        counters = cls(*(reader.varint() for _ in range(4)))
-        reader.finish()
-        return counters
 
 
 @dataclass(frozen=True)
@@ -470,7 +418,7 @@ class Ask:
 
     def encode(self) -> bytes:
         """Varints, the active flag as one byte, then varints."""
-        writer = _varints(
+        writer = varints(
             Writer(),
             self.cpus,
             self.memory,
@@ -485,7 +433,7 @@ class Ask:
             self.free,
             self.locked,
         ).u8(int(self.active))
-        return _varints(writer, self.position, self.settled, self.fined, self.not_delivered).bytes()
+        return varints(writer, self.position, self.settled, self.fined, self.not_delivered).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Ask:
@@ -495,7 +443,7 @@ class Ask:
         executors, price_cpu, price_gpu, collateral_ppm, free, locked = (
             reader.varint() for _ in range(6)
         )
-        active = _read_bool(reader)
+        active = read_bool(reader)
         position, settled, fined, not_delivered = (reader.varint() for _ in range(4))
         reader.finish()
         return cls(
@@ -542,9 +490,9 @@ class AskContact:
     def decode(cls, data: bytes) -> AskContact:
         """Inverse of :meth:`encode`."""
         reader = Reader(data)
-        endpoint = _read_text(reader, MAX_ENDPOINT)
+        endpoint = read_text(reader, MAX_ENDPOINT)
         kem_key = reader.fixed(KEM_KEY_SIZE)
-        contact = cls(endpoint, kem_key, _read_text(reader, MAX_GPU_MODEL), _read_addresses(reader))
+        contact = cls(endpoint, kem_key, read_text(reader, MAX_GPU_MODEL), _read_addresses(reader))
         reader.finish()
         return contact
 
@@ -573,41 +521,24 @@ class Mediator:
     def encode(self) -> bytes:
         """``fee || stake || deals || active (1) || exit_height || position || verdicts ||
         missed``."""
-        writer = _varints(Writer(), self.fee, self.stake, self.deals).u8(int(self.active))
-        return _varints(writer, self.exit_height, self.position, self.verdicts, self.missed).bytes()
+        writer = varints(Writer(), self.fee, self.stake, self.deals).u8(int(self.active))
+        return varints(writer, self.exit_height, self.position, self.verdicts, self.missed).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Mediator:
         """Inverse of :meth:`encode`."""
         reader = Reader(data)
         fee, stake, deals = reader.varint(), reader.varint(), reader.varint()
-        active = _read_bool(reader)
+        active = read_bool(reader)
         exit_height, position, verdicts, missed = (reader.varint() for _ in range(4))
         reader.finish()
         return cls(fee, stake, deals, active, exit_height, position, verdicts, missed)
 
 
 @dataclass(frozen=True)
-class MediatorContact:
-    """How clients and providers reach a mediator."""
-
-    endpoint: str
-    """``host:port`` of its API."""
-    kem_key: bytes
-    """Its ML-KEM-768 encapsulation key (a disputed job's key is wrapped to it)."""
-
-    def encode(self) -> bytes:
-        """``varbytes endpoint || kem_key``."""
-        writer = Writer().var_bytes(self.endpoint.encode(), MAX_ENDPOINT)
-        return writer.fixed(self.kem_key, KEM_KEY_SIZE).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> MediatorContact:
-        """Inverse of :meth:`encode`."""
-        reader = Reader(data)
-        contact = cls(_read_text(reader, MAX_ENDPOINT), reader.fixed(KEM_KEY_SIZE))
-        reader.finish()
-        return contact
+class MediatorContact(Contact):
+    """How clients and providers reach a mediator (a disputed job's key is wrapped to its
+    ``kem_key``)."""
 
 
 @dataclass(frozen=True)
@@ -652,16 +583,21 @@ class Bid:
         """Providers the deal needs."""
         return self.verification.replicas
 
+    @property
+    def subject(self) -> bytes:
+        """The second topic of its events: the job spec hash."""
+        return self.job
+
     def encode(self) -> bytes:
         """``client || job || varints || varbytes gpu_model || executor (1) || varints ||
         verification (1) || varint || mediators || varints``."""
         writer = Writer().fixed(self.client.raw, ADDRESS_SIZE).fixed(self.job, HASH_SIZE)
-        _varints(writer, self.cpus, self.memory, self.gpus)
+        varints(writer, self.cpus, self.memory, self.gpus)
         writer.var_bytes(self.gpu_model.encode(), MAX_GPU_MODEL).u8(int(self.executor))
-        _varints(writer, self.timeout, self.max_price_cpu, self.max_price_gpu)
+        varints(writer, self.timeout, self.max_price_cpu, self.max_price_gpu)
         writer.u8(int(self.verification)).varint(self.collateral_ppm)
         _write_addresses(writer, self.mediators)
-        return _varints(writer, self.max_fee, self.deadline, self.deposit).bytes()
+        return varints(writer, self.max_fee, self.deadline, self.deposit).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Bid:
@@ -669,10 +605,10 @@ class Bid:
         reader = Reader(data)
         client, job = Address(reader.fixed(ADDRESS_SIZE)), reader.fixed(HASH_SIZE)
         cpus, memory, gpus = reader.varint(), reader.varint(), reader.varint()
-        gpu_model = _read_text(reader, MAX_GPU_MODEL)
-        executor = _read_enum(reader, Executor, "executor")
+        gpu_model = read_text(reader, MAX_GPU_MODEL)
+        executor = read_enum(reader, Executor, "executor")
         timeout, max_price_cpu, max_price_gpu = reader.varint(), reader.varint(), reader.varint()
-        verification = _read_enum(reader, Verification, "verification")
+        verification = read_enum(reader, Verification, "verification")
         collateral_ppm = reader.varint()
         mediators = _read_addresses(reader)
         max_fee, deadline, deposit = reader.varint(), reader.varint(), reader.varint()
@@ -739,14 +675,10 @@ class Deal:
         """``client || job || has_mediator (1) || [mediator] || verification (1) || varints ||
         phase (1) || varints || disputed (1)``."""
         writer = Writer().fixed(self.client.raw, ADDRESS_SIZE).fixed(self.job, HASH_SIZE)
-        if self.mediator is None:
-            writer.u8(0)
-        else:
-            writer.u8(1).fixed(self.mediator.raw, ADDRESS_SIZE)
-        writer.u8(int(self.verification))
-        _varints(writer, self.cpus, self.memory, self.gpus, self.timeout, self.formed)
+        write_optional_address(writer, self.mediator).u8(int(self.verification))
+        varints(writer, self.cpus, self.memory, self.gpus, self.timeout, self.formed)
         writer.u8(int(self.phase))
-        _varints(writer, self.deadline, self.escrow, self.fee)
+        varints(writer, self.deadline, self.escrow, self.fee)
         return writer.u8(int(self.disputed)).bytes()
 
     @classmethod
@@ -754,10 +686,10 @@ class Deal:
         """Inverse of :meth:`encode`."""
         reader = Reader(data)
         client, job = Address(reader.fixed(ADDRESS_SIZE)), reader.fixed(HASH_SIZE)
-        mediator = Address(reader.fixed(ADDRESS_SIZE)) if _read_bool(reader) else None
-        verification = _read_enum(reader, Verification, "verification")
+        mediator = read_optional_address(reader)
+        verification = read_enum(reader, Verification, "verification")
         cpus, memory, gpus, timeout, formed = (reader.varint() for _ in range(5))
-        phase = _read_enum(reader, Phase, "phase")
+        phase = read_enum(reader, Phase, "phase")
         deadline, escrow, fee = reader.varint(), reader.varint(), reader.varint()
         found = cls(
             client,
@@ -773,7 +705,7 @@ class Deal:
             deadline,
             escrow,
             fee,
-            _read_bool(reader),
+            read_bool(reader),
         )
         reader.finish()
         return found
@@ -815,9 +747,9 @@ class Replica:
     def encode(self) -> bytes:
         """``provider || varints || state (1) || commitment || root || varints``."""
         writer = Writer().fixed(self.provider.raw, ADDRESS_SIZE)
-        _varints(writer, self.price_cpu, self.price_gpu, self.collateral).u8(int(self.state))
+        varints(writer, self.price_cpu, self.price_gpu, self.collateral).u8(int(self.state))
         writer.fixed(self.commitment, HASH_SIZE).fixed(self.root, HASH_SIZE)
-        return _varints(writer, self.usage_cpu, self.usage_gpu).bytes()
+        return varints(writer, self.usage_cpu, self.usage_gpu).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Replica:
@@ -825,7 +757,7 @@ class Replica:
         reader = Reader(data)
         provider = Address(reader.fixed(ADDRESS_SIZE))
         price_cpu, price_gpu, collateral = reader.varint(), reader.varint(), reader.varint()
-        state = _read_enum(reader, ReplicaState, "replica state")
+        state = read_enum(reader, ReplicaState, "replica state")
         found = cls(
             provider,
             price_cpu,
@@ -841,120 +773,44 @@ class Replica:
         return found
 
 
-def _id(number: int) -> bytes:
-    return number.to_bytes(8, "big")
-
-
-def ask_key(provider: Address) -> bytes:
-    """Storage key of a provider's :class:`Ask`."""
-    return ASK_PREFIX + provider.raw
-
-
 def mediator_key(mediator: Address) -> bytes:
     """Storage key of a :class:`Mediator`."""
     return MEDIATOR_PREFIX + mediator.raw
 
 
-def bid_key(bid_id: int) -> bytes:
-    """Storage key of a :class:`Bid`."""
-    return BID_PREFIX + _id(bid_id)
-
-
-def deal_key(deal_id: int) -> bytes:
-    """Storage key of a :class:`Deal`."""
-    return DEAL_PREFIX + _id(deal_id)
-
-
 def replica_key(deal_id: int, index: int) -> bytes:
     """Storage key of a :class:`Replica`."""
-    return REPLICA_PREFIX + _id(deal_id) + bytes((index,))
-
-
-def _decode_address(data: bytes) -> Address:
-    if len(data) != ADDRESS_SIZE:
-        raise NonCanonicalInteger(f"an address is {ADDRESS_SIZE} bytes")
-    return Address(data)
+    return REPLICA_PREFIX + record_id(deal_id) + bytes((index,))
 
 
 # -- the working set of one call ----------------------------------------------------------------
 
 
-class _Book:
-    """What one call reads and changes: each record read once and written once (at
-    :meth:`flush`), totals kept as one record, and one transfer per payee."""
+_LAYOUT = MarketLayout(
+    params_key=PARAMS_KEY,
+    params=ComputeParams.decode,
+    mainnet=MAINNET,
+    totals=Totals,
+    counters=Counters,
+    ask=Ask.decode,
+    bid=Bid.decode,
+    deal=Deal.decode,
+    part="replica",
+)
+
+
+class _Book(MarketBook[ComputeParams, Totals, Counters, Ask, Bid, Deal]):
+    """The working set of one call (:class:`~qoin.actors.records.MarketBook`), with contacts,
+    mediators and replicas."""
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._cache: dict[bytes, object] = {}
-        self._dirty: dict[bytes, bytes] = {}
-        self.payouts: dict[Address, int] = {}
-        self._params: ComputeParams | None = None
-
-    @property
-    def params(self) -> ComputeParams:
-        """The market's parameters (the genesis record; mainnet if there is none)."""
-        if self._params is None:
-            self._params = load(self.ctx, PARAMS_KEY, ComputeParams.decode) or MAINNET
-        return self._params
-
-    def get(self, key: bytes, decode: Callable[[bytes], T]) -> T | None:
-        """The record under ``key`` (None if absent), read once per call."""
-        if key not in self._cache:
-            self._cache[key] = load(self.ctx, key, decode)
-        return cast("T | None", self._cache[key])
-
-    def put(self, key: bytes, record: T, encode: Callable[[T], bytes]) -> None:
-        """Set the record under ``key`` (written at :meth:`flush`)."""
-        self._cache[key] = record
-        self._dirty[key] = encode(record)
-
-    def drop(self, key: bytes) -> None:
-        """Delete the record under ``key`` (at :meth:`flush`)."""
-        self._cache[key] = None
-        self._dirty[key] = b""
-
-    @property
-    def totals(self) -> Totals:
-        """The money totals."""
-        return self.get(TOTALS_KEY, Totals.decode) or Totals()
+        super().__init__(ctx, _LAYOUT)
 
     def move(
         self, *, escrow: int = 0, collateral: int = 0, stakes: int = 0, burned: int = 0
     ) -> None:
         """Change the totals."""
-        after = self.totals.moved(
-            escrow=escrow, collateral=collateral, stakes=stakes, burned=burned
-        )
-        self.put(TOTALS_KEY, after, Totals.encode)
-
-    @property
-    def counters(self) -> Counters:
-        """The sequence numbers."""
-        return self.get(COUNTERS_KEY, Counters.decode) or Counters()
-
-    def set_counters(self, counters: Counters) -> None:
-        """Replace the sequence numbers."""
-        self.put(COUNTERS_KEY, counters, Counters.encode)
-
-    def pay(self, to: Address, amount: int) -> None:
-        """Send ``amount`` to ``to`` at :meth:`flush` (the totals are the caller's to move)."""
-        if amount:
-            self.payouts[to] = self.payouts.get(to, 0) + amount
-
-    def ask(self, provider: Address) -> Ask | None:
-        """A provider's ask."""
-        return self.get(ask_key(provider), Ask.decode)
-
-    def held_ask(self, provider: Address) -> Ask:
-        """The ask of a provider with a replica (:class:`CallFailed` if missing)."""
-        found = self.ask(provider)
-        if found is None:
-            raise CallFailed(f"no ask record for {provider}, which holds a replica")
-        return found
-
-    def set_ask(self, provider: Address, record: Ask) -> None:
-        """Replace a provider's ask."""
-        self.put(ask_key(provider), record, Ask.encode)
+        self.move_by(escrow=escrow, collateral=collateral, stakes=stakes, burned=burned)
 
     def contact(self, provider: Address) -> AskContact:
         """A provider's contact record (:class:`CallFailed` if missing)."""
@@ -969,18 +825,7 @@ class _Book:
 
     def set_mediator(self, address: Address, record: Mediator) -> None:
         """Replace a mediator's record."""
-        self.put(mediator_key(address), record, Mediator.encode)
-
-    def deal(self, deal_id: int) -> Deal:
-        """An open deal; :class:`Revert` if there is none."""
-        found = self.get(deal_key(deal_id), Deal.decode)
-        if found is None:
-            raise Revert(f"deal {deal_id}: no open deal (never formed, or settled)")
-        return found
-
-    def set_deal(self, deal_id: int, record: Deal) -> None:
-        """Replace a deal."""
-        self.put(deal_key(deal_id), record, Deal.encode)
+        self.put_record(mediator_key(address), record)
 
     def replica(self, deal_id: int, index: int) -> Replica:
         """Replica ``index`` of an open deal (:class:`CallFailed` if missing)."""
@@ -995,38 +840,7 @@ class _Book:
 
     def set_replica(self, deal_id: int, index: int, record: Replica) -> None:
         """Replace a replica."""
-        self.put(replica_key(deal_id, index), record, Replica.encode)
-
-    def flush(self) -> None:
-        """Write every changed record, then make the transfers."""
-        for key, encoded in self._dirty.items():
-            if encoded:
-                store(self.ctx, key, encoded)
-            else:
-                erase(self.ctx, key)
-        self._dirty.clear()
-        for to, amount in self.payouts.items():
-            self.ctx.transfer(to, amount)
-        self.payouts.clear()
-
-
-def _deal_topic(deal_id: int) -> bytes:
-    return deal_id.to_bytes(32, "big")
-
-
-def _emit(ctx: Context, name_topic: bytes, who: Address, second: bytes | None, data: Value) -> None:
-    topics = (name_topic, who.raw) if second is None else (name_topic, who.raw, second)
-    ctx.emit(topics, encode_value(data))
-
-
-def _cron_only(ctx: Context, method: str) -> None:
-    if ctx.caller != CRON_ADDRESS:
-        raise Revert(f"{method} is called by the cron only")
-    no_value(ctx, method)
-
-
-def _uint(value: Value) -> int:
-    return cast(int, value)  # check_args has run
+        self.put_record(replica_key(deal_id, index), record)
 
 
 def _addresses(value: Value, position: int, bound: int) -> tuple[Address, ...]:
@@ -1052,40 +866,16 @@ def _text_arg(value: Value, bound: int, what: str) -> str:
 # -- asks ---------------------------------------------------------------------------------------
 
 
-def _checked_key(ctx: Context, raw: bytes) -> HybridPublicKey:
-    """The caller's hybrid public key; :class:`Revert` unless it decodes and hashes to it."""
-    try:
-        key = HybridPublicKey.decode(raw)
-    except QoinError as exc:
-        raise Revert(f"the public key does not decode: {exc}") from None
-    ctx.charge(hash_gas(len(raw)))
-    if key.address != ctx.caller:
-        raise Revert(f"the public key is {key.address}'s, not the caller's ({ctx.caller})")
-    return key
-
-
-def _store_if_changed(ctx: Context, key: bytes, encoded: bytes) -> None:
-    if ctx.storage_get(key) != encoded:
-        store(ctx, key, encoded)
-
-
-def _checked_endpoint(value: Value) -> str:
-    endpoint = cast(str, value)
-    if not 1 <= len(endpoint.encode()) <= MAX_ENDPOINT:
-        raise Revert(f"an endpoint is 1 to {MAX_ENDPOINT} bytes (host:port)")
-    return endpoint
-
-
 def ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``ask(cpus, memory, gpus, gpu_model, executors, price_cpu, price_gpu, collateral_ppm,
     mediators, endpoint, kem_key, public_key)`` (payable): create or update the caller's ask; the
     value joins its free collateral."""
     check_args(args, int, int, int, str, int, int, int, int, tuple, str, bytes, bytes)
-    cpus, memory, gpus = _uint(args[0]), _uint(args[1]), _uint(args[2])
+    cpus, memory, gpus = uint(args[0]), uint(args[1]), uint(args[2])
     gpu_model = _text_arg(args[3], MAX_GPU_MODEL, "a GPU model")
-    executors, price_cpu, price_gpu, collateral_ppm = (_uint(a) for a in args[4:8])
+    executors, price_cpu, price_gpu, collateral_ppm = (uint(a) for a in args[4:8])
     mediators = _addresses(args[8], 8, MAX_MEDIATORS)
-    endpoint = _checked_endpoint(args[9])
+    endpoint = checked_endpoint(args[9])
     kem_key = fixed_bytes(args[10], KEM_KEY_SIZE, 10)
     book = _Book(ctx)
     params = book.params
@@ -1100,7 +890,7 @@ def ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
             f"collateral_ppm is {params.min_collateral_ppm} to {MAX_COLLATERAL_PPM}, "
             f"got {collateral_ppm}"
         )
-    public = _checked_key(ctx, cast(bytes, args[11]))
+    public = checked_key(ctx, cast(bytes, args[11]))
     old = book.ask(ctx.caller)
     if old is not None:
         for name, offered, used in (
@@ -1111,10 +901,7 @@ def ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
             if offered < used:
                 raise Revert(f"{name} {offered} is below the {used} the ask's deals reserve")
     if old is None:
-        counters = book.counters
-        position = counters.positions
-        book.set_counters(replace(counters, positions=position + 1))
-        store(ctx, ORDER_PREFIX + _id(position), ctx.caller.raw)
+        position = book.enlist(ORDER_PREFIX, "positions")
         old = Ask(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, False, position, 0, 0, 0)
     new = replace(
         old,
@@ -1131,55 +918,16 @@ def ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
     book.set_ask(ctx.caller, new)
     book.move(collateral=ctx.value)
     contact = AskContact(endpoint, kem_key, gpu_model, mediators)
-    _store_if_changed(ctx, INFO_PREFIX + ctx.caller.raw, contact.encode())
-    _store_if_changed(ctx, KEY_PREFIX + ctx.caller.raw, public.encode())
+    store_if_changed(ctx, INFO_PREFIX + ctx.caller.raw, contact.encode())
+    store_if_changed(ctx, KEY_PREFIX + ctx.caller.raw, public.encode())
     book.flush()
-    _emit(
+    emit(
         ctx,
         ASK_POSTED,
         ctx.caller,
         None,
         (cpus, memory, gpus, executors, price_cpu, price_gpu, collateral_ppm, endpoint),
     )
-    return b""
-
-
-def _own_ask(book: _Book) -> Ask:
-    found = book.ask(book.ctx.caller)
-    if found is None:
-        raise Revert(f"{book.ctx.caller} has no ask")
-    return found
-
-
-def withdraw(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``withdraw(amount)``: send back free collateral."""
-    check_args(args, int)
-    no_value(ctx, "withdraw")
-    amount = _uint(args[0])
-    book = _Book(ctx)
-    own = _own_ask(book)
-    if not 1 <= amount <= own.free:
-        raise Revert(f"withdraw 1 to {own.free} Shor (the ask's free collateral), not {amount}")
-    book.set_ask(ctx.caller, replace(own, free=own.free - amount))
-    book.move(collateral=-amount)
-    book.pay(ctx.caller, amount)
-    book.flush()
-    return b""
-
-
-def cancel_ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``cancel_ask()``: the ask leaves the book; its free collateral is sent back."""
-    check_args(args)
-    no_value(ctx, "cancel_ask")
-    book = _Book(ctx)
-    own = _own_ask(book)
-    if not own.active:
-        raise Revert(f"the ask of {ctx.caller} is already cancelled")
-    book.set_ask(ctx.caller, replace(own, active=False, free=0))
-    book.move(collateral=-own.free)
-    book.pay(ctx.caller, own.free)
-    book.flush()
-    _emit(ctx, ASK_CANCELLED, ctx.caller, None, ())
     return b""
 
 
@@ -1191,16 +939,13 @@ def register_mediator(ctx: Context, args: tuple[Value, ...]) -> bytes:
     a mediator; the value joins its stake, which must then reach ``min_mediator_stake``. A
     mediator that was leaving is active again."""
     check_args(args, int, str, bytes)
-    fee = _uint(args[0])
-    endpoint = _checked_endpoint(args[1])
+    fee = uint(args[0])
+    endpoint = checked_endpoint(args[1])
     kem_key = fixed_bytes(args[2], KEM_KEY_SIZE, 2)
     book = _Book(ctx)
     old = book.mediator(ctx.caller)
     if old is None:
-        counters = book.counters
-        position = counters.mediator_positions
-        book.set_counters(replace(counters, mediator_positions=position + 1))
-        store(ctx, MEDIATOR_ORDER_PREFIX + _id(position), ctx.caller.raw)
+        position = book.enlist(MEDIATOR_ORDER_PREFIX, "mediator_positions")
         old = Mediator(0, 0, 0, False, 0, position, 0, 0)
     stake = old.stake + ctx.value
     minimum = book.params.min_mediator_stake
@@ -1209,9 +954,9 @@ def register_mediator(ctx: Context, args: tuple[Value, ...]) -> bytes:
     book.set_mediator(ctx.caller, replace(old, fee=fee, stake=stake, active=True, exit_height=0))
     book.move(stakes=ctx.value)
     contact = MediatorContact(endpoint, kem_key)
-    _store_if_changed(ctx, MEDIATOR_INFO_PREFIX + ctx.caller.raw, contact.encode())
+    store_if_changed(ctx, MEDIATOR_INFO_PREFIX + ctx.caller.raw, contact.encode())
     book.flush()
-    _emit(ctx, MEDIATOR_REGISTERED, ctx.caller, None, (fee, stake, endpoint))
+    emit(ctx, MEDIATOR_REGISTERED, ctx.caller, None, (fee, stake, endpoint))
     return b""
 
 
@@ -1232,7 +977,7 @@ def unregister_mediator(ctx: Context, args: tuple[Value, ...]) -> bytes:
         "cron_release_mediator",
         encode_args([ctx.caller, exit_height]),
     )
-    _emit(ctx, MEDIATOR_UNREGISTERED, ctx.caller, None, (exit_height,))
+    emit(ctx, MEDIATOR_UNREGISTERED, ctx.caller, None, (exit_height,))
     return encode_value(exit_height)
 
 
@@ -1250,7 +995,7 @@ def _release_mediator_if_done(book: _Book, address: Address, found: Mediator) ->
     book.set_mediator(address, released)
     book.move(stakes=-found.stake)
     book.pay(address, found.stake)
-    _emit(book.ctx, MEDIATOR_RELEASED, address, None, (found.stake,))
+    emit(book.ctx, MEDIATOR_RELEASED, address, None, (found.stake,))
     return released
 
 
@@ -1258,8 +1003,8 @@ def cron_release_mediator(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``cron_release_mediator(mediator, exit_height) -> bool``, cron only: send back the stake of
     a mediator that left, unless a deal still names it (then its last deal's settlement does)."""
     check_args(args, Address, int)
-    _cron_only(ctx, "cron_release_mediator")
-    address, exit_height = cast(Address, args[0]), _uint(args[1])
+    cron_only(ctx, "cron_release_mediator")
+    address, exit_height = cast(Address, args[0]), uint(args[1])
     book = _Book(ctx)
     found = book.mediator(address)
     if found is None or found.active or found.exit_height != exit_height:
@@ -1277,13 +1022,13 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
     verification, collateral_ppm, mediators, max_fee, deadline) -> bid_id`` (payable)."""
     check_args(args, bytes, int, int, int, str, int, int, int, int, int, int, tuple, int, int)
     job = fixed_bytes(args[0], HASH_SIZE, 0)
-    cpus, memory, gpus = _uint(args[1]), _uint(args[2]), _uint(args[3])
+    cpus, memory, gpus = uint(args[1]), uint(args[2]), uint(args[3])
     gpu_model = _text_arg(args[4], MAX_GPU_MODEL, "a GPU model")
     raw_executor, timeout, max_price_cpu, max_price_gpu, raw_verification, collateral_ppm = (
-        _uint(a) for a in args[5:11]
+        uint(a) for a in args[5:11]
     )
     mediators = _addresses(args[11], 11, MAX_MEDIATORS)
-    max_fee, deadline = _uint(args[12]), _uint(args[13])
+    max_fee, deadline = uint(args[12]), uint(args[13])
     book = _Book(ctx)
     params = book.params
     if raw_executor >= len(Executor):
@@ -1306,11 +1051,7 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
             raise Revert("verification none has no mediator: no mediators, max_fee 0")
     elif not mediators:
         raise Revert(f"verification {verification.name.lower()} needs at least one mediator")
-    height = ctx.env.height
-    if not height < deadline <= height + params.max_bid_blocks:
-        raise Revert(
-            f"the deadline must lie in heights {height + 1} to {height + params.max_bid_blocks}"
-        )
+    records.check_deadline(ctx, deadline, params.max_bid_blocks)
     need = bid_deposit(
         verification.replicas, cpus, gpus, timeout, max_price_cpu, max_price_gpu, max_fee
     )
@@ -1319,9 +1060,6 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
             f"the deposit must be at least {need} Shor ({verification.replicas} x the largest "
             f"payment + max_fee), {ctx.value} sent"
         )
-    counters = book.counters
-    bid_id = counters.last_bid + 1
-    book.set_counters(replace(counters, last_bid=bid_id))
     placed = Bid(
         ctx.caller,
         job,
@@ -1340,11 +1078,8 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
         deadline,
         ctx.value,
     )
-    book.put(bid_key(bid_id), placed, Bid.encode)
-    book.move(escrow=ctx.value)
-    book.flush()
-    ctx.schedule(deadline, "cron_expire_bid", encode_args([bid_id]))
-    _emit(
+    bid_id = book.place_bid(placed, deadline)
+    emit(
         ctx,
         BID_PLACED,
         ctx.caller,
@@ -1352,47 +1087,6 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
         (bid_id, cpus, memory, gpus, raw_executor, timeout, raw_verification, deadline, ctx.value),
     )
     return encode_value(bid_id)
-
-
-def _open_bid(book: _Book, bid_id: int) -> Bid:
-    found = book.get(bid_key(bid_id), Bid.decode)
-    if found is None:
-        raise Revert(f"bid {bid_id}: no open bid (never placed, cancelled, expired or a deal)")
-    if found.client != book.ctx.caller:
-        raise Revert(f"bid {bid_id}: only its client {found.client} may do this")
-    return found
-
-
-def cancel_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``cancel_bid(bid_id)``: the client takes back an open bid."""
-    check_args(args, int)
-    no_value(ctx, "cancel_bid")
-    bid_id = _uint(args[0])
-    book = _Book(ctx)
-    found = _open_bid(book, bid_id)
-    book.drop(bid_key(bid_id))
-    book.move(escrow=-found.deposit)
-    book.pay(found.client, found.deposit)
-    book.flush()
-    _emit(ctx, BID_CANCELLED, found.client, found.job, (bid_id,))
-    return b""
-
-
-def cron_expire_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``cron_expire_bid(bid_id) -> bool``, cron only: refund a bid still open at its deadline."""
-    check_args(args, int)
-    _cron_only(ctx, "cron_expire_bid")
-    bid_id = _uint(args[0])
-    book = _Book(ctx)
-    found = book.get(bid_key(bid_id), Bid.decode)
-    if found is None:
-        return encode_value(False)
-    book.drop(bid_key(bid_id))
-    book.move(escrow=-found.deposit)
-    book.pay(found.client, found.deposit)
-    book.flush()
-    _emit(ctx, BID_EXPIRED, found.client, found.job, (bid_id, found.deposit))
-    return encode_value(True)
 
 
 # -- deals --------------------------------------------------------------------------------------
@@ -1469,9 +1163,6 @@ def _accepted(
     collateral = collateral_for(largest, own.collateral_ppm)
     if collateral > own.free:
         raise Revert(f"{where} has {own.free} Shor free collateral, needs {collateral}")
-    public = ctx.storage_get(KEY_PREFIX + provider.raw)
-    if public is None:
-        raise CallFailed(f"no public key stored for {provider}")
     body = acceptance_body(
         ctx.env.chain_id,
         bid_id,
@@ -1483,9 +1174,7 @@ def _accepted(
         mediator,
         provider,
     )
-    message = ctx.sha3(bytes((len(TAG_ACCEPT),)) + TAG_ACCEPT + body)
-    if not ctx.verify_signature(public, message, signature):
-        raise Revert(f"{where}: the acceptance signature does not verify")
+    check_acceptance(ctx, provider, TAG_ACCEPT, body, signature, where)
     book.set_ask(
         provider,
         replace(
@@ -1515,8 +1204,8 @@ def _start_phase(book: _Book, deal_id: int, found: Deal, phase: Phase, deadline:
     moved = replace(found, phase=phase, deadline=deadline)
     book.set_deal(deal_id, moved)
     book.ctx.schedule(deadline, "cron_phase", encode_args([deal_id, int(phase), deadline]))
-    _emit(
-        book.ctx, PHASE_STARTED, found.client, _deal_topic(deal_id), (deal_id, int(phase), deadline)
+    emit(
+        book.ctx, PHASE_STARTED, found.client, deal_topic(deal_id), (deal_id, int(phase), deadline)
     )
     return moved
 
@@ -1526,30 +1215,23 @@ def deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     deal (the zero address names no mediator)."""
     check_args(args, int, tuple, tuple, Address)
     no_value(ctx, "deal")
-    bid_id = _uint(args[0])
-    providers = cast(tuple[Value, ...], args[1])
-    signatures = cast(tuple[Value, ...], args[2])
-    if not all(isinstance(p, Address) for p in providers):
-        raise CallFailed("argument 1 must be a list of addresses")
-    if not all(isinstance(s, bytes) for s in signatures):
-        raise CallFailed("argument 2 must be a list of byte strings")
+    bid_id = uint(args[0])
+    addresses, signatures = signed_providers(args)
     named = cast(Address, args[3])
     mediator = None if named == ZERO_ADDRESS else named
     book = _Book(ctx)
-    found = _open_bid(book, bid_id)
+    found = book.open_bid(bid_id)
     height = ctx.env.height
     if height >= found.deadline:
         raise Revert(f"bid {bid_id}: its deadline {found.deadline} has passed")
     r = found.replicas
-    if len(providers) != r or len(signatures) != r:
+    if len(addresses) != r or len(signatures) != r:
         raise Revert(f"bid {bid_id} needs {r} providers: name {r} providers and {r} acceptances")
-    addresses = cast(tuple[Address, ...], providers)
     if len(set(addresses)) != r:
         raise Revert("the providers must be distinct")
     record = _checked_mediator(book, found, mediator)
     replicas = [
-        _accepted(book, bid_id, found, i, addresses[i], cast(bytes, signatures[i]), mediator)
-        for i in range(r)
+        _accepted(book, bid_id, found, i, addresses[i], signatures[i], mediator) for i in range(r)
     ]
     fee = 0 if record is None else record.fee
     escrow = (
@@ -1592,12 +1274,12 @@ def deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     ctx.schedule(
         commit_deadline, "cron_phase", encode_args([bid_id, int(Phase.RUN), commit_deadline])
     )
-    _emit(
+    emit(
         ctx,
         DEAL_FORMED,
         found.client,
-        _deal_topic(bid_id),
-        (bid_id, found.job, providers, named, commit_deadline, escrow),
+        deal_topic(bid_id),
+        (bid_id, found.job, addresses, named, commit_deadline, escrow),
     )
     return encode_value(bid_id)
 
@@ -1626,7 +1308,7 @@ def commit(ctx: Context, args: tuple[Value, ...]) -> bytes:
     The reveal phase starts once every replica has committed."""
     check_args(args, int, bytes)
     no_value(ctx, "commit")
-    deal_id = _uint(args[0])
+    deal_id = uint(args[0])
     sealed = fixed_bytes(args[1], HASH_SIZE, 1)
     book = _Book(ctx)
     found = book.deal(deal_id)
@@ -1637,7 +1319,7 @@ def commit(ctx: Context, args: tuple[Value, ...]) -> bytes:
     book.set_replica(
         deal_id, index, replace(replica, state=ReplicaState.COMMITTED, commitment=sealed)
     )
-    _emit(ctx, RESULT_COMMITTED, ctx.caller, _deal_topic(deal_id), (deal_id, index))
+    emit(ctx, RESULT_COMMITTED, ctx.caller, deal_topic(deal_id), (deal_id, index))
     replicas = book.replicas(deal_id, found)
     if all(r.state is ReplicaState.COMMITTED for r in replicas):
         _start_phase(book, deal_id, found, Phase.REVEAL, ctx.env.height + book.params.reveal_blocks)
@@ -1651,7 +1333,7 @@ def reveal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     committed replica has revealed, the deal moves on (§3.4)."""
     check_args(args, int, bytes, bytes, int, int)
     no_value(ctx, "reveal")
-    deal_id = _uint(args[0])
+    deal_id = uint(args[0])
     root = fixed_bytes(args[1], HASH_SIZE, 1)
     salt = fixed_bytes(args[2], HASH_SIZE, 2)
     book = _Book(ctx)
@@ -1662,10 +1344,10 @@ def reveal(ctx: Context, args: tuple[Value, ...]) -> bytes:
         state = "never committed" if replica.state is ReplicaState.ASSIGNED else "already revealed"
         raise Revert(f"deal {deal_id} replica {index}: {state}")
     body = commitment_body(deal_id, ctx.caller, root, salt)
-    if ctx.sha3(bytes((len(TAG_COMMIT),)) + TAG_COMMIT + body) != replica.commitment:
+    if tagged_sha3(ctx, TAG_COMMIT, body) != replica.commitment:
         raise Revert(f"deal {deal_id} replica {index}: root and salt do not open the commitment")
-    usage_cpu = min(_uint(args[3]), found.cpus * found.timeout)
-    usage_gpu = min(_uint(args[4]), found.gpus * found.timeout)
+    usage_cpu = min(uint(args[3]), found.cpus * found.timeout)
+    usage_gpu = min(uint(args[4]), found.gpus * found.timeout)
     book.set_replica(
         deal_id,
         index,
@@ -1677,11 +1359,11 @@ def reveal(ctx: Context, args: tuple[Value, ...]) -> bytes:
             usage_gpu=usage_gpu,
         ),
     )
-    _emit(
+    emit(
         ctx,
         RESULT_REVEALED,
         ctx.caller,
-        _deal_topic(deal_id),
+        deal_topic(deal_id),
         (deal_id, index, root, usage_cpu, usage_gpu),
     )
     replicas = book.replicas(deal_id, found)
@@ -1712,11 +1394,11 @@ def _start_mediation(book: _Book, deal_id: int, found: Deal) -> Deal:
     deadline = book.ctx.env.height + book.params.mediation_budget(found.timeout)
     moved = _start_phase(book, deal_id, found, Phase.MEDIATION, deadline)
     mediator = cast(Address, found.mediator)
-    _emit(
+    emit(
         book.ctx,
         MEDIATION_STARTED,
         mediator,
-        _deal_topic(deal_id),
+        deal_topic(deal_id),
         (deal_id, deadline, found.disputed),
     )
     return moved
@@ -1727,14 +1409,14 @@ def dispute(ctx: Context, args: tuple[Value, ...]) -> bytes:
     dispute window (nothing to pay now: the mediation reserve covers the fee)."""
     check_args(args, int)
     no_value(ctx, "dispute")
-    deal_id = _uint(args[0])
+    deal_id = uint(args[0])
     book = _Book(ctx)
     found = book.deal(deal_id)
     if found.client != ctx.caller:
         raise Revert(f"deal {deal_id}: only its client {found.client} may dispute it")
     _in_phase(book, deal_id, found, Phase.CHECK, "disputes")
     disputed = replace(found, disputed=True)
-    _emit(ctx, DISPUTE_OPENED, ctx.caller, _deal_topic(deal_id), (deal_id,))
+    emit(ctx, DISPUTE_OPENED, ctx.caller, deal_topic(deal_id), (deal_id,))
     _start_mediation(book, deal_id, disputed)
     book.flush()
     return b""
@@ -1745,7 +1427,7 @@ def verdict(ctx: Context, args: tuple[Value, ...]) -> bytes:
     (kinds and their money: docs/spec/compute.md §3.6)."""
     check_args(args, int, int, bytes)
     no_value(ctx, "verdict")
-    deal_id, raw_kind = _uint(args[0]), _uint(args[1])
+    deal_id, raw_kind = uint(args[0]), uint(args[1])
     root = fixed_bytes(args[2], HASH_SIZE, 2)
     book = _Book(ctx)
     found = book.deal(deal_id)
@@ -1787,7 +1469,7 @@ def verdict(ctx: Context, args: tuple[Value, ...]) -> bytes:
     if record is None:
         raise CallFailed(f"no record for mediator {mediator}")
     book.set_mediator(mediator, replace(record, verdicts=record.verdicts + 1))
-    _emit(ctx, VERDICT, ctx.caller, _deal_topic(deal_id), (deal_id, raw_kind, root, found.fee))
+    emit(ctx, VERDICT, ctx.caller, deal_topic(deal_id), (deal_id, raw_kind, root, found.fee))
     _settle(
         book,
         deal_id,
@@ -1806,8 +1488,8 @@ def cron_phase(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``cron_phase(deal_id, phase, deadline) -> bool``, cron only: end a phase at its deadline.
     False for a stale entry (the deal moved on, or settled)."""
     check_args(args, int, int, int)
-    _cron_only(ctx, "cron_phase")
-    deal_id, raw_phase, deadline = _uint(args[0]), _uint(args[1]), _uint(args[2])
+    cron_only(ctx, "cron_phase")
+    deal_id, raw_phase, deadline = uint(args[0]), uint(args[1]), uint(args[2])
     book = _Book(ctx)
     found = book.get(deal_key(deal_id), Deal.decode)
     if found is None or int(found.phase) != raw_phase or found.deadline != deadline:
@@ -1815,11 +1497,11 @@ def cron_phase(ctx: Context, args: tuple[Value, ...]) -> bytes:
     replicas = book.replicas(deal_id, found)
     if found.phase is Phase.RUN:
         committed = sum(r.state is ReplicaState.COMMITTED for r in replicas)
-        _emit(
+        emit(
             ctx,
             DEAL_TIMED_OUT,
             found.client,
-            _deal_topic(deal_id),
+            deal_topic(deal_id),
             (deal_id, raw_phase, len(replicas) - committed),
         )
         if committed:
@@ -1830,9 +1512,7 @@ def cron_phase(ctx: Context, args: tuple[Value, ...]) -> bytes:
             _settle(book, deal_id, found, Outcome.UNDELIVERED, paid=set(), fines={})
     elif found.phase is Phase.REVEAL:
         missing = sum(not r.revealed for r in replicas)
-        _emit(
-            ctx, DEAL_TIMED_OUT, found.client, _deal_topic(deal_id), (deal_id, raw_phase, missing)
-        )
+        emit(ctx, DEAL_TIMED_OUT, found.client, deal_topic(deal_id), (deal_id, raw_phase, missing))
         _after_reveals(book, deal_id, found, replicas)
     elif found.phase is Phase.CHECK:
         paid = {i for i, r in enumerate(replicas) if r.revealed}
@@ -1855,7 +1535,7 @@ def _mediation_timed_out(book: _Book, deal_id: int, found: Deal) -> None:
         mediator, replace(record, stake=record.stake - slashed, missed=record.missed + 1)
     )
     book.move(stakes=-slashed, burned=slashed)
-    _emit(book.ctx, MEDIATION_TIMED_OUT, mediator, _deal_topic(deal_id), (deal_id, slashed))
+    emit(book.ctx, MEDIATION_TIMED_OUT, mediator, deal_topic(deal_id), (deal_id, slashed))
     _settle(book, deal_id, found, Outcome.MEDIATION_TIMED_OUT, paid=set(), fines={})
 
 
@@ -1928,17 +1608,17 @@ def _settle(
             payments += amount
             book.pay(replica.provider, amount)
             book.set_ask(replica.provider, replace(own, settled=own.settled + 1))
-            _emit(
-                ctx, PROVIDER_PAID, replica.provider, _deal_topic(deal_id), (deal_id, index, amount)
+            emit(
+                ctx, PROVIDER_PAID, replica.provider, deal_topic(deal_id), (deal_id, index, amount)
             )
         _release(book, replica.provider, found, replica.collateral, slashed=reason is not None)
         if reason is not None:
             slashed += replica.collateral
-            _emit(
+            emit(
                 ctx,
                 PROVIDER_FINED,
                 replica.provider,
-                _deal_topic(deal_id),
+                deal_topic(deal_id),
                 (deal_id, index, replica.collateral, int(reason)),
             )
         book.drop(replica_key(deal_id, index))
@@ -1962,23 +1642,16 @@ def _settle(
     book.drop(deal_key(deal_id))
     counters = book.counters
     book.set_counters(replace(counters, open_deals=counters.open_deals - 1))
-    _emit(
+    emit(
         ctx,
         DEAL_SETTLED,
         found.client,
-        _deal_topic(deal_id),
+        deal_topic(deal_id),
         (deal_id, int(outcome), payments, refund + client_share, slashed, burned),
     )
 
 
 # -- views --------------------------------------------------------------------------------------
-
-
-def params_view(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``params() -> list(block_ms, staging_blocks, ...)``."""
-    check_args(args)
-    no_value(ctx, "params")
-    return encode_value(astuple_ints(_Book(ctx).params))
 
 
 def _ask_record(ctx: Context, provider: Address, found: Ask) -> tuple[Value, ...]:
@@ -2012,24 +1685,7 @@ def _ask_record(ctx: Context, provider: Address, found: Ask) -> tuple[Value, ...
 
 def get_ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``get_ask(provider) -> list(provider, cpus, memory, gpus, gpu_model, ...)``."""
-    check_args(args, Address)
-    no_value(ctx, "get_ask")
-    provider = cast(Address, args[0])
-    found = load(ctx, ask_key(provider), Ask.decode)
-    if found is None:
-        raise Revert(f"{provider} has no ask")
-    return encode_value(_ask_record(ctx, provider, found))
-
-
-def get_key(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``get_key(provider) -> bytes``: the hybrid public key of its ask."""
-    check_args(args, Address)
-    no_value(ctx, "get_key")
-    provider = cast(Address, args[0])
-    raw = ctx.storage_get(KEY_PREFIX + provider.raw)
-    if raw is None:
-        raise Revert(f"{provider} has no ask")
-    return encode_value(raw)
+    return records.get_ask(ctx, args, Ask.decode, _ask_record)
 
 
 def _page(
@@ -2040,23 +1696,8 @@ def _page(
     record: Callable[[Address], tuple[Value, ...] | None],
 ) -> bytes:
     """One page of an ordered list: ``list(next_start, list(records))``."""
-    start, count = _uint(args[0]), _uint(args[1])
-    if not 1 <= count <= MAX_PAGE:
-        raise Revert(f"count is 1 to {MAX_PAGE}, got {count}")
-    records: list[Value] = []
-    size = 0
-    position = start
-    while position < min(start + count, total):
-        address = load(ctx, order_prefix + _id(position), _decode_address)
-        found = None if address is None else record(address)
-        if found is not None:
-            grown = size + len(encode_value(found))
-            if records and grown > PAGE_BYTES:
-                break
-            records.append(found)
-            size = grown
-        position += 1
-    return encode_value((position if position < total else 0, tuple(records)))
+    start, count = uint(args[0]), records.page_count(args[1])
+    return records.page(ctx, start, count, total, order_prefix, record)
 
 
 def asks(ctx: Context, args: tuple[Value, ...]) -> bytes:
@@ -2117,12 +1758,7 @@ def mediators(ctx: Context, args: tuple[Value, ...]) -> bytes:
 
 def get_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``get_bid(bid) -> list(client, job, cpus, memory, gpus, gpu_model, executor, ...)``."""
-    check_args(args, int)
-    no_value(ctx, "get_bid")
-    bid_id = _uint(args[0])
-    found = load(ctx, bid_key(bid_id), Bid.decode)
-    if found is None:
-        raise Revert(f"bid {bid_id}: no open bid")
+    found = records.stored_bid(ctx, args, Bid.decode)
     return encode_value(
         (
             found.client,
@@ -2166,7 +1802,7 @@ def get_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     check_args(args, int)
     no_value(ctx, "get_deal")
     book = _Book(ctx)
-    deal_id = _uint(args[0])
+    deal_id = uint(args[0])
     found = book.deal(deal_id)
     replicas = tuple(
         _replica_record(i, replica) for i, replica in enumerate(book.replicas(deal_id, found))
@@ -2192,39 +1828,25 @@ def get_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     )
 
 
-def totals(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``totals() -> list(escrow, collateral, stakes, burned)``."""
-    check_args(args)
-    no_value(ctx, "totals")
-    now = _Book(ctx).totals
-    return encode_value((now.escrow, now.collateral, now.stakes, now.burned))
-
-
 METHODS: dict[str, Callable[[Context, tuple[Value, ...]], bytes]] = {
+    **records.common_methods(_Book),
     "ask": ask,
-    "withdraw": withdraw,
-    "cancel_ask": cancel_ask,
     "register_mediator": register_mediator,
     "unregister_mediator": unregister_mediator,
     "bid": bid,
-    "cancel_bid": cancel_bid,
     "deal": deal,
     "commit": commit,
     "reveal": reveal,
     "dispute": dispute,
     "verdict": verdict,
-    "cron_expire_bid": cron_expire_bid,
     "cron_phase": cron_phase,
     "cron_release_mediator": cron_release_mediator,
-    "params": params_view,
     "get_ask": get_ask,
-    "get_key": get_key,
     "asks": asks,
     "get_mediator": get_mediator,
     "mediators": mediators,
     "get_bid": get_bid,
     "get_deal": get_deal,
-    "totals": totals,
 }
 """The actor's methods by name."""
 

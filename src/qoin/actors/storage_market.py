@@ -51,20 +51,48 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TypeVar, cast
+from typing import cast
 
-from qoin.actors.base import BuiltinActor, erase, fixed_bytes, load, no_value, store, topic
+from qoin.actors import records
+from qoin.actors.base import BuiltinActor, fixed_bytes, load, no_value, store, topic
+from qoin.actors.records import (
+    INFO_PREFIX,
+    KEY_PREFIX,
+    ORDER_PREFIX,
+    Contact,
+    MarketBook,
+    MarketLayout,
+    MarketTotals,
+    ask_key,
+    bid_key,
+    check_acceptance,
+    checked_endpoint,
+    checked_key,
+    cron_only,
+    deal_key,
+    deal_topic,
+    decode_varint,
+    emit,
+    hash_gas,
+    read_bool,
+    read_enum,
+    read_optional_address,
+    record_id,
+    signed_providers,
+    store_if_changed,
+    uint,
+    varints,
+    write_optional_address,
+)
+from qoin.actors.records import encode_varint as encode_varint_record
 from qoin.crypto.address import ADDRESS_SIZE, Address
 from qoin.crypto.hashing import HASH_SIZE, tagged_hash
-from qoin.crypto.hybrid import HybridPublicKey
 from qoin.encoding.codec import NonCanonicalInteger, Reader, Writer
-from qoin.errors import QoinError
 from qoin.execution import gas as costs
 from qoin.execution.abi import MAX_VALUE_BYTES, Value, encode_args, encode_value
-from qoin.execution.cron import CRON_ADDRESS
 from qoin.execution.vm import CallFailed, Context, Revert, check_args
 from qoin.storage import merkle
-from qoin.storage.params import MAINNET, PARAMS_KEY, PPM, StorageParams, astuple_ints
+from qoin.storage.params import MAINNET, PARAMS_KEY, PPM, StorageParams, VarintRecord
 
 NAME = "storage-market"
 """The actor's name (its address is ``actor_address(NAME)``)."""
@@ -74,39 +102,26 @@ GIB = 1 << 30
 MIN_SHARDS = 2
 MAX_SHARDS = 16
 """Bounds on n, the shards of a file."""
-KEM_KEY_SIZE = 1184
+KEM_KEY_SIZE = records.KEM_KEY_SIZE
 """Bytes of an ML-KEM-768 encapsulation key."""
-MAX_ENDPOINT = 255
-"""Longest endpoint (``host:port``), in bytes."""
-MAX_PAGE = 32
+MAX_PAGE = records.MAX_PAGE
 """Most positions one ``asks`` call looks at."""
-PAGE_BYTES = 12 * 1024
+PAGE_BYTES = records.PAGE_BYTES
 """An ``asks`` page stops before its records pass this many bytes (return data is 16 KiB)."""
 MAX_ITEM_BYTES = 256 * 1024
 """A proof item's leaves and paths together stay below this (a call carries at most 320 KiB):
 a bid whose shards would need more is refused."""
 TAG_ACCEPT = b"QOIN/storage/accept/v1"
 """Domain tag of a provider's acceptance of a bid's shard."""
-ZERO_ADDRESS = Address(bytes(ADDRESS_SIZE))
+ZERO_ADDRESS = records.ZERO_ADDRESS
 """Stands for "no provider" and "no leaver" in views."""
 
-TOTALS_KEY = b"totals"
-COUNTERS_KEY = b"counters"
-ASK_PREFIX = b"A"
-INFO_PREFIX = b"I"
-KEY_PREFIX = b"K"
-ORDER_PREFIX = b"O"
-BID_PREFIX = b"B"
-DEAL_PREFIX = b"D"
 SHARD_PREFIX = b"S"
 CID_PREFIX = b"C"
 BEACON_PREFIX = b"R"
 
 ASK_POSTED = topic("AskPosted")
-ASK_CANCELLED = topic("AskCancelled")
 BID_PLACED = topic("BidPlaced")
-BID_CANCELLED = topic("BidCancelled")
-BID_EXPIRED = topic("BidExpired")
 DEAL_FORMED = topic("DealFormed")
 PROOF_ACCEPTED = topic("ProofAccepted")
 PROOF_MISSED = topic("ProofMissed")
@@ -136,8 +151,6 @@ EVENT_NAMES = (
     "DealSettled",
 )
 """Every event the actor emits (topic 0 is SHA3-256 of the name)."""
-
-T = TypeVar("T")
 
 
 class ShardState(IntEnum):
@@ -204,11 +217,6 @@ def acceptance_message(
     )
 
 
-def hash_gas(size: int) -> int:
-    """What ``ctx.sha3`` charges for ``size`` bytes of input."""
-    return costs.HASH_GAS + costs.HASH_WORD_GAS * costs.words(size)
-
-
 def _tagged_size(tag: bytes, size: int) -> int:
     return 1 + len(tag) + size
 
@@ -237,36 +245,11 @@ def cid_gas(count: int) -> int:
 # -- records ------------------------------------------------------------------------------------
 
 
-def _write_optional(writer: Writer, address: Address | None) -> None:
-    if address is None:
-        writer.u8(0)
-    else:
-        writer.u8(1).fixed(address.raw, ADDRESS_SIZE)
-
-
-def _read_optional(reader: Reader) -> Address | None:
-    flag = reader.u8()
-    if flag > 1:
-        raise NonCanonicalInteger(f"an optional address flag is 0 or 1, got {flag}")
-    return Address(reader.fixed(ADDRESS_SIZE)) if flag else None
-
-
-def _read_bool(reader: Reader) -> bool:
-    flag = reader.u8()
-    if flag > 1:
-        raise NonCanonicalInteger(f"a flag is 0 or 1, got {flag}")
-    return flag == 1
-
-
-def _varints(writer: Writer, *values: int) -> Writer:
-    for value in values:
-        writer.varint(value)
-    return writer
-
-
 @dataclass(frozen=True)
-class Totals:
+class Totals(MarketTotals):
     """Shor the actor holds, by purpose; the actor's balance is their sum."""
+
+    MARKET = "storage market"
 
     escrow: int = 0
     """Open bids' deposits and deals' escrow."""
@@ -277,36 +260,16 @@ class Totals:
     burned: int = 0
     """Slashed collateral burnt (held for ever)."""
 
-    def encode(self) -> bytes:
-        """Four varints."""
-        return _varints(Writer(), self.escrow, self.collateral, self.bonus, self.burned).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Totals:
-        """Inverse of :meth:`encode`."""
-        reader = Reader(data)
-        totals = cls(*(reader.varint() for _ in range(4)))
-        reader.finish()
-        return totals
-
     def moved(
         self, *, escrow: int = 0, collateral: int = 0, bonus: int = 0, burned: int = 0
     ) -> Totals:
         """These totals changed by the given amounts; :class:`CallFailed` if one goes negative
         (a broken state: never a caller's fault)."""
-        after = Totals(
-            self.escrow + escrow,
-            self.collateral + collateral,
-            self.bonus + bonus,
-            self.burned + burned,
-        )
-        if min(after.escrow, after.collateral, after.bonus, after.burned) < 0:
-            raise CallFailed(f"storage market totals would go negative: {after}")
-        return after
+        return self.moved_by(escrow=escrow, collateral=collateral, bonus=bonus, burned=burned)
 
 
 @dataclass(frozen=True)
-class Counters:
+class Counters(VarintRecord):
     """The actor's sequence numbers and its beacon chain."""
 
     last_bid: int = 0
@@ -317,20 +280,6 @@ class Counters:
     """Deals formed and not yet settled."""
     beacon_next: int = 0
     """The period whose ``cron_beacon`` is scheduled; 0 while the beacon chain is stopped."""
-
-    def encode(self) -> bytes:
-        """Four varints."""
-        return _varints(
-            Writer(), self.last_bid, self.positions, self.open_deals, self.beacon_next
-        ).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Counters:
-        """Inverse of :meth:`encode`."""
-        reader = Reader(data)
-        counters = cls(*(reader.varint() for _ in range(4)))
-        reader.finish()
-        return counters
 
 
 @dataclass(frozen=True)
@@ -358,7 +307,7 @@ class Ask:
 
     def encode(self) -> bytes:
         """Varints, the active flag as one byte, then the position."""
-        writer = _varints(
+        writer = varints(
             Writer(),
             self.capacity,
             self.used,
@@ -385,7 +334,7 @@ class Ask:
             retrieval,
             free,
             locked,
-            _read_bool(reader),
+            read_bool(reader),
             reader.varint(),
         )
         reader.finish()
@@ -393,27 +342,8 @@ class Ask:
 
 
 @dataclass(frozen=True)
-class AskContact:
-    """How clients reach a provider."""
-
-    endpoint: str
-    """``host:port`` of its HTTP API."""
-    kem_key: bytes
-    """Its ML-KEM-768 encapsulation key."""
-
-    def encode(self) -> bytes:
-        """``varbytes endpoint || kem_key``."""
-        writer = Writer().var_bytes(self.endpoint.encode(), MAX_ENDPOINT)
-        return writer.fixed(self.kem_key, KEM_KEY_SIZE).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> AskContact:
-        """Inverse of :meth:`encode`."""
-        reader = Reader(data)
-        endpoint = reader.var_bytes(MAX_ENDPOINT).decode()
-        info = cls(endpoint, reader.fixed(KEM_KEY_SIZE))
-        reader.finish()
-        return info
+class AskContact(Contact):
+    """How clients reach a provider: ``endpoint`` is ``host:port`` of its HTTP API."""
 
 
 @dataclass(frozen=True)
@@ -446,10 +376,10 @@ class Bid:
     def encode(self) -> bytes:
         """``client || cid || varints || n (1) || roots || varints``."""
         writer = Writer().fixed(self.client.raw, ADDRESS_SIZE).fixed(self.cid, HASH_SIZE)
-        _varints(writer, self.size, self.shard_size, self.k).u8(len(self.roots))
+        varints(writer, self.size, self.shard_size, self.k).u8(len(self.roots))
         for root in self.roots:
             writer.fixed(root, HASH_SIZE)
-        return _varints(
+        return varints(
             writer, self.duration, self.max_price, self.deadline, self.deposit, self.flags
         ).bytes()
 
@@ -471,6 +401,11 @@ class Bid:
     def n(self) -> int:
         """Shards of the file."""
         return len(self.roots)
+
+    @property
+    def subject(self) -> bytes:
+        """The second topic of its events: the content id."""
+        return self.cid
 
 
 @dataclass(frozen=True)
@@ -505,7 +440,7 @@ class Deal:
     def encode(self) -> bytes:
         """``client || cid || varints``."""
         writer = Writer().fixed(self.client.raw, ADDRESS_SIZE).fixed(self.cid, HASH_SIZE)
-        return _varints(
+        return varints(
             writer,
             self.size,
             self.shard_size,
@@ -561,9 +496,9 @@ class Shard:
     def encode(self) -> bytes:
         """``provider? || root || state (1) || varints || leaver? || varint``."""
         writer = Writer()
-        _write_optional(writer, self.provider)
+        write_optional_address(writer, self.provider)
         writer.fixed(self.root, HASH_SIZE).u8(int(self.state))
-        _varints(
+        varints(
             writer,
             self.misses,
             self.first_due,
@@ -573,24 +508,22 @@ class Shard:
             self.original,
             self.bonus,
         )
-        _write_optional(writer, self.leaver)
+        write_optional_address(writer, self.leaver)
         return writer.varint(self.leaver_collateral).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Shard:
         """Inverse of :meth:`encode`."""
         reader = Reader(data)
-        provider, root = _read_optional(reader), reader.fixed(HASH_SIZE)
-        raw_state = reader.u8()
-        if raw_state not in {state.value for state in ShardState}:
-            raise NonCanonicalInteger(f"unknown shard state {raw_state}")
+        provider, root = read_optional_address(reader), reader.fixed(HASH_SIZE)
+        state = read_enum(reader, ShardState, "shard state")
         misses, first_due, last_proved, price, collateral, original, bonus = (
             reader.varint() for _ in range(7)
         )
         shard = cls(
             provider,
             root,
-            ShardState(raw_state),
+            state,
             misses,
             first_due,
             last_proved,
@@ -598,7 +531,7 @@ class Shard:
             collateral,
             original,
             bonus,
-            _read_optional(reader),
+            read_optional_address(reader),
             reader.varint(),
         )
         reader.finish()
@@ -622,40 +555,14 @@ def _relisted(shard: Shard, bonus: int) -> Shard:
     )
 
 
-def _id(number: int) -> bytes:
-    return number.to_bytes(8, "big")
-
-
-def ask_key(provider: Address) -> bytes:
-    """Storage key of a provider's :class:`Ask`."""
-    return ASK_PREFIX + provider.raw
-
-
-def bid_key(bid_id: int) -> bytes:
-    """Storage key of a :class:`Bid`."""
-    return BID_PREFIX + _id(bid_id)
-
-
-def deal_key(deal_id: int) -> bytes:
-    """Storage key of a :class:`Deal`."""
-    return DEAL_PREFIX + _id(deal_id)
-
-
 def shard_key(deal_id: int, index: int) -> bytes:
     """Storage key of a :class:`Shard`."""
-    return SHARD_PREFIX + _id(deal_id) + bytes((index,))
+    return SHARD_PREFIX + record_id(deal_id) + bytes((index,))
 
 
 def beacon_key(period: int) -> bytes:
     """Storage key of a period's beacon."""
-    return BEACON_PREFIX + _id(period)
-
-
-def _decode_varint(data: bytes) -> int:
-    reader = Reader(data)
-    value = reader.varint()
-    reader.finish()
-    return value
+    return BEACON_PREFIX + record_id(period)
 
 
 def _decode_beacon(data: bytes) -> bytes:
@@ -664,100 +571,33 @@ def _decode_beacon(data: bytes) -> bytes:
     return data
 
 
-def _decode_address(data: bytes) -> Address:
-    if len(data) != ADDRESS_SIZE:
-        raise NonCanonicalInteger(f"an address is {ADDRESS_SIZE} bytes")
-    return Address(data)
-
-
 # -- the working set of one call ----------------------------------------------------------------
 
 
-class _Book:
-    """What one call reads and changes: each record read once and written once (at
-    :meth:`flush`), totals kept as one record, and one transfer per payee."""
+_LAYOUT = MarketLayout(
+    params_key=PARAMS_KEY,
+    params=StorageParams.decode,
+    mainnet=MAINNET,
+    totals=Totals,
+    counters=Counters,
+    ask=Ask.decode,
+    bid=Bid.decode,
+    deal=Deal.decode,
+    part="shard",
+)
+
+
+class _Book(MarketBook[StorageParams, Totals, Counters, Ask, Bid, Deal]):
+    """The working set of one call (:class:`~qoin.actors.records.MarketBook`), with shards."""
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._cache: dict[bytes, object] = {}
-        self._dirty: dict[bytes, bytes] = {}
-        self.payouts: dict[Address, int] = {}
-        self._params: StorageParams | None = None
-
-    @property
-    def params(self) -> StorageParams:
-        """The market's parameters (the genesis record; mainnet if there is none)."""
-        if self._params is None:
-            self._params = load(self.ctx, PARAMS_KEY, StorageParams.decode) or MAINNET
-        return self._params
-
-    def get(self, key: bytes, decode: Callable[[bytes], T]) -> T | None:
-        """The record under ``key`` (None if absent), read once per call."""
-        if key not in self._cache:
-            self._cache[key] = load(self.ctx, key, decode)
-        return cast("T | None", self._cache[key])
-
-    def put(self, key: bytes, record: T, encode: Callable[[T], bytes]) -> None:
-        """Set the record under ``key`` (written at :meth:`flush`)."""
-        self._cache[key] = record
-        self._dirty[key] = encode(record)
-
-    def drop(self, key: bytes) -> None:
-        """Delete the record under ``key`` (at :meth:`flush`)."""
-        self._cache[key] = None
-        self._dirty[key] = b""
-
-    @property
-    def totals(self) -> Totals:
-        """The money totals."""
-        return self.get(TOTALS_KEY, Totals.decode) or Totals()
+        super().__init__(ctx, _LAYOUT)
 
     def move(
         self, *, escrow: int = 0, collateral: int = 0, bonus: int = 0, burned: int = 0
     ) -> None:
         """Change the totals."""
-        after = self.totals.moved(escrow=escrow, collateral=collateral, bonus=bonus, burned=burned)
-        self.put(TOTALS_KEY, after, Totals.encode)
-
-    @property
-    def counters(self) -> Counters:
-        """The sequence numbers."""
-        return self.get(COUNTERS_KEY, Counters.decode) or Counters()
-
-    def set_counters(self, counters: Counters) -> None:
-        """Replace the sequence numbers."""
-        self.put(COUNTERS_KEY, counters, Counters.encode)
-
-    def pay(self, to: Address, amount: int) -> None:
-        """Send ``amount`` to ``to`` at :meth:`flush` (the totals are the caller's to move)."""
-        if amount:
-            self.payouts[to] = self.payouts.get(to, 0) + amount
-
-    def ask(self, provider: Address) -> Ask | None:
-        """A provider's ask."""
-        return self.get(ask_key(provider), Ask.decode)
-
-    def held_ask(self, provider: Address) -> Ask:
-        """The ask of a provider that holds collateral here (:class:`CallFailed` if missing)."""
-        ask = self.ask(provider)
-        if ask is None:
-            raise CallFailed(f"no ask record for {provider}, which holds a shard")
-        return ask
-
-    def set_ask(self, provider: Address, ask: Ask) -> None:
-        """Replace a provider's ask."""
-        self.put(ask_key(provider), ask, Ask.encode)
-
-    def deal(self, deal_id: int) -> Deal:
-        """An open deal; :class:`Revert` if there is none."""
-        deal = self.get(deal_key(deal_id), Deal.decode)
-        if deal is None:
-            raise Revert(f"deal {deal_id}: no open deal (never formed, or settled)")
-        return deal
-
-    def set_deal(self, deal_id: int, deal: Deal) -> None:
-        """Replace a deal."""
-        self.put(deal_key(deal_id), deal, Deal.encode)
+        self.move_by(escrow=escrow, collateral=collateral, bonus=bonus, burned=burned)
 
     def shard(self, deal_id: int, index: int) -> Shard:
         """Shard ``index`` of an open deal (:class:`CallFailed` if missing)."""
@@ -768,38 +608,7 @@ class _Book:
 
     def set_shard(self, deal_id: int, index: int, shard: Shard) -> None:
         """Replace a shard."""
-        self.put(shard_key(deal_id, index), shard, Shard.encode)
-
-    def flush(self) -> None:
-        """Write every changed record, then make the transfers."""
-        for key, encoded in self._dirty.items():
-            if encoded:
-                store(self.ctx, key, encoded)
-            else:
-                erase(self.ctx, key)
-        self._dirty.clear()
-        for to, amount in self.payouts.items():
-            self.ctx.transfer(to, amount)
-        self.payouts.clear()
-
-
-def _deal_topic(deal_id: int) -> bytes:
-    return deal_id.to_bytes(32, "big")
-
-
-def _emit(ctx: Context, name_topic: bytes, who: Address, second: bytes | None, data: Value) -> None:
-    topics = (name_topic, who.raw) if second is None else (name_topic, who.raw, second)
-    ctx.emit(topics, encode_value(data))
-
-
-def _cron_only(ctx: Context, method: str) -> None:
-    if ctx.caller != CRON_ADDRESS:
-        raise Revert(f"{method} is called by the cron only")
-    no_value(ctx, method)
-
-
-def _uint(value: Value) -> int:
-    return cast(int, value)  # check_args has run
+        self.put_record(shard_key(deal_id, index), shard)
 
 
 # -- collateral ---------------------------------------------------------------------------------
@@ -846,17 +655,17 @@ def _fail(book: _Book, deal_id: int, deal: Deal, index: int, shard: Shard) -> Sh
     failed = _relisted(shard, shard.bonus + bonus)
     book.set_shard(deal_id, index, failed)
     ctx = book.ctx
-    _emit(ctx, SHARD_FAILED, provider, _deal_topic(deal_id), (deal_id, index, slashed, bonus))
+    emit(ctx, SHARD_FAILED, provider, deal_topic(deal_id), (deal_id, index, slashed, bonus))
     _emit_relisted(ctx, deal_id, deal, index, failed)
     return failed
 
 
 def _emit_relisted(ctx: Context, deal_id: int, deal: Deal, index: int, shard: Shard) -> None:
-    _emit(
+    emit(
         ctx,
         SHARD_RELISTED,
         ctx.address,
-        _deal_topic(deal_id),
+        deal_topic(deal_id),
         (deal_id, index, deal.shard_size, shard.price, shard.bonus, shard.root),
     )
 
@@ -864,43 +673,21 @@ def _emit_relisted(ctx: Context, deal_id: int, deal: Deal, index: int, shard: Sh
 # -- asks ---------------------------------------------------------------------------------------
 
 
-def _checked_key(ctx: Context, raw: bytes) -> HybridPublicKey:
-    """The caller's hybrid public key; :class:`Revert` unless it decodes and hashes to it."""
-    try:
-        key = HybridPublicKey.decode(raw)
-    except QoinError as exc:
-        raise Revert(f"the public key does not decode: {exc}") from None
-    ctx.charge(hash_gas(len(raw)))
-    if key.address != ctx.caller:
-        raise Revert(f"the public key is {key.address}'s, not the caller's ({ctx.caller})")
-    return key
-
-
-def _store_if_changed(ctx: Context, key: bytes, encoded: bytes) -> None:
-    if ctx.storage_get(key) != encoded:
-        store(ctx, key, encoded)
-
-
 def ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``ask(capacity, price, collateral, retrieval_price, endpoint, kem_key, public_key)``
     (payable): create or update the caller's ask; the value joins its free collateral."""
     check_args(args, int, int, int, int, str, bytes, bytes)
-    capacity, price, collateral, retrieval = (_uint(a) for a in args[:4])
+    capacity, price, collateral, retrieval = (uint(a) for a in args[:4])
     endpoint = cast(str, args[4])
     kem_key = fixed_bytes(args[5], KEM_KEY_SIZE, 5)
-    if not 1 <= len(endpoint.encode()) <= MAX_ENDPOINT:
-        raise Revert(f"an endpoint is 1 to {MAX_ENDPOINT} bytes (host:port)")
-    public = _checked_key(ctx, cast(bytes, args[6]))
+    checked_endpoint(endpoint)
+    public = checked_key(ctx, cast(bytes, args[6]))
     book = _Book(ctx)
     old = book.ask(ctx.caller)
     if old is not None and capacity < old.used:
         raise Revert(f"capacity {capacity} is below the {old.used} bytes the ask's shards use")
     if old is None:
-        counters = book.counters
-        position = counters.positions
-        book.set_counters(replace(counters, positions=position + 1))
-        store(ctx, ORDER_PREFIX + _id(position), ctx.caller.raw)
-        old = Ask(0, 0, 0, 0, 0, 0, 0, False, position)
+        old = Ask(0, 0, 0, 0, 0, 0, 0, False, book.enlist(ORDER_PREFIX, "positions"))
     new = Ask(
         capacity,
         old.used,
@@ -914,49 +701,10 @@ def ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
     )
     book.set_ask(ctx.caller, new)
     book.move(collateral=ctx.value)
-    _store_if_changed(ctx, INFO_PREFIX + ctx.caller.raw, AskContact(endpoint, kem_key).encode())
-    _store_if_changed(ctx, KEY_PREFIX + ctx.caller.raw, public.encode())
+    store_if_changed(ctx, INFO_PREFIX + ctx.caller.raw, AskContact(endpoint, kem_key).encode())
+    store_if_changed(ctx, KEY_PREFIX + ctx.caller.raw, public.encode())
     book.flush()
-    _emit(ctx, ASK_POSTED, ctx.caller, None, (capacity, price, collateral, endpoint))
-    return b""
-
-
-def _own_ask(book: _Book) -> Ask:
-    found = book.ask(book.ctx.caller)
-    if found is None:
-        raise Revert(f"{book.ctx.caller} has no ask")
-    return found
-
-
-def withdraw(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``withdraw(amount)``: send back free collateral."""
-    check_args(args, int)
-    no_value(ctx, "withdraw")
-    amount = _uint(args[0])
-    book = _Book(ctx)
-    own = _own_ask(book)
-    if not 1 <= amount <= own.free:
-        raise Revert(f"withdraw 1 to {own.free} Shor (the ask's free collateral), not {amount}")
-    book.set_ask(ctx.caller, replace(own, free=own.free - amount))
-    book.move(collateral=-amount)
-    book.pay(ctx.caller, amount)
-    book.flush()
-    return b""
-
-
-def cancel_ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``cancel_ask()``: the ask leaves the book; its free collateral is sent back."""
-    check_args(args)
-    no_value(ctx, "cancel_ask")
-    book = _Book(ctx)
-    own = _own_ask(book)
-    if not own.active:
-        raise Revert(f"the ask of {ctx.caller} is already cancelled")
-    book.set_ask(ctx.caller, replace(own, active=False, free=0))
-    book.move(collateral=-own.free)
-    book.pay(ctx.caller, own.free)
-    book.flush()
-    _emit(ctx, ASK_CANCELLED, ctx.caller, None, ())
+    emit(ctx, ASK_POSTED, ctx.caller, None, (capacity, price, collateral, endpoint))
     return b""
 
 
@@ -989,9 +737,9 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
     (payable)."""
     check_args(args, bytes, int, int, int, tuple, int, int, int, int)
     cid = fixed_bytes(args[0], HASH_SIZE, 0)
-    size, shard_size, k = _uint(args[1]), _uint(args[2]), _uint(args[3])
+    size, shard_size, k = uint(args[1]), uint(args[2]), uint(args[3])
     roots = tuple(fixed_bytes(root, HASH_SIZE, 4) for root in cast(tuple[Value, ...], args[4]))
-    duration, max_price, deadline, flags = (_uint(a) for a in args[5:])
+    duration, max_price, deadline, flags = (uint(a) for a in args[5:])
     book = _Book(ctx)
     params = book.params
     _checked_shape(book, size, shard_size, k, len(roots))
@@ -1000,25 +748,15 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
         raise Revert("the cid is not the root over the shard roots")
     if not 1 <= duration <= params.max_duration:
         raise Revert(f"duration is 1 to {params.max_duration} periods, got {duration}")
-    height = ctx.env.height
-    if not height < deadline <= height + params.max_bid_blocks:
-        raise Revert(
-            f"the deadline must lie in heights {height + 1} to {height + params.max_bid_blocks}"
-        )
+    records.check_deadline(ctx, deadline, params.max_bid_blocks)
     need = len(roots) * duration * shard_price(max_price, shard_size)
     if ctx.value < need:
         raise Revert(f"the deposit must be at least {need} Shor (the whole term), {ctx.value} sent")
-    counters = book.counters
-    bid_id = counters.last_bid + 1
-    book.set_counters(replace(counters, last_bid=bid_id))
     placed = Bid(
         ctx.caller, cid, size, shard_size, k, roots, duration, max_price, deadline, ctx.value, flags
     )
-    book.put(bid_key(bid_id), placed, Bid.encode)
-    book.move(escrow=ctx.value)
-    book.flush()
-    ctx.schedule(deadline, "cron_expire_bid", encode_args([bid_id]))
-    _emit(
+    bid_id = book.place_bid(placed, deadline)
+    emit(
         ctx,
         BID_PLACED,
         ctx.caller,
@@ -1026,47 +764,6 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
         (bid_id, size, len(roots), k, duration, max_price, deadline, ctx.value),
     )
     return encode_value(bid_id)
-
-
-def _open_bid(book: _Book, bid_id: int) -> Bid:
-    found = book.get(bid_key(bid_id), Bid.decode)
-    if found is None:
-        raise Revert(f"bid {bid_id}: no open bid (never placed, cancelled, expired or a deal)")
-    if found.client != book.ctx.caller:
-        raise Revert(f"bid {bid_id}: only its client {found.client} may do this")
-    return found
-
-
-def cancel_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``cancel_bid(bid_id)``: the client takes back an open bid."""
-    check_args(args, int)
-    no_value(ctx, "cancel_bid")
-    bid_id = _uint(args[0])
-    book = _Book(ctx)
-    found = _open_bid(book, bid_id)
-    book.drop(bid_key(bid_id))
-    book.move(escrow=-found.deposit)
-    book.pay(found.client, found.deposit)
-    book.flush()
-    _emit(ctx, BID_CANCELLED, found.client, found.cid, (bid_id,))
-    return b""
-
-
-def cron_expire_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``cron_expire_bid(bid_id) -> bool``, cron only: refund a bid still open at its deadline."""
-    check_args(args, int)
-    _cron_only(ctx, "cron_expire_bid")
-    bid_id = _uint(args[0])
-    book = _Book(ctx)
-    found = book.get(bid_key(bid_id), Bid.decode)
-    if found is None:
-        return encode_value(False)
-    book.drop(bid_key(bid_id))
-    book.move(escrow=-found.deposit)
-    book.pay(found.client, found.deposit)
-    book.flush()
-    _emit(ctx, BID_EXPIRED, found.client, found.cid, (bid_id, found.deposit))
-    return encode_value(True)
 
 
 # -- deals --------------------------------------------------------------------------------------
@@ -1090,15 +787,10 @@ def _accepted(
     collateral = shard_collateral(ask_now.collateral, found.shard_size)
     if collateral > ask_now.free:
         raise Revert(f"{where} has {ask_now.free} Shor free collateral, needs {collateral}")
-    public = ctx.storage_get(KEY_PREFIX + provider.raw)
-    if public is None:
-        raise CallFailed(f"no public key stored for {provider}")
     body = acceptance_body(
         ctx.env.chain_id, bid_id, index, found.roots[index], found.shard_size, price, provider
     )
-    message = ctx.sha3(bytes((len(TAG_ACCEPT),)) + TAG_ACCEPT + body)
-    if not ctx.verify_signature(public, message, signature):
-        raise Revert(f"{where}: the acceptance signature does not verify")
+    check_acceptance(ctx, provider, TAG_ACCEPT, body, signature, where)
     book.set_ask(
         provider,
         replace(
@@ -1139,27 +831,18 @@ def deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``deal(bid_id, providers, signatures) -> deal_id``: the bid's client forms the deal."""
     check_args(args, int, tuple, tuple)
     no_value(ctx, "deal")
-    bid_id = _uint(args[0])
-    providers = cast(tuple[Value, ...], args[1])
-    signatures = cast(tuple[Value, ...], args[2])
-    if not all(isinstance(p, Address) for p in providers):
-        raise CallFailed("argument 1 must be a list of addresses")
-    if not all(isinstance(s, bytes) for s in signatures):
-        raise CallFailed("argument 2 must be a list of byte strings")
+    bid_id = uint(args[0])
+    addresses, signatures = signed_providers(args)
     book = _Book(ctx)
-    found = _open_bid(book, bid_id)
+    found = book.open_bid(bid_id)
     if ctx.env.height >= found.deadline:
         raise Revert(f"bid {bid_id}: its deadline {found.deadline} has passed")
     n = found.n
-    if len(providers) != n or len(signatures) != n:
+    if len(addresses) != n or len(signatures) != n:
         raise Revert(f"bid {bid_id} has {n} shards: name {n} providers and {n} signatures")
-    addresses = cast(tuple[Address, ...], providers)
     if len(set(addresses)) != n:
         raise Revert("the providers must be distinct")
-    shards = [
-        _accepted(book, bid_id, found, i, addresses[i], cast(bytes, signatures[i]))
-        for i in range(n)
-    ]
+    shards = [_accepted(book, bid_id, found, i, addresses[i], signatures[i]) for i in range(n)]
     params = book.params
     first = params.period_of(ctx.env.height) + 1 + params.grace_periods
     price_sum = sum(s.price for s in shards)
@@ -1190,19 +873,14 @@ def deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     _start_beacons(book)
     book.flush()
     ctx.schedule(params.check_height(first), "cron_check", encode_args([bid_id, first]))
-    _emit(
+    emit(
         ctx,
         DEAL_FORMED,
         found.client,
-        _deal_topic(bid_id),
-        (bid_id, found.cid, providers, first, made.end, escrow),
+        deal_topic(bid_id),
+        (bid_id, found.cid, addresses, first, made.end, escrow),
     )
     return encode_value(bid_id)
-
-
-def encode_varint_record(value: int) -> bytes:
-    """A record that is one varint (the ``C‖cid`` deal index)."""
-    return Writer().varint(value).bytes()
 
 
 def _settle(book: _Book, deal_id: int, deal_now: Deal) -> None:
@@ -1222,20 +900,18 @@ def _settle(book: _Book, deal_id: int, deal_now: Deal) -> None:
     book.pay(deal_now.client, refund + bonuses)
     book.drop(deal_key(deal_id))
     cid_key = CID_PREFIX + deal_now.cid
-    if book.get(cid_key, _decode_varint) == deal_id:
+    if book.get(cid_key, decode_varint) == deal_id:
         book.drop(cid_key)
     counters = book.counters
     book.set_counters(replace(counters, open_deals=counters.open_deals - 1))
-    _emit(
-        book.ctx, DEAL_SETTLED, deal_now.client, _deal_topic(deal_id), (deal_id, refund + bonuses)
-    )
+    emit(book.ctx, DEAL_SETTLED, deal_now.client, deal_topic(deal_id), (deal_id, refund + bonuses))
 
 
 def cancel_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``cancel_deal(deal_id)``: periods from the next one on are cut and refunded."""
     check_args(args, int)
     no_value(ctx, "cancel_deal")
-    deal_id = _uint(args[0])
+    deal_id = uint(args[0])
     book = _Book(ctx)
     found = book.deal(deal_id)
     if found.client != ctx.caller:
@@ -1250,7 +926,7 @@ def cancel_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     book.set_deal(deal_id, cut)
     book.move(escrow=-refund)
     book.pay(found.client, refund)
-    _emit(ctx, DEAL_CANCELLED, found.client, _deal_topic(deal_id), (deal_id, refund))
+    emit(ctx, DEAL_CANCELLED, found.client, deal_topic(deal_id), (deal_id, refund))
     if cut.next_check >= new_end:
         _settle(book, deal_id, cut)
     book.flush()
@@ -1266,11 +942,11 @@ def _miss(book: _Book, deal_id: int, found: Deal, index: int, shard: Shard, peri
     book.move(collateral=-slashed, burned=slashed)
     missed = replace(shard, misses=shard.misses + 1, collateral=shard.collateral - slashed)
     book.set_shard(deal_id, index, missed)
-    _emit(
+    emit(
         book.ctx,
         PROOF_MISSED,
         provider,
-        _deal_topic(deal_id),
+        deal_topic(deal_id),
         (deal_id, index, period, missed.misses, slashed),
     )
     if missed.misses >= params.max_misses:
@@ -1281,8 +957,8 @@ def cron_check(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``cron_check(deal_id, period) -> bool``, cron only: refund and punish what was not proved
     in ``period``; schedule the next check or settle. False for a stale entry."""
     check_args(args, int, int)
-    _cron_only(ctx, "cron_check")
-    deal_id, period = _uint(args[0]), _uint(args[1])
+    cron_only(ctx, "cron_check")
+    deal_id, period = uint(args[0]), uint(args[1])
     book = _Book(ctx)
     found = book.get(deal_key(deal_id), Deal.decode)
     if found is None or found.next_check != period:
@@ -1316,8 +992,8 @@ def cron_beacon(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``cron_beacon(period) -> bool``, cron only: record the period's beacon (this block's parent
     hash) and schedule the next while a deal is open. False for a stale entry."""
     check_args(args, int)
-    _cron_only(ctx, "cron_beacon")
-    period = _uint(args[0])
+    cron_only(ctx, "cron_beacon")
+    period = uint(args[0])
     book = _Book(ctx)
     counters = book.counters
     if counters.beacon_next != period:
@@ -1431,11 +1107,11 @@ def _accept(book: _Book, item: ProofItem, found: Deal, shard: Shard, period: int
         leaver_collateral=0,
     )
     book.set_shard(item.deal, item.shard, proved)
-    _emit(
+    emit(
         ctx,
         PROOF_ACCEPTED,
         ctx.caller,
-        _deal_topic(item.deal),
+        deal_topic(item.deal),
         (item.deal, item.shard, period, paid),
     )
 
@@ -1445,7 +1121,7 @@ def prove(ctx: Context, args: tuple[Value, ...]) -> bytes:
     provider, in the period's proving window."""
     check_args(args, int, tuple)
     no_value(ctx, "prove")
-    period = _uint(args[0])
+    period = uint(args[0])
     items = [_proof_item(v, i) for i, v in enumerate(cast(tuple[Value, ...], args[1]))]
     book = _Book(ctx)
     params = book.params
@@ -1466,11 +1142,11 @@ def prove(ctx: Context, args: tuple[Value, ...]) -> bytes:
             results.append(True)
         else:
             provider = cast(Address, shard.provider)
-            _emit(
+            emit(
                 ctx,
                 PROOF_INVALID,
                 provider,
-                _deal_topic(item.deal),
+                deal_topic(item.deal),
                 (item.deal, item.shard, period),
             )
             _fail(book, item.deal, found, item.shard, shard)
@@ -1484,7 +1160,7 @@ def prove(ctx: Context, args: tuple[Value, ...]) -> bytes:
 
 def _deal_shard(book: _Book, args: tuple[Value, ...]) -> tuple[int, Deal, int, Shard]:
     check_args(args, int, int)
-    deal_id, index = _uint(args[0]), _uint(args[1])
+    deal_id, index = uint(args[0]), uint(args[1])
     found = book.deal(deal_id)
     if index >= found.n:
         raise Revert(f"deal {deal_id} has {found.n} shards, not {index + 1}")
@@ -1537,7 +1213,7 @@ def take(ctx: Context, args: tuple[Value, ...]) -> bytes:
     )
     book.set_shard(deal_id, index, taken)
     book.flush()
-    _emit(ctx, SHARD_TAKEN, ctx.caller, _deal_topic(deal_id), (deal_id, index, first_due))
+    emit(ctx, SHARD_TAKEN, ctx.caller, deal_topic(deal_id), (deal_id, index, first_due))
     return encode_value(first_due)
 
 
@@ -1557,19 +1233,12 @@ def leave(ctx: Context, args: tuple[Value, ...]) -> bytes:
         )
     book.set_shard(deal_id, index, left)
     book.flush()
-    _emit(ctx, SHARD_LEFT, ctx.caller, _deal_topic(deal_id), (deal_id, index))
+    emit(ctx, SHARD_LEFT, ctx.caller, deal_topic(deal_id), (deal_id, index))
     _emit_relisted(ctx, deal_id, found, index, left)
     return b""
 
 
 # -- views --------------------------------------------------------------------------------------
-
-
-def params_view(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``params() -> list(period, window, samples, leaf_size, ...)``."""
-    check_args(args)
-    no_value(ctx, "params")
-    return encode_value(astuple_ints(_Book(ctx).params))
 
 
 def _ask_record(ctx: Context, provider: Address, found: Ask) -> tuple[Value, ...]:
@@ -1593,59 +1262,26 @@ def _ask_record(ctx: Context, provider: Address, found: Ask) -> tuple[Value, ...
 
 def get_ask(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``get_ask(provider) -> list(provider, capacity, used, price, ...)``."""
-    check_args(args, Address)
-    no_value(ctx, "get_ask")
-    provider = cast(Address, args[0])
-    found = load(ctx, ask_key(provider), Ask.decode)
-    if found is None:
-        raise Revert(f"{provider} has no ask")
-    return encode_value(_ask_record(ctx, provider, found))
-
-
-def get_key(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``get_key(provider) -> bytes``: the hybrid public key of its ask."""
-    check_args(args, Address)
-    no_value(ctx, "get_key")
-    provider = cast(Address, args[0])
-    raw = ctx.storage_get(KEY_PREFIX + provider.raw)
-    if raw is None:
-        raise Revert(f"{provider} has no ask")
-    return encode_value(raw)
+    return records.get_ask(ctx, args, Ask.decode, _ask_record)
 
 
 def asks(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``asks(start, count) -> list(next_start, list(ask records))`` (module docstring)."""
     check_args(args, int, int)
     no_value(ctx, "asks")
-    start, count = _uint(args[0]), _uint(args[1])
-    if not 1 <= count <= MAX_PAGE:
-        raise Revert(f"count is 1 to {MAX_PAGE}, got {count}")
+    start, count = uint(args[0]), records.page_count(args[1])
     total = _Book(ctx).counters.positions
-    records: list[Value] = []
-    size = 0
-    position = start
-    while position < min(start + count, total):
-        provider = load(ctx, ORDER_PREFIX + _id(position), _decode_address)
-        found = None if provider is None else load(ctx, ask_key(provider), Ask.decode)
-        if provider is not None and found is not None and found.active:
-            record = _ask_record(ctx, provider, found)
-            grown = size + len(encode_value(record))
-            if records and grown > PAGE_BYTES:
-                break
-            records.append(record)
-            size = grown
-        position += 1
-    return encode_value((position if position < total else 0, tuple(records)))
+
+    def active(provider: Address) -> tuple[Value, ...] | None:
+        found = load(ctx, ask_key(provider), Ask.decode)
+        return None if found is None or not found.active else _ask_record(ctx, provider, found)
+
+    return records.page(ctx, start, count, total, ORDER_PREFIX, active)
 
 
 def get_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``get_bid(bid) -> list(client, cid, size, shard_size, k, roots, ...)``."""
-    check_args(args, int)
-    no_value(ctx, "get_bid")
-    bid_id = _uint(args[0])
-    found = load(ctx, bid_key(bid_id), Bid.decode)
-    if found is None:
-        raise Revert(f"bid {bid_id}: no open bid")
+    found = records.stored_bid(ctx, args, Bid.decode)
     return encode_value(
         (
             found.client,
@@ -1685,7 +1321,7 @@ def get_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     check_args(args, int)
     no_value(ctx, "get_deal")
     book = _Book(ctx)
-    deal_id = _uint(args[0])
+    deal_id = uint(args[0])
     found = book.deal(deal_id)
     shards = tuple(_shard_record(i, book.shard(deal_id, i)) for i in range(found.n))
     return encode_value(
@@ -1709,7 +1345,7 @@ def deal_of(ctx: Context, args: tuple[Value, ...]) -> bytes:
     check_args(args, bytes)
     no_value(ctx, "deal_of")
     cid = fixed_bytes(args[0], HASH_SIZE, 0)
-    found = load(ctx, CID_PREFIX + cid, _decode_varint)
+    found = load(ctx, CID_PREFIX + cid, decode_varint)
     if found is None:
         raise Revert(f"no open deal stores {cid.hex()}")
     return encode_value(found)
@@ -1719,44 +1355,30 @@ def get_beacon(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``get_beacon(period) -> bytes32``."""
     check_args(args, int)
     no_value(ctx, "get_beacon")
-    period = _uint(args[0])
+    period = uint(args[0])
     found = load(ctx, beacon_key(period), _decode_beacon)
     if found is None:
         raise Revert(f"no beacon recorded for period {period}")
     return encode_value(found)
 
 
-def totals(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``totals() -> list(escrow, collateral, bonus, burned)``."""
-    check_args(args)
-    no_value(ctx, "totals")
-    now = _Book(ctx).totals
-    return encode_value((now.escrow, now.collateral, now.bonus, now.burned))
-
-
 METHODS: dict[str, Callable[[Context, tuple[Value, ...]], bytes]] = {
+    **records.common_methods(_Book),
     "ask": ask,
-    "withdraw": withdraw,
-    "cancel_ask": cancel_ask,
     "bid": bid,
-    "cancel_bid": cancel_bid,
     "deal": deal,
     "cancel_deal": cancel_deal,
     "prove": prove,
     "take": take,
     "leave": leave,
-    "cron_expire_bid": cron_expire_bid,
     "cron_check": cron_check,
     "cron_beacon": cron_beacon,
-    "params": params_view,
     "get_ask": get_ask,
-    "get_key": get_key,
     "asks": asks,
     "get_bid": get_bid,
     "get_deal": get_deal,
     "deal_of": deal_of,
     "get_beacon": get_beacon,
-    "totals": totals,
 }
 """The actor's methods by name."""
 

@@ -32,7 +32,6 @@ during the sync the serving node reads, encodes and encrypts the blocks it sends
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -43,16 +42,15 @@ from typing import Any
 
 from qoin.bench.importing import prepare
 from qoin.bench.timing import BenchmarkCheckFailed, machine_info, peak_rss_bytes
-from qoin.chain import genesis as genesis_mod
 from qoin.chain.block import Block
 from qoin.chain.chain import Chain, ImportResult, ImportStatus
-from qoin.chain.genesis import Genesis
+from qoin.chain.genesis import Genesis, write_network_files
 from qoin.consensus.engine import EngineClient
 from qoin.consensus.node import ConsensusNode
 from qoin.crypto.batch import default_workers, favour_verifier_threads
 from qoin.process import Child, stop_all
 from qoin.rpc.client import call
-from qoin.rpc.jwt import create_secret
+from qoin.rpc.jwt import load_secret
 
 ROUNDS = 3
 """Local imports and syncs measured, interleaved; the medians are compared."""
@@ -78,16 +76,12 @@ class Network:
     """The prepared blocks, heights 1 to the top, encoded."""
     chain: list[Block]
     """The same, decoded."""
+    genesis_file: Path
+    """The genesis every node reads."""
+    secret_file: Path
+    """The engine API's JWT secret (every node's)."""
     secret: bytes
-    """The engine API's JWT secret (every node's, in :attr:`secret_file`)."""
-
-    @property
-    def genesis_file(self) -> Path:
-        return self.workdir / "genesis.json"
-
-    @property
-    def secret_file(self) -> Path:
-        return self.workdir / "jwt.hex"
+    """Its contents."""
 
     @property
     def head(self) -> Block:
@@ -99,10 +93,13 @@ class Network:
 
 
 def _write_network(workdir: Path, genesis: Genesis, encoded: list[bytes]) -> Network:
-    """Write the genesis and a fresh engine secret into ``workdir``."""
-    (workdir / "genesis.json").write_text(json.dumps(genesis_mod.to_json(genesis)))
-    secret = create_secret(workdir / "jwt.hex")
-    return Network(workdir, genesis, encoded, [Block.decode(raw) for raw in encoded], secret)
+    """Write the genesis and a fresh engine secret into ``workdir``
+    (:func:`~qoin.chain.genesis.write_network_files`)."""
+    genesis_file, secret_file = write_network_files(workdir, genesis)
+    chain = [Block.decode(raw) for raw in encoded]
+    return Network(
+        workdir, genesis, encoded, chain, genesis_file, secret_file, load_secret(secret_file)
+    )
 
 
 def _write_chain(datadir: Path, network: Network) -> None:

@@ -5,8 +5,8 @@ views through ``qoin_call``, its events, and the messages providers sign and com
 The money rules and the signed messages are the actor's own functions
 (:mod:`qoin.actors.compute_market`), re-exported here so that a client, a provider daemon and a
 mediator compute exactly what the actor checks. Decoders are strict: a view answer or an event of
-the wrong shape is a :class:`~qoin.storage.market.MarketError` (the same error as the storage
-market's client side, whose strict field readers this module shares).
+the wrong shape is a :class:`~qoin.rpc.actorview.MarketError` (the same error as the storage
+market's client side: both read their actors through :mod:`qoin.rpc.actorview`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from qoin.actors.base import topic
 from qoin.actors.compute_market import (
     EVENT_NAMES,
     KEM_KEY_SIZE,
-    MAX_PAGE,
     ZERO_ADDRESS,
     ZERO_HASH,
     FineReason,
@@ -41,20 +39,20 @@ from qoin.compute.params import ComputeParams, ComputeParamsError
 from qoin.crypto.address import Address
 from qoin.crypto.hashing import HASH_SIZE
 from qoin.crypto.hybrid import HybridKeyPair, HybridPublicKey, sign
-from qoin.encoding.codec import DecodeError
 from qoin.execution.abi import Value
 from qoin.execution.account import COMPUTE_MARKET_ADDRESS
-from qoin.rpc.client import RpcClient
-from qoin.storage.market import (
-    MarketError,
-    _address,
-    _bytes,
-    _decoded,
-    _list,
-    _optional_address,
-    _uint,
-)
-from qoin.wallet import CallReverted, Wallet, query
+from qoin.rpc import actorview
+from qoin.rpc.actorview import ActorEvents, ActorView, MarketError, ViewRecords
+from qoin.rpc.actorview import address as _address
+from qoin.rpc.actorview import addresses as _addresses
+from qoin.rpc.actorview import flag as _bool
+from qoin.rpc.actorview import member as _enum_value
+from qoin.rpc.actorview import optional_address as _optional_address
+from qoin.rpc.actorview import raw_bytes as _bytes
+from qoin.rpc.actorview import text as _str
+from qoin.rpc.actorview import uint as _uint
+from qoin.rpc.actorview import value_list as _list
+from qoin.wallet import Wallet
 
 COMPUTE_MARKET = COMPUTE_MARKET_ADDRESS
 """Where the actor lives."""
@@ -255,29 +253,6 @@ def new_salt() -> bytes:
 
 
 # -- records --------------------------------------------------------------------------------------
-
-
-def _str(value: Value, what: str) -> str:
-    if not isinstance(value, str):
-        raise MarketError(f"{what} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _bool(value: Value, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise MarketError(f"{what} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _addresses(value: Value, what: str) -> tuple[Address, ...]:
-    return tuple(_address(a, what) for a in _list(value, what))
-
-
-def _enum_value(value: Value, what: str, names: Mapping[int, Any]) -> Any:
-    raw = _uint(value, what)
-    if raw not in names:
-        raise MarketError(f"unknown {what} {raw}")
-    return names[raw]
 
 
 @dataclass(frozen=True)
@@ -611,15 +586,14 @@ class DealInfo:
 
 def totals_from_value(value: Value) -> Totals:
     """The view ``totals``' ``list(escrow, collateral, stakes, burned)``."""
-    fields = _list(value, "totals", 4)
-    return Totals(*(_uint(f, "a total") for f in fields))
+    return Totals(*actorview.uints(value, "totals", 4, "a total"))
 
 
 def params_from_value(value: Value) -> ComputeParams:
     """The view ``params``' list of the twelve parameters."""
-    fields = _list(value, "params", 12)
+    values = actorview.uints(value, "params", 12, "a parameter")
     try:
-        return ComputeParams(*(_uint(f, "a parameter") for f in fields))
+        return ComputeParams(*values)
     except ComputeParamsError as exc:
         raise MarketError(str(exc)) from None
 
@@ -662,73 +636,20 @@ def sign_acceptance(
 # -- views ----------------------------------------------------------------------------------------
 
 
-class ComputeMarketView:
-    """The actor's views, read-only through ``qoin_call`` on a node's user RPC. Views that name a
-    missing record answer None; a node that cannot be asked raises
-    :class:`~qoin.wallet.WalletError`; a malformed answer :class:`MarketError`."""
+class ComputeMarketView(ActorView[ComputeParams, AskInfo, BidInfo, DealInfo, Totals]):
+    """The compute market's views through ``qoin_call`` (those of every market are
+    :class:`~qoin.rpc.actorview.ActorView`'s), with its mediators': a missing record answers
+    None, a malformed answer is a :class:`MarketError`."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.client = RpcClient(url, timeout=timeout)
-        """The node's user RPC."""
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.client.close()
-
-    def __enter__(self) -> ComputeMarketView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _value(self, method: str, args: Sequence[Value] = ()) -> Value:
-        return _decoded(query(self.client, COMPUTE_MARKET, method, args), method)
-
-    def _found(self, method: str, args: Sequence[Value]) -> Value | None:
-        try:
-            return self._value(method, args)
-        except CallReverted as exc:
-            if exc.status == "reverted":
-                return None
-            raise
-
-    def _pages(self, method: str) -> list[Value]:
-        found: list[Value] = []
-        start = 0
-        while True:
-            page = _list(self._value(method, [start, MAX_PAGE]), f"a {method} page", 2)
-            next_start = _uint(page[0], "next_start")
-            found.extend(_list(page[1], method))
-            if len(found) > MAX_LISTED:
-                raise MarketError(f"more than {MAX_LISTED} {method}")
-            if next_start == 0:
-                return found
-            if next_start <= start:
-                raise MarketError(f"{method} page from {start} answered next_start {next_start}")
-            start = next_start
-
-    def params(self) -> ComputeParams:
-        """The market's parameters."""
-        return params_from_value(self._value("params"))
-
-    def get_ask(self, provider: Address) -> AskInfo | None:
-        """A provider's ask (active or cancelled), or None."""
-        found = self._found("get_ask", [provider])
-        return None if found is None else AskInfo.from_value(found)
-
-    def get_key(self, provider: Address) -> HybridPublicKey | None:
-        """The hybrid public key of a provider's ask, or None."""
-        found = self._found("get_key", [provider])
-        if found is None:
-            return None
-        try:
-            return HybridPublicKey.decode(_bytes(found, "a public key"))
-        except DecodeError as exc:
-            raise MarketError(f"the public key of {provider} does not decode: {exc}") from None
-
-    def asks(self) -> list[AskInfo]:
-        """Every active ask, in posting order (all pages)."""
-        return [AskInfo.from_value(a) for a in self._pages("asks")]
+    ACTOR: ClassVar[Address] = COMPUTE_MARKET
+    records = ViewRecords(
+        params=params_from_value,
+        ask=AskInfo.from_value,
+        bid=BidInfo.from_value,
+        deal=DealInfo.from_value,
+        totals=totals_from_value,
+    )
+    MAX_LISTED: ClassVar[int] = MAX_LISTED
 
     def get_mediator(self, mediator: Address) -> MediatorInfo | None:
         """A mediator (active or not), or None."""
@@ -739,48 +660,20 @@ class ComputeMarketView:
         """Every active mediator, in registration order (all pages)."""
         return [MediatorInfo.from_value(m) for m in self._pages("mediators")]
 
-    def get_bid(self, bid_id: int) -> BidInfo | None:
-        """An open bid, or None."""
-        found = self._found("get_bid", [bid_id])
-        return None if found is None else BidInfo.from_value(bid_id, found)
-
-    def get_deal(self, deal_id: int) -> DealInfo | None:
-        """An open deal, or None (never formed, or settled)."""
-        found = self._found("get_deal", [deal_id])
-        return None if found is None else DealInfo.from_value(deal_id, found)
-
-    def totals(self) -> Totals:
-        """Shor the actor holds, by purpose."""
-        return totals_from_value(self._value("totals"))
-
 
 # -- events ---------------------------------------------------------------------------------------
 
 
-_TOPICS: Mapping[bytes, str] = {topic(name): name for name in EVENT_NAMES}
+_EVENTS = ActorEvents(COMPUTE_MARKET, EVENT_NAMES, "compute market")
 
 
 def event_topic(name: str) -> bytes:
     """Topic 0 of the event ``name`` (SHA3-256 of the name)."""
-    if name not in EVENT_NAMES:
-        raise MarketError(f"the compute market has no event {name!r}")
-    return topic(name)
+    return _EVENTS.topic(name)
 
 
 def decode_event(event_json: Mapping[str, Any]) -> tuple[str, Value] | None:
     """The name and decoded data of a compute-market event or log on the wire (``address``,
     ``topics``, ``data`` in hex); None if another account emitted it or its topic 0 names no
     event of the actor; :class:`MarketError` if it is malformed."""
-    if event_json.get("address") != str(COMPUTE_MARKET):
-        return None
-    topics, data = event_json.get("topics"), event_json.get("data")
-    if not isinstance(topics, list) or not topics or not isinstance(data, str):
-        raise MarketError("a compute market event has topics and data")
-    try:
-        name = _TOPICS.get(bytes.fromhex(str(topics[0])))
-        raw = bytes.fromhex(data)
-    except ValueError:
-        raise MarketError("a compute market event's topics and data are hex") from None
-    if name is None:
-        return None
-    return name, _decoded(raw, f"the data of {name}")
+    return _EVENTS.decode(event_json)

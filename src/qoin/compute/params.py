@@ -8,12 +8,11 @@ stateless re-execution reads the very same values from its witness.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from qoin.encoding.codec import Reader, Writer
 from qoin.errors import QoinError
-from qoin.storage.params import PPM
+from qoin.storage.params import PPM, MarketParams, int_fields, int_fields_from_json
 
 PARAMS_KEY = b"params"
 """The key of the parameters in the actor's storage."""
@@ -34,8 +33,11 @@ class ComputeParamsError(QoinError):
 
 
 @dataclass(frozen=True)
-class ComputeParams:
+class ComputeParams(MarketParams):
     """The compute market's parameters (the table of docs/spec/compute.md §1)."""
+
+    ERROR = ComputeParamsError
+    LABEL = "compute market"
 
     block_ms: int = 5_000
     """Milliseconds per block assumed when a job's timeout becomes blocks: below the target block
@@ -64,14 +66,9 @@ class ComputeParams:
     mediator_slash_ppm: int = 100_000
     """Share of a mediator's stake slashed (burnt) when its verdict does not come in time."""
 
-    def __post_init__(self) -> None:
-        problem = self.problem()
-        if problem is not None:
-            raise ComputeParamsError(f"compute market parameters: {problem}")
-
-    def problem(self) -> str | None:
-        """What is out of bounds, or None."""
-        checks = (
+    def checks(self) -> tuple[tuple[bool, str], ...]:
+        """Every bound as ``(holds, what it is)``."""
+        return (
             (1 <= self.block_ms <= MAX_BLOCK_MS, f"block_ms is 1 to {MAX_BLOCK_MS}"),
             (
                 0 <= self.staging_blocks <= MAX_PHASE_BLOCKS,
@@ -106,25 +103,6 @@ class ComputeParams:
             ),
             (0 <= self.mediator_slash_ppm <= PPM, f"mediator_slash_ppm is 0 to {PPM}"),
         )
-        for ok, reason in checks:
-            if not ok:
-                return reason
-        return None
-
-    def encode(self) -> bytes:
-        """Every field as a varint, in declaration order."""
-        writer = Writer()
-        for value in astuple_ints(self):
-            writer.varint(value)
-        return writer.bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> ComputeParams:
-        """Inverse of :meth:`encode` (canonical; :class:`ComputeParamsError` if out of bounds)."""
-        reader = Reader(data)
-        values = [reader.varint() for _ in fields(cls)]
-        reader.finish()
-        return cls(*values)
 
     def run_blocks(self, timeout: int) -> int:
         """A job's run budget in blocks: ``ceil(timeout * 1000 / block_ms) + staging_blocks``."""
@@ -137,7 +115,7 @@ class ComputeParams:
 
 def astuple_ints(params: ComputeParams) -> tuple[int, ...]:
     """The parameters' values in declaration order."""
-    return tuple(getattr(params, f.name) for f in fields(params))
+    return int_fields(params)
 
 
 MAINNET = ComputeParams()
@@ -165,15 +143,4 @@ def to_json(params: ComputeParams) -> dict[str, int]:
 def from_json(obj: Any) -> ComputeParams:
     """Parse a ``"compute_market"`` object: known integer fields only; missing ones take the
     mainnet value. :class:`ComputeParamsError` on anything else."""
-    if not isinstance(obj, dict):
-        raise ComputeParamsError("compute_market must be an object")
-    names = {f.name for f in fields(ComputeParams)}
-    unknown = sorted(set(obj) - names)
-    if unknown:
-        raise ComputeParamsError(f"compute_market: unknown field {unknown[0]!r}")
-    values: dict[str, int] = {}
-    for key, value in obj.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ComputeParamsError(f"compute_market.{key} must be an integer")
-        values[key] = value
-    return ComputeParams(**values)
+    return int_fields_from_json(obj, ComputeParams, "compute_market", ComputeParamsError)

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from qoin.actors.base import topic
 from qoin.actors.storage_market import (
     EVENT_NAMES,
     GIB,
-    MAX_PAGE,
-    ZERO_ADDRESS,
     ShardState,
     Totals,
     acceptance_message,
@@ -27,14 +24,11 @@ from qoin.actors.storage_market import (
 )
 from qoin.crypto.address import Address
 from qoin.crypto.hashing import HASH_SIZE, tagged_hash
-from qoin.crypto.hybrid import HybridPublicKey
-from qoin.encoding.codec import DecodeError
-from qoin.errors import QoinError
-from qoin.execution.abi import Value, decode_value
+from qoin.execution.abi import Value
 from qoin.execution.account import STORAGE_MARKET_ADDRESS
-from qoin.rpc.client import RpcClient
+from qoin.rpc import actorview
+from qoin.rpc.actorview import ActorEvents, ActorView, MarketError, ViewRecords
 from qoin.storage.params import StorageParams, StorageParamsError
-from qoin.wallet import CallReverted, query
 
 STORAGE_MARKET = STORAGE_MARKET_ADDRESS
 """Where the actor lives."""
@@ -65,10 +59,6 @@ __all__ = [
 ]
 
 
-class MarketError(QoinError):
-    """An answer of the actor (a view or an event) that does not have the documented shape."""
-
-
 def upload_message(chain_id: int, deal_id: int, shard: int, root: bytes) -> bytes:
     """The message a client signs to upload shard ``shard`` of deal ``deal_id`` to its provider:
     ``tagged_hash("QOIN/storage/upload/v1", chain_id (8) || deal (8) || shard (1) || root)``."""
@@ -84,40 +74,12 @@ def upload_message(chain_id: int, deal_id: int, shard: int, root: bytes) -> byte
 # -- strict field readers ---------------------------------------------------------------------
 
 
-def _uint(value: Value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MarketError(f"{what} must be a uint, got {type(value).__name__}")
-    return value
-
-
-def _bytes(value: Value, what: str, size: int | None = None) -> bytes:
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise MarketError(f"{what} must be {size or 'some'} bytes")
-    return value
-
-
-def _address(value: Value, what: str) -> Address:
-    if not isinstance(value, Address):
-        raise MarketError(f"{what} must be an address, got {type(value).__name__}")
-    return value
-
-
-def _optional_address(value: Value, what: str) -> Address | None:
-    address = _address(value, what)
-    return None if address == ZERO_ADDRESS else address
-
-
-def _list(value: Value, what: str, length: int | None = None) -> tuple[Value, ...]:
-    if not isinstance(value, tuple) or (length is not None and len(value) != length):
-        raise MarketError(f"{what} must be a list of {length or 'some'} values")
-    return value
-
-
-def _decoded(data: bytes, what: str) -> Value:
-    try:
-        return decode_value(data)
-    except DecodeError as exc:
-        raise MarketError(f"{what} is not one ABI value: {exc}") from None
+_uint = actorview.uint
+_bytes = actorview.raw_bytes
+_address = actorview.address
+_optional_address = actorview.optional_address
+_list = actorview.value_list
+_decoded = actorview.decoded
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -332,15 +294,14 @@ class DealInfo:
 
 def totals_from_value(value: Value) -> Totals:
     """The view ``totals``' ``list(escrow, collateral, bonus, burned)``."""
-    fields = _list(value, "totals", 4)
-    return Totals(*(_uint(f, "a total") for f in fields))
+    return Totals(*actorview.uints(value, "totals", 4, "a total"))
 
 
 def params_from_value(value: Value) -> StorageParams:
     """The view ``params``' list of the ten parameters."""
-    fields = _list(value, "params", 10)
+    values = actorview.uints(value, "params", 10, "a parameter")
     try:
-        return StorageParams(*(_uint(f, "a parameter") for f in fields))
+        return StorageParams(*values)
     except StorageParamsError as exc:
         raise MarketError(str(exc)) from None
 
@@ -348,80 +309,20 @@ def params_from_value(value: Value) -> StorageParams:
 # -- views ------------------------------------------------------------------------------------
 
 
-class MarketView:
-    """The actor's views, read-only through ``qoin_call`` on a node's user RPC. Views that name a
-    missing record answer None; a node that cannot be asked raises
-    :class:`~qoin.wallet.WalletError`; a malformed answer :class:`MarketError`."""
+class MarketView(ActorView[StorageParams, AskInfo, BidInfo, DealInfo, Totals]):
+    """The storage market's views through ``qoin_call`` (those of every market are
+    :class:`~qoin.rpc.actorview.ActorView`'s), with ``deal_of`` and ``get_beacon``: a missing
+    record answers None, a malformed answer is a :class:`MarketError`."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.client = RpcClient(url, timeout=timeout)
-        """The node's user RPC."""
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.client.close()
-
-    def __enter__(self) -> MarketView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _value(self, method: str, args: Sequence[Value] = ()) -> Value:
-        return _decoded(query(self.client, STORAGE_MARKET, method, args), method)
-
-    def _found(self, method: str, args: Sequence[Value]) -> Value | None:
-        try:
-            return self._value(method, args)
-        except CallReverted as exc:
-            if exc.status == "reverted":
-                return None
-            raise
-
-    def params(self) -> StorageParams:
-        """The market's parameters."""
-        return params_from_value(self._value("params"))
-
-    def get_ask(self, provider: Address) -> AskInfo | None:
-        """A provider's ask (active or cancelled), or None."""
-        found = self._found("get_ask", [provider])
-        return None if found is None else AskInfo.from_value(found)
-
-    def get_key(self, provider: Address) -> HybridPublicKey | None:
-        """The hybrid public key of a provider's ask, or None."""
-        found = self._found("get_key", [provider])
-        if found is None:
-            return None
-        try:
-            return HybridPublicKey.decode(_bytes(found, "a public key"))
-        except DecodeError as exc:
-            raise MarketError(f"the public key of {provider} does not decode: {exc}") from None
-
-    def asks(self) -> list[AskInfo]:
-        """Every active ask, in posting order (all pages)."""
-        found: list[AskInfo] = []
-        start = 0
-        while True:
-            page = _list(self._value("asks", [start, MAX_PAGE]), "an asks page", 2)
-            next_start = _uint(page[0], "next_start")
-            found.extend(AskInfo.from_value(a) for a in _list(page[1], "asks"))
-            if len(found) > MAX_ASKS:
-                raise MarketError(f"more than {MAX_ASKS} asks")
-            if next_start == 0:
-                return found
-            if next_start <= start:
-                raise MarketError(f"asks page from {start} answered next_start {next_start}")
-            start = next_start
-
-    def get_bid(self, bid_id: int) -> BidInfo | None:
-        """An open bid, or None."""
-        found = self._found("get_bid", [bid_id])
-        return None if found is None else BidInfo.from_value(bid_id, found)
-
-    def get_deal(self, deal_id: int) -> DealInfo | None:
-        """An open deal, or None."""
-        found = self._found("get_deal", [deal_id])
-        return None if found is None else DealInfo.from_value(deal_id, found)
+    ACTOR: ClassVar[Address] = STORAGE_MARKET
+    records = ViewRecords(
+        params=params_from_value,
+        ask=AskInfo.from_value,
+        bid=BidInfo.from_value,
+        deal=DealInfo.from_value,
+        totals=totals_from_value,
+    )
+    MAX_LISTED: ClassVar[int] = MAX_ASKS
 
     def deal_of(self, cid: bytes) -> int | None:
         """The open deal storing ``cid``, or None."""
@@ -433,10 +334,6 @@ class MarketView:
         found = self._found("get_beacon", [period])
         return None if found is None else _bytes(found, "a beacon", HASH_SIZE)
 
-    def totals(self) -> Totals:
-        """Shor the actor holds, by purpose."""
-        return totals_from_value(self._value("totals"))
-
 
 # -- proofs and events --------------------------------------------------------------------------
 
@@ -446,30 +343,16 @@ def proof_item(deal: int, shard: int, leaves: Sequence[bytes], paths: bytes) -> 
     return (deal, shard, tuple(leaves), paths)
 
 
-_TOPICS: Mapping[bytes, str] = {topic(name): name for name in EVENT_NAMES}
+_EVENTS = ActorEvents(STORAGE_MARKET, EVENT_NAMES, "storage market")
 
 
 def event_topic(name: str) -> bytes:
     """Topic 0 of the event ``name`` (SHA3-256 of the name)."""
-    if name not in EVENT_NAMES:
-        raise MarketError(f"the storage market has no event {name!r}")
-    return topic(name)
+    return _EVENTS.topic(name)
 
 
 def decode_event(event_json: Mapping[str, Any]) -> tuple[str, Value] | None:
     """The name and decoded data of a storage-market event or log on the wire (``address``,
     ``topics``, ``data`` in hex); None if another account emitted it or its topic 0 names no
     event of the actor; :class:`MarketError` if it is malformed."""
-    if event_json.get("address") != str(STORAGE_MARKET):
-        return None
-    topics, data = event_json.get("topics"), event_json.get("data")
-    if not isinstance(topics, list) or not topics or not isinstance(data, str):
-        raise MarketError("a storage market event has topics and data")
-    try:
-        name = _TOPICS.get(bytes.fromhex(str(topics[0])))
-        raw = bytes.fromhex(data)
-    except ValueError:
-        raise MarketError("a storage market event's topics and data are hex") from None
-    if name is None:
-        return None
-    return name, _decoded(raw, f"the data of {name}")
+    return _EVENTS.decode(event_json)

@@ -9,10 +9,13 @@ re-execution reads the very same values from its witness.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from qoin.encoding.codec import Reader, Writer
 from qoin.errors import QoinError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PARAMS_KEY = b"params"
 """The key of the parameters in the actor's storage."""
@@ -27,14 +30,108 @@ MAX_PERIOD = 1 << 20
 MAX_BID_BLOCKS = 1 << 24
 MAX_DURATION = 1 << 24
 
+R = TypeVar("R", bound="DataclassInstance")
+
+
+# -- records of integer fields (the markets' parameters, and the market actors' totals) --------
+
+
+def int_fields(record: DataclassInstance) -> tuple[int, ...]:
+    """The values of a dataclass of integer fields, in declaration order."""
+    return tuple(getattr(record, f.name) for f in fields(record))
+
+
+def encode_int_fields(record: DataclassInstance) -> bytes:
+    """Every field as a varint, in declaration order."""
+    writer = Writer()
+    for value in int_fields(record):
+        writer.varint(value)
+    return writer.bytes()
+
+
+def decode_int_fields(cls: type[R], data: bytes) -> R:
+    """Inverse of :func:`encode_int_fields` (canonical; whatever ``cls`` raises if a value is out
+    of its bounds)."""
+    reader = Reader(data)
+    values = [reader.varint() for _ in fields(cls)]
+    reader.finish()
+    return cls(*values)
+
+
+def int_fields_from_json(obj: Any, cls: type[R], section: str, error: type[QoinError]) -> R:
+    """Parse the genesis object ``section`` into ``cls``: known integer fields only; missing ones
+    take their default. ``error`` on anything else (and whatever ``cls`` raises)."""
+    if not isinstance(obj, dict):
+        raise error(f"{section} must be an object")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(obj) - names)
+    if unknown:
+        raise error(f"{section}: unknown field {unknown[0]!r}")
+    values: dict[str, int] = {}
+    for key, value in obj.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error(f"{section}.{key} must be an integer")
+        values[key] = value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class VarintRecord:
+    """A record whose fields are all integers, stored as one varint each in declaration order
+    (subclasses are frozen dataclasses of ``int`` fields)."""
+
+    def values(self) -> tuple[int, ...]:
+        """The fields' values in declaration order."""
+        return int_fields(self)
+
+    def encode(self) -> bytes:
+        """Every field as a varint, in declaration order."""
+        return encode_int_fields(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Inverse of :meth:`encode` (canonical; whatever the class raises for a value out of its
+        bounds)."""
+        return decode_int_fields(cls, data)
+
+
+@dataclass(frozen=True)
+class MarketParams(VarintRecord):
+    """A market's genesis parameters: a record of integer fields, checked against their bounds
+    when made."""
+
+    ERROR = QoinError
+    """What a value out of bounds raises."""
+    LABEL = "market"
+    """Names the market in that error."""
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise self.ERROR(f"{self.LABEL} parameters: {problem}")
+
+    def checks(self) -> tuple[tuple[bool, str], ...]:
+        """Every bound as ``(holds, what it is)``."""
+        return ()
+
+    def problem(self) -> str | None:
+        """What is out of bounds, or None."""
+        for ok, reason in self.checks():
+            if not ok:
+                return reason
+        return None
+
 
 class StorageParamsError(QoinError):
     """Storage market parameters out of their bounds."""
 
 
 @dataclass(frozen=True)
-class StorageParams:
+class StorageParams(MarketParams):
     """The storage market's parameters (the table of docs/spec/storage.md §1)."""
+
+    ERROR = StorageParamsError
+    LABEL = "storage market"
 
     period: int = 360
     """Blocks per proving period P."""
@@ -57,14 +154,9 @@ class StorageParams:
     max_duration: int = 87_600
     """The longest deal, in periods."""
 
-    def __post_init__(self) -> None:
-        problem = self.problem()
-        if problem is not None:
-            raise StorageParamsError(f"storage market parameters: {problem}")
-
-    def problem(self) -> str | None:
-        """What is out of bounds, or None."""
-        checks = (
+    def checks(self) -> tuple[tuple[bool, str], ...]:
+        """Every bound as ``(holds, what it is)``."""
+        return (
             (2 <= self.period <= MAX_PERIOD, f"period is 2 to {MAX_PERIOD} blocks"),
             (1 <= self.window < self.period, "window is 1 to period - 1 blocks"),
             (1 <= self.samples <= MAX_SAMPLES, f"samples is 1 to {MAX_SAMPLES}"),
@@ -83,25 +175,6 @@ class StorageParams:
             ),
             (1 <= self.max_duration <= MAX_DURATION, f"max_duration is 1 to {MAX_DURATION}"),
         )
-        for ok, reason in checks:
-            if not ok:
-                return reason
-        return None
-
-    def encode(self) -> bytes:
-        """Every field as a varint, in declaration order."""
-        writer = Writer()
-        for value in astuple_ints(self):
-            writer.varint(value)
-        return writer.bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> StorageParams:
-        """Inverse of :meth:`encode` (canonical; :class:`StorageParamsError` if out of bounds)."""
-        reader = Reader(data)
-        values = [reader.varint() for _ in fields(cls)]
-        reader.finish()
-        return cls(*values)
 
     def period_of(self, height: int) -> int:
         """The period holding ``height``."""
@@ -122,7 +195,7 @@ class StorageParams:
 
 def astuple_ints(params: StorageParams) -> tuple[int, ...]:
     """The parameters' values in declaration order."""
-    return tuple(getattr(params, f.name) for f in fields(params))
+    return int_fields(params)
 
 
 MAINNET = StorageParams()
@@ -139,15 +212,4 @@ def to_json(params: StorageParams) -> dict[str, int]:
 def from_json(obj: Any) -> StorageParams:
     """Parse a ``"storage_market"`` object: known integer fields only; missing ones take the
     mainnet value. :class:`StorageParamsError` on anything else."""
-    if not isinstance(obj, dict):
-        raise StorageParamsError("storage_market must be an object")
-    names = {f.name for f in fields(StorageParams)}
-    unknown = sorted(set(obj) - names)
-    if unknown:
-        raise StorageParamsError(f"storage_market: unknown field {unknown[0]!r}")
-    values: dict[str, int] = {}
-    for key, value in obj.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise StorageParamsError(f"storage_market.{key} must be an integer")
-        values[key] = value
-    return StorageParams(**values)
+    return int_fields_from_json(obj, StorageParams, "storage_market", StorageParamsError)
