@@ -13,6 +13,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 		|| { echo "Python >= 3.11 is required"; exit 1; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
 		command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq python3-venv; }
+	@# bubblewrap: the compute market's default executor (sandbox); without it that executor is
+	@# unavailable (the provider says so), nothing else changes.
+	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq \
+		&& apt-get install -y -qq bubblewrap; } \
+		|| echo "bubblewrap is not installed: the sandbox executor will be unavailable"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -24,7 +29,7 @@ bootstrap: $(STAMP)
 # 3 storage providers; DIR/devnet.json says where everything runs and which keystore to use)
 # with a live view; Ctrl-C stops every process. Options: `qoin devnet --help`, README.md.
 devnet: $(STAMP)
-	$(BIN)/qoin devnet --storage-providers 3
+	$(BIN)/qoin devnet --storage-providers 3 --compute-providers 2 --mediators 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,607 @@
+"""The ``sandbox`` executor (the default): the job's command in a bubblewrap sandbox on the
+provider's own read-only system (docs/spec/compute.md §4.2).
+
+The sandbox:
+
+* every namespace unshared (user, mount, pid, ipc, uts, cgroup and, unless ``spec.network``,
+  network: a network namespace with only a loopback of its own), nested user namespaces
+  disabled, ``--die-with-parent`` and ``--new-session`` (no terminal to inject into);
+* the system read-only: ``/usr`` and the ``/bin``, ``/sbin``, ``/lib*`` links or directories;
+  of ``/etc`` only what programs need to start (the loader's cache, ``nsswitch.conf``,
+  ``localtime``, Debian's ``alternatives``; with the network the resolver files and
+  certificates) and a ``passwd``/``group`` of two lines; nothing of the provider's home, data
+  directory or keystore (``/root``, ``/home``, ``/tmp``, ``/var``, ``/run`` are not there);
+  the root itself read-only;
+* writable: ``/work`` (a tmpfs of at most ``spec.resources.memory`` bytes, counted against the
+  job's memory, also its working directory), ``/outputs`` (the job's outputs directory on the
+  provider) and ``/dev/shm`` (a tmpfs, counted against memory too); the inputs read-only at their
+  paths; ``/proc`` of its own pid namespace and a minimal ``/dev``;
+* a non-root user inside (uid/gid 65534) with no capabilities; when the provider runs as root,
+  bubblewrap itself runs as that unprivileged user too (so a process that escaped every
+  namespace would still be ``nobody``, and ``RLIMIT_NPROC``, which the kernel never enforces
+  for root, works);
+* a seccomp filter (:mod:`qoin.compute.executors.seccomp`).
+
+Limits: a control group (:mod:`qoin.compute.executors.cgroups`) bounds memory (no swap),
+processes and threads (:attr:`HostLimits.max_processes`) and CPU (a quota of
+``spec.resources.cpus`` CPUs), measures CPU time and is how the job is killed whole; without
+cgroups, rlimits do (``RLIMIT_AS``, ``RLIMIT_NPROC``). Always: ``RLIMIT_FSIZE`` (no file over
+``max(outputs.max_bytes, memory) + 1`` bytes), ``RLIMIT_NOFILE``, ``RLIMIT_CPU``
+(``cpus * timeout``), no core files; ``/outputs`` walked every 100 ms against
+``outputs.max_bytes``/``max_files``; stdout + stderr against ``outputs.max_log_bytes``; the wall
+timeout. A job that breaks one ends with its :class:`StopReason`: an out-of-memory kill in the
+group is ``memory``, a fork refused at the process limit ``processes``.
+
+Start overhead: the set-up before the spawn (control group, file descriptors) is measured per
+run; bubblewrap's own launch (namespaces, mounts, filter) cannot be seen from outside, so it is
+measured once, by the quickest of three trivial jobs ``true`` that
+:meth:`SandboxExecutor.problem` runs to check the sandbox works, and counted as start rather
+than run time for every job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qoin.compute.executors import cgroups, seccomp
+from qoin.compute.executors.base import (
+    JOB_PATH,
+    READER_JOIN_S,
+    DiskWatch,
+    ExecutorError,
+    HostLimits,
+    JobDirs,
+    LogMeter,
+    OnOutput,
+    Probe,
+    RunResult,
+    StopReason,
+    check_dirs,
+    exit_detail,
+    failed,
+    final_reason,
+    job_env,
+    supervise,
+)
+from qoin.compute.jobspec import Executor, JobSpec
+from qoin.process import lifeline, on_lasting_thread
+
+JOB_UID = 65534
+"""The user (and group) a job runs as, inside and (when the provider is root) outside."""
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""Mounted read-only (a symbolic link is recreated as one)."""
+ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "localtime", "alternatives")
+"""Of ``/etc``, what programs need to start."""
+ETC_NETWORK = ("resolv.conf", "hosts", "host.conf", "gai.conf", "ssl", "ca-certificates", "pki")
+"""Of ``/etc``, what a job with the network needs as well."""
+PASSWD = (
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    f"nobody:x:{JOB_UID}:{JOB_UID}:nobody:/work:/usr/sbin/nologin\n"
+)
+GROUP = f"root:x:0:\nnogroup:x:{JOB_UID}:\n"
+HOSTNAME = "qoin-job"
+SHM = "/dev/shm"  # noqa: S108 (the sandbox's own, a tmpfs counted against the job's memory)
+SANDBOX_PIDS = 2
+"""Processes of bubblewrap's own in the job's control group (its monitor and the pid 1)."""
+KILL_WAIT_S = 5.0
+"""How long a killed sandbox may take to end before its monitor is killed too."""
+KILL_PAUSE_S = 0.005
+PROBE_TIMEOUT = 30
+PROBES = 3
+"""Trivial jobs run to check the sandbox and measure its launch (the quickest counts)."""
+STATUS_LIMIT = 64 * 1024
+STAGE = Path("/run/qoin-sandbox")
+"""Where, when the provider is root, the job's directories appear to bubblewrap (see
+:func:`_stage`): a root-owned empty directory with a private tmpfs on it in the sandbox's own
+mount namespace only."""
+CLONE_NEWNS = 0x00020000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True)
+
+
+_LIBC = _load_libc()  # loaded here: nothing is loaded between fork and exec
+
+
+@dataclass
+class _Launch:
+    """One spawned sandbox and what the provider holds of it."""
+
+    proc: subprocess.Popen[bytes]
+    status_fd: int
+    readers: list[threading.Thread]
+    spawned_at: float
+
+
+class SandboxExecutor:
+    """Runs jobs with bubblewrap (see the module docstring)."""
+
+    kind = Executor.SANDBOX
+
+    def __init__(
+        self,
+        limits: HostLimits | None = None,
+        *,
+        bwrap: str = "bwrap",
+        use_cgroups: bool = True,
+    ) -> None:
+        self.limits = limits or HostLimits()
+        self.bwrap = bwrap
+        self.use_cgroups = use_cgroups
+        self._lock = threading.Lock()
+        self._checked = False
+        self._problem: str | None = None
+        self.launch_seconds = 0.0
+        """bubblewrap's launch time, measured by :meth:`problem`'s trivial jobs."""
+        self._filter = b""
+
+    # -- availability -----------------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """Why the sandbox cannot run here (checked once: bubblewrap installed, a seccomp filter
+        for this architecture, and a trivial job ``true`` that runs and exits 0)."""
+        with self._lock:
+            if not self._checked:
+                self._problem = self._check()
+                self._checked = True
+            return self._problem
+
+    def _check(self) -> str | None:
+        if not sys.platform.startswith("linux"):
+            return "the sandbox needs Linux (bubblewrap, namespaces, cgroups)"
+        found = shutil.which(self.bwrap)
+        if found is None:
+            return "bubblewrap is not installed (apt-get install bubblewrap)"
+        self.bwrap = found
+        try:
+            self._filter = seccomp.program()
+        except seccomp.SeccompError as exc:
+            return str(exc)
+        launches = []
+        for _ in range(PROBES):
+            result, total, said = self._probe()
+            if result.reason is not StopReason.EXITED or result.exit_code != 0:
+                return f"bubblewrap cannot make a sandbox here ({result.detail}): {said}"
+            launches.append(total)
+        self.launch_seconds = min(launches)
+        return None
+
+    def _probe(self) -> tuple[RunResult, float, str]:
+        """Run ``true`` in a sandbox: its result, its time from spawn to end, its output."""
+        with tempfile.TemporaryDirectory(prefix="qoin-sandbox-probe-") as tmp:
+            root = Path(tmp)
+            dirs = JobDirs(root, (), root / "work", root / "outputs")
+            dirs.work.mkdir()
+            dirs.outputs.mkdir()
+            spec = JobSpec(command=("true",), timeout=PROBE_TIMEOUT)
+            said: list[bytes] = []
+            result, total = self._execute(
+                spec, dirs, lambda _stream, chunk: said.append(chunk), threading.Event()
+            )
+        return result, total, b"".join(said).decode("utf-8", "replace").strip()[-300:]
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(
+        self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
+    ) -> RunResult:
+        """Run ``spec`` in a sandbox (never raises for what the job does)."""
+        check_dirs(spec, dirs, self.kind)
+        problem = self.problem()
+        if problem is not None:
+            return failed(problem)
+        result, total = self._execute(spec, dirs, on_output, cancel)
+        if result.reason is StopReason.FAILED:
+            return result
+        launch = min(self.launch_seconds, total)
+        return RunResult(
+            result.reason,
+            result.exit_code,
+            result.detail,
+            result.cpu_seconds,
+            max(total - launch, 0.0),
+            result.start_seconds + launch,
+            log_bytes=result.log_bytes,
+        )
+
+    def _execute(
+        self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
+    ) -> tuple[RunResult, float]:
+        """Run ``spec``; its result (start: the set-up before the spawn; wall: spawn to end)
+        and the time from the spawn to the end."""
+        began = time.monotonic()
+        as_user = _prepare_dirs(dirs)
+        group = self._cgroup(spec)
+        enforced = group.enforced if group is not None else frozenset()
+        meter = LogMeter(on_output, spec.outputs.max_log_bytes)
+        disk = DiskWatch(dirs.outputs, spec.outputs.max_bytes, spec.outputs.max_files)
+        try:
+            try:
+                launch = self._spawn(spec, dirs, group, as_user, meter)
+            except OSError as exc:
+                return failed(f"the sandbox could not be started: {exc}"), 0.0
+            set_up = launch.spawned_at - began
+            deadline = launch.spawned_at + self.launch_seconds + spec.timeout
+            probes = self._probes(spec, group, enforced)
+            pid = launch.proc.pid
+            stopped = supervise(
+                lambda: _exited(pid), deadline, spec.timeout, cancel, meter, disk, probes
+            )
+            if stopped is not None:
+                _kill(launch.proc, group)
+            code, rusage_cpu = _reap(launch.proc)
+            ended = time.monotonic()
+            if group is not None:
+                group.kill()
+            for reader in launch.readers:
+                reader.join(READER_JOIN_S)
+            measured = group.cpu_seconds() if group is not None else None
+            cpu = measured if measured is not None else rusage_cpu
+            started = _job_started(launch.status_fd)
+            total = ended - launch.spawned_at
+            if stopped is None and not started:
+                said = meter.stderr_tail.decode("utf-8", "replace").strip()
+                detail = f"the sandbox could not start the job ({exit_detail(code)}): {said}"
+                return failed(detail, set_up), total
+            reason, detail = final_reason(stopped, code, meter, disk, probes)
+            exit_code = code if reason is StopReason.EXITED else None
+            result = RunResult(reason, exit_code, detail, cpu, total, set_up, log_bytes=meter.total)
+            return result, total
+        finally:
+            if group is not None:
+                group.close()
+
+    def _cgroup(self, spec: JobSpec) -> cgroups.JobCgroup | None:
+        if not self.use_cgroups:
+            return None
+        limits = cgroups.CgroupLimits(
+            memory=spec.resources.memory,
+            pids=self.limits.max_processes + SANDBOX_PIDS,
+            cpus=spec.resources.cpus,
+        )
+        return cgroups.JobCgroup.create(limits)
+
+    def _probes(
+        self, spec: JobSpec, group: cgroups.JobCgroup | None, enforced: frozenset[str]
+    ) -> tuple[Probe, ...]:
+        if group is None:
+            return ()
+        memory, processes = spec.resources.memory, self.limits.max_processes
+
+        def oom() -> tuple[StopReason, str] | None:
+            if "memory" in enforced and group.oom_kills() > 0:
+                return (
+                    StopReason.MEMORY,
+                    f"memory limit of {memory} bytes reached (out-of-memory kill)",
+                )
+            return None
+
+        def pids() -> tuple[StopReason, str] | None:
+            if "pids" in enforced and group.pids_limit_hits() > 0:
+                return (
+                    StopReason.PROCESSES,
+                    f"process limit of {processes} processes and threads reached",
+                )
+            return None
+
+        return (oom, pids)
+
+    def _spawn(
+        self,
+        spec: JobSpec,
+        dirs: JobDirs,
+        group: cgroups.JobCgroup | None,
+        as_user: bool,
+        meter: LogMeter,
+    ) -> _Launch:
+        parent_fds: list[int] = []  # closed here once the child has them
+        keep: list[int] = []  # ours after the spawn
+        try:
+            args, passed = self._args(spec, dirs, parent_fds, as_user)
+            status_read, status_write = os.pipe()
+            keep.append(status_read)
+            parent_fds.append(status_write)
+            passed.append(status_write)
+            args[1:1] = ["--json-status-fd", str(status_write)]
+            out_read, out_write = os.pipe()
+            keep.append(out_read)
+            parent_fds.append(out_write)
+            err_read, err_write = os.pipe()
+            keep.append(err_read)
+            parent_fds.append(err_write)
+            join_fds = group.procs_fds() if group is not None else []
+            parent_fds.extend(join_fds)
+            rlimits = self._rlimits(spec, group)
+            staged = _staged(dirs) if as_user else None
+            setup = _child_setup(os.getpid(), join_fds, rlimits, staged)
+
+            def spawn() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(  # noqa: S603 (bubblewrap with arguments of ours)
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_write,
+                    stderr=err_write,
+                    pass_fds=passed,
+                    env={"PATH": JOB_PATH},  # the job's own is set inside (--setenv)
+                    start_new_session=True,
+                    preexec_fn=setup,  # noqa: PLW1509 (C calls only, no lock taken)
+                )
+
+            proc = on_lasting_thread(spawn)
+            spawned = time.monotonic()
+        except BaseException:
+            for fd in keep:
+                os.close(fd)
+            raise
+        finally:
+            for fd in parent_fds:
+                os.close(fd)
+        readers = [meter.pump(out_read, "stdout"), meter.pump(err_read, "stderr")]
+        return _Launch(proc, status_read, readers, spawned)
+
+    def _args(
+        self, spec: JobSpec, dirs: JobDirs, opened: list[int], staged: bool
+    ) -> tuple[list[str], list[int]]:
+        """bubblewrap's arguments and the descriptors they name (appended to ``opened``);
+        ``staged``: the job's directories are seen at their :func:`_staged` places."""
+        passed: list[int] = []
+        places = dict(_staged(dirs).binds) if staged else {}
+
+        def source(path: Path) -> str:
+            return str(places.get(str(path), path))
+
+        def data(text: bytes) -> str:
+            read, write = os.pipe()
+            opened.append(read)
+            passed.append(read)
+            try:
+                os.write(write, text)
+            finally:
+                os.close(write)
+            return str(read)
+
+        memory = str(spec.resources.memory)
+        args = [self.bwrap, "--unshare-all", "--unshare-user"]
+        if spec.network:
+            args.append("--share-net")
+        args += ["--disable-userns", "--die-with-parent", "--new-session"]
+        args += ["--uid", str(JOB_UID), "--gid", str(JOB_UID), "--hostname", HOSTNAME]
+        args += ["--cap-drop", "ALL"]
+        for top in SYSTEM_DIRS:
+            path = Path(top)
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), top]
+            elif path.is_dir():
+                args += ["--ro-bind", top, top]
+        for name in ETC + (ETC_NETWORK if spec.network else ()):
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--ro-bind-data", data(PASSWD.encode()), "/etc/passwd"]
+        args += ["--ro-bind-data", data(GROUP.encode()), "/etc/group"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--size", memory, "--tmpfs", SHM, "--remount-ro", "/dev"]
+        args += ["--size", memory, "--tmpfs", "/work"]
+        args += ["--bind", source(dirs.outputs), "/outputs"]
+        for host, inside in sorted(dirs.inputs, key=lambda item: (item[1].count("/"), item[1])):
+            args += ["--ro-bind", source(host), inside]
+        args += ["--remount-ro", "/", "--chdir", "/work", "--clearenv"]
+        for name, value in job_env(spec).items():
+            args += ["--setenv", name, value]
+        args += ["--seccomp", data(self._filter)]
+        args += ["--", *spec.command]
+        return args, passed
+
+    def _rlimits(self, spec: JobSpec, group: cgroups.JobCgroup | None) -> list[tuple[int, int]]:
+        enforced = group.enforced if group is not None else frozenset()
+        file_size = max(spec.outputs.max_bytes, spec.resources.memory) + 1
+        limits = [
+            (resource.RLIMIT_FSIZE, file_size),
+            (resource.RLIMIT_NOFILE, self.limits.max_open_files),
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_CPU, spec.resources.cpus * spec.timeout + 1),
+        ]
+        if "memory" not in enforced:
+            limits.append((resource.RLIMIT_AS, spec.resources.memory))
+        if "pids" not in enforced:
+            limits.append((resource.RLIMIT_NPROC, self.limits.max_processes + SANDBOX_PIDS))
+        return limits
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """The job's directories as bubblewrap sees them when it runs as the job's user."""
+
+    binds: tuple[tuple[str, str], ...]
+    """(host path, its place under :data:`STAGE`)."""
+    dirs: frozenset[str]
+    """The host paths of :attr:`binds` that are directories."""
+
+
+def _staged(dirs: JobDirs) -> _Staged:
+    """Where the job's outputs directory and input files appear under :data:`STAGE`."""
+    binds = [(str(dirs.outputs), f"{STAGE}/outputs")]
+    binds += [(str(host), f"{STAGE}/input-{index}") for index, (host, _) in enumerate(dirs.inputs)]
+    return _Staged(tuple(binds), frozenset({str(dirs.outputs)}))
+
+
+def _stage_dir() -> None:
+    """Make :data:`STAGE` (root-owned, mode 0755, a real directory) or refuse."""
+    with contextlib.suppress(FileExistsError):
+        STAGE.mkdir(mode=0o755, parents=True)
+    info = STAGE.lstat()
+    if not STAGE.is_dir() or STAGE.is_symlink() or info.st_uid != 0 or info.st_mode & 0o022:
+        raise ExecutorError(f"{STAGE} must be a directory owned by root, writable only by root")
+
+
+def _prepare_dirs(dirs: JobDirs) -> bool:
+    """Make ``/outputs`` writable and the inputs readable for the job's user; True if
+    bubblewrap is to run as that user (the provider runs as root)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        _stage_dir()
+        os.chown(dirs.outputs, JOB_UID, JOB_UID)
+        for host, _ in dirs.inputs:
+            mode = host.stat().st_mode
+            if mode & 0o004 == 0:
+                host.chmod(mode | 0o444)
+    except OSError as exc:
+        raise ExecutorError(f"cannot hand the job's directories to uid {JOB_UID}: {exc}") from exc
+    return True
+
+
+def _child_setup(
+    parent: int, join_fds: list[int], rlimits: list[tuple[int, int]], staged: _Staged | None
+) -> Callable[[], None]:
+    """What the child does between fork and exec: join the control group, set the rlimits;
+    when the provider is root, put the job's directories where the job's user can reach them
+    (:func:`_stage`) and become that user; then take a lifeline (SIGKILL when we die)."""
+
+    def setup() -> None:
+        cgroups.join(join_fds)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+        if staged is not None:
+            _stage(staged)
+            os.setgroups([])
+            os.setresgid(JOB_UID, JOB_UID, JOB_UID)
+            os.setresuid(JOB_UID, JOB_UID, JOB_UID)
+        lifeline(parent, signal.SIGKILL)  # after the uid change, which clears it
+
+    return setup
+
+
+def _stage(staged: _Staged) -> None:
+    """In the child, as root: a mount namespace of its own (private: nothing propagates back),
+    a small tmpfs on :data:`STAGE`, and the job's outputs directory and input files bound onto
+    it, so that bubblewrap, running as the job's user, can reach them whatever the permissions
+    of the directories above them (the provider's data directory is usually private)."""
+    if _LIBC is None:
+        raise OSError("no C library to call")
+    _call(_LIBC.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare")
+    _call(_LIBC.mount(b"none", b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "mount")
+    stage = str(STAGE).encode()
+    flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
+    _call(_LIBC.mount(b"tmpfs", stage, b"tmpfs", flags, b"mode=0755,size=65536"), "mount")
+    for host, place in staged.binds:
+        if host in staged.dirs:
+            os.mkdir(place, 0o755)
+        else:
+            os.close(os.open(place, os.O_CREAT | os.O_WRONLY, 0o444))
+        _call(
+            _LIBC.mount(host.encode(), place.encode(), None, ctypes.c_ulong(MS_BIND), None), "mount"
+        )
+
+
+def _call(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` (our child) has exited, without reaping it."""
+    try:
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return found is not None
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for the sandbox to end (SIGKILL after :data:`KILL_WAIT_S`); its exit status and the
+    CPU time of it and every process it waited for (read before it is reaped)."""
+    deadline = time.monotonic() + KILL_WAIT_S
+    while not _exited(proc.pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            break
+        time.sleep(KILL_PAUSE_S)
+    cpu = _zombie_cpu(proc.pid) if _exited(proc.pid) else 0.0
+    code = proc.wait()
+    return (128 - code if code < 0 else code), cpu
+
+
+def _zombie_cpu(pid: int) -> float:
+    """User + system time of an exited, not yet reaped process and of the children it waited
+    for (``/proc/PID/stat`` fields 14 to 17)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            raw = file.read(4096).decode("ascii", "replace")
+    except OSError:
+        return 0.0
+    fields = raw.rpartition(")")[2].split()
+    try:
+        ticks = sum(int(value) for value in fields[11:15])
+    except (ValueError, IndexError):
+        return 0.0
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _kill(proc: subprocess.Popen[bytes], group: cgroups.JobCgroup | None) -> None:
+    """Kill a sandbox: every process of its control group but bubblewrap's monitor, which then
+    reaps its pid 1 and exits; without a group, the monitor itself (its pid 1 follows, and with
+    it every process of the job's pid namespace)."""
+    if group is not None and group.kill(spare=proc.pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def _job_started(status_fd: int) -> bool:
+    """Whether bubblewrap reported the job's exit status on ``--json-status-fd`` (it does only
+    for a command it executed); closes the descriptor."""
+    chunks = []
+    try:
+        os.set_blocking(status_fd, False)
+        size = 0
+        while size < STATUS_LIMIT:
+            try:
+                chunk = os.read(status_fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return False
+    finally:
+        os.close(status_fd)
+    decoder = json.JSONDecoder()
+    text = b"".join(chunks).decode("utf-8", "replace")
+    index = 0
+    while index < len(text):
+        while index < len(text) and text[index].isspace():
+            index += 1
+        if index >= len(text):
+            break
+        try:
+            document, index = decoder.raw_decode(text, index)
+        except ValueError:
+            return False
+        if isinstance(document, dict) and "exit-code" in document:
+            return True
+    return False
