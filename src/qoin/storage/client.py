@@ -794,6 +794,16 @@ def _abandon(wallet: Wallet, bid: BidInfo, why: str) -> DealNotFormed:
     )
 
 
+def _master_key(wallet: Wallet, options: PutOptions, master: bytes | None) -> bytes | None:
+    """The master key ``put`` encrypts under: ``master`` if given, else the keystore's (None:
+    stored in clear)."""
+    if master is not None and not options.encrypt:
+        raise BadOptions("a master key was given for a file stored in clear")
+    if options.encrypt and master is None:
+        return crypt.master_key(wallet.keypair)
+    return master
+
+
 def put(
     wallet: Wallet,
     view: MarketView,
@@ -801,14 +811,17 @@ def put(
     options: PutOptions = PutOptions(),
     progress: Progress = NO_PROGRESS,
     http: httpx.Client | None = None,
+    master: bytes | None = None,
 ) -> PutResult:
     """Store ``data`` (see the module docstring): bid, gather acceptances, form the deal, upload
     the shards. :class:`NoMatchingAsks` (nothing sent), :class:`DealNotFormed` (the bid was
     cancelled, or will expire), :class:`StorageClientError` for the rest. A failed upload does
-    not raise: the deal stands and :attr:`PutResult.failed` lists it."""
+    not raise: the deal stands and :attr:`PutResult.failed` lists it. ``master``: encrypt under
+    this master key instead of the keystore's (a compute provider stores a job's outputs under
+    a key derived from the job key, docs/spec/compute.md §5); only with ``options.encrypt``."""
     params = view.params()
     check_options(options, params)
-    master = crypt.master_key(wallet.keypair) if options.encrypt else None
+    master = _master_key(wallet, options, master)
     prepared = prepare(data, options.n, options.k, params.leaf_size, master, progress)
     chosen = plan(view.asks(), options.n, prepared.shard_size, options.duration, options.max_price)
     if view.deal_of(prepared.cid) is not None:

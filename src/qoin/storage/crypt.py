@@ -58,11 +58,27 @@ def master_key(keypair: HybridKeyPair) -> bytes:
     )
 
 
-def _file_cipher(master: bytes, salt: bytes) -> ChaCha20Poly1305:
+def file_key(master: bytes, salt: bytes) -> bytes:
+    """The file key of the file whose header carries ``salt``, under ``master``. Whoever holds it
+    decrypts that one file (:func:`decrypt_with_file_key`) and nothing else: a client hands it to
+    a compute provider (docs/spec/compute.md §2) without giving away its master key."""
     if len(master) != KEY_SIZE:
         raise CryptError(f"master key has {len(master)} bytes, expected {KEY_SIZE}")
-    key = HKDF(hashes.SHA256(), KEY_SIZE, salt=salt, info=INFO_FILE).derive(master)
-    return ChaCha20Poly1305(key)
+    if len(salt) != SALT_SIZE:
+        raise CryptError(f"salt has {len(salt)} bytes, expected {SALT_SIZE}")
+    return HKDF(hashes.SHA256(), KEY_SIZE, salt=salt, info=INFO_FILE).derive(master)
+
+
+def salt_of(header: bytes) -> bytes:
+    """The salt in the header of an encrypted file (its first :data:`HEADER_SIZE` bytes or
+    more); :class:`DecryptError` if they are not such a header."""
+    if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
+        raise DecryptError("not an encrypted file: it does not start with a QOINENC1 header")
+    return bytes(header[len(MAGIC) : len(MAGIC) + SALT_SIZE])
+
+
+def _file_cipher(master: bytes, salt: bytes) -> ChaCha20Poly1305:
+    return ChaCha20Poly1305(file_key(master, salt))
 
 
 def _chunks(size: int) -> int:
@@ -101,6 +117,20 @@ def encrypt(data: bytes, master: bytes, salt: bytes | None = None) -> bytes:
 
 def decrypt(blob: bytes, master: bytes) -> bytes:
     """The plaintext of ``blob``; :class:`DecryptError` saying why it does not decrypt."""
+    _check_header(blob)
+    return _decrypt(blob, _file_cipher(master, salt_of(blob)))
+
+
+def decrypt_with_file_key(blob: bytes, key: bytes) -> bytes:
+    """The plaintext of ``blob`` decrypted with its file key (:func:`file_key`) instead of the
+    master key; :class:`DecryptError` saying why it does not decrypt."""
+    if len(key) != KEY_SIZE:
+        raise CryptError(f"file key has {len(key)} bytes, expected {KEY_SIZE}")
+    _check_header(blob)
+    return _decrypt(blob, ChaCha20Poly1305(key))
+
+
+def _check_header(blob: bytes) -> None:
     if len(blob) < HEADER_SIZE + TAG_SIZE:
         raise DecryptError(f"not an encrypted file: {len(blob)} bytes is shorter than any")
     if not blob.startswith(MAGIC):
@@ -108,8 +138,10 @@ def decrypt(blob: bytes, master: bytes) -> bytes:
     chunk_size = int.from_bytes(blob[HEADER_SIZE - 4 : HEADER_SIZE], "big")
     if chunk_size != CHUNK:
         raise DecryptError(f"bad header: chunk size {chunk_size}, expected {CHUNK}")
+
+
+def _decrypt(blob: bytes, cipher: ChaCha20Poly1305) -> bytes:
     header = bytes(blob[:HEADER_SIZE])
-    cipher = _file_cipher(master, header[len(MAGIC) : len(MAGIC) + SALT_SIZE])
     body = len(blob) - HEADER_SIZE
     sealed = CHUNK + TAG_SIZE
     count = max(1, -(-body // sealed))

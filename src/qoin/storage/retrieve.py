@@ -310,15 +310,17 @@ def download(
     stall_s: float = STALL_S,
     spill: Path | None = None,
     http: httpx.Client | None = None,
+    file_key: bytes | None = None,
 ) -> Retrieved:
     """Fetch ``content`` from all its holders at once, verified (see the module docstring), and
-    decode and decrypt it (``master``: the keystore's master key, needed for encrypted content).
-    Verified shards are spilled to anonymous files in ``spill`` (default: the system's temporary
-    directory). :class:`RetrievalError` if it cannot be had whole."""
+    decode and decrypt it (``master``: the keystore's master key, needed for encrypted content;
+    or ``file_key``, the key of this one file, see :func:`file_key_of`). Verified shards are
+    spilled to anonymous files in ``spill`` (default: the system's temporary directory).
+    :class:`RetrievalError` if it cannot be had whole."""
     problem = content.problem()
     if problem is not None:
         raise RetrievalError(f"{content.cid.hex()}: {problem}")
-    if content.encrypted and master is None:
+    if content.encrypted and master is None and file_key is None:
         raise RetrievalError(
             f"{content.cid.hex()} is encrypted: give the keystore that stored it (--key)"
         )
@@ -362,7 +364,7 @@ def download(
             sink.close()
         if own:
             _close_later(client, threads)
-    data = _decoded(content, shards, master)
+    data = _decoded(content, shards, master, file_key)
     used = tuple(source for source, _ in sorted(whole.values(), key=lambda item: item[0].index))
     return Retrieved(content, data, used, tuple(dropped))
 
@@ -402,13 +404,22 @@ def _close_later(client: httpx.Client, threads: list[threading.Thread]) -> None:
     threading.Thread(target=close, name="fetch-close", daemon=True).start()
 
 
-def _decoded(content: Content, shards: dict[int, bytes], master: bytes | None) -> bytes:
+def _decoded(
+    content: Content, shards: dict[int, bytes], master: bytes | None, file_key: bytes | None = None
+) -> bytes:
     try:
         stored = erasure.decode(shards, content.n, content.k, content.size)
     except erasure.ErasureError as exc:
         raise RetrievalError(f"the verified shards do not decode: {exc}") from None
     if not content.encrypted:
         return stored
+    if file_key is not None:
+        try:
+            return crypt.decrypt_with_file_key(stored, file_key)
+        except crypt.CryptError as exc:
+            raise RetrievalError(
+                f"{content.cid.hex()} does not decrypt with the file key given ({exc})"
+            ) from None
     if master is None:  # checked before fetching; kept for the type checker
         raise RetrievalError(f"{content.cid.hex()} is encrypted: give its keystore (--key)")
     try:
@@ -442,9 +453,76 @@ def save(
     return retrieved
 
 
-def fetch(url: str, cid: bytes, master: bytes | None = None, stall_s: float = STALL_S) -> bytes:
+def fetch(
+    url: str,
+    cid: bytes,
+    master: bytes | None = None,
+    stall_s: float = STALL_S,
+    file_key: bytes | None = None,
+    max_size: int = MAX_STORED_SIZE,
+) -> bytes:
     """The file stored under ``cid``, retrieved and verified through the node at ``url`` (its
-    user RPC) and the deal's providers; ``master`` decrypts it (encrypted content)."""
+    user RPC) and the deal's providers; ``master`` (or the file's own ``file_key``) decrypts it
+    (encrypted content). :class:`RetrievalError` if it stores more than ``max_size`` bytes."""
     with MarketView(url) as view:
         content = locate(view, cid)
-    return download(content, master, stall_s=stall_s).data
+    if content.size > max_size:
+        raise RetrievalError(
+            f"{cid.hex()} stores {content.size} bytes, more than the {max_size} expected"
+        )
+    return download(content, master, stall_s=stall_s, file_key=file_key).data
+
+
+def _first_chunk(http: httpx.Client, content: Content, source: Source, stall_s: float) -> bytes:
+    """Chunk 0 of ``source``'s shard, verified against the committed root."""
+    base = f"{endpoint_url(source.endpoint)}/v1/shards/{content.deal}/{source.index}"
+    leaf_count, leaf_size = content.leaf_count, content.leaf_size
+    count = merkle.chunk_count(leaf_count, leaf_size)
+    nodes = _get_nodes(http, base + "/nodes", count * HASH_SIZE, stall_s)
+    if not merkle.verify_chunk_nodes(content.roots[source.index], nodes, leaf_count, leaf_size):
+        raise SourceDropped("its tree nodes do not give the committed root")
+    start, end = merkle.chunk_bounds(0, leaf_count, leaf_size)
+    answer = http.get(
+        base,
+        headers={"range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"},
+        timeout=httpx.Timeout(stall_s, connect=HTTP_CONNECT_S),
+    )
+    if answer.status_code not in (200, 206):
+        raise SourceDropped(f"the range request answered HTTP {answer.status_code}")
+    _check_identity(answer)
+    data = answer.content[: end - start] if answer.status_code == 200 else answer.content
+    if not merkle.verify_chunk(nodes, 0, data, leaf_count, leaf_size):
+        raise SourceDropped("the first chunk of the shard is wrong")
+    return data
+
+
+def file_key_of(view: MarketView, cid: bytes, master: bytes, stall_s: float = STALL_S) -> bytes:
+    """The file key (:func:`qoin.storage.crypt.file_key`) of the encrypted content ``cid``
+    stored under ``master``: its salt is read from the stored header (the first chunk of shard
+    0, or of any shard when k = 1, fetched with one range request and verified against the
+    committed root). Handing out the file key lets another party (a compute provider) decrypt
+    this one file and nothing else. :class:`NotFound` if no open deal stores it,
+    :class:`RetrievalError` if it is not encrypted or no holder serves its first chunk."""
+    content = locate(view, cid)
+    if not content.encrypted:
+        raise RetrievalError(f"{cid.hex()} is not encrypted: it has no file key")
+    sources = [s for s in content.sources if s.index == 0 or content.k == 1]
+    if not sources:
+        raise RetrievalError(f"no provider serves the first shard of {cid.hex()}")
+    reasons = []
+    with httpx.Client(follow_redirects=False, timeout=stall_s) as http:
+        for source in sources:
+            try:
+                header = _first_chunk(http, content, source, stall_s)[: crypt.HEADER_SIZE]
+                return crypt.file_key(master, crypt.salt_of(header))
+            except (SourceDropped, crypt.CryptError) as exc:
+                reasons.append(f"shard {source.index} from {source.endpoint}: {exc}")
+            except httpx.HTTPError as exc:
+                reasons.append(f"shard {source.index} from {source.endpoint}: unreachable: {exc}")
+    raise RetrievalError(f"cannot read the header of {cid.hex()}: " + "; ".join(reasons))
+
+
+def file_key(url: str, cid: bytes, master: bytes, stall_s: float = STALL_S) -> bytes:
+    """:func:`file_key_of` through the node at ``url`` (its user RPC)."""
+    with MarketView(url) as view:
+        return file_key_of(view, cid, master, stall_s)

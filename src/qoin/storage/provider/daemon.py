@@ -96,6 +96,12 @@ class ProviderConfig:
 def kem_key(datadir: Path) -> bytes:
     """The provider's ML-KEM-768 encapsulation key (1,184 bytes), from the seed in
     ``DATADIR/kem.key``, created at the first call."""
+    return kem_private_key(datadir).public_key().public_bytes_raw()
+
+
+def kem_private_key(datadir: Path) -> MLKEM768PrivateKey:
+    """The provider's ML-KEM-768 decapsulation key, from the seed in ``DATADIR/kem.key``,
+    created at the first call (the compute provider opens job keys sealed to it)."""
     path = datadir / KEM_FILE
     if path.exists():
         try:
@@ -111,7 +117,7 @@ def kem_key(datadir: Path) -> bytes:
             write_atomically(path, key.private_bytes_raw(), mode=0o600)
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror}") from None
-    return key.public_key().public_bytes_raw()
+    return key
 
 
 class _Lost(QoinError):
@@ -309,7 +315,10 @@ class Provider:
         events: queue.Queue[tuple[str, Any]] = queue.Queue(MAX_QUEUED)
         readers = [
             threading.Thread(
-                target=_read, args=(sub, kind, events, stop), name=f"provider {kind}", daemon=True
+                target=read_subscription,
+                args=(sub, kind, events, stop),
+                name=f"provider {kind}",
+                daemon=True,
             )
             for sub, kind in zip(subscriptions, ("head", "log"), strict=True)
         ]
@@ -558,7 +567,7 @@ _HANDLERS: dict[str, Callable[[Provider, tuple[Any, ...], bool], None]] = {
 """What the daemon does on each of the actor's events (data decoded; whether topic 1 names it)."""
 
 
-def _read(
+def read_subscription(
     subscription: Subscription,
     kind: str,
     events: queue.Queue[tuple[str, Any]],

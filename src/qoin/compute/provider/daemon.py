@@ -1,0 +1,688 @@
+"""The compute provider daemon (docs/spec/compute.md §5): it posts its ask, serves its API,
+follows the chain and runs the jobs of its deals.
+
+* **Start**: what the machine has is detected (CPUs, physical memory, NVIDIA GPUs through
+  ``nvidia-smi``); asking for more is refused. Each executor asked for is offered only if it can
+  run here (:func:`qoin.compute.executors.available`); the others are left out with the reason.
+  The HTTP API listens; with ``--mediator`` the mediator record is registered (or its stake topped
+  up); the ask is posted (or updated) with the endpoint, the ML-KEM-768 key (``DATADIR/kem.key``),
+  the public key, the mediators it accepts (``--mediators``, else every active mediator but itself,
+  at most 8, refreshed as mediators come and go) and a deposit bringing its collateral up to one
+  job of the longest timeout on the whole capacity. Then one JSON ready line.
+* **Following**: WebSocket subscriptions to ``newHeads`` and the actor's logs; reconnection with a
+  growing backoff and a catch-up read of the logs missed; at start, and after each reconnection,
+  the jobs in the data directory are reconciled with the chain.
+* **Events**: ``DealFormed`` naming it (the providers in its data; topic 1 is the client): the
+  kept offer becomes a job, started at once; ``PhaseStarted`` (reveal) and ``DealTimedOut``
+  (run): the job reveals, or gives up; ``ResultRevealed``: what ``copy-reveal`` copies;
+  ``DealSettled``: the job is settled and its files deleted ``--keep-blocks`` later;
+  ``MediationStarted`` naming it (a mediator): the re-run (:mod:`.mediator`).
+
+Every action is one line on stdout, starting with the height of the head it happened at (one JSON
+object per line with ``--json``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from qoin.compute import market
+from qoin.compute.executors import executor_for
+from qoin.compute.jobspec import Executor
+from qoin.compute.market import COMPUTE_MARKET, ComputeMarketView, Phase, ReplicaState
+from qoin.compute.params import ComputeParams
+from qoin.compute.provider.jobs import Job, JobBook, JobContext, JobError, JobState
+from qoin.compute.provider.mediator import Mediations
+from qoin.compute.provider.server import Capacity, ComputeApi, ComputeContext
+from qoin.crypto.address import Address
+from qoin.crypto.hybrid import HybridKeyPair
+from qoin.errors import QoinError
+from qoin.rpc.client import RpcCallError, Subscription, subscribe
+from qoin.rpc.serve import BackgroundServer
+from qoin.storage.provider.daemon import (
+    CATCH_UP_BLOCKS,
+    MAX_QUEUED,
+    MAX_SEEN_LOGS,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    SUBSCRIBE_TIMEOUT_S,
+    kem_private_key,
+    print_line,
+    read_subscription,
+)
+from qoin.wallet import Wallet, WalletError
+
+MAX_ASK_MEDIATORS: Final = 8
+TX_TIMEOUT_S: Final = 120.0
+NVIDIA_SMI_TIMEOUT_S: Final = 10.0
+DEFAULT_KEEP_BLOCKS: Final = 1000
+"""Blocks a settled job's files are kept (its status stays readable)."""
+WEBSOCKET_MAX_FRAME: Final = 4096
+_OUTCOMES: Final = {int(o): o.name.lower().replace("_", " ") for o in market.Outcome}
+
+
+class ConfigError(QoinError):
+    """Options the machine cannot honour (more CPUs than it has, no executor)."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine has."""
+
+    cpus: int
+    memory: int
+    gpus: int
+    gpu_model: str
+
+
+def detect() -> Machine:
+    """CPUs (those this process may use), physical memory, and NVIDIA GPUs (``nvidia-smi``,
+    none if it is missing or fails)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    names: list[str] = []
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            done = subprocess.run(  # noqa: S603 (a fixed command)
+                [smi, "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=NVIDIA_SMI_TIMEOUT_S,
+                check=False,
+            )
+            if done.returncode == 0:
+                names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.TimeoutExpired):
+            names = []
+    return Machine(cpus or 1, memory, len(names), names[0][:64] if names else "")
+
+
+def capacity_problem(capacity: Capacity, machine: Machine) -> str | None:
+    """Why this machine cannot offer ``capacity``, or None."""
+    if not 1 <= capacity.cpus <= machine.cpus:
+        return f"--cpus {capacity.cpus}: this machine has {machine.cpus} CPU(s) to offer"
+    if not 1 <= capacity.memory <= machine.memory:
+        return f"--memory {capacity.memory}: this machine has {machine.memory} bytes of memory"
+    if capacity.gpus > machine.gpus:
+        return f"--gpus {capacity.gpus}: this machine has {machine.gpus} GPU(s)"
+    if capacity.gpu_model and capacity.gpus == 0:
+        return "--gpu-model needs --gpus"
+    if capacity.gpus and capacity.gpu_model and capacity.gpu_model != machine.gpu_model:
+        return f"--gpu-model {capacity.gpu_model!r}: this machine's GPU is {machine.gpu_model!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How a compute provider runs (the ``qoin compute provider`` options)."""
+
+    datadir: Path
+    rpc: str
+    capacity: Capacity
+    price_cpu: int
+    """Shor per CPU-second."""
+    price_gpu: int = 0
+    """Shor per GPU-second."""
+    collateral_ppm: int | None = None
+    """The collateral multiple k offered (None: the market's least)."""
+    deposit: int | None = None
+    """Collateral to hold (None: one job of the longest timeout on the whole capacity)."""
+    executors: tuple[Executor, ...] = tuple(Executor)
+    host: str = "127.0.0.1"
+    port: int = 0
+    announce: str | None = None
+    """The endpoint posted (default the listening ``host:port``)."""
+    mediators: tuple[Address, ...] | None = None
+    """The mediators accepted (None: every active one, at most 8)."""
+    mediator: bool = False
+    """Also register as a mediator and re-run disputed jobs."""
+    fee: int = 0
+    """The mediator's fee per mediation."""
+    stake: int | None = None
+    """The mediator's stake (None: the market's least)."""
+    keep_blocks: int = DEFAULT_KEEP_BLOCKS
+    misbehave: str | None = None
+    """TEST ONLY (:data:`qoin.compute.provider.jobs.MISBEHAVIOURS`)."""
+    json_log: bool = False
+
+
+class _Lost(QoinError):
+    """The connection to the node ended."""
+
+
+class ComputeProvider:
+    """One compute provider: :meth:`start`, :meth:`run` until a stop is asked, :meth:`close`."""
+
+    def __init__(
+        self,
+        config: ComputeConfig,
+        keypair: HybridKeyPair,
+        out: Callable[[str], None] = print_line,
+        machine: Machine | None = None,
+    ) -> None:
+        self.config = config
+        self.keypair = keypair
+        self.address = keypair.address
+        self._out = out
+        self.machine = machine or detect()
+        self.height = 0
+        self.endpoint = ""
+        self.params = ComputeParams()
+        self.view = ComputeMarketView(config.rpc)
+        self.wallet: Wallet | None = None
+        self.server: BackgroundServer | None = None
+        self.book: JobBook | None = None
+        self.mediations: Mediations | None = None
+        self.executors: dict[Executor, str | None] = {}
+        self._mediators: tuple[Address, ...] = ()
+        self._seen_logs: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._kem_public = b""
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        if self.config.json_log:
+            self._out(json.dumps({"height": self.height, "message": text}))
+        else:
+            self._out(f"height {self.height}: {text}")
+
+    def ready(self) -> dict[str, Any]:
+        """The ready line's object."""
+        url = self.server.url.rstrip("/") if self.server is not None else ""
+        return {
+            "ready": True,
+            "address": str(self.address),
+            "endpoint": self.endpoint,
+            "url": f"{url}/compute/v1",
+            "executors": {kind.name.lower(): why for kind, why in self.executors.items()},
+            "cpus": self.config.capacity.cpus,
+            "memory": self.config.capacity.memory,
+            "gpus": self.config.capacity.gpus,
+            "mediator": self.config.mediator,
+            "mediators": [str(m) for m in self._mediators],
+        }
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the options against the machine, start the server, register, post the ask,
+        take up the jobs in the data directory. :class:`~qoin.errors.QoinError` saying what
+        failed (everything opened is closed)."""
+        config = self.config
+        problem = capacity_problem(config.capacity, self.machine)
+        if problem is not None:
+            raise ConfigError(problem)
+        self.executors = self._executors()
+        offered = [kind for kind, why in self.executors.items() if why is None]
+        if not offered:
+            reasons = "; ".join(f"{k.name.lower()}: {w}" for k, w in self.executors.items())
+            raise ConfigError(f"no executor can run here ({reasons})")
+        try:
+            self.wallet = Wallet(config.rpc, self.keypair)
+            self.params = self.view.params()
+            self.height = self._head_height()
+            kem = kem_private_key(config.datadir)
+            self._kem_public = kem.public_key().public_bytes_raw()
+            ctx = JobContext(
+                keypair=self.keypair,
+                rpc=config.rpc,
+                params=self.params,
+                wallet=self.wallet,
+                view=self.view,
+                kem=kem,
+                log=self.log,
+                height=lambda: self.height,
+                misbehave=config.misbehave,
+            )
+            self.book = JobBook(config.datadir, ctx)
+            if config.mediator:
+                self.mediations = Mediations(config.datadir, ctx)
+            context = ComputeContext(
+                keypair=self.keypair,
+                chain_id=self.wallet.chain_id,
+                kem=kem,
+                view=self.view,
+                book=self.book,
+                executors=self.executors,
+                capacity=config.capacity,
+                log=self.log,
+                mediate=self.mediations.keep if self.mediations is not None else None,
+            )
+            self.server = BackgroundServer(
+                ComputeApi(context).app(),
+                config.host,
+                config.port,
+                websocket_max_frame=WEBSOCKET_MAX_FRAME,
+            ).start()
+            self.endpoint = config.announce or f"{self.server.host}:{self.server.port}"
+            for kind, why in self.executors.items():
+                if why is not None:
+                    self.log(f"executor {kind.name.lower()} not offered: {why}")
+            if config.mediator:
+                self._register_mediator()
+            self._post_ask(self._accepted_mediators())
+            self.book.load()
+            self._reconcile()
+        except BaseException:
+            self.close()
+            raise
+
+    def _executors(self) -> dict[Executor, str | None]:
+        """Each kind: None if offered (asked for and able to run here), else why not."""
+        found: dict[Executor, str | None] = {}
+        for kind in Executor:
+            if kind not in self.config.executors:
+                found[kind] = "not offered by this provider (--executors)"
+                continue
+            try:
+                found[kind] = executor_for(kind).problem()
+            except ImportError as exc:
+                found[kind] = f"not built into this qoin ({exc})"
+        return found
+
+    def close(self) -> None:
+        """Stop the jobs (a restart takes them up), the server and the connections."""
+        if self.mediations is not None:
+            self.mediations.stop_all()
+        if self.book is not None:
+            self.book.stop_all()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.wallet is not None:
+            self.wallet.close()
+            self.wallet = None
+        self.view.close()
+
+    def _wallet(self) -> Wallet:
+        if self.wallet is None:
+            raise WalletError("the provider is not started")
+        return self.wallet
+
+    def _book(self) -> JobBook:
+        if self.book is None:
+            raise JobError("not-started", "the provider is not started")
+        return self.book
+
+    def _head_height(self) -> int:
+        try:
+            return int(self._wallet().client.call("qoin_blockNumber"))
+        except RpcCallError as exc:
+            raise WalletError(f"cannot read the head: {exc}") from None
+
+    def _accepted_mediators(self) -> tuple[Address, ...]:
+        if self.config.mediators is not None:
+            return self.config.mediators[:MAX_ASK_MEDIATORS]
+        least = self.params.min_mediator_stake
+        found = [
+            m.mediator
+            for m in self.view.mediators()
+            if m.active and m.stake >= least and m.mediator != self.address
+        ]
+        return tuple(found[:MAX_ASK_MEDIATORS])
+
+    def _post_ask(self, mediators: tuple[Address, ...], quiet: bool = False) -> None:
+        config, capacity = self.config, self.config.capacity
+        k = (
+            self.params.min_collateral_ppm
+            if config.collateral_ppm is None
+            else config.collateral_ppm
+        )
+        wanted = config.deposit
+        if wanted is None:
+            largest = market.max_payment(
+                capacity.cpus,
+                capacity.gpus,
+                self.params.max_timeout,
+                config.price_cpu,
+                config.price_gpu,
+            )
+            wanted = market.collateral_for(largest, k)
+        existing = self.view.get_ask(self.address)
+        held = 0 if existing is None else existing.free_collateral + existing.locked_collateral
+        deposit = max(0, wanted - held)
+        offered = sum(kind.bit for kind, why in self.executors.items() if why is None)
+        market.post_ask(
+            cpus=capacity.cpus,
+            memory=capacity.memory,
+            gpus=capacity.gpus,
+            gpu_model=capacity.gpu_model,
+            executors=offered,
+            price_cpu=config.price_cpu,
+            price_gpu=config.price_gpu,
+            collateral_ppm=k,
+            mediators=mediators,
+            endpoint=self.endpoint,
+            kem_key=self._kem_public,
+            public_key=self.keypair.public,
+            deposit=deposit,
+        ).transact(self._wallet(), TX_TIMEOUT_S)
+        self._mediators = mediators
+        named = ", ".join(str(m) for m in mediators) or "none"
+        self.log(
+            f"ask posted: {capacity.cpus} CPU(s), {capacity.memory} bytes, {capacity.gpus} "
+            f"GPU(s) at {config.price_cpu} Shor per CPU-second, k {k} ppm, endpoint "
+            f"{self.endpoint}; mediators {named}; deposited {deposit} Shor"
+        )
+
+    def _register_mediator(self) -> None:
+        config = self.config
+        wanted = self.params.min_mediator_stake if config.stake is None else config.stake
+        existing = self.view.get_mediator(self.address)
+        have = 0 if existing is None else existing.stake
+        add = max(0, wanted - have)
+        market.register_mediator(config.fee, self.endpoint, self._kem_public, add).transact(
+            self._wallet(), TX_TIMEOUT_S
+        )
+        self.log(f"mediator registered: fee {config.fee} Shor, stake {have + add} Shor")
+
+    # -- reconciling ------------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Bring the offers and jobs of the data directory in line with the chain and start what
+        has work to do."""
+        book = self._book()
+        for bid in book.offers():
+            found = self.view.get_deal(bid)
+            if found is not None:
+                providers = [r.provider for r in found.replicas]
+                if self.address in providers:
+                    self._adopt(bid, providers.index(self.address), found.client, found.mediator)
+                else:
+                    book.drop_offer(bid)
+            elif self.view.get_bid(bid) is None:
+                book.drop_offer(bid)
+        for job in book.all():
+            self._reconcile_job(job)
+        if self.mediations is not None:
+            self.mediations.reconcile()
+
+    def _reconcile_job(self, job: Job) -> None:
+        if job.alive:
+            return
+        status = job.status
+        found = None if status.settled_height >= 0 else self.view.get_deal(job.deal)
+        if found is None:
+            job.on_settled(self.height, "over")
+            if job.status.state is JobState.REVEALED and not job.status.cid:
+                job.start()  # a settled deal's client may still fetch its outputs
+            return
+        replica = found.replicas[status.replica].state
+        if replica is ReplicaState.REVEALED:
+            if status.state is not JobState.STORED:
+                job.update(state=JobState.REVEALED, revealed=True)
+                job.start()
+        elif replica is ReplicaState.COMMITTED:
+            if status.root and status.state is not JobState.COMMITTED:
+                job.update(state=JobState.COMMITTED)
+            if found.phase is Phase.REVEAL:
+                job.on_reveal_phase()
+            if status.root:
+                job.start()
+        elif found.phase is Phase.RUN and status.state in (JobState.STAGING, JobState.RUNNING):
+            self.log(f"deal {job.deal}: taking the job up again ({status.state})")
+            job.start()
+        elif status.state not in (JobState.FAILED,):
+            job.update(
+                state=JobState.FAILED,
+                reason="too-late",
+                detail="the run phase ended before this replica committed",
+            )
+
+    def _adopt(self, deal: int, replica: int, client: Address, mediator: Address | None) -> None:
+        book = self._book()
+        if book.get(deal) is not None:
+            return
+        try:
+            job = book.adopt(deal, replica, str(client), str(mediator or ""))
+        except QoinError as exc:
+            self.log(f"deal {deal} names this provider (replica {replica}) but cannot run: {exc}")
+            return
+        self.log(f"deal {deal} formed: replica {replica} is ours; starting the job")
+        job.start()
+
+    # -- following the chain ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the chain until ``stop`` is set, reconnecting whenever the node goes away."""
+        backoff = RECONNECT_MIN_S
+        connected_before = False
+        url = self.config.rpc
+        while not stop.is_set():
+            try:
+                subscriptions = [
+                    subscribe(url, "newHeads", timeout=SUBSCRIBE_TIMEOUT_S),
+                    subscribe(
+                        url, "logs", {"address": str(COMPUTE_MARKET)}, timeout=SUBSCRIBE_TIMEOUT_S
+                    ),
+                ]
+            except RpcCallError as exc:
+                self.log(f"cannot reach the node at {url} ({exc}); retrying in {backoff:g} s")
+                stop.wait(backoff)
+                backoff = min(2 * backoff, RECONNECT_MAX_S)
+                continue
+            if connected_before:
+                self.log(f"reconnected to the node at {url}")
+                self._guarded("reconciling", self._reconcile)
+            connected_before, backoff = True, RECONNECT_MIN_S
+            try:
+                self._follow(subscriptions, stop)
+            except _Lost as exc:
+                self.log(f"lost the node at {url} ({exc}); reconnecting")
+            finally:
+                for subscription in subscriptions:
+                    subscription.close()
+
+    def _follow(self, subscriptions: list[Subscription], stop: threading.Event) -> None:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue(MAX_QUEUED)
+        readers = [
+            threading.Thread(
+                target=read_subscription,
+                args=(sub, kind, events, stop),
+                name=f"compute provider {kind}",
+                daemon=True,
+            )
+            for sub, kind in zip(subscriptions, ("head", "log"), strict=True)
+        ]
+        for reader in readers:
+            reader.start()
+        self._guarded("catching up", self._catch_up)
+        while not stop.is_set():
+            try:
+                kind, payload = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if kind == "lost":
+                raise _Lost(str(payload))
+            if kind == "head" and isinstance(payload, dict):
+                height = payload.get("height")
+                if isinstance(height, int) and not isinstance(height, bool):
+                    self._guarded("handling a head", functools.partial(self._on_head, height))
+            elif kind == "log" and isinstance(payload, dict):
+                self._guarded("handling an event", functools.partial(self._on_log, payload))
+
+    def _guarded(self, what: str, work: Callable[[], None]) -> None:
+        """Run ``work``; a Qoin error (the node, the disk) is logged, not fatal."""
+        try:
+            work()
+        except QoinError as exc:
+            self.log(f"error {what}: {exc}")
+
+    def _catch_up(self) -> None:
+        head = self._head_height()
+        start = max(0, min(self.height, head) - 1, head - CATCH_UP_BLOCKS + 1)
+        logs = self._wallet().client.call(
+            "qoin_getLogs",
+            {"fromBlock": start, "toBlock": head, "address": str(COMPUTE_MARKET)},
+        )
+        for entry in logs if isinstance(logs, list) else []:
+            if isinstance(entry, dict):
+                self._on_log(entry)
+        self._on_head(head)
+
+    def _on_head(self, height: int) -> None:
+        self.height = max(self.height, height)
+        book = self._book()
+        keep = self.config.keep_blocks
+        for job in book.all():
+            status = job.status
+            if 0 <= status.settled_height <= height - keep and not job.alive:
+                book.remove(job.deal)
+                self.log(f"deal {job.deal}: settled {keep} blocks ago; its files deleted")
+        if self.mediations is not None:
+            self.mediations.clean(height, keep)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _on_log(self, entry: dict[str, Any]) -> None:
+        if entry.get("removed"):
+            return
+        index = entry.get("logIndex")
+        identity = (
+            str(entry.get("blockHash")),
+            str(entry.get("transactionHash")),
+            index if isinstance(index, int) else -1,
+        )
+        if identity in self._seen_logs:
+            return
+        self._seen_logs[identity] = None
+        while len(self._seen_logs) > MAX_SEEN_LOGS:
+            self._seen_logs.popitem(last=False)
+        decoded = market.decode_event(entry)
+        if decoded is None:
+            return
+        name, data = decoded
+        if not isinstance(data, tuple):
+            return
+        topics = entry.get("topics")
+        first = str(topics[1]).lower() if isinstance(topics, list) and len(topics) > 1 else ""
+        handler = _HANDLERS.get(name)
+        if handler is not None:
+            handler(self, data, first)
+
+    def _ours(self, first: str) -> bool:
+        return first == self.address.raw.hex()
+
+    def _deal_formed(self, data: tuple[Any, ...], first: str) -> None:
+        deal, _job, providers, mediator = data[:4]
+        if not isinstance(providers, tuple):
+            return
+        if self.address in providers:
+            client = Address(bytes.fromhex(first))
+            named = (
+                mediator if isinstance(mediator, Address) and mediator.raw != bytes(32) else None
+            )
+            self._adopt(deal, providers.index(self.address), client, named)
+        elif deal in self._book().offers():
+            self._book().drop_offer(deal)
+            self.log(f"bid {deal} formed its deal with other providers; offer dropped")
+
+    def _phase_started(self, data: tuple[Any, ...], first: str) -> None:
+        deal, phase, deadline = data[:3]
+        job = self._book().get(deal)
+        if job is None:
+            return
+        if phase == int(Phase.REVEAL):
+            self.log(f"deal {deal}: reveal phase until height {deadline}")
+            job.on_reveal_phase()
+        elif phase == int(Phase.CHECK):
+            self.log(f"deal {deal}: results agree; dispute window until height {deadline}")
+        elif phase == int(Phase.MEDIATION):
+            self.log(f"deal {deal}: in mediation until height {deadline}")
+
+    def _deal_timed_out(self, data: tuple[Any, ...], first: str) -> None:
+        deal, phase, missing = data[:3]
+        job = self._book().get(deal)
+        if job is None:
+            return
+        status = job.status
+        if phase == int(Phase.RUN) and status.state in (JobState.STAGING, JobState.RUNNING):
+            self.log(f"deal {deal}: the run deadline passed before this replica committed")
+            job.abort("the run deadline passed before the result was committed")
+        elif phase == int(Phase.REVEAL):
+            self.log(f"deal {deal}: the reveal deadline passed ({missing} replica(s) missing)")
+
+    def _result_revealed(self, data: tuple[Any, ...], first: str) -> None:
+        deal, replica, root = data[:3]
+        job = self._book().get(deal)
+        if job is not None and isinstance(root, bytes):
+            job.on_revealed(replica, root)
+
+    def _deal_settled(self, data: tuple[Any, ...], first: str) -> None:
+        deal, outcome = data[:2]
+        name = _OUTCOMES.get(outcome, str(outcome))
+        job = self._book().get(deal)
+        if job is not None:
+            job.on_settled(self.height, name)
+            self.log(f"deal {deal} settled: {name}")
+        if self.mediations is not None:
+            self.mediations.settled(deal, self.height)
+
+    def _bid_ended(self, data: tuple[Any, ...], first: str) -> None:
+        bid = data[0]
+        if bid in self._book().offers():
+            self._book().drop_offer(bid)
+            self.log(f"bid {bid} ended without a deal; offer dropped")
+
+    def _mediation_started(self, data: tuple[Any, ...], first: str) -> None:
+        deal, deadline, disputed = data[:3]
+        if not self._ours(first) or self.mediations is None:
+            return
+        why = "disputed by its client" if disputed else "the revealed roots differ"
+        self.log(f"mediation of deal {deal} started ({why}); verdict due by height {deadline}")
+        self.mediations.start(deal)
+
+    def _paid(self, data: tuple[Any, ...], first: str) -> None:
+        if self._ours(first):
+            deal, replica, amount = data[:3]
+            self.log(f"paid {amount} Shor for deal {deal} replica {replica}")
+
+    def _fined(self, data: tuple[Any, ...], first: str) -> None:
+        if self._ours(first):
+            deal, replica, slashed, reason = data[:4]
+            why = "wrong result" if reason == 1 else "not delivered"
+            self.log(f"fined {slashed} Shor for deal {deal} replica {replica} ({why})")
+
+    def _verdict(self, data: tuple[Any, ...], first: str) -> None:
+        deal, kind, root = data[:3]
+        if self._book().get(deal) is not None or self._ours(first):
+            names = {int(v): v.name.lower().replace("_", " ") for v in market.VerdictKind}
+            shown = root.hex()[:16] if isinstance(root, bytes) else "?"
+            self.log(f"deal {deal}: verdict {names.get(kind, kind)} (root {shown})")
+
+    def _mediators_changed(self, data: tuple[Any, ...], first: str) -> None:
+        if self.config.mediators is not None:
+            return
+        wanted = self._accepted_mediators()
+        if wanted != self._mediators:
+            self._post_ask(wanted)
+
+
+_HANDLERS: dict[str, Callable[[ComputeProvider, tuple[Any, ...], str], None]] = {
+    "DealFormed": ComputeProvider._deal_formed,
+    "PhaseStarted": ComputeProvider._phase_started,
+    "DealTimedOut": ComputeProvider._deal_timed_out,
+    "ResultRevealed": ComputeProvider._result_revealed,
+    "DealSettled": ComputeProvider._deal_settled,
+    "BidCancelled": ComputeProvider._bid_ended,
+    "BidExpired": ComputeProvider._bid_ended,
+    "MediationStarted": ComputeProvider._mediation_started,
+    "ProviderPaid": ComputeProvider._paid,
+    "ProviderFined": ComputeProvider._fined,
+    "Verdict": ComputeProvider._verdict,
+    "MediatorRegistered": ComputeProvider._mediators_changed,
+    "MediatorUnregistered": ComputeProvider._mediators_changed,
+}
+"""What the daemon does on each of the actor's events (data decoded; topic 1 as hex)."""

@@ -1,0 +1,1007 @@
+"""The life of one job on a compute provider (docs/spec/compute.md §5).
+
+A job is one replica of a deal. Its directory ``DATADIR/jobs/deal-<id>/`` holds the spec
+(``spec.bin``), the job key as it was sealed to the provider (``jobkey.sealed``), its status
+(``status.json``, rewritten atomically at every step), its saved log (``log.data``, the bytes of
+stdout and stderr in the order they came, ``log.index``, where the stream changes, and
+``stdout``), the manifest of its result (``manifest.json``) and its packed outputs archive
+(``result.archive``); ``run/`` holds what the job sees (``inputs/``, ``work/``, ``outputs/``).
+
+Steps, each on the job's own thread, each persisted before the next, so that a restarted daemon
+takes the job up where the chain and the directory say it stands:
+
+1. **staging** the inputs from the storage market (each file key unwrapped with the job key), then
+   **running** the executor (its output saved and handed to WebSocket followers as it comes);
+2. **hashing**: the outputs are scanned into the manifest, its root computed and the archive
+   packed; a run that failed (a limit, a crash, a bad exit) is still a result;
+3. **committed**: the commitment (root, a fresh salt) is sent before the run deadline;
+4. **revealed**: once the reveal phase starts (every replica committed, or the run deadline), the
+   root, salt and usage (CPU-seconds, rounded up, capped at what the deal reserves);
+5. **stored**: the archive is stored with the storage market, encrypted under
+   :func:`qoin.compute.keys.output_master` (retried until the deal settles);
+6. **settled** when the deal settles; the directory is deleted a grace period later.
+
+Staging that fails (an input that cannot be fetched or decrypted) or an executor that cannot start
+the job (a provider-side fault) end the job **failed**: nothing is committed, and the status says
+why.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+
+from qoin.compute import jobspec, keys, market, outputs
+from qoin.compute.executors import ExecutorError, JobDirs, RunResult, executor_for
+from qoin.compute.jobspec import JobSpec
+from qoin.compute.market import ComputeMarketView, Phase, ReplicaState
+from qoin.compute.params import ComputeParams
+from qoin.crypto.hybrid import HybridKeyPair
+from qoin.errors import QoinError
+from qoin.files import FileReadError, read_bounded, write_atomically
+from qoin.storage import client as storage_client
+from qoin.storage import retrieve
+from qoin.storage.market import MarketView
+from qoin.wallet import CallReverted, Wallet, WalletError
+
+SPEC_FILE: Final = "spec.bin"
+KEY_FILE: Final = "jobkey.sealed"
+STATUS_FILE: Final = "status.json"
+OFFER_FILE: Final = "offer.json"
+MANIFEST_FILE: Final = "manifest.json"
+ARCHIVE_FILE: Final = "result.archive"
+LOG_DATA: Final = "log.data"
+LOG_INDEX: Final = "log.index"
+STDOUT_FILE: Final = "stdout"
+RUN_DIR: Final = "run"
+MAX_STATUS_FILE: Final = 64 * 1024
+MAX_MANIFEST_FILE: Final = 256 << 20
+"""Bytes of a saved manifest, at most (10,000 files of long names by default; 2^20 at most)."""
+MAX_INPUT_BYTES: Final = retrieve.MAX_STORED_SIZE
+"""Bytes stored for one input, at most."""
+TX_TIMEOUT_S: Final = 60.0
+"""Seconds a commit, reveal or verdict may take to be mined before it is tried again."""
+CHAIN_CHECK_S: Final = 5.0
+"""While a job waits for a phase, it reads its deal from the chain this often (the events
+usually come first)."""
+STORE_BACKOFF_S: Final = (2.0, 5.0, 10.0, 30.0, 60.0)
+"""Waits between attempts to store the outputs (the last repeats)."""
+STOP_JOIN_S: Final = 10.0
+COMMIT_GAS: Final = 300_000
+"""Gas limit of a commit at least: the last one starts the reveal phase, and two replicas' commits
+estimated in the same block would each be priced as the cheap first one (unused gas is
+refunded)."""
+SETTLING_GAS: Final = 1_000_000
+"""Gas limit of a reveal or a verdict at least: the last reveal may settle the deal or start a
+mediation, a verdict settles it."""
+MISBEHAVIOURS: Final = ("random-output", "copy-reveal", "withhold")
+"""TEST ONLY ways a provider can cheat (``--misbehave``, for the replicated tests):
+``random-output`` commits and reveals a random root; ``copy-reveal`` commits a random root, then
+tries to reveal the other replica's revealed root; ``withhold`` commits and never reveals."""
+
+
+class JobError(QoinError):
+    """A job that cannot go on; :attr:`reason` is the short reason its status shows."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Stopped(Exception):
+    """The daemon is stopping: leave the job where it stands (a restart takes it up)."""
+
+
+class JobState(StrEnum):
+    """Where a job stands (``GET /jobs/{deal}``'s ``state``)."""
+
+    STAGING = "staging"
+    RUNNING = "running"
+    COMMITTED = "committed"
+    REVEALED = "revealed"
+    STORED = "stored"
+    FAILED = "failed"
+    SETTLED = "settled"
+
+
+TIMINGS: Final = ("stage", "pull", "start", "run", "hash", "upload")
+"""The timings a status reports, in seconds."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's status, as saved in ``status.json``."""
+
+    deal: int
+    replica: int
+    client: str
+    """The deal's client (bech32m)."""
+    mediator: str = ""
+    """The deal's mediator (bech32m; empty: none)."""
+    state: JobState = JobState.STAGING
+    reason: str = ""
+    """Why the run ended (a :class:`~qoin.compute.executors.StopReason`), or why the job
+    failed (``staging-failed``, ``executor-failed``, ``too-late``, ...)."""
+    detail: str = ""
+    """What happened, for a person."""
+    exit_code: int | None = None
+    usage_cpu: int = 0
+    usage_gpu: int = 0
+    fuel: int | None = None
+    log_bytes: int = 0
+    stage: float = 0.0
+    pull: float = 0.0
+    start: float = 0.0
+    run: float = 0.0
+    hash: float = 0.0
+    upload: float = 0.0
+    root: str = ""
+    """The committed root (hex), once hashed; shown only once revealed on chain."""
+    salt: str = ""
+    """The commitment's salt (hex)."""
+    revealed: bool = False
+    cid: str = ""
+    """The outputs archive's content id in the storage market (hex), once stored."""
+    size: int = 0
+    """The archive's size."""
+    finished: bool = False
+    """The run is over: the saved log is complete."""
+    settled_height: int = -1
+    """The height the deal settled at (-1: open)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": str(self.state)}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> JobStatus:
+        """Parse a saved status; :class:`JobError` if it is not one."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(obj, dict) or not {"deal", "replica", "client"} <= set(obj):
+            raise JobError("bad-status", "a job status is an object with deal, replica, client")
+        try:
+            values = {k: v for k, v in obj.items() if k in names}
+            values["state"] = JobState(values.get("state", "staging"))
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise JobError("bad-status", f"a job status does not parse: {exc}") from None
+
+    def public(self) -> dict[str, Any]:
+        """What ``GET /jobs/{deal}`` answers."""
+        return {
+            "deal": self.deal,
+            "replica": self.replica,
+            "state": str(self.state),
+            "reason": self.reason,
+            "detail": self.detail,
+            "exit_code": self.exit_code,
+            "usage_cpu": self.usage_cpu,
+            "usage_gpu": self.usage_gpu,
+            "fuel": self.fuel,
+            "log_bytes": self.log_bytes,
+            "timings": {name: round(getattr(self, name), 6) for name in TIMINGS},
+            "root": self.root if self.revealed else None,
+            "cid": self.cid or None,
+        }
+
+
+def read_status(directory: Path) -> JobStatus:
+    """The status saved in ``directory``; :class:`JobError` if missing or damaged."""
+    try:
+        raw = read_bounded(directory / STATUS_FILE, MAX_STATUS_FILE, "job status")
+        return JobStatus.from_json(json.loads(raw))
+    except (FileReadError, ValueError, RecursionError) as exc:
+        raise JobError("bad-status", f"{directory / STATUS_FILE}: {exc}") from None
+
+
+def write_status(directory: Path, status: JobStatus) -> None:
+    write_atomically(directory / STATUS_FILE, json.dumps(status.to_json()).encode(), mode=0o600)
+
+
+# -- the saved log --------------------------------------------------------------------------------
+
+STREAMS: Final = ("stdout", "stderr")
+FRAME_BYTES: Final = 48 * 1024
+"""Bytes of log data in one WebSocket frame, at most."""
+MAX_STREAM_CHANGES: Final = 1 << 16
+"""Changes from one stream to the other a saved log records, at most (a bound on its index)."""
+
+
+@dataclass(frozen=True)
+class LogPiece:
+    """Bytes of one stream at an offset of the saved log."""
+
+    stream: str
+    offset: int
+    data: bytes
+
+
+class JobLog:
+    """The saved output of a run: ``log.data`` (both streams' bytes in arrival order, at most
+    ``limit`` bytes), ``log.index`` (8-byte offset + 1-byte stream at each change of stream, at
+    most :data:`MAX_STREAM_CHANGES`: past them only the stream of the last change is added to the
+    log it streams) and ``stdout`` (stdout alone, at most ``limit`` bytes: a part of the
+    result). Thread-safe: the executor writes, followers read."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self.directory = directory
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._codes: list[int] = []
+        self._size = 0
+        self._stdout_size = 0
+        self._files: dict[str, BinaryIO] = {}
+        self._load()
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.directory / STDOUT_FILE
+
+    @property
+    def size(self) -> int:
+        """Bytes saved."""
+        return self._size
+
+    def _load(self) -> None:
+        data, index = self.directory / LOG_DATA, self.directory / LOG_INDEX
+        self._size = data.stat().st_size if data.exists() else 0
+        self._stdout_size = self.stdout_path.stat().st_size if self.stdout_path.exists() else 0
+        raw = b""
+        if index.exists():
+            with index.open("rb") as handle:
+                raw = handle.read(9 * MAX_STREAM_CHANGES)
+        whole = len(raw) - len(raw) % 9
+        self._starts = [int.from_bytes(raw[i : i + 8], "big") for i in range(0, whole, 9)]
+        self._codes = [raw[i + 8] % 2 for i in range(0, whole, 9)]
+
+    def _file(self, name: str) -> BinaryIO:
+        handle = self._files.get(name)
+        if handle is None:
+            handle = (self.directory / name).open("ab")
+            self._files[name] = handle
+        return handle
+
+    def close(self) -> None:
+        """Close the files written (the run is over)."""
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
+
+    def reset(self) -> None:
+        """Forget what was saved (a job run again)."""
+        self.close()
+        with self._lock:
+            for name in (LOG_DATA, LOG_INDEX, STDOUT_FILE):
+                path = self.directory / name
+                path.unlink(missing_ok=True)
+                path.touch(mode=0o600)
+            self._starts, self._codes, self._size, self._stdout_size = [], [], 0, 0
+
+    def write(self, stream: str, chunk: bytes) -> None:
+        """Save ``chunk`` of ``stream`` (what fits under the limit)."""
+        code = 1 if stream == "stderr" else 0
+        with self._lock:
+            if code == 0 and self._stdout_size < self.limit:
+                kept = chunk[: self.limit - self._stdout_size]
+                out = self._file(STDOUT_FILE)
+                out.write(kept)
+                out.flush()
+                self._stdout_size += len(kept)
+            room = self.limit - self._size
+            if room <= 0 or not chunk:
+                return
+            if not self._codes or self._codes[-1] != code:
+                if len(self._codes) >= MAX_STREAM_CHANGES:
+                    return
+                self._starts.append(self._size)
+                self._codes.append(code)
+                index = self._file(LOG_INDEX)
+                index.write(self._size.to_bytes(8, "big") + bytes((code,)))
+                index.flush()
+            data = self._file(LOG_DATA)
+            data.write(chunk[:room])
+            data.flush()
+            self._size += len(chunk[:room])
+
+    def read(self, offset: int, max_bytes: int = 4 * FRAME_BYTES) -> list[LogPiece]:
+        """What was saved from ``offset`` on (at most ``max_bytes``), cut where the stream
+        changes and into pieces of at most :data:`FRAME_BYTES`."""
+        offset = max(0, offset)
+        with self._lock:
+            size = self._size
+            if offset >= size or not self._starts:
+                return []
+            first = bisect.bisect_right(self._starts, offset) - 1
+            last = bisect.bisect_right(self._starts, min(size, offset + max_bytes)) + 1
+            starts, codes = self._starts[first:last], self._codes[first:last]
+        end = min(size, offset + max_bytes)
+        with (self.directory / LOG_DATA).open("rb") as data:
+            data.seek(offset)
+            raw = data.read(end - offset)
+        pieces: list[LogPiece] = []
+        position = offset
+        while position < offset + len(raw):
+            current = bisect.bisect_right(starts, position) - 1
+            stream_end = starts[current + 1] if current + 1 < len(starts) else size
+            stop = min(stream_end, offset + len(raw), position + FRAME_BYTES)
+            pieces.append(
+                LogPiece(STREAMS[codes[current]], position, raw[position - offset : stop - offset])
+            )
+            position = stop
+        return pieces
+
+
+# -- staging and running --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A run and its result."""
+
+    result: RunResult
+    manifest: outputs.Manifest
+    root: bytes
+    """The result root (:func:`qoin.compute.outputs.result_root`)."""
+    archive: Path
+    """The packed outputs."""
+    stage_seconds: float
+    hash_seconds: float
+
+
+def stage_inputs(
+    spec: JobSpec, job_key: bytes, rpc: str, inputs_dir: Path, cancel: threading.Event
+) -> tuple[tuple[Path, str], ...]:
+    """Fetch every input of ``spec`` from the storage market (verified, decrypted with its file
+    key unwrapped from the spec with ``job_key``) into ``inputs_dir``, read-only; (host file,
+    path in the job) of each. :class:`JobError` (``staging-failed``) saying which input failed
+    and why."""
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, str]] = []
+    for index, item in enumerate(spec.inputs):
+        if cancel.is_set():
+            raise JobError("cancelled", "stopped while staging the inputs")
+        try:
+            file_key = jobspec.unwrap_input_key(job_key, item) if item.key else None
+            data = retrieve.fetch(rpc, item.cid, file_key=file_key, max_size=MAX_INPUT_BYTES)
+            host = inputs_dir / str(index)
+            host.write_bytes(data)
+            host.chmod(0o444)
+        except QoinError as exc:
+            raise JobError(
+                "staging-failed", f"input {item.path} ({item.cid.hex()[:16]}): {exc}"
+            ) from None
+        except OSError as exc:
+            raise JobError(
+                "staging-failed", f"input {item.path}: cannot write it here: {exc.strerror}"
+            ) from None
+        staged.append((host, item.path))
+    return tuple(staged)
+
+
+def execute(
+    spec: JobSpec,
+    job_key: bytes,
+    directory: Path,
+    rpc: str,
+    log: JobLog,
+    cancel: threading.Event,
+    on_staged: Callable[[float], None] = lambda _seconds: None,
+) -> Execution:
+    """Stage ``spec``'s inputs, run it with its executor and hash its outputs, all in
+    ``directory`` (``run/`` is wiped first). :class:`JobError` when there is no result:
+    ``staging-failed`` (an input), ``executor-failed`` (the executor could not run it here),
+    ``hashing-failed`` (its outputs could not be read back)."""
+    run_dir = directory / RUN_DIR
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for sub in ("inputs", "work", "outputs"):
+        (run_dir / sub).mkdir(parents=True)
+    log.reset()
+    started = time.monotonic()
+    staged = stage_inputs(spec, job_key, rpc, run_dir / "inputs", cancel)
+    stage_seconds = time.monotonic() - started
+    on_staged(stage_seconds)
+    executor = executor_for(spec.executor)
+    problem = executor.problem()
+    if problem is not None:
+        raise JobError("executor-failed", f"the {spec.executor.name.lower()} executor: {problem}")
+    dirs = JobDirs(root=run_dir, inputs=staged, work=run_dir / "work", outputs=run_dir / "outputs")
+    try:
+        result = executor.run(spec, dirs, log.write, cancel)
+    except ExecutorError as exc:
+        raise JobError("executor-failed", str(exc)) from None
+    finally:
+        log.close()
+    hashing = time.monotonic()
+    archive = directory / ARCHIVE_FILE
+    try:
+        manifest = outputs.scan(dirs.outputs, log.stdout_path, result, spec.outputs)
+        outputs.pack(manifest, dirs.outputs, log.stdout_path, archive)
+    except (QoinError, OSError) as exc:
+        raise JobError("hashing-failed", f"cannot read the outputs back: {exc}") from None
+    return Execution(
+        result,
+        manifest,
+        outputs.result_root(manifest),
+        archive,
+        stage_seconds,
+        time.monotonic() - hashing,
+    )
+
+
+def manifest_json(manifest: outputs.Manifest) -> dict[str, Any]:
+    """A manifest as JSON (``GET /jobs/{deal}/result``)."""
+
+    def entry(item: outputs.FileEntry) -> dict[str, Any]:
+        return {"path": item.path, "size": item.size, "digest": item.digest.hex()}
+
+    return {
+        "reason": str(manifest.reason),
+        "exit_code": manifest.exit_code,
+        "stdout": entry(manifest.stdout),
+        "files": [entry(item) for item in manifest.files],
+    }
+
+
+def send(wallet: Wallet, call: market.MarketCall, least_gas: int) -> dict[str, Any]:
+    """Send ``call`` with a gas limit of at least ``least_gas`` and wait for its receipt;
+    :class:`~qoin.wallet.CallReverted` with the actor's reason if it would fail now or failed."""
+    estimate = wallet.estimate(market.COMPUTE_MARKET, call.method, call.args, call.value)
+    return wallet.transact(
+        market.COMPUTE_MARKET,
+        call.method,
+        call.args,
+        value=call.value,
+        gas=max(estimate, least_gas),
+        timeout=TX_TIMEOUT_S,
+    )
+
+
+def usage_of(result: RunResult, spec: JobSpec) -> tuple[int, int]:
+    """(CPU-seconds, GPU-seconds) a reveal reports: the CPU time rounded up, the GPUs held for
+    the run's wall time rounded up; each capped at what the deal reserves."""
+    res = spec.resources
+    cpu = min(math.ceil(max(0.0, result.cpu_seconds)), res.cpus * spec.timeout)
+    gpu = min(res.gpus * math.ceil(max(0.0, result.wall_seconds)), res.gpus * spec.timeout)
+    return cpu, gpu
+
+
+def output_periods(params: ComputeParams, period: int, max_duration: int, timeout: int) -> int:
+    """Storage periods an outputs archive is kept: the reveal phase, the dispute window and a
+    whole mediation (twice, for the client's download after a verdict), rounded up."""
+    blocks = params.reveal_blocks + params.dispute_blocks + 2 * params.mediation_budget(timeout)
+    return max(1, min(max_duration, -(-blocks // period) + 1))
+
+
+# -- one job --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every job of a provider works with."""
+
+    keypair: HybridKeyPair
+    rpc: str
+    """The node's user RPC."""
+    params: ComputeParams
+    wallet: Wallet
+    view: ComputeMarketView
+    kem: MLKEM768PrivateKey
+    log: Callable[[str], None]
+    height: Callable[[], int]
+    """The height of the last head seen."""
+    misbehave: str | None = None
+    """TEST ONLY (:data:`MISBEHAVIOURS`)."""
+
+
+class Job:
+    """One replica of a deal on this provider (see the module docstring). Events from the chain
+    reach it through :meth:`on_reveal_phase`, :meth:`on_revealed`, :meth:`on_settled` and
+    :meth:`abort`; the API reads :attr:`status` and :attr:`log`."""
+
+    def __init__(
+        self, ctx: JobContext, directory: Path, status: JobStatus, spec: JobSpec, sealed: bytes
+    ) -> None:
+        self.ctx = ctx
+        self.directory = directory
+        self.spec = spec
+        self.job_key = keys.open_job_key(ctx.kem, sealed, spec.job_hash)
+        self.log = JobLog(directory, spec.outputs.max_log_bytes)
+        self._status = status
+        self._lock = threading.Lock()
+        self.cancel = threading.Event()
+        """Set to stop the executor."""
+        self._wake = threading.Event()
+        self._stopping = False
+        self._aborted: str | None = None
+        self._reveal_phase = False
+        self._own_revealed = False
+        self._other_root: bytes | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def deal(self) -> int:
+        return self._status.deal
+
+    @property
+    def status(self) -> JobStatus:
+        with self._lock:
+            return self._status
+
+    def update(self, **changes: Any) -> JobStatus:
+        """Change and save the status."""
+        with self._lock:
+            self._status = replace(self._status, **changes)
+            status = self._status
+        try:
+            write_status(self.directory, status)
+        except OSError as exc:
+            self.ctx.log(f"deal {status.deal}: cannot save its status: {exc.strerror}")
+        return status
+
+    def say(self, text: str) -> None:
+        self.ctx.log(f"deal {self.deal}: {text}")
+
+    # -- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the job up where its status stands, on its own thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=f"job {self.deal}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """The daemon stops: stop the run (a restart runs it again) and wait a little."""
+        self._stopping = True
+        self.cancel.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(STOP_JOIN_S)
+
+    def abort(self, why: str) -> None:
+        """The deal no longer wants this replica's work (settled, or its run deadline passed
+        without a commitment): stop whatever it does."""
+        self._aborted = why
+        self.cancel.set()
+        self._wake.set()
+
+    def on_reveal_phase(self) -> None:
+        self._reveal_phase = True
+        self._wake.set()
+
+    def on_revealed(self, replica: int, root: bytes) -> None:
+        """A replica revealed ``root``: this one (its reveal is mined), or another (what
+        ``copy-reveal`` copies)."""
+        if replica == self._status.replica:
+            self._own_revealed = True
+        else:
+            self._other_root = root
+        self._wake.set()
+
+    def on_settled(self, height: int, outcome: str) -> None:
+        """The deal settled: a job still storing its revealed outputs goes on (a client of a
+        ``none`` deal, settled at the reveal, fetches them after); any other work stops."""
+        status = self.status
+        if status.settled_height >= 0:
+            return
+        storing = status.state is JobState.REVEALED or self._own_revealed
+        self.update(
+            state=status.state if storing else JobState.SETTLED,
+            settled_height=height,
+            detail=f"{status.detail}; deal settled ({outcome})".lstrip("; "),
+        )
+        if not storing:
+            self.abort(f"the deal settled ({outcome})")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._advance()
+        except _Stopped:
+            return
+        except JobError as exc:
+            if self.status.settled_height >= 0:
+                if self.status.state is not JobState.SETTLED:
+                    self.update(state=JobState.SETTLED)
+                return
+            self.update(state=JobState.FAILED, reason=exc.reason, detail=str(exc), finished=True)
+            self.say(f"failed ({exc.reason}): {exc}")
+        except QoinError as exc:  # the node, the disk: the job waits for a restart
+            self.update(detail=f"stopped by an error: {exc}")
+            self.say(f"stopped by an error: {exc}")
+
+    def _check(self) -> None:
+        if self._stopping:
+            raise _Stopped
+        if self._aborted is not None:
+            raise JobError("cancelled", self._aborted)
+
+    def _advance(self) -> None:
+        status = self.status
+        if status.state in (JobState.FAILED, JobState.SETTLED, JobState.STORED):
+            return
+        if status.state in (JobState.STAGING, JobState.RUNNING) and not status.root:
+            self._run()
+        if self.status.state in (JobState.STAGING, JobState.RUNNING):
+            self._commit()
+        if self.status.state is JobState.COMMITTED:
+            self._wait_for_reveal_phase()
+            self._reveal()
+        if self.status.state is JobState.REVEALED:
+            self._store()
+
+    def _run(self) -> None:
+        self._check()
+        self.update(state=JobState.STAGING, detail="staging the inputs", finished=False)
+        self.say(f"staging {len(self.spec.inputs)} input(s)")
+
+        def staged(seconds: float) -> None:
+            self.update(state=JobState.RUNNING, stage=seconds, detail="running")
+            self.say(f"running ({self.spec.executor.name.lower()}, timeout {self.spec.timeout} s)")
+
+        try:
+            done = execute(
+                self.spec,
+                self.job_key,
+                self.directory,
+                self.ctx.rpc,
+                self.log,
+                self.cancel,
+                staged,
+            )
+        except JobError as exc:
+            self._check()
+            if exc.reason == "cancelled":
+                raise JobError("cancelled", self._aborted or str(exc)) from None
+            raise
+        self._check()
+        result = done.result
+        if str(result.reason) == "cancelled":
+            raise JobError("cancelled", "the run was stopped")
+        usage_cpu, usage_gpu = usage_of(result, self.spec)
+        root = done.root
+        misbehave = self.ctx.misbehave
+        if misbehave in ("random-output", "copy-reveal"):
+            root = os.urandom(32)
+            self.say(f"TEST ONLY ({misbehave}): committing a random root")
+        write_atomically(
+            self.directory / MANIFEST_FILE, json.dumps(manifest_json(done.manifest)).encode()
+        )
+        self.update(
+            reason=str(result.reason),
+            detail=result.detail,
+            exit_code=result.exit_code,
+            usage_cpu=usage_cpu,
+            usage_gpu=usage_gpu,
+            fuel=result.fuel,
+            log_bytes=self.log.size,
+            pull=result.pull_seconds,
+            start=result.start_seconds,
+            run=result.wall_seconds,
+            hash=done.hash_seconds,
+            root=root.hex(),
+            salt=market.new_salt().hex(),
+            finished=True,
+        )
+        self.say(
+            f"ran: {result.reason} (exit {result.exit_code}), {result.cpu_seconds:.2f} CPU-s; "
+            f"result root {done.root.hex()[:16]}"
+        )
+
+    def _deal(self) -> market.DealInfo:
+        found = self.ctx.view.get_deal(self.deal)
+        if found is None:
+            raise JobError("cancelled", "the deal is over (settled) on chain")
+        return found
+
+    def _replica_state(self, found: market.DealInfo) -> ReplicaState:
+        return found.replicas[self.status.replica].state
+
+    def _commit(self) -> None:
+        status = self.status
+        root, salt = bytes.fromhex(status.root), bytes.fromhex(status.salt)
+        sealed = market.commitment(self.deal, self.ctx.keypair.address, root, salt)
+        while True:
+            self._check()
+            found = self._deal()
+            if self._replica_state(found) is not ReplicaState.ASSIGNED:
+                break
+            if found.phase is not Phase.RUN or self.ctx.height() >= found.deadline:
+                raise JobError(
+                    "too-late",
+                    f"the run deadline (height {found.deadline}) passed before the result was "
+                    "committed",
+                )
+            try:
+                send(self.ctx.wallet, market.commit(self.deal, sealed), COMMIT_GAS)
+                break
+            except CallReverted as exc:
+                if self._replica_state(self._deal()) is not ReplicaState.ASSIGNED:
+                    break
+                raise JobError("commit-refused", f"the commit was refused: {exc.reason}") from None
+            except WalletError as exc:
+                self.say(f"commit not mined yet ({exc}); trying again")
+        self.update(state=JobState.COMMITTED, detail="committed; waiting for the reveal phase")
+        self.say(f"committed (root {status.root[:16]})")
+
+    def _wait(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()`` (checked on every wake-up and every :data:`CHAIN_CHECK_S`)."""
+        while not done():
+            self._check()
+            self._wake.wait(CHAIN_CHECK_S)
+            self._wake.clear()
+
+    def _wait_for_reveal_phase(self) -> None:
+        def reveal_phase() -> bool:
+            if self._reveal_phase:
+                return True
+            self._check()
+            found = self._deal()
+            return found.phase is not Phase.RUN  # the reveal phase, or moved on without us
+
+        self._wait(reveal_phase)
+
+    def _reveal(self) -> None:
+        status = self.status
+        root, salt = bytes.fromhex(status.root), bytes.fromhex(status.salt)
+        misbehave = self.ctx.misbehave
+        if misbehave == "withhold":
+            self.update(detail="TEST ONLY (withhold): committed, never revealing")
+            self.say("TEST ONLY (withhold): not revealing")
+            self._wait(lambda: False)
+        if misbehave == "copy-reveal":
+            self._copy_reveal(salt)
+        while True:
+            self._check()
+            found = self._deal()
+            state = self._replica_state(found)
+            if state is ReplicaState.REVEALED:
+                break
+            if found.phase is not Phase.REVEAL:
+                raise JobError(
+                    "too-late", f"the deal is in its {found.phase.name.lower()} phase, unrevealed"
+                )
+            try:
+                send(
+                    self.ctx.wallet,
+                    market.reveal(self.deal, root, salt, status.usage_cpu, status.usage_gpu),
+                    SETTLING_GAS,
+                )
+                break
+            except CallReverted as exc:
+                if self._replica_state(self._deal()) is ReplicaState.REVEALED:
+                    break
+                raise JobError("reveal-refused", f"the reveal was refused: {exc.reason}") from None
+            except WalletError as exc:
+                self.say(f"reveal not mined yet ({exc}); trying again")
+        self.update(state=JobState.REVEALED, revealed=True, detail="revealed; storing the outputs")
+        self.say(
+            f"revealed root {status.root[:16]} (usage {status.usage_cpu} CPU-s, "
+            f"{status.usage_gpu} GPU-s)"
+        )
+
+    def _copy_reveal(self, salt: bytes) -> None:
+        """TEST ONLY: wait for the other replica's reveal and try to reveal its root."""
+
+        def other_revealed() -> bool:
+            if self._other_root is not None:
+                return True
+            found = self._deal()
+            for replica in found.replicas:
+                if replica.index != self.status.replica and replica.root is not None:
+                    self._other_root = replica.root
+                    return True
+            return found.phase is not Phase.REVEAL
+
+        self._wait(other_revealed)
+        copied = self._other_root
+        if copied is not None:
+            status = self.status
+            try:
+                send(
+                    self.ctx.wallet,
+                    market.reveal(self.deal, copied, salt, status.usage_cpu, status.usage_gpu),
+                    SETTLING_GAS,
+                )
+            except WalletError as exc:
+                self.say(f"TEST ONLY (copy-reveal): revealing the copied root failed: {exc}")
+        self.update(detail="TEST ONLY (copy-reveal): tried to reveal the other replica's root")
+        self._wait(lambda: False)
+
+    def _store(self) -> None:
+        archive = self.directory / ARCHIVE_FILE
+        size = archive.stat().st_size
+        if size > storage_client.MAX_PUT_SIZE:
+            self.update(
+                detail=f"revealed; the outputs archive ({size} bytes) is larger than the "
+                f"{storage_client.MAX_PUT_SIZE} bytes the storage market takes: not stored"
+            )
+            return
+        master = keys.output_master(self.job_key, self.deal, self.status.replica)
+        attempt = 0
+        while True:
+            self._check()
+            started = time.monotonic()
+            try:
+                with MarketView(self.ctx.rpc) as view:
+                    storage_params = view.params()
+                    periods = output_periods(
+                        self.ctx.params,
+                        storage_params.period,
+                        storage_params.max_duration,
+                        self.spec.timeout,
+                    )
+                    stored = storage_client.put(
+                        self.ctx.wallet,
+                        view,
+                        archive.read_bytes(),
+                        storage_client.PutOptions(duration=periods),
+                        master=master,
+                    )
+            except (QoinError, OSError) as exc:
+                wait = STORE_BACKOFF_S[min(attempt, len(STORE_BACKOFF_S) - 1)]
+                attempt += 1
+                self.update(detail=f"revealed; storing the outputs failed ({exc}); retrying")
+                self.say(f"storing the outputs failed ({exc}); again in {wait:g} s")
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            settled = self.status.settled_height >= 0
+            self.update(
+                state=JobState.SETTLED if settled else JobState.STORED,
+                cid=stored.cid.hex(),
+                size=size,
+                upload=time.monotonic() - started,
+                detail="revealed; outputs stored" + ("; deal settled" if settled else ""),
+            )
+            self.say(f"outputs stored: {stored.cid.hex()} ({size} bytes, {periods} periods)")
+            return
+
+
+# -- every job of a provider -----------------------------------------------------------------------
+
+
+def _offer_dir(jobs_dir: Path, bid: int) -> Path:
+    return jobs_dir / f"bid-{bid}"
+
+
+def _deal_dir(jobs_dir: Path, deal: int) -> Path:
+    return jobs_dir / f"deal-{deal}"
+
+
+def _number(name: str, prefix: str) -> int | None:
+    text = name.removeprefix(prefix)
+    if name.startswith(prefix) and text.isdigit() and len(text) <= 20:
+        return int(text)
+    return None
+
+
+def read_spec(directory: Path) -> tuple[JobSpec, bytes]:
+    """The spec and sealed job key kept in ``directory``; :class:`JobError` if damaged."""
+    try:
+        raw = read_bounded(directory / SPEC_FILE, jobspec.MAX_SPEC_SIZE, "job spec")
+        sealed = read_bounded(directory / KEY_FILE, keys.SEALED_JOB_KEY_SIZE, "sealed job key")
+        return JobSpec.decode(raw), sealed
+    except (FileReadError, QoinError) as exc:
+        raise JobError("bad-spec", f"{directory}: {exc}") from None
+
+
+def keep_job(directory: Path, spec: bytes, sealed: bytes, extra: dict[str, Any]) -> None:
+    """Save a spec, its sealed job key and ``extra`` (``offer.json``) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomically(directory / SPEC_FILE, spec, mode=0o600)
+    write_atomically(directory / KEY_FILE, sealed, mode=0o600)
+    write_atomically(directory / OFFER_FILE, json.dumps(extra).encode(), mode=0o600)
+
+
+class JobBook:
+    """The provider's offers (``DATADIR/jobs/bid-<id>/``) and jobs (``deal-<id>/``)."""
+
+    def __init__(self, datadir: Path, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.dir = datadir / "jobs"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._jobs: dict[int, Job] = {}
+        self._lock = threading.Lock()
+
+    # -- offers -----------------------------------------------------------------------------
+
+    def keep_offer(self, bid: int, spec: bytes, sealed: bytes, offer: dict[str, Any]) -> None:
+        """Keep an accepted offer's spec and key until its deal forms (or the bid ends)."""
+        keep_job(_offer_dir(self.dir, bid), spec, sealed, offer)
+
+    def offers(self) -> list[int]:
+        """Bids with a kept offer."""
+        found = (_number(p.name, "bid-") for p in self.dir.iterdir())
+        return sorted(n for n in found if n is not None)
+
+    def drop_offer(self, bid: int) -> None:
+        shutil.rmtree(_offer_dir(self.dir, bid), ignore_errors=True)
+
+    def offer_replica(self, bid: int) -> int | None:
+        """The replica an offer was accepted for, or None."""
+        try:
+            raw = read_bounded(_offer_dir(self.dir, bid) / OFFER_FILE, 4096, "offer")
+            replica = json.loads(raw).get("replica")
+        except (FileReadError, ValueError, AttributeError):
+            return None
+        return replica if isinstance(replica, int) else None
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def adopt(self, deal: int, replica: int, client: str, mediator: str) -> Job:
+        """The deal of a kept offer formed: its directory becomes the job's. :class:`JobError`
+        if no offer was kept for it."""
+        offer, target = _offer_dir(self.dir, deal), _deal_dir(self.dir, deal)
+        if not target.exists():
+            if not offer.exists():
+                raise JobError("no-spec", "no spec was kept for it (no offer accepted here)")
+            offer.rename(target)
+        if (target / STATUS_FILE).exists():  # taken up before (a restart): keep where it stands
+            return self._open(target, read_status(target))
+        status = JobStatus(deal, replica, client, mediator)
+        write_status(target, status)
+        return self._open(target, status)
+
+    def _open(self, directory: Path, status: JobStatus) -> Job:
+        spec, sealed = read_spec(directory)
+        job = Job(self.ctx, directory, status, spec, sealed)
+        with self._lock:
+            self._jobs[status.deal] = job
+        return job
+
+    def load(self) -> list[Job]:
+        """The jobs in the data directory (not started)."""
+        loaded = []
+        for path in sorted(self.dir.iterdir()):
+            deal = _number(path.name, "deal-")
+            if deal is None or deal in self._jobs:
+                continue
+            try:
+                loaded.append(self._open(path, read_status(path)))
+            except QoinError as exc:
+                self.ctx.log(f"cannot take up {path.name}: {exc}")
+        return loaded
+
+    def get(self, deal: int) -> Job | None:
+        with self._lock:
+            return self._jobs.get(deal)
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def running(self) -> int:
+        """Jobs staging or running now."""
+        return sum(
+            1 for job in self.all() if job.status.state in (JobState.STAGING, JobState.RUNNING)
+        )
+
+    def remove(self, deal: int) -> None:
+        """Forget a job and delete its directory."""
+        with self._lock:
+            job = self._jobs.pop(deal, None)
+        if job is not None:
+            job.stop()
+            shutil.rmtree(job.directory, ignore_errors=True)
+
+    def stop_all(self) -> None:
+        for job in self.all():
+            job.stop()

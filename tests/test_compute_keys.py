@@ -1,0 +1,102 @@
+"""Keys of the compute market off chain (:mod:`qoin.compute.keys`): the job key sealed to an
+ML-KEM-768 key for one job, the outputs' master key, the signed auth header; and the storage
+market's file keys that let a provider decrypt one input (:mod:`qoin.storage.crypt`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+
+from qoin.compute import keys
+from qoin.compute.jobspec import Input, unwrap_input_key, wrap_input_key
+from qoin.crypto.hashing import sha3_256
+from qoin.storage import crypt
+from tests.keys import keypair_for
+
+JOB = sha3_256(b"a job")
+OTHER_JOB = sha3_256(b"another job")
+
+
+def test_a_sealed_job_key_opens_only_with_its_kem_key_for_its_job() -> None:
+    kem, stranger = MLKEM768PrivateKey.generate(), MLKEM768PrivateKey.generate()
+    job_key = os.urandom(32)
+    sealed = keys.seal_job_key(kem.public_key().public_bytes_raw(), job_key, JOB)
+    assert len(sealed) == keys.SEALED_JOB_KEY_SIZE
+    assert keys.open_job_key(kem, sealed, JOB) == job_key
+    again = keys.seal_job_key(kem.public_key().public_bytes_raw(), job_key, JOB)
+    assert again != sealed  # a fresh encapsulation and nonce each time
+    for bad_key, blob, job in (
+        (stranger, sealed, JOB),
+        (kem, sealed, OTHER_JOB),
+        (kem, sealed[:-1] + bytes([sealed[-1] ^ 1]), JOB),
+        (kem, bytes([sealed[0] ^ 1]) + sealed[1:], JOB),
+        (kem, sealed[:100], JOB),
+    ):
+        with pytest.raises(keys.KeysError):
+            keys.open_job_key(bad_key, blob, job)
+    with pytest.raises(keys.KeysError):
+        keys.seal_job_key(b"short", job_key, JOB)
+    with pytest.raises(keys.KeysError):
+        keys.seal_job_key(kem.public_key().public_bytes_raw(), b"short", JOB)
+
+
+def test_output_master_depends_on_key_deal_and_replica() -> None:
+    job_key = os.urandom(32)
+    base = keys.output_master(job_key, 7, 0)
+    assert len(base) == 32 and keys.output_master(job_key, 7, 0) == base
+    others = {
+        keys.output_master(job_key, 7, 1),
+        keys.output_master(job_key, 8, 0),
+        keys.output_master(os.urandom(32), 7, 0),
+    }
+    assert base not in others and len(others) == 3
+    with pytest.raises(keys.KeysError):
+        keys.output_master(b"short", 1, 0)
+
+
+def test_auth_header_checks_signer_provider_deal_and_time() -> None:
+    client, provider, stranger = keypair_for(index=60), keypair_for(index=61), keypair_for(index=62)
+    now = 1_700_000_000
+    header = keys.auth_header(client, provider.address, 5, now)
+    assert keys.check_auth(header, provider.address, 5, now + 10) == client.address
+    refusals = [
+        (None, provider, 5, now),
+        (header, provider, 6, now),  # another deal
+        (header, stranger, 5, now),  # another provider
+        (header, provider, 5, now + keys.AUTH_WINDOW_S + 1),  # expired
+        (header, provider, 5, now - keys.AUTH_WINDOW_S - 1),  # from the future
+        ("not.a.header", provider, 5, now),
+        ("zz" * 32 + ".1.00.00", provider, 5, now),
+        ("x" * (keys.MAX_AUTH_HEADER + 1), provider, 5, now),
+    ]
+    for text, to, deal, when in refusals:
+        with pytest.raises(keys.AuthError) as refused:
+            keys.check_auth(text, to.address, deal, when)
+        assert refused.value.status == 401
+    address, seconds, public, signature = header.split(".")
+    claimed = f"{stranger.address.raw.hex()}.{seconds}.{public}.{signature}"
+    with pytest.raises(keys.AuthError, match="does not hash"):
+        keys.check_auth(claimed, provider.address, 5, now)
+    swapped = f"{address}.{int(seconds) + 1}.{public}.{signature}"
+    with pytest.raises(keys.AuthError, match="signature"):
+        keys.check_auth(swapped, provider.address, 5, now)
+
+
+def test_file_key_decrypts_one_file_and_is_wrapped_under_the_job_key() -> None:
+    master = os.urandom(32)
+    data = os.urandom(200_000)
+    blob = crypt.encrypt(data, master)
+    salt = crypt.salt_of(blob[: crypt.HEADER_SIZE])
+    file_key = crypt.file_key(master, salt)
+    assert crypt.decrypt_with_file_key(blob, file_key) == data == crypt.decrypt(blob, master)
+    other = crypt.encrypt(data, master)
+    with pytest.raises(crypt.DecryptError):
+        crypt.decrypt_with_file_key(other, file_key)  # another salt: another file key
+    with pytest.raises(crypt.DecryptError):
+        crypt.salt_of(b"not a header at all, not at all")
+    job_key = os.urandom(32)
+    cid = sha3_256(b"cid")
+    item = Input(cid, "/inputs/x", wrap_input_key(job_key, cid, "/inputs/x", file_key))
+    assert unwrap_input_key(job_key, item) == file_key

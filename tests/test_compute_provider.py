@@ -1,0 +1,405 @@
+"""The compute provider daemon against a real mining node, through its HTTP API: what it posts
+(its ask, a mediator's record), the offers it refuses and why, an acceptance the actor takes, its
+authenticated per-job endpoints, a job whose staging fails (no commitment, the reason shown), a
+restart that keeps serving, and one job run end to end (logs over the WebSocket, commit, reveal,
+outputs stored and verified, paid).
+
+One network for the module (:func:`tests.computeutil.compute_network`). The full client flow
+(``qoin compute run``) and the replicated, cheating and mediated cases are the client's
+end-to-end tests, on the helpers of :mod:`tests.computeutil`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from qoin.cli.compute_provider import parse_executors, parse_mediators, parse_multiple
+from qoin.compute import keys, market
+from qoin.compute.jobspec import Executor, Input, Verification, wrap_input_key
+from qoin.compute.market import ComputeMarketView
+from qoin.compute.provider import jobs
+from qoin.compute.provider.daemon import Machine, capacity_problem, detect
+from qoin.compute.provider.jobs import JobLog
+from qoin.compute.provider.server import Capacity
+from qoin.crypto import hybrid
+from qoin.crypto.hashing import sha3_256
+from qoin.storage.provider.daemon import kem_key
+from tests.computeutil import (
+    COMPUTE,
+    FEE,
+    MEMORY,
+    ComputeProvider,
+    authed,
+    compute_network,
+    events,
+    form_deal,
+    job_spec,
+    kem_key_of,
+    offer,
+    place_bid,
+    provider_argv,
+    restart,
+    run_deal,
+    start_compute_provider,
+    storage_providers,
+    wait_state,
+)
+from tests.framework import Network, Node, genesis, wait_until
+from tests.keys import keypair_for
+from tests.storageutil import fund
+
+PROVIDER, MEDIATOR, CLIENT, STRANGER = (keypair_for(index=60 + i) for i in range(4))
+STORERS = (keypair_for(index=64), keypair_for(index=65))
+EXECUTORS = "sandbox,wasm"
+
+
+@dataclass(frozen=True)
+class World:
+    net: Network
+    node: Node
+    provider: ComputeProvider
+    mediator: ComputeProvider
+
+    @property
+    def url(self) -> str:
+        return self.node.user.url
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A node, a mediator (also a provider) and a provider that accepts it."""
+    workdir = tmp_path_factory.mktemp("compute-provider")
+    with pytest.MonkeyPatch.context() as patch, compute_network(workdir, patch) as (net, node):
+        fund(node, PROVIDER, MEDIATOR, CLIENT, STRANGER, *STORERS)
+        url = node.user.url
+        mediator = start_compute_provider(
+            net, url, MEDIATOR, name="mediator", mediator=True, executors=EXECUTORS
+        )
+        provider = start_compute_provider(net, url, PROVIDER, name="provider", executors=EXECUTORS)
+        yield World(net, node, provider, mediator)
+
+
+def executor_of(provider: ComputeProvider) -> Executor:
+    """An executor the provider offers (sandbox first)."""
+    offered = provider.ready["executors"]
+    for kind in (Executor.SANDBOX, Executor.WASM):
+        if offered[kind.name.lower()] is None:
+            return kind
+    pytest.fail(f"the provider offers no executor: {offered}")
+
+
+def sealed_for(world: World, provider: ComputeProvider, job_key: bytes, job: bytes) -> bytes:
+    return keys.seal_job_key(kem_key_of(world.node, provider.address), job_key, job)
+
+
+def test_option_parsers() -> None:
+    assert parse_multiple("1") == 1_000_000 and parse_multiple("2.5") == 2_500_000
+    assert parse_multiple("0.000001") == 1
+    for bad in ("", "-1", "1.1234567", "one"):
+        with pytest.raises(ValueError):
+            parse_multiple(bad)
+    assert parse_executors("wasm, sandbox,wasm") == (Executor.WASM, Executor.SANDBOX)
+    with pytest.raises(ValueError, match="unknown executor"):
+        parse_executors("sandbox,vm")
+    address = keypair_for(index=60).address
+    assert parse_mediators(f"{address},{keypair_for(index=61).address.raw.hex()}") == (
+        address,
+        keypair_for(index=61).address,
+    )
+    with pytest.raises(ValueError):
+        parse_mediators(f"{address},{address}")
+
+
+def test_saved_log_replays_by_offset(tmp_path: Path) -> None:
+    log = JobLog(tmp_path, limit=100)
+    log.reset()
+    log.write("stdout", b"hello ")
+    log.write("stderr", b"oops\n")
+    log.write("stdout", b"world\n" * 20)  # cut at the limit
+    assert log.size == 100
+    pieces = log.read(0)
+    assert [(p.stream, p.offset) for p in pieces] == [("stdout", 0), ("stderr", 6), ("stdout", 11)]
+    assert b"".join(p.data for p in pieces) == (b"hello oops\n" + b"world\n" * 20)[:100]
+    assert [(p.stream, p.offset, p.data) for p in log.read(8)][:1] == [("stderr", 8, b"ps\n")]
+    assert (tmp_path / "stdout").read_bytes() == (b"hello " + b"world\n" * 20)[:100]
+    again = JobLog(tmp_path, limit=100)  # a restarted daemon reads it back
+    assert again.size == 100 and again.read(0) == pieces
+
+
+def test_saved_log_bounds_its_stream_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "MAX_STREAM_CHANGES", 4)
+    log = JobLog(tmp_path, limit=1000)
+    log.reset()
+    for _ in range(5):
+        log.write("stdout", b"o")
+        log.write("stderr", b"e")
+    log.close()
+    assert [p.data for p in log.read(0)] == [b"o", b"e", b"o", b"eeee"]  # stdout left out
+    assert (tmp_path / "stdout").read_bytes() == b"ooooo"  # the result keeps all of stdout
+
+
+@pytest.mark.slow
+def test_posts_its_ask_and_mediator_record(world: World) -> None:
+    info = world.provider.info()
+    assert info["address"] == str(PROVIDER.address)
+    assert (info["cpus"], info["memory"], info["mediator"]) == (1, MEMORY, False)
+    assert info["executors"]["docker"] == "not offered by this provider (--executors)"
+    assert world.mediator.info()["mediator"] is True
+    with ComputeMarketView(world.url) as view:
+        ask = view.get_ask(PROVIDER.address)
+        record = view.get_mediator(MEDIATOR.address)
+        mediator_ask = view.get_ask(MEDIATOR.address)
+    assert ask is not None and ask.active
+    assert (ask.cpus, ask.memory, ask.gpus, ask.price_cpu) == (1, MEMORY, 0, 1_000)
+    offered = [k for k in Executor if info["executors"][k.name.lower()] is None]
+    assert ask.executors == sum(k.bit for k in offered) and offered
+    assert ask.endpoint == world.provider.endpoint
+    assert ask.kem_key == kem_key(world.provider.datadir)
+    assert ask.mediators == (MEDIATOR.address,)  # every active mediator but itself
+    assert ask.free_collateral >= market.collateral_for(
+        market.max_payment(1, 0, COMPUTE.max_timeout, 1_000, 0), COMPUTE.min_collateral_ppm
+    )
+    assert record is not None and record.active and record.fee == FEE
+    assert record.stake == COMPUTE.min_mediator_stake
+    assert mediator_ask is not None and MEDIATOR.address not in mediator_ask.mediators
+
+
+@pytest.mark.slow
+def test_refuses_more_than_the_machine_has(world: World) -> None:
+    machine = Machine(cpus=2, memory=1 << 30, gpus=1, gpu_model="H100")
+    assert capacity_problem(Capacity(2, 1 << 30, 1, "H100"), machine) is None
+    for capacity, reason in (
+        (Capacity(3, 1 << 20), "--cpus 3: this machine has 2"),
+        (Capacity(1, (1 << 30) + 1), "bytes of memory"),
+        (Capacity(1, 1 << 20, 2), "--gpus 2: this machine has 1"),
+        (Capacity(1, 1 << 20, 1, "A100"), "this machine's GPU is 'H100'"),
+        (Capacity(1, 1 << 20, 0, "H100"), "--gpu-model needs --gpus"),
+    ):
+        problem = capacity_problem(capacity, machine)
+        assert problem is not None and reason in problem
+    provider = world.provider
+    args = [
+        "--datadir", str(provider.home / "other"), "--key", str(provider.key),
+        "--password-file", str(provider.password_file), "--rpc", world.url, "--price", "1",
+        "--cpus", str(detect().cpus + 1), "--memory", "1MiB",
+    ]  # fmt: skip
+    done = subprocess.run(
+        provider_argv(*args), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "CPU(s) to offer" in done.stderr and not (provider.home / "other" / "jobs").exists()
+
+
+@pytest.mark.slow
+def test_offers_are_refused_with_their_reasons(world: World) -> None:
+    node, provider = world.node, world.provider
+    kind = executor_of(provider)
+    spec = job_spec(executor=kind, command=("true",))
+    job_key = os.urandom(32)
+    sealed = sealed_for(world, provider, job_key, spec.job_hash)
+    bid = place_bid(node, CLIENT, spec)
+    other = job_spec(executor=kind, command=("false",))
+    big = job_spec(executor=kind, command=("true",), cpus=2)
+    big_bid = place_bid(node, CLIENT, big)
+    stranger_kem = keys.seal_job_key(kem_key(provider.home / "stranger"), job_key, spec.job_hash)
+    cid = sha3_256(b"an input")
+    wrong_input = job_spec(
+        executor=kind,
+        command=("true",),
+        inputs=[Input(cid, "/inputs/x", wrap_input_key(os.urandom(32), cid, "/inputs/x", b"k"))],
+    )
+    wrong_input_bid = place_bid(node, CLIENT, wrong_input)
+    spot = job_spec(executor=kind, command=("true",), verification=Verification.SPOT)
+    nobody = keypair_for(index=69).address
+    spot_bid = place_bid(node, CLIENT, spot, mediators=[nobody], max_fee=FEE)
+    refusals = [
+        (offer(provider, bid + 1000, spec, sealed), 409, "is not open"),
+        (offer(provider, bid, other, sealed), 422, f"is not bid {bid}'s job"),
+        (offer(provider, bid, spec, sealed, replica=1), 422, "no replica 1"),
+        (
+            offer(provider, big_bid, big, sealed_for(world, provider, job_key, big.job_hash)),
+            409,
+            "too big",
+        ),
+        (offer(provider, bid, spec, stranger_kem), 422, "does not open"),
+        (offer(provider, bid, spec, b"\x01" * keys.SEALED_JOB_KEY_SIZE), 422, "does not open"),
+        (
+            offer(
+                provider,
+                wrong_input_bid,
+                wrong_input,
+                sealed_for(world, provider, job_key, wrong_input.job_hash),
+            ),
+            422,
+            "does not open with this job key",
+        ),
+        (
+            offer(
+                provider,
+                spot_bid,
+                spot,
+                sealed_for(world, provider, job_key, spot.job_hash),
+                mediator=nobody,
+            ),
+            409,
+            "unknown mediator",
+        ),
+        (offer(provider, bid, spec, sealed, mediator=MEDIATOR.address), 422, "no mediator"),
+    ]
+    for answer, status, reason in refusals:
+        assert answer.status_code == status, answer.text
+        assert reason in answer.json()["error"], answer.text
+    garbage = httpx.post(f"{provider.url}/offer", content=b"{not json", timeout=30)
+    assert garbage.status_code == 400
+    assert httpx.post(f"{provider.url}/mediate", json={}, timeout=30).status_code == 404
+    assert not (provider.datadir / "jobs" / f"bid-{bid}").exists()
+
+
+def logs_frames(provider: ComputeProvider, signer: Any, deal: int, start: int = 0) -> list[Any]:
+    """Every frame of ``WS /jobs/{deal}/logs?from=start`` until the end frame."""
+    url = provider.url.replace("http://", "ws://") + f"/jobs/{deal}/logs?from={start}"
+    header = keys.auth_header(signer, provider.address, deal)
+    frames = []
+    with connect(url, additional_headers={keys.AUTH_HEADER: header}, open_timeout=30) as ws:
+        while True:
+            frame = json.loads(ws.recv(timeout=120))
+            frames.append(frame)
+            if frame.get("end"):
+                return frames
+
+
+@pytest.mark.slow
+def test_an_accepted_offer_forms_a_deal_and_its_job_answers_only_its_client(
+    world: World,
+) -> None:
+    """The acceptance verifies and the actor takes it; the job (whose input is not in the
+    storage market) fails staging and commits nothing; its endpoints answer its client and
+    mediator only; a restarted provider still serves it."""
+    node, provider = world.node, world.provider
+    kind = executor_of(provider)
+    missing = sha3_256(b"never stored")
+    spec = job_spec(
+        executor=kind,
+        command=("cat", "/inputs/x"),
+        inputs=[Input(missing, "/inputs/x")],
+        verification=Verification.SPOT,
+    )
+    job_key = os.urandom(32)
+    bid = place_bid(node, CLIENT, spec, mediators=[MEDIATOR.address], max_fee=FEE)
+    answer = offer(
+        provider,
+        bid,
+        spec,
+        sealed_for(world, provider, job_key, spec.job_hash),
+        mediator=MEDIATOR.address,
+    )
+    assert answer.status_code == 200, answer.text
+    terms = answer.json()
+    collateral = market.collateral_for(market.max_payment(1, 0, spec.timeout, 1_000, 0), 10**6)
+    assert (terms["price_cpu"], terms["price_gpu"], terms["collateral"]) == (1_000, 0, collateral)
+    message = market.acceptance_message(
+        genesis().chain_id,
+        bid,
+        0,
+        spec.job_hash,
+        1_000,
+        0,
+        collateral,
+        MEDIATOR.address,
+        PROVIDER.address,
+    )
+    signature = hybrid.HybridSignature.decode(bytes.fromhex(terms["acceptance"]))
+    assert hybrid.is_valid(PROVIDER.public, message, signature)
+    deal = form_deal(
+        node, CLIENT, bid, [provider], [bytes.fromhex(terms["acceptance"])], MEDIATOR.address
+    )
+    sealed = sealed_for(world, world.mediator, job_key, spec.job_hash)
+    kept = httpx.post(
+        f"{world.mediator.url}/mediate",
+        json={"deal": deal, "spec": spec.encode().hex(), "job_key": sealed.hex()},
+        timeout=30,
+    )
+    assert kept.status_code == 200, kept.text
+
+    failed = wait_state(provider, CLIENT, deal, ["failed"])
+    assert failed["reason"] == "staging-failed" and "/inputs/x" in failed["detail"]
+    assert failed["root"] is None and failed["cid"] is None
+    assert events(node, "ResultCommitted", deal) == []
+    assert authed(provider, MEDIATOR, deal).status_code == 200
+    refused = [
+        (authed(provider, STRANGER, deal), 403, "neither"),
+        (authed(provider, CLIENT, deal, now=time.time() - 1_000), 401, "fresh"),
+        (authed(provider, CLIENT, deal + 1), 404, "no job"),
+        (httpx.get(f"{provider.url}/jobs/{deal}", timeout=30), 401, "X-Qoin-Auth"),
+        (authed(provider, CLIENT, deal, "/result"), 409, "not revealed"),
+    ]
+    for response, status, reason in refused:
+        assert response.status_code == status, response.text
+        assert reason in response.json()["error"]
+    with pytest.raises(InvalidStatus) as denied:
+        logs_frames(provider, STRANGER, deal)
+    assert denied.value.response.status_code == 403
+    frames = logs_frames(provider, CLIENT, deal)
+    assert frames[-1]["end"] is True and frames[-1]["reason"] == "staging-failed"
+
+    again = restart(world.net, provider, world.url, executors=EXECUTORS)
+    object.__setattr__(world, "provider", again)
+    assert again.info()["address"] == str(PROVIDER.address)
+    after = authed(again, CLIENT, deal)
+    assert after.status_code == 200 and after.json()["state"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_job_runs_commits_reveals_and_stores_its_outputs(world: World) -> None:
+    """A sandbox job (verification none): its output reaches a WebSocket follower, it commits and
+    reveals its root, is paid at once, and stores its outputs, which decrypt with the outputs
+    key and verify against the revealed root."""
+    from qoin.compute import outputs  # noqa: PLC0415 (the executors' helper)
+    from qoin.storage import retrieve  # noqa: PLC0415
+
+    provider = world.mediator  # a provider too, and its CPU is free
+    if provider.ready["executors"]["sandbox"] is not None:
+        pytest.skip(f"no sandbox here: {provider.ready['executors']['sandbox']}")
+    storage_providers(world.net, world.node, STORERS)
+    spec = job_spec(("sh", "-c", "echo hello; echo out > /outputs/x; echo warn >&2"), timeout=20)
+    deal, job_key = run_deal(world.node, CLIENT, [provider], spec)
+    frames = logs_frames(provider, CLIENT, deal)
+    data = {
+        stream: b"".join(base64.b64decode(f["data"]) for f in frames if f.get("stream") == stream)
+        for stream in ("stdout", "stderr")
+    }
+    assert data == {"stdout": b"hello\n", "stderr": b"warn\n"}
+    assert frames[-1]["reason"] == "exited" and frames[-1]["exit_code"] == 0
+    stored = wait_state(provider, CLIENT, deal, ["stored", "settled"], timeout=180)
+    wait_until(lambda: authed(provider, CLIENT, deal).json()["cid"], 180, 0.5, "outputs stored")
+    result = authed(provider, CLIENT, deal, "/result").json()
+    revealed = events(world.node, "ResultRevealed", deal)
+    assert [bytes(d[2]).hex() for _, d in revealed] == [result["root"]]
+    assert stored["usage_cpu"] <= 1 and stored["exit_code"] == 0
+    paid = events(world.node, "ProviderPaid", deal)
+    assert [d[1] for _, d in paid] == [0]
+    archive = retrieve.fetch(
+        world.url,
+        bytes.fromhex(result["cid"]),
+        master=keys.output_master(job_key, deal, 0),
+    )
+    manifest = outputs.unpack(archive, provider.home / "unpacked", bytes.fromhex(result["root"]))
+    assert [f.path for f in manifest.files] == ["x"] or [f.path for f in manifest.files] == [
+        "/outputs/x"
+    ]
+    assert result["manifest"]["stdout"]["size"] == len(b"hello\n")
