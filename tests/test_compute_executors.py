@@ -4,12 +4,18 @@ Every hostile job must be stopped with the right :class:`StopReason` and a clear
 nothing behind on the host (no process of the job, no control group, no container), and the
 executor must run a normal job right after it (the provider keeps serving). Plus a normal job per
 executor: an input hashed into ``/outputs``, stdout streamed through ``on_output`` while the job
-runs, the exit code passed through, CPU time measured.
+runs, the exit code passed through, CPU time measured. The input is a private file (mode 0600):
+the job must read it and its mode must stay as it was.
+
+What a job leaves behind is hostile too: the scan, pack and unpack of its result must survive
+links to the provider's files, FIFOs, unreadable directories, odd names, a tree far deeper than
+``PATH_MAX`` and a daemon left running (``test_hostile_outputs``, ``test_deep_tree``).
 
 Which hostile jobs each executor gets: sandbox and docker all of them (as shell commands; the
 docker image is busybox, the sandbox the host's read-only system). wasm the ones a WASI module can
-express: writing outside its preopened directories (and into its read-only inputs), a runaway
-loop (``fuel`` or ``timeout``), memory growth (``memory``), a disk filler, a log flood. Not
+express: writing outside its preopened directories (and into its read-only inputs, also through a
+hard link), a runaway loop (``fuel`` or ``timeout``), memory growth (``memory``), a disk filler, a
+log flood, ``/outputs`` over its limits when stopped otherwise. Not
 applicable to wasm: network egress (WASI preview 1 has no sockets), reading the provider's files
 (nothing outside the preopens exists for a module: the escape test covers it), a fork bomb (no
 processes in WASI), the seccomp and namespace checks.
@@ -22,9 +28,12 @@ are small (64 MiB of memory, 32 processes, 2 s timeouts) to keep the suite quick
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import socket
+import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +44,7 @@ import httpx
 import pytest
 import wasmtime
 
+from qoin.compute import outputs
 from qoin.compute.executors import (
     ExecutorError,
     HostLimits,
@@ -46,6 +56,7 @@ from qoin.compute.executors import (
 from qoin.compute.executors import cgroups as cgroups_module
 from qoin.compute.executors.docker import DockerExecutor
 from qoin.compute.executors.sandbox import SandboxExecutor
+from qoin.compute.executors.tree import remove_tree, tree_usage
 from qoin.compute.executors.wasm import FUEL_PER_SECOND, WasmExecutor
 from qoin.compute.jobspec import Executor, Input, JobSpec, OutputLimits, Resources
 from tests import dockerutil
@@ -156,6 +167,7 @@ def run(
     wasm: str | None = None,
     on_chunk: Callable[[str, bytes, JobDirs], None] | None = None,
     cancel: threading.Event | None = None,
+    limits: OutputLimits = OUTPUTS,
 ) -> Ran:
     """Run ``command`` (sandbox, docker: a shell command line; wasm: the module ``wasm``, WAT)
     with the input ``/inputs/x``; check that nothing of it is left on the host."""
@@ -164,6 +176,7 @@ def run(
     (root / "work").mkdir()
     (root / "outputs").mkdir()
     (root / "x").write_bytes(INPUT)
+    (root / "x").chmod(0o600)  # private: the executor must neither open it up nor need it
     staged = [(root / "x", "/inputs/x")]
     inputs = [Input(b"\x01" * 32, "/inputs/x")]
     marker = f"qoin-test-{uuid.uuid4().hex}"
@@ -183,7 +196,7 @@ def run(
         inputs=tuple(inputs),
         resources=Resources(cpus=1, memory=MEMORY),
         timeout=timeout,
-        outputs=OUTPUTS,
+        outputs=limits,
     )
     dirs = JobDirs(root, tuple(staged), root / "work", root / "outputs")
     chunks: list[tuple[str, bytes]] = []
@@ -198,6 +211,7 @@ def run(
     stderr = b"".join(chunk for stream, chunk in chunks if stream == "stderr")
     ran = Ran(result, stdout, stderr, dirs, marker, chunks)
     assert_nothing_left(target, ran)
+    assert (root / "x").stat().st_mode & 0o777 == 0o600, "the input's mode changed"
     return ran
 
 
@@ -262,6 +276,8 @@ WASI = """
   (import "wasi_snapshot_preview1" "path_open"
     (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "path_link"
+    (func $path_link (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 100) "hello\\n")
   (data (i32.const 110) "x")
@@ -270,6 +286,8 @@ WASI = """
   (data (i32.const 140) "go")
   (data (i32.const 150) "ok\\n")
   (data (i32.const 160) "/etc/passwd")
+  (data (i32.const 180) "linked\\n")
+  (data (i32.const 190) "hx")
   ;; write LEN bytes at PTR to FD; its errno
   (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
     (i32.store (i32.const 0) (local.get $ptr))
@@ -326,6 +344,11 @@ WAT_ESCAPE = (
     (call $try (i32.const 3) (i32.const 160) (i32.const 11) (i32.const 0) {READ})  ;; /etc/passwd
     (call $try (i32.const 5) (i32.const 120) (i32.const 4) {CREATE} {WRITE})  ;; /inputs/copy
     (call $try (i32.const 5) (i32.const 110) (i32.const 1) {CREATE} {WRITE})  ;; /inputs/x
+    ;; a hard link of the read-only input in the writable /outputs, written through
+    (if (i32.eqz (call $path_link (i32.const 5) (i32.const 0) (i32.const 110) (i32.const 1)
+                   (i32.const 3) (i32.const 190) (i32.const 2)))
+      (then (drop (call $write (i32.const 1) (i32.const 180) (i32.const 7)))
+            (call $try (i32.const 3) (i32.const 190) (i32.const 2) (i32.const 0) {WRITE})))
     (drop (call $write (i32.const 1) (i32.const 150) (i32.const 3))))"""
 )
 
@@ -438,6 +461,7 @@ def test_writes_outside_outputs(target: Target, tmp_path: Path) -> None:
     assert ran.result.reason is StopReason.EXITED, ran.result
     assert "wrote" not in ran.output
     assert "escape" not in ran.output and "copy" not in ran.output and "passwd" not in ran.output
+    assert "linked" not in ran.output
     assert ran.stdout.endswith(b"ok\n")
     assert (ran.dirs.root / "x").read_bytes() == INPUT
     assert not (ran.dirs.root / "escape").exists()
@@ -446,7 +470,12 @@ def test_writes_outside_outputs(target: Target, tmp_path: Path) -> None:
     still_serves(target, tmp_path / "after")
 
 
-def test_provider_files_invisible(shell: Target, tmp_path: Path) -> None:
+def test_provider_files_invisible(
+    shell: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the provider's files nor its environment (a variable of the provider's, set
+    here, must reach neither the job's environment nor ``/proc/1/environ``)."""
+    monkeypatch.setenv("QOIN_PROVIDER_SECRET", SECRET)
     datadir = tmp_path / "datadir"
     (datadir / "keystore").mkdir(parents=True)
     key = datadir / "keystore" / "key.json"
@@ -455,7 +484,8 @@ def test_provider_files_invisible(shell: Target, tmp_path: Path) -> None:
     probes = [str(key), str(datadir), str(tmp_path), *(f"/root/{name}" for name in real_root)]
     command = "; ".join(
         [f"test -e {path} && echo SEEN-BY-JOB {path}" for path in probes]
-        + [f"cat {key}", "ls /root /home /tmp /var/lib /run 2>&1", "echo done"]
+        + [f"cat {key}", "ls /root /home /tmp /var/lib /run 2>&1", "env", "cat /proc/1/environ"]
+        + ["echo", "echo done"]
     )
     ran = run(shell, tmp_path / "job", (command,))
     assert ran.result.reason is StopReason.EXITED, ran.result
@@ -466,7 +496,7 @@ def test_provider_files_invisible(shell: Target, tmp_path: Path) -> None:
 
 
 def test_fork_bomb(shell: Target, tmp_path: Path) -> None:
-    ran = run(shell, tmp_path / "job", ("f() { f | f & }; f; sleep 100",))
+    ran = run(shell, tmp_path / "job", ("f() { f | f & }; f; while :; do :; done",))
     stopped(ran, StopReason.PROCESSES)
     assert "process limit of 32" in ran.result.detail
     still_serves(shell, tmp_path / "after")
@@ -608,6 +638,170 @@ def test_jobs_that_cannot_start(target: Target, tmp_path: Path) -> None:
     with pytest.raises(ExecutorError, match="missing"):
         target.executor.run(spec, gone, lambda stream, chunk: None, threading.Event())
     still_serves(target, tmp_path / "after")
+
+
+LONG_NAME = "L" * 255
+
+
+def _hostile_outputs(sandbox: bool) -> str:
+    """A job that leaves in ``/outputs`` what a provider's reader must survive, then a
+    daemon (double fork, a session of its own) that would write there after the job."""
+    lines = [
+        "cd /outputs",
+        "echo kept > kept",
+        "ln -s /etc/shadow shadow; ln -s / top; ln -s /proc/1/environ environ",
+        "ln /inputs/x hard 2>/dev/null && echo LINKED-INPUT",
+        "mkfifo fifo",
+        "printf n > \"$(printf 'new\\nline')\"",
+        "printf b > \"$(printf 'bad\\377name')\"",
+        f"printf l > {LONG_NAME}",
+        "echo locked > locked; chmod 000 locked",
+        "mkdir -p shut/in && echo in > shut/in/f && chmod 000 shut/in && chmod 300 shut",
+        "(setsid sh -c 'sleep 1; echo late > /outputs/late' </dev/null >/dev/null 2>&1 &)",
+        "echo done",
+    ]
+    if sandbox:
+        lines.insert(-1, "python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('sock')\"")
+    return "; ".join(lines)
+
+
+def test_hostile_outputs(shell: Target, tmp_path: Path) -> None:
+    """Links to the provider's files, a FIFO (a reader that opened it would block forever), a
+    socket, names with a newline, not UTF-8 or 255 bytes long, a file and directories made
+    unreadable, a daemon left behind: the run ends with the job (the daemon killed), and the
+    scan, the archive and its unpacking take the regular files only, never follow a link and
+    never block."""
+    ran = run(shell, tmp_path / "job", (_hostile_outputs(shell.kind is Executor.SANDBOX),))
+    assert ran.result.reason is StopReason.EXITED, (ran.result, ran.output)
+    assert ran.stdout.endswith(b"done\n"), ran.output
+    assert "LINKED-INPUT" not in ran.output
+    stdout = tmp_path / "stdout"
+    stdout.write_bytes(ran.stdout)
+    archive = tmp_path / "archive"
+    scanned: list[outputs.Manifest] = []
+
+    def read_back() -> None:
+        manifest = outputs.scan(ran.dirs.outputs, stdout, ran.result, OUTPUTS)
+        outputs.pack(manifest, ran.dirs.outputs, stdout, archive)
+        scanned.append(manifest)
+
+    reader = threading.Thread(target=read_back, daemon=True)
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "the scan or the pack blocked"
+    assert scanned, "the scan or the pack failed"
+    paths = [entry.path for entry in scanned[0].files]
+    assert paths == sorted(["kept", "new\nline", LONG_NAME, "locked", "shut/in/f"], key=str.encode)
+    data = archive.read_bytes()
+    assert b"root:" not in data and SECRET.encode() not in data
+    unpacked = outputs.unpack(data, tmp_path / "unpacked", scanned[0].root, limits=OUTPUTS)
+    assert unpacked == scanned[0]
+    assert (tmp_path / "unpacked" / "shut" / "in" / "f").read_bytes() == b"in\n"
+    assert not (ran.dirs.outputs / "late").exists()  # the daemon died with the job
+
+
+def test_deep_tree(sandbox: Target, tmp_path: Path) -> None:
+    """A tree far deeper than a result can list (and than a recursive walk or removal can
+    take): stopped for its output limit; what lies past the longest path is removed, so the
+    job's directory can be removed as usual."""
+    script = (
+        "import os\n"
+        "os.chdir('/outputs')\n"
+        "for _ in range(1500):\n"
+        "    os.mkdir('d'); os.chdir('d')\n"
+        "open('bottom', 'w').write('x' * 4096)\n"
+    )
+    limits = OutputLimits(OUTPUTS.max_bytes, 10_000, OUTPUTS.max_log_bytes)
+    try:
+        ran = run(sandbox, tmp_path / "job", (f'python3 -c "{script}"',), limits=limits)
+        stopped(ran, StopReason.OUTPUT)
+        assert "longer than 1024 bytes" in ran.result.detail
+        assert tree_usage(ran.dirs.outputs).problem is None
+        manifest = outputs.scan(ran.dirs.outputs, tmp_path / "stdout", ran.result, limits)
+        assert manifest.files == ()
+        shutil.rmtree(ran.dirs.root)
+    finally:
+        remove_tree(tmp_path / "job")  # whatever happened: pytest's own removal recurses
+
+
+WAT_MANY_THEN_HELLO = (
+    WASI
+    % f"""
+  (func (export "_start") (local $i i32)
+    (loop $make
+      (i32.store8 (i32.const 300) (i32.add (i32.const 48) (i32.div_u (local.get $i) (i32.const 10))))
+      (i32.store8 (i32.const 301) (i32.add (i32.const 48) (i32.rem_u (local.get $i) (i32.const 10))))
+      (drop (call $open (i32.const 3) (i32.const 300) (i32.const 2) {CREATE} {WRITE}))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $make (i32.lt_u (local.get $i) (i32.const 100))))
+    (drop (call $write (i32.const 1) (i32.const 100) (i32.const 6)))
+    (loop $forever (br $forever)))"""
+)
+
+
+def test_outputs_over_when_stopped_otherwise(target: Target, tmp_path: Path) -> None:
+    """A job stopped for another reason (here cancelled on its first line, before the walk
+    of ``/outputs`` came round) with ``/outputs`` over its limits: ``output-limit`` (a result
+    never holds more than its limits, so the scan cannot fail)."""
+    cancel = threading.Event()
+    command = (
+        "i=0; while [ $i -lt 100 ]; do : > /outputs/f$i; i=$((i+1)); done; "
+        "echo hello; while :; do :; done"
+    )
+    ran = run(
+        target,
+        tmp_path / "job",
+        (command,),
+        wasm=WAT_MANY_THEN_HELLO,
+        on_chunk=lambda _stream, _chunk, _dirs: cancel.set(),
+        cancel=cancel,
+    )
+    stopped(ran, StopReason.OUTPUT)
+    assert f"limit of {OUTPUTS.max_files} files" in ran.result.detail
+    manifest = outputs.scan(ran.dirs.outputs, tmp_path / "stdout", ran.result, OUTPUTS)
+    assert manifest.files == ()
+
+
+def _image_with_volume(engine_socket: str) -> str:
+    """The test image with a world-writable ``/big`` declared a ``VOLUME`` (which the engine
+    would make an anonymous volume on the provider's disk)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(dockerutil.rootfs_tar())) as source,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for member in source.getmembers():
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+        big = tarfile.TarInfo("big")
+        big.type, big.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(big)
+    body = out.getvalue()
+    repo, tag = "qoin-test-volume", hashlib.sha256(body).hexdigest()[:16]
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=engine_socket), base_url="http://docker", timeout=120
+    ) as client:
+        found = client.get(f"/images/{repo}:{tag}/json")
+        if found.status_code != 200:
+            answer = client.post(
+                "/images/create",
+                params={"fromSrc": "-", "repo": repo, "tag": tag, "changes": ["VOLUME /big"]},
+                content=body,
+                headers={"Content-Type": "application/x-tar"},
+            )
+            assert answer.status_code == 200 and '"error"' not in answer.text, answer.text
+            found = client.get(f"/images/{repo}:{tag}/json")
+        return f"{repo}@{found.json()['Id']}"
+
+
+def test_docker_image_volumes_are_memory(docker: Target, tmp_path: Path) -> None:
+    """An image's ``VOLUME`` is a tmpfs counted against the job's memory, not a volume on the
+    provider's disk that the job could fill."""
+    image = Target("docker", docker.executor, _image_with_volume(docker.docker_socket))
+    image.docker_socket = docker.docker_socket
+    command = "grep ' /big ' /proc/mounts; dd if=/dev/zero of=/big/fill bs=1M count=200"
+    ran = run(image, tmp_path / "job", (command,))
+    assert " /big tmpfs " in ran.output, ran.output
+    assert ran.result.reason is StopReason.MEMORY or ran.result.exit_code != 0, ran.result
 
 
 def test_stale_groups_of_gone_providers_are_swept() -> None:

@@ -4,7 +4,9 @@ trips, any changed byte caught, hostile archives refused."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qoin.compute.executors import RunResult, StopReason
+from qoin.compute.executors.tree import prune, remove_tree, tree_usage
 from qoin.compute.jobspec import OutputLimits
 from qoin.compute.outputs import (
     MAGIC,
@@ -313,3 +316,146 @@ def test_manifest_rules() -> None:
         Manifest(StopReason.EXITED, 0, stdout, (good, good))
     with pytest.raises(OutputsError, match="unknown stop reason"):
         Manifest.decode(Writer().u8(1).var_bytes(b"bogus", 32).bytes())
+
+
+# -- hostile trees and archives (what a job or a provider could leave) ----------------------------
+
+
+def _deep(top: Path, depth: int, leaf: bytes = b"x") -> None:
+    """A chain of ``depth`` directories ``d`` under ``top`` with a file at its bottom (made
+    through descriptors: its path is far longer than ``PATH_MAX``)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        leaf_fd = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf_fd, leaf)
+        os.close(leaf_fd)
+    finally:
+        os.close(fd)
+
+
+def test_scan_takes_only_paths_a_result_can_list(tmp_path: Path) -> None:
+    """Names with a newline or 255 bytes long are results; names that are not UTF-8, paths over
+    1024 bytes and a tree deeper than ``PATH_MAX`` are skipped (never a failure); the tree
+    helpers see the deep tree as breaking the path rule, prune it and remove it without
+    recursion."""
+    outputs = tmp_path / "outputs"
+    long_name = "n" * 255
+    _write_tree(outputs, {"new\nline": b"1", long_name: b"2", "é": b"3"})
+    (outputs / os.fsdecode(b"bad\xffname")).write_bytes(b"4")
+    too_long = outputs / "/".join(["p" * 250] * 5) / "f"  # 1256 bytes
+    too_long.parent.mkdir(parents=True)
+    too_long.write_bytes(b"5")
+    (outputs / "deep").mkdir()
+    try:
+        _deep(outputs / "deep", 1500)
+        manifest = scan(outputs, tmp_path / "stdout", EXITED, LIMITS)
+        assert [entry.path for entry in manifest.files] == sorted(
+            ["new\nline", long_name, "é"], key=str.encode
+        )
+        usage = tree_usage(outputs)
+        assert usage.problem is not None and "longer than 1024 bytes" in usage.problem
+        assert prune(outputs) >= 2
+        assert tree_usage(outputs).problem is None
+        (outputs / "again").mkdir()
+        _deep(outputs / "again", 1500)
+    finally:
+        remove_tree(outputs)  # a recursive removal (pytest's own) could not
+    assert not outputs.exists()
+
+
+def test_pack_never_blocks_on_a_fifo(tmp_path: Path) -> None:
+    """A FIFO put where a scanned file was (a reader that opened it would wait forever): the
+    pack fails at once."""
+    outputs = tmp_path / "outputs"
+    _write_tree(outputs, {"a": b"content"})
+    manifest = scan(outputs, tmp_path / "stdout", EXITED, LIMITS)
+    (outputs / "a").unlink()
+    os.mkfifo(outputs / "a")
+    failures: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            pack(manifest, outputs, tmp_path / "stdout", tmp_path / "archive")
+        except OutputsError as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the pack blocked on a FIFO"
+    assert failures and "regular file" in str(failures[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a tree for another user (needs root)")
+def test_a_provider_that_is_not_root_reads_what_the_job_made_unreadable() -> None:
+    """A job that runs as the provider's own user (a sandbox provider that is not root) makes a
+    file unreadable and a directory writable but not listable: the provider gives the owner's
+    permissions back, so its walk sees every byte and its scan the same result a root provider
+    gets."""
+    top = Path(tempfile.mkdtemp(prefix="qoin-not-root-"))
+    try:
+        outputs = top / "outputs"
+        _write_tree(outputs, {"locked": b"secret result", "hidden/big": b"x" * 5000, "ok": b"1"})
+        (outputs / "locked").chmod(0)
+        (outputs / "hidden").chmod(0o300)
+        for path in (top, *top.rglob("*")):
+            os.chown(path, 65534, 65534, follow_symlinks=False)
+        top.chmod(0o700)
+        as_root = scan(outputs, top / "stdout", EXITED, LIMITS)
+        (outputs / "hidden").chmod(0o300)
+        (outputs / "locked").chmod(0)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the provider's user, not root
+            code = 1
+            try:
+                os.close(read)
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                size = tree_usage(outputs).size
+                root = scan(outputs, top / "stdout", EXITED, LIMITS).root
+                os.write(write, f"{size} {root.hex()}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read, "rb") as said:
+            answer = said.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, answer
+        assert answer == f"{5000 + 13 + 1} {as_root.root.hex()}"
+        assert [entry.path for entry in as_root.files] == ["hidden/big", "locked", "ok"]
+    finally:
+        shutil.rmtree(top)
+
+
+def test_unpack_writes_names_that_look_like_its_temporary_files(tmp_path: Path) -> None:
+    """A result holding both ``x`` and a name a temporary file of ``x`` could have, and a
+    name of 255 bytes: every file arrives whole."""
+    files = [(b".x.qoin-part", b"first"), (b"n" * 255, b"long"), (b"x", b"second")]
+    archive, root = _raw_archive(files)
+    unpack(archive, tmp_path / "out", root)
+    assert _read_tree(tmp_path / "out") == {
+        ".x.qoin-part": b"first",
+        "n" * 255: b"long",
+        "x": b"second",
+    }
+
+
+def test_unpack_bounds_what_a_lying_archive_can_make_it_do(tmp_path: Path) -> None:
+    """A manifest length beyond what the limits allow is refused before it is read (no
+    allocation follows a claim); a failure removes the directories made for the files too."""
+    claim = MAGIC + encode_varint(1 << 40) + b"\x00" * 64
+    with pytest.raises(OutputsError, match="over the"):
+        unpack(claim, tmp_path / "out", bytes(32), limits=LIMITS)
+    assert not (tmp_path / "out").exists()
+    archive, root = _raw_archive([(b"sub/dir/a", b"abc"), (b"sub/b", b"def")])
+    with pytest.raises(OutputsError):
+        unpack(archive[:-1], tmp_path / "deep" / "out", root)
+    assert not (tmp_path / "deep").exists()

@@ -35,12 +35,14 @@ import hashlib
 import io
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
 from qoin.compute.executors.base import RunResult, StopReason
+from qoin.compute.executors.tree import MAX_TREE_PATH, OPEN_FILE, make_accessible, open_dir
 from qoin.compute.jobspec import MAX_LOG_BYTES, MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES, OutputLimits
 from qoin.crypto.hashing import HASH_SIZE, tagged_hash
 from qoin.encoding.codec import DecodeError, Reader, Writer, encode_varint
@@ -51,8 +53,9 @@ TAG_RESULT = b"QOIN/compute/result/v1"
 TAG_FILE = b"QOIN/compute/file/v1"
 MAGIC = b"QOINOUT1"
 MAX_REASON = 32
-MAX_PATH = 1024
-"""Bytes of a file's path under ``/outputs``."""
+MAX_PATH = MAX_TREE_PATH
+"""Bytes of a file's path under ``/outputs`` (1024; the executors stop a job that makes a longer
+one)."""
 MAX_EXIT = (1 << 32) - 1
 MAX_MANIFEST = MAX_OUTPUT_FILES * (MAX_PATH + HASH_SIZE + 16) + 256
 """The largest manifest encoding (every bound at its most)."""
@@ -237,31 +240,71 @@ def _stream_digest(source: IO[bytes], limit: int, what: str, over: str) -> FileE
 # -- scanning -------------------------------------------------------------------------------------
 
 
-def _walk(root: Path) -> Iterator[tuple[str, str]]:
-    """(path under ``root``, host path) of every regular file, symbolic links not followed;
-    names that are not UTF-8 skipped."""
-    stack = [("", str(root))]
+@dataclass(frozen=True)
+class _Found:
+    """A regular file the walk found."""
+
+    path: str
+    """Its path under the outputs directory."""
+    host: bytes
+    """Its path on the provider."""
+    identity: tuple[int, int]
+    """(device, inode) as the walk saw it: what is opened must be the same file."""
+
+
+def _walk(root: Path, max_files: int) -> list[_Found]:
+    """Every regular file under ``root`` whose path can be a result's (UTF-8, at most
+    :data:`MAX_PATH` bytes): no link followed, nothing opened but directories, no directory
+    entered whose path is already too long to hold a result; the owner's permissions given back
+    to what the job made unreadable (:func:`~qoin.compute.executors.tree.make_accessible`).
+    :class:`OutputsError` past ``max_files`` files, or for a directory that cannot be read."""
+    found: list[_Found] = []
+    stack: list[tuple[bytes, bytes, tuple[int, int] | None]] = [(os.fsencode(root), b"", None)]
     while stack:
-        prefix, top = stack.pop()
-        with os.scandir(top) as entries:
-            for entry in entries:
-                try:
-                    entry.name.encode()
-                except UnicodeEncodeError:
-                    continue
-                name = f"{prefix}{entry.name}"
-                info = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode):
-                    stack.append((f"{name}/", entry.path))
-                elif stat.S_ISREG(info.st_mode):
-                    yield name, entry.path
+        top, relative, identity = stack.pop()
+        try:
+            fd = open_dir(top)
+        except PermissionError:
+            shown = relative.decode("utf-8", "replace")[:200] or "."
+            raise OutputsError(f"/outputs/{shown} cannot be read by the provider") from None
+        if fd is None:
+            raise OutputsError(f"/outputs/{relative.decode('utf-8', 'replace')[:200]} vanished")
+        try:
+            info = os.fstat(fd)
+            if identity is not None and (info.st_dev, info.st_ino) != identity:
+                raise OutputsError(f"/outputs/{relative.decode('utf-8', 'replace')[:200]} changed")
+            with os.scandir(fd) as scanner:
+                for entry in scanner:
+                    name = os.fsencode(entry.name)
+                    path = relative + b"/" + name if relative else name
+                    try:
+                        path.decode()
+                    except UnicodeDecodeError:
+                        continue  # not UTF-8: no result, listed nowhere
+                    info = entry.stat(follow_symlinks=False)
+                    place = (info.st_dev, info.st_ino)
+                    if stat.S_ISDIR(info.st_mode) and len(path) < MAX_PATH - 1:
+                        stack.append((top + b"/" + name, path, place))
+                    elif stat.S_ISREG(info.st_mode) and len(path) <= MAX_PATH:
+                        found.append(_Found(path.decode(), top + b"/" + name, place))
+                        if len(found) > max_files:
+                            raise OutputsError(
+                                f"/outputs holds more than {max_files} files: over the limit of {max_files}"
+                            )
+        finally:
+            os.close(fd)
+    found.sort(key=lambda item: item.path.encode())
+    return found
 
 
 def scan(outputs: Path, stdout: Path, result: RunResult, limits: OutputLimits) -> Manifest:
     """The manifest of a finished job: ``result``'s reason and exit code, the stdout saved in
     ``stdout`` (a missing file is an empty stdout) and every regular file under ``outputs``
     (none for a job stopped at its output limit); :class:`OutputsError` if they are over
-    ``limits`` (the executor stops a job before)."""
+    ``limits`` (the executor stops a job before) or cannot be read. Call it once every process
+    of the job has ended (as :meth:`JobExecutor.run` returns): it never follows a link, opens
+    nothing but regular files (never blocking on a FIFO) and checks that what it opens is what
+    it listed."""
     try:
         with stdout.open("rb") as file:
             over = f"stdout is over the log limit of {limits.max_log_bytes} bytes"
@@ -270,28 +313,35 @@ def scan(outputs: Path, stdout: Path, result: RunResult, limits: OutputLimits) -
         out = FileEntry(STDOUT, 0, file_digest(b""))
     files: list[FileEntry] = []
     if result.reason is not StopReason.OUTPUT:
-        found = sorted(_walk(outputs), key=lambda item: item[0].encode())
-        if len(found) > limits.max_files:
-            raise OutputsError(
-                f"/outputs holds {len(found)} files, over the limit of {limits.max_files}"
-            )
         total = 0
         over = f"/outputs holds more than the output limit of {limits.max_bytes} bytes"
-        for name, host in found:
-            with _open_regular(host) as file:
-                entry = _stream_digest(file, limits.max_bytes - total, name, over)
+        for item in _walk(outputs, limits.max_files):
+            with _open_regular(item.host, item.identity) as file:
+                entry = _stream_digest(file, limits.max_bytes - total, item.path, over)
             total += entry.size
-            files.append(FileEntry(name, entry.size, entry.digest))
+            files.append(entry)
     return Manifest(result.reason, result.exit_code, out, tuple(files))
 
 
 @contextlib.contextmanager
-def _open_regular(host: str) -> Iterator[BinaryIO]:
-    """Open a regular file without following a link at its last step."""
-    fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _open_regular(host: bytes | str, identity: tuple[int, int] | None = None) -> Iterator[BinaryIO]:
+    """Open a regular file without following a link at its last step and without blocking
+    (:data:`~qoin.compute.executors.tree.OPEN_FILE`), giving its owner read permission back
+    once if it was taken away; :class:`OutputsError` unless it is a regular file (and, given
+    ``identity``, the one listed)."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OutputsError(f"{host} is no longer a regular file")
+        fd = os.open(host, OPEN_FILE)
+    except PermissionError:
+        if not make_accessible(host, directory=False):
+            raise OutputsError(f"{os.fsdecode(host)} cannot be read by the provider") from None
+        fd = os.open(host, OPEN_FILE)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputsError(f"{os.fsdecode(host)} is no longer a regular file")
+        if identity is not None and (info.st_dev, info.st_ino) != identity:
+            raise OutputsError(f"{os.fsdecode(host)} changed after it was listed")
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=True) as file:
             fd = -1
             yield file
@@ -348,17 +398,21 @@ def unpack(
     """Check an archive against ``expected_root`` and write its files under ``out_dir`` (and
     its stdout to ``stdout`` if given); its manifest. :class:`OutputsError` for an archive that
     is damaged, does not match the root, breaks a rule of paths, or is over ``limits``; what was
-    written is removed then."""
+    written (files and the directories made for them) is removed then. Memory stays bounded
+    whatever the archive claims: the manifest is at most what ``limits.max_files`` files can
+    take, the contents stream through in chunks of :data:`CHUNK` bytes, and nothing is written
+    past the sizes the manifest (checked against the root) gives."""
     source: BinaryIO = io.BytesIO(archive) if isinstance(archive, bytes) else archive.open("rb")
     written: list[Path] = []
+    made: list[Path] = []
     try:
         with source:
             manifest = _read_manifest(source, expected_root, limits)
-            out_dir.mkdir(parents=True, exist_ok=True)
+            _make_dirs(out_dir, made)
             target = _place(stdout) if stdout is not None else None
             _unpack_entry(source, manifest.stdout, target, written)
             for entry in manifest.files:
-                place = _safe_place(out_dir, entry.path)
+                place = _safe_place(out_dir, entry.path, made)
                 _unpack_entry(source, entry, place, written)
             if source.read(1):
                 raise OutputsError("the archive has bytes after its last file")
@@ -366,27 +420,36 @@ def unpack(
         for path in reversed(written):
             with contextlib.suppress(OSError):
                 path.unlink()
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
         raise
     return manifest
+
+
+def manifest_bound(max_files: int) -> int:
+    """Bytes of the largest manifest encoding with at most ``max_files`` files."""
+    return min(max_files, MAX_OUTPUT_FILES) * (MAX_PATH + HASH_SIZE + 16) + 256
 
 
 def _read_manifest(source: BinaryIO, expected_root: bytes, limits: OutputLimits) -> Manifest:
     if source.read(len(MAGIC)) != MAGIC:
         raise OutputsError("not a result archive (its magic bytes are wrong)")
     size = _read_varint(source)
-    if size > MAX_MANIFEST:
-        raise OutputsError(f"a result manifest is at most {MAX_MANIFEST} bytes")
-    parts = []
-    left = size
-    while left > 0 and (chunk := source.read(min(CHUNK, left))):
-        parts.append(chunk)
-        left -= len(chunk)
-    if left:
+    bound = manifest_bound(limits.max_files)
+    if size > bound:
+        raise OutputsError(
+            f"the archive's manifest takes {size} bytes, over the {bound} that "
+            f"{limits.max_files} files can take"
+        )
+    encoded = bytearray()
+    while len(encoded) < size and (chunk := source.read(min(CHUNK, size - len(encoded)))):
+        encoded += chunk
+    if len(encoded) < size:
         raise OutputsError("the archive ends inside its manifest")
-    encoded = b"".join(parts)
-    if tagged_hash(TAG_RESULT, encoded) != expected_root:
+    if tagged_hash(TAG_RESULT, bytes(encoded)) != expected_root:
         raise OutputsError("the archive's manifest does not match the result root")
-    manifest = Manifest.decode(encoded)
+    manifest = Manifest.decode(bytes(encoded))
     if len(manifest.files) > limits.max_files:
         raise OutputsError(f"{len(manifest.files)} files, over the limit of {limits.max_files}")
     if manifest.total_size > limits.max_bytes:
@@ -415,6 +478,23 @@ def _read_varint(source: BinaryIO) -> int:
         raise OutputsError(f"the manifest's length: {exc}") from None
 
 
+def _make_dirs(path: Path, made: list[Path]) -> None:
+    """``path`` (the caller's choice: it may be a link to a directory) and its missing parents
+    made, those recorded in ``made``."""
+    missing = []
+    here = path
+    while not here.exists() and not here.is_symlink():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for item in reversed(missing):
+        item.mkdir()
+        made.append(item)
+    if not path.is_dir():
+        raise OutputsError(f"{path} is not a directory")
+
+
 def _place(path: Path) -> Path:
     """``path`` to write a file at, refusing a directory or a link there."""
     if path.is_symlink() or path.is_dir():
@@ -422,9 +502,10 @@ def _place(path: Path) -> Path:
     return path
 
 
-def _safe_place(out_dir: Path, relative: str) -> Path:
-    """Where a result file goes under ``out_dir``: its directories made, none of them (nor the
-    file) a link or a non-directory (:class:`OutputsError` otherwise)."""
+def _safe_place(out_dir: Path, relative: str, made: list[Path]) -> Path:
+    """Where a result file goes under ``out_dir``: its directories made (recorded in
+    ``made``), none of them (nor the file) a link or a non-directory (:class:`OutputsError`
+    otherwise)."""
     here = out_dir
     parts = relative.split("/")
     for part in parts[:-1]:
@@ -433,6 +514,7 @@ def _safe_place(out_dir: Path, relative: str) -> Path:
             info = here.lstat()
         except FileNotFoundError:
             here.mkdir()
+            made.append(here)
             continue
         if not stat.S_ISDIR(info.st_mode):
             raise OutputsError(f"{here} is in the way of {relative} (a link or a file)")
@@ -442,13 +524,17 @@ def _safe_place(out_dir: Path, relative: str) -> Path:
 def _unpack_entry(
     source: BinaryIO, entry: FileEntry, place: Path | None, written: list[Path]
 ) -> None:
-    """Copy ``entry.size`` bytes of ``source`` to ``place`` (via a temporary file renamed over
-    it), checking the digest; None: check only."""
+    """Copy ``entry.size`` bytes of ``source`` to ``place`` (via a fresh temporary file beside
+    it, made with ``O_EXCL`` so it can never be an existing file or a link, renamed over
+    ``place`` once its digest checks), checking the digest; None: check only."""
     hasher = _hasher()
-    temp = place.with_name(f".{place.name}.qoin-part") if place is not None else None
-    out = temp.open("wb") if temp is not None else None
-    if temp is not None:
+    out: BinaryIO | None = None
+    temp: Path | None = None
+    if place is not None:
+        fd, name = tempfile.mkstemp(prefix=".qoin-part-", dir=place.parent)
+        temp = Path(name)
         written.append(temp)
+        out = os.fdopen(fd, "wb")
     try:
         left = entry.size
         while left > 0:
@@ -465,5 +551,6 @@ def _unpack_entry(
     if hasher.digest() != entry.digest:
         raise OutputsError(f"{entry.path} does not match its digest")
     if temp is not None and place is not None:
+        temp.chmod(0o644)
         os.replace(temp, place)
         written[-1] = place

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
-import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from qoin.compute.executors.tree import prune, tree_usage
 from qoin.compute.jobspec import Executor, JobSpec
 from qoin.errors import QoinError
 
@@ -35,8 +36,14 @@ READ_CHUNK = 64 * 1024
 """Bytes read from a job's stdout or stderr at a time."""
 READER_JOIN_S = 5.0
 """How long the output readers may take to finish once a job's processes are gone."""
+WORK_ENTRY_BYTES = 4096
+"""Bytes each entry of a host ``/work`` (wasm) counts for against its bound: an inode and a
+block on the provider's disk, as a tmpfs charges memory for each (so a job cannot fill the
+disk with empty files)."""
 DETAIL_TAIL = 1024
 """Bytes of the end of stderr kept for the detail of a job that could not start."""
+INPUT_COPIES = ".qoin-input-copies"
+"""The directory of ``JobDirs.root`` that holds copies of inputs (:func:`readable_inputs`)."""
 JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """``PATH`` inside a job, unless its spec sets one."""
 
@@ -167,6 +174,36 @@ def check_dirs(spec: JobSpec, dirs: JobDirs, kind: Executor) -> None:
             raise ExecutorError(f"input {inside}: the staged file {host} is missing")
 
 
+def readable_inputs(dirs: JobDirs) -> JobDirs:
+    """``dirs`` with each input that other users cannot read (the job runs as another user,
+    uid 65534) replaced by a read-only copy in a private directory of ``dirs.root`` (mode 0700:
+    the job reaches the copy only through its own mounts). A file the executor is given is
+    never changed, its mode neither: a private file of the user's (``qoin compute local``) must
+    not become readable by everyone. :func:`drop_copies` removes the copies."""
+    if all(host.stat().st_mode & 0o004 for host, _ in dirs.inputs):
+        return dirs
+    place = dirs.root / INPUT_COPIES
+    with contextlib.suppress(FileExistsError):
+        place.mkdir(mode=0o700)
+    if place.is_symlink() or not place.is_dir():
+        raise ExecutorError(f"{place} is not a directory")
+    place.chmod(0o700)
+    inputs = []
+    for index, (host, inside) in enumerate(dirs.inputs):
+        given = host
+        if not host.stat().st_mode & 0o004:
+            given = place / str(index)
+            shutil.copyfile(host, given)
+            given.chmod(0o444)
+        inputs.append((given, inside))
+    return replace(dirs, inputs=tuple(inputs))
+
+
+def drop_copies(dirs: JobDirs) -> None:
+    """Remove the copies :func:`readable_inputs` made (if any)."""
+    shutil.rmtree(dirs.root / INPUT_COPIES, ignore_errors=True)
+
+
 def job_env(spec: JobSpec) -> dict[str, str]:
     """The environment a job sees: a fixed base (``PATH``, ``HOME=/work``, ``TMPDIR=/work``,
     ``LANG=C.UTF-8``) under the spec's own variables (the same on every provider)."""
@@ -243,52 +280,13 @@ class LogMeter:
         return thread
 
 
-@dataclass(frozen=True)
-class Usage:
-    """What a directory tree holds."""
-
-    size: int
-    """Bytes of its regular files (their sizes: what a result would hold; a sparse file counts
-    whole)."""
-    entries: int
-    """Entries (files, directories, links and others, the top directory not counted)."""
-    truncated: bool = False
-    """The walk stopped early because a bound was passed."""
-
-
-def tree_usage(root: Path, max_size: int | None = None, max_entries: int | None = None) -> Usage:
-    """Bytes and entries under ``root`` (symbolic links not followed); the walk stops as soon as
-    it passes ``max_size`` or ``max_entries``. Entries that vanish under the walk are skipped."""
-    size = entries = 0
-    stack = [str(root)]
-    while stack:
-        top = stack.pop()
-        try:
-            scanner = os.scandir(top)
-        except OSError:
-            continue
-        with scanner:
-            for entry in scanner:
-                entries += 1
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    stack.append(entry.path)
-                elif stat.S_ISREG(info.st_mode):
-                    size += info.st_size
-                if (max_size is not None and size > max_size) or (
-                    max_entries is not None and entries > max_entries
-                ):
-                    return Usage(size, entries, truncated=True)
-    return Usage(size, entries)
-
-
 class DiskWatch:
     """Watches ``/outputs`` against the spec's output limits, and optionally a host ``/work``
-    against a byte bound. :meth:`over` walks the trees (at most every :data:`DISK_EVERY_S`, or
-    ten times the last walk's duration) and names what is over."""
+    against a byte bound (each entry counting :data:`WORK_ENTRY_BYTES`). :meth:`over` walks the
+    trees (at most every :data:`DISK_EVERY_S`, or ten times the last walk's duration) and names
+    what is over, or a rule broken (:func:`~qoin.compute.executors.tree.tree_usage`: a path
+    longer than :data:`~qoin.compute.executors.tree.MAX_TREE_PATH` bytes, a directory the
+    provider cannot read); :meth:`settle` gives the final word once the job has ended."""
 
     def __init__(
         self,
@@ -304,26 +302,52 @@ class DiskWatch:
         self.work = work
         self.work_bytes = work_bytes
         self._next = 0.0
+        self._truncated = False
+        self._settled: tuple[str | None] | None = None
 
     def over(self, force: bool = False) -> str | None:
-        """A detail if ``/outputs`` (or ``/work``) is over its limit, else None; without
-        ``force`` the walk is skipped when the last one was too recent."""
+        """A detail if ``/outputs`` (or ``/work``) is over its limit or breaks a rule, else
+        None; without ``force`` the walk is skipped when the last one was too recent."""
         now = time.monotonic()
         if not force and now < self._next:
             return None
         used = tree_usage(self.outputs, self.max_bytes, self.max_files)
+        self._truncated = used.truncated
         detail: str | None = None
-        if used.size > self.max_bytes:
+        if used.problem is not None:
+            detail = f"/outputs {used.problem}"
+        elif used.size > self.max_bytes:
             detail = f"/outputs passed the output limit of {self.max_bytes} bytes"
         elif used.entries > self.max_files:
             detail = f"/outputs passed the limit of {self.max_files} files"
         elif self.work is not None:
-            scratch = tree_usage(self.work, self.work_bytes, None)
-            if scratch.size > self.work_bytes:
-                detail = f"/work passed its limit of {self.work_bytes} bytes"
+            scratch = tree_usage(self.work, self.work_bytes, None, entry_bytes=WORK_ENTRY_BYTES)
+            self._truncated = scratch.truncated
+            if scratch.problem is not None:
+                detail = f"/work {scratch.problem}"
+            elif scratch.size > self.work_bytes:
+                detail = (
+                    f"/work passed its limit of {self.work_bytes} bytes "
+                    f"(each entry counting {WORK_ENTRY_BYTES})"
+                )
         spent = time.monotonic() - now
         self._next = time.monotonic() + max(DISK_EVERY_S, 10 * spent)
         return detail
+
+    def settle(self) -> str | None:
+        """Once every process of the job has ended: the trees walked a last time (the detail
+        of what is over, as :meth:`over`), and, if that walk stopped early, every path longer
+        than :data:`~qoin.compute.executors.tree.MAX_TREE_PATH` bytes removed (it can be no
+        result, and nothing downstream has to meet a tree deeper than ``PATH_MAX``). Walks
+        once; later calls give the same answer."""
+        if self._settled is None:
+            detail = self.over(force=True)
+            if self._truncated or detail is not None:
+                for tree in (self.outputs, self.work):
+                    if tree is not None:
+                        prune(tree)
+            self._settled = (detail,)
+        return self._settled[0]
 
 
 Probe = Callable[[], tuple[StopReason, str] | None]
@@ -393,13 +417,14 @@ def final_reason(
     disk: DiskWatch,
     probes: tuple[Probe, ...] = (),
 ) -> tuple[StopReason, str]:
-    """The reason a job that has ended ended: the reason it was stopped for; else a limit it
-    broke on its way out (a probe's, the log limit, ``/outputs`` over its limits, walked once
-    more); else it exited with ``code``."""
+    """The reason a job that has ended ended: ``output-limit`` if ``/outputs`` is over its
+    limits now that it has ended (walked once more: a result never holds more than its limits,
+    whatever stopped the job); else the reason it was stopped for; else a limit it broke on its
+    way out (a probe's, the log limit); else it exited with ``code``."""
     found = stopped or _limit_broken(meter, probes)
-    if found is None:
-        over = disk.over(force=True)
-        found = (StopReason.OUTPUT, over) if over is not None else None
+    over = disk.settle()
+    if over is not None and (found is None or found[0] is not StopReason.OUTPUT):
+        found = (StopReason.OUTPUT, over)
     if found is None:
         found = (
             StopReason.EXITED,

@@ -16,7 +16,11 @@ bound read-write, ``/work`` a tmpfs of at most ``spec.resources.memory`` bytes (
 directory); ``nofile``, ``fsize`` and ``core`` ulimits as for the sandbox; no log driver (the
 output reaches the provider only through the attach stream, so nothing piles up on its disk);
 ``spec.command`` replaces the image's ``Cmd`` (its entry point stays), ``spec.env`` is added to the
-image's environment with ``HOME`` and ``TMPDIR`` set to ``/work``.
+image's environment with ``HOME`` and ``TMPDIR`` set to ``/work``. Every volume the image declares
+(``VOLUME``, which the engine would make an anonymous volume on the provider's disk, writable
+whatever the read-only root) is a tmpfs of at most ``spec.resources.memory`` bytes instead,
+counted against the job's memory (the image's files at that path are not seen); the image's
+health check is turned off (it would run commands in the container beside the job's).
 
 Watching: stdout and stderr from the attach stream (demultiplexed: 8-byte frame headers) as they
 come; the container's control group, found through its first process, for out-of-memory kills,
@@ -43,6 +47,7 @@ import httpx
 from qoin.compute.executors import cgroups
 from qoin.compute.executors.base import (
     DiskWatch,
+    ExecutorError,
     HostLimits,
     JobDirs,
     LogMeter,
@@ -51,10 +56,13 @@ from qoin.compute.executors.base import (
     RunResult,
     StopReason,
     check_dirs,
+    drop_copies,
     failed,
     final_reason,
+    readable_inputs,
     supervise,
 )
+from qoin.compute.executors.tree import prune
 from qoin.compute.jobspec import Executor, JobSpec
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -70,6 +78,8 @@ EMPTY_POLL_S = 0.01
 MAX_HEADER = 64 * 1024
 MAX_FRAME = 1 << 20
 MAX_ERROR = 2000
+MAX_VOLUMES = 64
+"""Volumes an image may declare (each is given a tmpfs)."""
 STREAMS = {1: "stdout", 2: "stderr"}
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
@@ -128,10 +138,22 @@ class DockerExecutor:
         problem = self.problem()
         if problem is not None:
             return failed(problem)
-        _prepare_dirs(dirs)
+        try:
+            dirs = _prepare_dirs(dirs)
+        except OSError as exc:
+            raise ExecutorError(f"cannot hand the job's directories to uid 65534: {exc}") from exc
+        try:
+            return self._contained(spec, dirs, on_output, cancel)
+        finally:
+            drop_copies(dirs)
+
+    def _contained(
+        self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
+    ) -> RunResult:
         began = time.monotonic()
         try:
             image, pull_seconds = self._image(spec.image)
+            volumes = self._volumes(image)
         except (_Refused, httpx.HTTPError) as exc:
             return failed(f"image {spec.image}: {exc}", time.monotonic() - began)
         with self._client() as client:
@@ -144,7 +166,7 @@ class DockerExecutor:
                     "POST",
                     "/containers/create",
                     {"name": name},
-                    self._body(spec, dirs, image),
+                    self._body(spec, dirs, image, volumes),
                 )["Id"]
             except (_Refused, httpx.HTTPError, KeyError, TypeError) as exc:
                 return failed(
@@ -153,7 +175,7 @@ class DockerExecutor:
                     pull_seconds,
                 )
             try:
-                return self._run(
+                result = self._run(
                     client,
                     spec,
                     dirs,
@@ -167,6 +189,9 @@ class DockerExecutor:
             finally:
                 with contextlib.suppress(httpx.HTTPError):
                     client.delete(f"/containers/{container}", params={"force": "true", "v": "true"})
+        if result.reason is StopReason.FAILED:  # the engine failed while the job may have run
+            prune(dirs.outputs)
+        return result
 
     def _run(
         self,
@@ -287,9 +312,24 @@ class DockerExecutor:
             raise _Refused("pulled, but no local image has that digest")
         return found, seconds
 
+    def _volumes(self, image: str) -> list[str]:
+        """The paths the image declares as volumes (``VOLUME``), but those the job's own mounts
+        cover: each would be an anonymous volume on the provider's disk, writable and bounded by
+        nothing, so each gets a tmpfs instead (:meth:`_body`)."""
+        with self._client() as client:
+            config = _call(client, "GET", f"/images/{quote(image, safe='')}/json").get("Config")
+        declared = config.get("Volumes") if isinstance(config, dict) else None
+        if not isinstance(declared, dict):
+            return []
+        if len(declared) > MAX_VOLUMES:
+            raise _Refused(f"the image declares {len(declared)} volumes, over {MAX_VOLUMES}")
+        return sorted(str(path) for path in declared)
+
     # -- the container ----------------------------------------------------------------------------
 
-    def _body(self, spec: JobSpec, dirs: JobDirs, image: str) -> dict[str, Any]:
+    def _body(
+        self, spec: JobSpec, dirs: JobDirs, image: str, volumes: list[str] | None = None
+    ) -> dict[str, Any]:
         memory = spec.resources.memory
         file_size = max(spec.outputs.max_bytes, memory) + 1
         env = {"HOME": "/work", "TMPDIR": "/work", **dict(spec.env)}
@@ -304,6 +344,12 @@ class DockerExecutor:
         mounts += [
             {"Type": "bind", "Source": str(host), "Target": inside, "ReadOnly": True}
             for host, inside in dirs.inputs
+        ]
+        taken = {str(mount["Target"]).rstrip("/") for mount in mounts}
+        mounts += [
+            {"Type": "tmpfs", "Target": path, "TmpfsOptions": {"SizeBytes": memory, "Mode": 0o1777}}
+            for path in volumes or ()
+            if path.rstrip("/") not in taken
         ]
         host_config = {
             "NetworkMode": "default" if spec.network else "none",
@@ -340,6 +386,7 @@ class DockerExecutor:
             "OpenStdin": False,
             "NetworkDisabled": not spec.network,
             "Labels": {"qoin.compute.job": "1"},
+            "Healthcheck": {"Test": ["NONE"]},
             "HostConfig": host_config,
         }
         if spec.command:
@@ -429,16 +476,14 @@ class _Watch:
         return (oom, pids)
 
 
-def _prepare_dirs(dirs: JobDirs) -> None:
-    """``/outputs`` writable and the inputs readable by the container's user (uid 65534)."""
+def _prepare_dirs(dirs: JobDirs) -> JobDirs:
+    """``/outputs`` writable and the inputs readable by the container's user (uid 65534): the
+    directories to give the engine (:func:`readable_inputs`)."""
     if os.geteuid() == 0:
         os.chown(dirs.outputs, 65534, 65534)
     else:
         dirs.outputs.chmod(0o777)
-    for host, _ in dirs.inputs:
-        mode = host.stat().st_mode
-        if mode & 0o004 == 0:
-            host.chmod(mode | 0o444)
+    return readable_inputs(dirs)
 
 
 def _local_image(client: httpx.Client, name: str, digest: str) -> str | None:

@@ -71,10 +71,12 @@ from qoin.compute.executors.base import (
     RunResult,
     StopReason,
     check_dirs,
+    drop_copies,
     exit_detail,
     failed,
     final_reason,
     job_env,
+    readable_inputs,
     supervise,
 )
 from qoin.compute.jobspec import Executor, JobSpec
@@ -233,6 +235,25 @@ class SandboxExecutor:
         and the time from the spawn to the end."""
         began = time.monotonic()
         as_user = _prepare_dirs(dirs)
+        if as_user:
+            try:
+                dirs = readable_inputs(dirs)
+            except OSError as exc:
+                raise ExecutorError(f"cannot copy an input for uid {JOB_UID}: {exc}") from exc
+        try:
+            return self._contained(spec, dirs, on_output, cancel, began, as_user)
+        finally:
+            drop_copies(dirs)
+
+    def _contained(
+        self,
+        spec: JobSpec,
+        dirs: JobDirs,
+        on_output: OnOutput,
+        cancel: threading.Event,
+        began: float,
+        as_user: bool,
+    ) -> tuple[RunResult, float]:
         group = self._cgroup(spec)
         enforced = group.enforced if group is not None else frozenset()
         meter = LogMeter(on_output, spec.outputs.max_log_bytes)
@@ -455,17 +476,14 @@ def _stage_dir() -> None:
 
 
 def _prepare_dirs(dirs: JobDirs) -> bool:
-    """Make ``/outputs`` writable and the inputs readable for the job's user; True if
-    bubblewrap is to run as that user (the provider runs as root)."""
+    """Make ``/outputs`` writable for the job's user (the inputs are made readable for it by
+    :func:`readable_inputs`); True if bubblewrap is to run as that user (the provider runs as
+    root)."""
     if os.geteuid() != 0:
         return False
     try:
         _stage_dir()
         os.chown(dirs.outputs, JOB_UID, JOB_UID)
-        for host, _ in dirs.inputs:
-            mode = host.stat().st_mode
-            if mode & 0o004 == 0:
-                host.chmod(mode | 0o444)
     except OSError as exc:
         raise ExecutorError(f"cannot hand the job's directories to uid {JOB_UID}: {exc}") from exc
     return True

@@ -80,6 +80,12 @@ RUNTIME_MEMORY = 256 << 20
 """Bytes of the worker's memory allowed for the runtime itself, on top of the module's."""
 WORKER_PIDS = 64
 """Threads of the worker (the runtime's own and its compiler's)."""
+MAX_TABLES = 8
+"""Tables a module may have (a module made by a usual toolchain has one)."""
+MAX_TABLE_ELEMENTS = 1 << 20
+"""Elements a table may grow to (8 bytes each: 8 MiB). With one linear memory of at most
+``spec.resources.memory`` bytes, a module's own memory is bounded whether or not the machine has
+cgroups (without a limit a module could declare many memories, or grow a table, far past it)."""
 PAGE = 65536
 """Bytes of a WebAssembly memory page."""
 MAX_REPORT = 64 * 1024
@@ -220,6 +226,8 @@ class WasmExecutor:
                 ],
                 "fuel": FUEL_PER_SECOND * spec.timeout,
                 "memory": spec.resources.memory,
+                "tables": MAX_TABLES,
+                "table_elements": MAX_TABLE_ELEMENTS,
                 "timeout": spec.timeout,
             }
             config_path = stage / "config.json"
@@ -391,8 +399,11 @@ class _Outcome:
         started = _number(report.get("started"), self.ended)
         start_seconds = max(started - began, 0.0)
         why = self._why(spec, meter, disk)
+        over = disk.settle()  # also if it failed: the module may have run (a runtime crash)
         if isinstance(why, str):
             return failed(why, start_seconds)
+        if over is not None and why[0] is not StopReason.OUTPUT:  # never more than the limits
+            why = StopReason.OUTPUT, None, over
         measured = self.group.cpu_seconds() if self.group is not None else None
         fuel = report.get("fuel")
         return RunResult(

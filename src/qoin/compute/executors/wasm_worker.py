@@ -97,7 +97,13 @@ def load(
     wasi.inherit_stdout()
     wasi.inherit_stderr()
     store.set_wasi(wasi)
-    store.set_limits(memory_size=int(config["memory"]))
+    store.set_limits(
+        memory_size=int(config["memory"]),
+        table_elements=int(config["table_elements"]),
+        instances=1,
+        tables=int(config["tables"]),
+        memories=1,
+    )
     store.set_fuel(fuel)
     store.set_epoch_deadline(1)
     instance = linker.instantiate(store, module)
