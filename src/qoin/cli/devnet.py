@@ -19,7 +19,8 @@ import typer
 from qoin.chain.genesis import GenesisError
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail
 from qoin.cli.node import dev_keypair
-from qoin.node.devnet import Devnet, DevnetConfig, Outcome
+from qoin.node.devnet import DevnetConfig, Outcome
+from qoin.node.devnet_compute import ComputeDevnet
 
 CLEAN_EXITS = (0, -signal.SIGTERM)
 """A child stopped by SIGTERM exits 0 (or dies of it, if it had not set its handlers yet)."""
@@ -41,6 +42,17 @@ def devnet(
     storage_providers: Annotated[
         int, typer.Option(help="Storage provider daemons to run beside the nodes.", min=0, max=32)
     ] = 0,
+    compute_providers: Annotated[
+        int, typer.Option(help="Compute provider daemons to run beside the nodes.", min=0, max=32)
+    ] = 0,
+    mediators: Annotated[
+        int | None,
+        typer.Option(
+            help="Compute mediators, started first (default: 1 with compute providers).",
+            min=0,
+            max=8,
+        ),
+    ] = None,
     datadir: Annotated[
         Path | None,
         typer.Option(help="Keep the network here (default: a fresh temporary directory)."),
@@ -58,7 +70,15 @@ def devnet(
     with tempfile.TemporaryDirectory(prefix="qoin-devnet-", ignore_cleanup_errors=True) as tmp:
         root = datadir or Path(tmp)
         try:
-            net = Devnet(root, config, dev_keypair(), _printer(err=json_out), _printer(err=True))
+            net = ComputeDevnet(
+                root,
+                config,
+                dev_keypair(),
+                _printer(err=json_out),
+                _printer(err=True),
+                compute_providers=compute_providers,
+                mediators=(1 if compute_providers else 0) if mediators is None else mediators,
+            )
         except (GenesisError, OSError) as exc:
             fail(f"cannot use data directory {root}: {exc}", EXIT_USAGE)
         outcome = net.run()

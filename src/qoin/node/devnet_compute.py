@@ -1,0 +1,222 @@
+"""The devnet's compute providers and mediators.
+
+``qoin devnet --compute-providers N [--mediators M]`` runs M mediators and then N compute
+providers (``qoin compute provider``) beside the nodes. Each has its own key (made on the first
+start, under the devnet's password), is funded from the devnet allocation with the storage
+providers, talks to node ``i mod nodes``'s execution client and listens on a port the system
+picks. The mediators start first and are registered (``--mediator``) before any provider posts
+its ask, so every provider accepts every mediator (``--mediators``, all of them); a mediator is
+also a provider (it runs jobs too) that accepts the other mediators. Files::
+
+    mediator<i>/key.json, mediator<i>/data/, mediator<i>.log   mediator i
+    compute<i>/key.json, compute<i>/data/, compute<i>.log      compute provider i
+
+``devnet.json`` lists them under ``compute_providers`` and ``mediators`` (name, address, endpoint,
+url, pid, datadir, keystore, rpc, log, mediator flag). They are stopped with the devnet, before
+the nodes. :class:`ComputeDevnet` is the devnet with them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from qoin.node.devnet import Devnet, DevnetError
+from qoin.node.devnet_storage import (
+    CLIENT_FUNDING,
+    FUNDING,
+    client_keystore,
+    describe,
+    dev_keystore,
+    fund,
+    made_keypair,
+    password_file,
+)
+from qoin.process import Child, Output, stop_all
+
+PRICE: Final = 1_000
+"""Shor per CPU-second each devnet compute provider asks."""
+MEDIATOR_FEE: Final = 100_000
+"""Shor each devnet mediator charges per mediation."""
+CPUS: Final = 1
+"""CPUs each provider offers (every machine has one)."""
+MEMORY: Final = "1GiB"
+"""Memory each provider offers."""
+READY: Final = r'^\{"ready": true.*\}\s*$'
+"""The compute provider daemon's ready line (one JSON object)."""
+START_TIMEOUT_S: Final = 120.0
+STOP_TIMEOUT_S: Final = 30.0
+
+
+@dataclass
+class ComputeNode:
+    """One compute provider (or mediator) of the devnet."""
+
+    name: str
+    home: Path
+    address: str
+    rpc: str
+    mediator: bool
+    child: Child | None = None
+    endpoint: str = ""
+    """``host:port`` of its API, once it is ready."""
+    url: str = ""
+    """Its compute API base URL."""
+
+    def json(self) -> dict[str, Any]:
+        """Its entry in ``devnet.json``."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "endpoint": self.endpoint,
+            "url": self.url,
+            "pid": None if self.child is None else self.child.proc.pid,
+            "datadir": str(self.home / "data"),
+            "keystore": str(self.home / "key.json"),
+            "rpc": self.rpc,
+            "log": str(self.home.parent / f"{self.name}.log"),
+            "mediator": self.mediator,
+        }
+
+
+class ComputeProviders:
+    """Makes, funds, starts and stops the devnet's mediators and compute providers."""
+
+    def __init__(self, root: Path, providers: int, mediators: int) -> None:
+        self.root = root
+        self.count = providers
+        self.mediator_count = mediators
+        self.mediators: list[ComputeNode] = []
+        self.providers: list[ComputeNode] = []
+
+    def prepare(self, node_rpcs: Sequence[str]) -> None:
+        """Each one's key (made on the first start) and node."""
+        for i in range(self.mediator_count):
+            self.mediators.append(self._node(f"mediator{i}", i, node_rpcs, mediator=True))
+        for i in range(self.count):
+            self.providers.append(self._node(f"compute{i}", i, node_rpcs, mediator=False))
+
+    def _node(self, name: str, i: int, rpcs: Sequence[str], *, mediator: bool) -> ComputeNode:
+        home = self.root / name
+        keypair = made_keypair(home / "key.json")
+        return ComputeNode(name, home, str(keypair.address), rpcs[i % len(rpcs)], mediator)
+
+    @property
+    def everyone(self) -> list[ComputeNode]:
+        return self.mediators + self.providers
+
+    def funding(self) -> dict[str, int]:
+        """What each one is paid from the devnet allocation (collateral, stake, fees)."""
+        return {node.address: FUNDING for node in self.everyone}
+
+    def start(self, cancel: threading.Event) -> None:
+        """Start the mediators, wait until they are registered, then the providers."""
+        accepted = ",".join(m.address for m in self.mediators)
+        for mediator in self.mediators:
+            others = ",".join(m.address for m in self.mediators if m is not mediator)
+            self._start(mediator, ["--mediator", "--fee", str(MEDIATOR_FEE), "--mediators", others])
+        self._await(self.mediators, cancel)
+        for provider in self.providers:
+            self._start(provider, ["--mediators", accepted])
+        self._await(self.providers, cancel)
+
+    def _start(self, node: ComputeNode, extra: list[str]) -> None:
+        secret = password_file(self.root)
+        args = ["compute", "provider", "--datadir", str(node.home / "data"),
+                "--key", str(node.home / "key.json"), "--password-file", str(secret),
+                "--rpc", node.rpc, "--cpus", str(CPUS), "--memory", MEMORY,
+                "--price", str(PRICE), "--listen", "127.0.0.1:0", *extra]  # fmt: skip
+        output = Output(keep=False, watch=(READY,), log=self.root / f"{node.name}.log")
+        node.child = Child.start(f"compute {node.name}", args, output)
+
+    def _await(self, nodes: Sequence[ComputeNode], cancel: threading.Event) -> None:
+        for node in nodes:
+            if node.child is None:
+                continue
+            found = node.child.first_match(READY, START_TIMEOUT_S, cancel)
+            if found is None:
+                if cancel.is_set():
+                    return
+                raise DevnetError(f"{node.name} did not start{node.child.last_output()}")
+            try:
+                ready = json.loads(found[0][0])
+                node.endpoint = str(ready["endpoint"])
+                node.url = str(ready.get("url") or f"http://{node.endpoint}/compute/v1")
+            except (ValueError, KeyError, TypeError):
+                raise DevnetError(f"{node.name} printed an unreadable ready line") from None
+
+    def children(self) -> list[Child]:
+        """The running daemons, providers first."""
+        return [n.child for n in self.providers + self.mediators if n.child is not None]
+
+
+class ComputeDevnet(Devnet):
+    """The devnet with compute providers and mediators (see the module docstring): funded with
+    the others, started after the storage providers, described in ``devnet.json``, stopped
+    first."""
+
+    def __init__(
+        self, *args: Any, compute_providers: int = 0, mediators: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.compute = ComputeProviders(self.root, compute_providers, mediators)
+        self._cancel = threading.Event()
+
+    def _fund(self, cancel: threading.Event) -> None:
+        """Fund the client key, the storage providers and the compute ones (one round of
+        transfers, as :meth:`Devnet._fund` does for the first two)."""
+        self._cancel = cancel
+        client = made_keypair(client_keystore(self.root))
+        rpcs = [node.user_rpc for node in self.nodes]
+        self.storage.prepare(rpcs)
+        self.compute.prepare(rpcs)
+        amounts = {
+            str(client.address): CLIENT_FUNDING,
+            **self.storage.funding(),
+            **self.compute.funding(),
+        }
+        self.note(
+            f"funding the client key, {self.storage.count} storage providers, "
+            f"{len(self.compute.mediators)} mediators and {self.compute.count} compute providers"
+        )
+        fund(self.nodes[-1].user_rpc, self.keypair, amounts, cancel)
+
+    def _describe(self) -> None:
+        """Start the compute daemons (the storage ones run by now), then write ``devnet.json``
+        with them (as :meth:`Devnet._describe` does, plus their entries)."""
+        if self.compute.everyone and not self._cancel.is_set():
+            self.compute.start(self._cancel)
+            for node in self.compute.everyone:
+                role = "mediator" if node.mediator else "compute provider"
+                self.note(f"{node.name} ({role}) {node.address} serves {node.url}")
+        nodes = [
+            {"name": n.name, "rpc": n.user_rpc, "consensus_rpc": n.rpc, "engine": n.engine,
+             "enode": n.enode, "mining": n.mining, "datadir": str(n.home)}
+            for n in self.nodes
+        ]  # fmt: skip
+        path = describe(
+            self.root,
+            self.genesis.genesis_hash.hex(),
+            nodes,
+            self.storage.providers,
+            dev_keystore(self.root, self.keypair),
+        )
+        add_to_description(path, self.compute)
+        self.note(f"devnet description: {path}")
+
+    def _stop_all(self) -> list[int]:
+        return stop_all(self.compute.children(), STOP_TIMEOUT_S) + super()._stop_all()
+
+
+def add_to_description(path: Path, compute: ComputeProviders) -> None:
+    """Add the ``compute_providers`` and ``mediators`` entries to a ``devnet.json``."""
+    obj = json.loads(path.read_text())
+    obj["compute_providers"] = [node.json() for node in compute.providers]
+    obj["mediators"] = [node.json() for node in compute.mediators]
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(obj, indent=2) + "\n")
+    temp.replace(path)
