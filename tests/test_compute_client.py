@@ -34,7 +34,7 @@ from qoin.compute.market import AskInfo, ComputeMarketView, MediatorInfo
 from qoin.compute.params import DEVNET, ComputeParams
 from qoin.crypto.address import Address
 from qoin.node import devnet_storage
-from qoin.node.devnet_compute import ComputeProviders, add_to_description
+from qoin.node.devnet_compute import ComputeProviders
 from qoin.process import stop_all
 from qoin.storage.params import PPM
 from tests.framework import FUNDED, Network, Node
@@ -426,10 +426,7 @@ def test_devnet_starts_mediators_then_providers(
     devnet_storage.fund(node.user.url, FUNDED, daemons.funding(), threading.Event())
     try:
         daemons.start(threading.Event())
-        path = root / "devnet.json"
-        path.write_text(json.dumps({"nodes": []}))
-        add_to_description(path, daemons)
-        described = json.loads(path.read_text())
+        described = json.loads(json.dumps(daemons.description()))
         (mediator,) = described["mediators"]
         (provider,) = described["compute_providers"]
         assert (mediator["name"], mediator["mediator"]) == ("mediator0", True)

@@ -19,8 +19,7 @@ import typer
 from qoin.chain.genesis import GenesisError
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail
 from qoin.cli.node import dev_keypair
-from qoin.node.devnet import DevnetConfig, Outcome
-from qoin.node.devnet_compute import ComputeDevnet
+from qoin.node.devnet import Devnet, DevnetConfig, Outcome
 
 CLEAN_EXITS = (0, -signal.SIGTERM)
 """A child stopped by SIGTERM exits 0 (or dies of it, if it had not set its handlers yet)."""
@@ -65,20 +64,19 @@ def devnet(
     if miners > nodes:
         fail(f"--miners {miners} is more than --nodes {nodes}", EXIT_USAGE)
     config = DevnetConfig(
-        nodes, miners, blocks, block_time_ms, workers, storage_providers=storage_providers
+        nodes,
+        miners,
+        blocks,
+        block_time_ms,
+        workers,
+        storage_providers=storage_providers,
+        compute_providers=compute_providers,
+        mediators=(1 if compute_providers else 0) if mediators is None else mediators,
     )
     with tempfile.TemporaryDirectory(prefix="qoin-devnet-", ignore_cleanup_errors=True) as tmp:
         root = datadir or Path(tmp)
         try:
-            net = ComputeDevnet(
-                root,
-                config,
-                dev_keypair(),
-                _printer(err=json_out),
-                _printer(err=True),
-                compute_providers=compute_providers,
-                mediators=(1 if compute_providers else 0) if mediators is None else mediators,
-            )
+            net = Devnet(root, config, dev_keypair(), _printer(err=json_out), _printer(err=True))
         except (GenesisError, OSError) as exc:
             fail(f"cannot use data directory {root}: {exc}", EXIT_USAGE)
         outcome = net.run()

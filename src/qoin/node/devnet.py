@@ -53,6 +53,7 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
+from qoin.node.devnet_compute import ComputeProviders
 from qoin.node.devnet_storage import (
     CLIENT_FUNDING,
     StorageProviders,
@@ -114,6 +115,10 @@ class DevnetConfig:
     tx_interval_s: float = TX_INTERVAL_S
     storage_providers: int = 0
     """Storage provider daemons to run beside the nodes (:mod:`qoin.node.devnet_storage`)."""
+    compute_providers: int = 0
+    """Compute provider daemons to run beside the nodes (:mod:`qoin.node.devnet_compute`)."""
+    mediators: int = 0
+    """Compute mediators, started before the compute providers."""
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -373,6 +378,7 @@ class Devnet:
         ]
         self.sender: TransferSender | None = None
         self.storage = StorageProviders(root, config.storage_providers)
+        self.compute = ComputeProviders(root, config.compute_providers, config.mediators)
         self._samples: deque[tuple[float, int]] = deque()
         self._started = time.monotonic()
         self._shown = 0.0
@@ -417,7 +423,8 @@ class Devnet:
         return outcome
 
     def _stop_all(self) -> list[int]:
-        codes = stop_all(self.storage.children(), STOP_TIMEOUT_S)
+        codes = stop_all(self.compute.children(), STOP_TIMEOUT_S)
+        codes += stop_all(self.storage.children(), STOP_TIMEOUT_S)
         for node in self.nodes:
             if node.client is not None:
                 node.client.close()
@@ -453,6 +460,8 @@ class Devnet:
         self._fund(cancel)
         if self.storage.count and not cancel.is_set():
             self._start_storage(cancel)
+        if self.compute.everyone and not cancel.is_set():
+            self._start_compute(cancel)
         self._describe()
         # Only now: a transaction is announced to the peers connected when it arrives.
         self.sender = TransferSender(
@@ -465,12 +474,21 @@ class Devnet:
         )
 
     def _fund(self, cancel: threading.Event) -> None:
-        """Fund the user's client key and the storage providers from the devnet key (before the
-        transfers start: one sender at a time)."""
+        """Fund the user's client key, the storage and the compute providers from the devnet key
+        (before the transfers start: one sender at a time)."""
         client = made_keypair(client_keystore(self.root))
-        self.storage.prepare([node.user_rpc for node in self.nodes])
-        amounts = {str(client.address): CLIENT_FUNDING, **self.storage.funding()}
-        self.note(f"funding the client key and {self.storage.count} storage providers")
+        rpcs = [node.user_rpc for node in self.nodes]
+        self.storage.prepare(rpcs)
+        self.compute.prepare(rpcs)
+        amounts = {
+            str(client.address): CLIENT_FUNDING,
+            **self.storage.funding(),
+            **self.compute.funding(),
+        }
+        self.note(
+            f"funding the client key, {self.storage.count} storage providers, "
+            f"{self.compute.mediator_count} mediators and {self.compute.count} compute providers"
+        )
         fund(self.nodes[-1].user_rpc, self.keypair, amounts, cancel)
 
     def _start_storage(self, cancel: threading.Event) -> None:
@@ -479,6 +497,13 @@ class Devnet:
         self.storage.await_ready(cancel)
         for provider in self.storage.providers:
             self.note(f"{provider.name} {provider.address} serves {provider.url}")
+
+    def _start_compute(self, cancel: threading.Event) -> None:
+        """Start the mediators, then the compute providers (funded by :meth:`_fund`)."""
+        self.compute.start(cancel)
+        for node in self.compute.everyone:
+            role = "mediator" if node.mediator else "compute provider"
+            self.note(f"{node.name} ({role}) {node.address} serves {node.url}")
 
     def _describe(self) -> None:
         """Write ``devnet.json`` (:func:`qoin.node.devnet_storage.describe`)."""
@@ -493,6 +518,7 @@ class Devnet:
             nodes,
             self.storage.providers,
             dev_keystore(self.root, self.keypair),
+            self.compute.description(),
         )
         self.note(f"devnet description: {path}")
 

@@ -25,18 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from qoin.node.devnet import Devnet, DevnetError
+from qoin.errors import QoinError
 from qoin.node.devnet_storage import (
-    CLIENT_FUNDING,
     FUNDING,
-    client_keystore,
-    describe,
-    dev_keystore,
-    fund,
     made_keypair,
     password_file,
 )
-from qoin.process import Child, Output, stop_all
+from qoin.process import Child, Output
 
 PRICE: Final = 1_000
 """Shor per CPU-second each devnet compute provider asks."""
@@ -50,6 +45,10 @@ READY: Final = r'^\{"ready": true.*\}\s*$'
 """The compute provider daemon's ready line (one JSON object)."""
 START_TIMEOUT_S: Final = 120.0
 STOP_TIMEOUT_S: Final = 30.0
+
+
+class ComputeDaemonError(QoinError):
+    """A compute provider or mediator of the devnet did not start."""
 
 
 @dataclass
@@ -141,82 +140,21 @@ class ComputeProviders:
             if found is None:
                 if cancel.is_set():
                     return
-                raise DevnetError(f"{node.name} did not start{node.child.last_output()}")
+                raise ComputeDaemonError(f"{node.name} did not start{node.child.last_output()}")
             try:
                 ready = json.loads(found[0][0])
                 node.endpoint = str(ready["endpoint"])
                 node.url = str(ready.get("url") or f"http://{node.endpoint}/compute/v1")
             except (ValueError, KeyError, TypeError):
-                raise DevnetError(f"{node.name} printed an unreadable ready line") from None
+                raise ComputeDaemonError(f"{node.name} printed an unreadable ready line") from None
 
     def children(self) -> list[Child]:
         """The running daemons, providers first."""
         return [n.child for n in self.providers + self.mediators if n.child is not None]
 
-
-class ComputeDevnet(Devnet):
-    """The devnet with compute providers and mediators (see the module docstring): funded with
-    the others, started after the storage providers, described in ``devnet.json``, stopped
-    first."""
-
-    def __init__(
-        self, *args: Any, compute_providers: int = 0, mediators: int = 0, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.compute = ComputeProviders(self.root, compute_providers, mediators)
-        self._cancel = threading.Event()
-
-    def _fund(self, cancel: threading.Event) -> None:
-        """Fund the client key, the storage providers and the compute ones (one round of
-        transfers, as :meth:`Devnet._fund` does for the first two)."""
-        self._cancel = cancel
-        client = made_keypair(client_keystore(self.root))
-        rpcs = [node.user_rpc for node in self.nodes]
-        self.storage.prepare(rpcs)
-        self.compute.prepare(rpcs)
-        amounts = {
-            str(client.address): CLIENT_FUNDING,
-            **self.storage.funding(),
-            **self.compute.funding(),
+    def description(self) -> dict[str, Any]:
+        """Their entries in ``devnet.json``: ``compute_providers`` and ``mediators``."""
+        return {
+            "compute_providers": [node.json() for node in self.providers],
+            "mediators": [node.json() for node in self.mediators],
         }
-        self.note(
-            f"funding the client key, {self.storage.count} storage providers, "
-            f"{len(self.compute.mediators)} mediators and {self.compute.count} compute providers"
-        )
-        fund(self.nodes[-1].user_rpc, self.keypair, amounts, cancel)
-
-    def _describe(self) -> None:
-        """Start the compute daemons (the storage ones run by now), then write ``devnet.json``
-        with them (as :meth:`Devnet._describe` does, plus their entries)."""
-        if self.compute.everyone and not self._cancel.is_set():
-            self.compute.start(self._cancel)
-            for node in self.compute.everyone:
-                role = "mediator" if node.mediator else "compute provider"
-                self.note(f"{node.name} ({role}) {node.address} serves {node.url}")
-        nodes = [
-            {"name": n.name, "rpc": n.user_rpc, "consensus_rpc": n.rpc, "engine": n.engine,
-             "enode": n.enode, "mining": n.mining, "datadir": str(n.home)}
-            for n in self.nodes
-        ]  # fmt: skip
-        path = describe(
-            self.root,
-            self.genesis.genesis_hash.hex(),
-            nodes,
-            self.storage.providers,
-            dev_keystore(self.root, self.keypair),
-        )
-        add_to_description(path, self.compute)
-        self.note(f"devnet description: {path}")
-
-    def _stop_all(self) -> list[int]:
-        return stop_all(self.compute.children(), STOP_TIMEOUT_S) + super()._stop_all()
-
-
-def add_to_description(path: Path, compute: ComputeProviders) -> None:
-    """Add the ``compute_providers`` and ``mediators`` entries to a ``devnet.json``."""
-    obj = json.loads(path.read_text())
-    obj["compute_providers"] = [node.json() for node in compute.providers]
-    obj["mediators"] = [node.json() for node in compute.mediators]
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(obj, indent=2) + "\n")
-    temp.replace(path)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,8 +191,10 @@ def describe(
     nodes: Sequence[dict[str, Any]],
     providers: Sequence[Provider],
     devnet_key: Path,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``devnet.json``: each node's URLs, each provider, the keystores; its path."""
+    """Write ``devnet.json``: each node's URLs, each provider, the keystores, and ``extra``'s
+    entries (the compute daemons); its path."""
     path = root / "devnet.json"
     obj = {
         "genesis": genesis_hash,
@@ -201,6 +203,7 @@ def describe(
         "keystore": str(client_keystore(root)),
         "devnet_keystore": str(devnet_key),
         "password_file": str(password_file(root)),
+        **(extra or {}),
     }
     temp = path.with_suffix(".tmp")
     temp.write_text(json.dumps(obj, indent=2) + "\n")
