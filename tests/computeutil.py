@@ -368,12 +368,15 @@ def wait_state(
     timeout: float = 120,
 ) -> dict[str, Any]:
     """Wait until the job of ``deal`` on ``provider`` is in one of ``states``; its status."""
-    found: dict[str, Any] = wait_until(
-        lambda: (s := job_status(provider, client, deal))["state"] in states and s,
-        timeout,
-        0.2,
-        f"deal {deal} on {provider.home.name} in {'/'.join(states)}",
+
+    def reached() -> dict[str, Any] | None:
+        status = job_status(provider, client, deal)
+        return status if status["state"] in states else None
+
+    found = wait_until(
+        reached, timeout, 0.2, f"deal {deal} on {provider.home.name} in {'/'.join(states)}"
     )
+    assert found is not None
     return found
 
 

@@ -100,3 +100,30 @@ def test_file_key_decrypts_one_file_and_is_wrapped_under_the_job_key() -> None:
     cid = sha3_256(b"cid")
     item = Input(cid, "/inputs/x", wrap_input_key(job_key, cid, "/inputs/x", file_key))
     assert unwrap_input_key(job_key, item) == file_key
+
+
+def test_key_auth_vouches_for_one_sealed_key_on_one_endpoint() -> None:
+    """A client's key authorisation of ``POST /offer`` or ``/mediate`` signs the sealed key it
+    carries: a captured header cannot carry another key, nor serve the other endpoint, another
+    bid, another provider or a read."""
+    client, provider, stranger = keypair_for(index=60), keypair_for(index=61), keypair_for(index=62)
+    now = 1_700_000_000
+    sealed, other = os.urandom(keys.SEALED_JOB_KEY_SIZE), os.urandom(keys.SEALED_JOB_KEY_SIZE)
+    header = keys.key_auth_header(client, "offer", provider.address, 9, sealed, now)
+    assert keys.check_key_auth(header, "offer", provider.address, 9, sealed, now) == client.address
+    for purpose, to, number, blob in (
+        ("offer", provider, 9, other),  # another key
+        ("mediate", provider, 9, sealed),  # the other endpoint
+        ("offer", provider, 10, sealed),  # another bid
+        ("offer", stranger, 9, sealed),  # another provider
+    ):
+        with pytest.raises(keys.AuthError) as refused:
+            keys.check_key_auth(header, purpose, to.address, number, blob, now)
+        assert refused.value.status == 401
+    with pytest.raises(keys.AuthError):
+        keys.check_auth(header, provider.address, 9, now)  # not a read
+    read = keys.auth_header(client, provider.address, 9, now)
+    with pytest.raises(keys.AuthError):
+        keys.check_key_auth(read, "offer", provider.address, 9, sealed, now)  # a read is not one
+    with pytest.raises(keys.AuthError):
+        keys.key_auth_header(client, "dispute", provider.address, 9, sealed, now)

@@ -11,32 +11,67 @@ end-to-end tests, on the helpers of :mod:`tests.computeutil`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import json
 import os
+import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from qoin.cli.compute_provider import parse_executors, parse_mediators, parse_multiple
 from qoin.compute import keys, market
-from qoin.compute.jobspec import Executor, Input, Verification, wrap_input_key
-from qoin.compute.market import ComputeMarketView
+from qoin.compute.executors import StopReason, executor_for
+from qoin.compute.jobspec import Executor, Input, JobSpec, Verification, wrap_input_key
+from qoin.compute.market import EVENT_NAMES, ComputeMarketView, VerdictKind
 from qoin.compute.provider import jobs
-from qoin.compute.provider.daemon import Machine, capacity_problem, detect
-from qoin.compute.provider.jobs import JobLog
+from qoin.compute.provider.daemon import _HANDLERS, Machine, capacity_problem, detect, log_filter
+from qoin.compute.provider.jobs import (
+    Job,
+    JobContext,
+    JobError,
+    JobLog,
+    JobState,
+    JobStatus,
+    OfferRefused,
+    Offers,
+    PendingOffer,
+    keep_job,
+    read_status,
+    same_job_key,
+    write_status,
+)
+from qoin.compute.provider.mediator import (
+    Decision,
+    OwnRun,
+    Revealed,
+    bounded_json,
+    decide,
+    needs_second_run,
+)
 from qoin.compute.provider.server import Capacity
 from qoin.crypto import hybrid
 from qoin.crypto.hashing import sha3_256
-from qoin.storage.provider.daemon import kem_key
+from qoin.crypto.hybrid import HybridKeyPair
+from qoin.rpc.serve import BackgroundServer
+from qoin.storage.provider.daemon import kem_key, kem_private_key
+from qoin.wallet import Wallet
 from tests.computeutil import (
     COMPUTE,
     FEE,
@@ -335,6 +370,17 @@ def test_an_accepted_offer_forms_a_deal_and_its_job_answers_only_its_client(
         timeout=30,
     )
     assert kept.status_code == 200, kept.text
+    swapped = sealed_for(world, world.mediator, os.urandom(32), spec.job_hash)
+    body = {"deal": deal, "spec": spec.encode().hex(), "job_key": swapped.hex()}
+    hijack = httpx.post(f"{world.mediator.url}/mediate", json=body, timeout=30)
+    assert hijack.status_code == 409 and "another job key" in hijack.json()["error"]
+    vouched = httpx.post(
+        f"{world.mediator.url}/mediate",
+        json=body,
+        headers=vouch(CLIENT, "mediate", world.mediator, deal, swapped),
+        timeout=30,
+    )
+    assert vouched.status_code == 200, vouched.text
 
     failed = wait_state(provider, CLIENT, deal, ["failed"])
     assert failed["reason"] == "staging-failed" and "/inputs/x" in failed["detail"]
@@ -403,3 +449,271 @@ def test_a_job_runs_commits_reveals_and_stores_its_outputs(world: World) -> None
         "/outputs/x"
     ]
     assert result["manifest"]["stdout"]["size"] == len(b"hello\n")
+
+
+# -- what an unauthenticated party can make a provider keep, and bounds ----------------------------
+
+
+def vouch(
+    signer: HybridKeyPair, purpose: str, to: ComputeProvider, number: int, sealed: bytes
+) -> dict[str, str]:
+    return {keys.AUTH_HEADER: keys.key_auth_header(signer, purpose, to.address, number, sealed)}
+
+
+def free_provider(world: World) -> ComputeProvider:
+    """The provider or the mediator, whichever has a CPU free (earlier tests' deals hold some)."""
+
+    def free() -> ComputeProvider | None:
+        with ComputeMarketView(world.url) as view:
+            for candidate in (world.provider, world.mediator):
+                ask = view.get_ask(candidate.address)
+                if ask is not None and ask.free_cpus >= 1:
+                    return candidate
+        return None
+
+    found = wait_until(free, 120, 0.5, "a provider with a free CPU")
+    assert found is not None
+    return found
+
+
+def seal(kem: MLKEM768PrivateKey, job_key: bytes, spec: JobSpec) -> bytes:
+    return keys.seal_job_key(kem.public_key().public_bytes_raw(), job_key, spec.job_hash)
+
+
+def test_offers_are_bounded_keep_their_first_job_key_and_fall_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kem, spec = MLKEM768PrivateKey.generate(), job_spec()
+    raw, first, second = spec.encode(), os.urandom(32), os.urandom(32)
+    book = Offers(tmp_path)
+
+    def keep(
+        bid: int, key: bytes, client: str = "c", vouched: bool = False, deadline: int = 50
+    ) -> bool:
+        offer = PendingOffer(bid, client, deadline, len(raw))
+        return book.keep(offer, raw, seal(kem, key, spec), key, kem, {}, vouched=vouched)
+
+    assert keep(1, first) and not keep(1, first)  # the same key sealed again: nothing written
+    with pytest.raises(OfferRefused, match="another job key"):
+        keep(1, second)  # whoever knows the spec cannot swap the key
+    assert same_job_key(kem, book.path(1), first)
+    assert keep(1, second, vouched=True) and same_job_key(kem, book.path(1), second)
+    monkeypatch.setattr(jobs, "MAX_OFFERS_PER_CLIENT", 2)
+    assert keep(2, first, deadline=40)
+    with pytest.raises(OfferRefused, match="pending offers here, the most"):
+        keep(3, first)
+    monkeypatch.setattr(jobs, "MAX_OFFERS", 3)
+    assert keep(3, first, client="d")
+    with pytest.raises(OfferRefused, match="too many pending offers"):
+        keep(4, first, client="e")
+    monkeypatch.setattr(jobs, "MAX_OFFERS", 100)
+    monkeypatch.setattr(jobs, "MAX_OFFER_BYTES", 3 * len(raw) + 1)
+    with pytest.raises(OfferRefused, match="bytes of specs"):
+        keep(4, first, client="e")
+    again = Offers(tmp_path)  # a restarted daemon reads them back, deadlines included
+    assert again.bids() == [1, 2, 3]
+    assert (again.due(39), again.due(40), again.due(50)) == ([], [2], [1, 2, 3])
+    assert again.drop(2) and not again.drop(2) and not again.path(2).exists()
+    assert again.take(1, tmp_path / "deal-1") and 1 not in again
+    assert (tmp_path / "deal-1" / jobs.SPEC_FILE).exists()
+
+
+def test_mediator_verdicts_follow_the_table() -> None:
+    """docs/spec/compute.md §3.6 and §5.5, including the mediator's own run stopped by a limit
+    or not started: it never fines a replica on a run of its own that proves nothing."""
+    a, b, c = (bytes([n]) * 32 for n in (1, 2, 3))
+    zero = bytes(32)
+    one = [Revealed(0, PROVIDER.address, a)]
+    two = [Revealed(0, PROVIDER.address, a), Revealed(1, STRANGER.address, b)]
+
+    def run(root: bytes, reason: StopReason = StopReason.EXITED) -> OwnRun:
+        return OwnRun(root, reason)
+
+    cases: list[tuple[Any, tuple[VerdictKind, bytes] | None]] = [
+        (decide(run(a), one, delivered=True), (VerdictKind.CORRECT_RESULT, a)),
+        (decide(run(a), two, delivered=True), (VerdictKind.WRONG_RESULT, a)),
+        (decide(run(a), two, delivered=False), (VerdictKind.NOT_DELIVERED, zero)),
+        (decide(run(c), two, second=run(c)), (VerdictKind.WRONG_RESULT, c)),
+        (decide(run(c), two, second=run(b)), (VerdictKind.NON_DETERMINISTIC, zero)),
+        (decide(run(c, StopReason.MEMORY), two, second=run(c)), (VerdictKind.WRONG_RESULT, c)),
+        # a run that timed out on the mediator's machine and matches nobody: speed decides it
+        (decide(run(c, StopReason.TIMEOUT), two), (VerdictKind.NON_DETERMINISTIC, zero)),
+        # a timeout every honest replica also reached is an ordinary result
+        (decide(run(a, StopReason.TIMEOUT), one, delivered=True), (VerdictKind.CORRECT_RESULT, a)),
+        # the job fails to start everywhere alike (a bad image): that is the result
+        (decide(run(a, StopReason.FAILED), one, delivered=True), (VerdictKind.CORRECT_RESULT, a)),
+        # no verdict without a result of its own that can be trusted
+        (decide(None, two), None),
+        (decide(run(c, StopReason.FAILED), two), None),
+        (decide(run(c), two, second=None), None),
+        (decide(run(c), two, second=run(c, StopReason.FAILED)), None),
+        (decide(run(a), [], delivered=True), None),
+    ]
+    for decision, expected in cases:
+        if expected is None:
+            assert isinstance(decision, str), decision
+        else:
+            assert isinstance(decision, Decision), decision
+            assert (decision.kind, decision.root) == expected, decision
+    assert needs_second_run(run(c), two) and not needs_second_run(run(a), two)
+    assert not needs_second_run(run(c, StopReason.TIMEOUT), two)
+    assert not needs_second_run(run(c, StopReason.FAILED), two)
+
+
+def test_a_replica_result_answer_is_bounded_in_size_and_time() -> None:
+    """The mediator reads a provider's ``/result`` (untrusted) at most so many bytes, so long."""
+
+    async def huge() -> AsyncIterator[bytes]:
+        for _ in range(32):  # 2 MiB
+            yield b" " * 65536
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(40):  # a byte every 50 ms for 2 s
+            yield b" "
+            await asyncio.sleep(0.05)
+
+    async def answer(request: Request) -> Any:
+        name = request.path_params["name"]
+        if name == "ok":
+            return JSONResponse({"cid": "ab" * 32})
+        return StreamingResponse(huge() if name == "huge" else trickle())
+
+    app = Starlette(routes=[Route("/{name}", answer)])
+    with BackgroundServer(app) as server:
+        assert bounded_json(f"{server.url}ok", {}, 1000, 10) == (200, {"cid": "ab" * 32})
+        started = time.monotonic()
+        with pytest.raises(ValueError, match="took over 1 s"):
+            bounded_json(f"{server.url}trickle", {}, 1_000_000, 1.0)
+        assert time.monotonic() - started < 10
+        with pytest.raises(ValueError, match="over 1000000 bytes"):
+            bounded_json(f"{server.url}huge", {}, 1_000_000, 30)
+
+
+def test_the_daemon_reads_only_the_events_it_handles() -> None:
+    """Topic 1 of DealFormed and PhaseStarted is the client, so other deals' events come too;
+    the daemon filters on topic 0 (no BidPlaced, AskPosted ... spam reaches it)."""
+    found = log_filter()
+    assert found["address"] == str(market.COMPUTE_MARKET)
+    assert found["topics"] == [sorted(market.event_topic(name).hex() for name in _HANDLERS)]
+    assert set(_HANDLERS) <= set(EVENT_NAMES)
+    assert not {"BidPlaced", "AskPosted", "ResultCommitted"} & set(_HANDLERS)
+
+
+@pytest.mark.slow
+def test_an_offer_keeps_its_job_key_unless_its_client_vouches_and_leaves_with_its_bid(
+    world: World,
+) -> None:
+    node, provider = world.node, free_provider(world)
+    spec = job_spec(executor=executor_of(provider), command=("true",), timeout=5)
+    bid = place_bid(node, CLIENT, spec)
+    first, second = os.urandom(32), os.urandom(32)
+    for _ in range(2):  # sealed anew each time: the same job key is the same offer
+        again = offer(provider, bid, spec, sealed_for(world, provider, first, spec.job_hash))
+        assert again.status_code == 200, again.text
+    swapped = sealed_for(world, provider, second, spec.job_hash)
+    hijack = offer(provider, bid, spec, swapped)
+    assert hijack.status_code == 409 and "another job key" in hijack.json()["error"]
+    body = {"bid": bid, "replica": 0, "mediator": "", "spec": spec.encode().hex()}
+    body["job_key"] = swapped.hex()
+    url = f"{provider.url}/offer"
+    for signer, status in ((STRANGER, 403), (CLIENT, 200)):
+        headers = vouch(signer, "offer", provider, bid, swapped)
+        answer = httpx.post(url, json=body, headers=headers, timeout=60)
+        assert answer.status_code == status, answer.text
+    kept = provider.datadir / "jobs" / f"bid-{bid}"
+    opened = keys.open_job_key(
+        kem_private_key(provider.datadir), (kept / jobs.KEY_FILE).read_bytes(), spec.job_hash
+    )
+    assert opened == second
+    with Wallet(node.user.url, CLIENT) as wallet:
+        market.cancel_bid(bid).transact(wallet)
+    wait_until(lambda: not kept.exists(), 30, 0.2, f"offer of bid {bid} dropped")
+
+
+def offline_job(world: World, directory: Path, spec: JobSpec, height: list[int]) -> Job:
+    """A job of this process (not the daemons'), on its own KEM key, at height ``height[0]``."""
+    kem, job_key = MLKEM768PrivateKey.generate(), os.urandom(32)
+    sealed = seal(kem, job_key, spec)
+    keep_job(directory, spec.encode(), sealed, {})
+    status = JobStatus(int(directory.name.removeprefix("deal-")), 0, str(CLIENT.address))
+    write_status(directory, status)
+    ctx = JobContext(
+        keypair=STRANGER,
+        rpc=world.url,
+        params=COMPUTE,
+        wallet=Wallet(world.url, STRANGER),
+        view=ComputeMarketView(world.url),
+        kem=kem,
+        log=lambda _line: None,
+        height=lambda: height[0],
+    )
+    return Job(ctx, directory, status, spec, sealed)
+
+
+@pytest.mark.slow
+def test_job_status_changes_apply_in_turn_and_a_salt_is_saved_before_use(
+    world: World, tmp_path: Path
+) -> None:
+    job = offline_job(world, tmp_path / "deal-1", job_spec(), [0])
+    try:
+
+        def bump() -> None:
+            for _ in range(50):
+                job.change(lambda s: replace(s, log_bytes=s.log_bytes + 1))
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert job.status.log_bytes == 200 == read_status(job.directory).log_bytes
+        job.update(detail="x" * (jobs.MAX_STATUS_FILE + 1))  # a long message stays readable
+        assert read_status(job.directory).detail == "x" * (jobs.MAX_DETAIL - 3) + "..."
+        job.update(state=JobState.REVEALED, revealed=True)
+        job.on_settled(10, "completed")  # a revealed job goes on storing
+        assert (job.status.state, job.status.settled_height) == (JobState.REVEALED, 10)
+        job.change(functools.partial(jobs._stored, cid="ab" * 32, size=5, upload=0.1))
+        saved = read_status(job.directory)
+        assert (saved.state, saved.cid, saved.settled_height) == (JobState.SETTLED, "ab" * 32, 10)
+        shutil.rmtree(job.directory)
+        job.directory.write_bytes(b"")  # the disk refuses the next status
+        with pytest.raises(JobError, match="cannot save"):
+            job.change(lambda s: replace(s, salt="00" * 32), must_persist=True)
+        assert job.status.salt == ""  # not used: no commitment goes out with it
+    finally:
+        job.ctx.wallet.close()
+        job.ctx.view.close()
+
+
+@pytest.mark.slow
+def test_a_run_that_can_no_longer_be_committed_is_not_started_or_is_stopped(
+    world: World, tmp_path: Path
+) -> None:
+    problem = executor_for(Executor.SANDBOX).problem()
+    if problem is not None:
+        pytest.skip(f"no sandbox here: {problem}")
+    spec = job_spec(("sleep", "60"), timeout=60)
+    height = [100]
+    late = offline_job(world, tmp_path / "deal-1", spec, height)
+    running = offline_job(world, tmp_path / "deal-2", spec, height)
+    try:
+        late.update(run_deadline=100)  # staged at the deadline: never started
+        late.start()
+        wait_until(lambda: not late.alive, 60, 0.1, "the late job ends")
+        assert (late.status.state, late.status.reason) == (JobState.FAILED, "too-late")
+        assert "not running it" in late.status.detail and not late.status.root
+        running.update(run_deadline=150)
+        running.start()
+        wait_until(lambda: running.status.state is JobState.RUNNING, 60, 0.1, "it runs")
+        running.on_head(149)
+        assert running.alive
+        height[0] = 150
+        running.on_head(150)  # the deadline: stopped, nothing to commit
+        wait_until(lambda: not running.alive, 60, 0.1, "the run stops")
+        assert (running.status.state, running.status.reason) == (JobState.FAILED, "too-late")
+        assert not running.status.root and running.status.run < 50
+    finally:
+        for job in (late, running):
+            job.stop()
+            job.ctx.wallet.close()
+            job.ctx.view.close()

@@ -16,7 +16,15 @@ Auth header
     signature is the signer's hybrid signature of ``tagged_hash("QOIN/compute/auth/v1", provider
     address (32) || deal id (8, BE) || seconds (8, BE))``. A provider takes it within
     :data:`AUTH_WINDOW_S` seconds of its own clock, for that provider and that deal only; the
-    public key must hash to the signer's address.
+    public key must hash to the signer's address. The header authorises reads of that deal's job
+    (status, result, logs): it names no endpoint, so within its window it opens every read of the
+    same deal on the same provider, which the signer may make anyway.
+Key authorisation
+    The same header format on ``POST /offer`` and ``POST /mediate`` (optional there), signing
+    ``tagged_hash("QOIN/compute/offer-auth/v1" or "QOIN/compute/mediate-auth/v1", provider
+    address (32) || bid or deal id (8, BE) || seconds (8, BE) || SHA3-256(sealed job key))``: the
+    bid's (deal's) client vouches for this very sealed key, so a captured header cannot carry
+    another key, nor be replayed against the other endpoint or as a read.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,7 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qoin.crypto import hybrid
 from qoin.crypto.address import Address
-from qoin.crypto.hashing import HASH_SIZE, tagged_hash
+from qoin.crypto.hashing import HASH_SIZE, sha3_256, tagged_hash
 from qoin.crypto.hybrid import HybridKeyPair, HybridPublicKey, HybridSignature
 from qoin.encoding.codec import DecodeError
 from qoin.errors import QoinError
@@ -53,6 +62,11 @@ OUTPUT_MASTER_SIZE: Final = 32
 INFO_JOB_KEY: Final = b"QOIN/compute/job-key/v1"
 INFO_OUTPUTS: Final = b"QOIN/compute/outputs/v1"
 TAG_AUTH: Final = b"QOIN/compute/auth/v1"
+KEY_AUTH_TAGS: Final = {
+    "offer": b"QOIN/compute/offer-auth/v1",
+    "mediate": b"QOIN/compute/mediate-auth/v1",
+}
+"""The tag of a key authorisation, by the endpoint it is for."""
 AUTH_HEADER: Final = "x-qoin-auth"
 """The header's name (HTTP header names are case-insensitive)."""
 AUTH_WINDOW_S: Final = 300
@@ -147,13 +161,27 @@ def auth_message(provider: Address, deal_id: int, seconds: int) -> bytes:
     )
 
 
-def auth_header(
-    keypair: HybridKeyPair, provider: Address, deal_id: int, now: float | None = None
-) -> str:
-    """The ``X-Qoin-Auth`` value with which ``keypair`` reads deal ``deal_id``'s job on
-    ``provider`` (valid for :data:`AUTH_WINDOW_S` seconds around ``now``, default the clock)."""
-    seconds = int(time.time() if now is None else now)
-    signature = hybrid.sign(keypair, auth_message(provider, deal_id, seconds))
+def key_auth_message(
+    purpose: str, provider: Address, number: int, seconds: int, sealed: bytes
+) -> bytes:
+    """What a key authorisation signs (``purpose`` "offer": ``number`` is the bid id;
+    "mediate": the deal id)."""
+    tag = KEY_AUTH_TAGS.get(purpose)
+    if tag is None:
+        raise AuthError(401, f"no key authorisation for {purpose!r}")
+    if not 0 <= number <= MAX_ID or not 0 <= seconds <= MAX_ID:
+        raise AuthError(401, "bid or deal id and time are unsigned 64-bit numbers")
+    return tagged_hash(
+        tag,
+        provider.raw,
+        number.to_bytes(8, "big"),
+        seconds.to_bytes(8, "big"),
+        sha3_256(sealed),
+    )
+
+
+def _header(keypair: HybridKeyPair, seconds: int, message: bytes) -> str:
+    signature = hybrid.sign(keypair, message)
     return ".".join(
         (
             keypair.address.raw.hex(),
@@ -162,6 +190,30 @@ def auth_header(
             signature.encode().hex(),
         )
     )
+
+
+def auth_header(
+    keypair: HybridKeyPair, provider: Address, deal_id: int, now: float | None = None
+) -> str:
+    """The ``X-Qoin-Auth`` value with which ``keypair`` reads deal ``deal_id``'s job on
+    ``provider`` (valid for :data:`AUTH_WINDOW_S` seconds around ``now``, default the clock)."""
+    seconds = int(time.time() if now is None else now)
+    return _header(keypair, seconds, auth_message(provider, deal_id, seconds))
+
+
+def key_auth_header(
+    keypair: HybridKeyPair,
+    purpose: str,
+    provider: Address,
+    number: int,
+    sealed: bytes,
+    now: float | None = None,
+) -> str:
+    """The ``X-Qoin-Auth`` value of a ``POST /offer`` (``purpose`` "offer", ``number`` the bid)
+    or ``POST /mediate`` ("mediate", the deal) carrying ``sealed``: the client vouches for that
+    sealed key, which then replaces one kept before for the same bid or deal."""
+    seconds = int(time.time() if now is None else now)
+    return _header(keypair, seconds, key_auth_message(purpose, provider, number, seconds, sealed))
 
 
 @dataclass(frozen=True)
@@ -196,6 +248,22 @@ def _parse(header: str) -> _Parsed:
     return _Parsed(Address(bytes.fromhex(address)), int(seconds), key, sig)
 
 
+def _check(header: str, now: float | None, message: Callable[[int], bytes], what: str) -> Address:
+    parsed = _parse(header)
+    clock = time.time() if now is None else now
+    if abs(parsed.seconds - clock) > AUTH_WINDOW_S:
+        raise AuthError(
+            401,
+            f"the auth header's time {parsed.seconds} is more than {AUTH_WINDOW_S} s from the "
+            f"provider's clock {int(clock)}: sign a fresh one (and check your clock)",
+        )
+    if parsed.public.address != parsed.signer:
+        raise AuthError(401, "the auth header's public key does not hash to its signer's address")
+    if not hybrid.is_valid(parsed.public, message(parsed.seconds), parsed.signature):
+        raise AuthError(401, f"the auth header's signature does not sign {what}")
+    return parsed.signer
+
+
 def check_auth(
     header: str | None, provider: Address, deal_id: int, now: float | None = None
 ) -> Address:
@@ -207,20 +275,28 @@ def check_auth(
         raise AuthError(
             401, "this endpoint needs an X-Qoin-Auth header signed by the deal's client or mediator"
         )
-    parsed = _parse(header)
-    clock = time.time() if now is None else now
-    if abs(parsed.seconds - clock) > AUTH_WINDOW_S:
-        raise AuthError(
-            401,
-            f"the auth header's time {parsed.seconds} is more than {AUTH_WINDOW_S} s from the "
-            f"provider's clock {int(clock)}: sign a fresh one (and check your clock)",
-        )
-    if parsed.public.address != parsed.signer:
-        raise AuthError(401, "the auth header's public key does not hash to its signer's address")
-    if not hybrid.is_valid(
-        parsed.public, auth_message(provider, deal_id, parsed.seconds), parsed.signature
-    ):
-        raise AuthError(
-            401, f"the auth header's signature does not sign deal {deal_id} on this provider"
-        )
-    return parsed.signer
+    return _check(
+        header,
+        now,
+        lambda seconds: auth_message(provider, deal_id, seconds),
+        f"deal {deal_id} on this provider",
+    )
+
+
+def check_key_auth(
+    header: str,
+    purpose: str,
+    provider: Address,
+    number: int,
+    sealed: bytes,
+    now: float | None = None,
+) -> Address:
+    """The signer of a valid key authorisation (:func:`key_auth_header`) of ``sealed`` for
+    ``purpose`` and bid or deal ``number`` on ``provider``; :class:`AuthError` (401) as
+    :func:`check_auth`. Whether the signer is the bid's (deal's) client is the caller's check."""
+    return _check(
+        header,
+        now,
+        lambda seconds: key_auth_message(purpose, provider, number, seconds, sealed),
+        f"this job key for {purpose} {number} on this provider",
+    )

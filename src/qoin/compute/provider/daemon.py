@@ -9,9 +9,16 @@ follows the chain and runs the jobs of its deals.
   the public key, the mediators it accepts (``--mediators``, else every active mediator but itself,
   at most 8, refreshed as mediators come and go) and a deposit bringing its collateral up to one
   job of the longest timeout on the whole capacity. Then one JSON ready line.
-* **Following**: WebSocket subscriptions to ``newHeads`` and the actor's logs; reconnection with a
-  growing backoff and a catch-up read of the logs missed; at start, and after each reconnection,
-  the jobs in the data directory are reconciled with the chain.
+* **Following**: WebSocket subscriptions to ``newHeads`` and the actor's logs of the events it
+  handles (topic 0 among :data:`_HANDLERS`' names: ``DealFormed`` and ``PhaseStarted`` name the
+  client in topic 1, so other deals' events come too; each costs O(1) work: a dictionary look-up,
+  no chain read, no directory listing); reconnection with a growing backoff and a catch-up read of
+  the logs missed (in ranges of :data:`CATCH_UP_CHUNK` blocks); at start, and after each
+  reconnection, the jobs in the data directory are reconciled with the chain.
+* **Heads**: offers whose bid's deadline has come are settled against the chain (a job, or
+  deleted); runs past their deal's run deadline are stopped; mediations' runs past their time are
+  stopped; settled jobs' files are deleted ``--keep-blocks`` later; the accepted mediators are
+  read again (at most every :data:`MEDIATOR_REFRESH_BLOCKS` blocks) after mediators came or went.
 * **Events**: ``DealFormed`` naming it (the providers in its data; topic 1 is the client): the
   kept offer becomes a job, started at once; ``PhaseStarted`` (reveal) and ``DealTimedOut``
   (run): the job reveals, or gives up; ``ResultRevealed``: what ``copy-reveal`` copies;
@@ -69,6 +76,15 @@ NVIDIA_SMI_TIMEOUT_S: Final = 10.0
 DEFAULT_KEEP_BLOCKS: Final = 1000
 """Blocks a settled job's files are kept (its status stays readable)."""
 WEBSOCKET_MAX_FRAME: Final = 4096
+CATCH_UP_CHUNK: Final = 1_000
+"""Blocks of logs read by one catch-up query (a range with too many logs is halved)."""
+OFFERS_PER_HEAD: Final = 16
+"""Offers whose bid's deadline has come settled against the chain per head, at most (the rest at
+the next heads)."""
+MEDIATOR_REFRESH_BLOCKS: Final = 10
+"""Blocks between two readings of the mediator list after ``MediatorRegistered`` or
+``MediatorUnregistered`` (however many such events come, the ask is posted again at most once per
+this many blocks)."""
 _OUTCOMES: Final = {int(o): o.name.lower().replace("_", " ") for o in market.Outcome}
 
 
@@ -189,6 +205,9 @@ class ComputeProvider:
         self._mediators: tuple[Address, ...] = ()
         self._seen_logs: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._kem_public = b""
+        self._mediators_dirty = False
+        self._mediators_read = 0
+        """Height the accepted mediators were last read at."""
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -273,6 +292,7 @@ class ComputeProvider:
             if config.mediator:
                 self._register_mediator()
             self._post_ask(self._accepted_mediators())
+            self._mediators_read = self.height
             self.book.load()
             self._reconcile()
         except BaseException:
@@ -293,11 +313,15 @@ class ComputeProvider:
         return found
 
     def close(self) -> None:
-        """Stop the jobs (a restart takes them up), the server and the connections."""
+        """Stop the jobs and mediations (a restart takes them up), the server and the
+        connections."""
         if self.mediations is not None:
             self.mediations.stop_all()
         if self.book is not None:
             self.book.stop_all()
+            alive = [job.deal for job in self.book.all() if job.alive]
+            if alive:
+                self.log(f"jobs of deals {alive} did not stop in time; leaving them to the exit")
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -394,20 +418,34 @@ class ComputeProvider:
         """Bring the offers and jobs of the data directory in line with the chain and start what
         has work to do."""
         book = self._book()
-        for bid in book.offers():
-            found = self.view.get_deal(bid)
-            if found is not None:
-                providers = [r.provider for r in found.replicas]
-                if self.address in providers:
-                    self._adopt(bid, providers.index(self.address), found.client, found.mediator)
-                else:
-                    book.drop_offer(bid)
-            elif self.view.get_bid(bid) is None:
-                book.drop_offer(bid)
+        for bid in book.offers.bids():
+            self._settle_offer(bid)
         for job in book.all():
             self._reconcile_job(job)
         if self.mediations is not None:
             self.mediations.reconcile()
+
+    def _settle_offer(self, bid: int) -> None:
+        """Bring a kept offer in line with the chain: its bid formed a deal with this provider (a
+        job), with others or ended (deleted), or is still open (its deadline noted)."""
+        book = self._book()
+        found = self.view.get_deal(bid)
+        if found is not None:
+            providers = [r.provider for r in found.replicas]
+            if self.address in providers:
+                deadline = found.deadline if found.phase is Phase.RUN else 0
+                self._adopt(
+                    bid, providers.index(self.address), found.client, found.mediator, deadline
+                )
+            elif book.offers.drop(bid):
+                self.log(f"bid {bid} formed its deal with other providers; offer dropped")
+            return
+        open_bid = self.view.get_bid(bid)
+        if open_bid is None:
+            if book.offers.drop(bid):
+                self.log(f"bid {bid} ended without a deal with this provider; offer dropped")
+        else:
+            book.offers.set_deadline(bid, open_bid.deadline)
 
     def _reconcile_job(self, job: Job) -> None:
         if job.alive:
@@ -432,7 +470,13 @@ class ComputeProvider:
             if status.root:
                 job.start()
         elif found.phase is Phase.RUN and status.state in (JobState.STAGING, JobState.RUNNING):
-            self.log(f"deal {job.deal}: taking the job up again ({status.state})")
+            if status.run_deadline != found.deadline:
+                job.update(run_deadline=found.deadline)
+            self.log(
+                f"deal {job.deal}: taking the job up again ({status.state}"
+                + (", its root saved: committing it" if status.root else "")
+                + f"; run deadline {found.deadline})"
+            )
             job.start()
         elif status.state not in (JobState.FAILED,):
             job.update(
@@ -441,16 +485,26 @@ class ComputeProvider:
                 detail="the run phase ended before this replica committed",
             )
 
-    def _adopt(self, deal: int, replica: int, client: Address, mediator: Address | None) -> None:
+    def _adopt(
+        self,
+        deal: int,
+        replica: int,
+        client: Address,
+        mediator: Address | None,
+        run_deadline: int = 0,
+    ) -> None:
         book = self._book()
         if book.get(deal) is not None:
             return
         try:
-            job = book.adopt(deal, replica, str(client), str(mediator or ""))
+            job = book.adopt(deal, replica, str(client), str(mediator or ""), run_deadline)
         except QoinError as exc:
             self.log(f"deal {deal} names this provider (replica {replica}) but cannot run: {exc}")
             return
-        self.log(f"deal {deal} formed: replica {replica} is ours; starting the job")
+        self.log(
+            f"deal {deal} formed: replica {replica} is ours; starting the job (commit due before "
+            f"height {run_deadline or job.status.run_deadline or '?'})"
+        )
         job.start()
 
     # -- following the chain ------------------------------------------------------------------------
@@ -464,9 +518,7 @@ class ComputeProvider:
             try:
                 subscriptions = [
                     subscribe(url, "newHeads", timeout=SUBSCRIBE_TIMEOUT_S),
-                    subscribe(
-                        url, "logs", {"address": str(COMPUTE_MARKET)}, timeout=SUBSCRIBE_TIMEOUT_S
-                    ),
+                    subscribe(url, "logs", log_filter(), timeout=SUBSCRIBE_TIMEOUT_S),
                 ]
             except RpcCallError as exc:
                 self.log(f"cannot reach the node at {url} ({exc}); retrying in {backoff:g} s")
@@ -498,20 +550,26 @@ class ComputeProvider:
         ]
         for reader in readers:
             reader.start()
-        self._guarded("catching up", self._catch_up)
-        while not stop.is_set():
-            try:
-                kind, payload = events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if kind == "lost":
-                raise _Lost(str(payload))
-            if kind == "head" and isinstance(payload, dict):
-                height = payload.get("height")
-                if isinstance(height, int) and not isinstance(height, bool):
-                    self._guarded("handling a head", functools.partial(self._on_head, height))
-            elif kind == "log" and isinstance(payload, dict):
-                self._guarded("handling an event", functools.partial(self._on_log, payload))
+        try:
+            self._guarded("catching up", self._catch_up)
+            while not stop.is_set():
+                try:
+                    kind, payload = events.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if kind == "lost":
+                    raise _Lost(str(payload))
+                if kind == "head" and isinstance(payload, dict):
+                    height = payload.get("height")
+                    if isinstance(height, int) and not isinstance(height, bool):
+                        self._guarded("handling a head", functools.partial(self._on_head, height))
+                elif kind == "log" and isinstance(payload, dict):
+                    self._guarded("handling an event", functools.partial(self._on_log, payload))
+        finally:
+            for subscription in subscriptions:
+                subscription.close()
+            for reader in readers:
+                reader.join(2.0)
 
     def _guarded(self, what: str, work: Callable[[], None]) -> None:
         """Run ``work``; a Qoin error (the node, the disk) is logged, not fatal."""
@@ -521,28 +579,51 @@ class ComputeProvider:
             self.log(f"error {what}: {exc}")
 
     def _catch_up(self) -> None:
+        """Read the logs missed while not subscribed (at most :data:`CATCH_UP_BLOCKS` blocks, in
+        ranges of :data:`CATCH_UP_CHUNK`, a range with more logs than the node returns halved)."""
         head = self._head_height()
         start = max(0, min(self.height, head) - 1, head - CATCH_UP_BLOCKS + 1)
-        logs = self._wallet().client.call(
-            "qoin_getLogs",
-            {"fromBlock": start, "toBlock": head, "address": str(COMPUTE_MARKET)},
-        )
-        for entry in logs if isinstance(logs, list) else []:
-            if isinstance(entry, dict):
-                self._on_log(entry)
+        client = self._wallet().client
+        chunk = CATCH_UP_CHUNK
+        while start <= head:
+            end = min(head, start + chunk - 1)
+            try:
+                logs = client.call(
+                    "qoin_getLogs", {"fromBlock": start, "toBlock": end, **log_filter()}
+                )
+            except RpcCallError as exc:
+                if exc.code is None or chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                continue
+            for entry in logs if isinstance(logs, list) else []:
+                if isinstance(entry, dict):
+                    self._on_log(entry)
+            start = end + 1
         self._on_head(head)
 
     def _on_head(self, height: int) -> None:
         self.height = max(self.height, height)
         book = self._book()
         keep = self.config.keep_blocks
+        for bid in book.offers.due(height)[:OFFERS_PER_HEAD]:
+            self._guarded(f"settling offer {bid}", functools.partial(self._settle_offer, bid))
         for job in book.all():
             status = job.status
             if 0 <= status.settled_height <= height - keep and not job.alive:
                 book.remove(job.deal)
                 self.log(f"deal {job.deal}: settled {keep} blocks ago; its files deleted")
+            else:
+                job.on_head(height)
         if self.mediations is not None:
+            self.mediations.on_head(height)
             self.mediations.clean(height, keep)
+        if self._mediators_dirty and height >= self._mediators_read + MEDIATOR_REFRESH_BLOCKS:
+            self._mediators_dirty = False
+            self._mediators_read = height
+            wanted = self._accepted_mediators()
+            if wanted != self._mediators:
+                self._post_ask(wanted)
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -576,7 +657,7 @@ class ComputeProvider:
         return first == self.address.raw.hex()
 
     def _deal_formed(self, data: tuple[Any, ...], first: str) -> None:
-        deal, _job, providers, mediator = data[:4]
+        deal, _job, providers, mediator, deadline = data[:5]
         if not isinstance(providers, tuple):
             return
         if self.address in providers:
@@ -584,9 +665,9 @@ class ComputeProvider:
             named = (
                 mediator if isinstance(mediator, Address) and mediator.raw != bytes(32) else None
             )
-            self._adopt(deal, providers.index(self.address), client, named)
-        elif deal in self._book().offers():
-            self._book().drop_offer(deal)
+            run_deadline = deadline if isinstance(deadline, int) else 0
+            self._adopt(deal, providers.index(self.address), client, named, run_deadline)
+        elif self._book().offers.drop(deal):
             self.log(f"bid {deal} formed its deal with other providers; offer dropped")
 
     def _phase_started(self, data: tuple[Any, ...], first: str) -> None:
@@ -610,7 +691,7 @@ class ComputeProvider:
         status = job.status
         if phase == int(Phase.RUN) and status.state in (JobState.STAGING, JobState.RUNNING):
             self.log(f"deal {deal}: the run deadline passed before this replica committed")
-            job.abort("the run deadline passed before the result was committed")
+            job.abort("the run deadline passed before the result was committed", "too-late")
         elif phase == int(Phase.REVEAL):
             self.log(f"deal {deal}: the reveal deadline passed ({missing} replica(s) missing)")
 
@@ -632,8 +713,7 @@ class ComputeProvider:
 
     def _bid_ended(self, data: tuple[Any, ...], first: str) -> None:
         bid = data[0]
-        if bid in self._book().offers():
-            self._book().drop_offer(bid)
+        if self._book().offers.drop(bid):
             self.log(f"bid {bid} ended without a deal; offer dropped")
 
     def _mediation_started(self, data: tuple[Any, ...], first: str) -> None:
@@ -663,11 +743,10 @@ class ComputeProvider:
             self.log(f"deal {deal}: verdict {names.get(kind, kind)} (root {shown})")
 
     def _mediators_changed(self, data: tuple[Any, ...], first: str) -> None:
-        if self.config.mediators is not None:
-            return
-        wanted = self._accepted_mediators()
-        if wanted != self._mediators:
-            self._post_ask(wanted)
+        """Read the mediator list again at a later head (never per event: anyone may register
+        and unregister as often as they like)."""
+        if self.config.mediators is None:
+            self._mediators_dirty = True
 
 
 _HANDLERS: dict[str, Callable[[ComputeProvider, tuple[Any, ...], str], None]] = {
@@ -686,3 +765,12 @@ _HANDLERS: dict[str, Callable[[ComputeProvider, tuple[Any, ...], str], None]] = 
     "MediatorUnregistered": ComputeProvider._mediators_changed,
 }
 """What the daemon does on each of the actor's events (data decoded; topic 1 as hex)."""
+
+
+@functools.cache
+def log_filter() -> dict[str, Any]:
+    """The logs the daemon reads: the actor's, of the events it handles (:data:`_HANDLERS`)."""
+    return {
+        "address": str(COMPUTE_MARKET),
+        "topics": [sorted(market.event_topic(name).hex() for name in _HANDLERS)],
+    }

@@ -14,7 +14,9 @@ takes the job up where the chain and the directory say it stands:
    **running** the executor (its output saved and handed to WebSocket followers as it comes);
 2. **hashing**: the outputs are scanned into the manifest, its root computed and the archive
    packed; a run that failed (a limit, a crash, a bad exit) is still a result;
-3. **committed**: the commitment (root, a fresh salt) is sent before the run deadline;
+3. **committed**: the commitment (root, a fresh salt, both fsynced with the archive first: a
+   provider killed after committing reveals with the same salt) is sent before the run deadline;
+   a run still going at the run deadline is stopped (it could only commit late, or never);
 4. **revealed**: once the reveal phase starts (every replica committed, or the run deadline), the
    root, salt and usage (CPU-seconds, rounded up, capped at what the deal reserves);
 5. **stored**: the archive is stored with the storage market, encrypted under
@@ -24,11 +26,17 @@ takes the job up where the chain and the directory say it stands:
 Staging that fails (an input that cannot be fetched or decrypted) or an executor that cannot start
 the job (a provider-side fault) end the job **failed**: nothing is committed, and the status says
 why.
+
+The status is changed by the job's thread and by the daemon's event loop (settlement, the reveal
+phase, aborts): :meth:`Job.change` applies changes one after the other, each on the status the one
+before left, and writes each before the next (files and directories fsynced). Offers waiting for
+their deal are kept by :class:`Offers`, bounded, each with its first job key.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import os
@@ -67,6 +75,15 @@ LOG_INDEX: Final = "log.index"
 STDOUT_FILE: Final = "stdout"
 RUN_DIR: Final = "run"
 MAX_STATUS_FILE: Final = 64 * 1024
+MAX_DETAIL: Final = 4096
+"""Characters of a status's detail kept, at most (executor and node messages can be long)."""
+MAX_OFFER_FILE: Final = 4096
+MAX_OFFERS: Final = 1024
+"""Accepted offers kept at once (each until its bid forms a deal or ends), at most."""
+MAX_OFFER_BYTES: Final = 64 << 20
+"""Bytes of kept offers' specs, at most."""
+MAX_OFFERS_PER_CLIENT: Final = 32
+"""Accepted offers of one client kept at once, at most."""
 MAX_MANIFEST_FILE: Final = 256 << 20
 """Bytes of a saved manifest, at most (10,000 files of long names by default; 2^20 at most)."""
 MAX_INPUT_BYTES: Final = retrieve.MAX_STORED_SIZE
@@ -160,6 +177,9 @@ class JobStatus:
     """The run is over: the saved log is complete."""
     settled_height: int = -1
     """The height the deal settled at (-1: open)."""
+    run_deadline: int = 0
+    """The deal's run deadline (0: not known yet): a job still staging or running at this height
+    can no longer commit and is stopped."""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "state": str(self.state)}
@@ -205,8 +225,29 @@ def read_status(directory: Path) -> JobStatus:
         raise JobError("bad-status", f"{directory / STATUS_FILE}: {exc}") from None
 
 
+def sync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename or a new file in it) survive a crash."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_file(path: Path) -> None:
+    """Flush ``path``'s content to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_status(directory: Path, status: JobStatus) -> None:
+    """Replace the saved status, durably (the file fsynced, then its directory: the salt of a
+    commitment must be on the disk before the commitment is sent)."""
     write_atomically(directory / STATUS_FILE, json.dumps(status.to_json()).encode(), mode=0o600)
+    sync_dir(directory)
 
 
 # -- the saved log --------------------------------------------------------------------------------
@@ -521,11 +562,15 @@ class Job:
         self.log = JobLog(directory, spec.outputs.max_log_bytes)
         self._status = status
         self._lock = threading.Lock()
+        """Guards :attr:`_status` (held briefly: the API reads it)."""
+        self._save_lock = threading.Lock()
+        """Serialises changes with their writes, so the file never goes back to an older status."""
         self.cancel = threading.Event()
         """Set to stop the executor."""
         self._wake = threading.Event()
         self._stopping = False
         self._aborted: str | None = None
+        self._abort_reason = "cancelled"
         self._reveal_phase = False
         self._own_revealed = False
         self._other_root: bytes | None = None
@@ -541,14 +586,34 @@ class Job:
             return self._status
 
     def update(self, **changes: Any) -> JobStatus:
-        """Change and save the status."""
-        with self._lock:
-            self._status = replace(self._status, **changes)
-            status = self._status
-        try:
-            write_status(self.directory, status)
-        except OSError as exc:
-            self.ctx.log(f"deal {status.deal}: cannot save its status: {exc.strerror}")
+        """Change and save the status (a disk error is logged: the chain still says where the
+        job stands)."""
+        return self.change(lambda status: replace(status, **changes))
+
+    def change(
+        self, step: Callable[[JobStatus], JobStatus], must_persist: bool = False
+    ) -> JobStatus:
+        """Apply ``step`` to the current status and save the result; changes from several threads
+        apply one after the other, each on the status the one before left. ``must_persist``: a
+        status that cannot be saved is a :class:`JobError` (``disk-failed``), and the status in
+        memory stays as it was."""
+        with self._save_lock:
+            with self._lock:
+                before = self._status
+                status = step(before)
+                if len(status.detail) > MAX_DETAIL:  # the file stays readable (MAX_STATUS_FILE)
+                    status = replace(status, detail=status.detail[: MAX_DETAIL - 3] + "...")
+                self._status = status
+            try:
+                write_status(self.directory, status)
+            except OSError as exc:
+                if must_persist:
+                    with self._lock:
+                        self._status = before
+                    raise JobError(
+                        "disk-failed", f"cannot save the job's status: {exc.strerror}"
+                    ) from None
+                self.ctx.log(f"deal {status.deal}: cannot save its status: {exc.strerror}")
         return status
 
     def say(self, text: str) -> None:
@@ -564,15 +629,23 @@ class Job:
 
     def stop(self) -> None:
         """The daemon stops: stop the run (a restart runs it again) and wait a little."""
+        self.signal_stop()
+        self.join(STOP_JOIN_S)
+
+    def signal_stop(self) -> None:
+        """Tell the job's thread to stop (the executor kills the run)."""
         self._stopping = True
         self.cancel.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(STOP_JOIN_S)
 
-    def abort(self, why: str) -> None:
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def abort(self, why: str, reason: str = "cancelled") -> None:
         """The deal no longer wants this replica's work (settled, or its run deadline passed
-        without a commitment): stop whatever it does."""
+        without a commitment): stop whatever it does; the job fails with ``reason``."""
+        self._abort_reason = reason
         self._aborted = why
         self.cancel.set()
         self._wake.set()
@@ -593,17 +666,47 @@ class Job:
     def on_settled(self, height: int, outcome: str) -> None:
         """The deal settled: a job still storing its revealed outputs goes on (a client of a
         ``none`` deal, settled at the reveal, fetches them after); any other work stops."""
-        status = self.status
-        if status.settled_height >= 0:
+        storing = False
+
+        def settle(status: JobStatus) -> JobStatus:
+            nonlocal storing
+            if status.settled_height >= 0:
+                return status
+            storing = status.state is JobState.REVEALED or (
+                self._own_revealed and status.state is not JobState.STORED
+            )
+            return replace(
+                status,
+                state=status.state if storing else JobState.SETTLED,
+                settled_height=height,
+                detail=f"{status.detail}; deal settled ({outcome})".lstrip("; "),
+            )
+
+        if self.status.settled_height >= 0:
             return
-        storing = status.state is JobState.REVEALED or self._own_revealed
-        self.update(
-            state=status.state if storing else JobState.SETTLED,
-            settled_height=height,
-            detail=f"{status.detail}; deal settled ({outcome})".lstrip("; "),
-        )
+        self.change(settle)
         if not storing:
             self.abort(f"the deal settled ({outcome})")
+
+    def on_head(self, height: int) -> None:
+        """Stop a run that can no longer be committed (its deal's run deadline has come): it
+        would only commit late, or not at all, and hold the machine for nothing."""
+        status = self.status
+        if (
+            0 < status.run_deadline <= height
+            and status.state in (JobState.STAGING, JobState.RUNNING)
+            and not status.root
+            and self._aborted is None
+            and self.alive
+        ):
+            self.say(
+                f"the run deadline (height {status.run_deadline}) has come before a result: "
+                "stopping the run; nothing will be committed"
+            )
+            self.abort(
+                f"the run deadline (height {status.run_deadline}) passed during the run",
+                "too-late",
+            )
 
     @property
     def alive(self) -> bool:
@@ -623,6 +726,8 @@ class Job:
                 return
             self.update(state=JobState.FAILED, reason=exc.reason, detail=str(exc), finished=True)
             self.say(f"failed ({exc.reason}): {exc}")
+            if exc.reason in ("too-late", "cancelled") and self._aborted is not None:
+                self.say("nothing was committed for this replica")
         except QoinError as exc:  # the node, the disk: the job waits for a restart
             self.update(detail=f"stopped by an error: {exc}")
             self.say(f"stopped by an error: {exc}")
@@ -631,7 +736,7 @@ class Job:
         if self._stopping:
             raise _Stopped
         if self._aborted is not None:
-            raise JobError("cancelled", self._aborted)
+            raise JobError(self._abort_reason, self._aborted)
 
     def _advance(self) -> None:
         status = self.status
@@ -653,8 +758,19 @@ class Job:
         self.say(f"staging {len(self.spec.inputs)} input(s)")
 
         def staged(seconds: float) -> None:
+            self._check()
+            deadline = self.status.run_deadline
+            if 0 < deadline <= self.ctx.height():
+                raise JobError(
+                    "too-late",
+                    f"staging took {seconds:.1f} s: the run deadline (height {deadline}) has "
+                    "come, a result could no longer be committed; not running it",
+                )
             self.update(state=JobState.RUNNING, stage=seconds, detail="running")
-            self.say(f"running ({self.spec.executor.name.lower()}, timeout {self.spec.timeout} s)")
+            self.say(
+                f"inputs staged in {seconds:.1f} s; running ({self.spec.executor.name.lower()}, "
+                f"timeout {self.spec.timeout} s, commit due before height {deadline or '?'})"
+            )
 
         try:
             done = execute(
@@ -669,7 +785,7 @@ class Job:
         except JobError as exc:
             self._check()
             if exc.reason == "cancelled":
-                raise JobError("cancelled", self._aborted or str(exc)) from None
+                raise JobError(self._abort_reason, self._aborted or str(exc)) from None
             raise
         self._check()
         result = done.result
@@ -684,21 +800,32 @@ class Job:
         write_atomically(
             self.directory / MANIFEST_FILE, json.dumps(manifest_json(done.manifest)).encode()
         )
-        self.update(
-            reason=str(result.reason),
-            detail=result.detail,
-            exit_code=result.exit_code,
-            usage_cpu=usage_cpu,
-            usage_gpu=usage_gpu,
-            fuel=result.fuel,
-            log_bytes=self.log.size,
-            pull=result.pull_seconds,
-            start=result.start_seconds,
-            run=result.wall_seconds,
-            hash=done.hash_seconds,
-            root=root.hex(),
-            salt=market.new_salt().hex(),
-            finished=True,
+        try:
+            sync_file(done.archive)  # revealed outputs must be stored as they were committed
+        except OSError as exc:
+            raise JobError("disk-failed", f"cannot flush the outputs archive: {exc}") from None
+        salt = market.new_salt().hex()
+        # The root and salt reach the disk (fsynced) before the commitment is sent: a provider
+        # killed after committing reveals with the same salt once restarted.
+        self.change(
+            lambda status: replace(
+                status,
+                reason=str(result.reason),
+                detail=result.detail,
+                exit_code=result.exit_code,
+                usage_cpu=usage_cpu,
+                usage_gpu=usage_gpu,
+                fuel=result.fuel,
+                log_bytes=self.log.size,
+                pull=result.pull_seconds,
+                start=result.start_seconds,
+                run=result.wall_seconds,
+                hash=done.hash_seconds,
+                root=root.hex(),
+                salt=salt,
+                finished=True,
+            ),
+            must_persist=True,
         )
         self.say(
             f"ran: {result.reason} (exit {result.exit_code}), {result.cpu_seconds:.2f} CPU-s; "
@@ -770,6 +897,8 @@ class Job:
             self._copy_reveal(salt)
         while True:
             self._check()
+            if self._own_revealed:  # its ResultRevealed came (a none deal settles with it)
+                break
             found = self._deal()
             state = self._replica_state(found)
             if state is ReplicaState.REVEALED:
@@ -786,7 +915,9 @@ class Job:
                 )
                 break
             except CallReverted as exc:
-                if self._replica_state(self._deal()) is ReplicaState.REVEALED:
+                if self._own_revealed or (
+                    self._replica_state(self._deal()) is ReplicaState.REVEALED
+                ):
                     break
                 raise JobError("reveal-refused", f"the reveal was refused: {exc.reason}") from None
             except WalletError as exc:
@@ -863,16 +994,23 @@ class Job:
                 self._wake.wait(wait)
                 self._wake.clear()
                 continue
-            settled = self.status.settled_height >= 0
-            self.update(
-                state=JobState.SETTLED if settled else JobState.STORED,
-                cid=stored.cid.hex(),
-                size=size,
-                upload=time.monotonic() - started,
-                detail="revealed; outputs stored" + ("; deal settled" if settled else ""),
-            )
+            upload = time.monotonic() - started
+            self.change(functools.partial(_stored, cid=stored.cid.hex(), size=size, upload=upload))
             self.say(f"outputs stored: {stored.cid.hex()} ({size} bytes, {periods} periods)")
             return
+
+
+def _stored(status: JobStatus, cid: str, size: int, upload: float) -> JobStatus:
+    """A revealed job's status once its outputs are stored (settled if its deal has)."""
+    settled = status.settled_height >= 0
+    return replace(
+        status,
+        state=JobState.SETTLED if settled else JobState.STORED,
+        cid=cid,
+        size=size,
+        upload=upload,
+        detail="revealed; outputs stored" + ("; deal settled" if settled else ""),
+    )
 
 
 # -- every job of a provider -----------------------------------------------------------------------
@@ -904,59 +1042,203 @@ def read_spec(directory: Path) -> tuple[JobSpec, bytes]:
 
 
 def keep_job(directory: Path, spec: bytes, sealed: bytes, extra: dict[str, Any]) -> None:
-    """Save a spec, its sealed job key and ``extra`` (``offer.json``) in ``directory``."""
+    """Save a spec, its sealed job key and ``extra`` (``offer.json``) in ``directory``, durably
+    (an acceptance is signed only once they would survive a crash)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomically(directory / SPEC_FILE, spec, mode=0o600)
     write_atomically(directory / KEY_FILE, sealed, mode=0o600)
     write_atomically(directory / OFFER_FILE, json.dumps(extra).encode(), mode=0o600)
+    sync_dir(directory)
+    sync_dir(directory.parent)
+
+
+def same_job_key(kem: MLKEM768PrivateKey, directory: Path, job_key: bytes) -> bool:
+    """Whether the sealed job key kept in ``directory`` opens to ``job_key``."""
+    try:
+        spec, sealed = read_spec(directory)
+        return keys.open_job_key(kem, sealed, spec.job_hash) == job_key
+    except QoinError:
+        return False
+
+
+class OfferRefused(JobError):
+    """An offer that is not kept: :attr:`status` is the HTTP status to answer (409)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__("offer-refused", message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PendingOffer:
+    """An accepted offer waiting for its bid to form a deal (or to end)."""
+
+    bid: int
+    client: str
+    """The bid's client (bech32m)."""
+    deadline: int
+    """The bid's deadline: by then the bid has formed its deal or ended."""
+    size: int
+    """Bytes of its spec."""
+
+
+class Offers:
+    """The accepted offers (``DATADIR/jobs/bid-<id>/``), bounded: at most :data:`MAX_OFFERS`, of
+    :data:`MAX_OFFER_BYTES` bytes of specs, :data:`MAX_OFFERS_PER_CLIENT` per client; each leaves
+    when its bid forms a deal or ends (its deadline at the latest). An offer kept for a bid is
+    not replaced by one with another job key unless the bid's client vouches for it (whoever
+    knows a spec could otherwise swap the key the outputs are stored under). Thread-safe."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.dir = jobs_dir
+        self._lock = threading.Lock()
+        self._index: dict[int, PendingOffer] = {}
+        for path in jobs_dir.iterdir():
+            bid = _number(path.name, "bid-")
+            if bid is not None:
+                self._index[bid] = self._read(bid, path)
+
+    @staticmethod
+    def _read(bid: int, path: Path) -> PendingOffer:
+        """A kept offer's record (a damaged or old one: deadline 0, settled at the next head)."""
+        try:
+            raw = json.loads(read_bounded(path / OFFER_FILE, MAX_OFFER_FILE, "offer"))
+            client, deadline = raw.get("client", ""), raw.get("deadline", 0)
+            size = (path / SPEC_FILE).stat().st_size
+        except (FileReadError, ValueError, AttributeError, OSError):
+            return PendingOffer(bid, "", 0, 0)
+        if not isinstance(client, str) or not isinstance(deadline, int):
+            return PendingOffer(bid, "", 0, size)
+        return PendingOffer(bid, client, deadline, size)
+
+    def path(self, bid: int) -> Path:
+        return _offer_dir(self.dir, bid)
+
+    def __contains__(self, bid: object) -> bool:
+        with self._lock:
+            return bid in self._index
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._index)
+
+    def bids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._index)
+
+    def keep(
+        self,
+        offer: PendingOffer,
+        spec: bytes,
+        sealed: bytes,
+        job_key: bytes,
+        kem: MLKEM768PrivateKey,
+        extra: dict[str, Any],
+        vouched: bool = False,
+    ) -> bool:
+        """Keep an accepted offer's spec and sealed key until its bid forms a deal or ends; False
+        if the same job key was kept already (nothing written). :class:`OfferRefused` if another
+        job key is kept for the bid and ``vouched`` is False (the bid's client did not sign this
+        one), or a bound would be broken."""
+        with self._lock:
+            if offer.bid in self._index:
+                if same_job_key(kem, self.path(offer.bid), job_key):
+                    return False
+                if not vouched:
+                    raise OfferRefused(
+                        f"bid {offer.bid} already has an accepted offer here with another job "
+                        "key; to replace it, sign this one as the bid's client (X-Qoin-Auth, "
+                        "qoin.compute.keys.key_auth_header)"
+                    )
+            else:
+                self._check_room(offer)
+            keep_job(
+                self.path(offer.bid),
+                spec,
+                sealed,
+                {**extra, "client": offer.client, "deadline": offer.deadline},
+            )
+            self._index[offer.bid] = offer
+        return True
+
+    def _check_room(self, offer: PendingOffer) -> None:
+        held = list(self._index.values())
+        mine = sum(1 for item in held if item.client == offer.client)
+        size = sum(item.size for item in held)
+        if len(held) >= MAX_OFFERS:
+            raise OfferRefused(f"too many pending offers here ({len(held)}): try later")
+        if size + offer.size > MAX_OFFER_BYTES:
+            raise OfferRefused(f"pending offers hold {size} bytes of specs here: try later")
+        if mine >= MAX_OFFERS_PER_CLIENT:
+            raise OfferRefused(
+                f"client {offer.client} has {mine} pending offers here, the most one client may "
+                "have: form deals or cancel bids first"
+            )
+
+    def take(self, bid: int, target: Path) -> bool:
+        """Move a kept offer's directory to ``target`` (its deal formed with this provider);
+        False if none is kept."""
+        with self._lock:
+            source = self.path(bid)
+            self._index.pop(bid, None)
+            if not source.exists():
+                return False
+            try:
+                source.rename(target)
+                sync_dir(self.dir)
+            except OSError as exc:
+                raise JobError("disk-failed", f"cannot take up offer {bid}: {exc}") from None
+            return True
+
+    def drop(self, bid: int) -> bool:
+        """Forget a kept offer and delete its files; whether one was kept."""
+        with self._lock:
+            known = self._index.pop(bid, None) is not None
+            path = self.path(bid)
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                known = True
+        return known
+
+    def due(self, height: int) -> list[int]:
+        """Bids whose deadline has come (their deal formed or they ended): settle each against the
+        chain."""
+        with self._lock:
+            return sorted(b for b, offer in self._index.items() if offer.deadline <= height)
+
+    def set_deadline(self, bid: int, deadline: int) -> None:
+        """Correct the deadline of a kept offer (read from its bid on chain)."""
+        with self._lock:
+            offer = self._index.get(bid)
+            if offer is not None:
+                self._index[bid] = replace(offer, deadline=deadline)
 
 
 class JobBook:
-    """The provider's offers (``DATADIR/jobs/bid-<id>/``) and jobs (``deal-<id>/``)."""
+    """The provider's offers (``DATADIR/jobs/bid-<id>/``, :class:`Offers`) and jobs
+    (``deal-<id>/``)."""
 
     def __init__(self, datadir: Path, ctx: JobContext) -> None:
         self.ctx = ctx
         self.dir = datadir / "jobs"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.offers = Offers(self.dir)
         self._jobs: dict[int, Job] = {}
         self._lock = threading.Lock()
 
-    # -- offers -----------------------------------------------------------------------------
-
-    def keep_offer(self, bid: int, spec: bytes, sealed: bytes, offer: dict[str, Any]) -> None:
-        """Keep an accepted offer's spec and key until its deal forms (or the bid ends)."""
-        keep_job(_offer_dir(self.dir, bid), spec, sealed, offer)
-
-    def offers(self) -> list[int]:
-        """Bids with a kept offer."""
-        found = (_number(p.name, "bid-") for p in self.dir.iterdir())
-        return sorted(n for n in found if n is not None)
-
-    def drop_offer(self, bid: int) -> None:
-        shutil.rmtree(_offer_dir(self.dir, bid), ignore_errors=True)
-
-    def offer_replica(self, bid: int) -> int | None:
-        """The replica an offer was accepted for, or None."""
-        try:
-            raw = read_bounded(_offer_dir(self.dir, bid) / OFFER_FILE, 4096, "offer")
-            replica = json.loads(raw).get("replica")
-        except (FileReadError, ValueError, AttributeError):
-            return None
-        return replica if isinstance(replica, int) else None
-
     # -- jobs -------------------------------------------------------------------------------
 
-    def adopt(self, deal: int, replica: int, client: str, mediator: str) -> Job:
+    def adopt(
+        self, deal: int, replica: int, client: str, mediator: str, run_deadline: int = 0
+    ) -> Job:
         """The deal of a kept offer formed: its directory becomes the job's. :class:`JobError`
         if no offer was kept for it."""
-        offer, target = _offer_dir(self.dir, deal), _deal_dir(self.dir, deal)
-        if not target.exists():
-            if not offer.exists():
-                raise JobError("no-spec", "no spec was kept for it (no offer accepted here)")
-            offer.rename(target)
+        target = _deal_dir(self.dir, deal)
+        if not target.exists() and not self.offers.take(deal, target):
+            raise JobError("no-spec", "no spec was kept for it (no offer accepted here)")
         if (target / STATUS_FILE).exists():  # taken up before (a restart): keep where it stands
             return self._open(target, read_status(target))
-        status = JobStatus(deal, replica, client, mediator)
+        status = JobStatus(deal, replica, client, mediator, run_deadline=run_deadline)
         write_status(target, status)
         return self._open(target, status)
 
@@ -1003,5 +1285,10 @@ class JobBook:
             shutil.rmtree(job.directory, ignore_errors=True)
 
     def stop_all(self) -> None:
-        for job in self.all():
-            job.stop()
+        """Stop every job: all are told at once, then waited for (:data:`STOP_JOIN_S` in all)."""
+        jobs = self.all()
+        for job in jobs:
+            job.signal_stop()
+        deadline = time.monotonic() + STOP_JOIN_S
+        for job in jobs:
+            job.join(max(0.0, deadline - time.monotonic()))

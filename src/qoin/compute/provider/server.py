@@ -11,9 +11,13 @@ acceptable), a provider-side fault (the node unreachable) 503.
     checks the open bid on chain against the spec (its hash, resources, executor, timeout,
     verification), this provider's ask (free capacity, prices, collateral multiple, free
     collateral, the mediator), the executor, the sealed job key and every input key; keeps the
-    spec and key in ``DATADIR/jobs/bid-<id>/`` and answers the signed acceptance.
+    spec and key in ``DATADIR/jobs/bid-<id>/`` (bounded: :class:`~.jobs.Offers`) and answers the
+    signed acceptance. The first job key kept for a bid stays: another one is refused (409)
+    unless the bid's client vouches for it (an ``X-Qoin-Auth`` key authorisation,
+    :func:`qoin.compute.keys.key_auth_header`), since anyone who knows the spec could send it.
 ``POST /mediate`` ``{deal, spec, job_key}`` (``--mediator`` only)
-    the deal must name this mediator and its job be the spec's hash; keeps them for a mediation.
+    the deal must name this mediator and its job be the spec's hash; keeps them for a mediation
+    (the first job key stays, as for offers).
 ``GET /jobs/{deal}``, ``GET /jobs/{deal}/result``, ``WS /jobs/{deal}/logs?from=N``
     authenticated (:func:`qoin.compute.keys.check_auth`, header ``X-Qoin-Auth``) as the deal's
     client or mediator: the status; the result (409 until revealed on chain and stored); the saved
@@ -43,7 +47,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from qoin.compute import jobspec, keys, market
 from qoin.compute.jobspec import Executor, JobSpec, Verification
 from qoin.compute.market import BidInfo, ComputeMarketView
-from qoin.compute.provider.jobs import MANIFEST_FILE, Job, JobBook, JobState
+from qoin.compute.provider.jobs import (
+    MANIFEST_FILE,
+    Job,
+    JobBook,
+    JobState,
+    OfferRefused,
+    PendingOffer,
+)
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.encoding.codec import DecodeError
@@ -58,6 +69,8 @@ MAX_MANIFEST: Final = 256 << 20
 LOG_POLL_S: Final = 0.05
 """How often a log follower looks for new output."""
 MAX_ID: Final = 2**64 - 1
+MAX_ADDRESS_TEXT: Final = 100
+"""Characters of an address in a request (bech32m or hex), at most."""
 WEBSOCKET_MAX_FRAME: Final = 4096
 """Bytes of a message a log follower may send (it sends nothing)."""
 _DONE_STATES: Final = frozenset(
@@ -88,8 +101,9 @@ class ComputeContext:
     """Every kind: None if offered here, else why not."""
     capacity: Capacity
     log: Callable[[str], None]
-    mediate: Callable[[int, bytes, bytes], None] | None = None
-    """Keep a mediation's spec and sealed key (a ``--mediator`` daemon), else None."""
+    mediate: Callable[[int, bytes, bytes, bytes, bool], None] | None = None
+    """Keep a mediation's spec, sealed key, job key, whether the deal's client vouched for the
+    key (a ``--mediator`` daemon), else None; :class:`OfferRefused` if it is not kept."""
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -220,6 +234,8 @@ class ComputeApi:
                 return _error(exc.status, str(exc))
             except keys.AuthError as exc:
                 return _error(exc.status, str(exc))
+            except OfferRefused as exc:
+                return _error(exc.status, str(exc))
             except ClientDisconnect:
                 return Response(status_code=400)
             except QoinError as exc:  # the node, the disk: not the client's fault
@@ -252,13 +268,31 @@ class ComputeApi:
     async def offer(self, request: Request) -> Response:
         """``POST /offer``."""
         obj = await _json_body(request)
-        answer = await run_in_threadpool(self._offer, obj)
+        header = request.headers.get(keys.AUTH_HEADER)
+        answer = await run_in_threadpool(self._offer, obj, header)
         return JSONResponse(answer)
+
+    def _vouched(
+        self, header: str | None, purpose: str, number: int, sealed: bytes, client: Address
+    ) -> bool:
+        """Whether an optional key authorisation (:func:`qoin.compute.keys.key_auth_header`)
+        signed by ``client`` vouches for ``sealed``; one that is present but does not check is
+        refused (401, 403)."""
+        if header is None:
+            return False
+        signer = keys.check_key_auth(header, purpose, self.address, number, sealed)
+        if signer != client:
+            raise keys.AuthError(
+                403,
+                f"{signer} is not the client of {'bid' if purpose == 'offer' else 'deal'} "
+                f"{number}: only its client may vouch for its job key",
+            )
+        return True
 
     def _mediator(self, bid: BidInfo, ask: market.AskInfo, text: Any) -> Address | None:
         """The offer's mediator (None: none); :class:`Refused` unless the bid and this
         provider both accept it."""
-        if not isinstance(text, str):
+        if not isinstance(text, str) or len(text) > MAX_ADDRESS_TEXT:
             raise Refused(400, 'mediator must be an address, or "" for none')
         if bid.verification is Verification.NONE:
             if text:
@@ -291,7 +325,7 @@ class ComputeApi:
                 raise Refused(status, reason)
         return mediator
 
-    def _offer(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def _offer(self, obj: dict[str, Any], header: str | None = None) -> dict[str, Any]:
         context = self.context
         bid_id, replica = _uint(obj, "bid"), _uint(obj, "replica")
         raw, spec = _spec(obj)
@@ -321,20 +355,26 @@ class ComputeApi:
             raise Refused(409, "this provider has no active ask")
         self._fits(bid, ask)
         mediator = self._mediator(bid, ask, obj.get("mediator"))
-        check_keys(context.kem, spec, sealed)
+        job_key = check_keys(context.kem, spec, sealed)
+        vouched = self._vouched(header, "offer", bid_id, sealed, bid.client)
         price_cpu, price_gpu, collateral = market.acceptance_terms(bid, ask)
+        kept = context.book.offers.keep(
+            PendingOffer(bid_id, str(bid.client), bid.deadline, len(raw)),
+            raw,
+            sealed,
+            job_key,
+            context.kem,
+            {"bid": bid_id, "replica": replica, "mediator": str(mediator or "")},
+            vouched=vouched,
+        )
         acceptance = market.sign_acceptance(
             context.keypair, context.chain_id, bid, replica, ask, mediator
         )
-        context.book.keep_offer(
-            bid_id,
-            raw,
-            sealed,
-            {"bid": bid_id, "replica": replica, "mediator": str(mediator or "")},
-        )
         context.log(
-            f"accepted bid {bid_id} replica {replica} ({bid.cpus} CPU(s), {bid.timeout} s at "
-            f"{price_cpu} Shor per CPU-second; collateral {collateral})"
+            f"{'accepted' if kept else 'accepted again'} bid {bid_id} replica {replica} of "
+            f"{bid.client} ({bid.cpus} CPU(s), {bid.timeout} s at {price_cpu} Shor per "
+            f"CPU-second; collateral {collateral}; bid open until height {bid.deadline})"
+            + ("; job key replaced, vouched for by the client" if vouched and kept else "")
         )
         return {
             "acceptance": acceptance.hex(),
@@ -392,10 +432,11 @@ class ComputeApi:
         if self.context.mediate is None:
             raise Refused(404, "this provider is not a mediator")
         obj = await _json_body(request)
-        await run_in_threadpool(self._mediate, obj)
+        header = request.headers.get(keys.AUTH_HEADER)
+        await run_in_threadpool(self._mediate, obj, header)
         return JSONResponse({})
 
-    def _mediate(self, obj: dict[str, Any]) -> None:
+    def _mediate(self, obj: dict[str, Any], header: str | None = None) -> None:
         context = self.context
         deal_id = _uint(obj, "deal")
         raw, spec = _spec(obj)
@@ -407,9 +448,10 @@ class ComputeApi:
             raise Refused(403, f"deal {deal_id} does not name this mediator")
         if spec.job_hash != found.job:
             raise Refused(422, f"the spec's hash {spec.job_hash.hex()} is not deal {deal_id}'s job")
-        check_keys(context.kem, spec, sealed)
+        job_key = check_keys(context.kem, spec, sealed)
+        vouched = self._vouched(header, "mediate", deal_id, sealed, found.client)
         if context.mediate is not None:
-            context.mediate(deal_id, raw, sealed)
+            context.mediate(deal_id, raw, sealed, job_key, vouched)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -500,6 +542,12 @@ class ComputeApi:
     ) -> None:
         while not closed.done():
             finished = job.status.finished or job.status.state in _DONE_STATES
+            if not finished and not job.alive and offset >= job.log.size:
+                # Nothing runs the job now (stopped by an error, or the daemon is taking it up
+                # again): close rather than hold the connection; the follower reconnects with
+                # ``from`` and resumes.
+                await websocket.close(code=1013, reason="the job is not running now; reconnect")
+                return
             pieces = await run_in_threadpool(job.log.read, offset) if offset < job.log.size else []
             for piece in pieces:
                 await websocket.send_text(
