@@ -341,7 +341,7 @@ def test_params_view_reads_genesis_params_or_mainnet(chain: Chain) -> None:
     assert market.params_from_value(bare.view("params")) == ComputeParams()
     assert PARAMS.run_blocks(TIMEOUT) == 15
     assert PARAMS.run_blocks(1) == 6 and ComputeParams().run_blocks(1) == 61
-    assert PARAMS.mediation_budget(TIMEOUT) == 23
+    assert PARAMS.mediation_budget(TIMEOUT) == 2 * 15 + 8
 
 
 # -- asks ----------------------------------------------------------------------------------------

@@ -109,8 +109,9 @@ class ComputeParams(MarketParams):
         return -(-timeout * 1000 // self.block_ms) + self.staging_blocks
 
     def mediation_budget(self, timeout: int) -> int:
-        """Blocks a mediator has for its verdict: the job's run budget plus ``mediation_blocks``."""
-        return self.run_blocks(timeout) + self.mediation_blocks
+        """Blocks a mediator has for its verdict: twice the job's run budget (it may run the job
+        twice, to tell a wrong result from a non-deterministic job) plus ``mediation_blocks``."""
+        return 2 * self.run_blocks(timeout) + self.mediation_blocks
 
 
 def astuple_ints(params: ComputeParams) -> tuple[int, ...]:
