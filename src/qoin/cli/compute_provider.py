@@ -28,15 +28,21 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, unlock_keystore
+from qoin.cli.common import EXIT_USAGE, fail, unlock_keystore
+from qoin.cli.daemon import (
+    DatadirOption,
+    KeyOption,
+    PasswordFile,
+    RpcOption,
+    run_alone,
+    run_daemon,
+)
 from qoin.cli.execution import DEFAULT_RPC
-from qoin.cli.storage_provider import MAX_UINT, parse_endpoint, parse_size
+from qoin.cli.storage_provider import MAX_UINT, listen_on, parse_size
 from qoin.compute.jobspec import Executor
 from qoin.compute.provider.daemon import (
     DEFAULT_KEEP_BLOCKS,
@@ -47,11 +53,8 @@ from qoin.compute.provider.daemon import (
 from qoin.compute.provider.jobs import MISBEHAVIOURS
 from qoin.compute.provider.server import Capacity, parse_address
 from qoin.crypto.address import Address, AddressError
-from qoin.errors import QoinError
-from qoin.process import stop_on_signals
 from qoin.rpc.serve import ServeError
 from qoin.storage.params import PPM
-from qoin.storage.provider.daemon import print_line
 from qoin.storage.provider.store import StoreError
 
 _DECIMAL = re.compile(r"\s*(\d{1,9})(?:\.(\d{1,6}))?\s*")
@@ -92,8 +95,8 @@ def parse_mediators(text: str) -> tuple[Address, ...]:
 
 
 def provider_command(
-    datadir: Annotated[Path, typer.Option("--datadir", help="Provider data directory.")],
-    key: Annotated[Path, typer.Option("--key", help="The provider's keystore.")],
+    datadir: DatadirOption,
+    key: KeyOption,
     cpus: Annotated[int, typer.Option(help="CPUs offered (at most this machine's).", min=1)],
     memory: Annotated[str, typer.Option(help="Memory offered: bytes, or e.g. 512MiB, 4GiB.")],
     price: Annotated[int, typer.Option(help="Shor per CPU-second.", min=0, max=MAX_UINT)],
@@ -138,10 +141,8 @@ def provider_command(
     keep_blocks: Annotated[
         int, typer.Option(help="Blocks a settled job's files are kept.", min=0)
     ] = DEFAULT_KEEP_BLOCKS,
-    rpc: Annotated[
-        str, typer.Option("--rpc", help="The execution client's user RPC URL.")
-    ] = DEFAULT_RPC,
-    password_file: Annotated[Path | None, typer.Option(help="Keystore password file.")] = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    password_file: PasswordFile = None,
     json_output: Annotated[bool, typer.Option("--json", help="Log lines as JSON objects.")] = False,
     misbehave: Annotated[
         str | None, typer.Option(hidden=True, help="TEST ONLY: cheat in this way.")
@@ -152,9 +153,7 @@ def provider_command(
         fail(f"unknown --misbehave mode {misbehave!r}; one of {', '.join(MISBEHAVIOURS)}")
     try:
         size = parse_size(memory)
-        host, port = parse_endpoint(listen)
-        if announce is not None:
-            parse_endpoint(announce)
+        host, port = listen_on(listen, announce)
         kinds = parse_executors(executors)
         k = None if collateral is None else parse_multiple(collateral)
         accepted = None if mediators is None else parse_mediators(mediators)
@@ -182,36 +181,24 @@ def provider_command(
         json_log=json_output,
     )
     provider = ComputeProvider(config, keypair)
-    stop = threading.Event()
-    with stop_on_signals(stop.set):
-        try:
-            provider.start()
-        except (ConfigError, StoreError, ServeError) as exc:
-            fail(str(exc), EXIT_USAGE)
-        except QoinError as exc:
-            fail(f"cannot start the provider: {exc}", EXIT_FAILURE)
-        try:
-            ready = provider.ready()
-            if misbehave:
-                ready["misbehave"] = f"TEST ONLY: {misbehave}"
-            print_line(json.dumps(ready))
-            provider.run(stop)
-        finally:
-            provider.close()
-    typer.echo("compute provider stopped", err=True)
+
+    def ready() -> str:
+        found = provider.ready()
+        if misbehave:
+            found["misbehave"] = f"TEST ONLY: {misbehave}"
+        return json.dumps(found)
+
+    run_daemon(provider, ready, "compute provider", (ConfigError, StoreError, ServeError))
+
+
+def _alone(app: typer.Typer) -> None:
+    app.command()(provider_command)
 
 
 def _main() -> None:
     """``python -m qoin.cli.compute_provider``: the command alone (until it is wired into
     ``qoin compute``)."""
-    from qoin.cli.main import THREAD_STACK  # noqa: PLC0415
-    from qoin.process import forgive_closed_output  # noqa: PLC0415
-
-    forgive_closed_output()
-    threading.stack_size(THREAD_STACK)
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(provider_command)
-    app()
+    run_alone(_alone)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,15 @@ from typing import Annotated, TypeVar
 import typer
 
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, unlock_keystore
+from qoin.cli.daemon import (
+    DatadirOption,
+    KeyOption,
+    PasswordFile,
+    RpcOption,
+    run_alone,
+    run_daemon,
+)
 from qoin.cli.execution import DEFAULT_RPC
-from qoin.errors import QoinError
 from qoin.process import stop_on_signals
 from qoin.rpc.serve import ServeError
 from qoin.storage.provider.daemon import Provider, ProviderConfig, print_line
@@ -60,11 +67,6 @@ UNITS = {
 _SIZE = re.compile(r"\s*(\d{1,20})\s*([A-Za-z]{0,3})\s*")
 _ENDPOINT = re.compile(r"([A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})")
 
-DatadirOption = Annotated[Path, typer.Option("--datadir", help="Provider data directory.")]
-KeyOption = Annotated[Path, typer.Option("--key", help="The provider's keystore.")]
-RpcOption = Annotated[str, typer.Option("--rpc", help="The execution client's user RPC URL.")]
-PasswordFile = Annotated[Path | None, typer.Option(help="Keystore password file.")]
-
 
 def parse_size(text: str) -> int:
     """A size: bytes, or a number and a unit (:data:`UNITS`); ``ValueError`` says why not."""
@@ -83,6 +85,16 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     if found is None or int(found[2]) > 65_535:
         raise ValueError(f"{text[:80]!r} is not HOST:PORT (a port of 0 to 65535)")
     return found[1].strip("[]"), int(found[2])
+
+
+def listen_on(listen: str, announce: str | None) -> tuple[str, int]:
+    """(host, port) of the ``HOST:PORT`` a daemon listens on (:func:`parse_endpoint`), and
+    ``announce`` (the endpoint posted on chain, if given) checked too; ``ValueError`` says why
+    not."""
+    found = parse_endpoint(listen)
+    if announce is not None:
+        parse_endpoint(announce)
+    return found
 
 
 def _need(value: T | None, option: str) -> T:
@@ -124,9 +136,7 @@ def run(
         str | None,
         typer.Option(help="The endpoint posted on chain, HOST:PORT (default: the listening one)."),
     ] = None,
-    rpc: Annotated[
-        str, typer.Option("--rpc", help="The execution client's user RPC URL.")
-    ] = DEFAULT_RPC,
+    rpc: RpcOption = DEFAULT_RPC,
     password_file: PasswordFile = None,
     dishonest: Annotated[
         str | None,
@@ -143,9 +153,7 @@ def run(
         fail(f"unknown --dishonest mode {dishonest!r}; one of {', '.join(DISHONEST_MODES)}")
     try:
         size = parse_size(capacity)
-        host, port = parse_endpoint(endpoint)
-        if announce is not None:
-            parse_endpoint(announce)
+        host, port = listen_on(endpoint, announce)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     keypair = unlock_keystore(key, password_file)
@@ -159,21 +167,13 @@ def run(
         dishonest=dishonest,
     )
     provider = Provider(config, keypair)
-    stop = threading.Event()
-    with stop_on_signals(stop.set):
-        try:
-            provider.start()
-        except (StoreError, ServeError) as exc:
-            fail(str(exc), EXIT_USAGE)
-        except QoinError as exc:
-            fail(f"cannot start the provider: {exc}", EXIT_FAILURE)
-        try:
-            lying = f" (TEST ONLY: dishonest, {dishonest})" if dishonest else ""
-            print_line(provider.ready_line() + lying)
-            provider.run(stop)
-        finally:
-            provider.close()
-    typer.echo("storage provider stopped", err=True)
+    lying = f" (TEST ONLY: dishonest, {dishonest})" if dishonest else ""
+    run_daemon(
+        provider,
+        lambda: provider.ready_line() + lying,
+        "storage provider",
+        (StoreError, ServeError),
+    )
 
 
 @provider_app.command("exit")
@@ -204,19 +204,16 @@ def register(storage_app: typer.Typer) -> None:
     storage_app.add_typer(provider_app, name="provider")
 
 
-def _main() -> None:
-    """``python -m qoin.cli.storage_provider``: the ``provider`` group alone (until it is wired
-    into ``qoin storage``)."""
-    from qoin.cli.main import THREAD_STACK  # noqa: PLC0415
-    from qoin.process import forgive_closed_output  # noqa: PLC0415
-
-    forgive_closed_output()
-    threading.stack_size(THREAD_STACK)
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+def _alone(app: typer.Typer) -> None:
     storage_app = typer.Typer()
     register(storage_app)
     app.add_typer(storage_app, name="storage")
-    app()
+
+
+def _main() -> None:
+    """``python -m qoin.cli.storage_provider``: the ``provider`` group alone (until it is wired
+    into ``qoin storage``)."""
+    run_alone(_alone)
 
 
 if __name__ == "__main__":

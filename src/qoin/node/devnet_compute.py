@@ -28,10 +28,12 @@ from typing import Any, Final
 from qoin.errors import QoinError
 from qoin.node.devnet_storage import (
     FUNDING,
+    daemon_entry,
     made_keypair,
-    password_file,
+    ready_lines,
+    start_daemon,
 )
-from qoin.process import Child, Output
+from qoin.process import Child
 
 PRICE: Final = 1_000
 """Shor per CPU-second each devnet compute provider asks."""
@@ -43,7 +45,6 @@ MEMORY: Final = "1GiB"
 """Memory each provider offers."""
 READY: Final = r'^\{"ready": true.*\}\s*$'
 """The compute provider daemon's ready line (one JSON object)."""
-START_TIMEOUT_S: Final = 120.0
 STOP_TIMEOUT_S: Final = 30.0
 
 
@@ -68,18 +69,7 @@ class ComputeNode:
 
     def json(self) -> dict[str, Any]:
         """Its entry in ``devnet.json``."""
-        return {
-            "name": self.name,
-            "address": self.address,
-            "endpoint": self.endpoint,
-            "url": self.url,
-            "pid": None if self.child is None else self.child.proc.pid,
-            "datadir": str(self.home / "data"),
-            "keystore": str(self.home / "key.json"),
-            "rpc": self.rpc,
-            "log": str(self.home.parent / f"{self.name}.log"),
-            "mediator": self.mediator,
-        }
+        return {**daemon_entry(self), "mediator": self.mediator}
 
 
 class ComputeProviders:
@@ -124,25 +114,14 @@ class ComputeProviders:
         self._await(self.providers, cancel)
 
     def _start(self, node: ComputeNode, extra: list[str]) -> None:
-        secret = password_file(self.root)
-        args = ["compute", "provider", "--datadir", str(node.home / "data"),
-                "--key", str(node.home / "key.json"), "--password-file", str(secret),
-                "--rpc", node.rpc, "--cpus", str(CPUS), "--memory", MEMORY,
-                "--price", str(PRICE), "--listen", "127.0.0.1:0", *extra]  # fmt: skip
-        output = Output(keep=False, watch=(READY,), log=self.root / f"{node.name}.log")
-        node.child = Child.start(f"compute {node.name}", args, output)
+        options = ["--cpus", str(CPUS), "--memory", MEMORY, "--price", str(PRICE),
+                   "--listen", "127.0.0.1:0", *extra]  # fmt: skip
+        node.child = start_daemon(node, ("compute", "provider"), options, READY)
 
     def _await(self, nodes: Sequence[ComputeNode], cancel: threading.Event) -> None:
-        for node in nodes:
-            if node.child is None:
-                continue
-            found = node.child.first_match(READY, START_TIMEOUT_S, cancel)
-            if found is None:
-                if cancel.is_set():
-                    return
-                raise ComputeDaemonError(f"{node.name} did not start{node.child.last_output()}")
+        for node, found in ready_lines(nodes, READY, cancel):
             try:
-                ready = json.loads(found[0][0])
+                ready = json.loads(found[0])
                 node.endpoint = str(ready["endpoint"])
                 node.url = str(ready.get("url") or f"http://{node.endpoint}/compute/v1")
             except (ValueError, KeyError, TypeError):

@@ -13,17 +13,22 @@ nodes``'s execution client, and listens on a port the system picks. Files::
     provider<i>/key.json      provider i's keystore
     provider<i>/data/         its data directory (shards, index, ML-KEM key)
     provider<i>.log           its output
+
+What every daemon of the devnet shares (the compute providers' too) is here as well: its start
+(:func:`start_daemon`), the wait for its ready line (:func:`ready_lines`) and its entry in
+``devnet.json`` (:func:`daemon_entry`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from qoin.crypto import keystore
 from qoin.crypto.address import Address
@@ -46,6 +51,84 @@ READY = r"listening on (http://\S+)"
 """The provider daemon's ready line (its endpoint)."""
 START_TIMEOUT_S = 120.0
 FUND_TIMEOUT_S = 120.0
+
+
+class DevnetDaemon(Protocol):
+    """A daemon of the devnet beside its nodes (a storage or compute provider, a mediator): its
+    name, ``home`` (``key.json`` and ``data/``; its log is ``NAME.log`` beside it), key, node,
+    process and API."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def rpc(self) -> str: ...
+
+    @property
+    def child(self) -> Child | None: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+DaemonT = TypeVar("DaemonT", bound=DevnetDaemon)
+
+
+def daemon_entry(daemon: DevnetDaemon) -> dict[str, Any]:
+    """A daemon's entry in ``devnet.json``."""
+    return {
+        "name": daemon.name,
+        "address": daemon.address,
+        "endpoint": daemon.endpoint,
+        "url": daemon.url,
+        "pid": None if daemon.child is None else daemon.child.proc.pid,
+        "datadir": str(daemon.home / "data"),
+        "keystore": str(daemon.home / "key.json"),
+        "rpc": daemon.rpc,
+        "log": str(daemon.home.parent / f"{daemon.name}.log"),
+    }
+
+
+def start_daemon(
+    daemon: DevnetDaemon,
+    command: Sequence[str],
+    options: Sequence[str],
+    ready: str,
+    on_line: Callable[[Line], None] | None = None,
+) -> Child:
+    """Start ``qoin COMMAND`` for ``daemon`` with its data directory, keystore (the devnet's
+    password file beside its home) and node, then ``options``; its output goes to its log
+    (``on_line`` sees each line), ``ready`` (its ready line) watched."""
+    root = daemon.home.parent
+    args = [*command, "--datadir", str(daemon.home / "data"),
+            "--key", str(daemon.home / "key.json"), "--password-file", str(password_file(root)),
+            "--rpc", daemon.rpc, *options]  # fmt: skip
+    output = Output(keep=False, watch=(ready,), log=root / f"{daemon.name}.log", on_line=on_line)
+    return Child.start(f"{command[0]} {daemon.name}", args, output)
+
+
+def ready_lines(
+    daemons: Sequence[DaemonT], ready: str, cancel: threading.Event
+) -> Iterator[tuple[DaemonT, re.Match[str]]]:
+    """Each started daemon of ``daemons`` with its ready line, waited for in turn (at most
+    :data:`START_TIMEOUT_S` each; :class:`~qoin.process.ChildFailed` if one exits or takes
+    longer), until ``cancel`` is set."""
+    for daemon in daemons:
+        if daemon.child is None:
+            continue
+        found = daemon.child.first_match(ready, START_TIMEOUT_S, cancel)
+        if found is None:
+            return
+        yield daemon, found[0]
 
 
 @dataclass
@@ -71,17 +154,7 @@ class Provider:
 
     def json(self) -> dict[str, Any]:
         """Its entry in ``devnet.json``."""
-        return {
-            "name": self.name,
-            "address": self.address,
-            "endpoint": self.endpoint,
-            "url": self.url,
-            "pid": None if self.child is None else self.child.proc.pid,
-            "datadir": str(self.home / "data"),
-            "keystore": str(self.home / "key.json"),
-            "rpc": self.rpc,
-            "log": str(self.home.parent / f"{self.name}.log"),
-        }
+        return daemon_entry(self)
 
 
 def password_file(root: Path) -> Path:
@@ -155,30 +228,21 @@ class StorageProviders:
 
     def start(self, on_line: Callable[[Provider], Callable[[Line], None]] | None = None) -> None:
         """Start every provider daemon (see the module docstring)."""
-        secret = password_file(self.root)
         for provider in self.providers:
-            args = ["storage", "provider", "--datadir", str(provider.home / "data"),
-                    "--key", str(provider.home / "key.json"), "--password-file", str(secret),
-                    "--capacity", CAPACITY, "--price", str(PRICE), "--collateral",
-                    str(COLLATERAL), "--rpc", provider.rpc,
-                    "--endpoint", "127.0.0.1:0"]  # fmt: skip
-            log = self.root / f"{provider.name}.log"
-            output = Output(
-                keep=False,
-                watch=(READY,),
-                log=log,
-                on_line=on_line(provider) if on_line is not None else None,
+            options = ["--capacity", CAPACITY, "--price", str(PRICE),
+                       "--collateral", str(COLLATERAL), "--endpoint", "127.0.0.1:0"]  # fmt: skip
+            provider.child = start_daemon(
+                provider,
+                ("storage", "provider"),
+                options,
+                READY,
+                on_line(provider) if on_line is not None else None,
             )
-            provider.child = Child.start(f"storage {provider.name}", args, output)
 
     def await_ready(self, cancel: threading.Event) -> None:
         """Wait for every provider's ready line (its endpoint)."""
-        for provider in self.providers:
-            if provider.child is None:
-                continue
-            found = provider.child.first_match(READY, START_TIMEOUT_S, cancel)
-            if found is not None:
-                provider.url = found[0][1]
+        for provider, found in ready_lines(self.providers, READY, cancel):
+            provider.url = found[1]
 
     def children(self) -> list[Child]:
         """The running daemons."""

@@ -1,9 +1,11 @@
 """What every job executor shares (docs/spec/compute.md §4): why a run ended
 (:class:`StopReason`), the job's directories (:class:`JobDirs`), what a run reports
-(:class:`RunResult`), the executor interface (:class:`JobExecutor`), and the pieces the three
-executors build their supervision from: a log meter that forwards stdout/stderr as it comes and
-stops at the log limit (:class:`LogMeter`), a watch on the size of ``/outputs`` (and of a host
-``/work``) (:class:`DiskWatch`), and the supervision loop itself (:func:`supervise`).
+(:class:`RunResult`), the executor interface (:class:`JobExecutor`), what every ``run`` does
+first (:func:`refusal`, with :class:`CheckOnce` for a ``problem`` checked once), and the pieces
+the three executors build their supervision from: a log meter that forwards stdout/stderr as it
+comes and stops at the log limit (:class:`LogMeter`), a watch on the size of ``/outputs`` (and
+of a host ``/work``) (:class:`DiskWatch`), and the supervision loop itself (:func:`supervise`).
+Spawning a job's process and probing its control group: :mod:`.common`.
 
 An executor never raises for anything the job does: a job that breaks a limit, crashes or runs
 too long ends with a :class:`StopReason` and a detail a user can act on. :class:`ExecutorError`
@@ -46,6 +48,9 @@ INPUT_COPIES = ".qoin-input-copies"
 """The directory of ``JobDirs.root`` that holds copies of inputs (:func:`readable_inputs`)."""
 JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """``PATH`` inside a job, unless its spec sets one."""
+JOB_UID = 65534
+"""The user (and group) a job runs as (``nobody``): in the sandbox, inside and (when the
+provider is root) outside; in a docker container."""
 
 
 class ExecutorError(QoinError):
@@ -144,6 +149,33 @@ class HostLimits:
     """Processes and threads a job may have at once."""
     max_open_files: int = 1024
     """Files a job's process may have open at once."""
+
+
+class CheckOnce:
+    """An executor's :meth:`JobExecutor.problem` for a check made once (at the first ask, by
+    one thread) and remembered."""
+
+    def __init__(self, check: Callable[[], str | None]) -> None:
+        self._check = check
+        self._lock = threading.Lock()
+        self._checked = False
+        self._problem: str | None = None
+
+    def __call__(self) -> str | None:
+        with self._lock:
+            if not self._checked:
+                self._problem = self._check()
+                self._checked = True
+            return self._problem
+
+
+def refusal(executor: JobExecutor, spec: JobSpec, dirs: JobDirs) -> RunResult | None:
+    """What :meth:`JobExecutor.run` answers before running anything: :class:`ExecutorError`
+    unless ``spec`` is for ``executor`` and ``dirs`` are there (:func:`check_dirs`); a failed
+    result if ``executor`` cannot run here; None if it may run the job."""
+    check_dirs(spec, dirs, executor.kind)
+    problem = executor.problem()
+    return None if problem is None else failed(problem)
 
 
 def failed(detail: str, start_seconds: float = 0.0, pull_seconds: float = 0.0) -> RunResult:

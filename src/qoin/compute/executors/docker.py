@@ -46,6 +46,7 @@ import httpx
 
 from qoin.compute.executors import cgroups
 from qoin.compute.executors.base import (
+    JOB_UID,
     DiskWatch,
     ExecutorError,
     HostLimits,
@@ -55,18 +56,19 @@ from qoin.compute.executors.base import (
     Probe,
     RunResult,
     StopReason,
-    check_dirs,
     drop_copies,
     failed,
     final_reason,
     readable_inputs,
+    refusal,
     supervise,
 )
+from qoin.compute.executors.common import cgroup_probes, max_file_size, memory_killed
 from qoin.compute.executors.tree import prune
 from qoin.compute.jobspec import Executor, JobSpec
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
-JOB_USER = "65534:65534"
+JOB_USER = f"{JOB_UID}:{JOB_UID}"
 API_TIMEOUT_S = 30.0
 """Seconds a Docker Engine call may take (a pull: :attr:`DockerExecutor.pull_timeout`)."""
 PING_TIMEOUT_S = 3.0
@@ -134,14 +136,15 @@ class DockerExecutor:
         self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
     ) -> RunResult:
         """Run ``spec`` in a container (never raises for what the job does)."""
-        check_dirs(spec, dirs, self.kind)
-        problem = self.problem()
-        if problem is not None:
-            return failed(problem)
+        refused = refusal(self, spec, dirs)
+        if refused is not None:
+            return refused
         try:
             dirs = _prepare_dirs(dirs)
         except OSError as exc:
-            raise ExecutorError(f"cannot hand the job's directories to uid 65534: {exc}") from exc
+            raise ExecutorError(
+                f"cannot hand the job's directories to uid {JOB_UID}: {exc}"
+            ) from exc
         try:
             return self._contained(spec, dirs, on_output, cancel)
         finally:
@@ -256,13 +259,9 @@ class DockerExecutor:
                 stream.close()
         code = state.get("ExitCode")
         code = int(code) if isinstance(code, int) else None
-        memory = spec.resources.memory
         oom: tuple[Probe, ...] = ()
         if stopped is None and state.get("OOMKilled"):
-            stopped = (
-                StopReason.MEMORY,
-                f"memory limit of {memory} bytes reached (out-of-memory kill)",
-            )
+            stopped = memory_killed(spec.resources.memory)
         else:
             oom = watch.probes()
         reason, detail = final_reason(stopped, code, meter, disk, oom)
@@ -331,7 +330,7 @@ class DockerExecutor:
         self, spec: JobSpec, dirs: JobDirs, image: str, volumes: list[str] | None = None
     ) -> dict[str, Any]:
         memory = spec.resources.memory
-        file_size = max(spec.outputs.max_bytes, memory) + 1
+        file_size = max_file_size(spec)
         env = {"HOME": "/work", "TMPDIR": "/work", **dict(spec.env)}
         mounts: list[dict[str, Any]] = [
             {"Type": "bind", "Source": str(dirs.outputs), "Target": "/outputs", "ReadOnly": False},
@@ -452,35 +451,14 @@ class _Watch:
             self.cpu = max(self.cpu, used)
 
     def probes(self) -> tuple[Probe, ...]:
-        group = self._group
-        if group is None:
-            return ()
-        memory, processes = self._memory, self._processes
-
-        def oom() -> tuple[StopReason, str] | None:
-            if group.oom_kills() > 0:
-                return (
-                    StopReason.MEMORY,
-                    f"memory limit of {memory} bytes reached (out-of-memory kill)",
-                )
-            return None
-
-        def pids() -> tuple[StopReason, str] | None:
-            if group.pids_limit_hits() > 0:
-                return (
-                    StopReason.PROCESSES,
-                    f"process limit of {processes} processes and threads reached",
-                )
-            return None
-
-        return (oom, pids)
+        return cgroup_probes(self._group, self._memory, self._processes)
 
 
 def _prepare_dirs(dirs: JobDirs) -> JobDirs:
     """``/outputs`` writable and the inputs readable by the container's user (uid 65534): the
     directories to give the engine (:func:`readable_inputs`)."""
     if os.geteuid() == 0:
-        os.chown(dirs.outputs, 65534, 65534)
+        os.chown(dirs.outputs, JOB_UID, JOB_UID)
     else:
         dirs.outputs.chmod(0o777)
     return readable_inputs(dirs)

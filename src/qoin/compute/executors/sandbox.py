@@ -43,24 +43,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qoin.compute.executors import cgroups, seccomp
 from qoin.compute.executors.base import (
     JOB_PATH,
+    JOB_UID,
     READER_JOIN_S,
+    CheckOnce,
     DiskWatch,
     ExecutorError,
     HostLimits,
@@ -70,20 +71,25 @@ from qoin.compute.executors.base import (
     Probe,
     RunResult,
     StopReason,
-    check_dirs,
     drop_copies,
     exit_detail,
     failed,
     final_reason,
     job_env,
     readable_inputs,
+    refusal,
     supervise,
 )
+from qoin.compute.executors.common import (
+    ChildFds,
+    cgroup_probes,
+    child_setup,
+    exit_status,
+    job_rlimits,
+    read_pipe,
+)
 from qoin.compute.jobspec import Executor, JobSpec
-from qoin.process import lifeline, on_lasting_thread
 
-JOB_UID = 65534
-"""The user (and group) a job runs as, inside and (when the provider is root) outside."""
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Mounted read-only (a symbolic link is recreated as one)."""
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "localtime", "alternatives")
@@ -152,9 +158,7 @@ class SandboxExecutor:
         self.limits = limits or HostLimits()
         self.bwrap = bwrap
         self.use_cgroups = use_cgroups
-        self._lock = threading.Lock()
-        self._checked = False
-        self._problem: str | None = None
+        self._checked = CheckOnce(self._check)
         self.launch_seconds = 0.0
         """bubblewrap's launch time, measured by :meth:`problem`'s trivial jobs."""
         self._filter = b""
@@ -164,11 +168,7 @@ class SandboxExecutor:
     def problem(self) -> str | None:
         """Why the sandbox cannot run here (checked once: bubblewrap installed, a seccomp filter
         for this architecture, and a trivial job ``true`` that runs and exits 0)."""
-        with self._lock:
-            if not self._checked:
-                self._problem = self._check()
-                self._checked = True
-            return self._problem
+        return self._checked()
 
     def _check(self) -> str | None:
         if not sys.platform.startswith("linux"):
@@ -210,10 +210,9 @@ class SandboxExecutor:
         self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
     ) -> RunResult:
         """Run ``spec`` in a sandbox (never raises for what the job does)."""
-        check_dirs(spec, dirs, self.kind)
-        problem = self.problem()
-        if problem is not None:
-            return failed(problem)
+        refused = refusal(self, spec, dirs)
+        if refused is not None:
+            return refused
         result, total = self._execute(spec, dirs, on_output, cancel)
         if result.reason is StopReason.FAILED:
             return result
@@ -307,27 +306,7 @@ class SandboxExecutor:
     def _probes(
         self, spec: JobSpec, group: cgroups.JobCgroup | None, enforced: frozenset[str]
     ) -> tuple[Probe, ...]:
-        if group is None:
-            return ()
-        memory, processes = spec.resources.memory, self.limits.max_processes
-
-        def oom() -> tuple[StopReason, str] | None:
-            if "memory" in enforced and group.oom_kills() > 0:
-                return (
-                    StopReason.MEMORY,
-                    f"memory limit of {memory} bytes reached (out-of-memory kill)",
-                )
-            return None
-
-        def pids() -> tuple[StopReason, str] | None:
-            if "pids" in enforced and group.pids_limit_hits() > 0:
-                return (
-                    StopReason.PROCESSES,
-                    f"process limit of {processes} processes and threads reached",
-                )
-            return None
-
-        return (oom, pids)
+        return cgroup_probes(group, spec.resources.memory, self.limits.max_processes, enforced)
 
     def _spawn(
         self,
@@ -337,50 +316,19 @@ class SandboxExecutor:
         as_user: bool,
         meter: LogMeter,
     ) -> _Launch:
-        parent_fds: list[int] = []  # closed here once the child has them
-        keep: list[int] = []  # ours after the spawn
-        try:
-            args, passed = self._args(spec, dirs, parent_fds, as_user)
-            status_read, status_write = os.pipe()
-            keep.append(status_read)
-            parent_fds.append(status_write)
+        with ChildFds() as fds:
+            args, passed = self._args(spec, dirs, fds.given, as_user)
+            status_read, status_write = fds.pipe()
             passed.append(status_write)
             args[1:1] = ["--json-status-fd", str(status_write)]
-            out_read, out_write = os.pipe()
-            keep.append(out_read)
-            parent_fds.append(out_write)
-            err_read, err_write = os.pipe()
-            keep.append(err_read)
-            parent_fds.append(err_write)
-            join_fds = group.procs_fds() if group is not None else []
-            parent_fds.extend(join_fds)
-            rlimits = self._rlimits(spec, group)
-            staged = _staged(dirs) if as_user else None
-            setup = _child_setup(os.getpid(), join_fds, rlimits, staged)
-
-            def spawn() -> subprocess.Popen[bytes]:
-                return subprocess.Popen(  # noqa: S603 (bubblewrap with arguments of ours)
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_write,
-                    stderr=err_write,
-                    pass_fds=passed,
-                    env={"PATH": JOB_PATH},  # the job's own is set inside (--setenv)
-                    start_new_session=True,
-                    preexec_fn=setup,  # noqa: PLW1509 (C calls only, no lock taken)
-                )
-
-            proc = on_lasting_thread(spawn)
-            spawned = time.monotonic()
-        except BaseException:
-            for fd in keep:
-                os.close(fd)
-            raise
-        finally:
-            for fd in parent_fds:
-                os.close(fd)
-        readers = [meter.pump(out_read, "stdout"), meter.pump(err_read, "stderr")]
-        return _Launch(proc, status_read, readers, spawned)
+            join_fds = fds.give(group.procs_fds()) if group is not None else []
+            # when the provider is root: the job's directories where the job's user can reach
+            # them (_stage), then become that user
+            then = functools.partial(_as_job_user, _staged(dirs)) if as_user else None
+            setup = child_setup(join_fds, self._rlimits(spec, group), then)
+            # the job's own environment is set inside (--setenv)
+            spawned = fds.spawn(args, meter, setup=setup, env={"PATH": JOB_PATH}, pass_fds=passed)
+        return _Launch(spawned.proc, status_read, spawned.readers, spawned.spawned_at)
 
     def _args(
         self, spec: JobSpec, dirs: JobDirs, opened: list[int], staged: bool
@@ -435,13 +383,7 @@ class SandboxExecutor:
 
     def _rlimits(self, spec: JobSpec, group: cgroups.JobCgroup | None) -> list[tuple[int, int]]:
         enforced = group.enforced if group is not None else frozenset()
-        file_size = max(spec.outputs.max_bytes, spec.resources.memory) + 1
-        limits = [
-            (resource.RLIMIT_FSIZE, file_size),
-            (resource.RLIMIT_NOFILE, self.limits.max_open_files),
-            (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_CPU, spec.resources.cpus * spec.timeout + 1),
-        ]
+        limits = job_rlimits(spec, self.limits, cpu_slack=1)
         if "memory" not in enforced:
             limits.append((resource.RLIMIT_AS, spec.resources.memory))
         if "pids" not in enforced:
@@ -489,25 +431,14 @@ def _prepare_dirs(dirs: JobDirs) -> bool:
     return True
 
 
-def _child_setup(
-    parent: int, join_fds: list[int], rlimits: list[tuple[int, int]], staged: _Staged | None
-) -> Callable[[], None]:
-    """What the child does between fork and exec: join the control group, set the rlimits;
-    when the provider is root, put the job's directories where the job's user can reach them
-    (:func:`_stage`) and become that user; then take a lifeline (SIGKILL when we die)."""
-
-    def setup() -> None:
-        cgroups.join(join_fds)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
-        if staged is not None:
-            _stage(staged)
-            os.setgroups([])
-            os.setresgid(JOB_UID, JOB_UID, JOB_UID)
-            os.setresuid(JOB_UID, JOB_UID, JOB_UID)
-        lifeline(parent, signal.SIGKILL)  # after the uid change, which clears it
-
-    return setup
+def _as_job_user(staged: _Staged) -> None:
+    """In the child, as root, before exec (and before its lifeline, which a change of user
+    clears): put the job's directories where the job's user can reach them (:func:`_stage`) and
+    become that user."""
+    _stage(staged)
+    os.setgroups([])
+    os.setresgid(JOB_UID, JOB_UID, JOB_UID)
+    os.setresuid(JOB_UID, JOB_UID, JOB_UID)
 
 
 def _stage(staged: _Staged) -> None:
@@ -558,8 +489,7 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
             break
         time.sleep(KILL_PAUSE_S)
     cpu = _zombie_cpu(proc.pid) if _exited(proc.pid) else 0.0
-    code = proc.wait()
-    return (128 - code if code < 0 else code), cpu
+    return exit_status(proc.wait()), cpu
 
 
 def _zombie_cpu(pid: int) -> float:
@@ -591,25 +521,11 @@ def _kill(proc: subprocess.Popen[bytes], group: cgroups.JobCgroup | None) -> Non
 def _job_started(status_fd: int) -> bool:
     """Whether bubblewrap reported the job's exit status on ``--json-status-fd`` (it does only
     for a command it executed); closes the descriptor."""
-    chunks = []
-    try:
-        os.set_blocking(status_fd, False)
-        size = 0
-        while size < STATUS_LIMIT:
-            try:
-                chunk = os.read(status_fd, 4096)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError:
+    said = read_pipe(status_fd, STATUS_LIMIT)
+    if said is None:
         return False
-    finally:
-        os.close(status_fd)
     decoder = json.JSONDecoder()
-    text = b"".join(chunks).decode("utf-8", "replace")
+    text = said.decode("utf-8", "replace")
     index = 0
     while index < len(text):
         while index < len(text) and text[index].isspace():

@@ -39,9 +39,7 @@ import importlib.util
 import json
 import os
 import posixpath
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +52,7 @@ from typing import Any
 from qoin.compute.executors import cgroups
 from qoin.compute.executors.base import (
     READER_JOIN_S,
+    CheckOnce,
     DiskWatch,
     HostLimits,
     JobDirs,
@@ -61,15 +60,21 @@ from qoin.compute.executors.base import (
     OnOutput,
     RunResult,
     StopReason,
-    check_dirs,
     exit_detail,
     failed,
     final_reason,
     job_env,
+    refusal,
     supervise,
 )
+from qoin.compute.executors.common import (
+    ChildFds,
+    child_setup,
+    exit_status,
+    job_rlimits,
+    read_pipe,
+)
 from qoin.compute.jobspec import Executor, JobSpec
-from qoin.process import lifeline, on_lasting_thread
 
 FUEL_PER_SECOND = 1_000_000_000
 """Fuel per second of a job's timeout."""
@@ -136,7 +141,7 @@ class _Worker:
             group.kill()
         for reader in self.readers:
             reader.join(READER_JOIN_S)
-        return 128 - code if code < 0 else code
+        return exit_status(code)
 
 
 @dataclass(frozen=True)
@@ -156,18 +161,12 @@ class WasmExecutor:
     def __init__(self, limits: HostLimits | None = None, *, use_cgroups: bool = True) -> None:
         self.limits = limits or HostLimits()
         self.use_cgroups = use_cgroups
-        self._lock = threading.Lock()
-        self._checked = False
-        self._problem: str | None = None
+        self._checked = CheckOnce(self._check)
 
     def problem(self) -> str | None:
         """Why wasm jobs cannot run here (checked once: wasmtime installed and a trivial module
         run in a worker)."""
-        with self._lock:
-            if not self._checked:
-                self._problem = self._check()
-                self._checked = True
-            return self._problem
+        return self._checked()
 
     def _check(self) -> str | None:
         if importlib.util.find_spec("wasmtime") is None:
@@ -196,11 +195,7 @@ class WasmExecutor:
         self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
     ) -> RunResult:
         """Run the module of ``spec`` (never raises for what the module does)."""
-        check_dirs(spec, dirs, self.kind)
-        problem = self.problem()
-        if problem is not None:
-            return failed(problem)
-        return self._execute(spec, dirs, on_output, cancel)
+        return refusal(self, spec, dirs) or self._execute(spec, dirs, on_output, cancel)
 
     def _execute(
         self, spec: JobSpec, dirs: JobDirs, on_output: OnOutput, cancel: threading.Event
@@ -273,63 +268,23 @@ class WasmExecutor:
         group: cgroups.JobCgroup | None,
         meter: LogMeter,
     ) -> _Worker:
-        parent_fds: list[int] = []
-        keep: list[int] = []
-        try:
-            report_read, report_write = os.pipe()
-            keep.append(report_read)
-            parent_fds.append(report_write)
-            out_read, out_write = os.pipe()
-            keep.append(out_read)
-            parent_fds.append(out_write)
-            err_read, err_write = os.pipe()
-            keep.append(err_read)
-            parent_fds.append(err_write)
-            join_fds = group.procs_fds() if group is not None else []
-            parent_fds.extend(join_fds)
-            file_size = max(spec.outputs.max_bytes, spec.resources.memory) + 1
-            rlimits = [
-                (resource.RLIMIT_FSIZE, file_size),
-                (resource.RLIMIT_NOFILE, self.limits.max_open_files),
-                (resource.RLIMIT_CORE, 0),
-                (resource.RLIMIT_CPU, spec.resources.cpus * spec.timeout + int(GRACE_S)),
-            ]
-            parent = os.getpid()
-
-            def setup() -> None:
-                cgroups.join(join_fds)
-                for which, value in rlimits:
-                    resource.setrlimit(which, (value, value))
-                lifeline(parent, signal.SIGKILL)
-
-            control_read, control_write = os.pipe()
-            keep.append(control_write)
-            parent_fds.append(control_read)
+        with ChildFds() as fds:
+            report_read, report_write = fds.pipe()
+            control_read, control_write = fds.pipe(child_reads=True)
+            join_fds = fds.give(group.procs_fds()) if group is not None else []
+            rlimits = job_rlimits(spec, self.limits, cpu_slack=int(GRACE_S))
             argv = [sys.executable, "-I", str(WORKER), str(config), str(report_write)]
-
-            def spawn() -> subprocess.Popen[bytes]:
-                return subprocess.Popen(  # noqa: S603 (our own worker)
-                    argv,
-                    stdin=control_read,
-                    stdout=out_write,
-                    stderr=err_write,
-                    pass_fds=[report_write],
-                    start_new_session=True,
-                    preexec_fn=setup,  # noqa: PLW1509 (C calls only, no lock taken)
-                    env={"PATH": os.environ.get("PATH", "")},
-                )
-
-            spawned = time.monotonic()
-            proc = on_lasting_thread(spawn)
-        except BaseException:
-            for fd in keep:
-                os.close(fd)
-            raise
-        finally:
-            for fd in parent_fds:
-                os.close(fd)
-        readers = [meter.pump(out_read, "stdout"), meter.pump(err_read, "stderr")]
-        return _Worker(proc, report_read, control_write, readers, spawned)
+            spawned = fds.spawn(
+                argv,
+                meter,
+                setup=child_setup(join_fds, rlimits),
+                env={"PATH": os.environ.get("PATH", "")},
+                stdin=control_read,
+                pass_fds=[report_write],
+            )
+        return _Worker(
+            spawned.proc, report_read, control_write, spawned.readers, spawned.spawned_at
+        )
 
 
 def _preopens(dirs: JobDirs, stage: Path) -> list[Preopen]:
@@ -357,25 +312,9 @@ def _preopens(dirs: JobDirs, stage: Path) -> list[Preopen]:
 
 def _read_report(fd: int) -> dict[str, Any]:
     """The worker's reports merged (empty if it wrote none); closes ``fd``."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        os.set_blocking(fd, False)
-        while size <= MAX_REPORT:
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
+    said = read_pipe(fd, MAX_REPORT)
     merged: dict[str, Any] = {}
-    for line in b"".join(chunks)[:MAX_REPORT].splitlines():
+    for line in (said or b"").splitlines():
         with contextlib.suppress(ValueError):
             found = json.loads(line)
             if isinstance(found, dict):

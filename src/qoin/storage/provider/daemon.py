@@ -5,9 +5,9 @@ follows the chain and acts on what happens.
   updated) with the endpoint, the ML-KEM-768 encapsulation key (generated once, kept in
   ``DATADIR/kem.key``) and the public key, with a deposit that brings the ask's collateral up to
   what its capacity needs at its collateral rate (only what is missing is sent).
-* **Following**: by WebSocket subscriptions to ``newHeads`` and the actor's logs (no polling for
-  blocks); when the node goes away the daemon says so and reconnects with a growing backoff, then
-  reads the actor's logs it missed (``qoin_getLogs``, once).
+* **Following** (:class:`qoin.rpc.follow.Follower`): by WebSocket subscriptions to ``newHeads``
+  and the actor's logs (no polling for blocks); when the node goes away the daemon says so and
+  reconnects with a growing backoff, then reads the actor's logs it missed (``qoin_getLogs``).
 * **Each head**: inside a period's proof window, every held shard due in that period and not yet
   proved gets its proof (the period's beacon, the challenged leaves, their paths) and the proofs go
   out batched in ``prove`` transactions; receipts are checked on later heads. At each new period
@@ -25,10 +25,7 @@ Every action is one line on stdout, starting with the height of the head it happ
 
 from __future__ import annotations
 
-import functools
-import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +34,21 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 
 from qoin.crypto.hybrid import HybridKeyPair
-from qoin.errors import QoinError
 from qoin.files import FileReadError, read_bounded, write_atomically
-from qoin.rpc.client import RpcCallError, RpcTimeout, Subscription, subscribe
+from qoin.rpc.client import RpcCallError
+from qoin.rpc.follow import (
+    CATCH_UP_BLOCKS,
+    MAX_QUEUED,
+    MAX_SEEN_LOGS,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    SUBSCRIBE_TIMEOUT_S,
+    Follower,
+    SeenLogs,
+    catch_up_start,
+    read_logs,
+    read_subscription,
+)
 from qoin.rpc.serve import BackgroundServer
 from qoin.storage import market
 from qoin.storage.market import STORAGE_MARKET, MarketView, ShardState
@@ -55,17 +64,31 @@ KEM_FILE: Final = "kem.key"
 KEM_SEED_SIZE: Final = 64
 ROUNDING_MARGIN: Final = 1024
 """Shor deposited beyond the capacity's collateral: each shard's collateral is rounded up."""
-RECONNECT_MIN_S: Final = 0.5
-RECONNECT_MAX_S: Final = 30.0
-"""The backoff between attempts to reach the node grows from the first to the second."""
-SUBSCRIBE_TIMEOUT_S: Final = 10.0
-MAX_QUEUED: Final = 10_000
-"""Notifications waiting for the main loop at most (a reader blocks beyond)."""
-MAX_SEEN_LOGS: Final = 4096
-"""Logs remembered to skip a log seen twice (after a reconnection's catch-up)."""
-CATCH_UP_BLOCKS: Final = 10_000
-"""Blocks of the actor's logs read after a (re)connection, at most (one ``qoin_getLogs``)."""
 ASK_TIMEOUT_S: Final = 120.0
+LOG_FILTER: Final = {"address": str(STORAGE_MARKET)}
+"""The logs the daemon follows: all of the actor's."""
+
+__all__ = [
+    "ASK_TIMEOUT_S",
+    "CATCH_UP_BLOCKS",
+    "KEM_FILE",
+    "KEM_SEED_SIZE",
+    "LOG_FILTER",
+    "MAX_QUEUED",
+    "MAX_SEEN_LOGS",
+    "RECONNECT_MAX_S",
+    "RECONNECT_MIN_S",
+    "ROUNDING_MARGIN",
+    "SUBSCRIBE_TIMEOUT_S",
+    "Provider",
+    "ProviderConfig",
+    "kem_key",
+    "kem_private_key",
+    "print_line",
+    "read_subscription",
+]
+"""The module's public names. The connection constants and :func:`read_subscription` are
+:mod:`qoin.rpc.follow`'s, importable from here too (older callers)."""
 
 
 def print_line(text: str) -> None:
@@ -120,10 +143,6 @@ def kem_private_key(datadir: Path) -> MLKEM768PrivateKey:
     return key
 
 
-class _Lost(QoinError):
-    """The connection to the node ended."""
-
-
 class Provider:
     """One provider: :meth:`start`, then :meth:`run` until a stop is asked, then :meth:`close`."""
 
@@ -150,7 +169,7 @@ class Provider:
         self.params = StorageParams()
         self._prover: prover.Prover | None = None
         self._period = -1
-        self._seen_logs: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._seen_logs = SeenLogs()
         self._rebuilder: repair.Rebuilder | None = None
 
     # -- output ---------------------------------------------------------------------------------
@@ -284,79 +303,22 @@ class Provider:
 
     def run(self, stop: threading.Event) -> None:
         """Follow the chain until ``stop`` is set, reconnecting whenever the node goes away."""
-        backoff = RECONNECT_MIN_S
-        connected_before = False
-        url = self.config.rpc
-        while not stop.is_set():
-            try:
-                subscriptions = [
-                    subscribe(url, "newHeads", timeout=SUBSCRIBE_TIMEOUT_S),
-                    subscribe(
-                        url, "logs", {"address": str(STORAGE_MARKET)}, timeout=SUBSCRIBE_TIMEOUT_S
-                    ),
-                ]
-            except RpcCallError as exc:
-                self.log(f"cannot reach the node at {url} ({exc}); retrying in {backoff:g} s")
-                stop.wait(backoff)
-                backoff = min(2 * backoff, RECONNECT_MAX_S)
-                continue
-            if connected_before:
-                self.log(f"reconnected to the node at {url}")
-            connected_before, backoff = True, RECONNECT_MIN_S
-            try:
-                self._follow(subscriptions, stop)
-            except _Lost as exc:
-                self.log(f"lost the node at {url} ({exc}); reconnecting")
-            finally:
-                for subscription in subscriptions:
-                    subscription.close()
-
-    def _follow(self, subscriptions: list[Subscription], stop: threading.Event) -> None:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue(MAX_QUEUED)
-        readers = [
-            threading.Thread(
-                target=read_subscription,
-                args=(sub, kind, events, stop),
-                name=f"provider {kind}",
-                daemon=True,
-            )
-            for sub, kind in zip(subscriptions, ("head", "log"), strict=True)
-        ]
-        for reader in readers:
-            reader.start()
-        self._guarded("catching up", self._catch_up)
-        while not stop.is_set():
-            try:
-                kind, payload = events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if kind == "lost":
-                raise _Lost(str(payload))
-            if kind == "head" and isinstance(payload, dict):
-                height = payload.get("height")
-                if isinstance(height, int) and not isinstance(height, bool):
-                    self._guarded("handling a head", functools.partial(self._on_head, height))
-            elif kind == "log" and isinstance(payload, dict):
-                self._guarded("handling an event", functools.partial(self._on_log, payload))
-
-    def _guarded(self, what: str, work: Callable[[], None]) -> None:
-        """Run ``work``; a Qoin error (the node, the disk) is logged, not fatal."""
-        try:
-            work()
-        except QoinError as exc:
-            self.log(f"error {what}: {exc}")
+        Follower(
+            self.config.rpc,
+            LOG_FILTER,
+            on_head=self._on_head,
+            on_log=self._on_log,
+            catch_up=self._catch_up,
+            log=self.log,
+            name="provider",
+        ).run(stop)
 
     def _catch_up(self) -> None:
-        """Read the actor's logs missed while not connected, then act on the current head."""
+        """Read the actor's logs missed while not connected (from a period before the last head
+        seen), then act on the current head."""
         head = self._head_height()
-        start = max(0, min(self.height, head) - self.params.period, head - CATCH_UP_BLOCKS + 1)
-        logs = self._wallet().client.call(
-            "qoin_getLogs",
-            {"fromBlock": start, "toBlock": head, "address": str(STORAGE_MARKET)},
-        )
-        for entry in logs if isinstance(logs, list) else []:
-            if isinstance(entry, dict):
-                self._on_log(entry)
+        start = catch_up_start(self.height, head, self.params.period)
+        read_logs(self._wallet().client, LOG_FILTER, start, head, self._on_log)
         self._on_head(head)
 
     # -- heads ----------------------------------------------------------------------------------
@@ -397,19 +359,8 @@ class Provider:
     # -- events ---------------------------------------------------------------------------------
 
     def _on_log(self, entry: dict[str, Any]) -> None:
-        if entry.get("removed"):
+        if not self._seen_logs.fresh(entry):
             return
-        index = entry.get("logIndex")
-        identity = (
-            str(entry.get("blockHash")),
-            str(entry.get("transactionHash")),
-            index if isinstance(index, int) else -1,
-        )
-        if identity in self._seen_logs:
-            return
-        self._seen_logs[identity] = None
-        while len(self._seen_logs) > MAX_SEEN_LOGS:
-            self._seen_logs.popitem(last=False)
         decoded = market.decode_event(entry)
         if decoded is None:
             return
@@ -565,27 +516,3 @@ _HANDLERS: dict[str, Callable[[Provider, tuple[Any, ...], bool], None]] = {
     "DealCancelled": Provider._deal_cancelled,
 }
 """What the daemon does on each of the actor's events (data decoded; whether topic 1 names it)."""
-
-
-def read_subscription(
-    subscription: Subscription,
-    kind: str,
-    events: queue.Queue[tuple[str, Any]],
-    stop: threading.Event,
-) -> None:
-    """Hand a subscription's notifications to the main loop until it ends (then ``lost``)."""
-    while not stop.is_set():
-        try:
-            message: tuple[str, Any] = (kind, subscription.next(timeout=1.0))
-        except RpcTimeout:
-            continue
-        except RpcCallError as exc:
-            message = ("lost", str(exc))
-        while not stop.is_set():
-            try:
-                events.put(message, timeout=1.0)
-                break
-            except queue.Full:
-                continue
-        if message[0] == "lost":
-            return
