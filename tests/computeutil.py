@@ -44,7 +44,7 @@ from qoin.process import Child
 from qoin.wallet import Wallet
 from tests.framework import START_S, Network, Node, genesis, wait_until
 from tests.storageutil import PARAMS as STORAGE_PARAMS
-from tests.storageutil import RunningProvider, start_provider, write_keystore
+from tests.storageutil import write_keystore
 
 COMPUTE = ComputeParams(
     block_ms=100,
@@ -176,17 +176,6 @@ def compute_network(
         yield net, node
     finally:
         net.stop_all()
-
-
-def storage_providers(
-    net: Network, node: Node, keypairs: Sequence[HybridKeyPair]
-) -> list[RunningProvider]:
-    """Storage providers (funded first) where compute providers store outputs and clients
-    inputs."""
-    return [
-        start_provider(net, node, f"storage-{index}", keypair)
-        for index, keypair in enumerate(keypairs)
-    ]
 
 
 # -- jobs, bids and offers -----------------------------------------------------------------------

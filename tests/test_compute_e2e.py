@@ -9,7 +9,8 @@ ranking never picks a provider another test left dead or cheating. What each tes
 1. ``run`` of a job with an input from the storage market: its live output reaches the client
    before the result is even committed, the outputs are saved and verified (the real SHA-256 of
    the input), the provider is paid, and the client's balance drops by exactly the payment plus
-   its transactions' fees.
+   its transactions' fees. An offer someone raced in with another job key does not lock the
+   client out (its own offer signs its key).
 2. ``replicated`` with an honest provider and a cheater: a random result is caught by the mediator
    (verdict wrong-result, the cheater fined, the honest one paid); a cheater that copies the other's
    reveal, or withholds its own, is fined as not delivered and the honest one paid.
@@ -28,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -40,8 +42,11 @@ import pytest
 from typer.testing import CliRunner
 
 from qoin.cli.main import app
+from qoin.compute import client, keys
+from qoin.compute.jobspec import Verification
 from qoin.compute.market import ComputeMarketView
 from qoin.process import Child, Output
+from qoin.wallet import Wallet
 from tests.cliutil import run_qoin
 from tests.computeutil import (
     COMPUTE,
@@ -49,6 +54,8 @@ from tests.computeutil import (
     ComputeProvider,
     compute_network,
     events,
+    kem_key_of,
+    offer,
     restart,
     start_compute_provider,
 )
@@ -196,6 +203,7 @@ def test_a_job_with_a_stored_input_streams_saves_and_pays(market: Market, tmp_pa
         assert phase in stderr, stderr
     saved = answer["outputs"]
     assert saved["reason"] == "exited" and saved["exitCode"] == 0 and saved["files"] == ["h"]
+    assert saved["source"] == "provider"  # one hop, not waiting on the storage market
     expected = f"{hashlib.sha256(data).hexdigest()}  /inputs/x\n"
     assert [p.read_text() for p in out.rglob("h")] == [expected]
     deal = answer["deal"]
@@ -224,6 +232,45 @@ def test_a_job_with_a_stored_input_streams_saves_and_pays(market: Market, tmp_pa
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["root"] == saved["root"]
     assert [p.read_text() for p in (tmp_path / "again").rglob("h")] == [expected]
+
+
+def test_an_offer_raced_in_with_another_job_key_does_not_lock_the_client_out(
+    market: Market, tmp_path: Path
+) -> None:
+    """Whoever knows a bid's spec may offer it to the provider first, with a job key of its own
+    (the provider keeps it); the client's own offer signs its sealed key, which replaces that
+    one, and the job runs and delivers (its ``/mediate`` is signed too)."""
+    provider = market.honest[0]
+    options = client.JobOptions(
+        command=("sh", "-c", "echo 7 > /outputs/n"),
+        memory=256 << 20,
+        timeout=10,
+        verification=Verification.SPOT,
+    )
+    raced: list[int] = []
+
+    class Racer(client.NoWatcher):
+        def phase(self, phase: str, message: str) -> None:
+            placed = re.match(r"bid (\d+) placed", message)
+            if placed is not None:  # before the client's offers go out
+                sealed = keys.seal_job_key(kem_key_of(market.node, provider.address),
+                                           os.urandom(32), spec.job_hash)  # fmt: skip
+                answer = offer(provider, int(placed[1]), spec, sealed,
+                               mediator=market.mediator.address)  # fmt: skip
+                raced.append(answer.status_code)
+
+    jobs = tmp_path / "jobs"
+    with ComputeMarketView(market.rpc) as view, Wallet(market.rpc, CLIENT) as wallet:
+        only = client.MarketOptions(providers=(provider.address,))
+        prepared = client.prepare(view, options, only, CLIENT)
+        spec = prepared.spec
+        submitted = client.submit(wallet, view, prepared, jobs, Racer())
+        outcome = client.follow(wallet, submitted, tmp_path / "out", jobs)
+    assert raced == [200]  # the stranger's key was kept first
+    assert submitted.mediator_error == ""
+    assert outcome.exit_code == 0, outcome.message
+    assert outcome.outputs is not None and outcome.outputs.source == "provider"
+    assert (tmp_path / "out" / "outputs" / "n").read_text() == "7\n"
 
 
 def test_no_match_lists_every_provider_with_its_reason(market: Market, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 (its ask, a mediator's record), the offers it refuses and why, an acceptance the actor takes, its
 authenticated per-job endpoints, a job whose staging fails (no commitment, the reason shown), a
 restart that keeps serving, and one job run end to end (logs over the WebSocket, commit, reveal,
-outputs stored and verified, paid).
+paid, outputs served by the provider while one storage provider cannot store them, then stored
+and fetched from the storage market).
 
 One network for the module (:func:`tests.computeutil.compute_network`). The full client flow
 (``qoin compute run``) and the replicated, cheating and mediated cases are the client's
@@ -36,7 +37,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from qoin.cli.compute_provider import parse_executors, parse_mediators, parse_multiple
-from qoin.compute import keys, market
+from qoin.compute import client, keys, market
 from qoin.compute.executors import StopReason, executor_for
 from qoin.compute.jobspec import Executor, Input, JobSpec, Verification, wrap_input_key
 from qoin.compute.market import EVENT_NAMES, ComputeMarketView, VerdictKind
@@ -89,16 +90,17 @@ from tests.computeutil import (
     restart,
     run_deal,
     start_compute_provider,
-    storage_providers,
     wait_state,
 )
 from tests.framework import Network, Node, genesis, wait_until
 from tests.keys import keypair_for
-from tests.storageutil import fund
+from tests.storageutil import fund, start_provider
 
 PROVIDER, MEDIATOR, CLIENT, STRANGER = (keypair_for(index=60 + i) for i in range(4))
 STORERS = (keypair_for(index=64), keypair_for(index=65))
 EXECUTORS = "sandbox,wasm"
+NOWHERE = "127.0.0.1:9"
+"""An endpoint nothing answers at."""
 
 
 @dataclass(frozen=True)
@@ -411,17 +413,19 @@ def test_an_accepted_offer_forms_a_deal_and_its_job_answers_only_its_client(
 
 
 @pytest.mark.slow
-def test_a_job_runs_commits_reveals_and_stores_its_outputs(world: World) -> None:
-    """A sandbox job (verification none): its output reaches a WebSocket follower, it commits and
-    reveals its root, is paid at once, and stores its outputs, which decrypt with the outputs
-    key and verify against the revealed root."""
-    from qoin.compute import outputs  # noqa: PLC0415 (the executors' helper)
-    from qoin.storage import retrieve  # noqa: PLC0415
-
+def test_a_job_runs_commits_reveals_and_delivers_its_outputs_with_one_storage_provider(
+    world: World, tmp_path: Path
+) -> None:
+    """A sandbox job (verification none) while only one storage provider runs (the storage
+    market keeps a file on two): its output reaches a WebSocket follower, it commits and reveals
+    its root and is paid at once; its outputs are served by the provider itself (``GET
+    /jobs/{deal}/outputs``, verified against the revealed root) while its status says why they
+    are not stored yet; once a second storage provider comes they are stored, and a client whose
+    provider does not answer gets them from the storage market by their CID."""
     provider = world.mediator  # a provider too, and its CPU is free
     if provider.ready["executors"]["sandbox"] is not None:
         pytest.skip(f"no sandbox here: {provider.ready['executors']['sandbox']}")
-    storage_providers(world.net, world.node, STORERS)
+    start_provider(world.net, world.node, "storage-0", STORERS[0])
     spec = job_spec(("sh", "-c", "echo hello; echo out > /outputs/x; echo warn >&2"), timeout=20)
     deal, job_key = run_deal(world.node, CLIENT, [provider], spec)
     frames = logs_frames(provider, CLIENT, deal)
@@ -431,24 +435,46 @@ def test_a_job_runs_commits_reveals_and_stores_its_outputs(world: World) -> None
     }
     assert data == {"stdout": b"hello\n", "stderr": b"warn\n"}
     assert frames[-1]["reason"] == "exited" and frames[-1]["exit_code"] == 0
-    stored = wait_state(provider, CLIENT, deal, ["stored", "settled"], timeout=180)
-    wait_until(lambda: authed(provider, CLIENT, deal).json()["cid"], 180, 0.5, "outputs stored")
-    result = authed(provider, CLIENT, deal, "/result").json()
+
+    def no_room() -> bool:
+        detail = str(authed(provider, CLIENT, deal).json()["detail"])
+        return "no storage provider has room yet" in detail
+
+    assert wait_until(no_room, 120, 0.2, "the provider says it cannot store the outputs yet")
     revealed = events(world.node, "ResultRevealed", deal)
-    assert [bytes(d[2]).hex() for _, d in revealed] == [result["root"]]
-    assert stored["usage_cpu"] <= 1 and stored["exit_code"] == 0
-    paid = events(world.node, "ProviderPaid", deal)
-    assert [d[1] for _, d in paid] == [0]
-    archive = retrieve.fetch(
-        world.url,
-        bytes.fromhex(result["cid"]),
-        master=keys.output_master(job_key, deal, 0),
-    )
-    manifest = outputs.unpack(archive, provider.home / "unpacked", bytes.fromhex(result["root"]))
-    assert [f.path for f in manifest.files] == ["x"] or [f.path for f in manifest.files] == [
-        "/outputs/x"
-    ]
-    assert result["manifest"]["stdout"]["size"] == len(b"hello\n")
+    root = bytes(revealed[0][1][2])
+    assert [d[1] for _, d in events(world.node, "ProviderPaid", deal)] == [0]
+    result = authed(provider, CLIENT, deal, "/result").json()
+    assert (result["root"], result["cid"]) == (root.hex(), None)
+    assert authed(provider, STRANGER, deal, "/outputs").status_code == 403
+    with httpx.Client(timeout=30) as http:
+
+        def fetch(endpoint: str, out: str, **options: Any) -> client.SavedOutputs:
+            api = client.ProviderApi(http, CLIENT, provider.address, endpoint)
+            return client.fetch_outputs(
+                world.url, api, deal, 0, root, job_key, tmp_path / out, **options
+            )
+
+        direct = fetch(provider.endpoint, "direct")
+        assert (direct.source, direct.cid, direct.root) == ("provider", "", root)
+        assert (direct.files, direct.reason, direct.exit_code) == (("x",), "exited", 0)
+        assert (tmp_path / "direct" / "outputs" / "x").read_text() == "out\n"
+        assert (tmp_path / "direct" / "stdout").read_bytes() == b"hello\n"
+        said: list[str] = []
+        with pytest.raises(client.ComputeClientError, match="qoin compute get") as failed:
+            fetch(NOWHERE, "nothing", wait_s=0.5, on_wait=said.append)
+        assert "did not hand them over" in str(failed.value) and said
+        assert not (tmp_path / "nothing").exists()
+
+        start_provider(world.net, world.node, "storage-1", STORERS[1])
+        stored = wait_state(provider, CLIENT, deal, ["stored", "settled"], timeout=180)
+        assert stored["cid"] and stored["usage_cpu"] <= 1 and stored["exit_code"] == 0
+        assert "outputs stored" in stored["detail"]
+        assert authed(provider, CLIENT, deal, "/result").json()["cid"] == stored["cid"]
+        # A provider that does not answer: the copy in the storage market, by its CID.
+        copy = fetch(NOWHERE, "stored", cid=stored["cid"])
+        assert (copy.source, copy.cid, copy.root) == ("storage", stored["cid"], root)
+        assert (tmp_path / "stored" / "outputs" / "x").read_text() == "out\n"
 
 
 # -- what an unauthenticated party can make a provider keep, and bounds ----------------------------

@@ -581,6 +581,10 @@ def logs(
         typer.echo(f"[end] {end.reason}{code}{detail}", err=True)
 
 
+def _say_waiting(message: str) -> None:
+    typer.echo(f"[outputs] {message}", err=True)
+
+
 @compute_app.command("get")
 def get(
     job: JobArgument,
@@ -595,7 +599,8 @@ def get(
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fetch a job's outputs from the storage market, verified against the revealed root."""
+    """Fetch a job's outputs (from its provider, else the storage market), verified against the
+    revealed root."""
     deal_id = _deal(job)
     try:
         client.check_out_dir(out)
@@ -604,7 +609,10 @@ def get(
     keypair = unlock_keystore(key, password_file)
     try:
         with progress_bars(quiet) as bars:
-            saved = client.get(rpc, keypair, deal_id, out, jobs_dir(), replica, bars, start)
+            saved = client.get(
+                rpc, keypair, deal_id, out, jobs_dir(), replica, bars, start,
+                on_wait=None if quiet else _say_waiting,
+            )  # fmt: skip
     except QoinError as exc:
         _failed(exc, rpc)
     if json_out:

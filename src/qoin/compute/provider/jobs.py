@@ -20,7 +20,9 @@ takes the job up where the chain and the directory say it stands:
 4. **revealed**: once the reveal phase starts (every replica committed, or the run deadline), the
    root, salt and usage (CPU-seconds, rounded up, capped at what the deal reserves);
 5. **stored**: the archive is stored with the storage market, encrypted under
-   :func:`qoin.compute.keys.output_master` (retried until the deal settles);
+   :func:`qoin.compute.keys.output_master` (retried with a backoff; while no two storage
+   providers have room, nothing is sent and the status says so). From the reveal on, the archive
+   is also served as it is (``GET /jobs/{deal}/outputs``), so delivery never waits on storage;
 6. **settled** when the deal settles; the directory is deleted a grace period later.
 
 Staging that fails (an input that cannot be fetched or decrypted) or an executor that cannot start
@@ -60,7 +62,7 @@ from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.files import FileReadError, read_bounded, write_atomically
 from qoin.storage import client as storage_client
-from qoin.storage import retrieve
+from qoin.storage import crypt, merkle, retrieve
 from qoin.storage.market import MarketView
 from qoin.wallet import CallReverted, Wallet, WalletError
 
@@ -94,7 +96,14 @@ CHAIN_CHECK_S: Final = 5.0
 """While a job waits for a phase, it reads its deal from the chain this often (the events
 usually come first)."""
 STORE_BACKOFF_S: Final = (2.0, 5.0, 10.0, 30.0, 60.0)
-"""Waits between attempts to store the outputs (the last repeats)."""
+"""Waits between attempts to store the outputs that failed (the last repeats)."""
+STORE_NO_ROOM_S: Final = (2.0, 5.0, 10.0)
+"""Waits between looks for storage providers with room for the outputs (the last repeats; a look
+reads the book and sends nothing)."""
+OUTPUT_SHARDS: Final = storage_client.MIN_SHARDS
+"""Shards of a stored outputs archive: the fewest the storage market takes (n = 2, each on its own
+provider; k = 1: either one rebuilds it)."""
+OUTPUT_NEEDED: Final = 1
 STOP_JOIN_S: Final = 10.0
 COMMIT_GAS: Final = 300_000
 """Gas limit of a commit at least: the last one starts the reveal phase, and two replicas' commits
@@ -957,16 +966,23 @@ class Job:
         self._wait(lambda: False)
 
     def _store(self) -> None:
+        """Store the revealed outputs archive in the storage market (on :data:`OUTPUT_SHARDS`
+        storage providers), retried with a backoff: while fewer storage providers have room,
+        nothing is sent and the status says so (the client and the mediator fetch the archive
+        from this provider meanwhile, ``GET /jobs/{deal}/outputs``). Given up once the deal has
+        been settled as long as the stored copy would have been kept."""
         archive = self.directory / ARCHIVE_FILE
         size = archive.stat().st_size
         if size > storage_client.MAX_PUT_SIZE:
             self.update(
                 detail=f"revealed; the outputs archive ({size} bytes) is larger than the "
-                f"{storage_client.MAX_PUT_SIZE} bytes the storage market takes: not stored"
+                f"{storage_client.MAX_PUT_SIZE} bytes the storage market takes: not stored "
+                "(served from this provider only)"
             )
             return
         master = keys.output_master(self.job_key, self.deal, self.status.replica)
         attempt = 0
+        said = ""
         while True:
             self._check()
             started = time.monotonic()
@@ -979,18 +995,37 @@ class Job:
                         storage_params.max_duration,
                         self.spec.timeout,
                     )
+                    self._give_up_storing(periods * storage_params.period)
+                    shard = merkle.shard_size_for(
+                        crypt.encrypted_size(size), OUTPUT_NEEDED, storage_params.leaf_size
+                    )
+                    room = len(storage_client.matching_offers(view.asks(), shard, None))
+                    if room < OUTPUT_SHARDS:
+                        raise _NoRoom(room, shard)
                     stored = storage_client.put(
                         self.ctx.wallet,
                         view,
                         archive.read_bytes(),
-                        storage_client.PutOptions(duration=periods),
+                        storage_client.PutOptions(
+                            n=OUTPUT_SHARDS, k=OUTPUT_NEEDED, duration=periods
+                        ),
                         master=master,
                     )
+            except JobError:
+                raise
             except (QoinError, OSError) as exc:
-                wait = STORE_BACKOFF_S[min(attempt, len(STORE_BACKOFF_S) - 1)]
+                no_room = isinstance(exc, _NoRoom)
+                waits = STORE_NO_ROOM_S if no_room else STORE_BACKOFF_S
+                wait = waits[min(attempt, len(waits) - 1)]
                 attempt += 1
-                self.update(detail=f"revealed; storing the outputs failed ({exc}); retrying")
-                self.say(f"storing the outputs failed ({exc}); again in {wait:g} s")
+                why = str(exc) if no_room else f"storing them failed ({exc})"
+                self.update(
+                    detail=f"revealed; the outputs are not in the storage market yet: {why}; "
+                    f"trying again in {wait:g} s (they are served from this provider meanwhile)"
+                )
+                if why != said:
+                    self.say(f"outputs not stored: {why}; trying again with a backoff")
+                    said = why
                 self._wake.wait(wait)
                 self._wake.clear()
                 continue
@@ -998,6 +1033,30 @@ class Job:
             self.change(functools.partial(_stored, cid=stored.cid.hex(), size=size, upload=upload))
             self.say(f"outputs stored: {stored.cid.hex()} ({size} bytes, {periods} periods)")
             return
+
+    def _give_up_storing(self, kept_blocks: int) -> None:
+        """:class:`JobError` once the deal settled ``kept_blocks`` (how long the stored copy
+        would have been kept) ago: nobody will fetch the copy any more."""
+        settled = self.status.settled_height
+        if settled >= 0 and self.ctx.height() >= settled + kept_blocks:
+            self.update(
+                state=JobState.SETTLED,
+                detail=f"revealed; the outputs were never stored in the storage market (no room "
+                f"within {kept_blocks} blocks of the settlement); they were served from this "
+                "provider",
+            )
+            raise JobError("not-stored", "gave up storing the outputs")
+
+
+class _NoRoom(QoinError):
+    """Fewer storage providers have room for the outputs archive than it needs."""
+
+    def __init__(self, room: int, shard: int) -> None:
+        super().__init__(
+            f"no storage provider has room yet ({room} storage provider(s) can take a "
+            f"{shard}-byte shard; the storage market keeps a file on {OUTPUT_SHARDS} distinct "
+            "providers at least)"
+        )
 
 
 def _stored(status: JobStatus, cid: str, size: int, upload: float) -> JobStatus:

@@ -8,12 +8,13 @@ key under which no replica's outputs decrypt, and have every honest replica fine
 
 1. re-runs the job itself (``run-1/``; staging retried while time is left; a run its executor
    could not start, that matches no revealed root, tried up to :data:`MAX_ATTEMPTS` times) -> R1;
-2. if a revealed root equals R1, fetches that replica's outputs (``GET /jobs/{deal}/result`` on
-   its provider, authenticated as the mediator; the archive from the storage market, decrypted
-   with :func:`qoin.compute.keys.output_master`; :func:`qoin.compute.outputs.unpack` against the
-   revealed root): delivered -> **correct result** (every revealed root is R1) or **wrong result**
-   (root R1: the others are fined); not delivered -> **not delivered** (zero root: every revealed
-   replica is fined);
+2. if a revealed root equals R1, fetches that replica's outputs (``GET /jobs/{deal}/outputs``
+   on its provider, authenticated as the mediator; else the copy in the storage market by the CID
+   ``GET /jobs/{deal}/result`` names, decrypted with :func:`qoin.compute.keys.output_master`;
+   either verified with :func:`qoin.compute.outputs.unpack` against the revealed root):
+   delivered -> **correct result** (every revealed root is R1) or **wrong result** (root R1: the
+   others are fined); not delivered -> **not delivered** (zero root: every revealed replica is
+   fined);
 3. if no revealed root equals R1: R1 stopped at the job's timeout (wall clock: the machine's
    speed decides it) -> **non-deterministic**; else it runs the job again (``run-2/``) -> R2:
    R2 != R1 -> **non-deterministic** (the client's fault); R2 = R1 -> **wrong result** with R1.
@@ -42,7 +43,7 @@ from typing import Final
 import httpx
 
 from qoin.actors.compute_market import ZERO_HASH
-from qoin.compute import keys, market, outputs
+from qoin.compute import delivery, keys, market, outputs
 from qoin.compute.executors import StopReason
 from qoin.compute.jobspec import JobSpec
 from qoin.compute.market import Phase, VerdictKind
@@ -77,6 +78,7 @@ MAX_ARCHIVE: Final = retrieve.MAX_STORED_SIZE
 MAX_ATTEMPTS: Final = 3
 """Runs of the job whose executor could not start it, at most, before the mediator gives up."""
 _CID: Final = re.compile(r"[0-9a-f]{64}")
+NOT_VERIFIED: Final = "does not verify against its revealed root"
 
 
 def margin_blocks(mediation_blocks: int) -> int:
@@ -367,55 +369,93 @@ class Mediation:
                 continue
             return own
 
-    def _result_cid(self, item: Revealed, give_up: int) -> bytes | str:
-        """The content id of a replica's stored outputs (``GET /jobs/{deal}/result`` on its
-        provider, asked again while it answers 409 and the deadline allows), or why not."""
-        ask = self.ctx.view.get_ask(item.provider)
-        if ask is None:
-            return "its provider has no ask (no endpoint)"
-        url = f"{endpoint_url(ask.endpoint)}/compute/v1/jobs/{self.deal}/result"
-        last = "no answer"
-        while self.ctx.height() < give_up:
-            self._check()
-            header = keys.auth_header(self.ctx.keypair, ask.provider, self.deal)
-            try:
-                status, body = bounded_json(
-                    url, {keys.AUTH_HEADER: header}, MAX_RESULT_ANSWER, RESULT_TIMEOUT_S
-                )
-            except (httpx.HTTPError, ValueError) as exc:
-                last = f"{url}: {exc}"
-                self.stop_event.wait(RETRY_S)
-                continue
-            body = body if isinstance(body, dict) else {}
-            text = body.get("cid")
-            if status == 200:
-                if isinstance(text, str) and _CID.fullmatch(text):
-                    return bytes.fromhex(text)
-                return "its result names no content id"
-            last = f"HTTP {status}: {str(body.get('error', ''))[:300]}"
-            if status != 409:
-                return last
-            self.stop_event.wait(RETRY_S)
-        return f"no result by height {give_up} ({last})"
+    def _stored_cid(self, url: str, provider: Address) -> bytes | str:
+        """The content id of a replica's outputs stored in the storage market (``GET
+        /jobs/{deal}/result`` on its provider, once), or why there is none (yet)."""
+        header = keys.auth_header(self.ctx.keypair, provider, self.deal)
+        try:
+            status, body = bounded_json(
+                f"{url}/result", {keys.AUTH_HEADER: header}, MAX_RESULT_ANSWER, RESULT_TIMEOUT_S
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"its result: {exc}"
+        body = body if isinstance(body, dict) else {}
+        if status != 200:
+            return f"its result: HTTP {status}: {str(body.get('error', ''))[:300]}"
+        text = body.get("cid")
+        if isinstance(text, str) and _CID.fullmatch(text):
+            return bytes.fromhex(text)
+        return "its outputs are not stored in the storage market (yet)"
 
-    def _fetch(self, item: Revealed, job_key: bytes, give_up: int) -> str | None:
-        """Fetch and verify a replica's outputs; None if delivered, else why not."""
-        cid = self._result_cid(item, give_up)
-        if isinstance(cid, str):
-            return cid
+    def _direct(self, url: str, item: Revealed, scratch: Path) -> str | None:
+        """Fetch a replica's outputs archive from its provider (``GET /jobs/{deal}/outputs``)
+        and verify it; None if delivered, else why not."""
+        header = keys.auth_header(self.ctx.keypair, item.provider, self.deal)
+        archive = scratch / "archive"
+        try:
+            delivery.download(f"{url}/outputs", {keys.AUTH_HEADER: header}, archive, MAX_ARCHIVE)
+        except delivery.NotServed as exc:
+            return f"its provider did not serve them: {exc}"
+        except OSError as exc:
+            return f"cannot write them here: {exc}"
+        try:
+            outputs.unpack(archive, scratch / "direct", item.root)
+        except QoinError as exc:
+            return f"what its provider served {NOT_VERIFIED}: {exc}"
+        return None
+
+    def _stored(self, cid: bytes, item: Revealed, job_key: bytes, scratch: Path) -> str | None:
+        """Fetch a replica's outputs from the storage market by ``cid``, decrypt and verify
+        them; None if delivered, else why not."""
         master = keys.output_master(job_key, self.deal, item.index)
         try:
             archive = retrieve.fetch(self.ctx.rpc, cid, master=master, max_size=MAX_ARCHIVE)
         except QoinError as exc:
-            return f"its outputs {_short(cid)} cannot be retrieved: {exc}"
-        scratch = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.directory))
+            return f"its stored outputs {_short(cid)} cannot be retrieved: {exc}"
         try:
-            outputs.unpack(archive, scratch / "out", item.root)
+            outputs.unpack(archive, scratch / "stored", item.root)
         except QoinError as exc:
-            return f"its outputs do not verify against its revealed root: {exc}"
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            return f"its stored outputs {NOT_VERIFIED}: {exc}"
         return None
+
+    def _fetch(self, item: Revealed, job_key: bytes, give_up: int) -> str | None:
+        """Fetch and verify a replica's outputs: from its provider first, else from the storage
+        market by the CID it names; asked again (every :data:`RETRY_S`) until ``give_up``, or
+        until both copies were had and neither verifies. None if delivered, else why not."""
+        ask = self.ctx.view.get_ask(item.provider)
+        if ask is None:
+            return "its provider has no ask (no endpoint)"
+        url = f"{endpoint_url(ask.endpoint)}/compute/v1/jobs/{self.deal}"
+        last = "no answer"
+        tried: set[bytes] = set()
+        direct_bad = False
+        while self.ctx.height() < give_up:
+            self._check()
+            scratch = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.directory))
+            try:
+                problems = []
+                if not direct_bad:
+                    problem = self._direct(url, item, scratch)
+                    if problem is None:
+                        return None
+                    direct_bad = NOT_VERIFIED in problem
+                    problems.append(problem)
+                cid = self._stored_cid(url, item.provider)
+                if isinstance(cid, str):
+                    problems.append(cid)
+                elif cid not in tried:
+                    tried.add(cid)
+                    problem = self._stored(cid, item, job_key, scratch)
+                    if problem is None:
+                        return None
+                    problems.append(problem)
+                last = "; ".join(problems) or last
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if direct_bad and tried:
+                return last  # both copies were had: neither verifies
+            self.stop_event.wait(RETRY_S)
+        return f"no outputs by height {give_up} ({last})"
 
     def _verdict(self, decision: Decision, deadline: int) -> None:
         """Send the verdict, again while it is not mined and the deadline has not come."""

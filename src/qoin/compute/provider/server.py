@@ -18,11 +18,14 @@ acceptable), a provider-side fault (the node unreachable) 503.
 ``POST /mediate`` ``{deal, spec, job_key}`` (``--mediator`` only)
     the deal must name this mediator and its job be the spec's hash; keeps them for a mediation
     (the first job key stays, as for offers).
-``GET /jobs/{deal}``, ``GET /jobs/{deal}/result``, ``WS /jobs/{deal}/logs?from=N``
+``GET /jobs/{deal}``, ``GET /jobs/{deal}/result``, ``GET /jobs/{deal}/outputs``,
+``WS /jobs/{deal}/logs?from=N``
     authenticated (:func:`qoin.compute.keys.check_auth`, header ``X-Qoin-Auth``) as the deal's
-    client or mediator: the status; the result (409 until revealed on chain and stored); the saved
-    log from byte ``from`` then live, ending with an ``end`` frame. A refused WebSocket upgrade is
-    answered with the HTTP status and JSON error instead of the upgrade.
+    client or mediator: the status; the result (409 until revealed on chain; its CID null until
+    the archive is stored in the storage market); the packed outputs archive itself (409 until
+    revealed on chain), streamed; the saved log from byte ``from`` then live, ending with an
+    ``end`` frame. A refused WebSocket upgrade is answered with the HTTP status and JSON error
+    instead of the upgrade.
 
 Chain reads and disk work run on Starlette's thread pool, never on the event loop.
 """
@@ -40,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -48,6 +51,7 @@ from qoin.compute import jobspec, keys, market
 from qoin.compute.jobspec import Executor, JobSpec, Verification
 from qoin.compute.market import BidInfo, ComputeMarketView
 from qoin.compute.provider.jobs import (
+    ARCHIVE_FILE,
     MANIFEST_FILE,
     Job,
     JobBook,
@@ -221,6 +225,7 @@ class ComputeApi:
                 Route(f"{PREFIX}/mediate", guard(self.mediate), methods=["POST"]),
                 Route(f"{PREFIX}/jobs/{{deal}}", guard(self.job), methods=["GET"]),
                 Route(f"{PREFIX}/jobs/{{deal}}/result", guard(self.result), methods=["GET"]),
+                Route(f"{PREFIX}/jobs/{{deal}}/outputs", guard(self.outputs), methods=["GET"]),
                 WebSocketRoute(f"{PREFIX}/jobs/{{deal}}/logs", self.logs),
             ]
         )
@@ -480,16 +485,7 @@ class ComputeApi:
             self._authorised, request.path_params["deal"], request.headers.get(keys.AUTH_HEADER)
         )
         status = job.status
-        if not status.revealed:
-            raise Refused(
-                409,
-                f"deal {status.deal}: not revealed on chain yet (outputs are handed out only "
-                "once every replica has committed and this one has revealed)",
-            )
-        if not status.cid:
-            raise Refused(
-                409, f"deal {status.deal}: revealed; the outputs are being stored, ask again"
-            )
+        _check_revealed(status.deal, status.revealed)
         try:
             raw = await run_in_threadpool(
                 read_bounded, job.directory / MANIFEST_FILE, MAX_MANIFEST, "manifest"
@@ -499,11 +495,31 @@ class ComputeApi:
         return JSONResponse(
             {
                 "root": status.root,
-                "cid": status.cid,
+                "cid": status.cid or None,
                 "size": status.size,
                 "manifest": json.loads(raw),
             }
         )
+
+    async def outputs(self, request: Request) -> Response:
+        """``GET /jobs/{deal}/outputs``: the packed outputs archive, streamed, once revealed on
+        chain (the client and the mediator verify it against the revealed root)."""
+        job = await run_in_threadpool(
+            self._authorised, request.path_params["deal"], request.headers.get(keys.AUTH_HEADER)
+        )
+        status = job.status
+        _check_revealed(status.deal, status.revealed)
+        path = job.directory / ARCHIVE_FILE
+        try:
+            stat = await run_in_threadpool(path.stat)
+        except OSError:
+            where = f" (CID {status.cid})" if status.cid else ""
+            raise Refused(
+                404,
+                f"deal {status.deal}: the outputs archive is no longer kept here; fetch it from "
+                f"the storage market{where}",
+            ) from None
+        return FileResponse(path, stat_result=stat, media_type="application/octet-stream")
 
     # -- logs -------------------------------------------------------------------------------
 
@@ -577,6 +593,17 @@ class ComputeApi:
                 return
             if not pieces:
                 await asyncio.sleep(LOG_POLL_S)
+
+
+def _check_revealed(deal: int, revealed: bool) -> None:
+    """:class:`Refused` (409) until the job's root is revealed on chain: outputs are handed out
+    only once every replica has committed."""
+    if not revealed:
+        raise Refused(
+            409,
+            f"deal {deal}: not revealed on chain yet (outputs are handed out only once every "
+            "replica has committed and this one has revealed)",
+        )
 
 
 def _allow_long_header_lines() -> None:
