@@ -13,7 +13,7 @@ follows the chain and runs the jobs of its deals.
   handles (topic 0 among :data:`_HANDLERS`' names: ``DealFormed`` and ``PhaseStarted`` name the
   client in topic 1, so other deals' events come too; each costs O(1) work: a dictionary look-up,
   no chain read, no directory listing); reconnection with a growing backoff and a catch-up read of
-  the logs missed (in ranges of :data:`CATCH_UP_CHUNK` blocks); at start, and after each
+  the logs missed (in ranges of :data:`qoin.rpc.follow.CATCH_UP_CHUNK` blocks); at start, and after each
   reconnection, the jobs in the data directory are reconciled with the chain.
 * **Heads**: offers whose bid's deadline has come are settled against the chain (a job, or
   deleted); runs past their deal's run deadline are stopped; mediations' runs past their time are
@@ -34,11 +34,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
 import shutil
 import subprocess
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,19 +53,10 @@ from qoin.compute.provider.server import Capacity, ComputeApi, ComputeContext
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
-from qoin.rpc.client import RpcCallError, Subscription, subscribe
+from qoin.rpc.client import RpcCallError
+from qoin.rpc.follow import Follower, SeenLogs, catch_up_start, guarded, read_logs
 from qoin.rpc.serve import BackgroundServer
-from qoin.storage.provider.daemon import (
-    CATCH_UP_BLOCKS,
-    MAX_QUEUED,
-    MAX_SEEN_LOGS,
-    RECONNECT_MAX_S,
-    RECONNECT_MIN_S,
-    SUBSCRIBE_TIMEOUT_S,
-    kem_private_key,
-    print_line,
-    read_subscription,
-)
+from qoin.storage.provider.daemon import kem_private_key, print_line
 from qoin.wallet import Wallet, WalletError
 
 MAX_ASK_MEDIATORS: Final = 8
@@ -76,8 +65,6 @@ NVIDIA_SMI_TIMEOUT_S: Final = 10.0
 DEFAULT_KEEP_BLOCKS: Final = 1000
 """Blocks a settled job's files are kept (its status stays readable)."""
 WEBSOCKET_MAX_FRAME: Final = 4096
-CATCH_UP_CHUNK: Final = 1_000
-"""Blocks of logs read by one catch-up query (a range with too many logs is halved)."""
 OFFERS_PER_HEAD: Final = 16
 """Offers whose bid's deadline has come settled against the chain per head, at most (the rest at
 the next heads)."""
@@ -174,10 +161,6 @@ class ComputeConfig:
     json_log: bool = False
 
 
-class _Lost(QoinError):
-    """The connection to the node ended."""
-
-
 class ComputeProvider:
     """One compute provider: :meth:`start`, :meth:`run` until a stop is asked, :meth:`close`."""
 
@@ -203,7 +186,7 @@ class ComputeProvider:
         self.mediations: Mediations | None = None
         self.executors: dict[Executor, str | None] = {}
         self._mediators: tuple[Address, ...] = ()
-        self._seen_logs: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._seen_logs = SeenLogs()
         self._kem_public = b""
         self._mediators_dirty = False
         self._mediators_read = 0
@@ -510,96 +493,29 @@ class ComputeProvider:
     # -- following the chain ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Follow the chain until ``stop`` is set, reconnecting whenever the node goes away."""
-        backoff = RECONNECT_MIN_S
-        connected_before = False
-        url = self.config.rpc
-        while not stop.is_set():
-            try:
-                subscriptions = [
-                    subscribe(url, "newHeads", timeout=SUBSCRIBE_TIMEOUT_S),
-                    subscribe(url, "logs", log_filter(), timeout=SUBSCRIBE_TIMEOUT_S),
-                ]
-            except RpcCallError as exc:
-                self.log(f"cannot reach the node at {url} ({exc}); retrying in {backoff:g} s")
-                stop.wait(backoff)
-                backoff = min(2 * backoff, RECONNECT_MAX_S)
-                continue
-            if connected_before:
-                self.log(f"reconnected to the node at {url}")
-                self._guarded("reconciling", self._reconcile)
-            connected_before, backoff = True, RECONNECT_MIN_S
-            try:
-                self._follow(subscriptions, stop)
-            except _Lost as exc:
-                self.log(f"lost the node at {url} ({exc}); reconnecting")
-            finally:
-                for subscription in subscriptions:
-                    subscription.close()
-
-    def _follow(self, subscriptions: list[Subscription], stop: threading.Event) -> None:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue(MAX_QUEUED)
-        readers = [
-            threading.Thread(
-                target=read_subscription,
-                args=(sub, kind, events, stop),
-                name=f"compute provider {kind}",
-                daemon=True,
-            )
-            for sub, kind in zip(subscriptions, ("head", "log"), strict=True)
-        ]
-        for reader in readers:
-            reader.start()
-        try:
-            self._guarded("catching up", self._catch_up)
-            while not stop.is_set():
-                try:
-                    kind, payload = events.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if kind == "lost":
-                    raise _Lost(str(payload))
-                if kind == "head" and isinstance(payload, dict):
-                    height = payload.get("height")
-                    if isinstance(height, int) and not isinstance(height, bool):
-                        self._guarded("handling a head", functools.partial(self._on_head, height))
-                elif kind == "log" and isinstance(payload, dict):
-                    self._guarded("handling an event", functools.partial(self._on_log, payload))
-        finally:
-            for subscription in subscriptions:
-                subscription.close()
-            for reader in readers:
-                reader.join(2.0)
+        """Follow the chain until ``stop`` is set, reconnecting whenever the node goes away (and
+        reconciling the data directory with the chain after each reconnection)."""
+        Follower(
+            self.config.rpc,
+            log_filter(),
+            on_head=self._on_head,
+            on_log=self._on_log,
+            catch_up=self._catch_up,
+            log=self.log,
+            reconcile=self._reconcile,
+            name="compute provider",
+        ).run(stop)
 
     def _guarded(self, what: str, work: Callable[[], None]) -> None:
         """Run ``work``; a Qoin error (the node, the disk) is logged, not fatal."""
-        try:
-            work()
-        except QoinError as exc:
-            self.log(f"error {what}: {exc}")
+        guarded(self.log, what, work)
 
     def _catch_up(self) -> None:
-        """Read the logs missed while not subscribed (at most :data:`CATCH_UP_BLOCKS` blocks, in
-        ranges of :data:`CATCH_UP_CHUNK`, a range with more logs than the node returns halved)."""
+        """Read the logs missed while not subscribed (from the block before the last head seen,
+        at most :data:`qoin.rpc.follow.CATCH_UP_BLOCKS` blocks), then act on the current head."""
         head = self._head_height()
-        start = max(0, min(self.height, head) - 1, head - CATCH_UP_BLOCKS + 1)
-        client = self._wallet().client
-        chunk = CATCH_UP_CHUNK
-        while start <= head:
-            end = min(head, start + chunk - 1)
-            try:
-                logs = client.call(
-                    "qoin_getLogs", {"fromBlock": start, "toBlock": end, **log_filter()}
-                )
-            except RpcCallError as exc:
-                if exc.code is None or chunk == 1:
-                    raise
-                chunk = max(1, chunk // 2)
-                continue
-            for entry in logs if isinstance(logs, list) else []:
-                if isinstance(entry, dict):
-                    self._on_log(entry)
-            start = end + 1
+        start = catch_up_start(self.height, head, 1)
+        read_logs(self._wallet().client, log_filter(), start, head, self._on_log)
         self._on_head(head)
 
     def _on_head(self, height: int) -> None:
@@ -628,19 +544,8 @@ class ComputeProvider:
     # -- events -----------------------------------------------------------------------------------
 
     def _on_log(self, entry: dict[str, Any]) -> None:
-        if entry.get("removed"):
+        if not self._seen_logs.fresh(entry):
             return
-        index = entry.get("logIndex")
-        identity = (
-            str(entry.get("blockHash")),
-            str(entry.get("transactionHash")),
-            index if isinstance(index, int) else -1,
-        )
-        if identity in self._seen_logs:
-            return
-        self._seen_logs[identity] = None
-        while len(self._seen_logs) > MAX_SEEN_LOGS:
-            self._seen_logs.popitem(last=False)
         decoded = market.decode_event(entry)
         if decoded is None:
             return

@@ -38,16 +38,10 @@ from qoin.files import FileReadError, read_bounded, write_atomically
 from qoin.rpc.client import RpcCallError
 from qoin.rpc.follow import (
     CATCH_UP_BLOCKS,
-    MAX_QUEUED,
-    MAX_SEEN_LOGS,
-    RECONNECT_MAX_S,
-    RECONNECT_MIN_S,
-    SUBSCRIBE_TIMEOUT_S,
     Follower,
     SeenLogs,
     catch_up_start,
     read_logs,
-    read_subscription,
 )
 from qoin.rpc.serve import BackgroundServer
 from qoin.storage import market
@@ -74,21 +68,14 @@ __all__ = [
     "KEM_FILE",
     "KEM_SEED_SIZE",
     "LOG_FILTER",
-    "MAX_QUEUED",
-    "MAX_SEEN_LOGS",
-    "RECONNECT_MAX_S",
-    "RECONNECT_MIN_S",
     "ROUNDING_MARGIN",
-    "SUBSCRIBE_TIMEOUT_S",
     "Provider",
     "ProviderConfig",
     "kem_key",
     "kem_private_key",
     "print_line",
-    "read_subscription",
 ]
-"""The module's public names. The connection constants and :func:`read_subscription` are
-:mod:`qoin.rpc.follow`'s, importable from here too (older callers)."""
+"""The module's public names."""
 
 
 def print_line(text: str) -> None:
