@@ -192,3 +192,60 @@ def bench_storage(
         print_json(report)
     else:
         typer.echo(storage.table(report))
+
+
+@bench_app.command("compute")
+def bench_compute(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a small table.")
+    ] = False,
+    cpu_seconds: Annotated[
+        float, typer.Option(help="CPU-seconds of the cpu job, run directly.", min=0.01, max=600)
+    ] = 10.0,
+    output_mib: Annotated[
+        int, typer.Option(help="MiB the output job writes.", min=1, max=1_024)
+    ] = 100,
+    repeat: Annotated[
+        int, typer.Option(help="Trivial jobs per executor (start overhead).", min=1, max=1_000)
+    ] = 20,
+    executors: Annotated[
+        str, typer.Option(help="Executors whose start overhead is measured (comma-separated).")
+    ] = "sandbox,wasm,docker",
+    market: Annotated[
+        bool,
+        typer.Option(
+            "--market/--no-market", help="Also run the jobs through a live market (minutes)."
+        ),
+    ] = True,
+) -> None:
+    """Compute market: executor start overhead (sandbox, wasm, docker), a trivial, a CPU and a
+    large-output job directly vs in the sandbox vs through the whole market on a live network
+    (split into match, staging, start, run, hashing, settlement, outputs), the CPU cost of
+    replicated, and blocks from a cheater's reveal to its fine (progress on stderr)."""
+    from qoin.bench import compute  # noqa: PLC0415
+    from qoin.compute.jobspec import Executor  # noqa: PLC0415
+    from qoin.errors import QoinError  # noqa: PLC0415
+
+    names = [name.strip() for name in executors.split(",") if name.strip()]
+    known = {kind.name.lower(): kind for kind in Executor}
+    unknown = [name for name in names if name not in known]
+    if unknown or "sandbox" not in names:
+        fail(
+            f"--executors names some of {', '.join(known)}, sandbox included; got {executors!r}",
+            EXIT_USAGE,
+        )
+    try:
+        report = compute.run(
+            cpu_seconds=cpu_seconds,
+            output_mib=output_mib,
+            repeat=repeat,
+            kinds=tuple(known[name] for name in dict.fromkeys(names)),
+            market=market,
+            progress=_to_stderr,
+        )
+    except QoinError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
+    if json_out:
+        print_json(report)
+    else:
+        typer.echo(compute.table(report))

@@ -61,6 +61,8 @@ class ComputeNode:
     address: str
     rpc: str
     mediator: bool
+    options: tuple[str, ...] = ()
+    """Options added to its command line (e.g. the test-only ``--misbehave``)."""
     child: Child | None = None
     endpoint: str = ""
     """``host:port`` of its API, once it is ready."""
@@ -89,10 +91,26 @@ class ComputeProviders:
         for i in range(self.count):
             self.providers.append(self._node(f"compute{i}", i, node_rpcs, mediator=False))
 
-    def _node(self, name: str, i: int, rpcs: Sequence[str], *, mediator: bool) -> ComputeNode:
+    def add_provider(self, name: str, rpc: str, options: Sequence[str] = ()) -> ComputeNode:
+        """One more compute provider (after :meth:`prepare`), started with ``options`` added to
+        its command line."""
+        node = self._node(name, 0, [rpc], mediator=False, options=options)
+        self.providers.append(node)
+        return node
+
+    def _node(
+        self,
+        name: str,
+        i: int,
+        rpcs: Sequence[str],
+        *,
+        mediator: bool,
+        options: Sequence[str] = (),
+    ) -> ComputeNode:
         home = self.root / name
         keypair = made_keypair(home / "key.json")
-        return ComputeNode(name, home, str(keypair.address), rpcs[i % len(rpcs)], mediator)
+        rpc = rpcs[i % len(rpcs)]
+        return ComputeNode(name, home, str(keypair.address), rpc, mediator, tuple(options))
 
     @property
     def everyone(self) -> list[ComputeNode]:
@@ -115,7 +133,7 @@ class ComputeProviders:
 
     def _start(self, node: ComputeNode, extra: list[str]) -> None:
         options = ["--cpus", str(CPUS), "--memory", MEMORY, "--price", str(PRICE),
-                   "--listen", "127.0.0.1:0", *extra]  # fmt: skip
+                   "--listen", "127.0.0.1:0", *extra, *node.options]  # fmt: skip
         node.child = start_daemon(node, ("compute", "provider"), options, READY)
 
     def _await(self, nodes: Sequence[ComputeNode], cancel: threading.Event) -> None:

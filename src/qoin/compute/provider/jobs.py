@@ -165,6 +165,8 @@ class JobStatus:
     exit_code: int | None = None
     usage_cpu: int = 0
     usage_gpu: int = 0
+    cpu_seconds: float = 0.0
+    """CPU time the run used (what ``usage_cpu`` bills, rounded up and capped)."""
     fuel: int | None = None
     log_bytes: int = 0
     stage: float = 0.0
@@ -217,6 +219,7 @@ class JobStatus:
             "exit_code": self.exit_code,
             "usage_cpu": self.usage_cpu,
             "usage_gpu": self.usage_gpu,
+            "cpu_seconds": round(self.cpu_seconds, 6),
             "fuel": self.fuel,
             "log_bytes": self.log_bytes,
             "timings": {name: round(getattr(self, name), 6) for name in TIMINGS},
@@ -824,6 +827,7 @@ class Job:
                 exit_code=result.exit_code,
                 usage_cpu=usage_cpu,
                 usage_gpu=usage_gpu,
+                cpu_seconds=result.cpu_seconds,
                 fuel=result.fuel,
                 log_bytes=self.log.size,
                 pull=result.pull_seconds,
