@@ -287,6 +287,12 @@ class Node:
     def stop_process(self, role: str, sig: signal.Signals = signal.SIGTERM) -> int:
         """Stop the ``role`` process with ``sig`` (killed, with what is left of its process
         group, if it does not exit in :data:`qoin.process.STOP_TIMEOUT_S`); its exit status."""
+        child = self.signal_stop(role, sig)
+        return child.finish(time.monotonic() + STOP_TIMEOUT_S)
+
+    def signal_stop(self, role: str, sig: signal.Signals = signal.SIGTERM) -> Child:
+        """Forget the ``role`` process (and close the clients of its RPC) and send it ``sig``,
+        without waiting; the child, to :meth:`~qoin.process.Child.finish`."""
         child = self.child(role)
         self.processes = [p for p in self.processes if p.child is not child]
         if role in (EXECUTION, SUPERVISOR) and self._user is not None:
@@ -297,7 +303,7 @@ class Node:
             self._rpc, self.enode = None, None
         if child.exited() is None:
             child.proc.send_signal(sig)
-        return child.finish(time.monotonic() + STOP_TIMEOUT_S)
+        return child
 
     def stop(self, role: str | None = None) -> None:
         """Stop the ``role`` process, or every process (the last started first); fail the test
@@ -504,6 +510,24 @@ class Network:
         return next(iter(agreed.heads.values()))[1]
 
     # -- the end ------------------------------------------------------------------------------
+
+    def stop_nodes(self, nodes: Sequence[Node]) -> None:
+        """Stop every process of ``nodes`` as :meth:`Node.stop` stops one node's, all nodes at
+        once: SIGTERM to the processes other than execution clients together, then to the
+        execution clients (consensus clients call them while they stop); fail the test if one
+        exits with a status other than 0, quoting its output."""
+        running = [(node, process.role) for node in nodes for process in node.processes]
+        for executions in (False, True):
+            stopping = [
+                node.signal_stop(role)
+                for node, role in running
+                if (role == EXECUTION) is executions
+            ]
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for child, code in [(child, child.finish(deadline)) for child in stopping]:
+                if code != 0:
+                    tail = output(child)[-OUTPUT_CHARS:]
+                    pytest.fail(f"{child.name} exited with {code}:\n{tail}")
 
     def stop_all(self) -> None:
         """Stop every process started, whatever state the test left: SIGTERM to all but the

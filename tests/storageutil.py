@@ -5,7 +5,8 @@ with them, provider daemons started as ``qoin storage provider``, funding, keyst
 The chain: the test network with a block every ~100 ms (``--block-interval-ms``) and storage
 periods of :data:`PARAMS` (40 blocks, proofs accepted in the first 28): a provider sees each head
 within milliseconds and a proof is mined within a block or two, so a window of ~3 s leaves it
-room even on a loaded machine.
+room even on a loaded machine. Tests that only wait for the market's events (no command or restart
+that must fit in a period) use :data:`QUICK` periods of 24 blocks, 16 in the window.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +46,10 @@ PARAMS = StorageParams(
     max_duration=1_000,
 )
 """Storage periods of about 4 s at ~10 blocks per second; M = 2 missed periods fail a shard."""
+QUICK = replace(PARAMS, period=24, window=16)
+"""Periods of about 2.4 s, proofs accepted in the first 16 blocks (a provider's proof lands a block
+or two into the window), for the tests none of whose steps must happen within a period: those that
+wait for the market's events and never race its clock with a command or a restart."""
 PRICE = 10**9
 """Shor per GiB per period each provider asks (a 16 KiB shard: 15,259 Shor per period)."""
 COLLATERAL = 2 * 10**9
@@ -105,7 +110,22 @@ def write_keystore(home: Path, keypair: HybridKeyPair) -> tuple[Path, Path]:
     return key, password
 
 
-def start_provider(
+@dataclass(frozen=True)
+class StartingProvider:
+    """A provider daemon spawned by :func:`spawn_provider`, its ready line not yet seen."""
+
+    keypair: HybridKeyPair
+    child: Child
+    home: Path
+
+    def ready(self) -> RunningProvider:
+        """Wait for its ready line (it posted its ask): the running provider."""
+        _, found, _ = self.child.wait_for(READY, START_S)
+        assert found[1] == str(self.keypair.address)
+        return RunningProvider(self.keypair, self.child, found[2], self.home)
+
+
+def spawn_provider(
     net: Network,
     node: Node,
     name: str,
@@ -114,9 +134,9 @@ def start_provider(
     capacity: str = CAPACITY,
     price: int = PRICE,
     collateral: int = COLLATERAL,
-) -> RunningProvider:
+) -> StartingProvider:
     """Write a keystore for ``keypair`` (once: a restart finds its files) and start ``qoin storage
-    provider`` with it in ``WORKDIR/NAME``; wait for its ready line (stopped with the network)."""
+    provider`` with it in ``WORKDIR/NAME`` (stopped with the network), without waiting for it."""
     home = net.workdir / name
     key, password = write_keystore(home, keypair)
     child = net.spawn(
@@ -127,9 +147,39 @@ def start_provider(
             "--collateral", str(collateral), *extra,
         ),
     )  # fmt: skip
-    _, found, _ = child.wait_for(READY, START_S)
-    assert found[1] == str(keypair.address)
-    return RunningProvider(keypair, child, found[2], home)
+    return StartingProvider(keypair, child, home)
+
+
+def start_provider(
+    net: Network,
+    node: Node,
+    name: str,
+    keypair: HybridKeyPair,
+    *extra: str,
+    capacity: str = CAPACITY,
+    price: int = PRICE,
+    collateral: int = COLLATERAL,
+) -> RunningProvider:
+    """:func:`spawn_provider`, then wait for its ready line."""
+    return spawn_provider(
+        net, node, name, keypair, *extra, capacity=capacity, price=price, collateral=collateral
+    ).ready()
+
+
+def start_providers(
+    net: Network,
+    node: Node,
+    named: Sequence[tuple[str, HybridKeyPair]],
+    *extra: str,
+    capacity: str = CAPACITY,
+) -> list[RunningProvider]:
+    """Start a provider per (name, key pair) at once (they start and post their asks side by
+    side), then wait for each one's ready line; in the order given."""
+    starting = [
+        spawn_provider(net, node, name, keypair, *extra, capacity=capacity)
+        for name, keypair in named
+    ]
+    return [provider.ready() for provider in starting]
 
 
 @contextmanager

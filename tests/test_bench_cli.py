@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from qoin.bench.contracts import table
 from qoin.bench.storage import table as storage_table
 from tests.cliutil import run_qoin
 
 
+@pytest.mark.slow
 def test_bench_crypto_json() -> None:
     result = run_qoin(
         "bench", "crypto", "--json", "--seconds", "0.1", "--suite", "falcon512+mldsa44", timeout=120
@@ -73,6 +76,7 @@ def test_bench_sampling_refuses_too_many_samples() -> None:
     assert "--samples must be at most" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_sync_json() -> None:
     result = run_qoin(
         "bench", "sync", "--json", "--blocks", "3", "--txs", "20", "--senders", "10",
@@ -100,6 +104,7 @@ def test_bench_sync_json() -> None:
     assert report["met"] == (report["ratio"] >= 0.8)
 
 
+@pytest.mark.slow
 def test_bench_contracts_json() -> None:
     result = run_qoin(
         "bench", "contracts", "--json", "--senders", "3", "--blocks", "1",
@@ -177,6 +182,7 @@ def storage_report(*extra: str, timeout: float) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.slow
 def test_bench_storage_json_without_repair() -> None:
     report = storage_report("--no-repair", timeout=180)
     assert "repair" not in report

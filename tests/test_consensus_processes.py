@@ -183,6 +183,7 @@ def test_payload_that_omits_a_transaction_is_caught(network: Clients) -> None:
     assert heights == [1, 2]  # the honest chain, on the honest client's payloads
 
 
+@pytest.mark.slow
 def test_a_fresh_execution_client_is_replayed_the_chain(net: Network, producer: Producer) -> None:
     """An execution client that lacks the consensus client's blocks (a new or wiped data
     directory) answers SYNCING; the consensus client replays the canonical chain to it."""

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qoin.chain.chain import STORE_FILE, Chain
 from qoin.chain.store import BlockStore
 from qoin.chain.transaction import sign_transfer
@@ -25,12 +27,16 @@ from tests.cliutil import DEVNET_PASSWORD, run_qoin
 from tests.framework import FUNDED, Network, read_to_end, wait_until
 from tests.keys import keypair_for
 from tests.test_chain import FAR_FUTURE, grow, template
+from tests.test_node_cli import write_easy_genesis
 
 RUN_S = 150.0
 SMALL = ("--nodes", "2", "--miners", "1")
 """Two nodes, one mining: transfers go to the other one, so they reach the miner by gossip."""
 VIEW = re.compile(r"n0\* h=(\d+) [0-9a-f]{8} p=(\d+)")
 TEMP_DIR = re.compile(r"data in (\S+); Ctrl-C stops")
+EASIER = 32
+"""Attempts a block of the genesis the tests with a data directory use (the built-in devnet's, which
+``test_sigint_stops_every_process`` runs, take ~500: seconds a block)."""
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -121,8 +127,18 @@ class Devnet:
         wait_until(lambda: not any(_alive(p, t) for p, t in self.seen.items()), timeout=5)
 
 
-def test_blocks_json_agrees_and_leaves_nothing(net: Network) -> None:
+def easier_datadir(net: Network) -> Path:
+    """A devnet data directory holding the devnet genesis made easier to mine (a block in a
+    fraction of a second instead of seconds), which ``qoin devnet`` uses as a restart would."""
     datadir = net.workdir / "devnet"
+    datadir.mkdir()
+    write_easy_genesis(datadir / "genesis.json", attempts=EASIER)
+    return datadir
+
+
+@pytest.mark.slow
+def test_blocks_json_agrees_and_leaves_nothing(net: Network) -> None:
+    datadir = easier_datadir(net)
     started = time.monotonic()
     devnet = Devnet(net, *SMALL, "--blocks", "6", "--json", "--datadir", str(datadir))
     assert devnet.finish() == 0, "".join(devnet.stderr)
@@ -152,6 +168,7 @@ def test_blocks_json_agrees_and_leaves_nothing(net: Network) -> None:
         assert (datadir / f"node{index}" / "execution.log").is_file()
 
 
+@pytest.mark.slow
 def test_sigint_stops_every_process(net: Network) -> None:
     devnet = Devnet(net, *SMALL, "--json")
     datadir = Path(devnet.watch_until(TEMP_DIR)[1])
@@ -169,11 +186,12 @@ def test_sigint_stops_every_process(net: Network) -> None:
     assert not datadir.exists()  # the temporary data directory is removed
 
 
+@pytest.mark.slow
 def test_storage_providers_are_started_described_and_stopped(net: Network) -> None:
     """``--storage-providers 2``: two provider daemons, funded, with asks on chain at the
     endpoints ``devnet.json`` gives; the client keystore it names can use them (a dry run); the
     providers stop with the devnet."""
-    datadir = net.workdir / "devnet"
+    datadir = easier_datadir(net)
     devnet = Devnet(net, *SMALL, "--storage-providers", "2", "--datadir", str(datadir))
     path = Path(devnet.watch_until(re.compile(r"devnet description: (\S+)"))[1])
     described = json.loads(path.read_text())

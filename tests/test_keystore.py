@@ -68,6 +68,7 @@ def test_hostile_keystore_rejected(path: tuple[str, ...], value: object, message
         keystore.from_json(obj)
 
 
+@pytest.mark.slow
 def test_cli_new_sign_verify(tmp_path: Path) -> None:
     password = tmp_path / "pw.txt"
     password.write_text("s3cret\n")

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from qoin.chain import genesis as genesis_mod
+from qoin.cli.main import app
 from qoin.process import Child, ChildFailed, Output
 from tests.framework import Network, read_to_end, wait_until
 
@@ -44,11 +46,12 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_easy_genesis(path: Path) -> Path:
-    """The devnet genesis, starting now, at ~8 attempts a block: blocks in tens of milliseconds."""
+def write_easy_genesis(path: Path, attempts: int = 8) -> Path:
+    """The devnet genesis, starting now, at ~``attempts`` attempts a block (8: blocks in tens of
+    milliseconds; the built-in devnet's take ~500, seconds a block)."""
     obj = genesis_mod.builtin_json("devnet")
     obj["timestamp_ms"] = int(time.time() * 1000)
-    obj["initial_target"] = hex(2**64 // 8)
+    obj["initial_target"] = hex(2**64 // attempts)
     path.write_text(json.dumps(obj))
     return path
 
@@ -75,8 +78,11 @@ def _stopped(stderr: str) -> tuple[int, str]:
 
 
 def _status(tmp_path: Path, datadir: Path) -> dict[str, object]:
-    result = _run(tmp_path, "chain", "status", "--datadir", str(datadir), "--json")
-    assert result.returncode == 0, result.stderr
+    """``qoin chain status --json`` of a stopped node's data directory, run in this process (it
+    only reads the store; a process of its own would cost a second's start)."""
+    args = ["chain", "status", "--datadir", str(datadir), "--json"]
+    result = CliRunner().invoke(app, args, env={"QOIN_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 0, result.output
     status: dict[str, object] = json.loads(result.stdout)
     return status
 
@@ -101,6 +107,7 @@ def _mine(tmp_path: Path, datadir: Path, blocks: int, *extra: str) -> tuple[list
     return heights, result.stderr
 
 
+@pytest.mark.slow
 def test_mines_blocks_and_continues_after_restart(tmp_path: Path, easy_genesis: Path) -> None:
     datadir = tmp_path / "node"
     heights, stderr = _mine(tmp_path, datadir, 3, "--genesis", str(easy_genesis))
@@ -120,6 +127,7 @@ def test_mines_blocks_and_continues_after_restart(tmp_path: Path, easy_genesis: 
     assert (status["height"], status["head"], status["blocks"]) == (5, head, 6)
 
 
+@pytest.mark.slow
 def test_mines_on_the_builtin_devnet(tmp_path: Path) -> None:
     """No --genesis: the built-in devnet genesis, re-timed to now, is saved in the datadir."""
     datadir = tmp_path / "node"
@@ -197,6 +205,7 @@ def _stderr(child: Child) -> str:
     return "".join(line.text for line in read_to_end(child, 5) if line.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_node_cleanly(
     net: Network, tmp_path: Path, easy_genesis: Path, sig: signal.Signals
@@ -300,6 +309,7 @@ def test_node_stops_when_its_execution_client_dies(
     wait_until(lambda: not _alive(consensus[0], children[consensus[0]]), timeout=5)
 
 
+@pytest.mark.slow
 def test_node_joins_p2p_when_asked(tmp_path: Path, easy_genesis: Path) -> None:
     datadir = tmp_path / "node"
     _, stderr = _mine(tmp_path, datadir, 1, "--genesis", str(easy_genesis), "--p2p-port", "0")

@@ -50,6 +50,9 @@ LONG_CHAIN = 500
 SYNC_S = 240.0
 SLOW_POLL_S = 0.5
 """How often the long waits ask (each status call costs the nodes some work)."""
+MINER_PAUSE_MS = 200
+"""The nodes' miners pause this long after each block (unpaused, a miner at the maximum target
+takes a core and makes hundreds of blocks while the other nodes start)."""
 
 
 @pytest.fixture(scope="module")
@@ -205,11 +208,13 @@ def stored_blocks(datadir: Path) -> dict[bytes, Block]:
 
 def test_halves_mining_apart_converge_once_joined(net: Network) -> None:
     """The same with the nodes' own miners: each half mines (one worker, the test network's
-    maximum target) until both have a few blocks, mining stops (SIGUSR1), the halves join, and
-    all four agree on the head that fork choice over every block any of them stored picks."""
-    a1 = net.node("a1", mine=True)
+    maximum target, a pause after each block so that the miners leave the other nodes' start-up
+    some room) until both have a few blocks, mining stops (SIGUSR1), the halves join, and all
+    four agree on the head that fork choice over every block any of them stored picks."""
+    pause = ("--block-interval-ms", str(MINER_PAUSE_MS))
+    a1 = net.node("a1", *pause, mine=True)
     a2 = net.node("a2", bootnodes=[a1])
-    b1 = net.node("b1", mine=True)
+    b1 = net.node("b1", *pause, mine=True)
     b2 = net.node("b2", bootnodes=[b1])
     net.split([a1, a2], [b1, b2])
     wait_until(lambda: a2.height() >= 3 and b2.height() >= 3, 120, RPC_POLL_S)
@@ -222,8 +227,7 @@ def test_halves_mining_apart_converge_once_joined(net: Network) -> None:
     net.join(a2, b2)
     nodes = [a1, a2, b1, b2]
     agreed = net.sync_heads(nodes, 120, poll=SLOW_POLL_S)
-    for node in nodes:
-        node.stop()
+    net.stop_nodes(nodes)
     union: dict[bytes, Block] = {}
     for node in nodes:
         union.update(stored_blocks(node.datadir))

@@ -95,7 +95,11 @@ def apply_model(model: dict[bytes, bytes], batch: dict[bytes, bytes | None]) -> 
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[SqliteNodeStore]:
+    """A store on a file in autocommit mode, as the tests use it (no enclosing transaction): each
+    write is its own commit, so the file is not synced (durability is not what they check; with
+    syncing, these commits took most of a minute on a busy disk)."""
     connection = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    connection.execute("PRAGMA synchronous=OFF")
     yield SqliteNodeStore(connection, cache_nodes=64)
     connection.close()
 

@@ -34,7 +34,8 @@ from tests.storageutil import (
     PRICE,
     balance,
     fund,
-    start_provider,
+    spawn_provider,
+    start_providers,
     storage_network,
     write_keystore,
 )
@@ -106,13 +107,15 @@ def test_unusable_input_exits_2_before_asking_a_node(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_client_commands_against_a_network(chain: tuple[Network, Node], tmp_path: Path) -> None:
     net, node = chain
     rng = random.Random(test_seed())
     cheap, p1, p2 = (keypair_for(index=80 + i) for i in range(3))
     fund(node, cheap, p1, p2, CLIENT)
-    gone = start_provider(net, node, "cheap", cheap, price=PRICE // 2)
-    live = [start_provider(net, node, f"provider-{i}", k) for i, k in enumerate((p1, p2))]
+    starting = spawn_provider(net, node, "cheap", cheap, price=PRICE // 2)
+    live = start_providers(net, node, [(f"provider-{i}", k) for i, k in enumerate((p1, p2))])
+    gone = starting.ready()
     gone.child.proc.kill()  # its ask stays on chain, cheapest: put must fall back on a spare
     key, password = write_keystore(tmp_path / "client", CLIENT)
     rpc = ["--rpc", node.user.url]

@@ -41,12 +41,15 @@ from tests.storageutil import (
     COLLATERAL,
     PARAMS,
     PRICE,
+    QUICK,
     RunningProvider,
     events,
     fund,
     info,
     provider_command,
+    spawn_provider,
     start_provider,
+    start_providers,
     storage_network,
     stored_files,
 )
@@ -54,8 +57,9 @@ from tests.storageutil import (
 
 @pytest.fixture
 def chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Network, Node]]:
-    """A mining node on the test network with :data:`PARAMS` (:func:`storage_network`)."""
-    with storage_network(tmp_path, monkeypatch) as made:
+    """A mining node on the test network with :data:`~tests.storageutil.QUICK` periods
+    (:func:`storage_network`)."""
+    with storage_network(tmp_path, monkeypatch, QUICK) as made:
         yield made
 
 
@@ -164,12 +168,12 @@ def test_kem_key_is_made_once(tmp_path: Path) -> None:
     assert (tmp_path / KEM_FILE).stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_provider_stores_refuses_and_proves(chain: tuple[Network, Node]) -> None:
     net, node = chain
     a_key, b_key = keypair_for(index=41), keypair_for(index=42)
     fund(node, a_key, b_key, CLIENT)
-    a = start_provider(net, node, "provider-a", a_key)
-    b = start_provider(net, node, "provider-b", b_key)
+    a, b = start_providers(net, node, [("provider-a", a_key), ("provider-b", b_key)])
     view = MarketView(node.user.url)
     ask = view.get_ask(a_key.address)
     assert ask is not None and ask.active
@@ -282,9 +286,12 @@ def test_a_lying_provider_fails_and_another_repairs_its_shard(
     net, node = chain
     honest, liar, idle = keypair_for(index=44), keypair_for(index=45), keypair_for(index=46)
     fund(node, honest, liar, idle, CLIENT)
-    a = start_provider(net, node, "honest", honest)
+    starting = [
+        spawn_provider(net, node, "honest", honest),
+        spawn_provider(net, node, "idle", idle),
+    ]
     lying = start_provider(net, node, "liar", liar, "--dishonest", "wrong-leaf")
-    c = start_provider(net, node, "idle", idle)
+    a, c = (provider.ready() for provider in starting)
     deal, shards = open_deal(node, [a, lying])
     lying.child.wait_for(rf"proof of deal {deal} shard 1 period \d+ found invalid", 60)
     assert [data[1] for _, data in events(node, "ShardFailed", deal)] == [1]
@@ -311,8 +318,7 @@ def test_exit_hands_every_shard_to_another_provider(chain: tuple[Network, Node])
     net, node = chain
     leaver, keeper, taker = keypair_for(index=47), keypair_for(index=48), keypair_for(index=49)
     fund(node, leaver, keeper, taker, CLIENT)
-    a = start_provider(net, node, "leaver", leaver)
-    b = start_provider(net, node, "keeper", keeper)
+    a, b = start_providers(net, node, [("leaver", leaver), ("keeper", keeper)])
     deal, shards = open_deal(node, [a, b])
     a.child.wait_for(rf"proved deal {deal} shard 0 for period \d+", 60)
     c = start_provider(net, node, "taker", taker)
@@ -351,8 +357,7 @@ def test_provider_survives_the_node_and_its_own_restart(chain: tuple[Network, No
     net, node = chain
     a_key, b_key = keypair_for(index=50), keypair_for(index=51)
     fund(node, a_key, b_key, CLIENT)
-    a = start_provider(net, node, "restarted", a_key)
-    b = start_provider(net, node, "steady", b_key)
+    a, b = start_providers(net, node, [("restarted", a_key), ("steady", b_key)])
     deal, _shards = open_deal(node, [a, b])
     a.child.wait_for(rf"proved deal {deal} shard 0 for period \d+", 60)
     assert a.child.stop() == 0
