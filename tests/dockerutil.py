@@ -22,11 +22,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import os
 import shutil
-import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from qoin.bench.compute import busybox_rootfs_tar
+from qoin.bench.timing import BenchmarkCheckFailed
 from qoin.compute.executors.docker import socket_path
 from qoin.process import Child, Output
 
@@ -79,38 +78,11 @@ def _answers(sock: str) -> bool:
 
 def rootfs_tar() -> bytes:
     """The test image's root file system (deterministic bytes)."""
-    if not BUSYBOX.is_file():
-        raise NoEngine(f"{BUSYBOX} is missing (apt-get install busybox-static)")
-    listed = subprocess.run(
-        [str(BUSYBOX), "--list"], capture_output=True, text=True, timeout=30, check=True
-    )
-    applets = sorted({name for name in listed.stdout.split() if name and "/" not in name})
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-
-        def add(info: tarfile.TarInfo, data: bytes | None = None) -> None:
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-
-        for name in ("bin", *DIRS):
-            entry = tarfile.TarInfo(name)
-            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
-            add(entry)
-        body = BUSYBOX.read_bytes()
-        binary = tarfile.TarInfo("bin/busybox")
-        binary.size, binary.mode = len(body), 0o755
-        add(binary, body)
-        for applet in applets:
-            if applet == "busybox":
-                continue
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
-            add(link)
-        passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/work:/bin/false\n"
-        entry = tarfile.TarInfo("etc/passwd")
-        entry.size, entry.mode = len(passwd), 0o644
-        add(entry, passwd)
-    return out.getvalue()
+    passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/work:/bin/false\n"
+    try:
+        return busybox_rootfs_tar(DIRS, passwd)
+    except BenchmarkCheckFailed as exc:
+        raise NoEngine(str(exc)) from None
 
 
 def import_image(sock: str) -> str:

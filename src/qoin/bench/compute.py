@@ -286,9 +286,11 @@ def hash_outputs(job: JobRun, spec: JobSpec, dirs: JobDirs) -> tuple[float, outp
 # -- 1. start overhead ----------------------------------------------------------------------------
 
 
-def _rootfs_tar() -> bytes:
-    """A root file system of Debian's ``busybox-static`` (deterministic bytes): ``/bin/busybox``,
-    a link per applet, the directories a job needs (as the docker tests build theirs)."""
+def busybox_rootfs_tar(dirs: tuple[str, ...] = IMAGE_DIRS, passwd: bytes = b"") -> bytes:
+    """A root file system of Debian's ``busybox-static`` as a tar (deterministic bytes, for
+    ``docker import``: an image with no registry): ``/bin/busybox``, a link per applet, the
+    directories ``dirs`` and, if given, ``/etc/passwd``. :class:`BenchmarkCheckFailed` without
+    busybox (the docker tests build their image with it too)."""
     if not BUSYBOX.is_file():
         raise BenchmarkCheckFailed(f"{BUSYBOX} is missing (apt-get install busybox-static)")
     listed = subprocess.run(  # noqa: S603 (the machine's busybox)
@@ -302,7 +304,7 @@ def _rootfs_tar() -> bytes:
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
 
-        for name in ("bin", *IMAGE_DIRS):
+        for name in ("bin", *dirs):
             entry = tarfile.TarInfo(name)
             entry.type, entry.mode = tarfile.DIRTYPE, 0o755
             add(entry)
@@ -315,6 +317,10 @@ def _rootfs_tar() -> bytes:
                 link = tarfile.TarInfo(f"bin/{applet}")
                 link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
                 add(link)
+        if passwd:
+            entry = tarfile.TarInfo("etc/passwd")
+            entry.size, entry.mode = len(passwd), 0o644
+            add(entry, passwd)
     return out.getvalue()
 
 
@@ -322,7 +328,7 @@ def docker_image() -> str:
     """The benchmark's image on the machine's Docker Engine (imported, with no registry, unless
     its tag is there already): ``qoin-bench-busybox@sha256:<id>``. :class:`BenchmarkCheckFailed`
     saying why when it cannot be had."""
-    tar = _rootfs_tar()
+    tar = busybox_rootfs_tar()
     tag = hashlib.sha256(tar).hexdigest()[:16]
     transport = httpx.HTTPTransport(uds=socket_path())
     try:
