@@ -8,12 +8,18 @@ virtual disk a commit can take tens of milliseconds. The files and their semanti
 (a process killed with SIGKILL loses nothing it wrote, as on a disk); only power-loss durability,
 which no test checks, is not there. pytest keeps the last three runs' directories, as in ``/tmp``.
 ``--basetemp`` or ``PYTEST_DEBUG_TEMPROOT`` choose another place; ``QOIN_TEST_DISK_TMP=1`` keeps
-them on disk."""
+them on disk.
+
+The tests start some 450 ``qoin`` processes, and each imports the whole command line. Where
+``PYTHONDONTWRITEBYTECODE`` is set (some CI images set it), none of them could keep the bytecode it
+compiled, and each spent more than half a second of CPU compiling the same sources again: the tests'
+processes (and pytest's workers) keep it instead in a cache of their own, out of the source tree
+(:func:`keep_bytecode`; ``PYTHONPYCACHEPREFIX``, when set, is left alone)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 import pytest
@@ -44,9 +50,27 @@ def memory_temproot(root: Path = MEMORY_ROOT, free: int = MEMORY_FREE) -> Path |
     return root
 
 
+def keep_bytecode(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Let the processes the tests start (they inherit ``environ``) keep their compiled bytecode,
+    in ``$XDG_CACHE_HOME/qoin-tests/pycache`` (``~/.cache/...``), where
+    ``PYTHONDONTWRITEBYTECODE`` forbids it and ``PYTHONPYCACHEPREFIX`` names no place of its own
+    (the source tree stays free of ``__pycache__`` either way)."""
+    if not environ.get("PYTHONDONTWRITEBYTECODE") or environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    cache = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qoin-tests"
+    try:
+        (cache / "pycache").mkdir(parents=True, exist_ok=True)
+    except OSError:  # no cache to be had: the processes compile as before
+        return
+    environ["PYTHONPYCACHEPREFIX"] = str(cache / "pycache")
+    del environ["PYTHONDONTWRITEBYTECODE"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Put the tests' temporary directories on a memory file system (see the module docstring);
-    pytest reads ``PYTEST_DEBUG_TEMPROOT`` when it first makes them, after this hook."""
+    """Keep the processes' bytecode, and put the tests' temporary directories on a memory file
+    system (see the module docstring; pytest reads ``PYTEST_DEBUG_TEMPROOT`` when it first makes
+    them, after this hook). pytest-xdist starts its workers after this hook: they inherit both."""
+    keep_bytecode()
     chosen = config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT")
     if chosen or os.environ.get("QOIN_TEST_DISK_TMP") == "1":
         return
