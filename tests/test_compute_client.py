@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from qoin.actors.compute_market import KEM_KEY_SIZE, Outcome, Phase, VerdictKind
+from qoin.ai.runtime import RuntimeInfo
 from qoin.cli.compute import parse_duration
 from qoin.cli.main import app
 from qoin.compute import client, jobspec
@@ -37,6 +38,7 @@ from qoin.node import devnet_storage
 from qoin.node.devnet_compute import ComputeProviders
 from qoin.process import stop_all
 from qoin.storage.params import PPM
+from tests.aiutil import ai_runtime  # noqa: F401 (a fixture)
 from tests.framework import FUNDED, Network, Node
 from tests.keys import keypair_for
 from tests.storageutil import storage_network, write_keystore
@@ -143,6 +145,11 @@ def test_unusable_input_exits_2_before_asking_a_node(tmp_path: Path) -> None:
         (["run", *keyed, "--input", "x:/y", "--", "true"], "is not CID:/path"),
         (["run", *keyed, "--input", "ab" * 32 + ":/outputs/x", "--", "true"], "lies in /outputs"),
         (["run", *keyed, "--env", "=x", "--", "true"], "NAME=VALUE"),
+        (["run", *keyed, "--runtime", "qoin-ai", "--", "true"], "not a runtime ref"),
+        (
+            ["run", *keyed, "--executor", "wasm", "--runtime", "a@" + "0" * 32, "--", "x"],
+            "only sandbox jobs name a runtime",
+        ),
         (["run", *keyed, "--executor", "docker", "--image", "busybox", "--", "x"], "by digest"),
         (
             ["run", *keyed, "--verify", "replicated", "--determinism", "none", "--", "true"],
@@ -414,14 +421,17 @@ def test_commands_against_an_empty_market(chain: tuple[Network, Node], tmp_path:
 
 @pytest.mark.slow
 def test_devnet_starts_mediators_then_providers(
-    chain: tuple[Network, Node], tmp_path: Path
+    chain: tuple[Network, Node],
+    tmp_path: Path,
+    ai_runtime: RuntimeInfo,  # noqa: F811 (the fixture)
 ) -> None:
     """What ``qoin devnet --compute-providers 1 --mediators 1`` runs (:mod:`qoin.node.devnet_compute`),
     on the tests' fast chain: the mediator registered first, the provider's ask accepting it, both
-    described for ``devnet.json`` with their endpoints, both stopping cleanly."""
+    described for ``devnet.json`` with their endpoints and the AI runtime both offer, both stopping
+    cleanly."""
     _, node = chain
     root = tmp_path / "devnet"
-    daemons = ComputeProviders(root, providers=1, mediators=1)
+    daemons = ComputeProviders(root, providers=1, mediators=1, ai_runtime_dir=ai_runtime.path)
     daemons.prepare([node.user.url])
     devnet_storage.fund(node.user.url, FUNDED, daemons.funding(), threading.Event())
     try:
@@ -440,6 +450,8 @@ def test_devnet_starts_mediators_then_providers(
         for entry in (mediator, provider):
             assert entry["url"] == f"http://{entry['endpoint']}/compute/v1"
             assert Path(entry["log"]).is_file() and entry["pid"] > 0
+            assert ai_runtime.ref in entry["runtimes"]
+        assert described["ai_runtime"]["ref"] == ai_runtime.ref
     finally:
         codes = stop_all(daemons.children())
     assert codes == [0, 0]

@@ -44,6 +44,7 @@ import httpx
 import pytest
 import wasmtime
 
+from qoin.ai.runtime import RuntimeInfo
 from qoin.compute import outputs
 from qoin.compute.executors import (
     ExecutorError,
@@ -55,11 +56,17 @@ from qoin.compute.executors import (
 )
 from qoin.compute.executors import cgroups as cgroups_module
 from qoin.compute.executors.docker import DockerExecutor
-from qoin.compute.executors.sandbox import SandboxExecutor
+from qoin.compute.executors.sandbox import (
+    SandboxExecutor,
+    gpu_args,
+    nvidia_devices,
+    runtime_problem,
+)
 from qoin.compute.executors.tree import remove_tree, tree_usage
 from qoin.compute.executors.wasm import FUEL_PER_SECOND, WasmExecutor
 from qoin.compute.jobspec import Executor, Input, JobSpec, OutputLimits, Resources
 from tests import dockerutil
+from tests.aiutil import ai_runtime  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow  # real processes, sandboxes and containers
 
@@ -823,3 +830,92 @@ def test_stale_groups_of_gone_providers_are_swept() -> None:
         for path in (stale, ours):
             if path.exists():
                 path.rmdir()
+
+
+# -- runtimes -------------------------------------------------------------------------------------
+
+TORCH_JOB = """
+import torch
+print(torch.ones(3).sum())
+try:
+    open("/runtime/written", "w")
+except OSError as exc:
+    print("runtime read-only", exc.errno)
+"""
+
+
+def test_a_runtime_is_mounted_read_only_and_torch_runs_in_the_sandbox(
+    sandbox: Target,
+    ai_runtime: RuntimeInfo,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """PyTorch imports and computes under the sandbox's seccomp filter and limits (1.5 GiB), the
+    runtime at ``/runtime``, which the job cannot write to."""
+    assert runtime_problem(ai_runtime.path) is None
+    root = tmp_path / "job"
+    for sub in ("work", "outputs"):
+        (root / sub).mkdir(parents=True)
+    spec = JobSpec(
+        command=("/runtime/bin/python", "-c", TORCH_JOB),
+        env=(("OMP_NUM_THREADS", "1"),),  # within LIMITS' 32 threads on any machine
+        runtime=ai_runtime.ref,
+        resources=Resources(cpus=1, memory=1536 << 20),
+        timeout=120,
+        outputs=OUTPUTS,
+    )
+    dirs = JobDirs(root, (), root / "work", root / "outputs", ai_runtime.path)
+    said: list[tuple[str, bytes]] = []
+
+    def on_output(stream: str, chunk: bytes) -> None:
+        said.append((stream, chunk))
+
+    result = sandbox.executor.run(spec, dirs, on_output, threading.Event())
+    stdout = b"".join(chunk for stream, chunk in said if stream == "stdout")
+    assert result.reason is StopReason.EXITED and result.exit_code == 0, (result, said)
+    assert stdout == b"tensor(3.)\nruntime read-only 30\n", said
+    assert not (ai_runtime.path / "written").exists()
+
+
+def test_runtime_directories_must_match_the_spec(
+    sandbox: Target, wasm: Target, tmp_path: Path
+) -> None:
+    """A spec naming a runtime needs its directory, and a directory is only for such a spec (so
+    wasm and docker, whose specs cannot name one, refuse a runtime); a runtime whose python lies
+    where a job cannot see it is named as such."""
+    root = tmp_path / "job"
+    for sub in ("work", "outputs", "rt/bin"):
+        (root / sub).mkdir(parents=True)
+    named = JobSpec(command=("true",), runtime="qoin-ai@" + "0" * 32, timeout=QUICK)
+    bare = JobDirs(root, (), root / "work", root / "outputs")
+    with_runtime = JobDirs(root, (), root / "work", root / "outputs", root / "rt")
+    nothing = threading.Event()
+    with pytest.raises(ExecutorError, match="no runtime was given"):
+        sandbox.executor.run(named, bare, lambda *_: None, nothing)
+    with pytest.raises(ExecutorError, match="names no runtime"):
+        sandbox.executor.run(JobSpec(command=("true",)), with_runtime, lambda *_: None, nothing)
+    module = JobSpec(Executor.WASM, ("/inputs/m.wasm",), timeout=QUICK)
+    with pytest.raises(ExecutorError, match="names no runtime"):
+        wasm.executor.run(module, with_runtime, lambda *_: None, nothing)
+    missing = JobDirs(root, (), root / "work", root / "outputs", root / "gone")
+    with pytest.raises(ExecutorError, match=r"runtime directory .* is missing"):
+        sandbox.executor.run(named, missing, lambda *_: None, nothing)
+    (root / "rt" / "bin" / "python").symlink_to("/root/elsewhere/python3")
+    problem = runtime_problem(root / "rt")
+    assert problem is not None and "a sandboxed job cannot see" in problem
+
+
+def test_gpu_jobs_get_the_nvidia_device_nodes(tmp_path: Path) -> None:
+    """The device nodes that exist (``nvidia*`` but directories, and ``nvidia-caps/*``), each
+    bound read-write at its own path; none on a machine without them."""
+    dev = tmp_path / "dev"
+    (dev / "nvidia-caps").mkdir(parents=True)
+    for name in ("nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-caps/nvidia-cap1", "null"):
+        (dev / name).touch()
+    found = nvidia_devices(dev)
+    assert found == tuple(
+        str(dev / name)
+        for name in ("nvidia-caps/nvidia-cap1", "nvidia-uvm", "nvidia0", "nvidiactl")
+    )
+    args = gpu_args(found)
+    assert args[:3] == ["--dev-bind", found[0], found[0]] and len(args) == 3 * len(found)
+    assert nvidia_devices(tmp_path / "none") == ()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from qoin.compute.jobspec import (
     MAX_ARGS,
     MAX_INPUTS,
+    MAX_RUNTIME,
     MAX_SPEC_SIZE,
     Determinism,
     Executor,
@@ -30,6 +31,7 @@ from qoin.crypto.hashing import tagged_hash
 from qoin.encoding.codec import DecodeError, encode_varint
 
 DIGEST = "registry.example/tools/hasher@sha256:" + "0f" * 32
+RUNTIME = "qoin-ai@" + "0123456789abcdef" * 2
 SIMPLE = JobSpec(command=("sh", "-c", "echo hello"))
 
 texts = st.text(
@@ -64,10 +66,14 @@ def specs(draw: st.DrawFn) -> JobSpec:
     determinism = draw(st.sampled_from(Determinism))
     if verification is Verification.REPLICATED and determinism is Determinism.NONE:
         determinism = Determinism.EXACT
+    runtime = ""
+    if executor is Executor.SANDBOX and draw(st.booleans()):
+        runtime = draw(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}@[0-9a-f]{32}", fullmatch=True))
     return JobSpec(
         executor=executor,
         command=command,
         image=DIGEST if docker else "",
+        runtime=runtime,
         env=tuple(env.items()),
         inputs=inputs,
         resources=resources,
@@ -113,6 +119,7 @@ def test_simple_spec_encoding_is_pinned() -> None:
             b"\x01\x00",  # version, sandbox
             b"\x00",  # no image
             b"\x03\x02sh\x02-c\x0aecho hello",  # argv
+            b"\x00",  # no runtime
             b"\x00\x00",  # no env, no inputs
             b"\x01" + encode_varint(1 << 30) + b"\x00\x00",  # 1 CPU, 1 GiB, no GPU, no model
             encode_varint(600) + b"\x00",  # timeout, network off
@@ -122,6 +129,23 @@ def test_simple_spec_encoding_is_pinned() -> None:
     )
     assert SIMPLE.encode() == expected
     assert JobSpec.decode(expected) == SIMPLE
+    with_runtime = replace(SIMPLE, runtime=RUNTIME)
+    at = expected.index(b"echo hello") + len(b"echo hello")
+    named = expected[:at] + bytes([len(RUNTIME)]) + RUNTIME.encode() + expected[at + 1 :]
+    assert with_runtime.encode() == named
+    assert JobSpec.decode(named) == with_runtime
+    assert with_runtime.job_hash != SIMPLE.job_hash  # the hash binds the runtime
+
+
+def test_a_runtime_longer_than_its_bound_is_refused_when_decoded() -> None:
+    encoded = SIMPLE.encode()
+    at = encoded.index(b"echo hello") + len(b"echo hello")
+    long = encoded[:at] + encode_varint(MAX_RUNTIME + 1) + b"a" * (MAX_RUNTIME + 1)
+    with pytest.raises(DecodeError):
+        JobSpec.decode(long + encoded[at + 1 :])
+    bad = encoded[:at] + b"\x05a@b c" + encoded[at + 1 :]
+    with pytest.raises(JobSpecError, match="not a runtime ref"):
+        JobSpec.decode(bad)
 
 
 def test_non_canonical_fields_are_refused() -> None:
@@ -174,6 +198,20 @@ def test_non_canonical_fields_are_refused() -> None:
         ({"inputs": (Input(bytes(32), "/inputs/x/"),)}, "normalised absolute path"),
         ({"inputs": (Input(bytes(32), "/outputs/x"),)}, "lies in /outputs"),
         ({"inputs": (Input(bytes(32), "/outputs"),)}, "lies in /outputs"),
+        ({"inputs": (Input(bytes(32), "/runtime"),)}, "lies in /runtime"),
+        ({"inputs": (Input(bytes(32), "/runtime/bin/python"),)}, "lies in /runtime"),
+        ({"runtime": "qoin-ai"}, "not a runtime ref"),
+        ({"runtime": "Qoin-ai@" + "0" * 32}, "not a runtime ref"),
+        ({"runtime": "qoin-ai@" + "0" * 31}, "not a runtime ref"),
+        ({"runtime": "qoin-ai@" + "A" * 32}, "not a runtime ref"),
+        ({"runtime": "qoin-ai@" + "0" * 32 + "\n"}, "not a runtime ref"),
+        ({"runtime": "-ai@" + "0" * 32}, "not a runtime ref"),
+        ({"runtime": "a" * 96 + "@" + "0" * 32}, "at most 128 bytes"),
+        ({"runtime": RUNTIME, "executor": Executor.WASM}, "only sandbox jobs name a runtime"),
+        (
+            {"runtime": RUNTIME, "executor": Executor.DOCKER, "image": DIGEST},
+            "only sandbox jobs name a runtime",
+        ),
         ({"inputs": (Input(bytes(32), "/a"), Input(bytes(31), "/b"))}, "content id is 32 bytes"),
         ({"inputs": (Input(bytes(32), "/a", bytes(129)),)}, "wrapped key is at most 128"),
         ({"inputs": (Input(bytes(32), "/a"), Input(bytes(32), "/a"))}, "same path"),

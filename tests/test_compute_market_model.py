@@ -13,6 +13,9 @@ Invariants:
   revealed result, ``mediated`` only after a verdict, ``undelivered`` only after a phase timed
   out, and a provider is paid only for a replica it revealed;
 * a provider is never paid twice for a deal, and a deal settles once;
+* the same holds for bids placed by a contract (docs/spec/compute.md §3.12) through a nested call
+  with its agent's deposit: every refund goes to the contract, the agent forms, disputes and may
+  cancel, and the contract's callbacks (which revert) never move Shor;
 * every ask's reserved resources and locked collateral are exactly its open replicas', never over
   what it offers; the totals equal the sums over the records; a deal's escrow is its replicas'
   largest payments plus the mediator's fee; a mediator's open-deal count is exact.
@@ -50,7 +53,7 @@ from qoin.compute import market
 from qoin.compute.jobspec import Verification
 from qoin.crypto.address import Address
 from qoin.crypto.hashing import sha3_256
-from qoin.execution.abi import Value, decode_value
+from qoin.execution.abi import Value, decode_value, encode_args
 from qoin.execution.receipt import CallStatus
 from qoin.storage.params import PPM
 from tests.actorchain import CHAIN_ID, FUNDS
@@ -66,6 +69,7 @@ from tests.test_compute_market import (
     spec_for,
 )
 from tests.test_compute_market import PARAMS as TEST_PARAMS
+from tests.test_compute_market_contracts import REVERTING, ContractChain
 
 KEYS = PROVIDERS[:4]
 CLIENTS = (CLIENT, OTHER)
@@ -85,11 +89,20 @@ class ComputeModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.chain = Chain.new([*CLIENTS, *MEDIATORS, *(k.address for k in KEYS)], PARAMS)
-        self.deposits = dict.fromkeys(CLIENTS, 0)
-        self.paid = dict.fromkeys(CLIENTS, 0)
-        self.fees = dict.fromkeys(CLIENTS, 0)
-        self.shares = dict.fromkeys(CLIENTS, 0)
+        base = Chain.new([*CLIENTS, *MEDIATORS, *(k.address for k in KEYS)], PARAMS)
+        self.chain = ContractChain(
+            base.state, base.height, base.people, base.actor, base.event_topics, base.supply,
+            params=PARAMS,
+        )  # fmt: skip
+        self.contract = self.chain.deploy(REVERTING)
+        """A contract client: its bids name an agent (CLIENT or OTHER), its callbacks revert."""
+        self.clients = (*CLIENTS, self.contract)
+        self.deposits = dict.fromkeys(self.clients, 0)
+        self.spent = dict.fromkeys(self.clients, 0)
+        """What left each account's balance for deposits (an agent's for its contract's bids)."""
+        self.paid = dict.fromkeys(self.clients, 0)
+        self.fees = dict.fromkeys(self.clients, 0)
+        self.shares = dict.fromkeys(self.clients, 0)
         self.client_of: dict[int, Address] = {}
         self.revealed: set[tuple[int, int]] = set()
         self.paid_replicas: set[tuple[int, int]] = set()
@@ -295,6 +308,7 @@ class ComputeModel(RuleBasedStateMachine):
         ahead=st.integers(1, 40),
         then_deal=st.booleans(),
         mediator=st.sampled_from(MEDIATORS),
+        via_contract=st.booleans(),
     )
     def bid(
         self,
@@ -307,9 +321,11 @@ class ComputeModel(RuleBasedStateMachine):
         ahead: int,
         then_deal: bool,
         mediator: Address,
+        via_contract: bool,
     ) -> None:
-        """A bid, and (``then_deal``) a deal at once with the providers that can take it."""
-        bid_id = self.place(who, verification, cpus, timeout, max_price, extra, ahead)
+        """A bid (``via_contract``: the contract's, ``who`` its agent), and (``then_deal``) a
+        deal at once with the providers that can take it."""
+        bid_id = self.place(who, verification, cpus, timeout, max_price, extra, ahead, via_contract)
         if then_deal:
             self.form(bid_id, list(range(len(KEYS))), mediator, able_first=True)
 
@@ -322,6 +338,7 @@ class ComputeModel(RuleBasedStateMachine):
         max_price: int,
         extra: int,
         ahead: int,
+        via_contract: bool = False,
     ) -> int:
         none = verification is Verification.NONE
         call = market.place_bid(
@@ -334,9 +351,19 @@ class ComputeModel(RuleBasedStateMachine):
             collateral_ppm=PPM,
         )
         call = market.MarketCall(call.method, call.args, call.value + extra)
-        bid_id = self.do(who, call)
+        if via_contract:
+            args = encode_args([*call.args, who, 0])
+            result = self.chain.call_contract(who, self.contract, "forward", args, call.value)
+            assert result.status is CallStatus.SUCCESS, result.reason
+            self.sync()
+            bid_id = decode_value(result.return_data)
+            client = self.contract
+        else:
+            bid_id = self.do(who, call)
+            client = who
         assert isinstance(bid_id, int), bid_id
-        self.deposits[who] += call.value
+        self.deposits[client] += call.value
+        self.spent[who] += call.value
         return bid_id
 
     @rule(
@@ -348,6 +375,7 @@ class ComputeModel(RuleBasedStateMachine):
         dispute=st.booleans(),
         kind=st.none() | st.sampled_from(VerdictKind),
         honest=st.booleans(),
+        via_contract=st.booleans(),
     )
     def job(
         self,
@@ -359,10 +387,11 @@ class ComputeModel(RuleBasedStateMachine):
         dispute: bool,
         kind: VerdictKind | None,
         honest: bool,
+        via_contract: bool,
     ) -> None:
         """A whole job at once: bid, deal, commits and reveals (each replica as it behaves),
         then perhaps a dispute, then perhaps a verdict (right away: the mediator is fast)."""
-        bid_id = self.place(who, verification, 2, 5, 12, 0, 10)
+        bid_id = self.place(who, verification, 2, 5, 12, 0, 10, via_contract)
         self.form(bid_id, list(range(len(KEYS))), mediator, able_first=True)
         found = self.chain.deal(bid_id)
         if found is None:
@@ -370,7 +399,7 @@ class ComputeModel(RuleBasedStateMachine):
         self.work(bid_id, found, behaviours, usage)
         found = self.chain.deal(bid_id)
         if found is not None and dispute and found.phase is Phase.CHECK:
-            assert self.do(found.client, market.dispute(bid_id)) is None
+            assert self.do(found.agent or found.client, market.dispute(bid_id)) is None
         found = self.chain.deal(bid_id)
         if found is not None and kind is not None and found.mediator is not None:
             root = honest_root(bid_id) if honest else bytes(32)
@@ -382,8 +411,8 @@ class ComputeModel(RuleBasedStateMachine):
         if not bids:
             return
         bid_id = sorted(bids)[index % len(bids)]
-        client = bids[bid_id].client
-        caller = client if by_client else next(c for c in CLIENTS if c != client)
+        client, agent = bids[bid_id].client, bids[bid_id].agent
+        caller = client if by_client else next(c for c in CLIENTS if c not in (client, agent))
         reason = self.do(caller, market.cancel_bid(bid_id))
         assert (reason is None) == by_client
 
@@ -421,7 +450,7 @@ class ComputeModel(RuleBasedStateMachine):
             ask = market.AskInfo.from_value(self.chain.view("get_ask", keys.address))
             signatures.append(market.sign_acceptance(keys, CHAIN_ID, found, replica, ask, named))
         self.do(
-            found.client,
+            found.acting,
             market.form_deal(bid_id, [k.address for k in chosen], signatures, named),
         )
 
@@ -501,7 +530,12 @@ class ComputeModel(RuleBasedStateMachine):
         if picked is None:
             return
         deal_id, found = picked
-        caller = found.client if by_client else next(c for c in CLIENTS if c != found.client)
+        acting = (found.client, found.agent)
+        caller = (
+            found.agent or found.client
+            if by_client
+            else next(c for c in CLIENTS if c not in acting)
+        )
         reason = self.do(caller, market.dispute(deal_id))
         if by_client and found.phase is Phase.CHECK and self.chain.height < found.deadline:
             assert reason is None, reason
@@ -539,10 +573,11 @@ class ComputeModel(RuleBasedStateMachine):
     @invariant()
     def deposits_are_paid_refunded_or_held(self) -> None:
         bids, deals = self.bids(), self.deals()
-        for client in CLIENTS:
+        for client in self.clients:
             held = sum(b.deposit for b in bids.values() if b.client == client)
             held += sum(d.escrow for d in deals.values() if d.client == client)
-            received = self.chain.balance(client) - (FUNDS - self.deposits[client])
+            start = 0 if client == self.contract else FUNDS
+            received = self.chain.balance(client) - (start - self.spent[client])
             refunded = received - self.shares[client]
             assert self.deposits[client] == (
                 self.paid[client] + self.fees[client] + refunded + held

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from qoin.ai.runtime import RuntimeInfo
 from qoin.cli.compute_provider import parse_executors, parse_mediators, parse_multiple
 from qoin.compute import client, keys, market
 from qoin.compute.executors import StopReason, executor_for
@@ -73,6 +74,7 @@ from qoin.crypto.hybrid import HybridKeyPair
 from qoin.rpc.serve import BackgroundServer
 from qoin.storage.provider.daemon import kem_key, kem_private_key
 from qoin.wallet import Wallet
+from tests.aiutil import ai_runtime  # noqa: F401 (a fixture)
 from tests.computeutil import (
     COMPUTE,
     FEE,
@@ -97,6 +99,7 @@ from tests.keys import keypair_for
 from tests.storageutil import fund, start_provider
 
 PROVIDER, MEDIATOR, CLIENT, STRANGER = (keypair_for(index=60 + i) for i in range(4))
+AI_PROVIDER = keypair_for(index=70)
 STORERS = (keypair_for(index=64), keypair_for(index=65))
 EXECUTORS = "sandbox,wasm"
 NOWHERE = "127.0.0.1:9"
@@ -743,3 +746,66 @@ def test_a_run_that_can_no_longer_be_committed_is_not_started_or_is_stopped(
             job.stop()
             job.ctx.wallet.close()
             job.ctx.view.close()
+
+
+def test_fewer_epochs_makes_every_epochs_argument_one() -> None:
+    """TEST ONLY ``--misbehave fewer-epochs``: the lazy trainer's command."""
+    assert "fewer-epochs" in jobs.MISBEHAVIOURS
+    command = ("/runtime/bin/python", "-m", "qoin_ai_job", "train", "--epochs", "5", "--lr", "1")
+    assert jobs.fewer_epochs(command) == (*command[:5], "1", "--lr", "1")
+    assert jobs.fewer_epochs(("x", "--epochs=12", "--epochs")) == ("x", "--epochs=1", "--epochs")
+    assert jobs.fewer_epochs(("sh", "-c", "echo --epochs 5")) == ("sh", "-c", "echo --epochs 5")
+    with pytest.raises(JobError, match=r"runtime a@0+ not offered here \(this provider has: b@"):
+        jobs.runtime_dir(
+            JobSpec(command=("true",), runtime="a@" + "0" * 32), {"b@" + "1" * 32: Path("/")}
+        )
+
+
+@pytest.mark.slow
+def test_runtimes_are_listed_and_offers_naming_others_refused(
+    world: World,
+    ai_runtime: RuntimeInfo,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """A provider started with ``--runtime`` lists it (``/info``, its ready line) and accepts a
+    job naming it; one without refuses such a job, saying what it has; a runtime directory that
+    does not load stops the provider at its start with the reason."""
+    fund(world.node, AI_PROVIDER)
+    runtime = ["--runtime", str(ai_runtime.path)]
+    with_ai = start_compute_provider(
+        world.net, world.url, AI_PROVIDER, name="ai-provider", extra=runtime
+    )
+    assert ai_runtime.ref in with_ai.ready["runtimes"]
+    info = httpx.get(f"{with_ai.url}/info", timeout=30).json()
+    listed = {"ref": ai_runtime.ref, "torch": ai_runtime.torch}
+    assert {**listed, "cpuCapability": ai_runtime.cpu_capability} in info["runtimes"]
+    has = ", ".join(sorted(entry["ref"] for entry in info["runtimes"]))
+    job_key = os.urandom(32)
+    named = replace(job_spec(command=("/runtime/bin/python", "-c", "pass")), runtime=ai_runtime.ref)
+    other = replace(named, runtime="qoin-ai@" + "f" * 32)  # a runtime nobody has
+    bids = {spec: place_bid(world.node, CLIENT, spec) for spec in (named, other)}
+    refused = offer(
+        with_ai, bids[other], other, sealed_for(world, with_ai, job_key, other.job_hash)
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == (
+        f"runtime {other.runtime} not offered here (this provider has: {has})"
+    )
+    provider = world.provider
+    plain = offer(
+        provider, bids[other], other, sealed_for(world, provider, job_key, other.job_hash)
+    )
+    assert plain.status_code == 409 and "not offered here" in plain.json()["error"], plain.text
+    taken = offer(with_ai, bids[named], named, sealed_for(world, with_ai, job_key, named.job_hash))
+    assert taken.status_code == 200, taken.text
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    args = [
+        "--datadir", str(tmp_path / "data"), "--key", str(with_ai.key),
+        "--password-file", str(with_ai.password_file), "--rpc", world.url, "--price", "1",
+        "--cpus", "1", "--memory", "1MiB", "--executors", "sandbox", "--runtime", str(stale),
+    ]  # fmt: skip
+    done = subprocess.run(
+        provider_argv(*args), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode != 0 and f"--runtime {stale}" in done.stderr, done.stderr

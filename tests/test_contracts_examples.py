@@ -22,7 +22,7 @@ NOTARY_DIR = EXAMPLES / "notary"
 NOTARY = (NOTARY_DIR / "notary.wasm").read_bytes()
 
 
-@pytest.mark.parametrize("name", ["counter", "token"])
+@pytest.mark.parametrize("name", ["counter", "token", "ai_oracle"])
 def test_committed_wat_builds_match_their_sources(name: str) -> None:
     built = bytes(wasmtime.wat2wasm((EXAMPLES / f"{name}.wat").read_text()))
     assert (EXAMPLES / f"{name}.wasm").read_bytes() == built, "run `make contracts`"

@@ -25,7 +25,7 @@ from pathlib import Path
 import wasmtime
 
 HERE = Path(__file__).resolve().parent
-WAT_CONTRACTS = ("counter", "token")
+WAT_CONTRACTS = ("counter", "token", "ai_oracle")
 NOTARY = HERE / "notary"
 NOTARY_OUTPUT = Path("notary.wasm")
 

@@ -94,8 +94,10 @@ from qoin.compute.params import (
 )
 from qoin.crypto.address import ADDRESS_SIZE, Address
 from qoin.crypto.hashing import HASH_SIZE, tagged_hash
-from qoin.encoding.codec import NonCanonicalInteger, Reader, Writer
+from qoin.encoding.codec import DecodeError, NonCanonicalInteger, Reader, Writer
+from qoin.execution import gas as costs
 from qoin.execution.abi import Value, encode_args, encode_value
+from qoin.execution.cron import CRON_ADDRESS
 from qoin.execution.vm import CallFailed, Context, Revert, check_args
 from qoin.storage.params import PPM, VarintRecord
 
@@ -124,11 +126,32 @@ ZERO_ADDRESS = records.ZERO_ADDRESS
 """Stands for "no mediator" in calls and views."""
 ZERO_HASH = bytes(HASH_SIZE)
 """Stands for "no commitment" and "no root" in views."""
+MAX_ANSWER = 256
+"""Most bytes of a contract bid's answer (the job's stdout, verified against the result root)."""
+MAX_ANSWER_MANIFEST = 4096
+"""Most bytes of the result manifest a reveal with an answer carries (a job asking for an answer
+leaves few output files)."""
+CALLBACK_GAS = 1_000_000
+"""Gas a contract's callback runs with (its own cron call; the protocol pays, as for every cron
+call)."""
+RESULT_CALLBACK = "on_compute_result"
+"""``on_compute_result(uint deal, bytes root, bytes answer)``: a contract's deal delivered."""
+FAILED_CALLBACK = "on_compute_failed"
+"""``on_compute_failed(uint id, uint code)``: a contract's bid or deal ended without an answer
+(:class:`FailCode`)."""
+TAG_RESULT = b"QOIN/compute/result/v1"
+"""Domain tag of a result root (:func:`qoin.compute.outputs.result_root`)."""
+TAG_FILE = b"QOIN/compute/file/v1"
+"""Domain tag of an output file's digest, the stdout's included."""
+MANIFEST_VERSION = 1
+MAX_STOP_REASON = 32
 
 MEDIATOR_PREFIX = b"M"
 MEDIATOR_ORDER_PREFIX = b"N"
 MEDIATOR_INFO_PREFIX = b"E"
 REPLICA_PREFIX = b"R"
+ANSWER_PREFIX = b"W"
+CALLBACK_PREFIX = b"C"
 
 EVENT_NAMES = (
     "AskPosted",
@@ -151,6 +174,10 @@ EVENT_NAMES = (
     "ProviderFined",
     "ProviderPaid",
     "DealSettled",
+    "ContractBidPlaced",
+    "AnswerRevealed",
+    "CallbackScheduled",
+    "CallbackDone",
 )
 """Every event the actor emits (topic 0 is SHA3-256 of the name)."""
 
@@ -166,6 +193,8 @@ MEDIATION_STARTED, VERDICT = topic("MediationStarted"), topic("Verdict")
 MEDIATION_TIMED_OUT = topic("MediationTimedOut")
 PROVIDER_FINED, PROVIDER_PAID = topic("ProviderFined"), topic("ProviderPaid")
 DEAL_SETTLED = topic("DealSettled")
+CONTRACT_BID_PLACED, ANSWER_REVEALED = topic("ContractBidPlaced"), topic("AnswerRevealed")
+CALLBACK_SCHEDULED, CALLBACK_DONE = topic("CallbackScheduled"), topic("CallbackDone")
 
 
 class Phase(IntEnum):
@@ -216,6 +245,23 @@ class Outcome(IntEnum):
     """No provider revealed a result: the client was refunded."""
     MEDIATION_TIMED_OUT = 4
     """The mediator missed its deadline: the client was refunded."""
+
+
+class FailCode(IntEnum):
+    """Why a contract's bid or deal ended without an answer (``on_compute_failed``'s code): the
+    :class:`Outcome` of its settlement, or one of these."""
+
+    NO_DEAL = 0
+    """The bid expired, or its agent cancelled it, before a deal formed (the deposit refunded)."""
+    MEDIATED = 2
+    """A verdict settled it without a result every paid replica agrees on (non-deterministic,
+    or every replica wrong)."""
+    UNDELIVERED = 3
+    """No provider revealed a result (the escrow refunded)."""
+    MEDIATION_TIMED_OUT = 4
+    """The mediator missed its deadline (the escrow refunded)."""
+    ANSWER_TOO_LONG = 5
+    """The job ran and was paid, but its stdout is longer than the bid's ``max_answer``."""
 
 
 class FineReason(IntEnum):
@@ -577,6 +623,12 @@ class Bid:
     """The height from which it can no longer become a deal."""
     deposit: int
     """Shor it holds (the bid call's whole value)."""
+    agent: Address | None = None
+    """A contract's bid: the account that may form its deal and dispute for it (None: an
+    ordinary bid, its client does both)."""
+    max_answer: int = 0
+    """A contract's bid: the most bytes of the job's stdout its result callback carries as the
+    answer (0: none, the callback carries the root only)."""
 
     @property
     def replicas(self) -> int:
@@ -590,14 +642,16 @@ class Bid:
 
     def encode(self) -> bytes:
         """``client || job || varints || varbytes gpu_model || executor (1) || varints ||
-        verification (1) || varint || mediators || varints``."""
+        verification (1) || varint || mediators || varints``, then for a contract's bid only
+        ``agent || varint max_answer`` (an ordinary bid's encoding is unchanged)."""
         writer = Writer().fixed(self.client.raw, ADDRESS_SIZE).fixed(self.job, HASH_SIZE)
         varints(writer, self.cpus, self.memory, self.gpus)
         writer.var_bytes(self.gpu_model.encode(), MAX_GPU_MODEL).u8(int(self.executor))
         varints(writer, self.timeout, self.max_price_cpu, self.max_price_gpu)
         writer.u8(int(self.verification)).varint(self.collateral_ppm)
         _write_addresses(writer, self.mediators)
-        return varints(writer, self.max_fee, self.deadline, self.deposit).bytes()
+        varints(writer, self.max_fee, self.deadline, self.deposit)
+        return _write_contract_terms(writer, self.agent, self.max_answer).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Bid:
@@ -612,6 +666,7 @@ class Bid:
         collateral_ppm = reader.varint()
         mediators = _read_addresses(reader)
         max_fee, deadline, deposit = reader.varint(), reader.varint(), reader.varint()
+        agent, max_answer = _read_contract_terms(reader)
         reader.finish()
         return cls(
             client,
@@ -630,7 +685,28 @@ class Bid:
             max_fee,
             deadline,
             deposit,
+            agent,
+            max_answer,
         )
+
+
+def _write_contract_terms(writer: Writer, agent: Address | None, max_answer: int) -> Writer:
+    """A contract's bid or deal ends with ``agent || varint max_answer``; any other with
+    nothing."""
+    if agent is None:
+        return writer
+    return writer.fixed(agent.raw, ADDRESS_SIZE).varint(max_answer)
+
+
+def _read_contract_terms(reader: Reader) -> tuple[Address | None, int]:
+    """Inverse of :func:`_write_contract_terms` (at the end of a record)."""
+    if not reader.remaining:
+        return None, 0
+    agent = Address(reader.fixed(ADDRESS_SIZE))
+    max_answer = reader.varint()
+    if max_answer > MAX_ANSWER:
+        raise NonCanonicalInteger(f"an answer is at most {MAX_ANSWER} bytes, got {max_answer}")
+    return agent, max_answer
 
 
 @dataclass(frozen=True)
@@ -665,21 +741,32 @@ class Deal:
     """The mediator's fee (0 without a mediator)."""
     disputed: bool
     """Whether the client opened a dispute."""
+    agent: Address | None = None
+    """A contract's deal: the account that formed it and may dispute for it (None: an ordinary
+    deal)."""
+    max_answer: int = 0
+    """A contract's deal: the most bytes of stdout its answer may hold (0: no answer)."""
 
     @property
     def replicas(self) -> int:
         """Its providers."""
         return self.verification.replicas
 
+    def may_act(self, caller: Address) -> bool:
+        """Whether ``caller`` may act for the client (dispute): the client or its agent."""
+        return caller == self.client or (self.agent is not None and caller == self.agent)
+
     def encode(self) -> bytes:
         """``client || job || has_mediator (1) || [mediator] || verification (1) || varints ||
-        phase (1) || varints || disputed (1)``."""
+        phase (1) || varints || disputed (1)``, then for a contract's deal only ``agent ||
+        varint max_answer``."""
         writer = Writer().fixed(self.client.raw, ADDRESS_SIZE).fixed(self.job, HASH_SIZE)
         write_optional_address(writer, self.mediator).u8(int(self.verification))
         varints(writer, self.cpus, self.memory, self.gpus, self.timeout, self.formed)
         writer.u8(int(self.phase))
         varints(writer, self.deadline, self.escrow, self.fee)
-        return writer.u8(int(self.disputed)).bytes()
+        writer.u8(int(self.disputed))
+        return _write_contract_terms(writer, self.agent, self.max_answer).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Deal:
@@ -706,6 +793,7 @@ class Deal:
             escrow,
             fee,
             read_bool(reader),
+            *_read_contract_terms(reader),
         )
         reader.finish()
         return found
@@ -781,6 +869,86 @@ def mediator_key(mediator: Address) -> bytes:
 def replica_key(deal_id: int, index: int) -> bytes:
     """Storage key of a :class:`Replica`."""
     return REPLICA_PREFIX + record_id(deal_id) + bytes((index,))
+
+
+def answer_key(deal_id: int, index: int) -> bytes:
+    """Storage key of the :class:`Answer` a replica of a contract's deal revealed."""
+    return ANSWER_PREFIX + record_id(deal_id) + bytes((index,))
+
+
+def callback_key(number: int) -> bytes:
+    """Storage key of the :class:`Callback` due for a contract's bid or deal."""
+    return CALLBACK_PREFIX + record_id(number)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a replica of a deal with ``max_answer > 0`` revealed beside its root: the job's
+    stdout (checked against the root through the manifest), or that it is too long."""
+
+    fits: bool
+    """Whether the stdout fits the deal's ``max_answer`` (else ``data`` is empty)."""
+    data: bytes
+    """The stdout."""
+
+    def encode(self) -> bytes:
+        """``fits (1) || varbytes data``."""
+        return Writer().u8(int(self.fits)).var_bytes(self.data, MAX_ANSWER).bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Answer:
+        """Inverse of :meth:`encode`."""
+        reader = Reader(data)
+        found = cls(read_bool(reader), reader.var_bytes(MAX_ANSWER))
+        reader.finish()
+        return found
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A contract's callback, due at the next height's cron (``cron_callback``)."""
+
+    contract: Address
+    """The bid's client, called back."""
+    failed: bool
+    """``on_compute_failed`` (else ``on_compute_result``)."""
+    code: int
+    """A failure's :class:`FailCode`."""
+    root: bytes
+    """A result's root (zero for a failure)."""
+    answer: bytes
+    """A result's answer (empty for a failure, or a bid asking for none)."""
+
+    @property
+    def method(self) -> str:
+        """The contract's method called."""
+        return FAILED_CALLBACK if self.failed else RESULT_CALLBACK
+
+    def args(self, number: int) -> bytes:
+        """The call's arguments: ``(deal, root, answer)`` or ``(id, code)``."""
+        if self.failed:
+            return encode_args([number, self.code])
+        return encode_args([number, self.root, self.answer])
+
+    def encode(self) -> bytes:
+        """``contract || failed (1) || varint code || root || varbytes answer``."""
+        writer = Writer().fixed(self.contract.raw, ADDRESS_SIZE).u8(int(self.failed))
+        writer.varint(self.code).fixed(self.root, HASH_SIZE)
+        return writer.var_bytes(self.answer, MAX_ANSWER).bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Callback:
+        """Inverse of :meth:`encode`."""
+        reader = Reader(data)
+        found = cls(
+            Address(reader.fixed(ADDRESS_SIZE)),
+            read_bool(reader),
+            reader.varint(),
+            reader.fixed(HASH_SIZE),
+            reader.var_bytes(MAX_ANSWER),
+        )
+        reader.finish()
+        return found
 
 
 # -- the working set of one call ----------------------------------------------------------------
@@ -1017,10 +1185,33 @@ def cron_release_mediator(ctx: Context, args: tuple[Value, ...]) -> bytes:
 # -- bids ---------------------------------------------------------------------------------------
 
 
+_BID_TYPES = (bytes, int, int, int, str, int, int, int, int, int, int, tuple, int, int)
+CONTRACT_BID_ARGS = len(_BID_TYPES) + 2
+"""A contract's bid has two more arguments: ``agent`` and ``max_answer``."""
+
+
+def _contract_terms(ctx: Context, args: tuple[Value, ...]) -> tuple[Address | None, int]:
+    """A contract's bid's ``agent`` and ``max_answer`` (None, 0 for an ordinary bid);
+    :class:`Revert` unless the caller is a contract, the agent an account other than it and the
+    answer bound at most :data:`MAX_ANSWER`."""
+    if len(args) != CONTRACT_BID_ARGS:
+        return None, 0
+    agent, max_answer = cast(Address, args[14]), uint(args[15])
+    ctx.charge(costs.BALANCE_GAS)  # reading the caller's account leaf, as ``balance`` does
+    if ctx.machine.leaf(ctx.caller).code_hash is None:
+        raise Revert("only a contract bids with an agent (an account forms its own deals)")
+    if agent in (ZERO_ADDRESS, ctx.caller):
+        raise Revert("a contract's bid names an agent: an account other than the contract")
+    if max_answer > MAX_ANSWER:
+        raise Revert(f"max_answer is 0 to {MAX_ANSWER} bytes, got {max_answer}")
+    return agent, max_answer
+
+
 def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``bid(job, cpus, memory, gpus, gpu_model, executor, timeout, max_price_cpu, max_price_gpu,
-    verification, collateral_ppm, mediators, max_fee, deadline) -> bid_id`` (payable)."""
-    check_args(args, bytes, int, int, int, str, int, int, int, int, int, int, tuple, int, int)
+    verification, collateral_ppm, mediators, max_fee, deadline) -> bid_id`` (payable); a
+    contract may add ``agent, max_answer`` (docs/spec/compute.md §3.12)."""
+    check_args(args, *_BID_TYPES, *((Address, int) if len(args) == CONTRACT_BID_ARGS else ()))
     job = fixed_bytes(args[0], HASH_SIZE, 0)
     cpus, memory, gpus = uint(args[1]), uint(args[2]), uint(args[3])
     gpu_model = _text_arg(args[4], MAX_GPU_MODEL, "a GPU model")
@@ -1052,6 +1243,7 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
     elif not mediators:
         raise Revert(f"verification {verification.name.lower()} needs at least one mediator")
     records.check_deadline(ctx, deadline, params.max_bid_blocks)
+    agent, max_answer = _contract_terms(ctx, args)
     need = bid_deposit(
         verification.replicas, cpus, gpus, timeout, max_price_cpu, max_price_gpu, max_fee
     )
@@ -1077,6 +1269,8 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
         max_fee,
         deadline,
         ctx.value,
+        agent,
+        max_answer,
     )
     bid_id = book.place_bid(placed, deadline)
     emit(
@@ -1086,6 +1280,8 @@ def bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
         job,
         (bid_id, cpus, memory, gpus, raw_executor, timeout, raw_verification, deadline, ctx.value),
     )
+    if agent is not None:
+        emit(ctx, CONTRACT_BID_PLACED, ctx.caller, job, (bid_id, agent, max_answer))
     return encode_value(bid_id)
 
 
@@ -1114,6 +1310,8 @@ def _checked_mediator(book: _Book, found: Bid, mediator: Address | None) -> Medi
         )
     if mediator == found.client:
         raise Revert("the client cannot mediate its own deal")
+    if mediator == found.agent:
+        raise Revert("a contract's agent cannot mediate its deal")
     return record
 
 
@@ -1220,7 +1418,7 @@ def deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     named = cast(Address, args[3])
     mediator = None if named == ZERO_ADDRESS else named
     book = _Book(ctx)
-    found = book.open_bid(bid_id)
+    found = _formable_bid(book, bid_id)
     height = ctx.env.height
     if height >= found.deadline:
         raise Revert(f"bid {bid_id}: its deadline {found.deadline} has passed")
@@ -1268,20 +1466,28 @@ def deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
         escrow,
         fee,
         False,
+        found.agent,
+        found.max_answer,
     )
     book.set_deal(bid_id, made)
     book.flush()
     ctx.schedule(
         commit_deadline, "cron_phase", encode_args([bid_id, int(Phase.RUN), commit_deadline])
     )
-    emit(
-        ctx,
-        DEAL_FORMED,
-        found.client,
-        deal_topic(bid_id),
-        (bid_id, found.job, addresses, named, commit_deadline, escrow),
-    )
+    formed: tuple[Value, ...] = (bid_id, found.job, addresses, named, commit_deadline, escrow)
+    if found.agent is not None:
+        formed = (*formed, found.agent)
+    emit(ctx, DEAL_FORMED, found.client, deal_topic(bid_id), formed)
     return encode_value(bid_id)
+
+
+def _formable_bid(book: _Book, bid_id: int) -> Bid:
+    """The open bid the caller may turn into a deal: its client's, or a contract's bid naming
+    the caller as its agent; :class:`Revert` otherwise."""
+    found = book.bid(bid_id)
+    if found is not None and found.agent is not None and found.agent == book.ctx.caller:
+        return found
+    return book.open_bid(bid_id)
 
 
 def _replica_of(book: _Book, deal_id: int, found: Deal) -> tuple[int, Replica]:
@@ -1327,11 +1533,57 @@ def commit(ctx: Context, args: tuple[Value, ...]) -> bytes:
     return b""
 
 
+def _stdout_entry(manifest: bytes) -> tuple[int, bytes]:
+    """The stdout entry (size, digest) of a result manifest's encoding (its first fields:
+    version, stop reason, exit code, stdout; :mod:`qoin.compute.outputs`); :class:`Revert` if
+    they do not decode. The files after it are not read: the root covers them."""
+    try:
+        reader = Reader(manifest)
+        version = reader.u8()
+        if version != MANIFEST_VERSION:
+            raise Revert(f"result manifest version {version}, expected {MANIFEST_VERSION}")
+        reader.var_bytes(MAX_STOP_REASON)
+        if read_bool(reader):
+            reader.varint()
+        return reader.varint(), reader.fixed(HASH_SIZE)
+    except DecodeError as exc:
+        raise Revert(f"the result manifest does not decode: {exc}") from None
+
+
+def _checked_answer(
+    ctx: Context, deal_id: int, index: int, found: Deal, root: bytes, manifest: bytes, data: bytes
+) -> Answer:
+    """A reveal's answer: ``manifest`` must hash to ``root`` and its stdout entry be ``data``'s
+    size and digest (stdout over the deal's ``max_answer``: ``data`` empty, the answer marked too
+    long); :class:`Revert` otherwise."""
+    where = f"deal {deal_id} replica {index}"
+    if len(manifest) > MAX_ANSWER_MANIFEST:
+        raise Revert(
+            f"{where}: the result manifest is {len(manifest)} bytes, a reveal carries at most "
+            f"{MAX_ANSWER_MANIFEST}"
+        )
+    if tagged_sha3(ctx, TAG_RESULT, manifest) != root:
+        raise Revert(f"{where}: the manifest is not the revealed root's")
+    size, digest = _stdout_entry(manifest)
+    if size > found.max_answer:
+        if data:
+            raise Revert(f"{where}: the stdout ({size} bytes) is over max_answer: send no answer")
+        return Answer(False, b"")
+    if len(data) != size or tagged_sha3(ctx, TAG_FILE, data) != digest:
+        raise Revert(f"{where}: the answer is not the stdout the manifest commits to")
+    return Answer(True, data)
+
+
 def reveal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``reveal(deal_id, root, salt, usage_cpu, usage_gpu)``: a provider that committed opens its
-    commitment, in the reveal phase; usage is capped at what the deal reserves. Once every
-    committed replica has revealed, the deal moves on (§3.4)."""
-    check_args(args, int, bytes, bytes, int, int)
+    commitment, in the reveal phase; usage is capped at what the deal reserves. A deal that asks
+    for an answer (``max_answer`` > 0) takes ``reveal(deal_id, root, salt, usage_cpu, usage_gpu,
+    manifest, answer)``: the result manifest's encoding and the job's stdout, checked against the
+    root (§3.12). Once every committed replica has revealed, the deal moves on (§3.4)."""
+    if len(args) == 7:
+        check_args(args, int, bytes, bytes, int, int, bytes, bytes)
+    else:
+        check_args(args, int, bytes, bytes, int, int)
     no_value(ctx, "reveal")
     deal_id = uint(args[0])
     root = fixed_bytes(args[1], HASH_SIZE, 1)
@@ -1346,6 +1598,24 @@ def reveal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     body = commitment_body(deal_id, ctx.caller, root, salt)
     if tagged_sha3(ctx, TAG_COMMIT, body) != replica.commitment:
         raise Revert(f"deal {deal_id} replica {index}: root and salt do not open the commitment")
+    if found.max_answer and len(args) != 7:
+        raise Revert(
+            f"deal {deal_id} asks for an answer: reveal with the result manifest and the stdout"
+        )
+    if not found.max_answer and len(args) == 7:
+        raise Revert(f"deal {deal_id} asks for no answer: reveal without manifest and stdout")
+    if found.max_answer:
+        answer = _checked_answer(
+            ctx, deal_id, index, found, root, cast(bytes, args[5]), cast(bytes, args[6])
+        )
+        book.put_record(answer_key(deal_id, index), answer)
+        emit(
+            ctx,
+            ANSWER_REVEALED,
+            ctx.caller,
+            deal_topic(deal_id),
+            (deal_id, index, answer.fits, answer.data),
+        )
     usage_cpu = min(uint(args[3]), found.cpus * found.timeout)
     usage_gpu = min(uint(args[4]), found.gpus * found.timeout)
     book.set_replica(
@@ -1412,8 +1682,10 @@ def dispute(ctx: Context, args: tuple[Value, ...]) -> bytes:
     deal_id = uint(args[0])
     book = _Book(ctx)
     found = book.deal(deal_id)
-    if found.client != ctx.caller:
-        raise Revert(f"deal {deal_id}: only its client {found.client} may dispute it")
+    if not found.may_act(ctx.caller):
+        raise Revert(
+            f"deal {deal_id}: only its client {found.client} (or its agent) may dispute it"
+        )
     _in_phase(book, deal_id, found, Phase.CHECK, "disputes")
     disputed = replace(found, disputed=True)
     emit(ctx, DISPUTE_OPENED, ctx.caller, deal_topic(deal_id), (deal_id,))
@@ -1479,6 +1751,7 @@ def verdict(ctx: Context, args: tuple[Value, ...]) -> bytes:
         fines=fines,
         fee_due=True,
         fee_from_fines=kind in (VerdictKind.WRONG_RESULT, VerdictKind.NOT_DELIVERED),
+        delivered=kind is not VerdictKind.NON_DETERMINISTIC,
     )
     book.flush()
     return b""
@@ -1580,14 +1853,17 @@ def _settle(
     fines: dict[int, FineReason],
     fee_due: bool = False,
     fee_from_fines: bool = False,
+    delivered: bool = True,
 ) -> None:
     """Pay the ``paid`` replicas for their usage, fine the ``fines`` ones and every replica that
     did not reveal (not delivered), pay the mediator's fee if due (from the fines first if
     ``fee_from_fines``), refund the rest to the client, release resources and collateral, delete
-    the deal."""
+    the deal; a contract's deal then has its callback scheduled (a result if ``delivered`` and
+    the paid replicas agree on a root)."""
     ctx = book.ctx
     params = book.params
     replicas = book.replicas(deal_id, found)
+    _deal_callback(book, deal_id, found, replicas, outcome, paid, delivered)
     fines = dict(fines)
     for index, replica in enumerate(replicas):
         if not replica.revealed:
@@ -1649,6 +1925,123 @@ def _settle(
         deal_topic(deal_id),
         (deal_id, int(outcome), payments, refund + client_share, slashed, burned),
     )
+
+
+# -- contracts' callbacks ------------------------------------------------------------------------
+
+
+def _deal_callback(
+    book: _Book,
+    deal_id: int,
+    found: Deal,
+    replicas: list[Replica],
+    outcome: Outcome,
+    paid: set[int],
+    delivered: bool,
+) -> None:
+    """Schedule a contract's settled deal's callback (nothing for an ordinary deal): the result
+    (root and answer) the paid replicas agree on, else a failure with the outcome (§3.12)."""
+    if found.agent is not None:
+        callback = _callback_for(book, deal_id, found, replicas, outcome, paid, delivered)
+        _schedule_callback(book, deal_id, found, callback)
+
+
+def _callback_for(
+    book: _Book,
+    deal_id: int,
+    found: Deal,
+    replicas: list[Replica],
+    outcome: Outcome,
+    paid: set[int],
+    delivered: bool,
+) -> Callback:
+    """What a contract's settled deal calls back (:func:`_deal_callback`); drops the answers."""
+    answers: dict[int, Answer | None] = {}
+    if found.max_answer:
+        for index in range(len(replicas)):
+            answers[index] = book.get(answer_key(deal_id, index), Answer.decode)
+            book.drop(answer_key(deal_id, index))
+    roots = {replicas[i].root for i in paid}
+    if not paid or not delivered or len(roots) != 1:
+        code = FailCode.UNDELIVERED if outcome is Outcome.COMPLETED else FailCode(int(outcome))
+        return Callback(found.client, True, int(code), ZERO_HASH, b"")
+    first = min(paid)
+    answer = answers.get(first)
+    if found.max_answer and (answer is None or not answer.fits):
+        return Callback(found.client, True, int(FailCode.ANSWER_TOO_LONG), ZERO_HASH, b"")
+    return Callback(
+        found.client, False, 0, replicas[first].root, b"" if answer is None else answer.data
+    )
+
+
+def _schedule_callback(book: _Book, number: int, found: Bid | Deal, callback: Callback) -> None:
+    """Keep ``callback`` under ``number`` and have the next height's cron make it."""
+    ctx = book.ctx
+    book.put_record(callback_key(number), callback)
+    height = ctx.env.height + 1
+    ctx.schedule(height, "cron_callback", encode_args([number]))
+    emit(
+        ctx,
+        CALLBACK_SCHEDULED,
+        found.client,
+        deal_topic(number),
+        (number, callback.method, callback.code, height),
+    )
+
+
+def cron_callback(ctx: Context, args: tuple[Value, ...]) -> bytes:
+    """``cron_callback(id) -> bool``, cron only: call the contract of a settled deal (or an
+    expired bid) back with :data:`CALLBACK_GAS`; whatever the call does (succeeds, reverts, runs
+    out of gas), the settlement stands and ``CallbackDone`` records it. False if none is due."""
+    check_args(args, int)
+    cron_only(ctx, "cron_callback")
+    number = uint(args[0])
+    book = _Book(ctx)
+    found = book.get(callback_key(number), Callback.decode)
+    if found is None:
+        return encode_value(False)
+    book.drop(callback_key(number))
+    book.flush()
+    result = ctx.call(found.contract, found.method, found.args(number), gas=CALLBACK_GAS)
+    emit(
+        ctx,
+        CALLBACK_DONE,
+        found.contract,
+        deal_topic(number),
+        (number, found.method, int(result.status), result.gas_used, result.reason),
+    )
+    return encode_value(True)
+
+
+def cancel_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
+    """``cancel_bid(bid_id)``: the client takes back an open bid; a contract's agent may too
+    (the deposit still goes to the contract, which is called back with ``NO_DEAL``)."""
+    check_args(args, int)
+    book = _Book(ctx)
+    found = book.bid(uint(args[0]))
+    if found is None or found.agent is None or found.agent != ctx.caller:
+        return records.cancel_bid(book, args)
+    no_value(ctx, "cancel_bid")
+    bid_id = uint(args[0])
+    book.refund_bid(bid_id, found)
+    _schedule_callback(
+        book, bid_id, found, Callback(found.client, True, int(FailCode.NO_DEAL), ZERO_HASH, b"")
+    )
+    book.flush()
+    emit(ctx, records.BID_CANCELLED, found.client, found.subject, (bid_id,))
+    return b""
+
+
+def cron_expire_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
+    """``cron_expire_bid(bid_id) -> bool``, cron only: refund a bid still open at its deadline
+    (a contract's is called back with ``NO_DEAL``)."""
+    check_args(args, int)
+    book = _Book(ctx)
+    found = book.bid(uint(args[0]))
+    if found is not None and found.agent is not None and ctx.caller == CRON_ADDRESS:
+        callback = Callback(found.client, True, int(FailCode.NO_DEAL), ZERO_HASH, b"")
+        _schedule_callback(book, uint(args[0]), found, callback)
+    return records.cron_expire_bid(book, args)
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -1757,7 +2150,8 @@ def mediators(ctx: Context, args: tuple[Value, ...]) -> bytes:
 
 
 def get_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
-    """``get_bid(bid) -> list(client, job, cpus, memory, gpus, gpu_model, executor, ...)``."""
+    """``get_bid(bid) -> list(client, job, cpus, memory, gpus, gpu_model, executor, ...,
+    deposit, agent, max_answer)`` (agent zero for an ordinary bid)."""
     found = records.stored_bid(ctx, args, Bid.decode)
     return encode_value(
         (
@@ -1777,6 +2171,8 @@ def get_bid(ctx: Context, args: tuple[Value, ...]) -> bytes:
             found.max_fee,
             found.deadline,
             found.deposit,
+            found.agent or ZERO_ADDRESS,
+            found.max_answer,
         )
     )
 
@@ -1798,7 +2194,8 @@ def _replica_record(index: int, replica: Replica) -> tuple[Value, ...]:
 
 def get_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
     """``get_deal(deal) -> list(client, job, mediator, verification, cpus, memory, gpus, timeout,
-    formed, phase, deadline, escrow, fee, disputed, replicas)``."""
+    formed, phase, deadline, escrow, fee, disputed, replicas, agent, max_answer)`` (agent zero for
+    an ordinary deal)."""
     check_args(args, int)
     no_value(ctx, "get_deal")
     book = _Book(ctx)
@@ -1824,6 +2221,8 @@ def get_deal(ctx: Context, args: tuple[Value, ...]) -> bytes:
             found.fee,
             found.disputed,
             replicas,
+            found.agent or ZERO_ADDRESS,
+            found.max_answer,
         )
     )
 
@@ -1841,6 +2240,9 @@ METHODS: dict[str, Callable[[Context, tuple[Value, ...]], bytes]] = {
     "verdict": verdict,
     "cron_phase": cron_phase,
     "cron_release_mediator": cron_release_mediator,
+    "cron_callback": cron_callback,
+    "cancel_bid": cancel_bid,
+    "cron_expire_bid": cron_expire_bid,
     "get_ask": get_ask,
     "asks": asks,
     "get_mediator": get_mediator,

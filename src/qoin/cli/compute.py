@@ -4,7 +4,7 @@ Commands (docs/spec/compute.md §6)::
 
     qoin compute run [--executor E] [--image IMG] [--input CID:/path ...] [--env NAME=VALUE ...]
                      [--cpus N] [--memory SIZE] [--gpus N] [--gpu-model M] [--timeout T]
-                     [--network] [--max-price P] [--max-gpu-price P] [--verify none|spot|replicated]
+                     [--network] [--runtime REF] [--max-price P] [--max-gpu-price P] [--verify none|spot|replicated]
                      [--determinism exact|same-hardware|none] [--min-collateral K] [--max-fee F]
                      [--provider ADDR ...] [--deadline BLOCKS] [--out DIR] [--dry-run]
                      --key KEYSTORE -- CMD...
@@ -132,6 +132,12 @@ MaxFilesOption = Annotated[
     int, typer.Option("--max-files", help="Files the job may leave in /outputs.", min=0)
 ]
 MaxLogOption = Annotated[str, typer.Option("--max-log", help="Bytes of stdout and stderr.")]
+RuntimeOption = Annotated[
+    str,
+    typer.Option(
+        "--runtime", help="sandbox: a runtime ref name@id the provider mounts at /runtime."
+    ),
+]
 
 
 def parse_duration(text: str) -> int:
@@ -176,6 +182,7 @@ def job_options(
     max_log: str,
     *,
     local: bool = False,
+    runtime: str = "",
 ) -> JobOptions:
     """The job's options, checked (:class:`BadOptions` saying what is wrong)."""
     options = JobOptions(
@@ -195,6 +202,7 @@ def job_options(
         outputs=OutputLimits(
             _size(max_output, "--max-output"), max_files, _size(max_log, "--max-log")
         ),
+        runtime=runtime.strip(),
     )
     options.spec()  # every rule of the spec, before anything is asked
     return options
@@ -366,6 +374,7 @@ def run(
     max_output: MaxOutputOption = "1GiB",
     max_files: MaxFilesOption = 10_000,
     max_log: MaxLogOption = "16MiB",
+    runtime: RuntimeOption = "",
     max_price: Annotated[
         int | None, typer.Option(help="Shor per CPU-second at most (default: any).", min=0)
     ] = None,
@@ -400,7 +409,7 @@ def run(
     try:
         options = job_options(
             command, executor, image, inputs, env, cpus, memory, gpus, gpu_model, timeout,
-            network, verify, determinism, max_output, max_files, max_log,
+            network, verify, determinism, max_output, max_files, max_log, runtime=runtime,
         )  # fmt: skip
         market_options = MarketOptions(
             max_price=max_price,

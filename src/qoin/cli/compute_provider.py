@@ -7,6 +7,7 @@
                           [--deposit SHOR] [--executors sandbox,wasm,docker]
                           [--listen HOST:PORT] [--announce HOST:PORT] [--mediators ADDR,...]
                           [--mediator [--fee F] [--stake S]] [--keep-blocks B]
+                          [--runtime DIR ...]
                           [--rpc URL] [--password-file F] [--json]
 
 Runs the daemon (:mod:`qoin.compute.provider.daemon`) until Ctrl-C or SIGTERM. Asking for more
@@ -19,15 +20,22 @@ CPUs, memory or GPUs than the machine has is refused; executors that cannot run 
 market's least). Sizes are bytes or a number with a unit (``MiB``, ``GiB``, ``MB``, ...). Exit codes:
 0 a clean stop, 1 a failure (the node unreachable, a transaction refused), 2 unusable options.
 
-``--misbehave random-output|copy-reveal|withhold`` (hidden) is for TESTS ONLY: the provider then
-cheats on purpose (a random root; a random root then a copied reveal; never revealing) so the
-replicated tests can check that the mediator catches it.
+``--runtime DIR`` (repeatable) offers the runtime prepared in DIR (``qoin ai runtime install``) to
+sandbox jobs naming it (mounted read-only at ``/runtime``); one that does not load is an error.
+The default runtime directory (``$QOIN_AI_RUNTIME``, else ``$QOIN_HOME/ai-runtime``) is offered
+too when it holds a runtime. The ready line lists the refs (``"runtimes"``).
+
+``--misbehave random-output|copy-reveal|withhold|fewer-epochs`` (hidden) is for TESTS ONLY: the
+provider then cheats on purpose (a random root; a random root then a copied reveal; never
+revealing; running the job with every ``--epochs N`` as ``--epochs 1``) so the replicated tests
+can check that the mediator catches it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -141,6 +149,10 @@ def provider_command(
     keep_blocks: Annotated[
         int, typer.Option(help="Blocks a settled job's files are kept.", min=0)
     ] = DEFAULT_KEEP_BLOCKS,
+    runtime: Annotated[
+        list[Path] | None,
+        typer.Option("--runtime", help="A runtime directory offered to sandbox jobs (repeatable)."),
+    ] = None,
     rpc: RpcOption = DEFAULT_RPC,
     password_file: PasswordFile = None,
     json_output: Annotated[bool, typer.Option("--json", help="Log lines as JSON objects.")] = False,
@@ -179,6 +191,7 @@ def provider_command(
         keep_blocks=keep_blocks,
         misbehave=misbehave,
         json_log=json_output,
+        runtimes=tuple(runtime or ()),
     )
     provider = ComputeProvider(config, keypair)
 

@@ -52,6 +52,14 @@ def devnet(
             max=8,
         ),
     ] = None,
+    ai_runtime: Annotated[
+        Path | None,
+        typer.Option(
+            "--ai-runtime",
+            help="The AI runtime the compute providers offer (default: the default runtime "
+            "directory's, if it holds one).",
+        ),
+    ] = None,
     datadir: Annotated[
         Path | None,
         typer.Option(help="Keep the network here (default: a fresh temporary directory)."),
@@ -72,6 +80,7 @@ def devnet(
         storage_providers=storage_providers,
         compute_providers=compute_providers,
         mediators=(1 if compute_providers else 0) if mediators is None else mediators,
+        ai_runtime=ai_runtime,
     )
     with tempfile.TemporaryDirectory(prefix="qoin-devnet-", ignore_cleanup_errors=True) as tmp:
         root = datadir or Path(tmp)

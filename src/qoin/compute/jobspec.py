@@ -1,7 +1,7 @@
 """The canonical job spec and its hash (docs/spec/compute.md §2).
 
 A job spec says everything a provider needs to run a job and everything that decides its result:
-the executor, the image or command, the inputs (storage-market content ids and where they appear,
+the executor, the image or command, the runtime it runs from, the inputs (storage-market content ids and where they appear,
 with their file keys wrapped under the job key), the resources, the timeout, whether the network is
 on, how deterministic the client says the job is, the verification level and the output limits.
 Its canonical encoding (:mod:`qoin.encoding.codec`: bounded sizes, minimal varints, no trailing
@@ -59,11 +59,16 @@ JOB_KEY_SIZE = 32
 NONCE_SIZE = 12
 OUTPUTS_DIR = "/outputs"
 """Where a job writes its outputs (never an input path)."""
+RUNTIME_DIR = "/runtime"
+"""Where a sandbox job sees the runtime its spec names, read-only (never an input path)."""
+MAX_RUNTIME = 128
+"""Longest runtime ref, in bytes."""
 
 E = TypeVar("E", bound=IntEnum)
 
 _DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RUNTIME = re.compile(r"[a-z0-9][a-z0-9._-]*@[0-9a-f]{32}")
 
 
 class JobSpecError(QoinError):
@@ -178,6 +183,10 @@ class JobSpec:
     """How its result is checked."""
     outputs: OutputLimits = field(default_factory=OutputLimits)
     """Output limits."""
+    runtime: str = ""
+    """Empty, or the ref ``name@<32 hex>`` of a runtime the provider prepared (sandbox only),
+    mounted read-only at :data:`RUNTIME_DIR` (e.g. ``qoin-ai@…``: the command is then
+    ``/runtime/bin/python -m qoin_ai_job …``)."""
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -188,7 +197,14 @@ class JobSpec:
 
     def problem(self) -> str | None:
         """Which rule the spec breaks, or None."""
-        for check in (_executor_problem, _env_problem, _inputs_problem, _numbers_problem):
+        checks = (
+            _executor_problem,
+            _runtime_problem,
+            _env_problem,
+            _inputs_problem,
+            _numbers_problem,
+        )
+        for check in checks:
             problem = check(self)
             if problem is not None:
                 return problem
@@ -201,6 +217,7 @@ class JobSpec:
         writer.varint(len(self.command))
         for arg in self.command:
             writer.var_bytes(arg.encode(), MAX_ARG)
+        writer.var_bytes(self.runtime.encode(), MAX_RUNTIME)
         writer.varint(len(self.env))
         for name, value in self.env:
             writer.var_bytes(name.encode(), MAX_ENV_NAME).var_bytes(value.encode(), MAX_ENV_VALUE)
@@ -229,6 +246,7 @@ class JobSpec:
         executor = _enum(Executor, reader.u8(), "executor")
         image = _text(reader, MAX_IMAGE)
         command = tuple(_text(reader, MAX_ARG) for _ in range(reader.count(MAX_ARGS)))
+        runtime = _text(reader, MAX_RUNTIME)
         env = tuple(
             (_text(reader, MAX_ENV_NAME), _text(reader, MAX_ENV_VALUE))
             for _ in range(reader.count(MAX_ENV))
@@ -262,6 +280,7 @@ class JobSpec:
             determinism,
             verification,
             outputs,
+            runtime,
         )
 
     @property
@@ -324,6 +343,19 @@ def _executor_problem(spec: JobSpec) -> str | None:
     return problem or _command_problem(spec)
 
 
+def _runtime_problem(spec: JobSpec) -> str | None:
+    if not spec.runtime:
+        return None
+    if len(spec.runtime.encode()) > MAX_RUNTIME or not _RUNTIME.fullmatch(spec.runtime):
+        return (
+            f"runtime {spec.runtime[:80]!r} is not a runtime ref "
+            f"[a-z0-9][a-z0-9._-]*@<32 hex digits> of at most {MAX_RUNTIME} bytes"
+        )
+    if spec.executor is not Executor.SANDBOX:
+        return f"only sandbox jobs name a runtime ({spec.executor.name.lower()} jobs cannot)"
+    return None
+
+
 def _env_problem(spec: JobSpec) -> str | None:
     if len(spec.env) > MAX_ENV:
         return f"at most {MAX_ENV} environment variables"
@@ -350,8 +382,9 @@ def _input_problem(item: Input) -> str | None:
         not path.startswith("/") or path == "/" or posixpath.normpath(path) != path
     ):
         problem = f"input path {path[:80]!r} is not a normalised absolute path"
-    if problem is None and (path == OUTPUTS_DIR or path.startswith(OUTPUTS_DIR + "/")):
-        problem = f"input path {path[:80]!r} lies in {OUTPUTS_DIR}"
+    for place in (OUTPUTS_DIR, RUNTIME_DIR):
+        if problem is None and (path == place or path.startswith(place + "/")):
+            problem = f"input path {path[:80]!r} lies in {place}"
     return problem
 
 

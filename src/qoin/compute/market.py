@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from qoin.actors.compute_market import (
+    CALLBACK_GAS,
     EVENT_NAMES,
+    FAILED_CALLBACK,
     KEM_KEY_SIZE,
+    MAX_ANSWER,
+    MAX_ANSWER_MANIFEST,
+    RESULT_CALLBACK,
     ZERO_ADDRESS,
     ZERO_HASH,
+    FailCode,
     FineReason,
     Outcome,
     Phase,
@@ -63,12 +69,18 @@ SALT_SIZE = 32
 """Bytes of a commitment's salt."""
 
 __all__ = [
+    "CALLBACK_GAS",
     "COMPUTE_MARKET",
     "EVENT_NAMES",
+    "FAILED_CALLBACK",
+    "MAX_ANSWER",
+    "MAX_ANSWER_MANIFEST",
+    "RESULT_CALLBACK",
     "AskInfo",
     "BidInfo",
     "ComputeMarketView",
     "DealInfo",
+    "FailCode",
     "FineReason",
     "MarketCall",
     "MarketError",
@@ -232,9 +244,21 @@ def commit(deal_id: int, sealed: bytes) -> MarketCall:
     return MarketCall("commit", (deal_id, sealed))
 
 
-def reveal(deal_id: int, root: bytes, salt: bytes, usage_cpu: int, usage_gpu: int) -> MarketCall:
-    """``reveal(deal_id, root, salt, usage_cpu, usage_gpu)``."""
-    return MarketCall("reveal", (deal_id, root, salt, usage_cpu, usage_gpu))
+def reveal(
+    deal_id: int,
+    root: bytes,
+    salt: bytes,
+    usage_cpu: int,
+    usage_gpu: int,
+    answer: tuple[bytes, bytes] | None = None,
+) -> MarketCall:
+    """``reveal(deal_id, root, salt, usage_cpu, usage_gpu)``; with ``answer`` = (the result
+    manifest's encoding, the stdout or nothing when it is over the deal's ``max_answer``) for a
+    deal that asks for one."""
+    args: tuple[Value, ...] = (deal_id, root, salt, usage_cpu, usage_gpu)
+    if answer is not None:
+        args = (*args, *answer)
+    return MarketCall("reveal", args)
 
 
 def dispute(deal_id: int) -> MarketCall:
@@ -438,16 +462,25 @@ class BidInfo:
     """Height from which it can no longer become a deal."""
     deposit: int
     """Shor it holds."""
+    agent: Address | None = None
+    """A contract's bid: the account that may form its deal (None: an ordinary bid)."""
+    max_answer: int = 0
+    """A contract's bid: the most bytes of stdout its answer may hold (0: no answer)."""
 
     @property
     def replicas(self) -> int:
         """Providers the deal needs."""
         return self.verification.replicas
 
+    @property
+    def acting(self) -> Address:
+        """Who acts for the bid off chain (offers, vouching): its agent, else its client."""
+        return self.agent or self.client
+
     @classmethod
     def from_value(cls, bid_id: int, value: Value) -> BidInfo:
-        """From the view's ``list(client, job, cpus, ...)``."""
-        f = _list(value, "a bid", 16)
+        """From the view's ``list(client, job, cpus, ..., deposit, agent, max_answer)``."""
+        f = _list(value, "a bid", 18)
         return cls(
             bid_id,
             _address(f[0], "client"),
@@ -466,6 +499,8 @@ class BidInfo:
             _uint(f[13], "max_fee"),
             _uint(f[14], "deadline"),
             _uint(f[15], "deposit"),
+            _optional_address(f[16], "agent"),
+            _answer_bound(f[17]),
         )
 
 
@@ -556,11 +591,22 @@ class DealInfo:
     """Whether the client disputed."""
     replicas: tuple[ReplicaInfo, ...]
     """Its providers, in order."""
+    agent: Address | None = None
+    """A contract's deal: the account that formed it (None: an ordinary deal)."""
+    max_answer: int = 0
+    """A contract's deal: the most bytes of stdout its answer may hold (0: the reveal carries
+    no answer)."""
+
+    @property
+    def acting(self) -> Address:
+        """Who acts for the deal off chain (follows it on the providers): its agent, else its
+        client."""
+        return self.agent or self.client
 
     @classmethod
     def from_value(cls, deal_id: int, value: Value) -> DealInfo:
-        """From the view's ``list(client, job, mediator, ..., replicas)``."""
-        f = _list(value, "a deal", 15)
+        """From the view's ``list(client, job, mediator, ..., replicas, agent, max_answer)``."""
+        f = _list(value, "a deal", 17)
         replicas = tuple(ReplicaInfo.from_value(r) for r in _list(f[14], "replicas"))
         if [r.index for r in replicas] != list(range(len(replicas))):
             raise MarketError("a deal's replicas are not listed in order")
@@ -581,7 +627,16 @@ class DealInfo:
             _uint(f[12], "fee"),
             _bool(f[13], "disputed"),
             replicas,
+            _optional_address(f[15], "agent"),
+            _answer_bound(f[16]),
         )
+
+
+def _answer_bound(value: Value) -> int:
+    found = _uint(value, "max_answer")
+    if found > MAX_ANSWER:
+        raise MarketError(f"max_answer is at most {MAX_ANSWER}, got {found}")
+    return found
 
 
 def totals_from_value(value: Value) -> Totals:

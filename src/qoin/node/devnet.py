@@ -119,6 +119,9 @@ class DevnetConfig:
     """Compute provider daemons to run beside the nodes (:mod:`qoin.node.devnet_compute`)."""
     mediators: int = 0
     """Compute mediators, started before the compute providers."""
+    ai_runtime: Path | None = None
+    """The AI runtime the compute providers and mediators offer (``--runtime``); None: the
+    default runtime directory's (:func:`qoin.ai.runtime.default_dir`) when it loads."""
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -378,7 +381,9 @@ class Devnet:
         ]
         self.sender: TransferSender | None = None
         self.storage = StorageProviders(root, config.storage_providers)
-        self.compute = ComputeProviders(root, config.compute_providers, config.mediators)
+        self.compute = ComputeProviders(
+            root, config.compute_providers, config.mediators, config.ai_runtime
+        )
         self._samples: deque[tuple[float, int]] = deque()
         self._started = time.monotonic()
         self._shown = 0.0
@@ -500,10 +505,13 @@ class Devnet:
 
     def _start_compute(self, cancel: threading.Event) -> None:
         """Start the mediators, then the compute providers (funded by :meth:`_fund`)."""
+        if self.compute.ai_runtime_note:
+            self.note(self.compute.ai_runtime_note)
         self.compute.start(cancel)
         for node in self.compute.everyone:
             role = "mediator" if node.mediator else "compute provider"
-            self.note(f"{node.name} ({role}) {node.address} serves {node.url}")
+            offers = f"; runtimes {', '.join(node.runtimes)}" if node.runtimes else ""
+            self.note(f"{node.name} ({role}) {node.address} serves {node.url}{offers}")
 
     def _describe(self) -> None:
         """Write ``devnet.json`` (:func:`qoin.node.devnet_storage.describe`)."""

@@ -11,9 +11,15 @@ also a provider (it runs jobs too) that accepts the other mediators. Files::
     mediator<i>/key.json, mediator<i>/data/, mediator<i>.log   mediator i
     compute<i>/key.json, compute<i>/data/, compute<i>.log      compute provider i
 
+AI runtime: every provider and mediator is given ``--runtime DIR`` for the devnet's AI runtime
+(``qoin devnet --ai-runtime DIR``, which must load; by default the default runtime directory,
+:func:`qoin.ai.runtime.default_dir`, when it holds a runtime that loads), so AI jobs run on the
+devnet's market.
+
 ``devnet.json`` lists them under ``compute_providers`` and ``mediators`` (name, address, endpoint,
-url, pid, datadir, keystore, rpc, log, mediator flag). They are stopped with the devnet, before
-the nodes. :class:`ComputeDevnet` is the devnet with them.
+url, pid, datadir, keystore, rpc, log, mediator flag, the refs of the runtimes it offers) and the
+AI runtime under ``ai_runtime`` (ref, path, torch; null without one). They are stopped with the
+devnet, before the nodes. :class:`ComputeDevnet` is the devnet with them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from qoin.ai import runtime as ai_runtime
+from qoin.ai.runtime import AiRuntimeError, RuntimeInfo
 from qoin.errors import QoinError
 from qoin.node.devnet_storage import (
     FUNDING,
@@ -68,24 +76,48 @@ class ComputeNode:
     """``host:port`` of its API, once it is ready."""
     url: str = ""
     """Its compute API base URL."""
+    runtimes: tuple[str, ...] = ()
+    """The refs of the runtimes it offers (from its ready line)."""
 
     def json(self) -> dict[str, Any]:
         """Its entry in ``devnet.json``."""
-        return {**daemon_entry(self), "mediator": self.mediator}
+        return {**daemon_entry(self), "mediator": self.mediator, "runtimes": list(self.runtimes)}
 
 
 class ComputeProviders:
     """Makes, funds, starts and stops the devnet's mediators and compute providers."""
 
-    def __init__(self, root: Path, providers: int, mediators: int) -> None:
+    def __init__(
+        self, root: Path, providers: int, mediators: int, ai_runtime_dir: Path | None = None
+    ) -> None:
         self.root = root
         self.count = providers
         self.mediator_count = mediators
         self.mediators: list[ComputeNode] = []
         self.providers: list[ComputeNode] = []
+        self.ai_runtime_dir = ai_runtime_dir
+        """The AI runtime asked for (None: the default directory's, if it loads)."""
+        self.ai_runtime: RuntimeInfo | None = None
+        """The AI runtime the daemons are given (:meth:`prepare`)."""
+        self.ai_runtime_note = ""
+        """Why there is none (when there is none)."""
 
     def prepare(self, node_rpcs: Sequence[str]) -> None:
-        """Each one's key (made on the first start) and node."""
+        """Each one's key (made on the first start) and node, and the AI runtime
+        (:class:`ComputeDaemonError` if the one asked for does not load)."""
+        if not (self.count or self.mediator_count):
+            pass
+        elif self.ai_runtime_dir is not None:
+            try:
+                self.ai_runtime = ai_runtime.load(self.ai_runtime_dir)
+            except AiRuntimeError as exc:
+                raise ComputeDaemonError(f"--ai-runtime {self.ai_runtime_dir}: {exc}") from None
+        else:
+            place = ai_runtime.default_dir()
+            try:
+                self.ai_runtime = ai_runtime.load(place)
+            except AiRuntimeError as exc:
+                self.ai_runtime_note = f"no AI runtime for the compute providers ({exc})"
         for i in range(self.mediator_count):
             self.mediators.append(self._node(f"mediator{i}", i, node_rpcs, mediator=True))
         for i in range(self.count):
@@ -132,6 +164,8 @@ class ComputeProviders:
         self._await(self.providers, cancel)
 
     def _start(self, node: ComputeNode, extra: list[str]) -> None:
+        if self.ai_runtime is not None:
+            extra = [*extra, "--runtime", str(self.ai_runtime.path)]
         options = ["--cpus", str(CPUS), "--memory", MEMORY, "--price", str(PRICE),
                    "--listen", "127.0.0.1:0", *extra, *node.options]  # fmt: skip
         node.child = start_daemon(node, ("compute", "provider"), options, READY)
@@ -142,6 +176,7 @@ class ComputeProviders:
                 ready = json.loads(found[0])
                 node.endpoint = str(ready["endpoint"])
                 node.url = str(ready.get("url") or f"http://{node.endpoint}/compute/v1")
+                node.runtimes = tuple(str(ref) for ref in ready.get("runtimes") or ())
             except (ValueError, KeyError, TypeError):
                 raise ComputeDaemonError(f"{node.name} printed an unreadable ready line") from None
 
@@ -150,8 +185,14 @@ class ComputeProviders:
         return [n.child for n in self.providers + self.mediators if n.child is not None]
 
     def description(self) -> dict[str, Any]:
-        """Their entries in ``devnet.json``: ``compute_providers`` and ``mediators``."""
+        """Their entries in ``devnet.json``: ``compute_providers``, ``mediators`` (each with the
+        refs of its runtimes) and ``ai_runtime`` (the runtime they were given, or null)."""
+        found = self.ai_runtime
+        runtime = None
+        if found is not None:
+            runtime = {"ref": found.ref, "path": str(found.path), "torch": found.torch}
         return {
             "compute_providers": [node.json() for node in self.providers],
             "mediators": [node.json() for node in self.mediators],
+            "ai_runtime": runtime,
         }

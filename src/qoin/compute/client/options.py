@@ -81,6 +81,8 @@ class JobOptions:
     determinism: Determinism = Determinism.EXACT
     verification: Verification = Verification.NONE
     outputs: OutputLimits = field(default_factory=OutputLimits)
+    runtime: str = ""
+    """A runtime ref ``name@id`` mounted read-only at ``/runtime`` (sandbox only; empty: none)."""
 
     def spec(self, keys_by_path: Mapping[str, bytes] | None = None) -> JobSpec:
         """The job spec (input keys from ``keys_by_path``, else empty); :class:`BadOptions` for
@@ -103,6 +105,7 @@ class JobOptions:
                 determinism=self.determinism,
                 verification=self.verification,
                 outputs=self.outputs,
+                runtime=self.runtime,
             )
         except JobSpecError as exc:
             raise BadOptions(str(exc).removeprefix("job spec: ")) from None

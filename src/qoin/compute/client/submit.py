@@ -346,13 +346,16 @@ def submit(
     jobs: Path,
     watcher: Watcher = NO_WATCHER,
     http: httpx.Client | None = None,
+    placed: BidInfo | None = None,
 ) -> Submitted:
     """Bid for ``prepared``, gather acceptances, form the deal, keep the job record in ``jobs``,
-    hand the job to the mediator. :class:`NoMatch` (the bid cancelled) if no deal forms."""
+    hand the job to the mediator. :class:`NoMatch` (the bid cancelled) if no deal forms.
+    ``placed``: a bid placed already (a contract's, whose agent ``wallet`` is:
+    :mod:`qoin.compute.client.contract`) instead of placing one."""
     spec = prepared.spec
     spec_bytes = spec.encode()
     sent = _Sent()
-    bid = _place_bid(wallet, view, prepared, sent)
+    bid = placed or _place_bid(wallet, view, prepared, sent)
     watcher.phase(
         "match",
         f"bid {bid.bid_id} placed: deposit {bid.deposit} Shor, open until height {bid.deadline}",

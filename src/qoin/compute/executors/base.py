@@ -94,6 +94,9 @@ class JobDirs:
     docker: a size-bounded tmpfs in memory, so this directory stays empty)."""
     outputs: Path
     """``/outputs``: writable; the only thing kept."""
+    runtime: Path | None = None
+    """The directory of the runtime ``spec.runtime`` names, seen read-only at ``/runtime``
+    (sandbox only); None when the spec names none."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,13 @@ def check_dirs(spec: JobSpec, dirs: JobDirs, kind: Executor) -> None:
     for what, path in (("root", dirs.root), ("work", dirs.work), ("outputs", dirs.outputs)):
         if not path.is_dir():
             raise ExecutorError(f"the job's {what} directory {path} is missing")
+    if spec.runtime and dirs.runtime is None:
+        raise ExecutorError(f"the job names runtime {spec.runtime} but no runtime was given")
+    if dirs.runtime is not None:
+        if not spec.runtime:
+            raise ExecutorError("a runtime directory given for a job that names no runtime")
+        if not dirs.runtime.is_dir():
+            raise ExecutorError(f"the runtime directory {dirs.runtime} is missing")
     wanted = {item.path for item in spec.inputs}
     given = {inside for _, inside in dirs.inputs}
     if wanted != given:

@@ -16,6 +16,11 @@ The sandbox:
   job's memory, also its working directory), ``/outputs`` (the job's outputs directory on the
   provider) and ``/dev/shm`` (a tmpfs, counted against memory too); the inputs read-only at their
   paths; ``/proc`` of its own pid namespace and a minimal ``/dev``;
+* the runtime the spec names (``spec.runtime``, e.g. a venv with PyTorch), read-only at
+  ``/runtime`` (:attr:`JobDirs.runtime`); with ``spec.resources.gpus > 0``, the NVIDIA device
+  nodes the provider has (``/dev/nvidia*``, ``/dev/nvidia-caps/*``, :func:`nvidia_devices`)
+  bound into ``/dev`` (``--dev-bind``: a GPU job needs them read-write; the driver's libraries
+  come from the read-only system as for any program);
 * a non-root user inside (uid/gid 65534) with no capabilities; when the provider runs as root,
   bubblewrap itself runs as that unprivileged user too (so a process that escaped every
   namespace would still be ``nobody``, and ``RLIMIT_NPROC``, which the kernel never enforces
@@ -88,7 +93,7 @@ from qoin.compute.executors.common import (
     job_rlimits,
     read_pipe,
 )
-from qoin.compute.jobspec import Executor, JobSpec
+from qoin.compute.jobspec import RUNTIME_DIR, Executor, JobSpec
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Mounted read-only (a symbolic link is recreated as one)."""
@@ -112,6 +117,8 @@ PROBE_TIMEOUT = 30
 PROBES = 3
 """Trivial jobs run to check the sandbox and measure its launch (the quickest counts)."""
 STATUS_LIMIT = 64 * 1024
+DEV = Path("/dev")
+NVIDIA_CAPS = "nvidia-caps"
 STAGE = Path("/run/qoin-sandbox")
 """Where, when the provider is root, the job's directories appear to bubblewrap (see
 :func:`_stage`): a root-owned empty directory with a private tmpfs on it in the sandbox's own
@@ -369,7 +376,11 @@ class SandboxExecutor:
         args += ["--ro-bind-data", data(PASSWD.encode()), "/etc/passwd"]
         args += ["--ro-bind-data", data(GROUP.encode()), "/etc/group"]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        if spec.resources.gpus > 0:
+            args += gpu_args(nvidia_devices())
         args += ["--size", memory, "--tmpfs", SHM, "--remount-ro", "/dev"]
+        if dirs.runtime is not None:
+            args += ["--ro-bind", source(dirs.runtime), RUNTIME_DIR]
         args += ["--size", memory, "--tmpfs", "/work"]
         args += ["--bind", source(dirs.outputs), "/outputs"]
         for host, inside in sorted(dirs.inputs, key=lambda item: (item[1].count("/"), item[1])):
@@ -391,6 +402,50 @@ class SandboxExecutor:
         return limits
 
 
+def nvidia_devices(dev: Path = DEV) -> tuple[str, ...]:
+    """The NVIDIA device nodes under ``dev`` (``nvidia*`` that are not directories, and what
+    ``nvidia-caps/`` holds), sorted; empty on a machine without the driver."""
+    try:
+        found = [str(path) for path in dev.glob("nvidia*") if not path.is_dir()]
+        caps = dev / NVIDIA_CAPS
+        if caps.is_dir():
+            found += [str(path) for path in caps.iterdir() if not path.is_dir()]
+    except OSError:
+        return ()
+    return tuple(sorted(found))
+
+
+def gpu_args(devices: tuple[str, ...]) -> list[str]:
+    """bubblewrap's arguments binding each device node at the same path inside (read-write:
+    ``--dev-bind``; placed after ``--dev /dev``, before it is remounted read-only)."""
+    args: list[str] = []
+    for device in devices:
+        args += ["--dev-bind", device, device]
+    return args
+
+
+def runtime_problem(path: Path) -> str | None:
+    """Why a runtime directory would not work in the sandbox, or None: each program of its
+    ``bin/`` (a venv's ``python`` is a link to the interpreter it was made with) must lie in
+    the runtime itself or in the read-only system the sandbox mounts (:data:`SYSTEM_DIRS`), since
+    nothing else of the provider's files is there (e.g. not ``/root/.pyenv``)."""
+    seen = tuple(Path(top).resolve() for top in SYSTEM_DIRS if Path(top).exists())
+    places = (path.resolve(), *seen)
+    try:
+        programs = sorted((path / "bin").iterdir())
+    except OSError as exc:
+        return f"runtime {path}: cannot list its bin/: {exc.strerror}"
+    for program in programs:
+        target = program.resolve()
+        if not any(target.is_relative_to(place) for place in places):
+            return (
+                f"runtime {path}: bin/{program.name} is {target}, which a sandboxed job cannot "
+                f"see (only {', '.join(SYSTEM_DIRS[:3])}, /lib* and /runtime are there): make "
+                "the runtime again with a Python under /usr (e.g. /usr/bin/python3)"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class _Staged:
     """The job's directories as bubblewrap sees them when it runs as the job's user."""
@@ -402,10 +457,14 @@ class _Staged:
 
 
 def _staged(dirs: JobDirs) -> _Staged:
-    """Where the job's outputs directory and input files appear under :data:`STAGE`."""
+    """Where the job's outputs directory, input files and runtime appear under :data:`STAGE`."""
     binds = [(str(dirs.outputs), f"{STAGE}/outputs")]
     binds += [(str(host), f"{STAGE}/input-{index}") for index, (host, _) in enumerate(dirs.inputs)]
-    return _Staged(tuple(binds), frozenset({str(dirs.outputs)}))
+    folders = {str(dirs.outputs)}
+    if dirs.runtime is not None:
+        binds.append((str(dirs.runtime), f"{STAGE}/runtime"))
+        folders.add(str(dirs.runtime))
+    return _Staged(tuple(binds), frozenset(folders))
 
 
 def _stage_dir() -> None:

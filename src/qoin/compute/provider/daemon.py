@@ -4,6 +4,10 @@ follows the chain and runs the jobs of its deals.
 * **Start**: what the machine has is detected (CPUs, physical memory, NVIDIA GPUs through
   ``nvidia-smi``); asking for more is refused. Each executor asked for is offered only if it can
   run here (:func:`qoin.compute.executors.available`); the others are left out with the reason.
+  Each runtime of ``--runtime DIR`` is loaded (:func:`qoin.ai.runtime.load`; one that does not
+  load, or that a sandboxed job could not use, is a start-up error saying why), and the default
+  runtime directory (:func:`qoin.ai.runtime.default_dir`) is offered too when it loads (why not
+  is logged otherwise); jobs naming another runtime are refused.
   The HTTP API listens; with ``--mediator`` the mediator record is registered (or its stake topped
   up); the ask is posted (or updated) with the endpoint, the ML-KEM-768 key (``DATADIR/kem.key``),
   the public key, the mediators it accepts (``--mediators``, else every active mediator but itself,
@@ -42,8 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from qoin.ai import runtime as ai_runtime
+from qoin.ai.runtime import AiRuntimeError, RuntimeInfo
 from qoin.compute import market
 from qoin.compute.executors import executor_for
+from qoin.compute.executors.sandbox import runtime_problem
 from qoin.compute.jobspec import Executor
 from qoin.compute.market import COMPUTE_MARKET, ComputeMarketView, Phase, ReplicaState
 from qoin.compute.params import ComputeParams
@@ -159,6 +166,10 @@ class ComputeConfig:
     misbehave: str | None = None
     """TEST ONLY (:data:`qoin.compute.provider.jobs.MISBEHAVIOURS`)."""
     json_log: bool = False
+    runtimes: tuple[Path, ...] = ()
+    """Runtime directories offered (``--runtime``): each must load."""
+    default_runtime: bool = True
+    """Also offer the runtime of :func:`qoin.ai.runtime.default_dir` when it loads."""
 
 
 class ComputeProvider:
@@ -185,6 +196,7 @@ class ComputeProvider:
         self.book: JobBook | None = None
         self.mediations: Mediations | None = None
         self.executors: dict[Executor, str | None] = {}
+        self.runtimes: tuple[RuntimeInfo, ...] = ()
         self._mediators: tuple[Address, ...] = ()
         self._seen_logs = SeenLogs()
         self._kem_public = b""
@@ -209,6 +221,7 @@ class ComputeProvider:
             "endpoint": self.endpoint,
             "url": f"{url}/compute/v1",
             "executors": {kind.name.lower(): why for kind, why in self.executors.items()},
+            "runtimes": [info.ref for info in self.runtimes],
             "cpus": self.config.capacity.cpus,
             "memory": self.config.capacity.memory,
             "gpus": self.config.capacity.gpus,
@@ -231,6 +244,7 @@ class ComputeProvider:
         if not offered:
             reasons = "; ".join(f"{k.name.lower()}: {w}" for k, w in self.executors.items())
             raise ConfigError(f"no executor can run here ({reasons})")
+        self.runtimes = self._runtimes()
         try:
             self.wallet = Wallet(config.rpc, self.keypair)
             self.params = self.view.params()
@@ -247,6 +261,7 @@ class ComputeProvider:
                 log=self.log,
                 height=lambda: self.height,
                 misbehave=config.misbehave,
+                runtimes={info.ref: info.path for info in self.runtimes},
             )
             self.book = JobBook(config.datadir, ctx)
             if config.mediator:
@@ -261,6 +276,7 @@ class ComputeProvider:
                 capacity=config.capacity,
                 log=self.log,
                 mediate=self.mediations.keep if self.mediations is not None else None,
+                runtimes=self.runtimes,
             )
             self.server = BackgroundServer(
                 ComputeApi(context).app(),
@@ -294,6 +310,36 @@ class ComputeProvider:
             except ImportError as exc:
                 found[kind] = f"not built into this qoin ({exc})"
         return found
+
+    def _runtimes(self) -> tuple[RuntimeInfo, ...]:
+        """The runtimes offered: each ``--runtime`` directory (:class:`ConfigError` if one does
+        not load or could not work in the sandbox), then the default one if it loads."""
+        found: dict[str, RuntimeInfo] = {}
+        for path in self.config.runtimes:
+            try:
+                info = ai_runtime.load(path)
+            except AiRuntimeError as exc:
+                raise ConfigError(f"--runtime {path}: {exc}") from None
+            problem = runtime_problem(info.path)
+            if problem is not None:
+                raise ConfigError(f"--runtime {path}: {problem}")
+            found.setdefault(info.ref, info)
+        if self.config.default_runtime:
+            place = ai_runtime.default_dir()
+            given = {path.resolve() for path in self.config.runtimes}
+            if place.resolve() not in given:
+                try:
+                    info = ai_runtime.load(place)
+                    problem = runtime_problem(info.path)
+                except AiRuntimeError as exc:
+                    problem = str(exc)
+                if problem is None:
+                    found.setdefault(info.ref, info)
+                else:
+                    self.log(f"the default AI runtime {place} is not offered: {problem}")
+        for info in found.values():
+            self.log(f"runtime {info.ref} offered (torch {info.torch}, {info.path})")
+        return tuple(found.values())
 
     def close(self) -> None:
         """Stop the jobs and mediations (a restart takes them up), the server and the
@@ -418,7 +464,7 @@ class ComputeProvider:
             if self.address in providers:
                 deadline = found.deadline if found.phase is Phase.RUN else 0
                 self._adopt(
-                    bid, providers.index(self.address), found.client, found.mediator, deadline
+                    bid, providers.index(self.address), found.acting, found.mediator, deadline
                 )
             elif book.offers.drop(bid):
                 self.log(f"bid {bid} formed its deal with other providers; offer dropped")
@@ -566,7 +612,9 @@ class ComputeProvider:
         if not isinstance(providers, tuple):
             return
         if self.address in providers:
-            client = Address(bytes.fromhex(first))
+            # a contract's deal names its agent last: the agent follows the job, not the contract
+            agent = data[6] if len(data) > 6 and isinstance(data[6], Address) else None
+            client = agent or Address(bytes.fromhex(first))
             named = (
                 mediator if isinstance(mediator, Address) and mediator.raw != bytes(32) else None
             )

@@ -45,8 +45,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -112,10 +112,13 @@ refunded)."""
 SETTLING_GAS: Final = 1_000_000
 """Gas limit of a reveal or a verdict at least: the last reveal may settle the deal or start a
 mediation, a verdict settles it."""
-MISBEHAVIOURS: Final = ("random-output", "copy-reveal", "withhold")
+MISBEHAVIOURS: Final = ("random-output", "copy-reveal", "withhold", "fewer-epochs")
 """TEST ONLY ways a provider can cheat (``--misbehave``, for the replicated tests):
 ``random-output`` commits and reveals a random root; ``copy-reveal`` commits a random root, then
-tries to reveal the other replica's revealed root; ``withhold`` commits and never reveals."""
+tries to reveal the other replica's revealed root; ``withhold`` commits and never reveals;
+``fewer-epochs`` runs the job with every ``--epochs N`` of its command as ``--epochs 1`` (a lazy
+trainer, :func:`fewer_epochs`) and commits and reveals that result as if honest."""
+EPOCHS: Final = "--epochs"
 
 
 class JobError(QoinError):
@@ -444,6 +447,35 @@ def stage_inputs(
     return tuple(staged)
 
 
+def fewer_epochs(command: tuple[str, ...]) -> tuple[str, ...]:
+    """TEST ONLY (``--misbehave fewer-epochs``): ``command`` with every ``--epochs N`` (and
+    ``--epochs=N``) made ``--epochs 1``."""
+    lazy = list(command)
+    for index, arg in enumerate(lazy):
+        if arg == EPOCHS and index + 1 < len(lazy):
+            lazy[index + 1] = "1"
+        elif arg.startswith(EPOCHS + "="):
+            lazy[index] = EPOCHS + "=1"
+    return tuple(lazy)
+
+
+def runtime_dir(spec: JobSpec, runtimes: Mapping[str, Path]) -> Path | None:
+    """The directory of the runtime ``spec`` names (None if it names none); :class:`JobError`
+    (``executor-failed``) if this provider lacks it."""
+    if not spec.runtime:
+        return None
+    found = runtimes.get(spec.runtime)
+    if found is None:
+        raise JobError("executor-failed", runtime_refusal(spec.runtime, runtimes))
+    return found
+
+
+def runtime_refusal(ref: str, offered: Mapping[str, object]) -> str:
+    """Why a job naming runtime ``ref`` cannot run here."""
+    has = ", ".join(sorted(offered)) or "none"
+    return f"runtime {ref} not offered here (this provider has: {has})"
+
+
 def execute(
     spec: JobSpec,
     job_key: bytes,
@@ -452,11 +484,14 @@ def execute(
     log: JobLog,
     cancel: threading.Event,
     on_staged: Callable[[float], None] = lambda _seconds: None,
+    runtimes: Mapping[str, Path] | None = None,
 ) -> Execution:
-    """Stage ``spec``'s inputs, run it with its executor and hash its outputs, all in
-    ``directory`` (``run/`` is wiped first). :class:`JobError` when there is no result:
-    ``staging-failed`` (an input), ``executor-failed`` (the executor could not run it here),
+    """Stage ``spec``'s inputs, run it with its executor (its runtime from ``runtimes``, ref ->
+    directory) and hash its outputs, all in ``directory`` (``run/`` is wiped first).
+    :class:`JobError` when there is no result: ``staging-failed`` (an input),
+    ``executor-failed`` (the executor could not run it here, or its runtime is not here),
     ``hashing-failed`` (its outputs could not be read back)."""
+    runtime = runtime_dir(spec, runtimes or {})
     run_dir = directory / RUN_DIR
     shutil.rmtree(run_dir, ignore_errors=True)
     for sub in ("inputs", "work", "outputs"):
@@ -470,7 +505,13 @@ def execute(
     problem = executor.problem()
     if problem is not None:
         raise JobError("executor-failed", f"the {spec.executor.name.lower()} executor: {problem}")
-    dirs = JobDirs(root=run_dir, inputs=staged, work=run_dir / "work", outputs=run_dir / "outputs")
+    dirs = JobDirs(
+        root=run_dir,
+        inputs=staged,
+        work=run_dir / "work",
+        outputs=run_dir / "outputs",
+        runtime=runtime,
+    )
     try:
         result = executor.run(spec, dirs, log.write, cancel)
     except ExecutorError as exc:
@@ -506,6 +547,40 @@ def manifest_json(manifest: outputs.Manifest) -> dict[str, Any]:
         "stdout": entry(manifest.stdout),
         "files": [entry(item) for item in manifest.files],
     }
+
+
+def reveal_answer(archive: Path, max_answer: int) -> tuple[bytes, bytes]:
+    """What a reveal of a deal that asks for an answer carries (docs/spec/compute.md §3.12):
+    the result manifest's encoding and the stdout, both read from the head of the packed
+    outputs archive (the stdout empty when it is over ``max_answer``). :class:`JobError` if the
+    manifest is over :data:`~qoin.compute.market.MAX_ANSWER_MANIFEST` bytes (too many output
+    files for an answer) or the archive is not what this provider packed."""
+    try:
+        with archive.open("rb") as source:
+            head = source.read(len(outputs.MAGIC) + 10)
+            if not head.startswith(outputs.MAGIC):
+                raise JobError("disk-failed", f"{archive} is not an outputs archive")
+            size, used = 0, 0
+            for shift, byte in enumerate(head[len(outputs.MAGIC) :]):
+                size |= (byte & 0x7F) << (7 * shift)
+                used = shift + 1
+                if not byte & 0x80:
+                    break
+            if size > market.MAX_ANSWER_MANIFEST:
+                raise JobError(
+                    "answer-too-large",
+                    f"the result manifest is {size} bytes; a reveal with an answer carries at most "
+                    f"{market.MAX_ANSWER_MANIFEST} (too many output files)",
+                )
+            source.seek(len(outputs.MAGIC) + used)
+            encoded = source.read(size)
+            manifest = outputs.Manifest.decode(encoded)
+            stdout = b""
+            if manifest.stdout.size <= max_answer:
+                stdout = source.read(manifest.stdout.size)
+    except (OSError, outputs.OutputsError) as exc:
+        raise JobError("disk-failed", f"cannot read the answer from {archive}: {exc}") from None
+    return encoded, stdout
 
 
 def send(wallet: Wallet, call: market.MarketCall, least_gas: int) -> dict[str, Any]:
@@ -557,6 +632,8 @@ class JobContext:
     """The height of the last head seen."""
     misbehave: str | None = None
     """TEST ONLY (:data:`MISBEHAVIOURS`)."""
+    runtimes: Mapping[str, Path] = field(default_factory=dict)
+    """The runtimes offered: ref -> directory."""
 
 
 class Job:
@@ -784,15 +861,21 @@ class Job:
                 f"timeout {self.spec.timeout} s, commit due before height {deadline or '?'})"
             )
 
+        spec = self.spec
+        if self.ctx.misbehave == "fewer-epochs":
+            spec = replace(spec, command=fewer_epochs(spec.command))
+            if spec != self.spec:
+                self.say("TEST ONLY (fewer-epochs): running the job with --epochs 1")
         try:
             done = execute(
-                self.spec,
+                spec,
                 self.job_key,
                 self.directory,
                 self.ctx.rpc,
                 self.log,
                 self.cancel,
                 staged,
+                self.ctx.runtimes,
             )
         except JobError as exc:
             self._check()
@@ -920,10 +1003,15 @@ class Job:
                 raise JobError(
                     "too-late", f"the deal is in its {found.phase.name.lower()} phase, unrevealed"
                 )
+            answer = None
+            if found.max_answer:  # a contract's deal: the manifest and stdout go with the root
+                answer = reveal_answer(self.directory / ARCHIVE_FILE, found.max_answer)
             try:
                 send(
                     self.ctx.wallet,
-                    market.reveal(self.deal, root, salt, status.usage_cpu, status.usage_gpu),
+                    market.reveal(
+                        self.deal, root, salt, status.usage_cpu, status.usage_gpu, answer
+                    ),
                     SETTLING_GAS,
                 )
                 break

@@ -338,7 +338,15 @@ class Mediation:
             log = JobLog(directory, spec.outputs.max_log_bytes)
             self.say(f"run {number}: staging and running the job")
             try:
-                done = execute(spec, job_key, directory, self.ctx.rpc, log, self.run_cancel)
+                done = execute(
+                    spec,
+                    job_key,
+                    directory,
+                    self.ctx.rpc,
+                    log,
+                    self.run_cancel,
+                    runtimes=self.ctx.runtimes,
+                )
             except JobError as exc:
                 self._check()
                 if exc.reason == "cancelled":

@@ -5,18 +5,20 @@ status (400 malformed, 401 not authenticated, 403 not allowed, 404 unknown, 409 
 acceptable), a provider-side fault (the node unreachable) 503.
 
 ``GET /info``
-    address, executors (kind -> null, or why it is not available here), resources, running jobs,
-    whether it mediates.
+    address, executors (kind -> null, or why it is not available here), the runtimes offered
+    (``runtimes``: ``[{ref, torch, cpuCapability}]``), resources, running jobs, whether it
+    mediates.
 ``POST /offer`` ``{bid, replica, mediator, spec, job_key}``
     checks the open bid on chain against the spec (its hash, resources, executor, timeout,
     verification), this provider's ask (free capacity, prices, collateral multiple, free
-    collateral, the mediator), the executor, the sealed job key and every input key; keeps the
-    spec and key in ``DATADIR/jobs/bid-<id>/`` (bounded: :class:`~.jobs.Offers`) and answers the
+    collateral, the mediator), the executor, the runtime the spec names (one offered here, else
+    409 naming those it has), the sealed job key and every input key; keeps the spec and key in ``DATADIR/jobs/bid-<id>/`` (bounded: :class:`~.jobs.Offers`) and answers the
     signed acceptance. The first job key kept for a bid stays: another one is refused (409)
     unless the bid's client vouches for it (an ``X-Qoin-Auth`` key authorisation,
     :func:`qoin.compute.keys.key_auth_header`), since anyone who knows the spec could send it.
 ``POST /mediate`` ``{deal, spec, job_key}`` (``--mediator`` only)
-    the deal must name this mediator and its job be the spec's hash; keeps them for a mediation
+    the deal must name this mediator, its job be the spec's hash and its runtime one offered
+    here; keeps them for a mediation
     (the first job key stays, as for offers).
 ``GET /jobs/{deal}``, ``GET /jobs/{deal}/result``, ``GET /jobs/{deal}/outputs``,
 ``WS /jobs/{deal}/logs?from=N``
@@ -47,6 +49,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from qoin.ai.runtime import RuntimeInfo
 from qoin.compute import jobspec, keys, market
 from qoin.compute.jobspec import Executor, JobSpec, Verification
 from qoin.compute.market import BidInfo, ComputeMarketView
@@ -58,6 +61,7 @@ from qoin.compute.provider.jobs import (
     JobState,
     OfferRefused,
     PendingOffer,
+    runtime_refusal,
 )
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair
@@ -108,6 +112,15 @@ class ComputeContext:
     mediate: Callable[[int, bytes, bytes, bytes, bool], None] | None = None
     """Keep a mediation's spec, sealed key, job key, whether the deal's client vouched for the
     key (a ``--mediator`` daemon), else None; :class:`OfferRefused` if it is not kept."""
+    runtimes: tuple[RuntimeInfo, ...] = ()
+    """The runtimes offered (``--runtime``, the default one)."""
+
+    def runtime_problem(self, spec: JobSpec) -> str | None:
+        """Why a job naming ``spec.runtime`` cannot run here, or None."""
+        offered = {info.ref: info for info in self.runtimes}
+        if not spec.runtime or spec.runtime in offered:
+            return None
+        return runtime_refusal(spec.runtime, offered)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -259,6 +272,10 @@ class ComputeApi:
             {
                 "address": str(self.address),
                 "executors": {kind.name.lower(): why for kind, why in context.executors.items()},
+                "runtimes": [
+                    {"ref": info.ref, "torch": info.torch, "cpuCapability": info.cpu_capability}
+                    for info in context.runtimes
+                ],
                 "cpus": context.capacity.cpus,
                 "memory": context.capacity.memory,
                 "gpus": context.capacity.gpus,
@@ -355,13 +372,16 @@ class ComputeApi:
             raise Refused(
                 409, f"the {spec.executor.name.lower()} executor is not offered here: {why}"
             )
+        lacking = context.runtime_problem(spec)
+        if lacking is not None:
+            raise Refused(409, lacking)
         ask = context.view.get_ask(self.address)
         if ask is None or not ask.active:
             raise Refused(409, "this provider has no active ask")
         self._fits(bid, ask)
         mediator = self._mediator(bid, ask, obj.get("mediator"))
         job_key = check_keys(context.kem, spec, sealed)
-        vouched = self._vouched(header, "offer", bid_id, sealed, bid.client)
+        vouched = self._vouched(header, "offer", bid_id, sealed, bid.acting)
         price_cpu, price_gpu, collateral = market.acceptance_terms(bid, ask)
         kept = context.book.offers.keep(
             PendingOffer(bid_id, str(bid.client), bid.deadline, len(raw)),
@@ -453,8 +473,11 @@ class ComputeApi:
             raise Refused(403, f"deal {deal_id} does not name this mediator")
         if spec.job_hash != found.job:
             raise Refused(422, f"the spec's hash {spec.job_hash.hex()} is not deal {deal_id}'s job")
+        lacking = context.runtime_problem(spec)
+        if lacking is not None:
+            raise Refused(409, lacking)
         job_key = check_keys(context.kem, spec, sealed)
-        vouched = self._vouched(header, "mediate", deal_id, sealed, found.client)
+        vouched = self._vouched(header, "mediate", deal_id, sealed, found.acting)
         if context.mediate is not None:
             context.mediate(deal_id, raw, sealed, job_key, vouched)
 
