@@ -25,11 +25,21 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 bootstrap: $(STAMP)
 
+# The AI runtime (docs/ai.md): a venv with PyTorch's CPU wheel and Qoin's AI job program, which
+# compute providers mount at /runtime for `qoin ai` jobs. The tests' providers use this one
+# (QOIN_AI_RUNTIME chooses another); `qoin ai runtime install` re-checks it and does nothing when
+# it is current, so this runs at every `make test` in a second.
+AI_RUNTIME := .ai-runtime
+.PHONY: ai-runtime
+ai-runtime: $(STAMP)
+	$(BIN)/qoin ai runtime install --dir $(AI_RUNTIME)
+
 # The main job: a local network of real nodes over p2p (3 nodes, 2 mining, transfers gossiped,
-# 3 storage providers; DIR/devnet.json says where everything runs and which keystore to use)
+# 3 storage providers, 2 compute providers with the AI runtime and a mediator; DIR/devnet.json says where everything runs and which keystore to use)
 # with a live view; Ctrl-C stops every process. Options: `qoin devnet --help`, README.md.
-devnet: $(STAMP)
-	$(BIN)/qoin devnet --storage-providers 3 --compute-providers 2 --mediators 1
+devnet: $(STAMP) ai-runtime
+	$(BIN)/qoin devnet --storage-providers 3 --compute-providers 2 --mediators 1 \
+		--ai-runtime $(AI_RUNTIME)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -41,7 +51,7 @@ typecheck: $(STAMP)
 # The whole suite, in two test processes (pytest-xdist; an idle process takes tests from the other).
 # `make unit WORKERS=0` runs it in one process.
 WORKERS ?= 2
-unit: $(STAMP)
+unit: $(STAMP) ai-runtime
 	$(BIN)/pytest -q -n $(WORKERS) --dist worksteal
 
 test: lint typecheck unit

@@ -6,7 +6,7 @@ import threading
 
 import typer
 
-from qoin.cli import compute, consensus, contracts, devnet, execution, node, storage, supply
+from qoin.cli import ai, compute, consensus, contracts, devnet, execution, node, storage, supply
 from qoin.cli.bench import bench_app
 from qoin.cli.chain import chain_app
 from qoin.cli.keys import keys_app
@@ -30,6 +30,7 @@ contracts.register(app)
 consensus.register(app)
 storage.register(app)
 compute.register(app)
+ai.register(app)
 
 
 THREAD_STACK = 16 * 1024 * 1024

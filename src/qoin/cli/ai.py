@@ -1,0 +1,561 @@
+"""``qoin ai``: prepare datasets, train, fine-tune and run models on the compute market (docs/ai.md).
+
+Commands::
+
+    qoin ai runtime install [--dir D]      prepare a provider's AI runtime (PyTorch, the job program)
+    qoin ai runtime show [--dir D]         the runtime there and its ref
+    qoin ai prepare SOURCE [--name N] [--test-fraction F] [--seed S] --key K
+        A CSV, a folder of images, a text file or sklearn:digits into a dataset file, stored in
+        the storage market encrypted to the user and recorded in the catalog; prints its CID.
+    qoin ai datasets / qoin ai models      the catalog ($QOIN_HOME/ai/catalog.json)
+    qoin ai train --model ARCH --data CID [--epochs N] [--lr X] [--batch B] [--seed S] [--gpu]
+                  [--verify none|spot|replicated] [--cpus N] [--memory SIZE] [--timeout T]
+                  [--max-price P] [--provider ADDR]... [--runtime REF] [--out DIR] --key K
+        Train on the compute market: the loss live per epoch, the model and its metrics saved in
+        --out (default ./model-<deal>), the model stored encrypted to the user; prints its CID.
+    qoin ai finetune --base MODEL_CID --data CID ...   train on from a stored model
+    qoin ai infer --model CID --input FILE [--tokens N] ...   predictions, or generated text
+
+Every command takes ``--json`` (one JSON document on stdout; live lines go to stderr) and the
+market ones ``--rpc``, ``--key``, ``--password-file``. Exit codes: those of ``qoin compute run``
+when the job fails (its error line shown; 120 no provider, 121 no result, ...), 1 a failure, 2
+unusable input (checked before any money moves).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from qoin.ai import catalog, jobs, runtime
+from qoin.ai.client import (
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MEMORY,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOKENS,
+    Resources,
+    TrainOptions,
+    check_seed,
+    check_tokens,
+    parse_cid,
+)
+from qoin.ai.output import predictions_text
+from qoin.ai.runtime import RuntimeInfo
+from qoin.cli.common import EXIT_USAGE, fail, print_json, unlock_keystore
+from qoin.cli.compute import Terminal, fresh_dir, parse_duration
+from qoin.cli.execution import DEFAULT_RPC
+from qoin.cli.node import qoin_home
+from qoin.cli.storage import progress_bars
+from qoin.cli.storage_provider import parse_size
+from qoin.compute import client as compute
+from qoin.compute.client import BadOptions, MarketOptions, NoMatch
+from qoin.compute.jobspec import Verification
+from qoin.crypto import keystore
+from qoin.errors import QoinError
+from qoin.wallet import WalletError
+
+ai_app = typer.Typer(
+    help="AI jobs: prepare datasets, train and run models on the compute market.",
+    no_args_is_help=True,
+)
+runtime_app = typer.Typer(help="A provider's AI runtime (PyTorch and the job program).")
+ai_app.add_typer(runtime_app, name="runtime")
+
+RpcOption = Annotated[str, typer.Option("--rpc", help="The execution client's user RPC URL.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No phase lines, no progress bars.")]
+PasswordFile = Annotated[Path | None, typer.Option(help="Keystore password file.")]
+KeyOption = Annotated[Path, typer.Option("--key", help="Your keystore (pays, encrypts).")]
+DurationOption = Annotated[
+    int,
+    typer.Option(
+        "--duration", help="Storage periods the stored file is kept for.", min=1, max=2**32
+    ),
+]
+EpochsOption = Annotated[int, typer.Option("--epochs", help="Epochs to train.")]
+LrOption = Annotated[float, typer.Option("--lr", help="Learning rate.")]
+BatchOption = Annotated[int, typer.Option("--batch", help="Batch size.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="The seed (same seed, same model).")]
+GpuOption = Annotated[bool, typer.Option("--gpu", help="On one GPU (same-hardware determinism).")]
+VerifyOption = Annotated[
+    str, typer.Option("--verify", help="none (default), spot or replicated (two providers).")
+]
+CpusOption = Annotated[int, typer.Option("--cpus", help="Whole CPUs (the job's threads).", min=1)]
+MemoryOption = Annotated[str, typer.Option("--memory", help="Memory, e.g. 2GiB.")]
+TimeoutOption = Annotated[
+    str, typer.Option("--timeout", help="Seconds the job may run (or 90s, 5m, 2h).")
+]
+MaxPriceOption = Annotated[
+    int | None, typer.Option("--max-price", help="Shor per CPU-second at most.", min=0)
+]
+MaxFeeOption = Annotated[
+    int | None, typer.Option("--max-fee", help="The most a mediator may charge.", min=0)
+]
+ProviderOption = Annotated[
+    list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")
+]
+RuntimeOption = Annotated[
+    str, typer.Option("--runtime", help="The runtime ref (default: the one most providers offer).")
+]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Where to save the outputs.")]
+NameOption = Annotated[str | None, typer.Option("--name", help="A name for the catalog.")]
+
+
+def _fail_with(exc: QoinError, rpc: str, json_out: bool = False) -> NoReturn:
+    """Exit 2 for unusable input, 120 for no provider, the job's code for a failed job, else 1."""
+    if isinstance(exc, BadOptions):
+        fail(str(exc), EXIT_USAGE)
+    if isinstance(exc, NoMatch):
+        if json_out:
+            print_json({"error": str(exc), "refused": [r.to_json() for r in exc.refusals]})
+        for refusal in exc.refusals:
+            typer.echo(
+                f"  refused {refusal.provider} ({refusal.endpoint}): {refusal.reason}", err=True
+            )
+        fail(str(exc), compute.EXIT_NO_MATCH)
+    if isinstance(exc, jobs.JobFailed):
+        if json_out:
+            answer: dict[str, Any] = {"error": str(exc), "exitCode": exc.code}
+            if exc.outcome is not None:
+                answer.update(deal=exc.outcome.deal, outcome=exc.outcome.to_json())
+            print_json(answer)
+        fail(str(exc), exc.code)
+    if isinstance(exc, WalletError) and not isinstance(exc, compute.ComputeClientError):
+        fail(f"the execution client at {rpc} did not answer as expected: {exc}")
+    fail(str(exc))
+
+
+def _check_key(key: Path) -> None:
+    try:
+        keystore.load(key)
+    except keystore.KeystoreError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _verification(text: str) -> Verification:
+    names = {member.name.lower(): member for member in Verification}
+    found = names.get(text.strip().lower())
+    if found is None:
+        raise BadOptions(f"--verify is one of {', '.join(names)}, not {text[:40]!r}")
+    return found
+
+
+def _resources(cpus: int, memory: str, timeout: str, gpu: bool, verify: str) -> Resources:
+    try:
+        size = parse_size(memory)
+    except ValueError as exc:
+        raise BadOptions(f"--memory: {exc}") from None
+    return Resources(cpus, size, parse_duration(timeout), gpu, _verification(verify))
+
+
+def _market(
+    max_price: int | None, max_fee: int | None, provider: list[str] | None
+) -> MarketOptions:
+    return MarketOptions(
+        max_price=max_price,
+        max_fee=max_fee,
+        providers=tuple(compute.parse_address(p) for p in provider or ()),
+    )
+
+
+def _context(
+    rpc: str, key: Path, password_file: Path | None, json_out: bool, quiet: bool
+) -> tuple[jobs.Context, Terminal]:
+    _check_key(key)
+    keypair = unlock_keystore(key, password_file)
+    term = Terminal(json_out=json_out, quiet=quiet)
+    return jobs.Context(rpc, keypair, qoin_home(), term), term
+
+
+def _default_out(prefix: str) -> Callable[[int], Path]:
+    return lambda deal: fresh_dir(Path(f"{prefix}-{deal}"))
+
+
+# -- runtime ---------------------------------------------------------------------------------------
+
+
+def _runtime_json(info: RuntimeInfo) -> dict[str, Any]:
+    return {
+        "ref": info.ref,
+        "name": info.name,
+        "id": info.id,
+        "torch": info.torch,
+        "python": info.python,
+        "cpuCapability": info.cpu_capability,
+        "programDigest": info.program_digest,
+        "path": str(info.path),
+    }
+
+
+def _show_runtime(info: RuntimeInfo, json_out: bool) -> None:
+    if json_out:
+        print_json(_runtime_json(info))
+        return
+    typer.echo(f"runtime {info.ref} at {info.path}")
+    typer.echo(
+        f"  torch {info.torch}, Python {info.python}, CPU capability {info.cpu_capability}, "
+        f"program {info.program_digest[:16]}..."
+    )
+
+
+DirOption = Annotated[
+    Path | None,
+    typer.Option("--dir", help="The runtime's directory (default $QOIN_AI_RUNTIME or QOIN_HOME)."),
+]
+
+
+@runtime_app.command("install")
+def runtime_install(
+    directory: DirOption = None, json_out: JsonOut = False, quiet: Quiet = False
+) -> None:
+    """Prepare the AI runtime (a venv with PyTorch and the job program) a provider offers."""
+    target = directory or runtime.default_dir()
+
+    def shown(line: str) -> None:
+        if not quiet:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+            sys.stderr.flush()
+
+    try:
+        info = runtime.install(target, on_line=shown)
+    except QoinError as exc:
+        fail(str(exc))
+    _show_runtime(info, json_out)
+
+
+@runtime_app.command("show")
+def runtime_show(directory: DirOption = None, json_out: JsonOut = False) -> None:
+    """Show the AI runtime in a directory and its ref (what providers list in /info)."""
+    target = directory or runtime.default_dir()
+    try:
+        info = runtime.load(target)
+    except QoinError as exc:
+        fail(str(exc))
+    _show_runtime(info, json_out)
+
+
+# -- prepare, datasets, models ---------------------------------------------------------------------
+
+
+@ai_app.command("prepare")
+def prepare(
+    source: Annotated[
+        str, typer.Argument(help="A CSV, a folder of images, a text file or sklearn:digits.")
+    ],
+    key: KeyOption,
+    name: NameOption = None,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="The share of samples held out.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="The shuffle's seed.")] = 0,
+    duration: DurationOption = jobs.DEFAULT_DURATION,
+    rpc: RpcOption = DEFAULT_RPC,
+    password_file: PasswordFile = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Prepare a dataset, store it encrypted to you, record it in the catalog; print its CID."""
+    try:
+        check_seed(seed)
+        if not 0 < test_fraction < 1:
+            raise BadOptions(f"--test-fraction is between 0 and 1, not {test_fraction!r}")
+    except BadOptions as exc:
+        fail(str(exc), EXIT_USAGE)
+    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
+    try:
+        with progress_bars(quiet) as bars:
+            ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
+            done = jobs.prepare(ctx, source, name, test_fraction, seed, duration)
+    except QoinError as exc:
+        _fail_with(exc, rpc, json_out)
+    if json_out:
+        print_json(done.to_json())
+        return
+    classes = done.meta.get("classes")
+    what = f", {len(classes)} classes" if isinstance(classes, list) else ""
+    typer.echo(
+        f"dataset {done.meta.get('name')} ({done.meta.get('task')}): {done.samples} samples, "
+        f"{done.test} held out{what}; {done.size} bytes"
+    )
+    typer.echo(done.cid)
+
+
+_METRICS = (("loss", "loss"), ("test loss", "testLoss"), ("accuracy", "accuracy"))
+
+
+def _listing(kind: catalog.Kind, json_out: bool) -> None:
+    path = catalog.catalog_path(qoin_home())
+    try:
+        entries = [e for e in catalog.load(path) if e.kind == kind]
+    except catalog.CatalogError as exc:
+        fail(str(exc))
+    if json_out:
+        print_json([e.to_json() for e in entries])
+        return
+    if not entries:
+        typer.echo(f"no {kind}s in {path}")
+    for entry in entries:
+        d = entry.details
+        if kind == "dataset":
+            classes = d.get("classes")
+            what = f", {len(classes)} classes" if isinstance(classes, list) else ""
+            typer.echo(
+                f"{entry.cid}  {entry.name} ({entry.task}): {d.get('samples')} samples, "
+                f"{d.get('test')} held out{what}, {entry.size} bytes"
+            )
+        else:
+            found = d.get("metrics")
+            metrics: dict[str, Any] = found if isinstance(found, dict) else {}
+            shown = ", ".join(
+                f"{label} {metrics[k]:.4g}"
+                for label, k in _METRICS
+                if isinstance(metrics.get(k), int | float)
+            )
+            base = f", from {d.get('base')}" if d.get("base") else ""
+            typer.echo(
+                f"{entry.cid}  {entry.name}: {d.get('arch')}, {d.get('epochs')} epoch(s) on "
+                f"{d.get('dataset')}{base}; {shown}"
+            )
+
+
+@ai_app.command("datasets")
+def datasets(json_out: JsonOut = False) -> None:
+    """The datasets you prepared (the catalog)."""
+    _listing("dataset", json_out)
+
+
+@ai_app.command("models")
+def models(json_out: JsonOut = False) -> None:
+    """The models you trained (the catalog)."""
+    _listing("model", json_out)
+
+
+# -- train, finetune -------------------------------------------------------------------------------
+
+
+def _train(
+    options: TrainOptions,
+    resources: Resources,
+    market: MarketOptions,
+    runtime: str,
+    out: Path | None,
+    duration: int,
+    name: str | None,
+    ctx: jobs.Context,
+    json_out: bool,
+    quiet: bool,
+) -> None:
+    try:
+        jobs.check_train(ctx, options)
+        planned = jobs.plan(ctx, resources, market, runtime)
+        job = jobs.train_job(ctx, options, resources, planned)
+        jobs.check_market(ctx, job, market)
+        with progress_bars(quiet) as bars:
+            ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
+            trained = jobs.train(
+                ctx, options, resources, job, market, out, _default_out("model"), duration, name
+            )
+    except QoinError as exc:
+        _fail_with(exc, ctx.rpc, json_out)
+    if json_out:
+        print_json(trained.to_json())
+        return
+    answer = trained.to_json()
+    shown = ", ".join(
+        f"{label} {answer[k]:.4g}"
+        for label, k in _METRICS
+        if isinstance(answer.get(k), int | float)
+    )
+    cost = trained.outcome.cost
+    typer.echo(
+        f"model: {trained.file} ({answer['arch']}, {answer['epochs']} epoch(s)); {shown}", err=True
+    )
+    if cost is not None:
+        typer.echo(
+            f"cost: {cost.total} Shor for the job, {trained.stored.escrow} Shor to store the model",
+            err=True,
+        )
+    typer.echo(trained.cid)
+
+
+def _options(
+    arch: str, data: str, base: str | None, epochs: int, lr: float, batch: int, seed: int
+) -> TrainOptions:
+    options = TrainOptions(
+        arch=arch.strip().lower(),
+        data=parse_cid(data, "--data"),
+        base=None if base is None else parse_cid(base, "--base"),
+        epochs=epochs,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+    )
+    options.check()
+    return options
+
+
+@ai_app.command("train")
+def train(
+    model: Annotated[str, typer.Option("--model", help="The architecture: mlp, cnn or charlm.")],
+    data: Annotated[str, typer.Option("--data", help="The dataset's CID (qoin ai prepare).")],
+    key: KeyOption,
+    epochs: EpochsOption = DEFAULT_EPOCHS,
+    lr: LrOption = DEFAULT_LR,
+    batch: BatchOption = DEFAULT_BATCH,
+    seed: SeedOption = 0,
+    gpu: GpuOption = False,
+    verify: VerifyOption = "none",
+    cpus: CpusOption = 1,
+    memory: MemoryOption = DEFAULT_MEMORY,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    max_price: MaxPriceOption = None,
+    max_fee: MaxFeeOption = None,
+    provider: ProviderOption = None,
+    runtime: RuntimeOption = "",
+    out: OutOption = None,
+    name: NameOption = None,
+    duration: DurationOption = jobs.DEFAULT_DURATION,
+    rpc: RpcOption = DEFAULT_RPC,
+    password_file: PasswordFile = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model on the compute market; print the stored model's CID."""
+    try:
+        options = _options(model, data, None, epochs, lr, batch, seed)
+        resources = _resources(cpus, memory, timeout, gpu, verify)
+        market = _market(max_price, max_fee, provider)
+        if out is not None:
+            compute.check_out_dir(out)
+    except BadOptions as exc:
+        fail(str(exc), EXIT_USAGE)
+    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
+    _train(options, resources, market, runtime.strip(), out, duration, name, ctx, json_out, quiet)
+
+
+@ai_app.command("finetune")
+def finetune(
+    base: Annotated[str, typer.Option("--base", help="The model's CID (qoin ai train).")],
+    data: Annotated[str, typer.Option("--data", help="The dataset's CID (qoin ai prepare).")],
+    key: KeyOption,
+    epochs: EpochsOption = DEFAULT_EPOCHS,
+    lr: LrOption = DEFAULT_LR,
+    batch: BatchOption = DEFAULT_BATCH,
+    seed: SeedOption = 0,
+    gpu: GpuOption = False,
+    verify: VerifyOption = "none",
+    cpus: CpusOption = 1,
+    memory: MemoryOption = DEFAULT_MEMORY,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    max_price: MaxPriceOption = None,
+    max_fee: MaxFeeOption = None,
+    provider: ProviderOption = None,
+    runtime: RuntimeOption = "",
+    out: OutOption = None,
+    name: NameOption = None,
+    duration: DurationOption = jobs.DEFAULT_DURATION,
+    rpc: RpcOption = DEFAULT_RPC,
+    password_file: PasswordFile = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a stored model: train on from its weights (the same architecture)."""
+    try:
+        base_cid = parse_cid(base, "--base")
+        _options("mlp", data, base_cid, epochs, lr, batch, seed)  # the numbers, before the key
+        resources = _resources(cpus, memory, timeout, gpu, verify)
+        market = _market(max_price, max_fee, provider)
+        if out is not None:
+            compute.check_out_dir(out)
+    except BadOptions as exc:
+        fail(str(exc), EXIT_USAGE)
+    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
+    try:
+        arch = jobs.base_arch(ctx, base_cid)
+        options = _options(arch, data, base_cid, epochs, lr, batch, seed)
+    except QoinError as exc:
+        _fail_with(exc, rpc, json_out)
+    _train(options, resources, market, runtime.strip(), out, duration, name, ctx, json_out, quiet)
+
+
+# -- infer -----------------------------------------------------------------------------------------
+
+
+@ai_app.command("infer")
+def infer(
+    model: Annotated[str, typer.Option("--model", help="The model's CID.")],
+    input_source: Annotated[
+        str,
+        typer.Option(
+            "--input", help="A CSV of samples, an image, or a text file holding the prompt."
+        ),
+    ],
+    key: KeyOption,
+    tokens: Annotated[
+        int | None, typer.Option("--tokens", help="Characters to generate (charlm).")
+    ] = None,
+    seed: SeedOption = 0,
+    gpu: GpuOption = False,
+    verify: VerifyOption = "none",
+    cpus: CpusOption = 1,
+    memory: MemoryOption = DEFAULT_MEMORY,
+    timeout: TimeoutOption = "10m",
+    max_price: MaxPriceOption = None,
+    max_fee: MaxFeeOption = None,
+    provider: ProviderOption = None,
+    runtime: RuntimeOption = "",
+    out: OutOption = None,
+    duration: Annotated[
+        int,
+        typer.Option("--duration", help="Storage periods the input is kept for.", min=1),
+    ] = jobs.INPUT_DURATION,
+    rpc: RpcOption = DEFAULT_RPC,
+    password_file: PasswordFile = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run a stored model on an input: the predicted classes, or the generated text."""
+    try:
+        cid = parse_cid(model, "--model")
+        check_seed(seed)
+        if tokens is not None:
+            check_tokens(tokens)
+        resources = _resources(cpus, memory, timeout, gpu, verify)
+        market = _market(max_price, max_fee, provider)
+        if out is not None:
+            compute.check_out_dir(out)
+    except BadOptions as exc:
+        fail(str(exc), EXIT_USAGE)
+    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
+    try:
+        meta = jobs.model_of(ctx, cid)
+        if meta.get("task") == "text" and tokens is None:
+            tokens = DEFAULT_TOKENS
+        data = jobs.prepare_input(input_source, meta)
+        planned = jobs.plan(ctx, resources, market, runtime.strip())
+        probe = jobs.infer_job(cid, cid, tokens, seed, resources, planned)
+        jobs.check_market(ctx, probe, market)
+        with progress_bars(quiet) as bars:
+            ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
+            done = jobs.infer(
+                ctx, cid, data, tokens, seed, resources, planned, market, out,
+                _default_out("infer"), duration,
+            )  # fmt: skip
+    except QoinError as exc:
+        _fail_with(exc, rpc, json_out)
+    if json_out:
+        print_json(done.to_json())
+        return
+    for line in predictions_text(done.answer):
+        typer.echo(line)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``qoin ai`` to the command line."""
+    app.add_typer(ai_app, name="ai")
