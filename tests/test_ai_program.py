@@ -21,6 +21,7 @@ from qoin.ai.runtime import RuntimeInfo
 from qoin.compute.executors import executor_for
 from qoin.compute.executors.base import JobDirs, StopReason
 from qoin.compute.jobspec import Executor, Input, JobSpec, Resources
+from qoin.compute.market import MAX_ANSWER
 from tests import aiutil
 from tests.aiutil import ProgramRun, run_program
 
@@ -219,6 +220,37 @@ def test_infer_predicts(ai_runtime: RuntimeInfo, digits_run: ProgramRun, work: P
     for row in found["probabilities"]:
         assert len(row) == 10 and math.isclose(sum(row), 1.0, abs_tol=1e-4)
     assert json.loads((work / "pred" / "predictions.json").read_text()) == found
+
+
+def test_infer_answers_labels_in_a_contracts_bound(
+    ai_runtime: RuntimeInfo, digits_run: ProgramRun, text_run: ProgramRun, work: Path
+) -> None:
+    """``--answer label``: stdout is only the labels, one a line, as many whole lines as fit in
+    256 bytes (a contract's answer), or the generated text cut to 256 bytes; predictions.json
+    keeps the whole object either way."""
+    data = tensorfile.read(work / "digits.qd", 1 << 30)
+    x = data.get("x")
+    assert x is not None
+    rows, size = 200, 64 * 4
+    meta = {"format": "qoin-input", "task": "classification", "version": 1}
+    tensorfile.write(
+        work / "many.qi", meta, [Array("x", "float32", (rows, 1, 8, 8), x.data[-rows * size :])]
+    )
+    args = ["infer", "--model", "cnn1/model.qm", "--input", "many.qi", "--threads", "1"]
+    run = run_program(ai_runtime, [*args, "--answer", "label", "--out", "many"], work)
+    assert run.code == 0, run.stdout + run.stderr
+    saved = json.loads((work / "many" / "predictions.json").read_text())
+    assert len(saved["labels"]) == rows
+    assert run.stdout == "".join(f"{label}\n" for label in saved["labels"][:128])  # 2 bytes each
+    (work / "fox.qi").write_bytes(
+        datasets.prepare_input("the quick", model_meta(work / "lm1" / "model.qm"))
+    )
+    prompt = ["--input", "fox.qi", "--tokens", "300", "--seed", "5", "--threads", "1"]
+    args = ["infer", "--model", "lm1/model.qm", *prompt, "--answer", "label", "--out", "long"]
+    run = run_program(ai_runtime, args, work)
+    assert run.code == 0, run.stdout + run.stderr
+    text = json.loads((work / "long" / "predictions.json").read_text())["text"]
+    assert len(text) == 300 and run.stdout == text.encode()[:MAX_ANSWER].decode()
 
 
 def error_of(info: RuntimeInfo, work: Path, args: list[str]) -> str:

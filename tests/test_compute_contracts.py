@@ -19,6 +19,8 @@ import pytest
 
 from qoin.compute.client import JobOptions, MarketOptions, follow, prepare
 from qoin.compute.client.contract import submit_for_contract
+from qoin.compute.client.ranking import NoMatch
+from qoin.compute.jobspec import OutputLimits
 from qoin.compute.market import ComputeMarketView
 from qoin.crypto.address import Address
 from qoin.execution.abi import decode_value
@@ -83,8 +85,14 @@ def answer_of(wallet: Wallet, oracle: Address, deal: int) -> bytes | None:
     return found
 
 
+FEW_FILES = OutputLimits(max_files=1)
+"""Output limits whose result manifest fits a reveal with an answer."""
+
+
 def test_the_oracle_gets_the_verified_answer(world: World, tmp_path: Path) -> None:
-    options = JobOptions(command=("sh", "-c", "echo 42"), cpus=1, memory=256 << 20, timeout=30)
+    options = JobOptions(
+        command=("sh", "-c", "echo 42"), cpus=1, memory=256 << 20, timeout=30, outputs=FEW_FILES
+    )
     chosen = MarketOptions(providers=(world.provider.address,))
     with ComputeMarketView(world.url) as view, Wallet(world.url, AGENT) as wallet:
         prepared = prepare(view, options, chosen, AGENT)
@@ -102,3 +110,19 @@ def test_the_oracle_gets_the_verified_answer(world: World, tmp_path: Path) -> No
     assert revealed and revealed[0][1][2] == root
     done = events(world.node, "CallbackDone", deal)
     assert done and done[0][1][1:3] == ("on_compute_result", 0)
+
+
+def test_the_provider_refuses_an_answer_its_manifest_could_not_carry(
+    world: World, tmp_path: Path
+) -> None:
+    """A job asking for an answer that may leave more output files than a reveal's manifest can
+    list is refused at the offer (the provider could not reveal it and would be fined); the
+    agent's bid is cancelled, the deposit back with the contract."""
+    options = JobOptions(command=("sh", "-c", "echo 42"), cpus=1, memory=256 << 20, timeout=30)
+    chosen = MarketOptions(providers=(world.provider.address,))
+    with ComputeMarketView(world.url) as view, Wallet(world.url, AGENT) as wallet:
+        prepared = prepare(view, options, chosen, AGENT)
+        with pytest.raises(NoMatch) as refused:
+            submit_for_contract(wallet, view, prepared, world.oracle, tmp_path / "jobs")
+    reasons = [refusal.reason for refusal in refused.value.refusals]
+    assert any("allow at most 3 (--max-files 3)" in reason for reason in reasons), reasons

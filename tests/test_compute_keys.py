@@ -1,15 +1,18 @@
 """Keys of the compute market off chain (:mod:`qoin.compute.keys`): the job key sealed to an
-ML-KEM-768 key for one job, the outputs' master key, the signed auth header; and the storage
-market's file keys that let a provider decrypt one input (:mod:`qoin.storage.crypt`)."""
+ML-KEM-768 key for one job, the outputs' master key, the transit keys and what they seal
+(:mod:`qoin.compute.transit`: the outputs archive and the log frames a provider sends), the signed
+auth header; and the storage market's file keys that let a provider decrypt one input
+(:mod:`qoin.storage.crypt`)."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 
-from qoin.compute import keys
+from qoin.compute import keys, transit
 from qoin.compute.jobspec import Input, unwrap_input_key, wrap_input_key
 from qoin.crypto.hashing import sha3_256
 from qoin.storage import crypt
@@ -127,3 +130,138 @@ def test_key_auth_vouches_for_one_sealed_key_on_one_endpoint() -> None:
         keys.check_key_auth(read, "offer", provider.address, 9, sealed, now)  # a read is not one
     with pytest.raises(keys.AuthError):
         keys.key_auth_header(client, "dispute", provider.address, 9, sealed, now)
+
+
+# -- transit -------------------------------------------------------------------------------------
+
+NONCES = (bytes(16), bytes(range(16)))
+
+
+def test_transit_keys_are_derived_apart_from_the_stored_outputs_key() -> None:
+    job_key = os.urandom(32)
+    stored = keys.output_master(job_key, 7, 0)
+    sent = keys.outputs_transit_master(job_key, 7, 0)
+    log = keys.log_key(job_key, 7, 0, *NONCES)
+    assert len({stored, sent, log}) == 3
+    assert keys.outputs_transit_master(job_key, 7, 0) == sent
+    others = {
+        keys.outputs_transit_master(job_key, 7, 1),
+        keys.outputs_transit_master(job_key, 8, 0),
+        keys.log_key(job_key, 7, 1, *NONCES),
+        keys.log_key(job_key, 7, 0, NONCES[1], NONCES[0]),  # another connection
+        keys.log_key(os.urandom(32), 7, 0, *NONCES),
+    }
+    assert len(others) == 5 and not others & {stored, sent, log}
+    with pytest.raises(keys.KeysError):
+        keys.log_key(job_key, 7, 0, b"short", NONCES[1])
+    with pytest.raises(keys.KeysError):
+        keys.outputs_transit_master(job_key, 7, 256)
+
+
+def sealed_archive(data: bytes, master: bytes) -> bytes:
+    return b"".join(transit.seal_archive(io.BytesIO(data), len(data), master))
+
+
+def opened(blob: bytes, master: bytes, piece: int = 7_777) -> bytes:
+    opener = transit.ArchiveOpener(master)
+    parts = [opener.feed(blob[i : i + piece]) for i in range(0, len(blob), piece)]
+    return b"".join(parts) + opener.finish()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        0,
+        1,
+        crypt.CHUNK - 1,
+        crypt.CHUNK,
+        crypt.CHUNK + 1,
+        3 * crypt.CHUNK,
+        transit.ARCHIVE_READ + 5,
+    ],
+)
+def test_an_archive_is_sealed_in_the_storage_format_and_opens_as_it_streams(size: int) -> None:
+    master = os.urandom(32)
+    data = os.urandom(size)
+    blob = sealed_archive(data, master)
+    assert len(blob) == transit.sealed_archive_size(size)
+    assert crypt.decrypt(blob, master) == data  # the storage market's format
+    for piece in (1, 7_777, crypt.CHUNK + crypt.TAG_SIZE, len(blob) + 1):
+        assert opened(blob, master, piece) == data
+    assert sealed_archive(data, master) != blob  # a fresh salt each time
+
+
+def test_a_changed_cut_or_foreign_archive_is_refused() -> None:
+    master = os.urandom(32)
+    data = os.urandom(2 * crypt.CHUNK + 100)
+    blob = sealed_archive(data, master)
+    sealed = crypt.CHUNK + crypt.TAG_SIZE
+    cases = {
+        "flipped in the salt": blob[:10] + bytes([blob[10] ^ 1]) + blob[11:],
+        "flipped in a chunk": blob[:-50] + bytes([blob[-50] ^ 1]) + blob[-49:],
+        "cut at a chunk": blob[: crypt.HEADER_SIZE + 2 * sealed],
+        "cut inside a chunk": blob[:-1],
+        "one byte more": blob + b"x",
+        "chunks swapped": blob[: crypt.HEADER_SIZE]
+        + blob[crypt.HEADER_SIZE + sealed : crypt.HEADER_SIZE + 2 * sealed]
+        + blob[crypt.HEADER_SIZE : crypt.HEADER_SIZE + sealed]
+        + blob[crypt.HEADER_SIZE + 2 * sealed :],
+        "in clear": data,
+        "empty": b"",
+    }
+    for what, bad in cases.items():
+        with pytest.raises(transit.TransitError):
+            opened(bad, master)
+            pytest.fail(f"{what} opened")
+    with pytest.raises(transit.TransitError, match="another job key"):
+        opened(blob, os.urandom(32))
+    with pytest.raises(transit.TransitError, match="early"):
+        b"".join(transit.seal_archive(io.BytesIO(data[:-1]), len(data), master))
+
+
+def log_pair() -> tuple[transit.LogSealer, transit.LogOpener]:
+    key = keys.log_key(os.urandom(32), 3, 1, *NONCES)
+    return transit.LogSealer(key), transit.LogOpener(key)
+
+
+def test_log_frames_open_in_order_only() -> None:
+    sealer, opener = log_pair()
+    assert transit.parse_hello(transit.hello(NONCES[1])) == NONCES[1]
+    first = sealer.data("stdout", 0, b"secret line\n")
+    second = sealer.data("stderr", 12, b"warn")
+    end = sealer.end(16, {"state": "revealed", "reason": "exited", "exit_code": 0, "detail": ""})
+    assert b"secret" not in first
+    assert opener.open(first) == transit.LogFrame("stdout", 0, b"secret line\n")
+    assert opener.open(second) == transit.LogFrame("stderr", 12, b"warn")
+    frame = opener.open(end)
+    assert (frame.kind, frame.offset, frame.end) == (
+        "end",
+        16,
+        {"state": "revealed", "reason": "exited", "exit_code": 0, "detail": ""},
+    )
+    sealer, opener = log_pair()
+    frames = [sealer.data("stdout", i, b"x") for i in range(3)]
+    refused: list[str | bytes] = [
+        frames[1],  # the first one dropped
+        frames[0][:-1] + bytes([frames[0][-1] ^ 1]),  # changed
+        bytes([frames[0][0] ^ 1]) + frames[0][1:],
+        frames[0][:5],  # too short
+        b"x" * (transit.MAX_LOG_MESSAGE + 1),  # too long
+        '{"stream": "stdout", "offset": 0, "data": ""}',  # in clear
+    ]
+    for message in refused:
+        with pytest.raises(transit.TransitError):
+            opener.open(message)
+    assert opener.open(frames[0]).offset == 0  # a refused frame leaves the order as it was
+    with pytest.raises(transit.TransitError):
+        opener.open(frames[0])  # replayed
+    _, stranger = log_pair()
+    with pytest.raises(transit.TransitError, match="does not authenticate"):
+        stranger.open(log_pair()[0].data("stdout", 0, b"x"))
+    for hello in (b"QOINLOG1" + bytes(15), b"XOINLOG1" + bytes(16), "QOINLOG1" + "0" * 16):
+        with pytest.raises(transit.TransitError):
+            transit.parse_hello(hello)
+    with pytest.raises(transit.TransitError):
+        sealer.data("stdout", 0, bytes(transit.MAX_LOG_DATA + 1))
+    long = sealer.end(0, {"state": "failed", "detail": "d" * 100_000})
+    assert len(long) <= transit.MAX_LOG_MESSAGE

@@ -105,6 +105,45 @@ REVERTING = test_contract("(call $revert (i32.const 35) (i32.const 4))")
 BURNING = test_contract("(loop $forever (br $forever))")
 
 
+def rebidding_contract() -> bytes:
+    """A contract whose ``forward`` keeps its arguments (under ``b``) and bids with them, and
+    whose ``on_compute_failed`` bids again with them (no value), reverting if the market refuses:
+    a chain of callbacks, if a callback could afford a bid."""
+    market_bytes = "".join(f"\\{b:02x}" for b in COMPUTE_MARKET_ADDRESS.raw)
+    return bytes(
+        wasmtime.wat2wasm(f"""
+(module
+  (import "qoin" "input_size" (func $input_size (result i32)))
+  (import "qoin" "input_read" (func $input_read (param i32)))
+  (import "qoin" "return_data" (func $return_data (param i32 i32)))
+  (import "qoin" "revert" (func $revert (param i32 i32)))
+  (import "qoin" "value" (func $value (result i64)))
+  (import "qoin" "storage_read" (func $storage_read (param i32 i32 i32 i32) (result i32)))
+  (import "qoin" "storage_write" (func $storage_write (param i32 i32 i32 i32)))
+  (import "qoin" "call" (func $call (param i32 i32 i32 i32 i32 i64 i64) (result i32)))
+  (import "qoin" "result_size" (func $result_size (result i32)))
+  (import "qoin" "result_read" (func $result_read (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{market_bytes}")
+  (data (i32.const 32) "bidnopeb")
+  (func $bid (param $size i32)
+    (if (call $call (i32.const 0) (i32.const 32) (i32.const 3) (i32.const 1024)
+          (local.get $size) (call $value) (i64.const 0))
+      (then (call $revert (i32.const 35) (i32.const 4)))))
+  (func (export "forward")
+    (call $input_read (i32.const 1024))
+    (call $storage_write (i32.const 39) (i32.const 1) (i32.const 1024) (call $input_size))
+    (call $bid (call $input_size))
+    (call $result_read (i32.const 8192))
+    (call $return_data (i32.const 8192) (call $result_size)))
+  (func (export "on_compute_result"))
+  (func (export "on_compute_failed")
+    (call $bid
+      (call $storage_read (i32.const 39) (i32.const 1) (i32.const 1024) (i32.const 4096)))))
+""")
+    )
+
+
 @dataclass
 class ContractChain(Chain):
     """The compute market over heights, with WebAssembly contracts."""
@@ -464,6 +503,33 @@ def test_a_failing_callback_does_not_undo_the_settlement(
     assert chain.deal(bid_id) is None
     assert chain.balance(contract) == held
     assert chain.balance(PROVIDERS[0].address) == paid_before + 15 * 7
+
+
+def test_a_contract_bid_prepays_its_callback_so_a_callback_cannot_bid_again(
+    chain: ContractChain,
+) -> None:
+    """A contract's bid is charged :data:`CALLBACK_GAS` (its callback's gas, which the cron call
+    does not charge anyone): a callback, given that much, cannot place a bid, so no contract can
+    keep itself called back for free (a zero-deposit bid whose callback bids again)."""
+    contract = chain.deploy(rebidding_contract())
+    free = bid_call(chain, spec_for(), max_price_cpu=0, max_price_gpu=0)
+    assert free.value == 0
+    args = encode_args([*free.args, AGENT, 0])
+    placed = chain.call_contract(CLIENT, contract, "forward", args)
+    assert placed.status is CallStatus.SUCCESS, placed.reason
+    assert placed.gas_used > CALLBACK_GAS
+    bid_id = decode_value(placed.return_data)
+    assert isinstance(bid_id, int)
+    chain.do(AGENT, market.cancel_bid(bid_id))
+    assert scheduled(chain) == (bid_id, "on_compute_failed", int(FailCode.NO_DEAL))
+    since = len(chain.events)
+    chain.advance(chain.height + 1)
+    # the bid it tries uses up the callback's gas
+    assert callback_done(chain)[:3] == (bid_id, "on_compute_failed", int(CallStatus.OUT_OF_GAS))
+    assert chain.bid_record(bid_id + 1) is None
+    assert "BidPlaced" not in chain.event_names(since)
+    chain.advance(chain.height + 60)  # past the first bid's deadline: nothing more called back
+    assert "CallbackScheduled" not in chain.event_names(since)
 
 
 def test_a_stdout_over_the_bound_is_paid_and_reported_too_long(chain: ContractChain) -> None:

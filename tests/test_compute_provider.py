@@ -3,7 +3,8 @@
 authenticated per-job endpoints, a job whose staging fails (no commitment, the reason shown), a
 restart that keeps serving, and one job run end to end (logs over the WebSocket, commit, reveal,
 paid, outputs served by the provider while one storage provider cannot store them, then stored
-and fetched from the storage market).
+and fetched from the storage market; the log and the outputs on the wire are ciphertext under
+keys derived from the job key, a changed frame is refused, a follower resumes with ``from``).
 
 One network for the module (:func:`tests.computeutil.compute_network`). The full client flow
 (``qoin compute run``) and the replicated, cheating and mediated cases are the client's
@@ -13,7 +14,6 @@ end-to-end tests, on the helpers of :mod:`tests.computeutil`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import os
@@ -36,9 +36,10 @@ from starlette.routing import Route
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from qoin.ai import runtime as runtimes
 from qoin.ai.runtime import RuntimeInfo
 from qoin.cli.compute_provider import parse_executors, parse_mediators, parse_multiple
-from qoin.compute import client, keys, market
+from qoin.compute import client, keys, market, transit
 from qoin.compute.executors import StopReason, executor_for
 from qoin.compute.jobspec import Executor, Input, JobSpec, Verification, wrap_input_key
 from qoin.compute.market import EVENT_NAMES, ComputeMarketView, VerdictKind
@@ -72,6 +73,7 @@ from qoin.crypto import hybrid
 from qoin.crypto.hashing import sha3_256
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.rpc.serve import BackgroundServer
+from qoin.storage import crypt
 from qoin.storage.provider.daemon import kem_key, kem_private_key
 from qoin.wallet import Wallet
 from tests.aiutil import ai_runtime  # noqa: F401 (a fixture)
@@ -310,17 +312,46 @@ def test_offers_are_refused_with_their_reasons(world: World) -> None:
     assert not (provider.datadir / "jobs" / f"bid-{bid}").exists()
 
 
-def logs_frames(provider: ComputeProvider, signer: Any, deal: int, start: int = 0) -> list[Any]:
+@dataclass(frozen=True)
+class LogSession:
+    """One connection of ``WS /jobs/{deal}/logs`` read with a raw client: what came on the wire
+    (the greeting, then the sealed frames) and the frames opened with the job key."""
+
+    wire: list[bytes]
+    key: bytes
+    frames: list[transit.LogFrame]
+
+    def data(self, stream: str) -> bytes:
+        return b"".join(f.data for f in self.frames if f.kind == stream)
+
+
+def logs_frames(
+    provider: ComputeProvider,
+    signer: Any,
+    deal: int,
+    job_key: bytes,
+    replica: int = 0,
+    start: int = 0,
+) -> LogSession:
     """Every frame of ``WS /jobs/{deal}/logs?from=start`` until the end frame."""
-    url = provider.url.replace("http://", "ws://") + f"/jobs/{deal}/logs?from={start}"
+    nonce = transit.client_nonce()
+    url = provider.url.replace("http://", "ws://")
+    url += f"/jobs/{deal}/logs?from={start}&nonce={nonce.hex()}"
     header = keys.auth_header(signer, provider.address, deal)
-    frames = []
     with connect(url, additional_headers={keys.AUTH_HEADER: header}, open_timeout=30) as ws:
-        while True:
-            frame = json.loads(ws.recv(timeout=120))
-            frames.append(frame)
-            if frame.get("end"):
-                return frames
+        greeting = ws.recv(timeout=120)
+        assert isinstance(greeting, bytes)
+        key = keys.log_key(job_key, deal, replica, nonce, transit.parse_hello(greeting))
+        opener = transit.LogOpener(key)
+        session = LogSession([greeting], key, [])
+        while len(session.frames) < 10_000:
+            message = ws.recv(timeout=120)
+            assert isinstance(message, bytes)
+            session.wire.append(message)
+            session.frames.append(opener.open(message))
+            if session.frames[-1].kind == "end":
+                return session
+    raise AssertionError("no end frame")
 
 
 @pytest.mark.slow
@@ -403,10 +434,15 @@ def test_an_accepted_offer_forms_a_deal_and_its_job_answers_only_its_client(
         assert response.status_code == status, response.text
         assert reason in response.json()["error"]
     with pytest.raises(InvalidStatus) as denied:
-        logs_frames(provider, STRANGER, deal)
+        logs_frames(provider, STRANGER, deal, job_key)
     assert denied.value.response.status_code == 403
-    frames = logs_frames(provider, CLIENT, deal)
-    assert frames[-1]["end"] is True and frames[-1]["reason"] == "staging-failed"
+    no_nonce = provider.url.replace("http://", "ws://") + f"/jobs/{deal}/logs?from=0"
+    header = {keys.AUTH_HEADER: keys.auth_header(CLIENT, provider.address, deal)}
+    with pytest.raises(InvalidStatus) as denied:
+        connect(no_nonce, additional_headers=header, open_timeout=30)
+    assert denied.value.response.status_code == 400
+    end = logs_frames(provider, CLIENT, deal, job_key).frames[-1].end
+    assert end is not None and end["reason"] == "staging-failed"
 
     again = restart(world.net, provider, world.url, executors=EXECUTORS)
     object.__setattr__(world, "provider", again)
@@ -429,15 +465,15 @@ def test_a_job_runs_commits_reveals_and_delivers_its_outputs_with_one_storage_pr
     if provider.ready["executors"]["sandbox"] is not None:
         pytest.skip(f"no sandbox here: {provider.ready['executors']['sandbox']}")
     start_provider(world.net, world.node, "storage-0", STORERS[0])
-    spec = job_spec(("sh", "-c", "echo hello; echo out > /outputs/x; echo warn >&2"), timeout=20)
+    script = f"echo {HELLO}; echo {SECRET} > /outputs/x; echo {WARN} >&2"
+    spec = job_spec(("sh", "-c", script), timeout=20)
     deal, job_key = run_deal(world.node, CLIENT, [provider], spec)
-    frames = logs_frames(provider, CLIENT, deal)
-    data = {
-        stream: b"".join(base64.b64decode(f["data"]) for f in frames if f.get("stream") == stream)
-        for stream in ("stdout", "stderr")
-    }
-    assert data == {"stdout": b"hello\n", "stderr": b"warn\n"}
-    assert frames[-1]["reason"] == "exited" and frames[-1]["exit_code"] == 0
+    session = logs_frames(provider, CLIENT, deal, job_key)
+    data = {stream: session.data(stream) for stream in ("stdout", "stderr")}
+    assert data == {"stdout": f"{HELLO}\n".encode(), "stderr": f"{WARN}\n".encode()}
+    end = session.frames[-1].end
+    assert end is not None and end["reason"] == "exited" and end["exit_code"] == 0
+    check_log_in_transit(provider, deal, job_key, session)
 
     def no_room() -> bool:
         detail = str(authed(provider, CLIENT, deal).json()["detail"])
@@ -458,11 +494,28 @@ def test_a_job_runs_commits_reveals_and_delivers_its_outputs_with_one_storage_pr
                 world.url, api, deal, 0, root, job_key, tmp_path / out, **options
             )
 
+        def fetch_with(key: bytes, out: str, **options: Any) -> client.SavedOutputs:
+            api = client.ProviderApi(http, CLIENT, provider.address, provider.endpoint)
+            return client.fetch_outputs(
+                world.url, api, deal, 0, root, key, tmp_path / out, **options
+            )
+
         direct = fetch(provider.endpoint, "direct")
         assert (direct.source, direct.cid, direct.root) == ("provider", "", root)
         assert (direct.files, direct.reason, direct.exit_code) == (("x",), "exited", 0)
-        assert (tmp_path / "direct" / "outputs" / "x").read_text() == "out\n"
-        assert (tmp_path / "direct" / "stdout").read_bytes() == b"hello\n"
+        assert (tmp_path / "direct" / "outputs" / "x").read_text() == f"{SECRET}\n"
+        assert (tmp_path / "direct" / "stdout").read_bytes() == f"{HELLO}\n".encode()
+        # On the wire: ciphertext under the replica's transit key, a fresh salt each time.
+        wire = authed(provider, CLIENT, deal, "/outputs").content
+        again = authed(provider, CLIENT, deal, "/outputs").content
+        assert wire != again and len(wire) == len(again)
+        for marker in (SECRET, HELLO):
+            assert marker.encode() not in wire
+        archive = crypt.decrypt(wire, keys.outputs_transit_master(job_key, deal, 0))
+        assert SECRET.encode() in archive and HELLO.encode() in archive
+        with pytest.raises(client.ComputeClientError, match="does not open with the job key"):
+            fetch_with(os.urandom(32), "wrong-key", wait_s=0.5)
+        assert not (tmp_path / "wrong-key").exists()
         said: list[str] = []
         with pytest.raises(client.ComputeClientError, match="qoin compute get") as failed:
             fetch(NOWHERE, "nothing", wait_s=0.5, on_wait=said.append)
@@ -477,7 +530,49 @@ def test_a_job_runs_commits_reveals_and_delivers_its_outputs_with_one_storage_pr
         # A provider that does not answer: the copy in the storage market, by its CID.
         copy = fetch(NOWHERE, "stored", cid=stored["cid"])
         assert (copy.source, copy.cid, copy.root) == ("storage", stored["cid"], root)
-        assert (tmp_path / "stored" / "outputs" / "x").read_text() == "out\n"
+        assert (tmp_path / "stored" / "outputs" / "x").read_text() == f"{SECRET}\n"
+
+
+HELLO, SECRET, WARN = "hello-7f3a9c", "weights-51d0e2", "warn-c4b18e"
+"""What the job prints and leaves (none of it may be on the wire in clear)."""
+
+
+def check_log_in_transit(
+    provider: ComputeProvider, deal: int, job_key: bytes, session: LogSession
+) -> None:
+    """The log's bytes on the wire hold none of the job's output; a changed frame is refused; a
+    follower resumes with ``from``; a follower with another job key is refused, not retried."""
+    wire = b"".join(session.wire)
+    for marker in (HELLO, WARN):
+        assert marker.encode() not in wire
+    assert session.wire[0].startswith(transit.LOG_MAGIC) and len(session.wire[0]) == 24
+    for index in range(1, len(session.wire)):
+        opener = transit.LogOpener(session.key)
+        for earlier in session.wire[1:index]:
+            opener.open(earlier)
+        message = session.wire[index]
+        changed = message[:-1] + bytes([message[-1] ^ 1])
+        with pytest.raises(transit.TransitError, match="does not authenticate"):
+            opener.open(changed)
+    log = b"".join(f.data for f in sorted(session.frames[:-1], key=lambda f: f.offset))
+    skip = len(HELLO) + 3
+    resumed = logs_frames(provider, CLIENT, deal, job_key, start=skip)
+    assert resumed.frames[0].offset == skip and resumed.key != session.key
+    assert b"".join(f.data for f in resumed.frames[:-1]) == log[skip:]
+    with httpx.Client(timeout=30) as http:
+        api = client.ProviderApi(http, CLIENT, provider.address, provider.endpoint)
+        got: list[bytes] = []
+        stream = client.LogStream(api, deal, job_key, 0, lambda _s, d: got.append(d), start=skip)
+        stream.start().join(60)
+        assert stream.end is not None and stream.end.reason == "exited"
+        assert b"".join(got) == log[skip:]
+        refused: list[str] = []
+        stranger = client.LogStream(
+            api, deal, os.urandom(32), 0, lambda _s, _d: None, on_refused=refused.append
+        )
+        stranger.start().join(60)
+        assert stranger.done and stranger.end is None and stranger.reconnects == 0
+        assert refused and "does not authenticate" in stranger.error
 
 
 # -- what an unauthenticated party can make a provider keep, and bounds ----------------------------
@@ -759,6 +854,40 @@ def test_fewer_epochs_makes_every_epochs_argument_one() -> None:
         jobs.runtime_dir(
             JobSpec(command=("true",), runtime="a@" + "0" * 32), {"b@" + "1" * 32: Path("/")}
         )
+
+
+def fake_runtime(place: Path, torch: str) -> str:
+    """A directory :func:`qoin.ai.runtime.load` accepts (this Qoin's job program, a record that
+    adds up; no PyTorch: nothing runs from it here); its ref."""
+    files = runtimes.program_files()
+    package = place / "lib" / "python3.12" / "site-packages" / runtimes.PACKAGE
+    package.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (package / name).write_bytes(content)
+    (place / "bin").mkdir(exist_ok=True)
+    (place / "bin" / "python").touch()
+    digest = runtimes.program_digest(files)
+    ident = runtimes.runtime_id(runtimes.NAME, torch, "3.12.3", "AVX2", digest)
+    info = RuntimeInfo(runtimes.NAME, ident, torch, "3.12.3", "AVX2", digest, place)
+    (place / runtimes.INFO_FILE).write_text(json.dumps(info.record()))
+    return info.ref
+
+
+def test_a_runtime_changed_since_the_start_runs_no_job(tmp_path: Path) -> None:
+    """The runtime a job names is loaded again for each job (and offer): a directory installed
+    again since the provider started (another ref), or broken, refuses the job rather than run
+    it on another runtime than its spec names."""
+    place = tmp_path / "runtime"
+    ref = fake_runtime(place, "2.13.0")
+    spec = JobSpec(command=("/runtime/bin/python", "-c", "pass"), runtime=ref)
+    offered = {ref: place}
+    assert jobs.runtime_dir(spec, offered) == place
+    newer = fake_runtime(place, "2.14.0")
+    with pytest.raises(JobError, match=f"runtime {ref} is no longer at .*, which holds {newer}"):
+        jobs.runtime_dir(spec, offered)
+    (place / runtimes.INFO_FILE).unlink()
+    with pytest.raises(JobError, match=f"runtime {ref}: no AI runtime at"):
+        jobs.runtime_dir(spec, offered)
 
 
 @pytest.mark.slow

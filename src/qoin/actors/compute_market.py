@@ -132,8 +132,9 @@ MAX_ANSWER_MANIFEST = 4096
 """Most bytes of the result manifest a reveal with an answer carries (a job asking for an answer
 leaves few output files)."""
 CALLBACK_GAS = 1_000_000
-"""Gas a contract's callback runs with (its own cron call; the protocol pays, as for every cron
-call)."""
+"""Gas a contract's callback runs with (its own cron call), charged to the contract's ``bid`` up
+front: every such bid ends in one callback, and a callback cannot afford a bid (no unpaid chain
+of callbacks)."""
 RESULT_CALLBACK = "on_compute_result"
 """``on_compute_result(uint deal, bytes root, bytes answer)``: a contract's deal delivered."""
 FAILED_CALLBACK = "on_compute_failed"
@@ -1191,9 +1192,9 @@ CONTRACT_BID_ARGS = len(_BID_TYPES) + 2
 
 
 def _contract_terms(ctx: Context, args: tuple[Value, ...]) -> tuple[Address | None, int]:
-    """A contract's bid's ``agent`` and ``max_answer`` (None, 0 for an ordinary bid);
-    :class:`Revert` unless the caller is a contract, the agent an account other than it and the
-    answer bound at most :data:`MAX_ANSWER`."""
+    """A contract's bid's ``agent`` and ``max_answer`` (None, 0 for an ordinary bid), its
+    callback's :data:`CALLBACK_GAS` charged; :class:`Revert` unless the caller is a contract, the
+    agent an account other than it and the answer bound at most :data:`MAX_ANSWER`."""
     if len(args) != CONTRACT_BID_ARGS:
         return None, 0
     agent, max_answer = cast(Address, args[14]), uint(args[15])
@@ -1204,6 +1205,7 @@ def _contract_terms(ctx: Context, args: tuple[Value, ...]) -> tuple[Address | No
         raise Revert("a contract's bid names an agent: an account other than the contract")
     if max_answer > MAX_ANSWER:
         raise Revert(f"max_answer is 0 to {MAX_ANSWER} bytes, got {max_answer}")
+    ctx.charge(CALLBACK_GAS)  # the callback's gas, paid by the bid (the cron call runs it free)
     return agent, max_answer
 
 

@@ -50,6 +50,9 @@ DEFAULT_MEMORY: Final = "2GiB"
 DEFAULT_TIMEOUT: Final = "30m"
 OUTPUT_LIMITS: Final = OutputLimits(max_bytes=1 << 30, max_files=16, max_log_bytes=16 << 20)
 """What an AI job may leave: a model, its metrics or predictions, and its stdout/stderr."""
+ANSWER_OUTPUTS: Final = OutputLimits(max_bytes=64 << 20, max_files=3, max_log_bytes=16 << 20)
+"""What an inference a contract requests may leave: its predictions.json (a reveal that carries
+an answer lists at most 3 output files, docs/spec/compute.md §3.12)."""
 
 RUNTIME_PATH: Final = "/runtime/bin/python"
 DATA_PATH: Final = "/inputs/data"
@@ -190,13 +193,19 @@ def train_command(options: TrainOptions, resources: Resources) -> tuple[str, ...
     return tuple(command)
 
 
-def infer_command(tokens: int | None, seed: int, resources: Resources) -> tuple[str, ...]:
-    """The job's command: the job program's ``infer`` in the runtime."""
+def infer_command(
+    tokens: int | None, seed: int, resources: Resources, answer: bool = False
+) -> tuple[str, ...]:
+    """The job's command: the job program's ``infer`` in the runtime; with ``answer``, its stdout
+    is the answer only (``--answer label``: the labels, or the text, in at most 256 bytes), what
+    a contract's callback carries."""
     command = [
         RUNTIME_PATH, "-m", "qoin_ai_job", "infer", "--model", MODEL_PATH, "--input", INPUT_PATH,
     ]  # fmt: skip
     if tokens is not None:
         command += ["--tokens", str(tokens)]
+    if answer:
+        command += ["--answer", "label"]
     command += [
         "--seed", str(seed), "--threads", str(resources.cpus), "--device", resources.device,
         "--out", OUT_PATH,
@@ -210,10 +219,11 @@ def job_options(
     resources: Resources,
     runtime: str,
     gpu_model: str = "",
+    outputs: OutputLimits = OUTPUT_LIMITS,
 ) -> JobOptions:
     """The compute job (:class:`BadOptions` for a spec that breaks a rule): sandbox, no
     network, the runtime ``runtime``, ``inputs`` (path -> CID hex); exact determinism, or
-    same-hardware on one GPU of ``gpu_model``."""
+    same-hardware on one GPU of ``gpu_model``; ``outputs`` bounds what it leaves."""
     options = JobOptions(
         command=tuple(command),
         executor=Executor.SANDBOX,
@@ -226,7 +236,7 @@ def job_options(
         network=False,
         determinism=Determinism.SAME_HARDWARE if resources.gpu else Determinism.EXACT,
         verification=resources.verification,
-        outputs=OUTPUT_LIMITS,
+        outputs=outputs,
         runtime=runtime,
     )
     options.spec()

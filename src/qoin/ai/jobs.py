@@ -5,11 +5,18 @@ then the markets: files stored encrypted to the user (:func:`qoin.storage.client
 (:func:`qoin.compute.client.prepare`, :func:`~qoin.compute.client.submit`,
 :func:`~qoin.compute.client.follow`), its verified outputs read back, the model stored and
 recorded in the catalog.
+
+``infer --contract`` (:func:`infer_for_contract`) has a contract request the inference instead
+(docs/spec/compute.md §3.12): the contract bids with the user's deposit and names the user as its
+agent (:func:`qoin.compute.client.contract.submit_for_contract`), the job's stdout is the answer
+(the labels, or the text, in at most 256 bytes), and once the deal settles the market calls the
+contract back; the answer it stored is read back with its ``answer(deal)`` view.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +25,7 @@ from typing import Any, Final
 from qoin.ai import catalog
 from qoin.ai.catalog import Entry
 from qoin.ai.client import (
+    ANSWER_OUTPUTS,
     BASE_PATH,
     DATA_PATH,
     INPUT_PATH,
@@ -26,6 +34,7 @@ from qoin.ai.client import (
     METRICS_FILE,
     MODEL_FILE,
     MODEL_PATH,
+    OUTPUT_LIMITS,
     PREDICTIONS_FILE,
     Resources,
     TrainOptions,
@@ -59,15 +68,19 @@ from qoin.compute.client import (
     Submitted,
     Watcher,
 )
+from qoin.compute.client.contract import submit_for_contract
 from qoin.compute.jobspec import Verification
 from qoin.compute.market import ComputeMarketView
+from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
+from qoin.execution.abi import AbiError, decode_value
+from qoin.rpc import client as rpc
 from qoin.storage import client as storage
 from qoin.storage import crypt, retrieve
 from qoin.storage.client import NO_PROGRESS, Progress, PutOptions, PutResult
 from qoin.storage.market import MarketView
-from qoin.wallet import Wallet
+from qoin.wallet import CallReverted, Wallet, WalletError
 
 DEFAULT_DURATION: Final = storage.DEFAULT_DURATION
 """Storage periods a dataset or a model is kept for (``--duration``)."""
@@ -194,9 +207,11 @@ def run_job(
     out: Path | None,
     default_out: Callable[[int], Path],
     watcher: LossWatcher,
+    contract: Address | None = None,
 ) -> tuple[Submitted, RunOutcome]:
-    """The job through the compute client: match, submit, follow to its settlement, outputs in
-    ``out`` (else ``default_out(deal)``). :class:`JobFailed` when it gives no usable result."""
+    """The job through the compute client: match, submit (requested by ``contract`` with the
+    user as its agent, when given), follow to its settlement, outputs in ``out`` (else
+    ``default_out(deal)``). :class:`JobFailed` when it gives no usable result."""
     with (
         ComputeMarketView(ctx.rpc) as view,
         MarketView(ctx.rpc) as stored,
@@ -209,7 +224,13 @@ def run_job(
             f"{len(prepared.ranking.candidates)} provider(s) can take it, "
             f"{len(prepared.ranking.refused)} refused",
         )
-        submitted = compute.submit(wallet, view, prepared, ctx.jobs, watcher)
+        if contract is None:
+            submitted = compute.submit(wallet, view, prepared, ctx.jobs, watcher)
+        else:
+            ctx.say("match", f"asking {contract} to request the job (you are its agent)")
+            submitted = submit_for_contract(
+                wallet, view, prepared, contract, ctx.jobs, watcher=watcher
+            )
         for index, candidate in enumerate(submitted.providers):
             ctx.say("match", f"replica {index}: {candidate.provider} ({candidate.ask.endpoint})")
         ctx.say("match", f"deal {submitted.deal} formed: {submitted.escrow} Shor held")
@@ -424,11 +445,14 @@ def infer_job(
     seed: int,
     resources: Resources,
     planned: Planned,
+    answer: bool = False,
 ) -> JobOptions:
-    """The compute job of an inference."""
-    command = infer_command(tokens, seed, resources)
+    """The compute job of an inference; with ``answer``, one a contract requests: its stdout the
+    answer only, its outputs few enough for a reveal that carries an answer."""
+    command = infer_command(tokens, seed, resources, answer)
     inputs = {MODEL_PATH: model, INPUT_PATH: input_cid}
-    return job_options(command, inputs, resources, planned.runtime, planned.gpu_model)
+    outputs = ANSWER_OUTPUTS if answer else OUTPUT_LIMITS
+    return job_options(command, inputs, resources, planned.runtime, planned.gpu_model, outputs)
 
 
 def infer(
@@ -456,6 +480,172 @@ def infer(
     return Inferred(
         submitted.deal, model, stored.cid.hex(), answer, saved.out, outcome, resources.verification
     )
+
+
+# -- infer, requested by a contract ----------------------------------------------------------------
+
+CALLBACK_WAIT_S: Final = 60.0
+"""How long the callback is waited for after the settlement, at least (it is due one block
+later)."""
+CALLBACK_WAIT_BLOCKS: Final = 20
+"""... or this many blocks, when they take longer."""
+CALLBACK_POLL_S: Final = 0.25
+CALLBACK_STATUSES: Final = ("success", "reverted", "out-of-gas", "failed")
+"""``CallbackDone``'s status, by value."""
+
+
+@dataclass(frozen=True)
+class Callback:
+    """The market's call of the contract once the deal settled (``CallbackDone``)."""
+
+    height: int
+    method: str
+    status: int
+    gas_used: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        named = CALLBACK_STATUSES[self.status] if 0 <= self.status < 4 else str(self.status)
+        return {
+            "event": "CallbackDone",
+            "height": self.height,
+            "method": self.method,
+            "status": named,
+            "gasUsed": self.gas_used,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An inference a contract requested: the verified run, the callback, and the answer the
+    contract stored (``answer(deal)``; None with ``answer_error`` when it reverts)."""
+
+    contract: Address
+    inferred: Inferred
+    callback: Callback
+    answer: bytes | None
+    answer_error: str
+
+    def to_json(self) -> dict[str, Any]:
+        stored = None
+        if self.answer is not None:
+            stored = self.answer.decode(errors="replace")
+        return {
+            **self.inferred.to_json(),
+            "contract": str(self.contract),
+            "answer": stored,
+            "answerHex": None if self.answer is None else self.answer.hex(),
+            "answerError": self.answer_error or None,
+            "callback": self.callback.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class _JobOutputAside:
+    """A watcher that shows the job's live stdout (the answer, not a JSON line) on stderr, so
+    that the command's stdout is its summary."""
+
+    inner: Watcher
+
+    def phase(self, phase: str, message: str) -> None:
+        self.inner.phase(phase, message)
+
+    def output(self, stream: str, data: bytes) -> None:
+        self.inner.output("stderr", data)
+
+
+def check_contract(ctx: Context, contract: Address) -> None:
+    """:class:`BadOptions` unless ``contract`` holds a contract (before any money moves)."""
+    try:
+        code = rpc.call(ctx.rpc, "qoin_getCode", str(contract), "latest")
+    except rpc.RpcCallError as exc:
+        raise AiClientError(f"cannot ask {ctx.rpc} for {contract}'s code: {exc}") from None
+    if not code:
+        raise BadOptions(
+            f"--contract {contract} holds no contract: deploy one that requests jobs as "
+            f"examples/contracts/ai_oracle does (qoin contract deploy "
+            f"examples/contracts/ai_oracle.wasm)"
+        )
+
+
+def infer_for_contract(
+    ctx: Context,
+    contract: Address,
+    model: str,
+    data: bytes,
+    tokens: int | None,
+    seed: int,
+    resources: Resources,
+    planned: Planned,
+    market: MarketOptions,
+    out: Path | None,
+    default_out: Callable[[int], Path],
+    duration: int,
+) -> Answered:
+    """Store the input, have ``contract`` request the inference (its ``request``, the user its
+    agent paying the deposit), follow the job to its settlement, wait for the market's callback
+    and read the answer the contract stored back (``answer(deal)``). :class:`JobFailed` when the
+    job gives no usable result; :class:`AiClientError` when no callback comes in time."""
+    stored = store(ctx, data, duration, "input")
+    job = infer_job(model, stored.cid.hex(), tokens, seed, resources, planned, answer=True)
+    watcher = LossWatcher(_JobOutputAside(ctx.watcher))
+    submitted, outcome = run_job(ctx, job, market, out, default_out, watcher, contract)
+    saved = outcome.outputs
+    if saved is None:
+        raise JobFailed(outcome.message, compute.EXIT_NO_OUTPUTS, outcome)
+    answer = read_json(saved.out / OUTPUTS_DIR / PREDICTIONS_FILE, PREDICTIONS_FILE)
+    inferred = Inferred(
+        submitted.deal, model, stored.cid.hex(), answer, saved.out, outcome, resources.verification
+    )
+    settled = outcome.story.settled_height or submitted.formed_height
+    with Wallet(ctx.rpc, ctx.keypair) as wallet:
+        ctx.say("callback", f"waiting for the market to call {contract} back")
+        callback = wait_callback(wallet, submitted.deal, settled, submitted.params.block_ms)
+        ctx.say(
+            "callback",
+            f"{callback.method} at height {callback.height}: "
+            f"{callback.to_json()['status']}{f' ({callback.reason})' if callback.reason else ''}",
+        )
+        stored_answer, error = read_answer(wallet, contract, submitted.deal)
+    return Answered(contract, inferred, callback, stored_answer, error)
+
+
+def wait_callback(wallet: Wallet, deal: int, since: int, block_ms: int) -> Callback:
+    """The ``CallbackDone`` of ``deal`` (at or after height ``since``), waited for;
+    :class:`AiClientError` when none comes in time."""
+    wait = max(CALLBACK_WAIT_S, CALLBACK_WAIT_BLOCKS * block_ms / 1000)
+    deadline = time.monotonic() + wait
+    for _ in range(int(wait / CALLBACK_POLL_S) + 2):
+        found = compute.deal_logs(wallet.client, deal, since, compute.head(wallet.client))
+        for event in found:
+            if event.name == "CallbackDone" and len(event.data) >= 5:
+                _, method, status, gas, reason = event.data[:5]
+                if isinstance(status, int) and isinstance(gas, int):
+                    return Callback(event.height, str(method), status, gas, str(reason))
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(CALLBACK_POLL_S)
+    raise AiClientError(
+        f"deal {deal} settled at height {since} but no callback of its contract was seen in "
+        f"{wait:.0f} s; see qoin compute status {deal}"
+    )
+
+
+def read_answer(wallet: Wallet, contract: Address, deal: int) -> tuple[bytes | None, str]:
+    """The answer ``contract`` stored for ``deal`` (its ``answer(deal)`` view), or None and the
+    reason it gave."""
+    try:
+        value = decode_value(wallet.query(contract, "answer", [deal]))
+    except CallReverted as exc:
+        return None, exc.reason
+    except AbiError as exc:
+        return None, f"{contract}.answer returned no ABI value: {exc}"
+    except WalletError as exc:
+        return None, f"{contract}.answer could not be called: {exc}"
+    if not isinstance(value, bytes):
+        return None, f"{contract}.answer returned {type(value).__name__}, not bytes"
+    return value, ""
 
 
 # -- prepare ---------------------------------------------------------------------------------------

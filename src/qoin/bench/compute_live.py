@@ -100,6 +100,9 @@ class ComputeNetwork(LiveNetwork):
     """The storage benchmark's network with the compute market's devnet parameters and the
     compute daemons (module docstring); a context manager like :class:`LiveNetwork`."""
 
+    cheater_count: int = CHEATERS
+    """Providers started with ``--misbehave`` (:data:`MISBEHAVE`); a subclass may want none."""
+
     def __init__(self, root: Path, say: Callable[[str], None], cancel: threading.Event) -> None:
         super().__init__(root, say, cancel)
         self.genesis = replace(self.genesis, network="bench-compute", compute=DEVNET)
@@ -127,10 +130,14 @@ class ComputeNetwork(LiveNetwork):
             super().start()
         finally:
             self.providers, self.say = storage, say
+        cheating = (
+            f" and {self.cheater_count} cheating one ({MISBEHAVE}, test only)"
+            if self.cheater_count
+            else ""
+        )
         say(
             f"starting {STORAGE_PROVIDERS} storage providers, "
-            f"{MEDIATORS} mediator, {HONEST} compute providers and {CHEATERS} cheating one "
-            f"({MISBEHAVE}, test only)"
+            f"{MEDIATORS} mediator, {HONEST} compute providers{cheating}"
         )
         with ThreadPoolExecutor(2) as pool:  # making keys is mostly a KDF: both cores
             made = [pool.submit(part.prepare, [self.url]) for part in (storage, self.compute)]
@@ -138,7 +145,7 @@ class ComputeNetwork(LiveNetwork):
                 future.result()
         self.cheaters = [
             self.compute.add_provider(f"cheater{i}", self.url, ("--misbehave", MISBEHAVE))
-            for i in range(CHEATERS)
+            for i in range(self.cheater_count)
         ]
         fund(self.url, self.keypair, {**storage.funding(), **self.compute.funding()}, self.cancel)
         self.check()

@@ -15,6 +15,9 @@ Commands::
         --out (default ./model-<deal>), the model stored encrypted to the user; prints its CID.
     qoin ai finetune --base MODEL_CID --data CID ...   train on from a stored model
     qoin ai infer --model CID --input FILE [--tokens N] ...   predictions, or generated text
+    qoin ai infer ... --contract ADDR      requested by a contract (examples/contracts/ai_oracle):
+        it bids with your deposit, you its agent; prints the deal, the answer the contract
+        stored (its answer(deal) once the market called it back) and the callback
 
 Every command takes ``--json`` (one JSON document on stdout; live lines go to stderr) and the
 market ones ``--rpc``, ``--key``, ``--password-file``. Exit codes: those of ``qoin compute run``
@@ -57,6 +60,7 @@ from qoin.compute import client as compute
 from qoin.compute.client import BadOptions, MarketOptions, NoMatch
 from qoin.compute.jobspec import Verification
 from qoin.crypto import keystore
+from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.wallet import WalletError
 
@@ -511,6 +515,15 @@ def infer(
     provider: ProviderOption = None,
     runtime: RuntimeOption = "",
     out: OutOption = None,
+    contract: Annotated[
+        str | None,
+        typer.Option(
+            "--contract",
+            help="Have this contract request the inference (its request method, as "
+            "examples/contracts/ai_oracle; you are its agent and pay the deposit): prints the "
+            "answer it stores.",
+        ),
+    ] = None,
     duration: Annotated[
         int,
         typer.Option("--duration", help="Storage periods the input is kept for.", min=1),
@@ -528,11 +541,18 @@ def infer(
             check_tokens(tokens)
         resources = _resources(cpus, memory, timeout, gpu, verify)
         market = _market(max_price, max_fee, provider)
+        requester = None if contract is None else compute.parse_address(contract.strip())
         if out is not None:
             compute.check_out_dir(out)
     except BadOptions as exc:
         fail(str(exc), EXIT_USAGE)
     ctx, _ = _context(rpc, key, password_file, json_out, quiet)
+    if requester is not None:
+        _infer_for_contract(
+            ctx, requester, cid, input_source, tokens, seed, resources, market, runtime, out,
+            duration, json_out, quiet,
+        )  # fmt: skip
+        return
     try:
         meta = jobs.model_of(ctx, cid)
         if meta.get("task") == "text" and tokens is None:
@@ -554,6 +574,64 @@ def infer(
         return
     for line in predictions_text(done.answer):
         typer.echo(line)
+
+
+def _infer_for_contract(
+    ctx: jobs.Context,
+    contract: Address,
+    cid: str,
+    input_source: str,
+    tokens: int | None,
+    seed: int,
+    resources: Resources,
+    market: MarketOptions,
+    runtime: str,
+    out: Path | None,
+    duration: int,
+    json_out: bool,
+    quiet: bool,
+) -> None:
+    """``qoin ai infer --contract``: the same checks, then :func:`jobs.infer_for_contract`."""
+    try:
+        jobs.check_contract(ctx, contract)
+        meta = jobs.model_of(ctx, cid)
+        if meta.get("task") == "text" and tokens is None:
+            tokens = DEFAULT_TOKENS
+        data = jobs.prepare_input(input_source, meta)
+        planned = jobs.plan(ctx, resources, market, runtime.strip())
+        probe = jobs.infer_job(cid, cid, tokens, seed, resources, planned, answer=True)
+        jobs.check_market(ctx, probe, market)
+        with progress_bars(quiet) as bars:
+            ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
+            done = jobs.infer_for_contract(
+                ctx, contract, cid, data, tokens, seed, resources, planned, market, out,
+                _default_out("infer"), duration,
+            )  # fmt: skip
+    except QoinError as exc:
+        _fail_with(exc, ctx.rpc, json_out)
+    if json_out:
+        print_json(done.to_json())
+    else:
+        callback = done.callback.to_json()
+        typer.echo(f"deal: {done.inferred.deal}")
+        typer.echo(f"contract: {contract}")
+        if done.answer is not None:
+            lines = done.answer.decode(errors="replace").rstrip("\n").split("\n")
+            if len(lines) == 1:
+                typer.echo(f"answer: {lines[0]}")
+            else:
+                typer.echo("answer:")
+                for line in lines:
+                    typer.echo(f"  {line}")
+        else:
+            typer.echo(f"answer: none ({done.answer_error})")
+        reason = f" ({callback['reason']})" if callback["reason"] else ""
+        typer.echo(
+            f"callback: {callback['method']} at height {callback['height']}: "
+            f"{callback['status']}{reason}, {callback['gasUsed']} gas"
+        )
+    if done.answer is None:
+        fail(f"{contract} holds no answer for deal {done.inferred.deal}: {done.answer_error}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -249,3 +250,43 @@ def bench_compute(
         print_json(report)
     else:
         typer.echo(compute.table(report))
+
+
+@bench_app.command("ai")
+def bench_ai(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a small table.")
+    ] = False,
+    seconds: Annotated[
+        float,
+        typer.Option(help="Wall seconds of the direct training (epochs calibrated).", min=0.1),
+    ] = 60.0,
+    arch: Annotated[str, typer.Option(help="The model: mlp, cnn or charlm.")] = "mlp",
+    runtime: Annotated[
+        Path | None,
+        typer.Option(help="The AI runtime (default $QOIN_AI_RUNTIME or QOIN_HOME/ai-runtime)."),
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the scratch directory goes (default: /tmp).")
+    ] = None,
+) -> None:
+    """AI jobs: a training run directly vs the whole `qoin ai train` flow on a live network
+    (split into match, staging, sandbox start with PyTorch's import, run, settlement, outputs,
+    model store), with verification none and replicated; samples/s, final loss and accuracy, and
+    whether every model is byte for byte the same (progress on stderr)."""
+    from qoin.bench import ai  # noqa: PLC0415
+    from qoin.errors import QoinError  # noqa: PLC0415
+
+    chosen = arch.strip().lower()
+    if chosen not in ("mlp", "cnn", "charlm"):
+        fail(f"--arch is one of mlp, cnn, charlm; got {arch!r}", EXIT_USAGE)
+    if seconds > 3_600:
+        fail(f"--seconds is at most 3600, got {seconds:g}", EXIT_USAGE)
+    try:
+        report = ai.run(seconds, chosen, runtime, workdir, progress=_to_stderr)
+    except QoinError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
+    if json_out:
+        print_json(report)
+    else:
+        typer.echo(ai.table(report))

@@ -570,7 +570,7 @@ def logs(
     try:
         with ComputeMarketView(rpc) as view:
             end = client.stream_logs(
-                view, keypair, deal_id, term.output, follow_live, replica, start
+                view, keypair, deal_id, jobs_dir(), term.output, follow_live, replica, start
             )
     except QoinError as exc:
         _failed(exc, rpc)

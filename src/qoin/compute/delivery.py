@@ -1,6 +1,7 @@
 """A revealed replica's outputs archive straight from its provider (docs/spec/compute.md §5.3,
-§6.2): ``GET /jobs/{deal}/outputs``, authenticated as the deal's client or mediator, streamed into
-a file with bounds on its size and on the time it takes.
+§6.2): ``GET /jobs/{deal}/outputs``, authenticated as the deal's client or mediator, sent encrypted
+under a key derived from the job key (:mod:`qoin.compute.transit`) and decrypted as it streams into
+a file, with bounds on its size and on the time it takes.
 
 This is the fast path (one hop, and no dependence on the storage market having room for the
 archive); the caller verifies what it got (:func:`qoin.compute.outputs.unpack` against the root
@@ -18,7 +19,7 @@ from typing import Final
 
 import httpx
 
-from qoin.compute import outputs
+from qoin.compute import outputs, transit
 from qoin.compute.jobspec import OutputLimits
 from qoin.errors import QoinError
 
@@ -36,7 +37,7 @@ CHUNK: Final = 1 << 20
 class NotServed(QoinError):
     """The provider did not hand the archive over: :attr:`status` is its HTTP status (409: not
     revealed yet; 404: it keeps no such job or archive), or 0 when it did not answer, cut the
-    download, was too slow or sent more than it may."""
+    download, was too slow, sent more than it may or bytes that do not open with the job key."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -71,14 +72,18 @@ def download(
     headers: Mapping[str, str],
     dest: Path,
     max_size: int,
+    master: bytes,
     http: httpx.Client | None = None,
 ) -> int:
-    """``GET url`` (a provider's ``.../jobs/{deal}/outputs``) into ``dest`` (created or
-    truncated); the bytes written. :class:`NotServed` if the answer is not 200 (its status and
-    reason), or if the provider does not answer, declares or sends more than ``max_size`` bytes,
-    stalls :data:`READ_S` seconds, or averages less than :data:`MIN_RATE` after
-    :data:`GRACE_S` seconds (status 0). ``dest`` may hold a partial download then."""
+    """``GET url`` (a provider's ``.../jobs/{deal}/outputs``), decrypted under ``master`` (the
+    replica's :func:`~qoin.compute.keys.outputs_transit_master`) into ``dest`` (created or
+    truncated); the archive's bytes written. :class:`NotServed` if the answer is not 200 (its
+    status and reason), or if the provider does not answer, declares or sends more than the
+    encryption of ``max_size`` bytes, stalls :data:`READ_S` seconds, averages less than
+    :data:`MIN_RATE` after :data:`GRACE_S` seconds, or sends bytes that do not authenticate
+    (status 0). ``dest`` may hold a partial download then."""
     started = time.monotonic()
+    bound = transit.sealed_archive_size(max_size)
     own = http is None
     client = http or httpx.Client(
         timeout=httpx.Timeout(READ_S, connect=CONNECT_S), follow_redirects=False
@@ -88,23 +93,33 @@ def download(
             if response.status_code != 200:
                 raise NotServed(response.status_code, _refusal(response))
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_size:
-                raise NotServed(0, f"it offers {declared} bytes, more than the {max_size} allowed")
-            written = 0
+            if declared.isdigit() and int(declared) > bound:
+                raise NotServed(
+                    0, f"it offers {declared} bytes, more than the {bound} allowed (encrypted)"
+                )
+            received = written = 0
+            opener = transit.ArchiveOpener(master)
             with dest.open("wb") as sink:
                 for piece in response.iter_bytes(CHUNK):
-                    written += len(piece)
-                    if written > max_size:
-                        raise NotServed(0, f"it sent more than the {max_size} bytes allowed")
-                    sink.write(piece)
+                    received += len(piece)
+                    if received > bound:
+                        raise NotServed(0, f"it sent more than the {bound} bytes allowed")
+                    plain = opener.feed(piece)
+                    sink.write(plain)
+                    written += len(plain)
                     elapsed = time.monotonic() - started
-                    if elapsed > GRACE_S and written < MIN_RATE * (elapsed - GRACE_S):
+                    if elapsed > GRACE_S and received < MIN_RATE * (elapsed - GRACE_S):
                         raise NotServed(
-                            0, f"it sends too slowly ({written} bytes in {elapsed:.0f} s)"
+                            0, f"it sends too slowly ({received} bytes in {elapsed:.0f} s)"
                         )
-            if declared.isdigit() and written != int(declared):
-                raise NotServed(0, f"it sent {written} of the {declared} bytes it announced")
+                if declared.isdigit() and received != int(declared):
+                    raise NotServed(0, f"it sent {received} of the {declared} bytes it announced")
+                plain = opener.finish()
+                sink.write(plain)
+                written += len(plain)
             return written
+    except transit.TransitError as exc:
+        raise NotServed(0, f"what it sent does not open with the job key: {exc}") from None
     except httpx.HTTPError as exc:
         raise NotServed(0, f"no answer: {exc or type(exc).__name__}") from None
     finally:

@@ -11,6 +11,14 @@ Output master
     "QOIN/compute/outputs/v1")``: the storage-market master key (:mod:`qoin.storage.crypt`) under
     which replica ``replica`` of a deal stores its outputs archive. The client and the mediator hold
     the job key, so they can decrypt it; nobody else can.
+Transit keys
+    The same derivation with other labels, for what a provider's per-job endpoints send
+    (:mod:`qoin.compute.transit`): ``HKDF-SHA256(ikm = job key, salt = deal id (8, BE) || replica
+    (1), info = "QOIN/compute/outputs-transit/v1")``, the master key of the outputs archive as
+    ``GET /jobs/{deal}/outputs`` sends it (each answer under a fresh file key, its random salt in
+    the header); ``HKDF-SHA256(ikm = job key, salt = deal id (8, BE) || replica (1) || client
+    nonce (16) || provider nonce (16), info = "QOIN/compute/log/v1")``, the key of one connection
+    of ``WS /jobs/{deal}/logs`` (both nonces fresh for it).
 Auth header
     ``X-Qoin-Auth: <signer address hex>.<unix seconds>.<public key hex>.<signature hex>`` where the
     signature is the signer's hybrid signature of ``tagged_hash("QOIN/compute/auth/v1", provider
@@ -61,6 +69,11 @@ SEALED_JOB_KEY_SIZE: Final = KEM_CIPHERTEXT_SIZE + NONCE_SIZE + JOB_KEY_SIZE + T
 OUTPUT_MASTER_SIZE: Final = 32
 INFO_JOB_KEY: Final = b"QOIN/compute/job-key/v1"
 INFO_OUTPUTS: Final = b"QOIN/compute/outputs/v1"
+INFO_OUTPUTS_TRANSIT: Final = b"QOIN/compute/outputs-transit/v1"
+INFO_LOG: Final = b"QOIN/compute/log/v1"
+TRANSIT_KEY_SIZE: Final = 32
+LOG_NONCE_SIZE: Final = 16
+"""Bytes of each side's nonce of a log connection."""
 TAG_AUTH: Final = b"QOIN/compute/auth/v1"
 KEY_AUTH_TAGS: Final = {
     "offer": b"QOIN/compute/offer-auth/v1",
@@ -139,14 +152,37 @@ def open_job_key(kem_private: MLKEM768PrivateKey, blob: bytes, job_hash: bytes) 
         ) from None
 
 
-def output_master(job_key: bytes, deal_id: int, replica: int) -> bytes:
-    """The storage master key of replica ``replica``'s outputs archive of deal ``deal_id``."""
+def _job_derived(
+    job_key: bytes, deal_id: int, replica: int, info: bytes, extra: bytes = b""
+) -> bytes:
+    """``HKDF-SHA256(ikm = job key, salt = deal id (8, BE) || replica (1) || extra, info)``."""
     if len(job_key) != JOB_KEY_SIZE:
         raise KeysError(f"a job key is {JOB_KEY_SIZE} bytes, got {len(job_key)}")
     if not 0 <= deal_id <= MAX_ID or not 0 <= replica <= 255:
         raise KeysError(f"deal {deal_id} replica {replica} is out of range")
-    salt = deal_id.to_bytes(8, "big") + bytes((replica,))
-    return HKDF(hashes.SHA256(), OUTPUT_MASTER_SIZE, salt=salt, info=INFO_OUTPUTS).derive(job_key)
+    salt = deal_id.to_bytes(8, "big") + bytes((replica,)) + extra
+    return HKDF(hashes.SHA256(), OUTPUT_MASTER_SIZE, salt=salt, info=info).derive(job_key)
+
+
+def output_master(job_key: bytes, deal_id: int, replica: int) -> bytes:
+    """The storage master key of replica ``replica``'s outputs archive of deal ``deal_id``."""
+    return _job_derived(job_key, deal_id, replica, INFO_OUTPUTS)
+
+
+def outputs_transit_master(job_key: bytes, deal_id: int, replica: int) -> bytes:
+    """The master key (:mod:`qoin.storage.crypt`'s format) under which replica ``replica``'s
+    provider sends deal ``deal_id``'s outputs archive (``GET /jobs/{deal}/outputs``)."""
+    return _job_derived(job_key, deal_id, replica, INFO_OUTPUTS_TRANSIT)
+
+
+def log_key(
+    job_key: bytes, deal_id: int, replica: int, client_nonce: bytes, provider_nonce: bytes
+) -> bytes:
+    """The key of one connection of replica ``replica``'s log stream of deal ``deal_id``
+    (``WS /jobs/{deal}/logs``), from both sides' nonces of that connection."""
+    if len(client_nonce) != LOG_NONCE_SIZE or len(provider_nonce) != LOG_NONCE_SIZE:
+        raise KeysError(f"a log connection's nonces are {LOG_NONCE_SIZE} bytes each")
+    return _job_derived(job_key, deal_id, replica, INFO_LOG, client_nonce + provider_nonce)
 
 
 # -- auth ------------------------------------------------------------------------------------------

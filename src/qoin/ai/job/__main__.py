@@ -21,6 +21,11 @@ from . import tensorfile
 
 EXIT_BAD_INPUT = 2
 ARCHS = ("mlp", "cnn", "charlm")
+ANSWERS = ("json", "label")
+"""What ``infer`` prints: the JSON event line, or the answer only (``label``: the predicted
+labels one a line, or the generated text, cut to 256 bytes: :data:`.train.ANSWER_BYTES`) for a
+contract's callback (docs/spec/compute.md §3.12); predictions.json holds the whole object either
+way."""
 
 
 class BadArguments(ValueError):
@@ -80,6 +85,13 @@ def parser() -> Parser:
     infer.add_argument("--input", required=True, help="a qoin-input file")
     infer.add_argument("--tokens", type=_bounded(0, 100_000), default=200)
     infer.add_argument("--seed", type=_bounded(0, (1 << 63) - 1), default=0)
+    infer.add_argument(
+        "--answer",
+        choices=ANSWERS,
+        default="json",
+        help="stdout: the JSON event (json), or only the predicted labels one a line or the "
+        "generated text, at most 256 bytes (label: a contract's answer)",
+    )
     for command in (train, infer):
         command.add_argument("--threads", type=_bounded(1, 1024), required=True)
         command.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

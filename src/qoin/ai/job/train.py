@@ -32,6 +32,9 @@ EVAL_WINDOWS = 512
 TEMPERATURE = 0.8
 """Sampling temperature of text generation."""
 EPOCH_SEED = 1_000_003
+ANSWER_BYTES = 256
+"""The most stdout ``infer --answer label`` prints: what a contract's callback carries at most
+(``MAX_ANSWER`` of docs/spec/compute.md §3.12)."""
 
 
 class JobError(ValueError):
@@ -531,5 +534,29 @@ def run_infer(args: argparse.Namespace) -> None:
             "probabilities": [[round(float(p), 6) for p in row] for row in probabilities],
         }
     _write_json(_out_dir(args.out) / "predictions.json", result)
-    emit(result)
+    if args.answer == "label":
+        sys.stdout.write(answer_text(result))
+        sys.stdout.flush()
+    else:
+        emit(result)
     note(f"inferred in {time.perf_counter() - began:.2f} s")
+
+
+def answer_text(result: dict[str, Any], limit: int = ANSWER_BYTES) -> str:
+    """``infer --answer label``'s stdout: the predicted labels one a line (as many whole lines
+    as fit in ``limit`` bytes), or the generated text cut to ``limit`` bytes (whole
+    characters)."""
+    if result["event"] == "generated":
+        return _cut(result["text"], limit)
+    shown = ""
+    for label in result["labels"]:
+        line = f"{label}\n"
+        if len((shown + line).encode()) > limit:
+            break
+        shown += line
+    return shown or _cut(f"{result['labels'][0]}\n", limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``'s first ``limit`` bytes of UTF-8, ending on a whole character."""
+    return text.encode()[:limit].decode(errors="ignore")

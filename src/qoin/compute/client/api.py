@@ -1,12 +1,12 @@
 """A provider's HTTP API as the client uses it (docs/spec/compute.md §5.3): offers and their
 signed acceptances, the spec and job key handed to the mediator (both carrying the client's key
-authorisation), the per-job endpoints authenticated as the client, and the live log stream.
+authorisation), the per-job endpoints authenticated as the client, and the live log stream (the
+log and the outputs archive come encrypted under keys derived from the job key:
+:mod:`qoin.compute.transit`).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from qoin.compute import delivery, keys, market
+from qoin.compute import delivery, keys, market, transit
 from qoin.compute.client.base import (
     HTTP_CONNECT_S,
     MAX_LOG_FRAME,
@@ -225,11 +225,19 @@ class ProviderApi:
             raise ComputeClientError(f"{self.what}: {_reason(answer, status)}")
         return JobState.from_json(answer, self.what)
 
-    def outputs(self, deal_id: int, dest: Path, max_size: int) -> int:
-        """``GET /jobs/{deal}/outputs`` (the packed archive) into ``dest``: the bytes written;
-        :class:`qoin.compute.delivery.NotServed` if the provider does not hand it over."""
+    def outputs(self, deal_id: int, replica: int, job_key: bytes, dest: Path, max_size: int) -> int:
+        """``GET /jobs/{deal}/outputs`` (the packed archive, sent encrypted under replica
+        ``replica``'s transit key from ``job_key``) decrypted into ``dest``: the bytes written;
+        :class:`qoin.compute.delivery.NotServed` if the provider does not hand it over (or what
+        it sends does not open)."""
+        master = keys.outputs_transit_master(job_key, deal_id, replica)
         return delivery.download(
-            f"{self.base}/jobs/{deal_id}/outputs", self.auth(deal_id), dest, max_size, self.http
+            f"{self.base}/jobs/{deal_id}/outputs",
+            self.auth(deal_id),
+            dest,
+            max_size,
+            master,
+            self.http,
         )
 
     def result(self, deal_id: int) -> tuple[int, Any]:
@@ -253,25 +261,39 @@ class LogEnd:
     detail: str
 
 
+class LogAuthError(ComputeClientError):
+    """A log stream whose bytes do not open with the job key (:mod:`qoin.compute.transit`):
+    changed in transit, another job's key, or a provider that sends its log in clear."""
+
+
 class LogStream:
-    """Follows one replica's stdout/stderr over the provider's WebSocket in a thread, from byte
-    ``start``; a dropped connection is opened again with ``?from=`` the next byte (a provider that
-    does not know the job yet is asked again), until the last frame, :meth:`stop`, or
-    ``give_up_s`` seconds without any answer."""
+    """Follows replica ``replica``'s stdout/stderr over its provider's WebSocket in a thread,
+    from byte ``start``, each connection's frames decrypted under a key derived from
+    ``job_key`` (:mod:`qoin.compute.transit`); a dropped connection is opened again with
+    ``?from=`` the next byte (a provider that does not know the job yet is asked again), until
+    the last frame, :meth:`stop`, ``give_up_s`` seconds without any answer, or a frame that does
+    not authenticate (:attr:`error` says so: not asked again)."""
 
     def __init__(
         self,
         api: ProviderApi,
         deal_id: int,
+        job_key: bytes,
+        replica: int,
         on_output: Callable[[str, bytes], None],
         start: int = 0,
         give_up_s: float = 600.0,
         stop_at: int | None = None,
         on_end: Callable[[LogEnd], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.api = api
         self.on_end = on_end
+        self.on_refused = on_refused
+        """Told why, when a frame does not authenticate (the stream ends)."""
         self.deal_id = deal_id
+        self.job_key = job_key
+        self.replica = replica
         self.on_output = on_output
         self.offset = start
         """The next byte wanted."""
@@ -299,9 +321,9 @@ class LogStream:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def _url(self) -> str:
+    def _url(self, nonce: bytes) -> str:
         base = self.api.base.replace("http://", "ws://", 1)
-        return f"{base}/jobs/{self.deal_id}/logs?from={self.offset}"
+        return f"{base}/jobs/{self.deal_id}/logs?from={self.offset}&nonce={nonce.hex()}"
 
     def _run(self) -> None:
         last_answer = time.monotonic()
@@ -312,6 +334,11 @@ class LogStream:
                     return
                 last_answer = time.monotonic()
                 tries = 0
+            except LogAuthError as exc:
+                self.error = str(exc)
+                if self.on_refused is not None:
+                    self.on_refused(self.error)
+                return
             except ComputeClientError as exc:
                 self.error = str(exc)
             if time.monotonic() - last_answer > self.give_up_s:
@@ -329,9 +356,10 @@ class LogStream:
         )
         from websockets.sync.client import connect  # noqa: PLC0415
 
+        nonce = transit.client_nonce()
         try:
             connection = connect(
-                self._url(),
+                self._url(nonce),
                 additional_headers=self.api.auth(self.deal_id),
                 open_timeout=HTTP_CONNECT_S,
                 close_timeout=2.0,
@@ -343,43 +371,44 @@ class LogStream:
         except (InvalidHandshake, InvalidURI, TimeoutError, OSError) as exc:
             raise ComputeClientError(f"{self.api.what}: no log stream: {exc}") from None
         with connection:
+            opener: transit.LogOpener | None = None
             while not self._stop.is_set():
                 if self.stop_at is not None and self.offset >= self.stop_at:
                     return True
                 try:
-                    text = connection.recv(timeout=1.0)
+                    message = connection.recv(timeout=1.0)
                 except TimeoutError:
                     continue
                 except (ConnectionClosed, OSError) as exc:
                     raise ComputeClientError(f"{self.api.what}: log stream cut: {exc}") from None
-                if self._frame(text):
+                try:
+                    if opener is None:
+                        provider_nonce = transit.parse_hello(message)
+                        opener = transit.LogOpener(
+                            keys.log_key(
+                                self.job_key, self.deal_id, self.replica, nonce, provider_nonce
+                            )
+                        )
+                        continue
+                    frame = opener.open(message)
+                except (transit.TransitError, keys.KeysError) as exc:
+                    raise LogAuthError(f"{self.api.what}: log stream refused: {exc}") from None
+                if self._frame(frame):
                     return True
         return True
 
-    def _frame(self, text: str | bytes) -> bool:
-        try:
-            frame = json.loads(text)
-        except (ValueError, RecursionError):
-            raise ComputeClientError(f"{self.api.what}: a log frame is not JSON") from None
-        if not isinstance(frame, dict):
-            return False
-        if frame.get("end"):
-            code = frame.get("exit_code")
+    def _frame(self, frame: transit.LogFrame) -> bool:
+        if frame.end is not None:
+            code = frame.end.get("exit_code")
             self.end = LogEnd(
-                str(frame.get("reason") or ""),
+                str(frame.end.get("reason") or "")[:80],
                 code if isinstance(code, int) and not isinstance(code, bool) else None,
-                str(frame.get("detail") or "")[:1000],
+                str(frame.end.get("detail") or "")[:1000],
             )
             if self.on_end is not None:
                 self.on_end(self.end)
             return True
-        stream, offset, data = frame.get("stream"), frame.get("offset"), frame.get("data")
-        if stream not in ("stdout", "stderr") or not isinstance(offset, int):
-            return False
-        try:
-            chunk = base64.b64decode(str(data), validate=True)
-        except ValueError:
-            raise ComputeClientError(f"{self.api.what}: a log frame's data is not base64") from None
+        stream, offset, chunk = frame.kind, frame.offset, frame.data
         if offset + len(chunk) <= self.offset:
             return False  # replayed: seen already
         if offset < self.offset:

@@ -266,7 +266,15 @@ def follow(
         timeout=httpx.Timeout(HTTP_ANSWER_S, connect=HTTP_CONNECT_S), follow_redirects=False
     )
     run = _Following(wallet, submitted, out, jobs, watcher, progress, http)
-    stream = LogStream(run.apis[0], deal_id, run.on_output, on_end=run.on_end).start()
+    stream = LogStream(
+        run.apis[0],
+        deal_id,
+        submitted.job_key,
+        0,
+        run.on_output,
+        on_end=run.on_end,
+        on_refused=lambda why: watcher.phase("run", f"the live output stops: {why}"),
+    ).start()
     try:
         while run.story.settled is None:
             run.step()

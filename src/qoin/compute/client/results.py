@@ -1,6 +1,7 @@
-"""A revealed result's outputs (docs/spec/compute.md §6.2): straight from its provider first, else
-its copy in the storage market by CID; either way verified against the root revealed on chain
-and unpacked beside the destination, moved there only when whole.
+"""A revealed result's outputs (docs/spec/compute.md §6.2): straight from its provider first (sent
+encrypted under a key derived from the job key), else its copy in the storage market by CID
+(stored encrypted under another); either way decrypted, then verified against the root revealed
+on chain and unpacked beside the destination, moved there only when whole.
 """
 
 from __future__ import annotations
@@ -191,16 +192,22 @@ def _saved(
 
 
 def _from_provider(
-    api: ProviderApi, deal_id: int, replica: int, root: bytes, out: Path, limits: OutputLimits
+    api: ProviderApi,
+    deal_id: int,
+    replica: int,
+    root: bytes,
+    job_key: bytes,
+    out: Path,
+    limits: OutputLimits,
 ) -> SavedOutputs:
-    """The outputs straight from the provider (``GET /jobs/{deal}/outputs``), verified;
-    :class:`~qoin.compute.delivery.NotServed` or :class:`_NotVerified` if not."""
+    """The outputs straight from the provider (``GET /jobs/{deal}/outputs``), decrypted and
+    verified; :class:`~qoin.compute.delivery.NotServed` or :class:`_NotVerified` if not."""
     bound = min(MAX_OUTPUT_ARCHIVE, delivery.archive_bound(limits))
     handle, name = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".archive", dir=_parent(out))
     os.close(handle)
     archive = Path(name)
     try:
-        size = api.outputs(deal_id, archive, bound)
+        size = api.outputs(deal_id, replica, job_key, archive, bound)
         manifest = _unpack_into(archive, out, replica, root, limits, f"what {api.what} served")
     finally:
         archive.unlink(missing_ok=True)
@@ -258,7 +265,7 @@ def fetch_outputs(
     """Replica ``replica``'s outputs, unpacked into ``out`` verified against ``root`` (written
     beside ``out`` first, moved there only when whole): the files under ``out/outputs/``, the
     job's stdout in ``out/stdout``. Straight from the provider first (``GET
-    /jobs/{deal}/outputs``, one hop); else the copy it stored in the storage market (by ``cid``,
+    /jobs/{deal}/outputs``, one hop, decrypted with the replica's transit key); else the copy it stored in the storage market (by ``cid``,
     or the CID the provider names), decrypted with the output master. Bytes that do not verify
     count as outputs that cannot be had. Asked again until they come, for at most ``wait_s``
     seconds (or until ``stop`` is set), ``on_wait`` told what is awaited and why whenever that
@@ -277,7 +284,7 @@ def fetch_outputs(
         problems: list[str] = []
         if not direct_bad:
             try:
-                return _from_provider(api, deal_id, replica, root, out, limits)
+                return _from_provider(api, deal_id, replica, root, job_key, out, limits)
             except _NotVerified as exc:
                 direct_bad = True
                 problems.append(str(exc))

@@ -223,23 +223,37 @@ def stream_logs(
     view: ComputeMarketView,
     keypair: HybridKeyPair,
     deal_id: int,
+    jobs: Path,
     on_output: Callable[[str, bytes], None],
     follow_live: bool,
     replica: int = 0,
     start: int = 0,
 ) -> LogEnd | None:
     """``logs``: replica ``replica``'s stdout/stderr from its provider, to the end of what it
-    saved (``follow_live``: until the job ends). Its last frame, if it came."""
+    saved (``follow_live``: until the job ends), decrypted with the job key of the record in
+    ``jobs`` that ``run`` kept. Its last frame, if it came."""
     with httpx.Client(
         timeout=httpx.Timeout(HTTP_ANSWER_S, connect=HTTP_CONNECT_S), follow_redirects=False
     ) as http:
-        api, _ = replica_api(view, http, keypair, deal_id, replica, start)
+        api, story = replica_api(view, http, keypair, deal_id, replica, start)
+        record = None if story.job is None else load_record(jobs, deal_id, story.job, keypair)
+        if record is None:
+            raise ComputeClientError(
+                f"no job record of deal {deal_id} in {jobs}: the log comes encrypted under the "
+                "job key, which stays with the QOIN_HOME that ran it (qoin compute run)"
+            )
         stop_at = None
         if not follow_live:
             state = api.job(deal_id)
             stop_at = state.log_bytes
         stream = LogStream(
-            api, deal_id, on_output, stop_at=stop_at, give_up_s=30.0 if stop_at is not None else 600
+            api,
+            deal_id,
+            record.job_key,
+            replica,
+            on_output,
+            stop_at=stop_at,
+            give_up_s=30.0 if stop_at is not None else 600,
         )
         if stop_at == 0:
             return None

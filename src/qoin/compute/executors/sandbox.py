@@ -288,11 +288,13 @@ class SandboxExecutor:
             cpu = measured if measured is not None else rusage_cpu
             started = _job_started(launch.status_fd)
             total = ended - launch.spawned_at
-            if stopped is None and not started:
+            reason, detail = final_reason(stopped, code, meter, disk, probes)
+            if reason is StopReason.EXITED and not started:
+                # bubblewrap reports the job's exit only if it outlives it; a bubblewrap killed
+                # at a limit (the memory cgroup's OOM killer may pick it) has a reason above.
                 said = meter.stderr_tail.decode("utf-8", "replace").strip()
                 detail = f"the sandbox could not start the job ({exit_detail(code)}): {said}"
                 return failed(detail, set_up), total
-            reason, detail = final_reason(stopped, code, meter, disk, probes)
             exit_code = code if reason is StopReason.EXITED else None
             result = RunResult(reason, exit_code, detail, cpu, total, set_up, log_bytes=meter.total)
             return result, total

@@ -53,11 +53,14 @@ from typing import Any, BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 
+from qoin.ai import runtime as ai_runtime
+from qoin.ai.runtime import AiRuntimeError
 from qoin.compute import jobspec, keys, market, outputs
 from qoin.compute.executors import ExecutorError, JobDirs, RunResult, executor_for
 from qoin.compute.jobspec import JobSpec
 from qoin.compute.market import ComputeMarketView, Phase, ReplicaState
 from qoin.compute.params import ComputeParams
+from qoin.crypto.hashing import HASH_SIZE
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
 from qoin.files import FileReadError, read_bounded, write_atomically
@@ -460,13 +463,25 @@ def fewer_epochs(command: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def runtime_dir(spec: JobSpec, runtimes: Mapping[str, Path]) -> Path | None:
-    """The directory of the runtime ``spec`` names (None if it names none); :class:`JobError`
-    (``executor-failed``) if this provider lacks it."""
+    """The directory of the runtime ``spec`` names (None if it names none), loaded again
+    (:func:`qoin.ai.runtime.load`: a runtime installed again or changed since the provider
+    started is not the one the spec names); :class:`JobError` (``executor-failed``) if this
+    provider lacks it or its directory no longer holds it."""
     if not spec.runtime:
         return None
     found = runtimes.get(spec.runtime)
     if found is None:
         raise JobError("executor-failed", runtime_refusal(spec.runtime, runtimes))
+    try:
+        now = ai_runtime.load(found).ref
+    except AiRuntimeError as exc:
+        raise JobError("executor-failed", f"runtime {spec.runtime}: {exc}") from None
+    if now != spec.runtime:
+        raise JobError(
+            "executor-failed",
+            f"runtime {spec.runtime} is no longer at {found}, which holds {now} now (installed "
+            "again since this provider started: restart it to offer that one)",
+        )
     return found
 
 
@@ -547,6 +562,28 @@ def manifest_json(manifest: outputs.Manifest) -> dict[str, Any]:
         "stdout": entry(manifest.stdout),
         "files": [entry(item) for item in manifest.files],
     }
+
+
+MANIFEST_FILE_BYTES: Final = outputs.MAX_PATH + HASH_SIZE + 16
+"""Most bytes one output file adds to a result manifest (as :data:`~qoin.compute.outputs.
+MAX_MANIFEST` counts them)."""
+MANIFEST_HEAD_BYTES: Final = 256
+"""Most bytes of a result manifest before its files."""
+
+
+def answer_manifest_problem(spec: JobSpec) -> str | None:
+    """Why a job's result manifest could be over what a reveal with an answer carries
+    (:data:`~qoin.compute.market.MAX_ANSWER_MANIFEST`: a provider that took the job could not
+    reveal and would be fined), or None: ``spec.outputs.max_files`` bounds it."""
+    files = spec.outputs.max_files
+    if MANIFEST_HEAD_BYTES + files * MANIFEST_FILE_BYTES <= market.MAX_ANSWER_MANIFEST:
+        return None
+    most = (market.MAX_ANSWER_MANIFEST - MANIFEST_HEAD_BYTES) // MANIFEST_FILE_BYTES
+    return (
+        f"the bid asks for an answer, whose reveal carries a result manifest of at most "
+        f"{market.MAX_ANSWER_MANIFEST} bytes, and the spec lets the job leave {files} output "
+        f"files: allow at most {most} (--max-files {most})"
+    )
 
 
 def reveal_answer(archive: Path, max_answer: int) -> tuple[bytes, bytes]:

@@ -9,8 +9,9 @@ key under which no replica's outputs decrypt, and have every honest replica fine
 1. re-runs the job itself (``run-1/``; staging retried while time is left; a run its executor
    could not start, that matches no revealed root, tried up to :data:`MAX_ATTEMPTS` times) -> R1;
 2. if a revealed root equals R1, fetches that replica's outputs (``GET /jobs/{deal}/outputs``
-   on its provider, authenticated as the mediator; else the copy in the storage market by the CID
-   ``GET /jobs/{deal}/result`` names, decrypted with :func:`qoin.compute.keys.output_master`;
+   on its provider, authenticated as the mediator, decrypted with
+   :func:`qoin.compute.keys.outputs_transit_master`; else the copy in the storage market by the
+   CID ``GET /jobs/{deal}/result`` names, decrypted with :func:`qoin.compute.keys.output_master`;
    either verified with :func:`qoin.compute.outputs.unpack` against the revealed root):
    delivered -> **correct result** (every revealed root is R1) or **wrong result** (root R1: the
    others are fined); not delivered -> **not delivered** (zero root: every revealed replica is
@@ -395,13 +396,17 @@ class Mediation:
             return bytes.fromhex(text)
         return "its outputs are not stored in the storage market (yet)"
 
-    def _direct(self, url: str, item: Revealed, scratch: Path) -> str | None:
-        """Fetch a replica's outputs archive from its provider (``GET /jobs/{deal}/outputs``)
-        and verify it; None if delivered, else why not."""
+    def _direct(self, url: str, item: Revealed, job_key: bytes, scratch: Path) -> str | None:
+        """Fetch a replica's outputs archive from its provider (``GET /jobs/{deal}/outputs``,
+        sent encrypted under the replica's transit key), decrypt and verify it; None if
+        delivered, else why not."""
         header = keys.auth_header(self.ctx.keypair, item.provider, self.deal)
         archive = scratch / "archive"
+        master = keys.outputs_transit_master(job_key, self.deal, item.index)
         try:
-            delivery.download(f"{url}/outputs", {keys.AUTH_HEADER: header}, archive, MAX_ARCHIVE)
+            delivery.download(
+                f"{url}/outputs", {keys.AUTH_HEADER: header}, archive, MAX_ARCHIVE, master
+            )
         except delivery.NotServed as exc:
             return f"its provider did not serve them: {exc}"
         except OSError as exc:
@@ -443,7 +448,7 @@ class Mediation:
             try:
                 problems = []
                 if not direct_bad:
-                    problem = self._direct(url, item, scratch)
+                    problem = self._direct(url, item, job_key, scratch)
                     if problem is None:
                         return None
                     direct_bad = NOT_VERIFIED in problem

@@ -10,7 +10,8 @@ acceptable), a provider-side fault (the node unreachable) 503.
     mediates.
 ``POST /offer`` ``{bid, replica, mediator, spec, job_key}``
     checks the open bid on chain against the spec (its hash, resources, executor, timeout,
-    verification), this provider's ask (free capacity, prices, collateral multiple, free
+    verification; for a bid asking for an answer, output files few enough for the reveal's
+    manifest), this provider's ask (free capacity, prices, collateral multiple, free
     collateral, the mediator), the executor, the runtime the spec names (one offered here, else
     409 naming those it has), the sealed job key and every input key; keeps the spec and key in ``DATADIR/jobs/bid-<id>/`` (bounded: :class:`~.jobs.Offers`) and answers the
     signed acceptance. The first job key kept for a bid stays: another one is refused (409)
@@ -21,13 +22,15 @@ acceptable), a provider-side fault (the node unreachable) 503.
     here; keeps them for a mediation
     (the first job key stays, as for offers).
 ``GET /jobs/{deal}``, ``GET /jobs/{deal}/result``, ``GET /jobs/{deal}/outputs``,
-``WS /jobs/{deal}/logs?from=N``
+``WS /jobs/{deal}/logs?from=N&nonce=C``
     authenticated (:func:`qoin.compute.keys.check_auth`, header ``X-Qoin-Auth``) as the deal's
     client or mediator: the status; the result (409 until revealed on chain; its CID null until
-    the archive is stored in the storage market); the packed outputs archive itself (409 until
-    revealed on chain), streamed; the saved log from byte ``from`` then live, ending with an
-    ``end`` frame. A refused WebSocket upgrade is answered with the HTTP status and JSON error
-    instead of the upgrade.
+    the archive is stored in the storage market); the packed outputs archive (409 until revealed
+    on chain), streamed encrypted under the replica's transit key; the saved log from byte
+    ``from`` then live, ending with an ``end`` frame, every frame encrypted under the
+    connection's key (:mod:`qoin.compute.transit`: both derived from the job key, so the wire
+    carries no job data in clear). A refused WebSocket upgrade is answered with the HTTP status
+    and JSON error instead of the upgrade.
 
 Chain reads and disk work run on Starlette's thread pool, never on the event loop.
 """
@@ -35,22 +38,22 @@ Chain reads and disk work run on Starlette's thread pool, never on the event loo
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qoin.ai.runtime import RuntimeInfo
-from qoin.compute import jobspec, keys, market
+from qoin.compute import jobspec, keys, market, transit
 from qoin.compute.jobspec import Executor, JobSpec, Verification
 from qoin.compute.market import BidInfo, ComputeMarketView
 from qoin.compute.provider.jobs import (
@@ -58,10 +61,12 @@ from qoin.compute.provider.jobs import (
     MANIFEST_FILE,
     Job,
     JobBook,
+    JobError,
     JobState,
     OfferRefused,
     PendingOffer,
-    runtime_refusal,
+    answer_manifest_problem,
+    runtime_dir,
 )
 from qoin.crypto.address import Address, AddressError
 from qoin.crypto.hybrid import HybridKeyPair
@@ -116,11 +121,13 @@ class ComputeContext:
     """The runtimes offered (``--runtime``, the default one)."""
 
     def runtime_problem(self, spec: JobSpec) -> str | None:
-        """Why a job naming ``spec.runtime`` cannot run here, or None."""
-        offered = {info.ref: info for info in self.runtimes}
-        if not spec.runtime or spec.runtime in offered:
-            return None
-        return runtime_refusal(spec.runtime, offered)
+        """Why a job naming ``spec.runtime`` cannot run here (not offered, or its directory no
+        longer holds it: :func:`~.jobs.runtime_dir`), or None."""
+        try:
+            runtime_dir(spec, {info.ref: info.path for info in self.runtimes})
+        except JobError as exc:
+            return str(exc)
+        return None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -367,6 +374,10 @@ class ComputeApi:
         mismatch = spec_mismatch(spec, bid)
         if mismatch is not None:
             raise Refused(422, mismatch)
+        if bid.max_answer:
+            too_many = answer_manifest_problem(spec)
+            if too_many is not None:
+                raise Refused(422, too_many)
         why = context.executors.get(spec.executor, "unknown executor")
         if why is not None:
             raise Refused(
@@ -525,8 +536,10 @@ class ComputeApi:
         )
 
     async def outputs(self, request: Request) -> Response:
-        """``GET /jobs/{deal}/outputs``: the packed outputs archive, streamed, once revealed on
-        chain (the client and the mediator verify it against the revealed root)."""
+        """``GET /jobs/{deal}/outputs``: the packed outputs archive, once revealed on chain,
+        streamed encrypted under the replica's transit key (:mod:`qoin.compute.transit`; the
+        client and the mediator decrypt it, then verify it against the revealed root). A
+        ``Range`` header is not honoured: every answer is the whole archive, under a fresh salt."""
         job = await run_in_threadpool(
             self._authorised, request.path_params["deal"], request.headers.get(keys.AUTH_HEADER)
         )
@@ -534,7 +547,7 @@ class ComputeApi:
         _check_revealed(status.deal, status.revealed)
         path = job.directory / ARCHIVE_FILE
         try:
-            stat = await run_in_threadpool(path.stat)
+            handle = await run_in_threadpool(path.open, "rb")
         except OSError:
             where = f" (CID {status.cid})" if status.cid else ""
             raise Refused(
@@ -542,18 +555,40 @@ class ComputeApi:
                 f"deal {status.deal}: the outputs archive is no longer kept here; fetch it from "
                 f"the storage market{where}",
             ) from None
-        return FileResponse(path, stat_result=stat, media_type="application/octet-stream")
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            master = keys.outputs_transit_master(job.job_key, status.deal, status.replica)
+        except (OSError, keys.KeysError) as exc:
+            handle.close()
+            raise Refused(503, f"cannot send the outputs archive: {exc}") from None
+        return StreamingResponse(
+            _sealed_file(handle, size, master),
+            media_type="application/octet-stream",
+            headers={"content-length": str(transit.sealed_archive_size(size))},
+        )
 
     # -- logs -------------------------------------------------------------------------------
 
     async def logs(self, websocket: WebSocket) -> None:
-        """``WS /jobs/{deal}/logs?from=N``."""
+        """``WS /jobs/{deal}/logs?from=N&nonce=C``."""
         try:
             start = int(websocket.query_params.get("from", "0"))
-            if start < 0:
+            if not 0 <= start <= MAX_ID:
                 raise ValueError
         except ValueError:
             await websocket.send_denial_response(_error(400, "from is a byte offset (>= 0)"))
+            return
+        try:
+            nonce = transit.parse_client_nonce(websocket.query_params.get("nonce", ""))
+        except transit.TransitError as exc:
+            await websocket.send_denial_response(
+                _error(
+                    400,
+                    f"{exc}, fresh for each connection: the log is sent encrypted under a key "
+                    "derived from the job key and both sides' nonces (a client of an older qoin "
+                    "sends none: update it)",
+                )
+            )
             return
         try:
             job = await run_in_threadpool(
@@ -567,17 +602,32 @@ class ComputeApi:
         except QoinError as exc:
             await websocket.send_denial_response(_error(503, f"cannot serve now: {exc}"))
             return
+        provider_nonce = os.urandom(keys.LOG_NONCE_SIZE)
+        try:
+            status = job.status
+            sealer = transit.LogSealer(
+                keys.log_key(job.job_key, status.deal, status.replica, nonce, provider_nonce)
+            )
+        except keys.KeysError as exc:
+            await websocket.send_denial_response(_error(503, f"cannot serve now: {exc}"))
+            return
         await websocket.accept()
         closed = asyncio.create_task(_wait_closed(websocket))
         try:
-            await self._follow(websocket, job, start, closed)
+            await websocket.send_bytes(transit.hello(provider_nonce))
+            await self._follow(websocket, job, start, closed, sealer)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
             closed.cancel()
 
     async def _follow(
-        self, websocket: WebSocket, job: Job, offset: int, closed: asyncio.Task[None]
+        self,
+        websocket: WebSocket,
+        job: Job,
+        offset: int,
+        closed: asyncio.Task[None],
+        sealer: transit.LogSealer,
     ) -> None:
         while not closed.done():
             finished = job.status.finished or job.status.state in _DONE_STATES
@@ -589,33 +639,28 @@ class ComputeApi:
                 return
             pieces = await run_in_threadpool(job.log.read, offset) if offset < job.log.size else []
             for piece in pieces:
-                await websocket.send_text(
-                    json.dumps(
-                        {
-                            "stream": piece.stream,
-                            "offset": piece.offset,
-                            "data": base64.b64encode(piece.data).decode(),
-                        }
-                    )
-                )
+                await websocket.send_bytes(sealer.data(piece.stream, piece.offset, piece.data))
                 offset = piece.offset + len(piece.data)
             if not pieces and finished:
                 status = job.status
-                await websocket.send_text(
-                    json.dumps(
-                        {
-                            "end": True,
-                            "state": str(status.state),
-                            "reason": status.reason,
-                            "exit_code": status.exit_code,
-                            "detail": status.detail,
-                        }
-                    )
-                )
+                end = {
+                    "state": str(status.state),
+                    "reason": status.reason,
+                    "exit_code": status.exit_code,
+                    "detail": status.detail,
+                }
+                await websocket.send_bytes(sealer.end(offset, end))
                 await websocket.close()
                 return
             if not pieces:
                 await asyncio.sleep(LOG_POLL_S)
+
+
+def _sealed_file(handle: BinaryIO, size: int, master: bytes) -> Iterator[bytes]:
+    """The archive open in ``handle`` (``size`` bytes) sealed for the wire, the file closed at
+    the end (or when the answer is dropped). Iterated on the thread pool."""
+    with handle:
+        yield from transit.seal_archive(handle, size, master)
 
 
 def _check_revealed(deal: int, revealed: bool) -> None:
