@@ -1,7 +1,8 @@
 """AI jobs end to end, with real processes only: one mining node (a block every ~100 ms), two
-storage providers, three compute providers offering the real AI runtime (PyTorch and the job
+storage providers, four compute providers offering the real AI runtime (PyTorch and the job
 program, from the ``ai_runtime`` fixture: two honest, one lazy on purpose with the test-only
-``--misbehave fewer-epochs``) and a mediator with the runtime too; the client is the real ``qoin
+``--misbehave fewer-epochs``, one that swaps the trained weights for random ones with
+``--misbehave random-weights``) and a mediator with the runtime too; the client is the real ``qoin
 ai`` command run as a subprocess with a keystore and a password file, as a user runs it.
 
 One network serves the whole module: every job names its providers (``--provider``). What each
@@ -15,8 +16,10 @@ test shows:
 3. A replicated training with a lazy provider (it trains one epoch and says it did them all): the
    roots differ, the mediator re-runs the job, the lazy one is fined and the honest one paid; the
    client gets the honest model.
-4. A dataset CID the user never stored fails before any money moves (exit 2, no bid placed).
-5. ``qoin ai runtime show`` and ``install`` (already current: only checked) give the ref the
+4. The same with a provider that returns random weights (a valid model file of the right shapes,
+   not the trained one): caught by the mediator the same way.
+5. A dataset CID the user never stored fails before any money moves (exit 2, no bid placed).
+6. ``qoin ai runtime show`` and ``install`` (already current: only checked) give the ref the
    providers list in their ``/info``.
 
 Fast checks without a market: :mod:`tests.test_ai_client`.
@@ -58,6 +61,7 @@ HONEST = [keypair_for(index=140 + i) for i in range(2)]
 LAZY = keypair_for(index=142)
 MEDIATOR = keypair_for(index=143)
 STORAGE = [keypair_for(index=144 + i) for i in range(2)]
+RANDOM = keypair_for(index=146)
 RUN_S = 240.0
 """The longest a ``qoin ai`` command may take."""
 JOB = ("--memory", "1GiB", "--timeout", "120", "--cpus", "1")
@@ -79,6 +83,8 @@ class Market:
     node: Node
     honest: list[ComputeProvider]
     lazy: ComputeProvider
+    random: ComputeProvider
+    """Returns random weights (``--misbehave random-weights``)."""
     mediator: ComputeProvider
     key: Path
     password: Path
@@ -127,12 +133,12 @@ def market(
         pytest.MonkeyPatch.context() as patch,
         compute_network(workdir, patch, PARAMS) as (net, node),
     ):
-        fund(node, *HONEST, LAZY, MEDIATOR, *STORAGE, CLIENT)
+        fund(node, *HONEST, LAZY, RANDOM, MEDIATOR, *STORAGE, CLIENT)
         url = node.user.url
         start = functools.partial(
             start_compute_provider, memory="2GiB", extra=("--runtime", str(ai_runtime.path))
         )
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=5) as pool:
             stored = [
                 pool.submit(start_provider, net, node, f"storage-{i}", keypair, capacity="32MiB")
                 for i, keypair in enumerate(STORAGE)
@@ -146,11 +152,14 @@ def market(
             started.append(
                 pool.submit(start, net, url, LAZY, name="lazy", misbehave="fewer-epochs")
             )
-            *honest, lazy = [future.result() for future in started]
+            started.append(
+                pool.submit(start, net, url, RANDOM, name="random", misbehave="random-weights")
+            )
+            *honest, lazy, random = [future.result() for future in started]
             for future in stored:
                 future.result()
         key, password = write_keystore(workdir / "client", CLIENT)
-        yield Market(net, node, honest, lazy, mediator, key, password)
+        yield Market(net, node, honest, lazy, random, mediator, key, password)
 
 
 def topic(provider: ComputeProvider) -> str:
@@ -271,6 +280,27 @@ def test_a_lazy_trainer_is_caught_by_the_mediator(market: Market, tmp_path: Path
     assert paid(market, deal) == {topic(honest)}
     assert trained["epochs"] == 3 and len(trained["history"]) == 3  # the honest model
     assert trained["accuracy"] >= 0.85
+
+
+def test_random_weights_are_caught_by_the_mediator(market: Market, tmp_path: Path) -> None:
+    """A provider that runs the training, then puts random values in the model file (a valid
+    model of the same shapes) and commits that: the roots differ, the mediator's re-run agrees
+    with the honest one, the cheater is fined, the client gets the trained model."""
+    data = market.prepared_digits()["cid"]
+    honest = market.honest[1]
+    trained, _ = market.ok(
+        "train", "--model", "mlp", "--data", data, "--epochs", "3", "--verify", "replicated",
+        *market.providers(honest, market.random), *JOB, "--out", str(tmp_path / "m"),
+    )  # fmt: skip
+    deal = trained["deal"]
+    verification = trained["verification"]
+    assert verification["outcome"] == "mediated" and verification["verdict"] == "wrong-result"
+    assert len(set(verification["roots"].values())) == 2, verification["roots"]
+    assert fined(market, deal) == {topic(market.random): 1}  # a wrong result
+    assert paid(market, deal) == {topic(honest)}
+    assert trained["epochs"] == 3 and trained["accuracy"] >= 0.85  # the honest model
+    model = tensorfile.read(tmp_path / "m" / "outputs" / "model.qm", 1 << 24)
+    assert model.meta["trained"]["epochs"] == 3 and model.arrays
 
 
 def test_a_dataset_never_stored_fails_before_any_money_moves(market: Market) -> None:

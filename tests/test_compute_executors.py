@@ -34,10 +34,11 @@ import os
 import shutil
 import socket
 import tarfile
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -59,7 +60,10 @@ from qoin.compute.executors.docker import DockerExecutor
 from qoin.compute.executors.sandbox import (
     SandboxExecutor,
     gpu_args,
+    gpu_env,
+    job_gpus,
     nvidia_devices,
+    nvidia_gpus,
     runtime_problem,
 )
 from qoin.compute.executors.tree import remove_tree, tree_usage
@@ -904,18 +908,83 @@ def test_runtime_directories_must_match_the_spec(
     assert problem is not None and "a sandboxed job cannot see" in problem
 
 
-def test_gpu_jobs_get_the_nvidia_device_nodes(tmp_path: Path) -> None:
-    """The device nodes that exist (``nvidia*`` but directories, and ``nvidia-caps/*``), each
-    bound read-write at its own path; none on a machine without them."""
-    dev = tmp_path / "dev"
+def fake_dev(where: Path) -> Path:
+    """A stand-in for ``/dev`` of a machine with four NVIDIA GPUs (empty files: nothing here
+    opens them as devices), readable by the job's user."""
+    dev = where / "dev"
     (dev / "nvidia-caps").mkdir(parents=True)
-    for name in ("nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-caps/nvidia-cap1", "null"):
-        (dev / name).touch()
-    found = nvidia_devices(dev)
-    assert found == tuple(
-        str(dev / name)
-        for name in ("nvidia-caps/nvidia-cap1", "nvidia-uvm", "nvidia0", "nvidiactl")
-    )
+    names = ("nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl", "nvidia-uvm")
+    for name in (*names, "nvidia-uvm-tools", "nvidia-caps/nvidia-cap1", "null", "nvidiafoo"):
+        (dev / name).touch(mode=0o666)
+    for folder in (where, dev):
+        folder.chmod(0o755)
+    return dev
+
+
+def test_gpu_jobs_get_only_their_assigned_nvidia_device_nodes(tmp_path: Path) -> None:
+    """A GPU job's nodes: the driver's shared control nodes present, then ``nvidia<i>`` of each
+    GPU assigned to it, each bound read-write at its name under ``/dev``; never another GPU's nor
+    ``nvidia-caps/``. A missing node, or fewer GPUs than the job asks for, is the provider's
+    fault (:class:`ExecutorError`); unassigned (a run on one's own machine), the first ones."""
+    dev = fake_dev(tmp_path)
+    assert nvidia_gpus(dev) == (0, 1, 2, 3) and nvidia_gpus(tmp_path / "none") == ()
+    shared = [str(dev / name) for name in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")]
+    found = nvidia_devices((3, 1), dev)
+    assert found == (*shared, str(dev / "nvidia1"), str(dev / "nvidia3"))
     args = gpu_args(found)
-    assert args[:3] == ["--dev-bind", found[0], found[0]] and len(args) == 3 * len(found)
-    assert nvidia_devices(tmp_path / "none") == ()
+    assert args[:3] == ["--dev-bind", shared[0], "/dev/nvidiactl"]
+    assert args[-3:] == ["--dev-bind", str(dev / "nvidia3"), "/dev/nvidia3"]
+    assert len(args) == 3 * len(found)
+    with pytest.raises(ExecutorError, match=r"nvidia7 are missing"):
+        nvidia_devices((1, 7), dev)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "nvidia0").touch()
+    with pytest.raises(ExecutorError, match="nvidiactl is missing: the NVIDIA driver is not"):
+        nvidia_devices((0,), tmp_path / "bare")
+    assert nvidia_devices((), tmp_path / "none") == ()
+    two = JobSpec(command=("true",), resources=Resources(gpus=2))
+    root = tmp_path / "job"
+    dirs = JobDirs(root, (), root / "work", root / "outputs", gpus=(2, 0))
+    assert job_gpus(two, dirs, dev) == (2, 0)
+    assert job_gpus(two, replace(dirs, gpus=None), dev) == (0, 1)
+    for wrong in ((1,), (1, 1), ()):
+        with pytest.raises(ExecutorError, match="asks for 2 GPU"):
+            job_gpus(two, replace(dirs, gpus=wrong), dev)
+    with pytest.raises(ExecutorError, match="asks for 2 GPU"):
+        job_gpus(two, replace(dirs, gpus=None), tmp_path / "none")
+    assert gpu_env(0) == {}
+    assert gpu_env(2) == {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "NVIDIA_VISIBLE_DEVICES": "0,1",
+    }
+
+
+def test_a_gpu_job_sees_only_its_gpus_in_the_sandbox(sandbox: Target) -> None:
+    """A real sandbox given GPUs 1 and 3 of the stand-in ``/dev``: the job's ``/dev`` holds the
+    shared nodes and ``nvidia1``, ``nvidia3`` only, and CUDA is told of two GPUs, 0 and 1 (the
+    numbers it gives the GPUs it can open), the same whichever GPUs were assigned."""
+    with tempfile.TemporaryDirectory(prefix="qoin-fake-dev-") as tmp:
+        dev = fake_dev(Path(tmp))
+        executor = SandboxExecutor(LIMITS, dev=dev)
+        assert executor.problem() is None
+        root = Path(tmp) / "job"
+        for sub in ("work", "outputs"):
+            (root / sub).mkdir(parents=True)
+        script = "ls /dev | grep nvidia; echo $CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES"
+        spec = JobSpec(
+            command=("sh", "-c", script),
+            resources=Resources(cpus=1, memory=MEMORY, gpus=2),
+            timeout=QUICK,
+            outputs=OUTPUTS,
+        )
+        said: list[bytes] = []
+        dirs = JobDirs(root, (), root / "work", root / "outputs", gpus=(1, 3))
+        result = executor.run(spec, dirs, lambda _s, chunk: said.append(chunk), threading.Event())
+        output = b"".join(said).decode()
+        assert result.reason is StopReason.EXITED and result.exit_code == 0, (result, output)
+        assert output.split() == [
+            "nvidia-uvm", "nvidia-uvm-tools", "nvidia1", "nvidia3", "nvidiactl", "0,1", "0,1",
+        ]  # fmt: skip
+        with pytest.raises(ExecutorError, match="asks for 2 GPU"):
+            executor.run(spec, replace(dirs, gpus=(1,)), lambda *_: None, threading.Event())

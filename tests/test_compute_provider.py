@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -37,6 +38,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from qoin.ai import runtime as runtimes
+from qoin.ai.job import tensorfile
 from qoin.ai.runtime import RuntimeInfo
 from qoin.cli.compute_provider import parse_executors, parse_mediators, parse_multiple
 from qoin.compute import client, keys, market, transit
@@ -938,3 +940,111 @@ def test_runtimes_are_listed_and_offers_naming_others_refused(
         provider_argv(*args), capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode != 0 and f"--runtime {stale}" in done.stderr, done.stderr
+
+
+def test_random_weights_replaces_every_model_files_parameters(tmp_path: Path) -> None:
+    """TEST ONLY ``--misbehave random-weights``: each ``*.qm`` under the outputs is written again
+    as a valid model file with the same metadata, names, dtypes and shapes, its float32 arrays
+    random (other arrays and files that are not models kept as they were)."""
+    assert "random-weights" in jobs.MISBEHAVIOURS
+    meta = {"format": "qoin-model", "version": 1, "arch": "mlp", "trained": {"epochs": 3}}
+    arrays = [
+        tensorfile.Array("w", "float32", (3, 4), struct.pack("<12f", *range(12))),
+        tensorfile.Array("b", "float32", (4,), bytes(16)),
+        tensorfile.Array("steps", "int64", (1,), struct.pack("<q", 7)),
+    ]
+    (tmp_path / "sub").mkdir()
+    for name in ("model.qm", "sub/other.qm"):
+        tensorfile.write(tmp_path / name, meta, arrays)
+    (tmp_path / "junk.qm").write_bytes(b"not a model")
+    (tmp_path / "metrics.json").write_text("{}")
+    assert jobs.random_weights(tmp_path, 1 << 20) == ["model.qm", "sub/other.qm"]
+    for name in ("model.qm", "sub/other.qm"):
+        found = tensorfile.read(tmp_path / name, 1 << 20)
+        assert found.meta == meta
+        assert [(a.name, a.dtype, a.shape) for a in found.arrays] == [
+            (a.name, a.dtype, a.shape) for a in arrays
+        ]
+        for before, after in zip(arrays, found.arrays, strict=True):
+            assert (after.data == before.data) is (before.dtype != "float32"), before.name
+    assert (tmp_path / "junk.qm").read_bytes() == b"not a model"
+    assert jobs.random_weights(tmp_path / "sub", 16) == []  # over the bound: left as it is
+
+
+def test_gpus_are_assigned_to_one_run_at_a_time_and_given_back() -> None:
+    """Two runs get disjoint GPUs (the lowest free first); a third that wants more than are free
+    waits until one gives its GPUs back, or until it is cancelled (then it holds none); a run
+    that ends by an error gives its GPUs back too; more GPUs than the provider has is refused
+    at once."""
+    pool = jobs.GpuPool((5, 2, 7, 3))
+    assert pool.gpus == (2, 3, 5, 7)
+    never = threading.Event()
+    first = pool.take(2, never)
+    second = pool.take(1, never)
+    assert (first, second) == ((2, 3), (5,)) and pool.free() == (7,)
+    said: list[str] = []
+    got: list[tuple[int, ...]] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.take(3, never, said.append)))
+    waiter.start()
+    wait_until(lambda: bool(said), timeout=10, what="the third run waits")
+    assert said == ["waiting for 3 GPU(s): 1 of 4 free, the others held by other runs"]
+    assert not got
+    pool.give_back(first)
+    waiter.join(10)
+    assert got == [(2, 3, 7)] and pool.free() == ()
+    pool.give_back(got[0])
+    cancel = threading.Event()
+    failed: list[JobError] = []
+
+    def cancelled_wait() -> None:
+        try:
+            pool.take(4, cancel)
+        except JobError as exc:
+            failed.append(exc)
+
+    waiter = threading.Thread(target=cancelled_wait)
+    waiter.start()
+    cancel.set()
+    waiter.join(10)
+    assert [exc.reason for exc in failed] == ["cancelled"] and pool.free() == (2, 3, 7)
+    with pytest.raises(RuntimeError), pool.assigned(3, never) as held:
+        assert held == (2, 3, 7) and pool.free() == ()
+        raise RuntimeError("the run failed")
+    assert pool.free() == (2, 3, 7)
+    pool.give_back(second)
+    with pytest.raises(JobError, match=r"asks for 5 GPU.*assigns 4") as refused:
+        pool.take(5, never)
+    assert refused.value.reason == "executor-failed" and pool.free() == (2, 3, 5, 7)
+    assert jobs.GpuPool().take(0, never) == ()
+
+
+def test_a_gpu_run_that_cannot_start_gives_its_gpu_back(tmp_path: Path) -> None:
+    """Through :func:`jobs.execute`: a sandbox job asking for a GPU gets one assigned (here, on a
+    machine without the NVIDIA driver, its run then fails as the provider's fault) and the GPU
+    is free again afterwards; waiting for a GPU another run holds, it stops when cancelled."""
+    executor = executor_for(Executor.SANDBOX)
+    if executor.problem() is not None or Path("/dev/nvidia0").exists():
+        pytest.skip("needs the sandbox and a machine without NVIDIA GPUs")
+    spec = replace(job_spec(command=("true",)), resources=replace(job_spec().resources, gpus=1))
+    pool = jobs.GpuPool((0,))
+    log = JobLog(tmp_path, 1 << 16)
+    with pytest.raises(JobError, match=r"/nvidia0 are missing") as failed:
+        jobs.execute(spec, os.urandom(32), tmp_path, NOWHERE, log, threading.Event(), gpus=pool)
+    assert failed.value.reason == "executor-failed" and pool.free() == (0,)
+    held = pool.take(1, threading.Event())
+    cancel = threading.Event()
+    said: list[str] = []
+
+    def stop_when_waiting(text: str) -> None:
+        said.append(text)
+        cancel.set()
+
+    with pytest.raises(JobError, match="waiting for 1 GPU") as stopped:
+        jobs.execute(
+            spec, os.urandom(32), tmp_path, NOWHERE, log, cancel, gpus=pool,
+            on_wait=stop_when_waiting,
+        )  # fmt: skip
+    assert stopped.value.reason == "cancelled" and len(said) == 1 and pool.free() == ()
+    pool.give_back(held)
+    with pytest.raises(JobError, match=r"asks for 1 GPU.*assigns 0"):
+        jobs.execute(spec, os.urandom(32), tmp_path, NOWHERE, log, threading.Event())

@@ -46,7 +46,7 @@ DEFAULT_EPOCHS: Final = 10
 DEFAULT_LR: Final = 0.01
 DEFAULT_BATCH: Final = 64
 DEFAULT_TOKENS: Final = 200
-DEFAULT_MEMORY: Final = "2GiB"
+DEFAULT_MEMORY: Final = "1GiB"
 DEFAULT_TIMEOUT: Final = "30m"
 OUTPUT_LIMITS: Final = OutputLimits(max_bytes=1 << 30, max_files=16, max_log_bytes=16 << 20)
 """What an AI job may leave: a model, its metrics or predictions, and its stdout/stderr."""

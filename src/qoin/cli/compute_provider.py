@@ -25,10 +25,13 @@ sandbox jobs naming it (mounted read-only at ``/runtime``); one that does not lo
 The default runtime directory (``$QOIN_AI_RUNTIME``, else ``$QOIN_HOME/ai-runtime``) is offered
 too when it holds a runtime. The ready line lists the refs (``"runtimes"``).
 
-``--misbehave random-output|copy-reveal|withhold|fewer-epochs`` (hidden) is for TESTS ONLY: the
-provider then cheats on purpose (a random root; a random root then a copied reveal; never
-revealing; running the job with every ``--epochs N`` as ``--epochs 1``) so the replicated tests
-can check that the mediator catches it.
+``--gpus N`` offers the first N of the machine's NVIDIA GPUs (by device number); each running
+job gets its own (only their ``/dev/nvidia<i>`` nodes are in its sandbox).
+
+``--misbehave random-output|copy-reveal|withhold|fewer-epochs|random-weights`` (hidden) is for
+TESTS ONLY: the provider then cheats on purpose (a random root; a random root then a copied reveal;
+never revealing; running the job with every ``--epochs N`` as ``--epochs 1``; random values in
+every model file the job left) so the replicated tests can check that the mediator catches it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,16 @@ from qoin.compute.params import ComputeParams
 from qoin.crypto.address import Address
 from qoin.storage.params import PPM
 
+_UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
+
+
+def size_text(size: int) -> str:
+    """``size`` bytes for people: ``1 GiB``, ``1.5 GiB``, ``512 MiB``, ``100 bytes``."""
+    for unit, name in _UNITS:
+        if size >= unit:
+            return f"{size / unit:.3g} {name}"
+    return f"{size} bytes"
+
 
 class NoMatch(ComputeClientError):
     """No deal could form: no provider matched, or none of those that did accepted. The message
@@ -114,7 +124,8 @@ def refusal_reason(
         ),
         (
             ask.free_memory >= res.memory,
-            f"{ask.free_memory} of {ask.memory} bytes of memory free, the job needs {res.memory}",
+            f"{size_text(ask.free_memory)} of {size_text(ask.memory)} of memory free, "
+            f"the job needs {size_text(res.memory)}",
         ),
         (
             ask.free_gpus >= res.gpus,

@@ -316,8 +316,10 @@ def fetch_outputs(
                 f"({says}). Fetch them later with: qoin compute get {deal_id} --out DIR"
             )
         waiting = f"waiting for replica {replica}'s outputs: {why} ({says})"
-        if on_wait is not None and waiting != said:
+        # Not on the first miss: a provider that follows the chain a block behind the client
+        # (it has not seen its own reveal land yet) hands the outputs over at the next try.
+        if on_wait is not None and waiting != said and tries > 0:
             on_wait(waiting)
-        said = waiting
+            said = waiting
         time.sleep(RECONNECT_S[min(tries, len(RECONNECT_S) - 1)])
         tries += 1

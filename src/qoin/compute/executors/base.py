@@ -97,6 +97,11 @@ class JobDirs:
     runtime: Path | None = None
     """The directory of the runtime ``spec.runtime`` names, seen read-only at ``/runtime``
     (sandbox only); None when the spec names none."""
+    gpus: tuple[int, ...] | None = None
+    """The GPUs assigned to the job (their device numbers, ``/dev/nvidia<i>``): the sandbox
+    binds only those (a provider assigns each running job its own, :class:`qoin.compute.provider.
+    jobs.GpuPool`); None: none assigned (a run on one's own machine: the first
+    ``spec.resources.gpus`` of the machine's)."""
 
 
 @dataclass(frozen=True)

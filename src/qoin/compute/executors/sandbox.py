@@ -17,10 +17,15 @@ The sandbox:
   provider) and ``/dev/shm`` (a tmpfs, counted against memory too); the inputs read-only at their
   paths; ``/proc`` of its own pid namespace and a minimal ``/dev``;
 * the runtime the spec names (``spec.runtime``, e.g. a venv with PyTorch), read-only at
-  ``/runtime`` (:attr:`JobDirs.runtime`); with ``spec.resources.gpus > 0``, the NVIDIA device
-  nodes the provider has (``/dev/nvidia*``, ``/dev/nvidia-caps/*``, :func:`nvidia_devices`)
-  bound into ``/dev`` (``--dev-bind``: a GPU job needs them read-write; the driver's libraries
-  come from the read-only system as for any program);
+  ``/runtime`` (:attr:`JobDirs.runtime`); with ``spec.resources.gpus > 0``, the device nodes
+  of the GPUs assigned to the job (:attr:`JobDirs.gpus`: ``/dev/nvidia<i>`` of each) and the
+  driver's shared control nodes (``nvidiactl``, ``nvidia-uvm``, ``nvidia-uvm-tools``,
+  ``nvidia-modeset``, those present), :func:`nvidia_devices`, bound into ``/dev``
+  (``--dev-bind``: a GPU job needs them read-write; the driver's libraries come from the
+  read-only system as for any program), and ``CUDA_VISIBLE_DEVICES`` set to ``0..n-1``
+  (:func:`gpu_env`): CUDA numbers only the GPUs whose device node it can open, so the job
+  sees its ``n`` GPUs, and only them, as devices 0 to n-1 whichever GPUs of the provider
+  they are;
 * a non-root user inside (uid/gid 65534) with no capabilities; when the provider runs as root,
   bubblewrap itself runs as that unprivileged user too (so a process that escaped every
   namespace would still be ``nobody``, and ``RLIMIT_NPROC``, which the kernel never enforces
@@ -58,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +124,11 @@ PROBES = 3
 """Trivial jobs run to check the sandbox and measure its launch (the quickest counts)."""
 STATUS_LIMIT = 64 * 1024
 DEV = Path("/dev")
-NVIDIA_CAPS = "nvidia-caps"
+NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+"""The NVIDIA driver's control nodes under ``/dev`` that every GPU job needs (not a GPU each)."""
+NVIDIA_GPU = "nvidia"
+"""``/dev/nvidia<i>``: GPU number ``i`` (the driver's minor number, not always ``nvidia-smi``'s
+index)."""
 STAGE = Path("/run/qoin-sandbox")
 """Where, when the provider is root, the job's directories appear to bubblewrap (see
 :func:`_stage`): a root-owned empty directory with a private tmpfs on it in the sandbox's own
@@ -161,10 +171,13 @@ class SandboxExecutor:
         *,
         bwrap: str = "bwrap",
         use_cgroups: bool = True,
+        dev: Path = DEV,
     ) -> None:
         self.limits = limits or HostLimits()
         self.bwrap = bwrap
         self.use_cgroups = use_cgroups
+        self.dev = dev
+        """Where the NVIDIA device nodes are (``/dev``; a test gives stand-ins)."""
         self._checked = CheckOnce(self._check)
         self.launch_seconds = 0.0
         """bubblewrap's launch time, measured by :meth:`problem`'s trivial jobs."""
@@ -379,7 +392,7 @@ class SandboxExecutor:
         args += ["--ro-bind-data", data(GROUP.encode()), "/etc/group"]
         args += ["--proc", "/proc", "--dev", "/dev"]
         if spec.resources.gpus > 0:
-            args += gpu_args(nvidia_devices())
+            args += gpu_args(nvidia_devices(job_gpus(spec, dirs, self.dev), self.dev))
         args += ["--size", memory, "--tmpfs", SHM, "--remount-ro", "/dev"]
         if dirs.runtime is not None:
             args += ["--ro-bind", source(dirs.runtime), RUNTIME_DIR]
@@ -388,7 +401,7 @@ class SandboxExecutor:
         for host, inside in sorted(dirs.inputs, key=lambda item: (item[1].count("/"), item[1])):
             args += ["--ro-bind", source(host), inside]
         args += ["--remount-ro", "/", "--chdir", "/work", "--clearenv"]
-        for name, value in job_env(spec).items():
+        for name, value in {**gpu_env(spec.resources.gpus), **job_env(spec)}.items():
             args += ["--setenv", name, value]
         args += ["--seccomp", data(self._filter)]
         args += ["--", *spec.command]
@@ -404,25 +417,76 @@ class SandboxExecutor:
         return limits
 
 
-def nvidia_devices(dev: Path = DEV) -> tuple[str, ...]:
-    """The NVIDIA device nodes under ``dev`` (``nvidia*`` that are not directories, and what
-    ``nvidia-caps/`` holds), sorted; empty on a machine without the driver."""
+def nvidia_gpus(dev: Path = DEV) -> tuple[int, ...]:
+    """The numbers of the GPU device nodes under ``dev`` (``nvidia<i>``), sorted; empty on a
+    machine without the driver."""
+    found: set[int] = set()
     try:
-        found = [str(path) for path in dev.glob("nvidia*") if not path.is_dir()]
-        caps = dev / NVIDIA_CAPS
-        if caps.is_dir():
-            found += [str(path) for path in caps.iterdir() if not path.is_dir()]
+        for path in dev.glob(NVIDIA_GPU + "*"):
+            number = path.name.removeprefix(NVIDIA_GPU)
+            if number.isdigit() and len(number) <= 6 and not path.is_dir():
+                found.add(int(number))
     except OSError:
         return ()
     return tuple(sorted(found))
 
 
+def job_gpus(spec: JobSpec, dirs: JobDirs, dev: Path = DEV) -> tuple[int, ...]:
+    """The GPUs a job gets: those assigned to it (:attr:`JobDirs.gpus`, as many as it asks
+    for), or, when none were assigned (a run on one's own machine), the first of the machine's.
+    :class:`ExecutorError` if they are not as many as ``spec.resources.gpus``."""
+    wanted = spec.resources.gpus
+    given = dirs.gpus if dirs.gpus is not None else nvidia_gpus(dev)[:wanted]
+    if len(given) != wanted or len(set(given)) != wanted:
+        raise ExecutorError(
+            f"the job asks for {wanted} GPU(s) and {len(set(given))} distinct ones were assigned "
+            f"to it ({', '.join(map(str, given)) or 'none'})"
+        )
+    return tuple(given)
+
+
+def nvidia_devices(gpus: Sequence[int], dev: Path = DEV) -> tuple[str, ...]:
+    """The device nodes under ``dev`` a job with GPUs ``gpus`` (their numbers) gets: the shared
+    control nodes present (:data:`NVIDIA_SHARED`), then ``nvidia<i>`` of each GPU, in order.
+    :class:`ExecutorError` if a GPU's node is missing (the driver is not loaded, or the GPU went
+    away). ``nvidia-caps/`` (MIG partitions) is never bound: whole GPUs only."""
+    shared = [str(dev / name) for name in NVIDIA_SHARED if (dev / name).exists()]
+    nodes = [dev / f"{NVIDIA_GPU}{number}" for number in sorted(set(gpus))]
+    missing = [str(node) for node in nodes if not node.exists()]
+    if missing:
+        raise ExecutorError(
+            f"the GPU device node(s) {', '.join(missing)} are missing on this provider (is the "
+            "NVIDIA driver loaded?)"
+        )
+    if nodes and not shared:
+        raise ExecutorError(f"{dev / NVIDIA_SHARED[0]} is missing: the NVIDIA driver is not loaded")
+    return (*shared, *map(str, nodes))
+
+
+def gpu_env(count: int) -> dict[str, str]:
+    """The environment of a job with ``count`` GPUs (none without): ``CUDA_VISIBLE_DEVICES`` and
+    ``NVIDIA_VISIBLE_DEVICES`` both ``0,...,count-1``, the numbers CUDA gives the GPUs it can
+    open (only the bound ones: :func:`nvidia_devices`), and ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so
+    that they are numbered in PCI bus order (not fastest first). The same on every
+    provider whichever GPUs the job was given (replicas see the same environment); the spec's
+    own variables come after and win."""
+    if count <= 0:
+        return {}
+    visible = ",".join(str(index) for index in range(count))
+    return {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": visible,
+        "NVIDIA_VISIBLE_DEVICES": visible,
+    }
+
+
 def gpu_args(devices: tuple[str, ...]) -> list[str]:
-    """bubblewrap's arguments binding each device node at the same path inside (read-write:
-    ``--dev-bind``; placed after ``--dev /dev``, before it is remounted read-only)."""
+    """bubblewrap's arguments binding each device node at its name under the job's ``/dev``
+    (read-write: ``--dev-bind``; placed after ``--dev /dev``, before it is remounted
+    read-only)."""
     args: list[str] = []
     for device in devices:
-        args += ["--dev-bind", device, device]
+        args += ["--dev-bind", device, f"/dev/{Path(device).name}"]
     return args
 
 

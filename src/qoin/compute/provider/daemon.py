@@ -2,7 +2,9 @@
 follows the chain and runs the jobs of its deals.
 
 * **Start**: what the machine has is detected (CPUs, physical memory, NVIDIA GPUs through
-  ``nvidia-smi``); asking for more is refused. Each executor asked for is offered only if it can
+  ``nvidia-smi`` and their device nodes ``/dev/nvidia<i>``); asking for more is refused. The
+  first ``--gpus`` GPUs (by device number) are assigned to runs, each to one run at a time
+  (:class:`~qoin.compute.provider.jobs.GpuPool`). Each executor asked for is offered only if it can
   run here (:func:`qoin.compute.executors.available`); the others are left out with the reason.
   Each runtime of ``--runtime DIR`` is loaded (:func:`qoin.ai.runtime.load`; one that does not
   load, or that a sandboxed job could not use, is a start-up error saying why), and the default
@@ -50,11 +52,11 @@ from qoin.ai import runtime as ai_runtime
 from qoin.ai.runtime import AiRuntimeError, RuntimeInfo
 from qoin.compute import market
 from qoin.compute.executors import executor_for
-from qoin.compute.executors.sandbox import runtime_problem
+from qoin.compute.executors.sandbox import nvidia_gpus, runtime_problem
 from qoin.compute.jobspec import Executor
 from qoin.compute.market import COMPUTE_MARKET, ComputeMarketView, Phase, ReplicaState
 from qoin.compute.params import ComputeParams
-from qoin.compute.provider.jobs import Job, JobBook, JobContext, JobError, JobState
+from qoin.compute.provider.jobs import GpuPool, Job, JobBook, JobContext, JobError, JobState
 from qoin.compute.provider.mediator import Mediations
 from qoin.compute.provider.server import Capacity, ComputeApi, ComputeContext
 from qoin.crypto.address import Address
@@ -94,11 +96,19 @@ class Machine:
     memory: int
     gpus: int
     gpu_model: str
+    gpu_devices: tuple[int, ...] | None = None
+    """The device numbers of its GPUs (``/dev/nvidia<i>``), sorted; None: 0 to ``gpus - 1``."""
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        """The device numbers of its GPUs."""
+        return tuple(range(self.gpus)) if self.gpu_devices is None else self.gpu_devices
 
 
 def detect() -> Machine:
     """CPUs (those this process may use), physical memory, and NVIDIA GPUs (``nvidia-smi``,
-    none if it is missing or fails)."""
+    none if it is missing or fails; their device nodes ``/dev/nvidia<i>``, listed after
+    ``nvidia-smi`` ran, which makes them when the provider is root)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     names: list[str] = []
@@ -116,22 +126,36 @@ def detect() -> Machine:
                 names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
         except (OSError, subprocess.TimeoutExpired):
             names = []
-    return Machine(cpus or 1, memory, len(names), names[0][:64] if names else "")
+    model = names[0][:64] if names else ""
+    return Machine(cpus or 1, memory, len(names), model, nvidia_gpus() if names else ())
 
 
 def capacity_problem(capacity: Capacity, machine: Machine) -> str | None:
     """Why this machine cannot offer ``capacity``, or None."""
-    if not 1 <= capacity.cpus <= machine.cpus:
-        return f"--cpus {capacity.cpus}: this machine has {machine.cpus} CPU(s) to offer"
-    if not 1 <= capacity.memory <= machine.memory:
-        return f"--memory {capacity.memory}: this machine has {machine.memory} bytes of memory"
-    if capacity.gpus > machine.gpus:
-        return f"--gpus {capacity.gpus}: this machine has {machine.gpus} GPU(s)"
-    if capacity.gpu_model and capacity.gpus == 0:
-        return "--gpu-model needs --gpus"
-    if capacity.gpus and capacity.gpu_model and capacity.gpu_model != machine.gpu_model:
-        return f"--gpu-model {capacity.gpu_model!r}: this machine's GPU is {machine.gpu_model!r}"
-    return None
+    gpus, devices = capacity.gpus, len(machine.devices)
+    checks = (
+        (
+            1 <= capacity.cpus <= machine.cpus,
+            f"--cpus {capacity.cpus}: this machine has {machine.cpus} CPU(s) to offer",
+        ),
+        (
+            1 <= capacity.memory <= machine.memory,
+            f"--memory {capacity.memory}: this machine has {machine.memory} bytes of memory",
+        ),
+        (gpus <= machine.gpus, f"--gpus {gpus}: this machine has {machine.gpus} GPU(s)"),
+        (
+            gpus <= devices,
+            f"--gpus {gpus}: only {devices} of this machine's {machine.gpus} GPU(s) have a device "
+            "node (/dev/nvidia<i>) to give a job (run nvidia-smi as root, or nvidia-modprobe, to "
+            "make them)",
+        ),
+        (not capacity.gpu_model or gpus > 0, "--gpu-model needs --gpus"),
+        (
+            not gpus or not capacity.gpu_model or capacity.gpu_model == machine.gpu_model,
+            f"--gpu-model {capacity.gpu_model!r}: this machine's GPU is {machine.gpu_model!r}",
+        ),
+    )
+    return next((why for ok, why in checks if not ok), None)
 
 
 @dataclass(frozen=True)
@@ -262,7 +286,11 @@ class ComputeProvider:
                 height=lambda: self.height,
                 misbehave=config.misbehave,
                 runtimes={info.ref: info.path for info in self.runtimes},
+                gpus=GpuPool(self.machine.devices[: config.capacity.gpus]),
             )
+            if config.capacity.gpus:
+                nodes = ", ".join(f"/dev/nvidia{gpu}" for gpu in ctx.gpus.gpus)
+                self.log(f"GPUs assigned to jobs, each to one run at a time: {nodes}")
             self.book = JobBook(config.datadir, ctx)
             if config.mediator:
                 self.mediations = Mediations(config.datadir, ctx)

@@ -38,14 +38,17 @@ their deal are kept by :class:`Offers`, bounded, each with its first job key.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import json
 import math
 import os
+import random
 import shutil
+import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -54,6 +57,7 @@ from typing import Any, BinaryIO, Final
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 
 from qoin.ai import runtime as ai_runtime
+from qoin.ai.job import tensorfile
 from qoin.ai.runtime import AiRuntimeError
 from qoin.compute import jobspec, keys, market, outputs
 from qoin.compute.executors import ExecutorError, JobDirs, RunResult, executor_for
@@ -115,13 +119,26 @@ refunded)."""
 SETTLING_GAS: Final = 1_000_000
 """Gas limit of a reveal or a verdict at least: the last reveal may settle the deal or start a
 mediation, a verdict settles it."""
-MISBEHAVIOURS: Final = ("random-output", "copy-reveal", "withhold", "fewer-epochs")
+MISBEHAVIOURS: Final = (
+    "random-output",
+    "copy-reveal",
+    "withhold",
+    "fewer-epochs",
+    "random-weights",
+)
 """TEST ONLY ways a provider can cheat (``--misbehave``, for the replicated tests):
 ``random-output`` commits and reveals a random root; ``copy-reveal`` commits a random root, then
 tries to reveal the other replica's revealed root; ``withhold`` commits and never reveals;
 ``fewer-epochs`` runs the job with every ``--epochs N`` of its command as ``--epochs 1`` (a lazy
-trainer, :func:`fewer_epochs`) and commits and reveals that result as if honest."""
+trainer, :func:`fewer_epochs`) and commits and reveals that result as if honest;
+``random-weights`` runs the job, then replaces the arrays of every model file it left
+(``*.qm`` under ``/outputs``) with random values (:func:`random_weights`) before they are hashed,
+and commits and reveals that result as if honest."""
 EPOCHS: Final = "--epochs"
+MODEL_SUFFIX: Final = ".qm"
+GPU_WAIT_S: Final = 0.5
+"""While a run waits for GPUs held by other runs, it looks again this often (and at once when
+one is given back)."""
 
 
 class JobError(QoinError):
@@ -462,6 +479,113 @@ def fewer_epochs(command: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(lazy)
 
 
+def random_weights(outputs_dir: Path, max_bytes: int) -> list[str]:
+    """TEST ONLY (``--misbehave random-weights``): every model file under ``outputs_dir``
+    (``*.qm``, a :mod:`qoin.ai.job.tensorfile` of at most ``max_bytes``) written again with the
+    same metadata and arrays of the same names and shapes, each ``float32`` one filled with random
+    values (a model's parameters; others kept): still a valid model, not the trained one. Files
+    that are not tensor files are left as they are. The paths changed (relative, sorted)."""
+    changed = []
+    noise = random.Random(os.urandom(16))  # a cheater's noise, not a secret
+    for path in sorted(outputs_dir.rglob("*" + MODEL_SUFFIX)):
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            found = tensorfile.read(path, max_bytes)
+            arrays = [
+                replace(
+                    array,
+                    data=struct.pack(
+                        f"<{array.count}f", *(noise.gauss(0.0, 0.1) for _ in range(array.count))
+                    ),
+                )
+                if array.dtype == "float32"
+                else array
+                for array in found.arrays
+            ]
+            tensorfile.write(path, found.meta, arrays)
+        except tensorfile.TensorFileError:
+            continue
+        changed.append(str(path.relative_to(outputs_dir)))
+    return changed
+
+
+class GpuPool:
+    """The GPUs a provider assigns to the runs of its jobs (their device numbers,
+    ``/dev/nvidia<i>``, the first ``--gpus`` of the machine's): each GPU to one run at a time, the
+    lowest free numbers first. A run takes its GPUs once its inputs are staged (:func:`execute`)
+    and gives them back when it ends, however it ends (a failure, a cancel); nothing is kept on
+    disk, so a restarted provider starts with every GPU free (no run outlives it) and the jobs it
+    takes up take theirs again. The chain never lets the provider's deals reserve more GPUs than
+    it offers, so a run waits only while another that no longer reserves them (its deal just
+    settled, a mediation's re-run) still holds some. Thread-safe."""
+
+    def __init__(self, gpus: Sequence[int] = ()) -> None:
+        self.gpus = tuple(sorted(set(gpus)))
+        self._free = set(self.gpus)
+        self._cond = threading.Condition()
+
+    def free(self) -> tuple[int, ...]:
+        """The GPUs no run holds now."""
+        with self._cond:
+            return tuple(sorted(self._free))
+
+    def take(
+        self,
+        count: int,
+        cancel: threading.Event,
+        on_wait: Callable[[str], None] = lambda _text: None,
+    ) -> tuple[int, ...]:
+        """``count`` GPUs for one run (lowest numbers first), waiting while fewer are free
+        (``on_wait`` told once why). :class:`JobError`: ``executor-failed`` if this provider
+        has fewer GPUs than that at all, ``cancelled`` if ``cancel`` is set while it waits."""
+        if count <= 0:
+            return ()
+        if count > len(self.gpus):
+            raise JobError(
+                "executor-failed",
+                f"the job asks for {count} GPU(s); this provider assigns {len(self.gpus)} to jobs",
+            )
+        said = False
+        while True:
+            with self._cond:
+                if len(self._free) >= count:
+                    taken = tuple(sorted(self._free)[:count])
+                    self._free.difference_update(taken)
+                    return taken
+                free = len(self._free)
+                if said:
+                    self._cond.wait(GPU_WAIT_S)
+            if cancel.is_set():
+                raise JobError("cancelled", f"stopped while waiting for {count} GPU(s)")
+            if not said:
+                said = True
+                on_wait(
+                    f"waiting for {count} GPU(s): {free} of {len(self.gpus)} free, the others "
+                    "held by other runs"
+                )
+
+    def give_back(self, gpus: Sequence[int]) -> None:
+        """A run ended: its GPUs are free again."""
+        with self._cond:
+            self._free.update(gpu for gpu in gpus if gpu in self.gpus)
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def assigned(
+        self,
+        count: int,
+        cancel: threading.Event,
+        on_wait: Callable[[str], None] = lambda _text: None,
+    ) -> Iterator[tuple[int, ...]]:
+        """:meth:`take` ``count`` GPUs for the ``with`` block, given back when it ends."""
+        taken = self.take(count, cancel, on_wait)
+        try:
+            yield taken
+        finally:
+            self.give_back(taken)
+
+
 def runtime_dir(spec: JobSpec, runtimes: Mapping[str, Path]) -> Path | None:
     """The directory of the runtime ``spec`` names (None if it names none), loaded again
     (:func:`qoin.ai.runtime.load`: a runtime installed again or changed since the provider
@@ -500,12 +624,18 @@ def execute(
     cancel: threading.Event,
     on_staged: Callable[[float], None] = lambda _seconds: None,
     runtimes: Mapping[str, Path] | None = None,
+    gpus: GpuPool | None = None,
+    on_wait: Callable[[str], None] = lambda _text: None,
+    after_run: Callable[[Path], None] | None = None,
 ) -> Execution:
     """Stage ``spec``'s inputs, run it with its executor (its runtime from ``runtimes``, ref ->
-    directory) and hash its outputs, all in ``directory`` (``run/`` is wiped first).
-    :class:`JobError` when there is no result: ``staging-failed`` (an input),
-    ``executor-failed`` (the executor could not run it here, or its runtime is not here),
-    ``hashing-failed`` (its outputs could not be read back)."""
+    directory; its GPUs assigned from ``gpus`` for the run, waiting while they are held by other
+    runs, ``on_wait`` told why) and hash its outputs, all in ``directory`` (``run/`` is wiped
+    first). ``after_run`` (TEST ONLY, a cheater's) is called with the outputs directory between
+    the run and the hashing. :class:`JobError` when there is no result: ``staging-failed`` (an
+    input), ``executor-failed`` (the executor could not run it here, its runtime is not here, or
+    this provider has fewer GPUs than it asks for), ``hashing-failed`` (its outputs could not be
+    read back), ``cancelled`` (stopped while waiting for GPUs)."""
     runtime = runtime_dir(spec, runtimes or {})
     run_dir = directory / RUN_DIR
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -520,19 +650,24 @@ def execute(
     problem = executor.problem()
     if problem is not None:
         raise JobError("executor-failed", f"the {spec.executor.name.lower()} executor: {problem}")
-    dirs = JobDirs(
-        root=run_dir,
-        inputs=staged,
-        work=run_dir / "work",
-        outputs=run_dir / "outputs",
-        runtime=runtime,
-    )
+    pool = gpus or GpuPool()
     try:
-        result = executor.run(spec, dirs, log.write, cancel)
+        with pool.assigned(spec.resources.gpus, cancel, on_wait) as assigned:
+            dirs = JobDirs(
+                root=run_dir,
+                inputs=staged,
+                work=run_dir / "work",
+                outputs=run_dir / "outputs",
+                runtime=runtime,
+                gpus=assigned,
+            )
+            result = executor.run(spec, dirs, log.write, cancel)
     except ExecutorError as exc:
         raise JobError("executor-failed", str(exc)) from None
     finally:
         log.close()
+    if after_run is not None:
+        after_run(dirs.outputs)
     hashing = time.monotonic()
     archive = directory / ARCHIVE_FILE
     try:
@@ -671,6 +806,8 @@ class JobContext:
     """TEST ONLY (:data:`MISBEHAVIOURS`)."""
     runtimes: Mapping[str, Path] = field(default_factory=dict)
     """The runtimes offered: ref -> directory."""
+    gpus: GpuPool = field(default_factory=GpuPool)
+    """The GPUs assigned to runs (every job's and mediation's)."""
 
 
 class Job:
@@ -903,6 +1040,7 @@ class Job:
             spec = replace(spec, command=fewer_epochs(spec.command))
             if spec != self.spec:
                 self.say("TEST ONLY (fewer-epochs): running the job with --epochs 1")
+        after_run = self._random_weights if self.ctx.misbehave == "random-weights" else None
         try:
             done = execute(
                 spec,
@@ -913,6 +1051,9 @@ class Job:
                 self.cancel,
                 staged,
                 self.ctx.runtimes,
+                gpus=self.ctx.gpus,
+                on_wait=self._waiting,
+                after_run=after_run,
             )
         except JobError as exc:
             self._check()
@@ -964,6 +1105,15 @@ class Job:
             f"ran: {result.reason} (exit {result.exit_code}), {result.cpu_seconds:.2f} CPU-s; "
             f"result root {done.root.hex()[:16]}"
         )
+
+    def _waiting(self, text: str) -> None:
+        self.update(detail=text)
+        self.say(text)
+
+    def _random_weights(self, outputs_dir: Path) -> None:
+        """TEST ONLY (``random-weights``): the model files left by the run made random."""
+        changed = random_weights(outputs_dir, self.spec.outputs.max_bytes)
+        self.say(f"TEST ONLY (random-weights): random weights in {', '.join(changed) or 'none'}")
 
     def _deal(self) -> market.DealInfo:
         found = self.ctx.view.get_deal(self.deal)

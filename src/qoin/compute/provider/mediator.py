@@ -347,6 +347,8 @@ class Mediation:
                     log,
                     self.run_cancel,
                     runtimes=self.ctx.runtimes,
+                    gpus=self.ctx.gpus,
+                    on_wait=self.say,
                 )
             except JobError as exc:
                 self._check()
