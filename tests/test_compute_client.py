@@ -178,7 +178,12 @@ def test_each_refused_provider_says_why() -> None:
         (wasm_only, SPEC, MarketOptions(), "executor sandbox not offered (it offers wasm)"),
         (ask(2, price_cpu=50), SPEC, MarketOptions(max_price=20), "over --max-price 20"),
         (ask(3, used_cpus=3), SPEC, MarketOptions(), "1 of 4 CPUs free, the job needs 2"),
-        (ask(4, memory=1 << 20), SPEC, MarketOptions(), "1 MiB of 1 MiB of memory free, the job needs"),
+        (
+            ask(4, memory=1 << 20),
+            SPEC,
+            MarketOptions(),
+            "1 MiB of 1 MiB of memory free, the job needs",
+        ),
         (ask(5), gpu_spec, MarketOptions(), "0 of 0 GPUs free, the job needs 1"),
         (ask(6, gpus=1, gpu_model="T4"), gpu_spec, MarketOptions(), "GPU model 'T4'"),
         (ask(7), SPEC, MarketOptions(min_collateral_ppm=2 * PPM), "k too low"),
