@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
-from qoin.actors.compute_market import KEM_KEY_SIZE
-from qoin.ai import catalog
+from qoin.ai import catalog, jobs
 from qoin.ai.catalog import CatalogError, Entry
 from qoin.ai.client import (
     Resources,
@@ -33,17 +33,16 @@ from qoin.ai.client import (
     parse_runtimes,
     train_command,
 )
-from qoin.ai.output import LossWatcher, describe, parse_event, predictions_text
+from qoin.ai.output import AiClientError, LossWatcher, describe, parse_event, predictions_text
+from qoin.cli import ai as cli_ai
 from qoin.cli.main import app
 from qoin.compute.client import BadOptions, NoMatch
 from qoin.compute.jobspec import Determinism, Executor, Verification
-from qoin.compute.market import AskInfo
 from qoin.crypto.address import Address
-from qoin.storage.params import PPM
+from tests.keys import keypair_for
+from tests.test_compute_client import NOWHERE, address, ask, refused
 
 RUNNER = CliRunner()
-NOWHERE = "http://127.0.0.1:9"
-"""An RPC URL nothing answers at: a command given it that exits 2 asked no node."""
 DATA = "ab" * 32
 BASE = "cd" * 32
 REF_A = "qoin-ai@" + "a" * 32
@@ -59,48 +58,11 @@ DIGITS = {
 }
 
 
-def address(n: int) -> Address:
-    return Address(bytes([n]) * 32)
-
-
-def ask(n: int, **changes: object) -> AskInfo:
-    made = AskInfo(
-        provider=address(n),
-        cpus=4,
-        memory=4 << 30,
-        gpus=0,
-        gpu_model="",
-        executors=Executor.SANDBOX.bit,
-        used_cpus=0,
-        used_memory=0,
-        used_gpus=0,
-        price_cpu=10,
-        price_gpu=0,
-        collateral_ppm=PPM,
-        mediators=(),
-        endpoint=f"127.0.0.1:{9000 + n}",
-        kem_key=bytes(KEM_KEY_SIZE),
-        free_collateral=10**9,
-        locked_collateral=0,
-        active=True,
-        settled=0,
-        fined=0,
-        not_delivered=0,
-    )
-    return replace(made, **changes)  # type: ignore[arg-type]
-
-
 def ai(*args: str, home: Path | None = None) -> Result:
     env: dict[str, str | None] = {"QOIN_PASSWORD": None}
     if home is not None:
         env["QOIN_HOME"] = str(home)
     return RUNNER.invoke(app, ["ai", *args], env=env)
-
-
-def refused(result: Result, code: int, reason: str) -> None:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    assert reason in result.stderr, result.stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -418,3 +380,36 @@ def test_the_catalog_commands_list_datasets_and_models(tmp_path: Path) -> None:
     assert f"{BASE}  mlp-7: mlp, 4 epoch(s) on {DATA}; loss 0.1, test loss 0.2, accuracy 0.95" in (
         models.stdout
     )
+
+
+# -- after the job is paid for ---------------------------------------------------------------------
+
+
+def test_a_model_that_cannot_be_stored_is_reported_with_its_file(tmp_path: Path) -> None:
+    """The job is paid for when the model is stored: a storage failure (here no node answers)
+    says where the model is saved and how to store it by hand."""
+    model = tmp_path / "model-7" / "outputs" / "model.qm"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"a model")
+    ctx = jobs.Context(NOWHERE, keypair_for(), tmp_path)
+    with pytest.raises(AiClientError) as failed:
+        jobs.store_model(ctx, model, 10)
+    assert f"saved at {model}" in str(failed.value)
+    assert f"qoin storage put {model} --key" in str(failed.value)
+
+
+def test_a_stored_file_the_catalog_refuses_is_reported_with_its_cid(tmp_path: Path) -> None:
+    path = catalog.catalog_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    entry = replace(_entry(3), details={"file": "/somewhere/model.qm"})
+    with pytest.raises(AiClientError, match=f"stored as {3:064x}, saved at /somewhere/model.qm"):
+        jobs.record_stored(path, entry)
+
+
+@pytest.mark.parametrize(("job", "code"), [(2, 1), (1, 1), (124, 124), (122, 122)])
+def test_a_failed_paid_job_never_exits_2(job: int, code: int) -> None:
+    """2 says nothing was paid: a job whose program refused its input (its status 2) exits 1."""
+    with pytest.raises(typer.Exit) as ended:
+        cli_ai._fail_with(jobs.JobFailed("job exited with status 2: bad input", job), NOWHERE)
+    assert ended.value.exit_code == code

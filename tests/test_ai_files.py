@@ -265,6 +265,23 @@ def test_csv_input(tmp_path: Path) -> None:
         datasets.prepare_input(str(tmp_path / "rows.txt"), model)
     with pytest.raises(DatasetError, match="not classification or text"):
         datasets.prepare_input("x", {"task": "other"})
+    # a number beyond float32 would reach the paid job as infinity
+    (tmp_path / "huge.csv").write_text("1,1e39\n")
+    with pytest.raises(DatasetError, match="beyond float32"):
+        datasets.prepare_input(str(tmp_path / "huge.csv"), model)
+
+
+def test_inputs_for_a_model_of_absurd_shape_are_refused_unallocated(tmp_path: Path) -> None:
+    """A model's meta may come from a provider: its sample shape is checked against the rows
+    and the image limit before anything of that size is allocated."""
+    (tmp_path / "rows.csv").write_text("1,2\n3,4\n")
+    wide = {"task": "classification", "shape": [1 << 40], "classes": ["a", "b"]}
+    with pytest.raises(DatasetError, match="takes 1099511627776 features"):
+        datasets.prepare_input(str(tmp_path / "rows.csv"), wide)
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    huge = {"task": "classification", "shape": [1, 1 << 20, 1 << 20], "classes": ["a", "b"]}
+    with pytest.raises(DatasetError, match="over 262144 pixels"):
+        datasets.prepare_input(str(tmp_path / "a.png"), huge)
 
 
 def test_bad_sources(tmp_path: Path) -> None:
@@ -283,6 +300,8 @@ def test_bad_sources(tmp_path: Path) -> None:
     refused(str(tmp_path / "word.csv"), "row 2: 'x' is not a finite number")
     (tmp_path / "nan.csv").write_text("1,2,a\n3,nan,b\n")
     refused(str(tmp_path / "nan.csv"), "not a finite number")
+    (tmp_path / "overflow.csv").write_text("1,2,a\n3,-1e39,b\n")
+    refused(str(tmp_path / "overflow.csv"), "beyond float32")
     (tmp_path / "one.csv").write_text("1,a\n")
     refused(str(tmp_path / "one.csv"), "at least 2")
     (tmp_path / "empty.csv").write_text("\n\n")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 from threading import Event
 from typing import Any
@@ -109,6 +111,58 @@ def test_runs_are_bit_identical(
     assert again.stdout == digits_run.stdout
     for name in ("model.qm", "metrics.json"):
         assert (work / "cnn2" / name).read_bytes() == (work / "cnn1" / name).read_bytes()
+
+
+def test_the_callers_environment_does_not_change_the_bits(
+    ai_runtime: RuntimeInfo, work: Path
+) -> None:
+    """MKL's code path and the math libraries' threads are set by the program, whatever the
+    environment says: MKL's ``COMPATIBLE`` path, the same bits on every x86 processor (``AUTO``
+    picks a path per processor, so two providers of one runtime ref would disagree; on this
+    machine ``AUTO`` and ``COMPATIBLE`` give other bits)."""
+    args = ["train", "--arch", "mlp", "--hidden", "16", "--data", "digits.qd", "--epochs", "1"]
+    runs = []
+    for name, extra in (
+        ("env-plain", {}),
+        ("env-auto", {"MKL_CBWR": "AUTO", "OMP_NUM_THREADS": "3"}),
+        ("env-compatible", {"MKL_CBWR": "COMPATIBLE"}),
+    ):
+        done = subprocess.run(
+            [str(ai_runtime.python_path), "-m", "qoin_ai_job", *args, *TRAIN, "--out", name],
+            cwd=work,
+            capture_output=True,
+            timeout=aiutil.PROGRAM_TIMEOUT_S,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": str(work), **extra},
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        runs.append((done.stdout, (work / name / "model.qm").read_bytes()))
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_a_model_config_larger_than_its_file_is_refused_unbuilt(
+    ai_runtime: RuntimeInfo, work: Path
+) -> None:
+    """A model file is untrusted data: a config of petabytes of parameters with none in the file
+    is refused (exit 2) before anything is allocated."""
+    meta = {
+        "arch": "mlp",
+        "classes": [str(i) for i in range(10)],
+        "config": {"classes": 10, "hidden": [65536], "inputs": 1 << 24},
+        "format": "qoin-model",
+        "shape": [1, 8, 8],
+        "task": "classification",
+        "trained": {},
+        "version": 1,
+    }
+    tensorfile.write(work / "huge.qm", meta, [])
+    tensorfile.write(
+        work / "huge-input.qi",
+        {"format": "qoin-input", "task": "classification", "version": 1},
+        [Array("x", "float32", (1, 1, 8, 8), bytes(256))],
+    )
+    infer = ["infer", "--model", "huge.qm", "--input", "huge-input.qi", "--threads", "1"]
+    assert "not the parameters" in error_of(ai_runtime, work, [*infer, "--out", "bad"])
 
 
 def test_mlp_with_hidden_sizes(ai_runtime: RuntimeInfo, work: Path) -> None:

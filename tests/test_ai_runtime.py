@@ -3,8 +3,11 @@ index), then load, the ref, idempotence and staleness when a program file change
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,49 @@ def test_a_changed_program_is_stale_until_installed_again(
     assert again == info and changed.read_bytes() == original
     assert not any("installing torch" in line for line in lines)  # torch was there already
     assert runtime.load(info.path) == info
+
+
+def test_an_install_that_fails_half_way_leaves_no_runtime(
+    installed: tuple[RuntimeInfo, list[str]],
+) -> None:
+    """The record goes before anything changes: a runtime being reinstalled (here for another
+    torch) whose install fails is refused by load, not offered with the old record."""
+    info, _ = installed
+    record_path = info.path / runtime.INFO_FILE
+    good = record_path.read_text()
+    older = "2.12.0+cpu"
+    ident = runtime.runtime_id(
+        info.name, older, info.python, info.cpu_capability, info.program_digest
+    )
+    record_path.write_text(json.dumps({**info.record(), "torch": older, "id": ident}))
+    assert runtime.load(info.path).torch == older  # a whole runtime of another torch
+    second = info.path / "lib" / "python3.99" / "site-packages"
+    second.mkdir(parents=True)  # the program cannot be copied: the install fails half-way
+    try:
+        with pytest.raises(AiRuntimeError, match="no single"):
+            runtime.install(info.path)
+        with pytest.raises(AiRuntimeError, match="no AI runtime"):
+            runtime.load(info.path)
+    finally:
+        shutil.rmtree(info.path / "lib" / "python3.99")
+        record_path.write_text(good)
+    assert runtime.load(info.path) == info
+
+
+def test_one_install_at_a_time(installed: tuple[RuntimeInfo, list[str]]) -> None:
+    """A second install of the same directory waits for the first (its lock) and then only
+    checks."""
+    info, _ = installed
+    lines: list[str] = []
+    with open(info.path / runtime.LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # an install under way
+        waiting = threading.Thread(target=lambda: runtime.install(info.path, on_line=lines.append))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and lines == []
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()
+    assert lines == [f"the AI runtime at {info.path} is up to date ({info.ref})"]
 
 
 def test_missing_and_damaged_runtimes(

@@ -55,6 +55,7 @@ from tests.test_compute_market import (
     register,
     spec_for,
 )
+from tests.test_wasm import call as wasm_call
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "contracts"
 ORACLE = (EXAMPLES / "ai_oracle.wasm").read_bytes()
@@ -68,10 +69,14 @@ def manifest_for(stdout: bytes, reason: StopReason = StopReason.EXITED) -> outpu
     return outputs.Manifest(reason, 0, entry)
 
 
-def test_contract(body: str) -> bytes:
-    """A contract whose ``forward`` passes its arguments to the market's ``bid`` with its value,
-    and whose callbacks run ``body``."""
+def market_caller(names: str, funcs: str, storage: bool = False) -> bytes:
+    """A contract that calls the market: the host functions it needs (and the storage's), the
+    market's address at 0 and ``names`` (the method names, then the revert reason) at 32, and
+    ``funcs``."""
     market_bytes = "".join(f"\\{b:02x}" for b in COMPUTE_MARKET_ADDRESS.raw)
+    storage_imports = """
+  (import "qoin" "storage_read" (func $storage_read (param i32 i32 i32 i32) (result i32)))
+  (import "qoin" "storage_write" (func $storage_write (param i32 i32 i32 i32)))"""
     return bytes(
         wasmtime.wat2wasm(f"""
 (module
@@ -79,14 +84,24 @@ def test_contract(body: str) -> bytes:
   (import "qoin" "input_read" (func $input_read (param i32)))
   (import "qoin" "return_data" (func $return_data (param i32 i32)))
   (import "qoin" "revert" (func $revert (param i32 i32)))
-  (import "qoin" "value" (func $value (result i64)))
+  (import "qoin" "value" (func $value (result i64))){storage_imports if storage else ""}
   (import "qoin" "call" (func $call (param i32 i32 i32 i32 i32 i64 i64) (result i32)))
   (import "qoin" "result_size" (func $result_size (result i32)))
   (import "qoin" "result_read" (func $result_read (param i32)))
   (memory (export "memory") 1)
   (data (i32.const 0) "{market_bytes}")
-  (data (i32.const 32) "bidnope")
-  (func (export "forward")
+  (data (i32.const 32) "{names}")
+{funcs})
+""")
+    )
+
+
+def test_contract(body: str) -> bytes:
+    """A contract whose ``forward`` passes its arguments to the market's ``bid`` with its value,
+    and whose callbacks run ``body``."""
+    return market_caller(
+        "bidnope",
+        f"""  (func (export "forward")
     (call $input_read (i32.const 1024))
     (if (call $call (i32.const 0) (i32.const 32) (i32.const 3) (i32.const 1024)
           (call $input_size) (call $value) (i64.const 0))
@@ -94,8 +109,7 @@ def test_contract(body: str) -> bytes:
     (call $result_read (i32.const 8192))
     (call $return_data (i32.const 8192) (call $result_size)))
   (func (export "on_compute_result") {body})
-  (func (export "on_compute_failed") {body}))
-""")
+  (func (export "on_compute_failed") {body})""",
     )
 
 
@@ -109,24 +123,9 @@ def rebidding_contract() -> bytes:
     """A contract whose ``forward`` keeps its arguments (under ``b``) and bids with them, and
     whose ``on_compute_failed`` bids again with them (no value), reverting if the market refuses:
     a chain of callbacks, if a callback could afford a bid."""
-    market_bytes = "".join(f"\\{b:02x}" for b in COMPUTE_MARKET_ADDRESS.raw)
-    return bytes(
-        wasmtime.wat2wasm(f"""
-(module
-  (import "qoin" "input_size" (func $input_size (result i32)))
-  (import "qoin" "input_read" (func $input_read (param i32)))
-  (import "qoin" "return_data" (func $return_data (param i32 i32)))
-  (import "qoin" "revert" (func $revert (param i32 i32)))
-  (import "qoin" "value" (func $value (result i64)))
-  (import "qoin" "storage_read" (func $storage_read (param i32 i32 i32 i32) (result i32)))
-  (import "qoin" "storage_write" (func $storage_write (param i32 i32 i32 i32)))
-  (import "qoin" "call" (func $call (param i32 i32 i32 i32 i32 i64 i64) (result i32)))
-  (import "qoin" "result_size" (func $result_size (result i32)))
-  (import "qoin" "result_read" (func $result_read (param i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "{market_bytes}")
-  (data (i32.const 32) "bidnopeb")
-  (func $bid (param $size i32)
+    return market_caller(
+        "bidnopeb",
+        """  (func $bid (param $size i32)
     (if (call $call (i32.const 0) (i32.const 32) (i32.const 3) (i32.const 1024)
           (local.get $size) (call $value) (i64.const 0))
       (then (call $revert (i32.const 35) (i32.const 4)))))
@@ -139,8 +138,8 @@ def rebidding_contract() -> bytes:
   (func (export "on_compute_result"))
   (func (export "on_compute_failed")
     (call $bid
-      (call $storage_read (i32.const 39) (i32.const 1) (i32.const 1024) (i32.const 4096)))))
-""")
+      (call $storage_read (i32.const 39) (i32.const 1) (i32.const 1024) (i32.const 4096))))""",
+        storage=True,
     )
 
 
@@ -170,16 +169,7 @@ class ContractChain(Chain):
     ) -> CallResult:
         machine = self.machine()
         machine.begin_step()
-        result = machine.call(
-            caller=caller,
-            origin=caller,
-            to=to,
-            value=value,
-            method=method,
-            args=args,
-            gas=10**8,
-            depth=1,
-        )
+        result = wasm_call(machine, to, method, args, gas=10**8, value=value, caller=caller)
         if result.succeeded:
             self.state.update(machine.state.changes())
             self.events.extend(machine.events)

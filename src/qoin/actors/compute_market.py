@@ -1942,38 +1942,27 @@ def _deal_callback(
     delivered: bool,
 ) -> None:
     """Schedule a contract's settled deal's callback (nothing for an ordinary deal): the result
-    (root and answer) the paid replicas agree on, else a failure with the outcome (§3.12)."""
-    if found.agent is not None:
-        callback = _callback_for(book, deal_id, found, replicas, outcome, paid, delivered)
-        _schedule_callback(book, deal_id, found, callback)
-
-
-def _callback_for(
-    book: _Book,
-    deal_id: int,
-    found: Deal,
-    replicas: list[Replica],
-    outcome: Outcome,
-    paid: set[int],
-    delivered: bool,
-) -> Callback:
-    """What a contract's settled deal calls back (:func:`_deal_callback`); drops the answers."""
+    (root and answer) the paid replicas agree on, else a failure with the outcome (§3.12); drops
+    the answers."""
+    if found.agent is None:
+        return
     answers: dict[int, Answer | None] = {}
     if found.max_answer:
         for index in range(len(replicas)):
             answers[index] = book.get(answer_key(deal_id, index), Answer.decode)
             book.drop(answer_key(deal_id, index))
     roots = {replicas[i].root for i in paid}
+    first = min(paid, default=0)
+    answer = answers.get(first)
     if not paid or not delivered or len(roots) != 1:
         code = FailCode.UNDELIVERED if outcome is Outcome.COMPLETED else FailCode(int(outcome))
-        return Callback(found.client, True, int(code), ZERO_HASH, b"")
-    first = min(paid)
-    answer = answers.get(first)
-    if found.max_answer and (answer is None or not answer.fits):
-        return Callback(found.client, True, int(FailCode.ANSWER_TOO_LONG), ZERO_HASH, b"")
-    return Callback(
-        found.client, False, 0, replicas[first].root, b"" if answer is None else answer.data
-    )
+        callback = Callback(found.client, True, int(code), ZERO_HASH, b"")
+    elif found.max_answer and (answer is None or not answer.fits):
+        callback = Callback(found.client, True, int(FailCode.ANSWER_TOO_LONG), ZERO_HASH, b"")
+    else:
+        data = b"" if answer is None else answer.data
+        callback = Callback(found.client, False, 0, replicas[first].root, data)
+    _schedule_callback(book, deal_id, found, callback)
 
 
 def _schedule_callback(book: _Book, number: int, found: Bid | Deal, callback: Callback) -> None:

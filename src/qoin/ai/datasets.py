@@ -213,6 +213,12 @@ def _has_header(row: list[str], label: int) -> bool:
     return any(_number(cell) is None for index, cell in enumerate(row) if index != label)
 
 
+def _check_finite(x: npt.NDArray[np.float32], path: Path) -> None:
+    """A number finite as text can overflow float32 (1e39): refused here, not by a paid job."""
+    if not bool(np.isfinite(x).all()):
+        raise DatasetError(f"{path}: a value is beyond float32's range (about 3.4e38)")
+
+
 def _classes_of(labels: list[str]) -> list[str]:
     unique = set(labels)
     if all(_number(label) is not None for label in unique):
@@ -248,7 +254,9 @@ def _csv(
             if value is None:
                 raise DatasetError(f"{path}: row {number}: {cell!r} is not a finite number")
             values.append(value)
-        features[number - (2 if header is not None else 1)] = values
+        with np.errstate(over="ignore"):  # beyond float32: infinity, refused below
+            features[number - (2 if header is not None else 1)] = values
+    _check_finite(features, path)
     classes = _classes_of(labels)
     positions = {name: position for position, name in enumerate(classes)}
     y = np.array([positions[name] for name in labels], dtype=np.int64)
@@ -381,6 +389,10 @@ def _encode(meta: dict[str, Any], arrays: list[Array]) -> bytes:
 def _image_input(path: Path, shape: list[int]) -> npt.NDArray[np.float32]:
     if len(shape) != 3 or shape[0] != 1:
         raise DatasetError(f"the model takes samples of shape {shape}, not grayscale images")
+    if shape[1] * shape[2] > MAX_PIXELS:
+        raise DatasetError(
+            f"the model takes {shape[2]}x{shape[1]} images, over {MAX_PIXELS} pixels"
+        )
     files = _image_files(path) if path.is_dir() else [path]
     if not files:
         raise DatasetError(f"{path}: no images")
@@ -395,17 +407,20 @@ def _csv_input(path: Path, features: int) -> npt.NDArray[np.float32]:
         body = rows
     else:
         body = rows[1:]
-    out = np.empty((len(body), features), dtype=np.float32)
-    for number, row in enumerate(body):
+    if not body:
+        raise DatasetError(f"{path}: no rows")
+    for row in body:  # before allocating what the model's (untrusted) shape says
         if len(row) not in (features, features + 1):
             raise DatasetError(
                 f"{path}: a row has {len(row)} columns; the model takes {features} features "
                 "(and an optional label after them)"
             )
+    out = np.empty((len(body), features), dtype=np.float32)
+    for number, row in enumerate(body):
         values = [_number(cell.strip()) for cell in row[:features]]
         if any(value is None for value in values):
             raise DatasetError(f"{path}: a row holds something that is not a finite number")
-        out[number] = values
-    if not body:
-        raise DatasetError(f"{path}: no rows")
+        with np.errstate(over="ignore"):  # beyond float32: infinity, refused below
+            out[number] = values
+    _check_finite(out, path)
     return out

@@ -360,15 +360,11 @@ def train(
     history = metrics.get("history")
     if not isinstance(history, list):
         history = [e for e in stdout_events(saved.out / STDOUT_FILE) if e["event"] == "epoch"]
-    try:
-        data = model.read_bytes()
-    except OSError as exc:
-        raise AiClientError(f"cannot read {model}: {exc.strerror}") from None
-    stored = store(ctx, data, duration, "model")
+    data, stored = store_model(ctx, model, duration)
     cid = stored.cid.hex()
     trained = meta.get("trained")
     epochs = trained.get("epochs") if isinstance(trained, dict) else None
-    catalog.record(
+    record_stored(
         ctx.catalog,
         Entry(
             "model", cid, name or f"{options.arch}-{submitted.deal}", str(meta.get("task", "")),
@@ -384,6 +380,36 @@ def train(
         submitted.deal, cid, model, saved.out, meta, metrics, outcome,
         resources.verification, stored, history,
     )  # fmt: skip
+
+
+def store_model(ctx: Context, model: Path, duration: int) -> tuple[bytes, PutResult]:
+    """The trained model's bytes, stored encrypted to the user. The job is paid for by now: a
+    failure says where the model is saved and how to store it by hand."""
+    where = model.absolute()
+    try:
+        data = model.read_bytes()
+        return data, store(ctx, data, duration, "model")
+    except OSError as exc:
+        raise AiClientError(f"cannot read the model at {where}: {exc.strerror}") from None
+    except QoinError as exc:
+        raise AiClientError(
+            f"{exc}\nthe job is paid for and its model is saved at {where}: store it with "
+            f"`qoin storage put {where} --key KEYSTORE` (then `qoin ai infer --model CID`)"
+        ) from None
+
+
+def record_stored(path: Path, entry: Entry) -> None:
+    """``entry`` recorded in the catalog at ``path``; a catalog that cannot take it is reported
+    with the CID (the file is stored and paid for: the CID is all the user needs)."""
+    try:
+        catalog.record(path, entry)
+    except catalog.CatalogError as exc:
+        file = entry.details.get("file")
+        saved = f", saved at {file}" if file else ""
+        raise AiClientError(
+            f"the {entry.kind} is stored as {entry.cid}{saved}, but the catalog did not take it: "
+            f"{exc}"
+        ) from None
 
 
 def _final(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -469,17 +495,41 @@ def infer(
     duration: int,
 ) -> Inferred:
     """Store the input, run the inference job, read its verified predictions."""
+    inferred, _ = _infer(
+        ctx, model, data, tokens, seed, resources, planned, market, out, default_out, duration
+    )
+    return inferred
+
+
+def _infer(
+    ctx: Context,
+    model: str,
+    data: bytes,
+    tokens: int | None,
+    seed: int,
+    resources: Resources,
+    planned: Planned,
+    market: MarketOptions,
+    out: Path | None,
+    default_out: Callable[[int], Path],
+    duration: int,
+    contract: Address | None = None,
+) -> tuple[Inferred, Submitted]:
+    """:func:`infer`, or with ``contract`` the run :func:`infer_for_contract` has it request (the
+    job's stdout, the answer, shown on stderr); the deal as submitted with it."""
     stored = store(ctx, data, duration, "input")
-    job = infer_job(model, stored.cid.hex(), tokens, seed, resources, planned)
-    watcher = LossWatcher(ctx.watcher)
-    submitted, outcome = run_job(ctx, job, market, out, default_out, watcher)
+    answered = contract is not None
+    job = infer_job(model, stored.cid.hex(), tokens, seed, resources, planned, answer=answered)
+    watcher = LossWatcher(_JobOutputAside(ctx.watcher) if answered else ctx.watcher)
+    submitted, outcome = run_job(ctx, job, market, out, default_out, watcher, contract)
     saved = outcome.outputs
     if saved is None:
         raise JobFailed(outcome.message, compute.EXIT_NO_OUTPUTS, outcome)
     answer = read_json(saved.out / OUTPUTS_DIR / PREDICTIONS_FILE, PREDICTIONS_FILE)
-    return Inferred(
+    inferred = Inferred(
         submitted.deal, model, stored.cid.hex(), answer, saved.out, outcome, resources.verification
     )
+    return inferred, submitted
 
 
 # -- infer, requested by a contract ----------------------------------------------------------------
@@ -587,18 +637,11 @@ def infer_for_contract(
     agent paying the deposit), follow the job to its settlement, wait for the market's callback
     and read the answer the contract stored back (``answer(deal)``). :class:`JobFailed` when the
     job gives no usable result; :class:`AiClientError` when no callback comes in time."""
-    stored = store(ctx, data, duration, "input")
-    job = infer_job(model, stored.cid.hex(), tokens, seed, resources, planned, answer=True)
-    watcher = LossWatcher(_JobOutputAside(ctx.watcher))
-    submitted, outcome = run_job(ctx, job, market, out, default_out, watcher, contract)
-    saved = outcome.outputs
-    if saved is None:
-        raise JobFailed(outcome.message, compute.EXIT_NO_OUTPUTS, outcome)
-    answer = read_json(saved.out / OUTPUTS_DIR / PREDICTIONS_FILE, PREDICTIONS_FILE)
-    inferred = Inferred(
-        submitted.deal, model, stored.cid.hex(), answer, saved.out, outcome, resources.verification
-    )
-    settled = outcome.story.settled_height or submitted.formed_height
+    inferred, submitted = _infer(
+        ctx, model, data, tokens, seed, resources, planned, market, out, default_out, duration,
+        contract,
+    )  # fmt: skip
+    settled = inferred.outcome.story.settled_height or submitted.formed_height
     with Wallet(ctx.rpc, ctx.keypair) as wallet:
         ctx.say("callback", f"waiting for the market to call {contract} back")
         callback = wait_callback(wallet, submitted.deal, settled, submitted.params.block_ms)
@@ -711,7 +754,7 @@ def prepare(
     ctx.say("prepare", f"{source}: {samples} samples ({test} held out), {len(data)} bytes")
     stored = store(ctx, data, duration, "dataset")
     cid = stored.cid.hex()
-    catalog.record(
+    record_stored(
         ctx.catalog,
         Entry(
             "dataset", cid, str(meta.get("name", "")), str(meta.get("task", "")), catalog.now(),

@@ -16,6 +16,7 @@ imports it: the runtime's own Python is asked what it has.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ NUMPY = "2.4.6"
 REQUIREMENTS = (f"torch=={TORCH}", f"numpy=={NUMPY}")
 PACKAGE = "qoin_ai_job"
 INFO_FILE = "qoin-runtime.json"
+LOCK_FILE = ".qoin-install.lock"
 INFO_LIMIT = 64 * 1024
 PROGRAM_DIR = Path(__file__).parent / "job"
 VENV_TIMEOUT_S = 300.0
@@ -259,8 +261,21 @@ def _copy_program(
 def install(target: Path, *, on_line: Callable[[str], None] | None = None) -> RuntimeInfo:
     """Prepare (or check) the runtime at ``target``: a venv, PyTorch and numpy pip-installed
     into it, the job program copied in, ``qoin-runtime.json`` written. Idempotent: a runtime
-    that :func:`load` accepts is only checked."""
+    that :func:`load` accepts is only checked. One install at a time per directory (a lock file
+    in it); ``qoin-runtime.json`` is removed before anything changes and written last, so an
+    install that fails half-way leaves no runtime that :func:`load` accepts."""
     target = Path(target).absolute()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        lock = open(target / LOCK_FILE, "a")  # noqa: SIM115 (held for the whole install)
+    except OSError as exc:
+        raise AiRuntimeError(f"cannot write the runtime at {target}: {exc.strerror}") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install(target, on_line)
+
+
+def _install(target: Path, on_line: Callable[[str], None] | None) -> RuntimeInfo:
     say = on_line or (lambda _line: None)
     try:
         info = load(target)
@@ -270,6 +285,7 @@ def install(target: Path, *, on_line: Callable[[str], None] | None = None) -> Ru
         say(f"the AI runtime at {target} is up to date ({info.ref})")
         return info
     files = program_files()
+    (target / INFO_FILE).unlink(missing_ok=True)  # not a runtime until it is whole again
     python = target / "bin" / "python"
     if not python.exists():
         base = base_python()

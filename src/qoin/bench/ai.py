@@ -80,17 +80,20 @@ from qoin.ai.client import (
 )
 from qoin.ai.output import parse_event
 from qoin.ai.runtime import RuntimeInfo
-from qoin.bench.compute import MachineClock, children_cpu
+from qoin.bench.compute import MachineClock, children_cpu, machine_lines
 from qoin.bench.compute_live import (
     HONEST,
+    HTTP_S,
     MEDIATORS,
+    POLL_S,
     STORAGE_PROVIDERS,
     ComputeNetwork,
     Timeline,
+    final_state,
 )
 from qoin.bench.storage_live import BLOCK_INTERVAL_MS, DURATION, BenchmarkInterrupted
 from qoin.bench.timing import BenchmarkCheckFailed, machine_info, peak_rss_bytes
-from qoin.compute.client import ComputeClientError, JobState, MarketOptions, ProviderApi
+from qoin.compute.client import JobState, MarketOptions, ProviderApi
 from qoin.compute.jobspec import Verification
 from qoin.compute.params import DEVNET
 from qoin.crypto.address import Address
@@ -124,10 +127,6 @@ PROBE_MARGIN: Final = 1.2
 STDERR_TAIL: Final = 64 * 1024
 """Bytes of a job's live stderr kept (its last line says how long it trained)."""
 TRAINED: Final = re.compile(r"trained in ([0-9]+(?:\.[0-9]+)?) s")
-UPLOAD_WAIT_S: Final = 180.0
-"""How long a provider may take to report its outputs stored after the deal settled."""
-POLL_S: Final = 0.2
-HTTP_S: Final = 60.0
 
 
 def job_timeout(seconds: float) -> int:
@@ -449,26 +448,17 @@ class NetworkRun:
 def provider_states(
     network: AiNetwork, deal: int, providers: tuple[Address, ...]
 ) -> list[JobState | None]:
-    """Each replica's job state once its outputs are stored (or :data:`UPLOAD_WAIT_S` passed)."""
-    states: list[JobState | None] = []
+    """Each replica's job state once its outputs are stored
+    (:func:`~qoin.bench.compute_live.final_state`)."""
     with httpx.Client(timeout=httpx.Timeout(HTTP_S, connect=10.0)) as http:
-        for provider in providers:
-            node = network.node_of(provider)
-            api = ProviderApi(http, network.keypair, provider, node.endpoint)
-            deadline = time.monotonic() + UPLOAD_WAIT_S
-            state: JobState | None = None
-            while True:
-                try:
-                    state = api.job(deal)
-                except ComputeClientError:
-                    state = None
-                done = state is not None and (state.cid is not None or state.state == "failed")
-                if done or time.monotonic() > deadline:
-                    break
-                network.cancel.wait(POLL_S)
-                network.check()
-            states.append(state)
-    return states
+        return [
+            final_state(
+                network,
+                ProviderApi(http, network.keypair, provider, network.node_of(provider).endpoint),
+                deal,
+            )
+            for provider in providers
+        ]
 
 
 def network_train(
@@ -759,11 +749,5 @@ def table(report: Mapping[str, Any]) -> str:
         f"{'equal' if verification['roots_equal'] else 'DIFFER'}; models "
         f"{'identical' if report['models_identical'] else 'DIFFER'} (direct, none, replicated)",
     ]
-    during = report.get("machine_during_run")
-    if during is not None:
-        other = during["other_cpu_s"]
-        lines.append(
-            f"{during['seconds']:.0f} s in all; other processes used "
-            f"{'?' if other is None else f'{other:.0f}'} CPU-s meanwhile"
-        )
+    lines += machine_lines(report)
     return "\n".join(lines)

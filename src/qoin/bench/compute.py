@@ -48,7 +48,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -659,6 +659,18 @@ def _start_line(name: str, figures: dict[str, Any]) -> str:
     )
 
 
+def machine_lines(report: Mapping[str, Any]) -> list[str]:
+    """The line on the machine while the benchmark ran (``machine_during_run``), if measured."""
+    during = report.get("machine_during_run")
+    if during is None:
+        return []
+    other = during["other_cpu_s"]
+    return [
+        f"{during['seconds']:.0f} s in all; other processes used "
+        f"{'?' if other is None else f'{other:.0f}'} CPU-s meanwhile"
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     """The report as a few human-readable lines."""
     from qoin.bench import compute_live  # noqa: PLC0415
@@ -677,13 +689,7 @@ def table(report: dict[str, Any]) -> str:
             f"{figures['overhead_s']:.3f} s (x{figures['ratio']:.2f})"
         )
     lines += compute_live.table(report)
-    during = report.get("machine_during_run")
-    if during is not None:
-        other = during["other_cpu_s"]
-        lines.append(
-            f"{during['seconds']:.0f} s in all; other processes used "
-            f"{'?' if other is None else f'{other:.0f}'} CPU-s meanwhile"
-        )
+    lines += machine_lines(report)
     with contextlib.suppress(KeyError):
         lines.append(f"peak RSS {report['peak_rss_bytes'] / MIB:.0f} MiB")
     return "\n".join(lines)

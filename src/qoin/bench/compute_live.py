@@ -381,23 +381,31 @@ def final_states(
     http: httpx.Client, network: ComputeNetwork, submitted: client.Submitted
 ) -> list[client.JobState | None]:
     """Each replica's job state once its outputs are stored (or :data:`UPLOAD_WAIT_S` passed)."""
-    states: list[client.JobState | None] = []
-    for candidate in submitted.providers:
-        api = ProviderApi(http, network.keypair, candidate.provider, candidate.ask.endpoint)
-        deadline = time.monotonic() + UPLOAD_WAIT_S
-        state: client.JobState | None = None
-        while True:
-            try:
-                state = api.job(submitted.deal)
-            except client.ComputeClientError:
-                state = None
-            done = state is not None and (state.cid is not None or state.state == "failed")
-            if done or time.monotonic() > deadline:
-                break
-            network.cancel.wait(POLL_S)
-            network.check()
-        states.append(state)
-    return states
+    return [
+        final_state(
+            network,
+            ProviderApi(http, network.keypair, candidate.provider, candidate.ask.endpoint),
+            submitted.deal,
+        )
+        for candidate in submitted.providers
+    ]
+
+
+def final_state(network: ComputeNetwork, api: ProviderApi, deal: int) -> client.JobState | None:
+    """The job state of ``deal`` at ``api``'s provider once its outputs are stored or the job
+    failed (or :data:`UPLOAD_WAIT_S` passed: the last it said; None: it did not say)."""
+    deadline = time.monotonic() + UPLOAD_WAIT_S
+    state: client.JobState | None = None
+    while True:
+        try:
+            state = api.job(deal)
+        except client.ComputeClientError:
+            state = None
+        done = state is not None and (state.cid is not None or state.state == "failed")
+        if done or time.monotonic() > deadline:
+            return state
+        network.cancel.wait(POLL_S)
+        network.check()
 
 
 def market_job(

@@ -21,8 +21,9 @@ Commands::
 
 Every command takes ``--json`` (one JSON document on stdout; live lines go to stderr) and the
 market ones ``--rpc``, ``--key``, ``--password-file``. Exit codes: those of ``qoin compute run``
-when the job fails (its error line shown; 120 no provider, 121 no result, ...), 1 a failure, 2
-unusable input (checked before any money moves).
+when the job fails (its error line shown; 120 no provider, 121 no result, ...; a job that exits
+2, the program refusing its input, exits 1), 1 a failure, 2 unusable input (checked before any
+money moves, and only then).
 """
 
 from __future__ import annotations
@@ -50,19 +51,30 @@ from qoin.ai.client import (
 )
 from qoin.ai.output import predictions_text
 from qoin.ai.runtime import RuntimeInfo
-from qoin.cli.common import EXIT_USAGE, fail, print_json, unlock_keystore
-from qoin.cli.compute import Terminal, fresh_dir, parse_duration
+from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, print_json, unlock_keystore
+from qoin.cli.compute import (
+    JsonOut,
+    PasswordFile,
+    Quiet,
+    RpcOption,
+    Terminal,
+    TimeoutOption,
+    VerifyOption,
+    _choice,
+    _failed,
+    _keystore_address,
+    _size,
+    fresh_dir,
+    parse_duration,
+)
 from qoin.cli.execution import DEFAULT_RPC
 from qoin.cli.node import qoin_home
 from qoin.cli.storage import progress_bars
-from qoin.cli.storage_provider import parse_size
 from qoin.compute import client as compute
 from qoin.compute.client import BadOptions, MarketOptions, NoMatch
 from qoin.compute.jobspec import Verification
-from qoin.crypto import keystore
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
-from qoin.wallet import WalletError
 
 ai_app = typer.Typer(
     help="AI jobs: prepare datasets, train and run models on the compute market.",
@@ -71,10 +83,6 @@ ai_app = typer.Typer(
 runtime_app = typer.Typer(help="A provider's AI runtime (PyTorch and the job program).")
 ai_app.add_typer(runtime_app, name="runtime")
 
-RpcOption = Annotated[str, typer.Option("--rpc", help="The execution client's user RPC URL.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No phase lines, no progress bars.")]
-PasswordFile = Annotated[Path | None, typer.Option(help="Keystore password file.")]
 KeyOption = Annotated[Path, typer.Option("--key", help="Your keystore (pays, encrypts).")]
 DurationOption = Annotated[
     int,
@@ -87,14 +95,8 @@ LrOption = Annotated[float, typer.Option("--lr", help="Learning rate.")]
 BatchOption = Annotated[int, typer.Option("--batch", help="Batch size.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="The seed (same seed, same model).")]
 GpuOption = Annotated[bool, typer.Option("--gpu", help="On one GPU (same-hardware determinism).")]
-VerifyOption = Annotated[
-    str, typer.Option("--verify", help="none (default), spot or replicated (two providers).")
-]
 CpusOption = Annotated[int, typer.Option("--cpus", help="Whole CPUs (the job's threads).", min=1)]
 MemoryOption = Annotated[str, typer.Option("--memory", help="Memory, e.g. 2GiB.")]
-TimeoutOption = Annotated[
-    str, typer.Option("--timeout", help="Seconds the job may run (or 90s, 5m, 2h).")
-]
 MaxPriceOption = Annotated[
     int | None, typer.Option("--max-price", help="Shor per CPU-second at most.", min=0)
 ]
@@ -113,8 +115,6 @@ NameOption = Annotated[str | None, typer.Option("--name", help="A name for the c
 
 def _fail_with(exc: QoinError, rpc: str, json_out: bool = False) -> NoReturn:
     """Exit 2 for unusable input, 120 for no provider, the job's code for a failed job, else 1."""
-    if isinstance(exc, BadOptions):
-        fail(str(exc), EXIT_USAGE)
     if isinstance(exc, NoMatch):
         if json_out:
             print_json({"error": str(exc), "refused": [r.to_json() for r in exc.refusals]})
@@ -122,40 +122,26 @@ def _fail_with(exc: QoinError, rpc: str, json_out: bool = False) -> NoReturn:
             typer.echo(
                 f"  refused {refusal.provider} ({refusal.endpoint}): {refusal.reason}", err=True
             )
-        fail(str(exc), compute.EXIT_NO_MATCH)
     if isinstance(exc, jobs.JobFailed):
         if json_out:
             answer: dict[str, Any] = {"error": str(exc), "exitCode": exc.code}
             if exc.outcome is not None:
                 answer.update(deal=exc.outcome.deal, outcome=exc.outcome.to_json())
             print_json(answer)
-        fail(str(exc), exc.code)
-    if isinstance(exc, WalletError) and not isinstance(exc, compute.ComputeClientError):
-        fail(f"the execution client at {rpc} did not answer as expected: {exc}")
-    fail(str(exc))
-
-
-def _check_key(key: Path) -> None:
-    try:
-        keystore.load(key)
-    except keystore.KeystoreError as exc:
-        fail(str(exc), EXIT_USAGE)
-
-
-def _verification(text: str) -> Verification:
-    names = {member.name.lower(): member for member in Verification}
-    found = names.get(text.strip().lower())
-    if found is None:
-        raise BadOptions(f"--verify is one of {', '.join(names)}, not {text[:40]!r}")
-    return found
+        # the job ran and was paid for: never 2, which says nothing was (its own status 2, the
+        # program refusing its input, is in --json's exitCode)
+        fail(str(exc), EXIT_FAILURE if exc.code == EXIT_USAGE else exc.code)
+    _failed(exc, rpc)
 
 
 def _resources(cpus: int, memory: str, timeout: str, gpu: bool, verify: str) -> Resources:
-    try:
-        size = parse_size(memory)
-    except ValueError as exc:
-        raise BadOptions(f"--memory: {exc}") from None
-    return Resources(cpus, size, parse_duration(timeout), gpu, _verification(verify))
+    return Resources(
+        cpus,
+        _size(memory, "--memory"),
+        parse_duration(timeout),
+        gpu,
+        _choice(verify, Verification, "--verify"),
+    )
 
 
 def _market(
@@ -171,7 +157,7 @@ def _market(
 def _context(
     rpc: str, key: Path, password_file: Path | None, json_out: bool, quiet: bool
 ) -> tuple[jobs.Context, Terminal]:
-    _check_key(key)
+    _keystore_address(key)
     keypair = unlock_keystore(key, password_file)
     term = Terminal(json_out=json_out, quiet=quiet)
     return jobs.Context(rpc, keypair, qoin_home(), term), term
@@ -388,6 +374,55 @@ def _train(
     typer.echo(trained.cid)
 
 
+def _train_command(
+    arch: str | None,
+    base: str | None,
+    data: str,
+    key: Path,
+    epochs: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    gpu: bool,
+    verify: str,
+    cpus: int,
+    memory: str,
+    timeout: str,
+    max_price: int | None,
+    max_fee: int | None,
+    provider: list[str] | None,
+    runtime: str,
+    out: Path | None,
+    name: str | None,
+    duration: int,
+    rpc: str,
+    password_file: Path | None,
+    json_out: bool,
+    quiet: bool,
+) -> None:
+    """``train`` (``arch`` given) or ``finetune`` (``base`` given, its architecture read once the
+    key is unlocked): every option checked, then :func:`_train`."""
+    try:
+        base_cid = None if base is None else parse_cid(base, "--base")
+        # finetune: the numbers checked before the key (with a stand-in architecture)
+        options = _options(arch or "mlp", data, base_cid, epochs, lr, batch, seed)
+        resources = _resources(cpus, memory, timeout, gpu, verify)
+        market = _market(max_price, max_fee, provider)
+        if out is not None:
+            compute.check_out_dir(out)
+    except BadOptions as exc:
+        fail(str(exc), EXIT_USAGE)
+    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
+    if base_cid is not None:
+        try:
+            options = _options(
+                jobs.base_arch(ctx, base_cid), data, base_cid, epochs, lr, batch, seed
+            )
+        except QoinError as exc:
+            _fail_with(exc, rpc, json_out)
+    _train(options, resources, market, runtime.strip(), out, duration, name, ctx, json_out, quiet)
+
+
 def _options(
     arch: str, data: str, base: str | None, epochs: int, lr: float, batch: int, seed: int
 ) -> TrainOptions:
@@ -431,16 +466,11 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train a model on the compute market; print the stored model's CID."""
-    try:
-        options = _options(model, data, None, epochs, lr, batch, seed)
-        resources = _resources(cpus, memory, timeout, gpu, verify)
-        market = _market(max_price, max_fee, provider)
-        if out is not None:
-            compute.check_out_dir(out)
-    except BadOptions as exc:
-        fail(str(exc), EXIT_USAGE)
-    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
-    _train(options, resources, market, runtime.strip(), out, duration, name, ctx, json_out, quiet)
+    _train_command(
+        model, None, data, key, epochs, lr, batch, seed, gpu, verify, cpus, memory, timeout,
+        max_price, max_fee, provider, runtime, out, name, duration, rpc, password_file, json_out,
+        quiet,
+    )  # fmt: skip
 
 
 @ai_app.command("finetune")
@@ -470,22 +500,11 @@ def finetune(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a stored model: train on from its weights (the same architecture)."""
-    try:
-        base_cid = parse_cid(base, "--base")
-        _options("mlp", data, base_cid, epochs, lr, batch, seed)  # the numbers, before the key
-        resources = _resources(cpus, memory, timeout, gpu, verify)
-        market = _market(max_price, max_fee, provider)
-        if out is not None:
-            compute.check_out_dir(out)
-    except BadOptions as exc:
-        fail(str(exc), EXIT_USAGE)
-    ctx, _ = _context(rpc, key, password_file, json_out, quiet)
-    try:
-        arch = jobs.base_arch(ctx, base_cid)
-        options = _options(arch, data, base_cid, epochs, lr, batch, seed)
-    except QoinError as exc:
-        _fail_with(exc, rpc, json_out)
-    _train(options, resources, market, runtime.strip(), out, duration, name, ctx, json_out, quiet)
+    _train_command(
+        None, base, data, key, epochs, lr, batch, seed, gpu, verify, cpus, memory, timeout,
+        max_price, max_fee, provider, runtime, out, name, duration, rpc, password_file, json_out,
+        quiet,
+    )  # fmt: skip
 
 
 # -- infer -----------------------------------------------------------------------------------------
@@ -554,13 +573,9 @@ def infer(
         )  # fmt: skip
         return
     try:
-        meta = jobs.model_of(ctx, cid)
-        if meta.get("task") == "text" and tokens is None:
-            tokens = DEFAULT_TOKENS
-        data = jobs.prepare_input(input_source, meta)
-        planned = jobs.plan(ctx, resources, market, runtime.strip())
-        probe = jobs.infer_job(cid, cid, tokens, seed, resources, planned)
-        jobs.check_market(ctx, probe, market)
+        data, tokens, planned = _infer_plan(
+            ctx, cid, input_source, tokens, seed, resources, market, runtime
+        )
         with progress_bars(quiet) as bars:
             ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
             done = jobs.infer(
@@ -574,6 +589,29 @@ def infer(
         return
     for line in predictions_text(done.answer):
         typer.echo(line)
+
+
+def _infer_plan(
+    ctx: jobs.Context,
+    cid: str,
+    input_source: str,
+    tokens: int | None,
+    seed: int,
+    resources: Resources,
+    market: MarketOptions,
+    runtime: str,
+    answer: bool = False,
+) -> tuple[bytes, int | None, jobs.Planned]:
+    """The checks before an inference's money moves: the model, the input shaped for it, the
+    runtime, the market's rules for its job. The input, the tokens to generate and the plan."""
+    meta = jobs.model_of(ctx, cid)
+    if meta.get("task") == "text" and tokens is None:
+        tokens = DEFAULT_TOKENS
+    data = jobs.prepare_input(input_source, meta)
+    planned = jobs.plan(ctx, resources, market, runtime.strip())
+    probe = jobs.infer_job(cid, cid, tokens, seed, resources, planned, answer=answer)
+    jobs.check_market(ctx, probe, market)
+    return data, tokens, planned
 
 
 def _infer_for_contract(
@@ -594,13 +632,9 @@ def _infer_for_contract(
     """``qoin ai infer --contract``: the same checks, then :func:`jobs.infer_for_contract`."""
     try:
         jobs.check_contract(ctx, contract)
-        meta = jobs.model_of(ctx, cid)
-        if meta.get("task") == "text" and tokens is None:
-            tokens = DEFAULT_TOKENS
-        data = jobs.prepare_input(input_source, meta)
-        planned = jobs.plan(ctx, resources, market, runtime.strip())
-        probe = jobs.infer_job(cid, cid, tokens, seed, resources, planned, answer=True)
-        jobs.check_market(ctx, probe, market)
+        data, tokens, planned = _infer_plan(
+            ctx, cid, input_source, tokens, seed, resources, market, runtime, answer=True
+        )
         with progress_bars(quiet) as bars:
             ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
             done = jobs.infer_for_contract(

@@ -99,15 +99,22 @@ def parser() -> Parser:
     return top
 
 
+MKL_CBWR = "COMPATIBLE,STRICT"
+"""MKL's code path: the one that gives the same bits on every x86 processor, Intel's and AMD's
+(``AUTO`` picks a path per processor, so two providers with the same runtime ref, e.g. both
+``AVX512``, would disagree in the last bits of every matrix product)."""
+
+
 def prepare_environment(threads: int) -> None:
     """Before PyTorch is imported: caches in the temporary directory (``/work`` in a job), the
-    math libraries told to be reproducible and to start no more than ``threads`` threads."""
+    math libraries told to be reproducible and to start ``threads`` threads (set whatever the
+    environment said: they decide the result's bits)."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(name, str(threads))
+        os.environ[name] = str(threads)
     cache = os.path.join(tempfile.gettempdir(), "qoin-ai-cache")
     for name in ("TORCH_HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH"):
         os.environ.setdefault(name, cache)
-    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    os.environ["MKL_CBWR"] = MKL_CBWR
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     os.environ.setdefault("KMP_WARNINGS", "0")
 

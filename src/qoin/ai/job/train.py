@@ -194,8 +194,10 @@ def load_model(path: str) -> Model:
         if config.get("classes") != len(names):
             raise JobError(f"{what}: 'classes' does not match its config")
     _require(meta, "trained", dict, what)
-    net = models.build(arch, config)
-    state = net.state_dict()
+    # the config's shapes first, on the meta device (nothing allocated): a config far larger
+    # than the file's parameters is refused, never built
+    with torch.device("meta"):
+        state = models.build(arch, config).state_dict()
     if file.names() != list(state):
         raise JobError(f"{what}: its arrays are not the parameters of a {arch} of its config")
     loaded = {}
@@ -203,6 +205,7 @@ def load_model(path: str) -> Model:
         if array.dtype != "float32" or list(array.shape) != list(state[array.name].shape):
             raise JobError(f"{what}: parameter {array.name} has the wrong shape or type")
         loaded[array.name] = to_tensor(array)
+    net = models.build(arch, config)  # as large as the file's parameters
     net.load_state_dict(loaded)
     return Model(arch, config, meta, net)
 

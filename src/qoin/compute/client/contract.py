@@ -14,15 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from qoin.compute.client.base import (
-    NO_WATCHER,
-    RECEIPT_TIMEOUT_S,
-    ComputeClientError,
-    Watcher,
-    _returned_int,
-    head,
-)
-from qoin.compute.client.submit import Prepared, Submitted, submit
+from qoin.compute.client.base import NO_WATCHER, RECEIPT_TIMEOUT_S, ComputeClientError, Watcher
+from qoin.compute.client.submit import Prepared, Submitted, bid_deadline, placed_bid, submit
 from qoin.compute.market import BidInfo, ComputeMarketView
 from qoin.crypto.address import Address
 from qoin.execution.abi import Value
@@ -61,8 +54,7 @@ def request_bid(
 ) -> BidInfo:
     """Call ``contract.method`` with the bid's deposit; the bid it placed, checked: this
     wallet is its agent, its job is the prepared spec's. :class:`ComputeClientError` otherwise."""
-    blocks = max(1, min(prepared.deadline_blocks, prepared.params.max_bid_blocks))
-    deadline = head(wallet.client) + blocks
+    deadline = bid_deadline(wallet, prepared)
     call_args = args(prepared, deadline, wallet.address)
     try:
         receipt = wallet.transact(
@@ -75,17 +67,16 @@ def request_bid(
             f"calling {contract}.{method} failed ({exc}); if it was mined after all, the bid's "
             f"deposit comes back to the contract when it expires at height {deadline}"
         ) from None
-    bid_id = _returned_int(receipt, f"{contract}.{method}")
-    bid = view.get_bid(bid_id)
-    if bid is None:
-        raise ComputeClientError(f"bid {bid_id} was placed but the node does not show it")
+    bid = placed_bid(view, receipt, f"{contract}.{method}")
     if bid.client != contract or bid.agent != wallet.address:
         raise ComputeClientError(
-            f"bid {bid_id} is {bid.client}'s with agent {bid.agent}: not a bid of {contract} "
+            f"bid {bid.bid_id} is {bid.client}'s with agent {bid.agent}: not a bid of {contract} "
             f"that {wallet.address} may form"
         )
     if bid.job != prepared.spec.job_hash:
-        raise ComputeClientError(f"bid {bid_id} is for job {bid.job.hex()}, not the prepared one")
+        raise ComputeClientError(
+            f"bid {bid.bid_id} is for job {bid.job.hex()}, not the prepared one"
+        )
     return bid
 
 

@@ -265,9 +265,9 @@ def fetch_outputs(
     """Replica ``replica``'s outputs, unpacked into ``out`` verified against ``root`` (written
     beside ``out`` first, moved there only when whole): the files under ``out/outputs/``, the
     job's stdout in ``out/stdout``. Straight from the provider first (``GET
-    /jobs/{deal}/outputs``, one hop, decrypted with the replica's transit key); else the copy it stored in the storage market (by ``cid``,
-    or the CID the provider names), decrypted with the output master. Bytes that do not verify
-    count as outputs that cannot be had. Asked again until they come, for at most ``wait_s``
+    /jobs/{deal}/outputs``, one hop, decrypted with the replica's transit key); else the copy it
+    stored in the storage market (by ``cid``, or the CID the provider names), decrypted with the
+    output master. Bytes that do not verify count as outputs that cannot be had. Asked again until they come, for at most ``wait_s``
     seconds (or until ``stop`` is set), ``on_wait`` told what is awaited and why whenever that
     changes; then :class:`ComputeClientError` saying why and what to do. ``limits``: the spec's
     output limits (an archive over them is refused)."""

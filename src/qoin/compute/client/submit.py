@@ -269,7 +269,7 @@ class _Sent:
 
 def _place_bid(wallet: Wallet, view: ComputeMarketView, prepared: Prepared, sent: _Sent) -> BidInfo:
     """Place the bid for ``prepared`` (its deposit checked against the balance first)."""
-    spec, params = prepared.spec, prepared.params
+    spec = prepared.spec
     balance = wallet.balance()
     if balance < prepared.deposit:
         raise ComputeClientError(
@@ -278,8 +278,7 @@ def _place_bid(wallet: Wallet, view: ComputeMarketView, prepared: Prepared, sent
             f"{prepared.max_fee}; what the deal does not hold comes back when it forms), but "
             f"{wallet.address} holds {balance}"
         )
-    blocks = max(1, min(prepared.deadline_blocks, params.max_bid_blocks))
-    deadline = head(wallet.client) + blocks
+    deadline = bid_deadline(wallet, prepared)
     call = market.place_bid(
         spec,
         max_price_cpu=prepared.max_price_cpu,
@@ -300,7 +299,19 @@ def _place_bid(wallet: Wallet, view: ComputeMarketView, prepared: Prepared, sent
             f"when it expires at height {deadline}"
         ) from None
     sent.add(receipt)
-    bid_id = _returned_int(receipt, "bid")
+    return placed_bid(view, receipt, "bid")
+
+
+def bid_deadline(wallet: Wallet, prepared: Prepared) -> int:
+    """The height a bid for ``prepared`` placed now is open until: its deadline blocks (at least
+    one, at most the market's limit) past the head."""
+    blocks = max(1, min(prepared.deadline_blocks, prepared.params.max_bid_blocks))
+    return head(wallet.client) + blocks
+
+
+def placed_bid(view: ComputeMarketView, receipt: Mapping[str, Any], method: str) -> BidInfo:
+    """The bid whose id the mined call ``method`` returned, as the node shows it."""
+    bid_id = _returned_int(receipt, method)
     bid = view.get_bid(bid_id)
     if bid is None:
         raise ComputeClientError(f"bid {bid_id} was placed but the node does not show it")
