@@ -18,6 +18,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq \
 		&& apt-get install -y -qq bubblewrap; } \
 		|| echo "bubblewrap is not installed: the sandbox executor will be unavailable"
+	@# chromium: Debian's browser, which the browser tests (tests/test_web_browser.py) drive with
+	@# Playwright (never `playwright install`: it downloads a browser build); without it they are
+	@# skipped with the reason printed.
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && apt-get update -qq \
+		&& apt-get install -y -qq chromium; } \
+		|| echo "chromium is not installed: the browser tests will be skipped"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .

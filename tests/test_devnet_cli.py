@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from qoin.chain.chain import STORE_FILE, Chain
@@ -199,6 +200,9 @@ def test_storage_providers_are_started_described_and_stopped(net: Network) -> No
     assert [p["name"] for p in providers] == ["provider0", "provider1"]
     rpc = described["nodes"][0]["rpc"]
     assert [n["name"] for n in described["nodes"]] == ["node0", "node1"]
+    ui = described["nodes"][0]["ui"]  # every node serves the web UI, node 0's URL printed
+    assert devnet.watch_until(re.compile(r"web UI \(node0\): (\S+)"))[1] == ui
+    assert "Explorer" in httpx.get(ui, timeout=30).text
     with MarketView(rpc) as view:
         asks = {str(ask.provider): ask for ask in view.asks()}
     for provider in providers:

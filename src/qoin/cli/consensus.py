@@ -45,7 +45,7 @@ from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.crypto.batch import favour_verifier_threads
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
-from qoin.node.mining import MiningLoop
+from qoin.node.mining import MiningControl, MiningLoop
 from qoin.p2p.addresses import PeerAddress, PeerAddressError, parse_bootnodes
 from qoin.p2p.identity import NODE_KEY_FILE, load_or_create_node_key
 from qoin.p2p.service import P2PService
@@ -121,7 +121,7 @@ def consensus(
         fail(f"--bootnode: {exc}", EXIT_USAGE)
     favour_verifier_threads()  # it re-executes blocks statelessly when clients disagree
     chosen, node = open_node(home, genesis, clients, samples)
-    done = threading.Event()
+    node.mining = mining_control(node, keypair, coinbase, workers, block_interval_ms)
     failure = ""
     try:
         if p2p_port is not None:
@@ -134,11 +134,7 @@ def consensus(
                 f"clients {', '.join(c.url for c in node.judge.active)}",
                 err=True,
             )
-            if keypair is not None:
-                received = mine_until_stopped(node, keypair, workers, blocks, block_interval_ms)
-            else:
-                with stop_on_signals(done.set) as received:
-                    done.wait()
+            received = mine_until_stopped(node, blocks if mine else None)
             if received:
                 typer.echo("stopping", err=True)
     except ServeError as exc:
@@ -155,41 +151,64 @@ def consensus(
         fail(failure, EXIT_FAILURE)
 
 
-def mine_until_stopped(
+def mining_control(
     node: ConsensusNode,
-    keypair: HybridKeyPair,
+    keypair: HybridKeyPair | None,
+    coinbase: str | None,
     workers: int | None,
-    blocks: int,
     block_interval_ms: int = 0,
-) -> list[int]:
-    """Mine until SIGINT or SIGTERM (or ``blocks`` mined); the signals received. SIGUSR1 stops
-    mining only: the node then follows the network until SIGINT or SIGTERM (``qoin devnet`` lets
-    its nodes agree on a head this way)."""
-    loop = MiningLoop(
-        node.chain,
-        keypair,
-        workers,
-        EngineLink(node, lambda message: typer.echo(message, err=True)),
-        node.lock,
-        block_interval_ms,
-    )
-    done, paused = threading.Event(), threading.Event()
+) -> MiningControl:
+    """The node's miner: with ``--mine``'s key; without ``--mine``, the published devnet key
+    when no ``--coinbase`` is given (``consensus_setMining`` may start it), else none."""
 
-    def stop() -> None:
-        loop.stop()
-        done.set()
+    def echo(message: str) -> None:
+        typer.echo(message, err=True)
+
+    def key() -> HybridKeyPair:
+        nonlocal keypair
+        if keypair is None:
+            keypair = dev_keypair()
+        return keypair
+
+    def make_loop() -> MiningLoop:
+        return MiningLoop(node.chain, key(), workers, EngineLink(node, echo), node.lock,
+                          block_interval_ms)  # fmt: skip
+
+    able = keypair is not None or not coinbase
+    return MiningControl(
+        make_loop if able else None,
+        report_mined,
+        echo,
+        "start the node with --mine to mine with the --coinbase key",
+    )
+
+
+def mine_until_stopped(node: ConsensusNode, blocks: int | None) -> list[int]:
+    """Mine (unless ``blocks`` is None: then only when ``consensus_setMining`` says so) until
+    SIGINT or SIGTERM, or until ``blocks`` are mined (0: no limit); the signals received. SIGUSR1
+    stops mining only: the node then follows the network until SIGINT or SIGTERM (``qoin devnet``
+    lets its nodes agree on a head this way). :class:`QoinError` if the miner failed."""
+    control = node.mining
+    done = threading.Event()
 
     def pause() -> None:
-        paused.set()
-        loop.stop()
-
-    with stop_on_signals(stop) as received, stop_on_signals(pause, (PAUSE_SIGNAL,)):
-        loop.run(report_mined, lambda message: typer.echo(message, err=True), blocks)
-        if paused.is_set() and not received:
+        if control is not None and control.stop():
             typer.echo(
                 "mining stopped (SIGUSR1); following the network until Ctrl-C or SIGTERM", err=True
             )
+
+    with stop_on_signals(done.set) as received, stop_on_signals(pause, (PAUSE_SIGNAL,)):
+        if control is not None:
+            if blocks is not None:
+                control.start(blocks)
+            while not done.is_set() and not control.ended.is_set():
+                done.wait(0.25)
+        else:
             done.wait()
+    if control is not None:
+        control.stop()
+        if control.error is not None:
+            raise control.error
     return received
 
 

@@ -6,11 +6,23 @@ import threading
 
 import typer
 
-from qoin.cli import ai, compute, consensus, contracts, devnet, execution, node, storage, supply
+from qoin.cli import (
+    ai,
+    compute,
+    consensus,
+    contracts,
+    devnet,
+    execution,
+    node,
+    site,
+    storage,
+    supply,
+)
 from qoin.cli.bench import bench_app
 from qoin.cli.chain import chain_app
 from qoin.cli.keys import keys_app
 from qoin.process import forgive_closed_output
+from qoin.web import server as web_server
 
 app = typer.Typer(
     name="qoin",
@@ -31,6 +43,8 @@ consensus.register(app)
 storage.register(app)
 compute.register(app)
 ai.register(app)
+site.register(app)
+web_server.register(app)
 
 
 THREAD_STACK = 16 * 1024 * 1024

@@ -150,9 +150,14 @@ def node(
     p2p_port: P2PPortOption = None,
     p2p_host: P2PHostOption = "127.0.0.1",
     bootnode: BootnodeOption = None,
+    ui_port: Annotated[
+        int, typer.Option(help="Web UI port on 127.0.0.1 (0: any free port).", min=0, max=65535)
+    ] = 0,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not serve the web UI.")] = False,
 ) -> None:
     """Run a node: an execution client and a consensus client, two processes joined by the engine
-    API (today with --dev: a development chain; --mine to mine; --p2p-port to join peers)."""
+    API, and the web UI (today with --dev: a development chain; --mine to mine; --p2p-port to join
+    peers)."""
     if not dev:
         fail("only development networks exist so far: try `qoin node --dev --mine`")
     home = datadir or qoin_home() / "dev"
@@ -189,7 +194,16 @@ def node(
     if p2p_port is not None:
         consensus_args += ["--p2p-host", p2p_host]
         consensus_args += [arg for entry in bootnode or () for arg in ("--bootnode", entry)]
-    code = supervise(execution_args, consensus_args)
+    web = None
+    if not no_ui:
+        from qoin.web.server import web_args  # noqa: PLC0415 (only a node with a UI needs it)
+
+        wallets = keystore_dir or qoin_home() / "keystore"
+
+        def web(user_rpc: str, consensus_rpc: str) -> list[str]:
+            return web_args(user_rpc, consensus_rpc, ui_port, wallets, home / "web")
+
+    code = supervise(execution_args, consensus_args, web)
     if code:
         raise typer.Exit(code)
 

@@ -55,6 +55,7 @@ from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
 from qoin.execution.account import genesis_state
+from qoin.node.mining import MiningControl, MiningOff
 from qoin.p2p.addresses import PeerAddress, PeerAddressError
 from qoin.rpc.server import Method, Param, RpcServer, invalid_params
 from qoin.state.nodestore import MemoryNodeStore
@@ -71,6 +72,10 @@ STATUS_LOCK_WAIT_S = 0.1
 
 class P2POff(QoinError):
     """A p2p request to a node that runs without p2p."""
+
+
+class MiningUnavailable(QoinError):
+    """A mining request to a client that cannot mine."""
 
 
 def genesis_state_root(genesis: Genesis) -> bytes:
@@ -126,6 +131,8 @@ class ConsensusNode:
         """What ``consensus_status`` shows of the chain, as of the last refresh."""
         self.refresh_snapshot()
         self.p2p: P2PService | None = None
+        self.mining: MiningControl | None = None
+        """The miner, where the client can mine (``consensus_setMining``)."""
         """The p2p service, when the node is on a network: told about mined and submitted
         blocks, and shown in the status."""
 
@@ -438,7 +445,19 @@ class ConsensusNode:
             "judged": dict(self.judged),
             "pendingBlocks": len(self.pending),
             "p2p": p2p,
+            "mining": None if self.mining is None else self.mining.status(),
         }
+
+    def set_mining(self, on: bool) -> dict[str, Any]:
+        """The ``consensus_setMining`` RPC: start (``true``) or stop (``false``) mining; the
+        mining status after it (``changed``: whether it did anything)."""
+        if self.mining is None:
+            raise MiningUnavailable("this client cannot mine (no mining key was set up)")
+        try:
+            changed = self.mining.start() if on else self.mining.stop()
+        except MiningOff as exc:
+            raise MiningUnavailable(str(exc)) from None
+        return {**self.mining.status(), "changed": changed}
 
     def add_peer(self, enode: str) -> bool:
         """The ``consensus_addPeer`` RPC: dial ``qoin1…@host:port`` (or ``host:port``) now."""
@@ -483,6 +502,13 @@ class ConsensusNode:
                     "Judge and import a block",
                 ),
                 Method("consensus_status", self.status, (), {"type": "object"}, "Head and clients"),
+                Method(
+                    "consensus_setMining",
+                    self.set_mining,
+                    (Param("on", {"type": "boolean"}),),
+                    {"type": "object"},
+                    "Start or stop mining",
+                ),
                 Method(
                     "consensus_addPeer",
                     self.add_peer,

@@ -27,6 +27,12 @@ The data directory::
     node<i>/jwt.hex     node i's engine secret
     node<i>/execution/  its execution client's data; that client's output in node<i>/execution.log
     node<i>/consensus/  its consensus client's data (blocks, node key, bans); node<i>/consensus.log
+    node<i>/web/        its web UI's data (``qoin web``, :mod:`qoin.web`); its output node<i>/web.log
+    keystore/           the wallets every node's web UI lists (the funded client key among them)
+
+Each node also serves the web UI (``qoin web``, its URL under ``ui`` in ``devnet.json``); node 0's
+URL is printed before the live view. A web UI is no part of a node's health: the devnet runs on
+without one that stopped.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from qoin.chain.chain import STORE_FILE
 from qoin.chain.forkchoice import UnknownBlock, path_between
 from qoin.chain.store import BlockStore, StoreError
 from qoin.chain.transaction import sign_transfer
+from qoin.crypto import keystore
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.errors import QoinError
@@ -64,9 +71,11 @@ from qoin.node.devnet_storage import (
     made_keypair,
 )
 from qoin.node.supervisor import STOP_SIGNALS
-from qoin.process import Child, Line, Output, stop_all, stop_on_signals
+from qoin.process import Child, ChildFailed, Line, Output, stop_all, stop_on_signals
 from qoin.rpc.client import RpcClient, RpcTimeout
 from qoin.rpc.jwt import create_secret
+from qoin.web.server import READY as WEB_URL
+from qoin.web.server import web_args
 
 START_TIMEOUT_S = 120.0
 """How long a client may take to print its addresses (six Python processes start on few cores)."""
@@ -168,6 +177,10 @@ class Node:
     rpc: str = ""
     client: RpcClient | None = None
     """A client of its consensus RPC, once it serves it."""
+    web: Child | None = None
+    """Its web UI (``qoin web``)."""
+    ui: str = ""
+    """The web UI's URL, once it serves."""
     enode: str = ""
     attempts_per_second: float = 0.0
     """The miner's rate, as printed with its last mined block."""
@@ -434,6 +447,7 @@ class Devnet:
         return outcome
 
     def _stop_all(self) -> list[int]:
+        stop_all([n.web for n in self.nodes if n.web is not None], STOP_TIMEOUT_S)
         codes = stop_all(self.compute.children(), STOP_TIMEOUT_S)
         codes += stop_all(self.storage.children(), STOP_TIMEOUT_S)
         for node in self.nodes:
@@ -467,8 +481,10 @@ class Devnet:
         for a, b in links(len(self.nodes)):
             if a != 0:  # node 0 is every other node's bootnode
                 self.nodes[a].rpc_client().call("consensus_addPeer", self.nodes[b].enode)
+        self._start_web(cancel)
         self._await_peers(cancel)
         self._fund(cancel)
+        self._share_client_key()
         if self.storage.count and not cancel.is_set():
             self._start_storage(cancel)
         if self.compute.everyone and not cancel.is_set():
@@ -479,6 +495,8 @@ class Devnet:
             self.nodes[-1].user_rpc, self.keypair, self.genesis.chain_id, self.config.tx_interval_s
         )
         self.sender.start()
+        if self.nodes[0].ui:
+            self.note(f"web UI (node0): {self.nodes[0].ui}")
         self.note(
             f"running; transfers go to {self.nodes[-1].name}'s execution client; view: height "
             "h, head hash, peers p per node (* mines)"
@@ -523,7 +541,7 @@ class Devnet:
         """Write ``devnet.json`` (:func:`qoin.node.devnet_storage.describe`)."""
         nodes = [
             {"name": n.name, "rpc": n.user_rpc, "consensus_rpc": n.rpc, "engine": n.engine,
-             "enode": n.enode, "mining": n.mining, "datadir": str(n.home)}
+             "enode": n.enode, "mining": n.mining, "datadir": str(n.home), "ui": n.ui}
             for n in self.nodes
         ]  # fmt: skip
         path = describe(
@@ -535,6 +553,33 @@ class Devnet:
             self.compute.description(),
         )
         self.note(f"devnet description: {path}")
+
+    def _start_web(self, cancel: threading.Event) -> None:
+        """Start every node's web UI and wait for their URLs (a UI that does not start is noted
+        and left out)."""
+        wallets = self.root / "keystore"
+        for node in self.nodes:
+            args = web_args(node.user_rpc, node.rpc, 0, wallets, node.home / "web")
+            node.web = start_child(f"{node.name}'s web UI", args, node.home / "web.log", [WEB_URL])
+        for node in self.nodes:
+            try:
+                found = node.web.first_match(WEB_URL, START_TIMEOUT_S, cancel) if node.web else None
+            except ChildFailed as exc:
+                self.note(f"{node.name}'s web UI did not start: {exc}")
+                continue
+            if found is not None:
+                node.ui = found[0][1]
+
+    def _share_client_key(self) -> None:
+        """Put the funded client key where the web UIs list wallets (its password is the
+        devnet's, see ``devnet.json``)."""
+        client = client_keystore(self.root)
+        wallets = self.root / "keystore"
+        if client.exists():
+            wallets.mkdir(parents=True, exist_ok=True)
+            target = wallets / f"{keystore.load(client).address}.json"
+            if not target.exists():
+                target.write_bytes(client.read_bytes())
 
     def _await_peers(self, cancel: threading.Event) -> None:
         """Wait until every node is connected to all the peers :func:`links` gives it."""

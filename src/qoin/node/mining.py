@@ -10,6 +10,7 @@ generation and may be referenced as a sibling by the next block.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ class MiningLoop:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
         self._stop.set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
     def _refresh_template(self) -> None:
         if self._template_head == self.chain.head:
             return
@@ -143,3 +149,109 @@ class MiningLoop:
                     # The worker that solved the template idles until the next one is set.
                     self._stop.wait(self.block_interval_ms / 1000)
         return mined
+
+
+class MiningOff(QoinError):
+    """Mining cannot be started (no key to mine with)."""
+
+
+class MiningControl:
+    """Runs a :class:`MiningLoop` on a thread of its own, started and stopped at will (``qoin
+    consensus --mine``, SIGUSR1, the ``consensus_setMining`` RPC), and counts what it mined.
+
+    ``make_loop`` builds a fresh loop for each start (None: this node cannot mine, and
+    :meth:`start` raises :class:`MiningOff` with ``why``). :attr:`ended` is set when a loop
+    ends on its own: ``max_blocks`` mined, or an error (kept in :attr:`error`)."""
+
+    def __init__(
+        self,
+        make_loop: Callable[[], MiningLoop] | None,
+        on_block: Callable[[MinedBlock], None],
+        on_reject: Callable[[str], None],
+        why: str = "this node has no key to mine with",
+    ) -> None:
+        self._make_loop = make_loop
+        self._on_block = on_block
+        self._on_reject = on_reject
+        self._why = why
+        self._lock = threading.Lock()
+        self._loop: MiningLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._rate = 0.0
+        self._mark: tuple[float, int] | None = None
+        self.blocks_mined = 0
+        """Blocks mined (and imported) since the node started."""
+        self.side_blocks = 0
+        """Of those, the ones that did not become the head (siblings)."""
+        self.ended = threading.Event()
+        self.error: QoinError | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether a loop is mining now."""
+        with self._lock:
+            return self._thread is not None and self._thread.is_alive()
+
+    def start(self, max_blocks: int = 0) -> bool:
+        """Start mining (``max_blocks``: stop after that many, 0: no limit); False if it already
+        runs. :class:`MiningOff` if this node cannot mine."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return False
+            if self._make_loop is None:
+                raise MiningOff(self._why)
+            loop = self._make_loop()
+            self._loop, self._mark = loop, None
+            self._thread = threading.Thread(
+                target=self._run, args=(loop, max_blocks), name="mining", daemon=True
+            )
+            self._thread.start()
+            return True
+
+    def _run(self, loop: MiningLoop, max_blocks: int) -> None:
+        def mined(block: MinedBlock) -> None:
+            self.blocks_mined += 1
+            self.side_blocks += 0 if block.result.head_changed else 1
+            self._rate = block.attempts_per_second
+            self._on_block(block)
+
+        try:
+            loop.run(mined, self._on_reject, max_blocks)
+        except QoinError as exc:  # e.g. a miner process died
+            self.error = exc
+            self.ended.set()
+            return
+        if not loop.stopped:
+            self.ended.set()  # max_blocks reached
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop mining and wait (up to ``timeout`` s) for the loop to finish its block; False if
+        it was not mining."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._thread = None
+        if loop is None or thread is None or not thread.is_alive():
+            return False
+        loop.stop()
+        thread.join(timeout)
+        return True
+
+    def status(self) -> dict[str, object]:
+        """What ``consensus_status`` shows under ``mining``."""
+        loop = self._loop
+        active = self.active
+        if active and loop is not None:
+            now, attempts = time.monotonic(), loop.miner.attempts
+            if self._mark is None:
+                self._mark = (now, attempts)
+            elif now - self._mark[0] >= 1.0:
+                self._rate = (attempts - self._mark[1]) / (now - self._mark[0])
+                self._mark = (now, attempts)
+        return {
+            "active": active,
+            "available": self._make_loop is not None,
+            "attemptsPerSecond": self._rate if active else 0.0,
+            "blocksMined": self.blocks_mined,
+            "sideBlocks": self.side_blocks,
+            "workers": loop.miner.workers if loop is not None else None,
+        }

@@ -8,7 +8,9 @@ lifeline, so that they stop too if the supervisor is killed. Their output is for
 supervisor's (stdout to stdout, stderr to stderr): a closed output (a ``tee`` or ``head`` that
 exited) is the supervisor's to forgive, never theirs. If either child exits on its own, the other
 is stopped too: the consensus client's exit status is the node's (0 after ``--blocks``); an
-execution client that dies first is a failure.
+execution client that dies first is a failure. With ``web``, a third child serves the web UI
+(``qoin web``, started once both clients print their RPC URLs, stopped first); it is no part of
+the node's health: if it exits, the node goes on without it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import signal
 import sys
 import termios
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from qoin.process import Child, ChildFailed, Output, note, stop_on_signals
@@ -29,19 +31,27 @@ STOP_TIMEOUT_S = 30.0
 """How long a child may take to stop after SIGTERM before it is killed."""
 POLL_S = 0.2
 ENGINE_URL = r"engine API (http://\S+)"
+USER_RPC_URL = r"user RPC (http://[^\s,]+)"
+CONSENSUS_RPC_URL = r"; RPC (http://\S+);"
+WEB_URL = r"web UI: (http://\S+)"
+WebArgs = Callable[[str, str], Sequence[str]]
+"""The ``qoin`` arguments of the web UI given the node's user and consensus RPC URLs."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def supervise(execution_args: Sequence[str], consensus_args: Sequence[str]) -> int:
-    """Run ``qoin <execution_args>`` and ``qoin <consensus_args> --execution URL`` until a signal
-    (SIGINT, SIGTERM, or SIGHUP: a closed terminal) or until one of them exits; return the node's
-    exit status. Whatever happens here, both children are stopped before it returns."""
+def supervise(
+    execution_args: Sequence[str], consensus_args: Sequence[str], web: WebArgs | None = None
+) -> int:
+    """Run ``qoin <execution_args>`` and ``qoin <consensus_args> --execution URL`` (and the web UI
+    ``qoin <web(user RPC, consensus RPC)>``) until a signal (SIGINT, SIGTERM, or SIGHUP: a closed
+    terminal) or until one of the clients exits; return the node's exit status. Whatever happens
+    here, every child is stopped before it returns."""
     stop = threading.Event()
     children: list[Child] = []
     terminal = _terminal_settings()
     with stop_on_signals(stop.set, STOP_SIGNALS) as received:
         try:
-            return _run(execution_args, consensus_args, stop, received, children)
+            return _run(execution_args, consensus_args, web, stop, received, children)
         finally:
             for child in reversed(children):  # consensus first, then execution
                 child.stop(STOP_TIMEOUT_S)
@@ -73,6 +83,7 @@ def _restore_terminal(settings: list[Any] | None) -> None:
 def _run(
     execution_args: Sequence[str],
     consensus_args: Sequence[str],
+    web: WebArgs | None,
     stop: threading.Event,
     received: list[int],
     children: list[Child],
@@ -82,7 +93,7 @@ def _run(
     execution = Child.start(
         "the execution client",
         execution_args,
-        Output(keep=False, watch=(ENGINE_URL,), forward=True),
+        Output(keep=False, watch=(ENGINE_URL, USER_RPC_URL), forward=True),
     )
     children.append(execution)
     try:
@@ -98,10 +109,12 @@ def _run(
     consensus = Child.start(
         "the consensus client",
         [*consensus_args, "--execution", found[0][1]],
-        Output(keep=False, forward=True),
+        Output(keep=False, watch=(CONSENSUS_RPC_URL,), forward=True),
         stdin=None,  # ours: it may ask for the coinbase key's password
     )
     children.append(consensus)
+    if web is not None:
+        _start_web(web, execution, consensus, stop, children)
     while not stop.is_set() and consensus.exited() is None and execution.exited() is None:
         stop.wait(POLL_S)
     if received:
@@ -116,3 +129,24 @@ def _run(
     if received:
         return 0 if consensus_code in clean and execution_code in clean else 1
     return consensus_code if consensus_code >= 0 else 1
+
+
+def _start_web(
+    web: WebArgs, execution: Child, consensus: Child, stop: threading.Event, children: list[Child]
+) -> None:
+    """Start the web UI once both clients print their RPC URLs (the node runs on without it if it
+    cannot start)."""
+    try:
+        user = execution.first_match(USER_RPC_URL, START_TIMEOUT_S, stop)
+        rpc = consensus.first_match(CONSENSUS_RPC_URL, START_TIMEOUT_S, stop)
+    except ChildFailed:
+        return
+    if user is None or rpc is None:
+        return
+    children.append(
+        Child.start(
+            "the web UI",
+            web(user[0][1], rpc[0][1]),
+            Output(keep=False, watch=(WEB_URL,), forward=True),
+        )
+    )
