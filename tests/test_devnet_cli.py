@@ -203,6 +203,8 @@ def test_storage_providers_are_started_described_and_stopped(net: Network) -> No
     ui = described["nodes"][0]["ui"]  # every node serves the web UI, node 0's URL printed
     assert devnet.watch_until(re.compile(r"web UI \(node0\): (\S+)"))[1] == ui
     assert "Explorer" in httpx.get(ui, timeout=30).text
+    wallets = list((datadir / "keystore").glob("*.json"))  # the UIs' wallets: the client key
+    assert wallets and all(w.stat().st_mode & 0o777 == 0o600 for w in wallets), wallets
     with MarketView(rpc) as view:
         asks = {str(ask.provider): ask for ask in view.asks()}
     for provider in providers:

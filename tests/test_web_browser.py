@@ -9,7 +9,8 @@ One user (one browser context, so one session) goes through the UI as a person w
    send``, as a user is given coins), sends a transfer and sees it confirmed;
 3. a file is uploaded through the storage page (with its progress) and downloaded back identical;
 4. a compute job runs and its output is shown;
-5. an AI training run starts and its loss is shown as it falls;
+5. a dataset is prepared from the compute page, then an AI training run on it starts and its loss
+   is shown as it falls (a chart spanning its card, and a table);
 6. a site is published and opened by its name;
 7. requests without the session token are refused: from the page's own context (``fetch`` without
    the token header) and from another origin (a page on another port posting with the user's
@@ -33,7 +34,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.aiutil import ai_runtime  # noqa: F401 (the fixture)
-from tests.cliutil import run_qoin
 from tests.framework import wait_until
 from tests.keys import keypair_for
 from tests.webutil import (  # noqa: F401 (fixtures)
@@ -96,6 +96,20 @@ def test_the_explorer_follows_new_heads(user: Page, web_net: WebNet) -> None:  #
     expect(height).not_to_have_text(str(first))
     assert int(height.inner_text()) > first
     expect(user.locator("#blocks tbody tr")).not_to_have_count(0)
+    # The header's lock is drawn (an SVG), not an emoji that renders as a box without an emoji font.
+    account = user.locator("header .account")
+    expect(account.locator("svg")).to_be_visible()
+    assert all(ord(c) < 0x2000 for c in account.inner_text()), account.inner_text()
+    # Heads that arrive merged leave no gap: the missing heights are fetched. Dropping the newest
+    # rows makes the next head such a gap, whatever the timing.
+    rows = "#blocks tbody tr"
+    heights = f"[...document.querySelectorAll('{rows}')].map((r) => Number(r.cells[0].innerText))"
+    user.evaluate(f"document.querySelectorAll('{rows}').forEach((r, i) => i < 3 && r.remove())")
+    top = user.evaluate(heights)[0]
+    wait_until(lambda: user.evaluate(heights)[0] > top + 3, 30, 0.1, "a new head past the gap")
+    shown = user.evaluate(heights)
+    assert shown == list(range(shown[0], shown[0] - len(shown), -1)), shown
+    assert len(shown) >= 12, shown
     shot(user, "explorer")
 
 
@@ -177,9 +191,10 @@ def finished(page: Page, timeout_ms: float = TASK_MS) -> dict[str, Any]:
     state = page.locator("#task-state")
     expect(state).to_have_text(re.compile(r"^(done|failed)$"), timeout=timeout_ms)
     assert state.inner_text() == "done", page.locator("main").inner_text()
-    result = page.locator("#task-result")
+    expect(page.locator("#task-summary dt").first).to_be_visible()  # its plain fields, listed
+    result = page.locator("#task-result")  # the whole of it, folded away
     expect(result).not_to_be_empty()
-    answer: dict[str, Any] = json.loads(result.inner_text())
+    answer: dict[str, Any] = json.loads(result.text_content() or "")
     return answer
 
 
@@ -245,22 +260,23 @@ def test_an_ai_training_run_shows_its_loss(
     user: Page,
     web_net: WebNet,  # noqa: F811
     wallet: Wallet,
-    tmp_path: Path,
 ) -> None:
-    # The dataset, prepared and stored with the user's wallet, as docs/ai.md has users do.
-    password = tmp_path / "password"
-    password.write_text(PASSWORD)
-    done = run_qoin(
-        "ai", "prepare", "sklearn:digits", "--key", str(wallet.keystore),
-        "--password-file", str(password), "--rpc", web_net.rpc, "--json", "--quiet",
-        timeout=TASK_MS / 1000,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    dataset = json.loads(done.stdout)["cid"]
+    # The dataset, prepared and stored with the user's wallet from the compute page.
     user.goto(web_net.url("/compute"))
-    form = user.locator('form[data-api="/api/compute/train"]')
+    prepare = user.locator("#prepare-form")
+    prepare.locator('select[name="source"]').select_option("sklearn:digits")
+    expect(prepare.locator('input[name="file"]')).to_be_hidden()
+    prepare.get_by_role("button", name="Prepare").click()
+    user.wait_for_url(re.compile(r"/tasks/[^/]+$"))
+    dataset = finished(user)["cid"]
+    # The task offers to train on it: the training form has the dataset chosen.
+    user.locator("#task-train").click()
+    user.wait_for_url(web_net.url(f"/compute?data={dataset}"))
+    form = user.locator("#train-form")
+    expect(form.locator('select[name="data"]')).to_have_value(dataset)
+    expect(user.locator("#catalog")).to_contain_text("digits")
+    shot(user, "compute-datasets")
     form.locator('select[name="model"]').select_option("mlp")
-    form.locator('input[name="data"]').fill(dataset)
     form.locator('input[name="epochs"]').fill(str(EPOCHS))
     form.locator('input[name="lr"]').fill("0.01")
     form.locator('input[name="timeout"]').fill("120")
@@ -275,7 +291,14 @@ def test_an_ai_training_run_shows_its_loss(
     losses = [float(epochs.nth(i).locator("td").nth(1).inner_text()) for i in (1, EPOCHS)]
     assert losses[-1] < losses[0], losses
     assert trained["epochs"] == EPOCHS and trained["accuracy"] >= 0.8, trained
-    expect(user.locator("#task-loss polyline")).to_have_count(1)
+    # The chart spans its card, its axes labelled.
+    chart = user.locator("#task-loss")
+    expect(chart.locator("polyline.loss")).to_have_count(1)
+    expect(chart.locator("text.axis-label")).to_have_text(["epoch", "loss"])
+    card, line = user.locator("#task-loss-card").bounding_box(), chart.locator("polyline.loss")
+    drawn = line.bounding_box()
+    assert card is not None and drawn is not None
+    assert drawn["width"] > 0.75 * card["width"], (drawn, card)
     shot(user, "train-task")
 
 
@@ -435,6 +458,10 @@ def test_requests_without_the_session_token_are_refused(
             with other.expect_response(lambda r: "/api/wallet/send" in r.url) as submitted:
                 other.locator("#f").evaluate("(form) => form.submit()")
             assert submitted.value.status == 403
+            # The session cookie went with it: SameSite=Strict does not keep it from another port
+            # of the same host (docs/web.md, "Security").
+            sent = submitted.value.request.all_headers()
+            assert "qoin_session=" in sent.get("cookie", ""), sent
     finally:
         other.close()
     # Even a client holding the cookie and the token is refused from another origin.

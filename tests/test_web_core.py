@@ -6,6 +6,7 @@ URL."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +172,18 @@ def test_set_mining_over_rpc_and_ui(app_client: TestClient, node: Node) -> None:
     wait_until(lambda: node.user.call("qoin_blockNumber") > height, 60, RPC_POLL_S)
     status = app_client.get("/api/mining/status").json()
     assert status["mining"]["active"] and status["mining"]["blocksMined"] > 0
+
+
+def test_the_consensus_rpc_refuses_browsers(node: Node) -> None:
+    """Any page the user visits could otherwise switch mining (or dial peers) with a cross-site
+    POST that needs no preflight, or after rebinding its name to 127.0.0.1."""
+    active = node.rpc.call("consensus_status")["mining"]["active"]
+    call = {"jsonrpc": "2.0", "id": 1, "method": "consensus_setMining", "params": [not active]}
+    for browser in ({"origin": "http://evil.example"}, {"sec-fetch-site": "same-origin"}):
+        headers = {"content-type": "text/plain", **browser}
+        answer = httpx.post(node.rpc.url, content=json.dumps(call), headers=headers, timeout=30)
+        assert answer.status_code == 401 and "browsers" in answer.text, answer.text
+    assert node.rpc.call("consensus_status")["mining"]["active"] == active
 
 
 @pytest.mark.slow

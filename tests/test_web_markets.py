@@ -8,13 +8,17 @@ progress bars and result followed over the task API), listed with its shards, do
 (decrypted) and cancelled. Sites: an archive posted to the publish endpoint is stored and named;
 ``/site/NAME/...`` and ``/cid/CID/...`` serve its files with their content types, an index, a
 listing, a redirect and error pages, sandboxed. Compute: a job submitted from the form runs on the
-provider; its live output, settlement and result files come back over the task API. Requests
-without the session token are refused.
+provider; its live output, settlement and result files come back over the task API. AI: a zip of
+an image folder uploaded to the prepare endpoint becomes a dataset, stored and offered to the
+training form; a zip whose paths leave its folder is refused. Requests without the session token
+are refused.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -196,3 +200,56 @@ def test_a_training_run_is_checked_before_the_market(browser: Browser) -> None:
     assert state is not None and state["state"] == "failed"
     assert "is not a dataset in the catalog" in state["error"], state["error"]
     assert browser.client.get(f"/tasks/{task_id}").status_code == 200
+
+
+def image_zip(*extra: str) -> bytes:
+    """A zip of one folder of two classes of small PNG images (plus ``extra`` paths)."""
+    from PIL import Image  # noqa: PLC0415 (the ai extra)
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for label, shade in (("dark", 20), ("light", 230)):
+            for i in range(6):
+                image = io.BytesIO()
+                Image.new("L", (6, 6), shade + i).save(image, "PNG")
+                archive.writestr(f"shapes/{label}/{i}.png", image.getvalue())
+        for name in extra:
+            archive.writestr(name, b"x")
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_dataset_is_prepared_from_an_uploaded_zip(browser: Browser) -> None:
+    """The prepare form's endpoint: an uploaded zip of an image folder becomes a dataset stored
+    encrypted and recorded in the catalog, which the training form then offers."""
+    refused = browser.client.post("/api/compute/prepare?source=file", content=image_zip())
+    assert refused.status_code == 403
+    query = "/api/compute/prepare?source=file&filename=shapes.zip&test=0.25&duration=60"
+    evil = browser.send(query, image_zip("../../escaped.png"))
+    assert evil.status_code == 200, evil.text
+
+    def ended(task_id: str) -> dict[str, Any]:
+        state: dict[str, Any] = wait_until(
+            lambda: (
+                (s := browser.post(f"/api/tasks/{task_id}", {}).json())["state"] != "running" and s
+            ),
+            TASK_S,
+            0.3,
+            f"task {task_id}",
+        )
+        return state
+
+    failed = ended(evil.json()["task"])
+    assert failed["state"] == "failed" and "leaves its folder" in failed["error"], failed
+    sent = browser.send(query, image_zip("shapes/.DS_Store", "__MACOSX/shapes/._0.png"))
+    assert sent.status_code == 200, sent.text
+    state = ended(sent.json()["task"])
+    assert state["state"] == "done", state
+    result = state["result"]
+    assert result["name"] == "shapes" and result["samples"] == 12 and result["test"] == 3, result
+    assert (
+        result["classes"] == ["dark", "light"]
+        and result["train"] == f"/compute?data={result['cid']}"
+    )
+    page = browser.client.get(result["train"]).text
+    assert f'<option value="{result["cid"]}" selected>' in page

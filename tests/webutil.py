@@ -210,10 +210,16 @@ def artefacts() -> Path:
     return folder
 
 
+CLIPPED = """() => [...document.querySelectorAll("main .card, main pre, header.top")]
+    .filter((e) => !e.hidden && e.scrollWidth > e.clientWidth + 1)
+    .map((e) => (e.id || (e.querySelector("h1, h2") || e).textContent.trim()).slice(0, 60))"""
+"""A script naming the cards (and blocks of text) whose content is wider than they are."""
+
+
 def shot(page: Page, name: str) -> list[Path]:
     """Save the whole page at each of :data:`SIZES` as ``NAME-WxH.png``; the files. The page's
-    viewport is set back afterwards. At the phone's width the page must not scroll sideways (the
-    UI is made to be used there)."""
+    viewport is set back afterwards. At either size neither the page nor any of its cards may
+    scroll sideways (the UI is made to be used there: nothing is cut off)."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
         raise ValueError(f"screenshot name {name!r}: lower-case letters, digits and dashes")
     before = page.viewport_size
@@ -226,6 +232,8 @@ def shot(page: Page, name: str) -> list[Path]:
             saved.append(path)
             overflow = page.evaluate("document.documentElement.scrollWidth") - width
             assert overflow <= 1, f"{name}: the page is {overflow} px wider than {width} px"
+            clipped = page.evaluate(CLIPPED)
+            assert not clipped, f"{name} at {width} px: cut off, scrolls sideways: {clipped}"
     finally:
         if before is not None:
             page.set_viewport_size(before)

@@ -206,7 +206,7 @@ def mine_until_stopped(node: ConsensusNode, blocks: int | None) -> list[int]:
         else:
             done.wait()
     if control is not None:
-        control.stop()
+        control.close()  # no consensus_setMining still in flight may start it again
         if control.error is not None:
             raise control.error
     return received

@@ -22,6 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
+
 from qoin.chain import forkchoice
 from qoin.chain.block import MAX_BLOCK_SIZE, Block, Header, transactions_root
 from qoin.chain.chain import (
@@ -76,6 +78,23 @@ class P2POff(QoinError):
 
 class MiningUnavailable(QoinError):
     """A mining request to a client that cannot mine."""
+
+
+class BrowserRefused(QoinError):
+    """A request to the consensus RPC that a web browser sent."""
+
+
+BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode")
+"""Headers only a web browser sends (it sends one of them with every POST and WebSocket)."""
+
+
+def refuse_browsers(request: Request) -> None:
+    """:class:`BrowserRefused` for a request a browser sent. The consensus RPC (127.0.0.1, no
+    credentials) is for the node's own tools and ``qoin web``'s server: without this, any page
+    the user visits could start or stop mining or dial peers with a cross-site POST that needs
+    no preflight (``text/plain``), or read the status after rebinding a name to 127.0.0.1."""
+    if any(name in request.headers for name in BROWSER_HEADERS):
+        raise BrowserRefused("the consensus RPC does not answer web browsers (use qoin web)")
 
 
 def genesis_state_root(genesis: Genesis) -> bytes:
@@ -524,6 +543,7 @@ class ConsensusNode:
                     "Disconnect a peer and stop dialling it",
                 ),
             ],
+            authenticate=refuse_browsers,
             max_body=3 * MAX_BLOCK_SIZE,
         )
 

@@ -576,10 +576,10 @@ class Devnet:
         client = client_keystore(self.root)
         wallets = self.root / "keystore"
         if client.exists():
-            wallets.mkdir(parents=True, exist_ok=True)
-            target = wallets / f"{keystore.load(client).address}.json"
+            store = keystore.load(client)
+            target = wallets / f"{store.address}.json"
             if not target.exists():
-                target.write_bytes(client.read_bytes())
+                keystore.save(store, target)  # mode 0600, as every keystore
 
     def _await_peers(self, cancel: threading.Event) -> None:
         """Wait until every node is connected to all the peers :func:`links` gives it."""

@@ -185,6 +185,9 @@ class MiningControl:
         """Of those, the ones that did not become the head (siblings)."""
         self.ended = threading.Event()
         self.error: QoinError | None = None
+        self._limit = 0
+        """Stop once :attr:`blocks_mined` reaches this (0: no limit), across restarts."""
+        self._closed = False
 
     @property
     def active(self) -> bool:
@@ -192,18 +195,30 @@ class MiningControl:
         with self._lock:
             return self._thread is not None and self._thread.is_alive()
 
-    def start(self, max_blocks: int = 0) -> bool:
-        """Start mining (``max_blocks``: stop after that many, 0: no limit); False if it already
-        runs. :class:`MiningOff` if this node cannot mine."""
+    def start(self, max_blocks: int | None = None) -> bool:
+        """Start mining (``max_blocks``: stop after that many more, 0: no limit, None: as the
+        first start said, counting what was mined since); False if it already runs.
+        :class:`MiningOff` if this node cannot mine, is stopping, or a stopped loop has not
+        finished its block yet."""
         with self._lock:
+            if self._closed:
+                raise MiningOff("the node is stopping")
             if self._thread is not None and self._thread.is_alive():
+                if self._loop is not None and self._loop.stopped:
+                    raise MiningOff("the miner is still stopping: try again in a moment")
                 return False
             if self._make_loop is None:
                 raise MiningOff(self._why)
+            if max_blocks is not None:
+                self._limit = self.blocks_mined + max_blocks if max_blocks else 0
+            remaining = self._limit - self.blocks_mined if self._limit else 0
+            if self._limit and remaining <= 0:
+                self.ended.set()
+                return False
             loop = self._make_loop()
             self._loop, self._mark = loop, None
             self._thread = threading.Thread(
-                target=self._run, args=(loop, max_blocks), name="mining", daemon=True
+                target=self._run, args=(loop, remaining), name="mining", daemon=True
             )
             self._thread.start()
             return True
@@ -226,15 +241,24 @@ class MiningControl:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop mining and wait (up to ``timeout`` s) for the loop to finish its block; False if
-        it was not mining."""
+        it was not mining. The thread stays known until it ends: :meth:`start` never runs a
+        second loop next to one still finishing."""
         with self._lock:
             loop, thread = self._loop, self._thread
-            self._thread = None
-        if loop is None or thread is None or not thread.is_alive():
+        if loop is None or thread is None or not thread.is_alive() or loop.stopped:
+            if thread is not None and thread.is_alive():
+                thread.join(timeout)
             return False
         loop.stop()
         thread.join(timeout)
         return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop mining for good (the node is stopping): :meth:`start` refuses from now on, so
+        that no ``consensus_setMining`` call still in flight leaves a miner running."""
+        with self._lock:
+            self._closed = True
+        self.stop(timeout)
 
     def status(self) -> dict[str, object]:
         """What ``consensus_status`` shows under ``mining``."""

@@ -19,6 +19,8 @@ from qoin.web.ui import Ui
 
 RECENT_BLOCKS = 12
 """Blocks listed on the home page."""
+LIVE_ROWS = 30
+"""Rows the home page's live blocks table keeps (and fills, when heads arrive merged)."""
 EVENT_BLOCKS = 5_000
 """How far back an account page looks for events (blocks)."""
 MAX_EVENTS = 100
@@ -83,6 +85,38 @@ def overview_json(ui: Ui, request: Request) -> Response:
     info = overview(ui)
     info["blocks"] = recent_blocks(ui, info["height"], 1)
     return JSONResponse(info)
+
+
+def block_summary(block: dict[str, Any]) -> dict[str, Any]:
+    """What the live blocks table shows of a block (the fields of a ``newHeads`` notification)."""
+    transactions = block.get("transactions")
+    return {
+        "height": block.get("height"),
+        "hash": block.get("hash"),
+        "miner": block.get("miner"),
+        "timestampMs": block.get("timestampMs"),
+        "transactionCount": len(transactions) if isinstance(transactions, list) else None,
+    }
+
+
+def blocks_json(ui: Ui, request: Request) -> Response:
+    """``GET /api/blocks?from=A&to=B``: the canonical blocks A..B (at most :data:`LIVE_ROWS`, the
+    newest kept when more are asked), oldest first — what the home page fetches to fill the heights
+    between two heads that arrived merged."""
+    try:
+        low = int(request.query_params.get("from", ""))
+        high = int(request.query_params.get("to", ""))
+    except ValueError:
+        raise HTTPException(400, "from and to are block heights") from None
+    if not 0 <= low <= high:
+        raise HTTPException(400, "from and to are heights with from <= to")
+    low = max(low, high - LIVE_ROWS + 1)
+    found = []
+    for height in range(low, high + 1):
+        block = maybe(ui.rpc, "qoin_getBlockByNumber", height)
+        if isinstance(block, dict):
+            found.append(block_summary(block))
+    return JSONResponse({"blocks": found})
 
 
 def block_page(ui: Ui, request: Request) -> Response:
@@ -190,6 +224,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
     return [
         Route("/", ui.page(home)),
         Route("/api/overview", ui.page(overview_json)),
+        Route("/api/blocks", ui.page(blocks_json)),
         Route("/block/{key}", ui.page(block_page)),
         Route("/tx/{key}", ui.page(tx_page)),
         Route("/account/{key}", ui.page(account_page)),

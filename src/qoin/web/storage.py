@@ -297,10 +297,13 @@ def _put(
     return answer
 
 
-async def _spool(request: Request, folder: Path, limit: int) -> Path:
-    """The request's body in a new file in ``folder`` (HTTP 413 past ``limit`` bytes)."""
+async def spool_body(request: Request, folder: Path, limit: int, suffix: str = "") -> Path:
+    """The request's body in a new file in ``folder``, its name ending in ``suffix`` (HTTP 413
+    past ``limit`` bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", delete=False)  # noqa: SIM115
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, kept on success)
+        dir=folder, prefix="upload-", suffix=suffix, delete=False
+    )
     path = Path(handle.name)
     size = 0
     try:
@@ -382,7 +385,7 @@ class _Pages:
             client.check_code(options.n, options.k)
         except StorageClientError as exc:
             raise HTTPException(400, str(exc)) from None
-        spool = await _spool(request, self.spool_dir, MAX_UPLOAD)
+        spool = await spool_body(request, self.spool_dir, MAX_UPLOAD)
         task = self.tasks.start(
             session, "storage", f"store {name}", lambda t: _put(ui, keypair, spool, options, t)
         )

@@ -6,9 +6,10 @@ Sessions: the first page a browser loads gets a session — a random token (32 b
 ``qoin_session`` that is ``HttpOnly`` and ``SameSite=Strict``, and the same token in the page
 (``<meta name="qoin-session">``), which ``static/qoin.js`` sends back as the ``X-Qoin-Session``
 header. :meth:`Ui.require_session` lets a request change state only when that header equals the
-cookie's token *and* its ``Origin`` (or, lacking one, its ``Referer``) is this server's own origin:
-another site can neither read the token nor send the cookie, and a page of its own cannot pose as
-ours. Every request's ``Host`` must name this machine (127.0.0.1, localhost, ::1 or the configured
+cookie's token *and* its ``Origin`` (or, lacking one, its ``Referer``) is this server's own origin.
+The cookie alone proves nothing (every port of 127.0.0.1 is the same *site*, so a page another local
+program serves gets it sent along); what a foreign page lacks is the token (it cannot read our page)
+and a way to set the header without a CORS preflight we never grant, and it cannot forge its Origin. Every request's ``Host`` must name this machine (127.0.0.1, localhost, ::1 or the configured
 host), which defeats DNS rebinding. GET pages never change state.
 
 A wallet unlocked in a session (:meth:`Ui.unlock`) keeps the decrypted key in this process's memory
@@ -52,8 +53,11 @@ SESSION_IDLE_S = 12 * 3600.0
 """A session unused this long is forgotten."""
 UNLOCK_IDLE_S = 15 * 60.0
 """An unlocked wallet unused this long is locked (its key dropped from memory)."""
+SWEEP_S = 2.0
+"""How often idle keys and sessions are looked for while a wallet is unlocked (seconds)."""
 MAX_SESSIONS = 1024
-"""Sessions held at most; the least recently used is dropped first."""
+"""Sessions held at most; the least recently used one whose cookie never came back (a request
+another site made the browser send) is dropped first, then the least recently used."""
 MAX_BODY = 1024 * 1024
 """The largest request body by default (bytes); a page module may allow more on its paths
 (:meth:`Ui.allow_body`)."""
@@ -109,6 +113,8 @@ class Session:
     """When the key was last used (monotonic), for the idle expiry."""
     data: dict[str, Any] = field(default_factory=dict)
     """What page modules keep for the session (small values)."""
+    confirmed: bool = False
+    """Whether its cookie came back (a browser of ours holds it)."""
 
     @property
     def address(self) -> Address | None:
@@ -175,13 +181,18 @@ class Ui:
         """Path prefixes allowed a larger body than :data:`MAX_BODY` (:meth:`allow_body`)."""
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     def close(self) -> None:
         """Close the RPC clients and drop every session (and its key)."""
         self.rpc.close()
         if self.consensus is not None:
             self.consensus.close()
+        self._closed.set()
         with self._lock:
+            for session in self._sessions.values():
+                session.keypair = None
             self._sessions.clear()
 
     # -- templates -------------------------------------------------------------------------------
@@ -246,7 +257,9 @@ class Ui:
         with self._lock:
             self._sessions[session.token] = session
             while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
+                unconfirmed = (t for t, s in self._sessions.items() if not s.confirmed)
+                victim = next(unconfirmed, None) or next(iter(self._sessions))
+                self._sessions.pop(victim).keypair = None
         return session
 
     def session(self, request: HTTPConnection) -> Session | None:
@@ -266,7 +279,7 @@ class Ui:
                 return None
             if session.keypair is not None and now - session.unlocked_at > UNLOCK_IDLE_S:
                 session.keypair = None
-            session.last_seen = now
+            session.last_seen, session.confirmed = now, True
             self._sessions.move_to_end(token)
             return session
 
@@ -294,6 +307,27 @@ class Ui:
         with self._lock:
             session.keypair = keypair
             session.unlocked_at = time.monotonic()
+            if self._sweeper is None and not self._closed.is_set():
+                self._sweeper = threading.Thread(
+                    target=self._sweep_until_closed, name="web-key-expiry", daemon=True
+                )
+                self._sweeper.start()
+
+    def sweep(self) -> None:
+        """Drop every key unused for :data:`UNLOCK_IDLE_S` and every session unused for
+        :data:`SESSION_IDLE_S`, whether or not its browser ever comes back."""
+        now = time.monotonic()
+        with self._lock:
+            for token, session in list(self._sessions.items()):
+                if now - session.last_seen > SESSION_IDLE_S:
+                    del self._sessions[token]
+                    session.keypair = None
+                elif session.keypair is not None and now - session.unlocked_at > UNLOCK_IDLE_S:
+                    session.keypair = None
+
+    def _sweep_until_closed(self) -> None:
+        while not self._closed.wait(SWEEP_S):
+            self.sweep()
 
     def lock(self, session: Session) -> None:
         """Drop the session's key."""
