@@ -399,6 +399,8 @@ class Devnet:
             Node(i, root / f"node{i}", mining=i < config.miners) for i in range(config.nodes)
         ]
         self.sender: TransferSender | None = None
+        self.funding_sent = 0
+        """Transfers :meth:`_fund` sent this run."""
         self.storage = StorageProviders(root, config.storage_providers)
         self.compute = ComputeProviders(
             root, config.compute_providers, config.mediators, config.ai_runtime
@@ -518,7 +520,7 @@ class Devnet:
             f"funding the client key, {self.storage.count} storage providers, "
             f"{self.compute.mediator_count} mediators and {self.compute.count} compute providers"
         )
-        fund(self.nodes[-1].user_rpc, self.keypair, amounts, cancel)
+        self.funding_sent = fund(self.nodes[-1].user_rpc, self.keypair, amounts, cancel)
 
     def _start_storage(self, cancel: threading.Event) -> None:
         """Start the storage providers (funded by :meth:`_fund`)."""
@@ -750,7 +752,8 @@ class Devnet:
             "nodes": [self._node_json(n, r) for n, r in zip(self.nodes, reports, strict=True)],
             "side_blocks": len(all_hashes - set(base.canonical)) if base else None,
             "reorgs": sum(r.reorgs for r in reports if r is not None),
-            "transactions_sent": self.sender.sent if self.sender else 0,
+            # The funding transfers count: they are on the chain too.
+            "transactions_sent": self.funding_sent + (self.sender.sent if self.sender else 0),
             "transactions_failed": self.sender.failed if self.sender else 0,
             "transactions_error": self.sender.last_error or None if self.sender else None,
             "transactions_included": base.transactions if base else None,

@@ -189,8 +189,9 @@ def client_keystore(root: Path) -> Path:
     return root / "client-key.json"
 
 
-def fund(url: str, funder: HybridKeyPair, amounts: dict[str, int], cancel: threading.Event) -> None:
-    """Pay each address its amount unless it holds half of it already; wait until mined."""
+def fund(url: str, funder: HybridKeyPair, amounts: dict[str, int], cancel: threading.Event) -> int:
+    """Pay each address its amount unless it holds half of it already; wait until mined. How many
+    transfers it sent."""
     with Wallet(url, funder) as wallet:
         sent = []
         for address, amount in amounts.items():
@@ -203,6 +204,7 @@ def fund(url: str, funder: HybridKeyPair, amounts: dict[str, int], cancel: threa
             if cancel.is_set() or left <= 0:
                 raise QoinError("the devnet's accounts were not funded in time")
             wallet.wait(tx_id, left)
+        return len(sent)
 
 
 class StorageProviders:
