@@ -16,23 +16,19 @@ import pytest
 from starlette.testclient import TestClient
 
 from qoin.crypto import keystore
-from qoin.web.app import create_app
-from qoin.web.ui import MAX_BODY, SESSION_COOKIE, SESSION_HEADER, WebConfig
+from qoin.web.ui import MAX_BODY, SESSION_COOKIE, SESSION_HEADER
 from tests.framework import FUNDED, RPC_POLL_S, SUPERVISOR, Network, Node, wait_until
 from tests.keys import keypair_for
+from tests.webutil import ORIGIN, mining_node, ui_client
 
-ORIGIN = "http://127.0.0.1:8680"
 PASSWORD = "correct horse battery staple 42"
 BOB = keypair_for(index=4)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    net = Network(tmp_path_factory.mktemp("web-core"))
-    try:
-        yield net.node("a", p2p=False, mine=True)
-    finally:
-        net.stop_all()
+    with mining_node(tmp_path_factory.mktemp("web-core")) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +42,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_client(node: Node, home: Path) -> Iterator[TestClient]:
-    config = WebConfig(
-        rpc=node.user.url,
-        consensus_rpc=node.rpc.url,
-        keystore_dir=home / "keystore",
-        datadir=home / "web",
-    )
-    with TestClient(create_app(config), base_url=ORIGIN) as made:
+    with ui_client(node.user.url, node.rpc.url, home) as made:
         yield made
 
 

@@ -11,12 +11,10 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from qoin.web.app import create_app
-from qoin.web.ui import WebConfig
-from tests.framework import FUNDED, RPC_POLL_S, Network, Node, pay, wait_until
+from tests.framework import FUNDED, RPC_POLL_S, Node, pay, wait_until
 from tests.keys import keypair_for
+from tests.webutil import ORIGIN, mining_node, ui_client
 
-ORIGIN = "http://127.0.0.1:8680"
 WS = "ws://127.0.0.1:8680/ws/heads"
 BOB = keypair_for(index=3)
 
@@ -24,11 +22,8 @@ BOB = keypair_for(index=3)
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A mining node on the test network."""
-    net = Network(tmp_path_factory.mktemp("web-explorer"))
-    try:
-        yield net.node("a", p2p=False, mine=True)
-    finally:
-        net.stop_all()
+    with mining_node(tmp_path_factory.mktemp("web-explorer")) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +42,7 @@ def tx_id(node: Node) -> str:
 
 @pytest.fixture(scope="module")
 def client(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    home = tmp_path_factory.mktemp("web-explorer-ui")
-    config = WebConfig(
-        rpc=node.user.url,
-        consensus_rpc=node.rpc.url,
-        keystore_dir=home / "keystore",
-        datadir=home / "web",
-    )
-    with TestClient(create_app(config), base_url=ORIGIN) as made:
+    with ui_client(node.user.url, node.rpc.url, tmp_path_factory.mktemp("web-explorer-ui")) as made:
         yield made
 
 

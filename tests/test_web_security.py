@@ -18,25 +18,17 @@ from starlette.websockets import WebSocketDisconnect
 
 from qoin.chain.chain import Chain
 from qoin.node.mining import MinedBlock, MiningControl, MiningLoop, MiningOff
-from qoin.web.app import create_app
-from qoin.web.ui import MAX_SESSIONS, SESSION_COOKIE, UNLOCK_IDLE_S, Session, Ui, WebConfig
+from qoin.web.ui import MAX_SESSIONS, SESSION_COOKIE, UNLOCK_IDLE_S, Session, Ui
 from tests.chainutil import test_genesis
 from tests.framework import wait_until
 from tests.keys import keypair_for
-
-ORIGIN = "http://127.0.0.1:8680"
+from tests.webutil import ORIGIN, ui_client
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     """The UI against no node at all (the pages used here never ask one)."""
-    config = WebConfig(
-        rpc="http://127.0.0.1:9/",
-        consensus_rpc=None,
-        keystore_dir=tmp_path / "keystore",
-        datadir=tmp_path / "web",
-    )
-    with TestClient(create_app(config), base_url=ORIGIN) as made:
+    with ui_client("http://127.0.0.1:9/", None, tmp_path) as made:
         yield made
 
 

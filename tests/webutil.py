@@ -40,10 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from qoin.ai.runtime import RuntimeInfo
 from qoin.process import Child
+from qoin.web.app import create_app
 from qoin.web.server import READY
+from qoin.web.ui import WebConfig
 from tests.cliutil import run_qoin
 from tests.computeutil import COMPUTE, ComputeProvider, compute_network, start_compute_provider
 from tests.framework import FUNDED, START_S, Network, Node, wait_until
@@ -65,6 +68,32 @@ STORAGE = [keypair_for(index=160 + i) for i in range(2)]
 COMPUTE_KEY = keypair_for(index=162)
 ACTION_MS = 30_000
 """How long a browser action or expectation may wait by default (a loaded test machine is slow)."""
+ORIGIN = "http://127.0.0.1:8680"
+"""The origin :func:`ui_client` sends its requests from."""
+
+
+@contextmanager
+def mining_node(workdir: Path) -> Iterator[Node]:
+    """A mining node on the test network (no peers), in ``workdir``; stopped at the end."""
+    net = Network(workdir)
+    try:
+        yield net.node("a", p2p=False, mine=True)
+    finally:
+        net.stop_all()
+
+
+@contextmanager
+def ui_client(rpc: str, consensus_rpc: str | None, home: Path) -> Iterator[TestClient]:
+    """The web UI in process on ``rpc`` (keystores in ``home/keystore``, data in ``home/web``),
+    requests sent from :data:`ORIGIN`."""
+    config = WebConfig(
+        rpc=rpc,
+        consensus_rpc=consensus_rpc,
+        keystore_dir=home / "keystore",
+        datadir=home / "web",
+    )
+    with TestClient(create_app(config), base_url=ORIGIN) as made:
+        yield made
 
 
 @dataclass(frozen=True)

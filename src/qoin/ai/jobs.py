@@ -481,54 +481,50 @@ def infer_job(
     return job_options(command, inputs, resources, planned.runtime, planned.gpu_model, outputs)
 
 
-def infer(
-    ctx: Context,
-    model: str,
-    data: bytes,
-    tokens: int | None,
-    seed: int,
-    resources: Resources,
-    planned: Planned,
-    market: MarketOptions,
-    out: Path | None,
-    default_out: Callable[[int], Path],
-    duration: int,
-) -> Inferred:
+@dataclass(frozen=True)
+class InferRun:
+    """An inference as planned: the model, the input file, the job's settings and the market's,
+    where its outputs go (``out``, else ``default_out(deal)``) and the input's storage periods."""
+
+    model: str
+    data: bytes
+    tokens: int | None
+    seed: int
+    resources: Resources
+    planned: Planned
+    market: MarketOptions
+    out: Path | None
+    default_out: Callable[[int], Path]
+    duration: int
+
+
+def infer(ctx: Context, run: InferRun) -> Inferred:
     """Store the input, run the inference job, read its verified predictions."""
-    inferred, _ = _infer(
-        ctx, model, data, tokens, seed, resources, planned, market, out, default_out, duration
-    )
+    inferred, _ = _infer(ctx, run)
     return inferred
 
 
 def _infer(
-    ctx: Context,
-    model: str,
-    data: bytes,
-    tokens: int | None,
-    seed: int,
-    resources: Resources,
-    planned: Planned,
-    market: MarketOptions,
-    out: Path | None,
-    default_out: Callable[[int], Path],
-    duration: int,
-    contract: Address | None = None,
+    ctx: Context, run: InferRun, contract: Address | None = None
 ) -> tuple[Inferred, Submitted]:
     """:func:`infer`, or with ``contract`` the run :func:`infer_for_contract` has it request (the
     job's stdout, the answer, shown on stderr); the deal as submitted with it."""
-    stored = store(ctx, data, duration, "input")
+    stored = store(ctx, run.data, run.duration, "input")
     answered = contract is not None
-    job = infer_job(model, stored.cid.hex(), tokens, seed, resources, planned, answer=answered)
+    resources = run.resources
+    job = infer_job(
+        run.model, stored.cid.hex(), run.tokens, run.seed, resources, run.planned, answer=answered
+    )
     watcher = LossWatcher(_JobOutputAside(ctx.watcher) if answered else ctx.watcher)
-    submitted, outcome = run_job(ctx, job, market, out, default_out, watcher, contract)
+    submitted, outcome = run_job(ctx, job, run.market, run.out, run.default_out, watcher, contract)
     saved = outcome.outputs
     if saved is None:
         raise JobFailed(outcome.message, compute.EXIT_NO_OUTPUTS, outcome)
     answer = read_json(saved.out / OUTPUTS_DIR / PREDICTIONS_FILE, PREDICTIONS_FILE)
     inferred = Inferred(
-        submitted.deal, model, stored.cid.hex(), answer, saved.out, outcome, resources.verification
-    )
+        submitted.deal, run.model, stored.cid.hex(), answer, saved.out, outcome,
+        resources.verification,
+    )  # fmt: skip
     return inferred, submitted
 
 
@@ -619,28 +615,12 @@ def check_contract(ctx: Context, contract: Address) -> None:
         )
 
 
-def infer_for_contract(
-    ctx: Context,
-    contract: Address,
-    model: str,
-    data: bytes,
-    tokens: int | None,
-    seed: int,
-    resources: Resources,
-    planned: Planned,
-    market: MarketOptions,
-    out: Path | None,
-    default_out: Callable[[int], Path],
-    duration: int,
-) -> Answered:
+def infer_for_contract(ctx: Context, contract: Address, run: InferRun) -> Answered:
     """Store the input, have ``contract`` request the inference (its ``request``, the user its
     agent paying the deposit), follow the job to its settlement, wait for the market's callback
     and read the answer the contract stored back (``answer(deal)``). :class:`JobFailed` when the
     job gives no usable result; :class:`AiClientError` when no callback comes in time."""
-    inferred, submitted = _infer(
-        ctx, model, data, tokens, seed, resources, planned, market, out, default_out, duration,
-        contract,
-    )  # fmt: skip
+    inferred, submitted = _infer(ctx, run, contract)
     settled = inferred.outcome.story.settled_height or submitted.formed_height
     with Wallet(ctx.rpc, ctx.keypair) as wallet:
         ctx.say("callback", f"waiting for the market to call {contract} back")

@@ -566,22 +566,22 @@ def infer(
     except BadOptions as exc:
         fail(str(exc), EXIT_USAGE)
     ctx, _ = _context(rpc, key, password_file, json_out, quiet)
-    if requester is not None:
-        _infer_for_contract(
-            ctx, requester, cid, input_source, tokens, seed, resources, market, runtime, out,
-            duration, json_out, quiet,
+    try:
+        if requester is not None:
+            jobs.check_contract(ctx, requester)
+        run = _infer_plan(
+            ctx, cid, input_source, tokens, seed, resources, market, runtime, out, duration,
+            answer=requester is not None,
         )  # fmt: skip
+    except QoinError as exc:
+        _fail_with(exc, rpc, json_out)
+    if requester is not None:
+        _infer_for_contract(ctx, requester, run, json_out, quiet)
         return
     try:
-        data, tokens, planned = _infer_plan(
-            ctx, cid, input_source, tokens, seed, resources, market, runtime
-        )
         with progress_bars(quiet) as bars:
             ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
-            done = jobs.infer(
-                ctx, cid, data, tokens, seed, resources, planned, market, out,
-                _default_out("infer"), duration,
-            )  # fmt: skip
+            done = jobs.infer(ctx, run)
     except QoinError as exc:
         _fail_with(exc, rpc, json_out)
     if json_out:
@@ -600,10 +600,12 @@ def _infer_plan(
     resources: Resources,
     market: MarketOptions,
     runtime: str,
+    out: Path | None,
+    duration: int,
     answer: bool = False,
-) -> tuple[bytes, int | None, jobs.Planned]:
+) -> jobs.InferRun:
     """The checks before an inference's money moves: the model, the input shaped for it, the
-    runtime, the market's rules for its job. The input, the tokens to generate and the plan."""
+    runtime, the market's rules for its job. The inference as planned."""
     meta = jobs.model_of(ctx, cid)
     if meta.get("task") == "text" and tokens is None:
         tokens = DEFAULT_TOKENS
@@ -611,36 +613,19 @@ def _infer_plan(
     planned = jobs.plan(ctx, resources, market, runtime.strip())
     probe = jobs.infer_job(cid, cid, tokens, seed, resources, planned, answer=answer)
     jobs.check_market(ctx, probe, market)
-    return data, tokens, planned
+    return jobs.InferRun(
+        cid, data, tokens, seed, resources, planned, market, out, _default_out("infer"), duration
+    )
 
 
 def _infer_for_contract(
-    ctx: jobs.Context,
-    contract: Address,
-    cid: str,
-    input_source: str,
-    tokens: int | None,
-    seed: int,
-    resources: Resources,
-    market: MarketOptions,
-    runtime: str,
-    out: Path | None,
-    duration: int,
-    json_out: bool,
-    quiet: bool,
+    ctx: jobs.Context, contract: Address, run: jobs.InferRun, json_out: bool, quiet: bool
 ) -> None:
-    """``qoin ai infer --contract``: the same checks, then :func:`jobs.infer_for_contract`."""
+    """``qoin ai infer --contract``, its checks done: :func:`jobs.infer_for_contract`."""
     try:
-        jobs.check_contract(ctx, contract)
-        data, tokens, planned = _infer_plan(
-            ctx, cid, input_source, tokens, seed, resources, market, runtime, answer=True
-        )
         with progress_bars(quiet) as bars:
             ctx = jobs.Context(ctx.rpc, ctx.keypair, ctx.home, ctx.watcher, bars)
-            done = jobs.infer_for_contract(
-                ctx, contract, cid, data, tokens, seed, resources, planned, market, out,
-                _default_out("infer"), duration,
-            )  # fmt: skip
+            done = jobs.infer_for_contract(ctx, contract, run)
     except QoinError as exc:
         _fail_with(exc, ctx.rpc, json_out)
     if json_out:

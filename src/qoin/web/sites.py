@@ -34,7 +34,7 @@ from qoin.sites import BadSite, PublishOptions, SiteNotFound, SiteStore, SiteUna
 from qoin.storage import client
 from qoin.storage.market import MarketView
 from qoin.wallet import Wallet
-from qoin.web.storage import Task, int_field, tasks_of
+from qoin.web.storage import Task, code_fields, tasks_of
 from qoin.web.ui import Ui
 
 UPLOAD_SLACK: Final = 1024
@@ -95,11 +95,8 @@ class _Pages:
         keypair = ui.unlocked(request)
         raw = dict(request.query_params)
         name = raw.get("name", "")
-        options = PublishOptions(
-            n=int_field(raw, "shards", client.DEFAULT_SHARDS, client.MIN_SHARDS, client.MAX_SHARDS),
-            k=int_field(raw, "needed", client.DEFAULT_NEEDED, 1, client.MAX_SHARDS - 1),
-            duration=int_field(raw, "duration", client.DEFAULT_DURATION, 1, 2**32),
-        )
+        n, k, duration = code_fields(raw)
+        options = PublishOptions(n=n, k=k, duration=duration)
         archive = await request.body()
         try:
             sites.checked_name(name)

@@ -269,6 +269,16 @@ def int_field(body: dict[str, Any], key: str, default: int, low: int, high: int)
     return number
 
 
+def code_fields(raw: dict[str, Any]) -> tuple[int, int, int]:
+    """The ``shards``, ``needed`` and ``duration`` fields of an upload's query: the shards (one
+    provider each), the shards that rebuild the content and the periods it is kept for."""
+    return (
+        int_field(raw, "shards", client.DEFAULT_SHARDS, client.MIN_SHARDS, client.MAX_SHARDS),
+        int_field(raw, "needed", client.DEFAULT_NEEDED, 1, client.MAX_SHARDS - 1),
+        int_field(raw, "duration", client.DEFAULT_DURATION, 1, 2**32),
+    )
+
+
 def flag(value: Any) -> bool:
     """A checkbox or JSON boolean."""
     return value is True or str(value).lower() in {"1", "true", "on", "yes"}
@@ -375,12 +385,8 @@ class _Pages:
         keypair = ui.unlocked(request)
         raw = dict(request.query_params)
         name = raw.get("name", "file")[:MAX_NAME]
-        options = PutOptions(
-            n=int_field(raw, "shards", client.DEFAULT_SHARDS, client.MIN_SHARDS, client.MAX_SHARDS),
-            k=int_field(raw, "needed", client.DEFAULT_NEEDED, 1, client.MAX_SHARDS - 1),
-            duration=int_field(raw, "duration", client.DEFAULT_DURATION, 1, 2**32),
-            encrypt=not flag(raw.get("public", "")),
-        )
+        n, k, duration = code_fields(raw)
+        options = PutOptions(n=n, k=k, duration=duration, encrypt=not flag(raw.get("public", "")))
         try:
             client.check_code(options.n, options.k)
         except StorageClientError as exc:

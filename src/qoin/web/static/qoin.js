@@ -6,6 +6,10 @@
 //   upload(path, blob, onProgress, headers)
 //                              POST raw bytes (XMLHttpRequest, for upload progress: onProgress(sent,
 //                              total)); resolves to the JSON answer.
+//   uploadToTask(path, blob, { button, bar, result }, sending, sent)
+//                              upload() from a form: the button disabled meanwhile, the bytes sent
+//                              on the <progress> bar, the texts (or the error) in result; follows
+//                              the answer's redirect (the task's page).
 //   subscribe(onHead)          call onHead(head) for every new head (the node's newHeads, proxied
 //                              at /ws/heads), reconnecting; returns a function that stops it.
 //   forms: <form data-api="/api/x"> posts its fields as JSON through api(); the answer's
@@ -62,6 +66,26 @@ function upload(path, blob, onProgress, headers) {
     xhr.onerror = () => reject(new Error("the upload failed (network)"));
     xhr.send(blob);
   });
+}
+
+async function uploadToTask(path, blob, { button, bar, result }, sending, sent) {
+  button.disabled = true;
+  bar.hidden = false;
+  result.classList.remove("bad");
+  result.textContent = sending;
+  try {
+    const answer = await upload(path, blob, (done, total) => {
+      bar.max = total || 1;
+      bar.value = done;
+    });
+    if (sent) result.textContent = sent;
+    location.assign(answer.redirect);
+  } catch (err) {
+    result.textContent = err.message;
+    result.classList.add("bad");
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function subscribe(onHead) {

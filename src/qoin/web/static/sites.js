@@ -77,20 +77,11 @@
       duration: form.elements.duration.value,
     });
     const button = form.querySelector("button");
-    button.disabled = true;
-    bar.hidden = false;
-    result.textContent = "sending the site to the UI…";
-    try {
-      const answer = await upload(`/api/sites/publish?${query}`, archive, (sent, total) => {
-        bar.max = total || 1;
-        bar.value = sent;
-      });
-      location.assign(answer.redirect);
-    } catch (err) {
-      result.textContent = err.message;
-      result.classList.add("bad");
-    } finally {
-      button.disabled = false;
-    }
+    await uploadToTask(
+      `/api/sites/publish?${query}`,
+      archive,
+      { button, bar, result },
+      "sending the site to the UI…",
+    );
   });
 })();

@@ -53,23 +53,13 @@ if (uploadForm) {
       needed: uploadForm.elements.needed.value,
       public: uploadForm.elements.public.checked ? "1" : "",
     });
-    button.disabled = true;
-    bar.hidden = false;
-    result.classList.remove("bad");
-    result.textContent = "sending the file to the UI…";
-    try {
-      const answer = await upload(`/api/storage/upload?${query}`, file, (sent, total) => {
-        bar.max = total || 1;
-        bar.value = sent;
-      });
-      result.textContent = "stored in the background: following it…";
-      location.assign(answer.redirect);
-    } catch (err) {
-      result.textContent = err.message;
-      result.classList.add("bad");
-    } finally {
-      button.disabled = false;
-    }
+    await uploadToTask(
+      `/api/storage/upload?${query}`,
+      file,
+      { button, bar, result },
+      "sending the file to the UI…",
+      "stored in the background: following it…",
+    );
   });
 }
 
