@@ -54,10 +54,10 @@ from qoin.crypto.address import Address
 from qoin.encoding.codec import DecodeError, Reader, Writer
 from qoin.errors import QoinError
 from qoin.execution.abi import decode_value
-from qoin.execution.events import MAX_LOG_RANGE
 from qoin.files import FileReadError, read_bounded, write_atomically
 from qoin.rpc.actorview import ActorEvents, MarketError
 from qoin.rpc.client import RpcCallError, RpcClient
+from qoin.rpc.follow import logs_between
 from qoin.storage import client as storage
 from qoin.storage import retrieve
 from qoin.storage.client import PutOptions, StorageClientError
@@ -461,22 +461,14 @@ def _held(rpc: RpcClient | str, name: str) -> NameEntry | None:
 def registered_names(client: RpcClient, height: int) -> list[str]:
     """Every name ever registered (from the actor's ``NameRegistered`` events up to ``height``),
     first registration first; at most :data:`MAX_LOG_QUERIES` queries of the latest blocks."""
-    start = max(0, height - MAX_LOG_QUERIES * MAX_LOG_RANGE + 1)
-    topics = [[NAME_EVENTS.topic("NameRegistered").hex()]]
+    log_filter = {
+        "address": str(NAMES_ADDRESS),
+        "topics": [[NAME_EVENTS.topic("NameRegistered").hex()]],
+    }
     names: dict[str, None] = {}
-    for first in range(start, height + 1, MAX_LOG_RANGE):
-        query_ = {
-            "fromBlock": first,
-            "toBlock": min(height, first + MAX_LOG_RANGE - 1),
-            "address": str(NAMES_ADDRESS),
-            "topics": topics,
-        }
-        try:
-            logs = client.call("qoin_getLogs", query_)
-        except RpcCallError as exc:
-            raise SiteError(f"cannot read the names actor's events: {exc}") from None
-        for log in logs if isinstance(logs, list) else ():
-            if not isinstance(log, dict) or log.get("removed"):
+    try:
+        for log in logs_between(client, log_filter, 0, height, MAX_LOG_QUERIES):
+            if log.get("removed"):
                 continue
             try:
                 decoded = NAME_EVENTS.decode(log)
@@ -487,6 +479,8 @@ def registered_names(client: RpcClient, height: int) -> list[str]:
             name = decoded[1][0]
             if isinstance(name, str):
                 names[name] = None
+    except RpcCallError as exc:
+        raise SiteError(f"cannot read the names actor's events: {exc}") from None
     return list(names)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +14,7 @@ from qoin.crypto.suites import SUITES, UnknownSuite, suite_by_name
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON document.", no_args_is_help=True)
 
 Seconds = Annotated[float, typer.Option(help="Measuring time per figure, in seconds.", min=0.05)]
+TableOrJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a small table.")]
 
 
 @bench_app.command("crypto")
@@ -104,11 +106,28 @@ def _to_stderr(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _report(
+    measure: Callable[[], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    json_out: bool,
+) -> None:
+    """Run a benchmark and print its report, as JSON or as its ``table``; a failure it reports
+    (:class:`~qoin.errors.QoinError`) becomes a one-line error and exit status 1."""
+    from qoin.errors import QoinError  # noqa: PLC0415
+
+    try:
+        report = measure()
+    except QoinError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
+    if json_out:
+        print_json(report)
+    else:
+        typer.echo(table(report))
+
+
 @bench_app.command("contracts")
 def bench_contracts(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a small table.")
-    ] = False,
+    json_out: TableOrJson = False,
     senders: Annotated[int, typer.Option(help="Funded senders.", min=1, max=4_000)] = 500,
     blocks: Annotated[int, typer.Option(help="Measured blocks per workload.", min=1, max=100)] = 3,
     txs_per_block: Annotated[
@@ -121,29 +140,23 @@ def bench_contracts(
     """Import rates of blocks of contract and actor calls vs transfers, WebAssembly gas/s, and
     sampling vs stateless re-execution of blocks of calls."""
     from qoin.bench import contracts  # noqa: PLC0415
-    from qoin.errors import QoinError  # noqa: PLC0415
 
-    try:
-        report = contracts.run(
+    _report(
+        lambda: contracts.run(
             senders,
             blocks,
             txs_per_block,
             progress=None if json_out else _to_stderr,
             sampling_txs_per_block=sampling_txs_per_block,
-        )
-    except QoinError as exc:
-        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
-    if json_out:
-        print_json(report)
-    else:
-        typer.echo(contracts.table(report))
+        ),
+        contracts.table,
+        json_out,
+    )
 
 
 @bench_app.command("storage")
 def bench_storage(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a small table.")
-    ] = False,
+    json_out: TableOrJson = False,
     size_mib: Annotated[
         int, typer.Option(help="MiB of the file set up (figures per GiB).", min=1, max=4_096)
     ] = 1_024,
@@ -171,12 +184,11 @@ def bench_storage(
     SIGKILL to the repaired shard's first accepted proof (a live node and 3 provider daemons on
     127.0.0.1; progress on stderr)."""
     from qoin.bench import storage  # noqa: PLC0415
-    from qoin.errors import QoinError  # noqa: PLC0415
 
     if k >= n:
         fail(f"--k must be below --n ({n}), got {k}", EXIT_USAGE)
-    try:
-        report = storage.run(
+    _report(
+        lambda: storage.run(
             size=size_mib * storage.MIB,
             n=n,
             k=k,
@@ -186,20 +198,15 @@ def bench_storage(
             retrieval_size=retrieval_mib * storage.MIB,
             repair=repair,
             progress=_to_stderr,
-        )
-    except QoinError as exc:
-        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
-    if json_out:
-        print_json(report)
-    else:
-        typer.echo(storage.table(report))
+        ),
+        storage.table,
+        json_out,
+    )
 
 
 @bench_app.command("compute")
 def bench_compute(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a small table.")
-    ] = False,
+    json_out: TableOrJson = False,
     cpu_seconds: Annotated[
         float, typer.Option(help="CPU-seconds of the cpu job, run directly.", min=0.01, max=600)
     ] = 10.0,
@@ -225,7 +232,6 @@ def bench_compute(
     replicated, and blocks from a cheater's reveal to its fine (progress on stderr)."""
     from qoin.bench import compute  # noqa: PLC0415
     from qoin.compute.jobspec import Executor  # noqa: PLC0415
-    from qoin.errors import QoinError  # noqa: PLC0415
 
     names = [name.strip() for name in executors.split(",") if name.strip()]
     known = {kind.name.lower(): kind for kind in Executor}
@@ -235,28 +241,23 @@ def bench_compute(
             f"--executors names some of {', '.join(known)}, sandbox included; got {executors!r}",
             EXIT_USAGE,
         )
-    try:
-        report = compute.run(
+    _report(
+        lambda: compute.run(
             cpu_seconds=cpu_seconds,
             output_mib=output_mib,
             repeat=repeat,
             kinds=tuple(known[name] for name in dict.fromkeys(names)),
             market=market,
             progress=_to_stderr,
-        )
-    except QoinError as exc:
-        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
-    if json_out:
-        print_json(report)
-    else:
-        typer.echo(compute.table(report))
+        ),
+        compute.table,
+        json_out,
+    )
 
 
 @bench_app.command("ai")
 def bench_ai(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a small table.")
-    ] = False,
+    json_out: TableOrJson = False,
     seconds: Annotated[
         float,
         typer.Option(help="Wall seconds of the direct training (epochs calibrated).", min=0.1),
@@ -275,18 +276,12 @@ def bench_ai(
     model store), with verification none and replicated; samples/s, final loss and accuracy, and
     whether every model is byte for byte the same (progress on stderr)."""
     from qoin.bench import ai  # noqa: PLC0415
-    from qoin.errors import QoinError  # noqa: PLC0415
 
     chosen = arch.strip().lower()
     if chosen not in ("mlp", "cnn", "charlm"):
         fail(f"--arch is one of mlp, cnn, charlm; got {arch!r}", EXIT_USAGE)
     if seconds > 3_600:
         fail(f"--seconds is at most 3600, got {seconds:g}", EXIT_USAGE)
-    try:
-        report = ai.run(seconds, chosen, runtime, workdir, progress=_to_stderr)
-    except QoinError as exc:
-        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
-    if json_out:
-        print_json(report)
-    else:
-        typer.echo(ai.table(report))
+    _report(
+        lambda: ai.run(seconds, chosen, runtime, workdir, progress=_to_stderr), ai.table, json_out
+    )

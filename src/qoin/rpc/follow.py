@@ -18,11 +18,12 @@ import functools
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from qoin.errors import QoinError
+from qoin.execution.events import MAX_LOG_RANGE
 from qoin.rpc.client import RpcCallError, RpcClient, RpcTimeout, Subscription, subscribe
 
 RECONNECT_MIN_S: Final = 0.5
@@ -114,6 +115,22 @@ def read_logs(
             if isinstance(entry, dict):
                 on_log(entry)
         start = last + 1
+
+
+def logs_between(
+    client: RpcClient, log_filter: Mapping[str, Any], start: int, end: int, max_queries: int
+) -> Iterator[dict[str, Any]]:
+    """The logs of blocks ``start`` to ``end`` that ``log_filter`` selects, oldest first, asked
+    :data:`~qoin.execution.events.MAX_LOG_RANGE` blocks at a time (the most a node answers) in at
+    most ``max_queries`` queries: the latest blocks, the oldest part of a longer range left out.
+    :class:`~qoin.rpc.client.RpcCallError` as the node gives it."""
+    first = max(start, end - max_queries * MAX_LOG_RANGE + 1, 0)
+    for low in range(first, end + 1, MAX_LOG_RANGE):
+        query = {"fromBlock": low, "toBlock": min(end, low + MAX_LOG_RANGE - 1), **log_filter}
+        logs = client.call("qoin_getLogs", query)
+        for entry in logs if isinstance(logs, list) else ():
+            if isinstance(entry, dict):
+                yield entry
 
 
 def read_subscription(

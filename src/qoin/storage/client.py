@@ -49,6 +49,7 @@ from qoin.errors import QoinError
 from qoin.execution.abi import Value, decode_value
 from qoin.execution.events import MAX_LOG_RANGE
 from qoin.rpc.client import RpcCallError, RpcClient
+from qoin.rpc.follow import logs_between
 from qoin.storage import crypt, erasure, market, merkle
 from qoin.storage.market import STORAGE_MARKET, AskInfo, BidInfo, DealInfo, MarketView, ShardState
 from qoin.storage.params import StorageParams
@@ -630,23 +631,13 @@ def actor_logs(
     ``topics`` (None: any), oldest first, as (height, decoded data); queried
     :data:`MAX_LOG_RANGE` blocks at a time, at most ``max_queries`` queries (the oldest part of a
     longer range is left out)."""
-    start = max(start, end - max_queries * MAX_LOG_RANGE + 1, 0)
     wanted: list[Any] = [[market.event_topic(event).hex()]]
     wanted += [None if topic is None else [_topic(topic)] for topic in topics]
+    log_filter = {"address": str(STORAGE_MARKET), "topics": wanted}
     found = []
-    for first in range(start, end + 1, MAX_LOG_RANGE):
-        query = {
-            "fromBlock": first,
-            "toBlock": min(end, first + MAX_LOG_RANGE - 1),
-            "address": str(STORAGE_MARKET),
-            "topics": wanted,
-        }
-        try:
-            logs = client.call("qoin_getLogs", query)
-        except RpcCallError as exc:
-            raise StorageClientError(f"cannot read the market's {event} events: {exc}") from None
-        for log in logs if isinstance(logs, list) else ():
-            if not isinstance(log, dict) or log.get("removed"):
+    try:
+        for log in logs_between(client, log_filter, start, end, max_queries):
+            if log.get("removed"):
                 continue
             decoded = market.decode_event(log)
             height = log.get("blockNumber")
@@ -657,6 +648,8 @@ def actor_logs(
                 and isinstance(height, int)
             ):
                 found.append((height, decoded[1]))
+    except RpcCallError as exc:
+        raise StorageClientError(f"cannot read the market's {event} events: {exc}") from None
     return found
 
 

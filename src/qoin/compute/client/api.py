@@ -52,6 +52,27 @@ class Acceptance:
     collateral: int
 
 
+def _post_retrying(
+    http: httpx.Client,
+    url: str,
+    what: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    attempts: int,
+) -> tuple[int, Any]:
+    """``POST`` ``body`` to ``url`` up to ``attempts`` times, backing off (doubling from
+    :data:`OFFER_BACKOFF_S`) while the answer's status is one worth retrying (the provider's node
+    has not seen the bid or deal yet); the last status and answer."""
+    wait = OFFER_BACKOFF_S
+    for attempt in range(attempts):
+        status, answer = _request(http, "POST", url, what, body=body, headers=headers)
+        if status == 200 or status not in RETRY_STATUSES or attempt == attempts - 1:
+            break
+        time.sleep(wait)
+        wait *= 2
+    return status, answer
+
+
 def request_acceptance(
     http: httpx.Client,
     view: ComputeMarketView,
@@ -87,13 +108,7 @@ def request_acceptance(
             keypair, "offer", ask.provider, bid.bid_id, sealed
         )
     url = endpoint_url(ask.endpoint) + "/offer"
-    wait = OFFER_BACKOFF_S
-    for attempt in range(attempts):
-        status, answer = _request(http, "POST", url, what, body=body, headers=headers)
-        if status == 200 or status not in RETRY_STATUSES or attempt == attempts - 1:
-            break
-        time.sleep(wait)
-        wait *= 2
+    status, answer = _post_retrying(http, url, what, body, headers, attempts)
     if status != 200:
         raise ComputeClientError(f"{what} refused the offer: {_reason(answer, status)}")
     if not isinstance(answer, dict):
@@ -150,13 +165,7 @@ def send_to_mediator(
             keypair, "mediate", mediator.mediator, deal_id, sealed
         )
     url = endpoint_url(mediator.endpoint) + "/mediate"
-    wait = OFFER_BACKOFF_S
-    for attempt in range(OFFER_ATTEMPTS):
-        status, answer = _request(http, "POST", url, what, body=body, headers=headers)
-        if status == 200 or status not in RETRY_STATUSES or attempt == OFFER_ATTEMPTS - 1:
-            break
-        time.sleep(wait)
-        wait *= 2
+    status, answer = _post_retrying(http, url, what, body, headers, OFFER_ATTEMPTS)
     if status != 200:
         raise ComputeClientError(f"{what} did not take the job: {_reason(answer, status)}")
 

@@ -22,8 +22,8 @@ from qoin.compute.market import COMPUTE_MARKET, MarketError, Outcome, Phase, Ver
 from qoin.compute.params import ComputeParams
 from qoin.crypto.address import Address
 from qoin.execution.abi import Value
-from qoin.execution.events import MAX_LOG_RANGE
 from qoin.rpc.client import RpcCallError, RpcClient, RpcTimeout, Subscription, subscribe
+from qoin.rpc.follow import logs_between
 from qoin.storage.params import PPM
 
 
@@ -65,23 +65,15 @@ def deal_logs(
     client: RpcClient, deal_id: int, start: int, end: int, max_queries: int = MAX_LOG_QUERIES
 ) -> list[DealEvent]:
     """The actor's events about ``deal_id`` (topic 2) in heights ``[start, end]``, oldest first."""
-    start = max(start, end - max_queries * MAX_LOG_RANGE + 1, 0)
+    log_filter = {"address": str(COMPUTE_MARKET), "topics": [None, None, [_deal_topic(deal_id)]]}
     found = []
-    for first in range(start, end + 1, MAX_LOG_RANGE):
-        query = {
-            "fromBlock": first,
-            "toBlock": min(end, first + MAX_LOG_RANGE - 1),
-            "address": str(COMPUTE_MARKET),
-            "topics": [None, None, [_deal_topic(deal_id)]],
-        }
-        try:
-            logs = client.call("qoin_getLogs", query)
-        except RpcCallError as exc:
-            raise ComputeClientError(f"cannot read deal {deal_id}'s events: {exc}") from None
-        for log in logs if isinstance(logs, list) else ():
+    try:
+        for log in logs_between(client, log_filter, start, end, max_queries):
             event = parse_log(log)
             if event is not None and event.data and event.data[0] == deal_id:
                 found.append(event)
+    except RpcCallError as exc:
+        raise ComputeClientError(f"cannot read deal {deal_id}'s events: {exc}") from None
     return found
 
 
