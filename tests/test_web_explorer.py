@@ -47,14 +47,16 @@ def client(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tes
 
 
 def test_home_shows_head_supply_and_recent_blocks(client: TestClient, node: Node) -> None:
+    # The node mines on while the page renders: its head then lies between these two heights.
+    before = node.user.call("qoin_blockNumber")
     page = client.get("/")
+    after = node.user.call("qoin_blockNumber")
     assert page.status_code == 200, page.text
-    height = node.user.call("qoin_blockNumber")
     assert "Recent blocks" in page.text and "Supply" in page.text
-    assert any(f'href="/block/{h}"' in page.text for h in range(height - 3, height + 4))
+    assert any(f'href="/block/{h}"' in page.text for h in range(before, after + 1))
     assert "content-security-policy" in page.headers
     overview = client.get("/api/overview").json()
-    assert overview["height"] >= height and overview["supply"]["supply"] > 0
+    assert overview["height"] >= after and overview["supply"]["supply"] > 0
 
 
 def test_block_tx_and_account_pages(client: TestClient, node: Node, tx_id: str) -> None:
