@@ -103,6 +103,7 @@ STRATEGIES: dict[MessageType, st.SearchStrategy[Message]] = {
         head_height=U64,
         total_work=st.integers(min_value=0, max_value=2**256 - 1),
         listen_port=st.integers(min_value=0, max_value=0xFFFF),
+        services=U64,
     ),
     MessageType.PING: st.builds(Ping, U64),
     MessageType.PONG: st.builds(Pong, U64),
@@ -123,6 +124,30 @@ STRATEGIES: dict[MessageType, st.SearchStrategy[Message]] = {
     MessageType.GET_TRANSACTIONS: st.builds(GetTransactions, _tuples(HASHES, 16)),
     MessageType.TRANSACTIONS: st.builds(Transactions, _tuples(transactions, 3)),
     MessageType.NOT_FOUND: st.builds(NotFound, st.sampled_from(InventoryKind), _tuples(HASHES, 16)),
+    MessageType.ENGINE_REQUEST: st.builds(
+        m.EngineRequest,
+        U64,
+        st.text(st.characters(codec="utf-8"), min_size=1, max_size=16),
+        U64,
+        st.booleans(),
+        st.binary(max_size=64),
+    ),
+    MessageType.ENGINE_ANSWER: st.builds(
+        lambda rid, part, last, error, data, sig: m.EngineAnswer(
+            rid, part, last, error, data, sig if last else b""
+        ),
+        U64,
+        U64,
+        st.booleans(),
+        st.booleans(),
+        st.binary(max_size=64),
+        st.binary(max_size=64),
+    ),
+    MessageType.GET_EXECUTION_NODES: st.just(m.GetExecutionNodes()),
+    MessageType.EXECUTION_NODES: st.builds(
+        m.ExecutionNodes, _tuples(st.text(max_size=20), m.MAX_EXECUTION_NODES)
+    ),
+    MessageType.EXECUTION_FRAUD: st.builds(m.ExecutionFraud, st.binary(max_size=256)),
 }
 TYPES = list(MessageType)
 
@@ -227,12 +252,13 @@ def test_known_encodings() -> None:
     )
     status = Status(7, b"\x01" * 32, b"\x02" * 32, 300, 2**70, 30303)
     assert encode_message(status) == (
-        b"\x01\x01\x07"
+        b"\x01\x02\x07"
         + b"\x01" * 32
         + b"\x02" * 32
         + encode_varint(300)
         + encode_varint(2**70, 256)
         + encode_varint(30303)
+        + b"\x00"
     )
     assert encode_message(GetHeaders((b"\x05" * 32,), max_count=2000)) == (
         b"\x11\x01" + b"\x05" * 32 + bytes(32) + encode_varint(2000)
@@ -261,12 +287,14 @@ def test_trailing_bytes_rejected() -> None:
 
 
 def test_other_protocol_version_refused_before_the_rest() -> None:
-    future = encode_message(Status(1, bytes(32), bytes(32), 0, 1, 0, version=2))
+    future = encode_message(Status(1, bytes(32), bytes(32), 0, 1, 0, version=3))
     with pytest.raises(UnsupportedProtocol) as caught:
         decode_message(future)
-    assert caught.value.version == 2
+    assert caught.value.version == 3
     with pytest.raises(UnsupportedProtocol):  # whatever a later version puts after the version
-        decode_message(b"\x01\x02" + b"\xff" * 5)
+        decode_message(b"\x01\x03" + b"\xff" * 5)
+    with pytest.raises(UnsupportedProtocol):  # version 1 (before shared execution)
+        decode_message(b"\x01\x01" + b"\xff" * 5)
     assert Status(1, bytes(32), bytes(32), 0, 1, 0).version == PROTOCOL_VERSION
 
 
@@ -410,7 +438,7 @@ def test_whole_message_bounded_before_decoding() -> None:
         (b"\x10\x01" + b"\x01" * 32 + b"\x81\x00", "height"),
         (b"\x11\x00" + bytes(32) + b"\x80\x00", "max_count"),
         (b"\x01\x81\x00", "version"),
-        (b"\x01\x01\x80\x00", "chain id"),
+        (b"\x01\x02\x80\x00", "chain id"),
         (b"\x04\x00\x80\x00", "text length"),
         (b"\x14\x01\x80\x00", "block length"),
     ],

@@ -25,7 +25,7 @@ from qoin.p2p import blocks as blocks_module
 from qoin.p2p import download as download_module
 from qoin.p2p import service as service_module
 from qoin.p2p import session as session_module
-from qoin.p2p.access import TxVerdict
+from qoin.p2p.access import FraudJudgement, FraudVerdict, TxVerdict
 from qoin.p2p.addresses import PeerAddress
 from qoin.p2p.messages import (
     AnnouncedBlock,
@@ -106,6 +106,9 @@ class ChainOnly:
     def submit_transactions(self, txs: Sequence[Transaction]) -> list[TxVerdict]:
         self.submitted.extend(txs)
         return [TxVerdict.ADDED] * len(txs)
+
+    def judge_fraud(self, report: bytes) -> FraudJudgement:
+        return FraudJudgement(FraudVerdict.UNDECIDED, None, "no execution clients here")
 
 
 class Cluster:

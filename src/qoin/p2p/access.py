@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -15,6 +16,7 @@ from qoin.chain.block import Block, Header
 from qoin.chain.chain import ImportResult
 from qoin.chain.genesis import Genesis
 from qoin.chain.transaction import AnyTransaction
+from qoin.crypto.address import Address
 from qoin.p2p.messages import AnnouncedBlock
 
 T = TypeVar("T")
@@ -32,6 +34,29 @@ class TxVerdict(StrEnum):
     full pool, a fee below theirs): it may have been valid where the peer was."""
     INVALID = "invalid"
     """Every client refused it for a reason intrinsic to it: it can never be valid anywhere."""
+
+
+class FraudVerdict(StrEnum):
+    """What the node made of an ``ExecutionFraud`` report a peer relayed."""
+
+    PROVEN = "proven"
+    """The evidence shows the accused node lied: it is banned, and the report relayed."""
+    FALSE = "false"
+    """The evidence does not show a lie (or does not verify): the reporter attacks us."""
+    UNDECIDED = "undecided"
+    """This node cannot judge it now (e.g. it lacks the block's parent): nothing happens."""
+
+
+@dataclass(frozen=True)
+class FraudJudgement:
+    """The verdict on one fraud report."""
+
+    verdict: FraudVerdict
+    """Proven, false or undecided."""
+    accused: Address | None
+    """The node id shown to have lied (set when PROVEN)."""
+    detail: str
+    """Why, for the log and the ban entry."""
 
 
 class ChainAccess(Protocol):
@@ -76,6 +101,9 @@ class ChainAccess(Protocol):
 
     def submit_transactions(self, txs: Sequence[AnyTransaction]) -> list[TxVerdict]:
         """Hand transactions to every execution client; a verdict per transaction, in order."""
+
+    def judge_fraud(self, report: bytes) -> FraudJudgement:
+        """Verify an ``ExecutionFraud`` report (undecodable reports are FALSE)."""
 
 
 class ChainWorker:

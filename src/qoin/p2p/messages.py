@@ -7,9 +7,10 @@ frame (at most :data:`MAX_MESSAGE_SIZE` bytes) and is built from the primitives 
     message = type (u8) ‖ body
     list(N) of X = count varint (<= N, checked before any X is read) ‖ count times X
 
-    0x01 Status                version varint16 (= 1) ‖ chain_id varint64 ‖ genesis_hash hash
+    0x01 Status                version varint16 (= 2) ‖ chain_id varint64 ‖ genesis_hash hash
                                ‖ head_hash hash ‖ head_height varint64 ‖ total_work varint256
-                               ‖ listen_port varint16 (0 = not listening)
+                               ‖ listen_port varint16 (0 = not listening) ‖ services varint64
+                               (bit 0 = SERVICE_EXECUTION)
     0x02 Ping                  nonce u64 (8 bytes, big-endian)
     0x03 Pong                  nonce u64 (the nonce of the Ping it answers)
     0x04 Disconnect            reason u8 ‖ text: varint length (<= 256) ‖ UTF-8 bytes
@@ -24,6 +25,14 @@ frame (at most :data:`MAX_MESSAGE_SIZE` bytes) and is built from the primitives 
     0x22 Transactions          list(4,096) of transaction (chain/transaction.py encoding)
     0x30 NotFound              kind u8 (1 = blocks, 2 = transactions)
                                ‖ list(128 for blocks, 4,096 for transactions) of hash
+    0x40 EngineRequest         request_id u64 ‖ method: varint length (1..64) ‖ UTF-8
+                               ‖ part varint ‖ last u8 (0/1) ‖ data: varint length (<= 1 MiB) ‖ bytes
+    0x41 EngineAnswer          request_id u64 ‖ part varint ‖ last u8 (0/1) ‖ error u8 (0/1)
+                               ‖ data: varint length (<= 1 MiB) ‖ bytes
+                               ‖ signature: varint length (<= 128 KiB; 0 unless last) ‖ bytes
+    0x42 GetExecutionNodes     (empty)
+    0x43 ExecutionNodes        list(32) of (varint length (<= 160) ‖ UTF-8 "qoin1…@host:port")
+    0x44 ExecutionFraud        report: varint length (<= MAX_MESSAGE_SIZE - 1 KiB) ‖ bytes
 
 Decoding is canonical: for every byte string that :func:`decode_message` accepts,
 ``encode_message(decode_message(b)) == b``. The whole message is bounded by
@@ -58,12 +67,24 @@ from qoin.encoding.codec import (
     Writer,
     encode_varint,
 )
+from qoin.p2p.statements import ENGINE_CHUNK, MAX_METHOD_BYTES
 from qoin.p2p.transport import MAX_PAYLOAD_SIZE
 
 # --- constants -------------------------------------------------------------------------------
 
-PROTOCOL_VERSION: Final = 1
-"""Version of this message set, carried by ``Status``; independent of the transport version."""
+PROTOCOL_VERSION: Final = 2
+"""Version of this message set, carried by ``Status``; independent of the transport version.
+Version 2 added ``Status.services`` and the shared-execution messages (0x40 to 0x44)."""
+SERVICE_EXECUTION: Final = 1
+"""``Status.services`` bit: the node serves its execution client's engine API to peers."""
+MAX_SIGNATURE_BYTES: Final = 128 * 1024
+"""Bytes of an ``EngineAnswer`` signature (the largest hybrid suite's is about 55 KiB)."""
+MAX_EXECUTION_NODES: Final = 32
+"""Entries of one ``ExecutionNodes``."""
+MAX_ENODE_BYTES: Final = 160
+"""UTF-8 bytes of one ``qoin1…@host:port`` entry (an IPv6 host in brackets fits)."""
+MAX_FRAUD_REPORT: Final = MAX_PAYLOAD_SIZE - 1024
+"""Bytes of an ``ExecutionFraud`` report (opaque here; the consensus client decodes it)."""
 MAX_MESSAGE_SIZE: Final = MAX_PAYLOAD_SIZE
 """Largest encoded message: one transport frame payload (16 MiB + 64 KiB), checked first."""
 MAX_ANNOUNCED_BLOCKS: Final = 64
@@ -115,6 +136,11 @@ class MessageType(IntEnum):
     GET_TRANSACTIONS = 0x21
     TRANSACTIONS = 0x22
     NOT_FOUND = 0x30
+    ENGINE_REQUEST = 0x40
+    ENGINE_ANSWER = 0x41
+    GET_EXECUTION_NODES = 0x42
+    EXECUTION_NODES = 0x43
+    EXECUTION_FRAUD = 0x44
 
 
 class InventoryKind(IntEnum):
@@ -245,6 +271,8 @@ class Status:
     headers-first sync checks it."""
     listen_port: int
     """TCP port the sender accepts connections on; 0 if it does not listen."""
+    services: int = 0
+    """What the sender offers its peers, a bit set (:data:`SERVICE_EXECUTION`)."""
     version: int = PROTOCOL_VERSION
     """Message protocol version; a decoded Status always has :data:`PROTOCOL_VERSION`."""
 
@@ -253,7 +281,7 @@ class Status:
         writer.varint(self.version, 16).varint(self.chain_id)
         writer.fixed(self.genesis_hash, HASH_SIZE).fixed(self.head_hash, HASH_SIZE)
         writer.varint(self.head_height).varint(self.total_work, WORK_BITS)
-        writer.varint(self.listen_port, 16)
+        writer.varint(self.listen_port, 16).varint(self.services)
 
     @classmethod
     def read(cls, reader: Reader) -> Status:
@@ -268,6 +296,7 @@ class Status:
             head_height=reader.varint(),
             total_work=reader.varint(WORK_BITS),
             listen_port=reader.varint(16),
+            services=reader.varint(),
             version=version,
         )
 
@@ -556,6 +585,153 @@ class NotFound:
         return cls(kind, _read_hashes(reader, _NOT_FOUND_BOUNDS[kind]))
 
 
+# --- shared execution ------------------------------------------------------------------------
+
+
+def _read_flag(reader: Reader, what: str) -> bool:
+    flag = reader.u8()
+    if flag > 1:
+        raise UnknownVersion(f"{what} flag {flag} is neither 0 nor 1")
+    return flag == 1
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One part of an engine call to a peer that serves execution: the JSON params array (UTF-8),
+    cut into parts of at most :data:`~qoin.p2p.statements.ENGINE_CHUNK` bytes, numbered from 0."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ENGINE_REQUEST
+
+    request_id: int
+    """Chosen by the requester, unique among its calls in flight to this peer."""
+    method: str
+    """The engine method (the same in every part), 1 to 64 UTF-8 bytes."""
+    part: int
+    """Index of this part."""
+    last: bool
+    """Whether this is the last part."""
+    data: bytes
+    """This part's bytes of the params."""
+
+    def write(self, writer: Writer) -> None:
+        """Append the body."""
+        _write_u64(writer, self.request_id)
+        method = _encode_text(self.method)
+        if not method:
+            raise OversizeField("an empty method name")
+        writer.var_bytes(method, MAX_METHOD_BYTES).varint(self.part).u8(int(self.last))
+        writer.var_bytes(self.data, ENGINE_CHUNK)
+
+    @classmethod
+    def read(cls, reader: Reader) -> EngineRequest:
+        """Decode the body."""
+        request_id = _read_u64(reader)
+        method = _decode_text(reader.var_bytes(MAX_METHOD_BYTES))
+        if not method:
+            raise MalformedText("an empty method name")
+        part = reader.varint()
+        last = _read_flag(reader, "last")
+        return cls(request_id, method, part, last, reader.var_bytes(ENGINE_CHUNK))
+
+
+@dataclass(frozen=True)
+class EngineAnswer:
+    """One part of the answer to an ``EngineRequest``: the JSON result (or with ``error`` the
+    UTF-8 error text); the last part carries the serving node's signature of the statement."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ENGINE_ANSWER
+
+    request_id: int
+    """The request answered."""
+    part: int
+    """Index of this part."""
+    last: bool
+    """Whether this is the last part."""
+    error: bool
+    """Whether the answer is an error text (the same in every part)."""
+    data: bytes
+    """This part's bytes of the answer."""
+    signature: bytes = b""
+    """The encoded hybrid signature, on the last part only."""
+
+    def write(self, writer: Writer) -> None:
+        """Append the body."""
+        if self.signature and not self.last:
+            raise OversizeField("a signature on a part that is not the last")
+        _write_u64(writer, self.request_id)
+        writer.varint(self.part).u8(int(self.last)).u8(int(self.error))
+        writer.var_bytes(self.data, ENGINE_CHUNK).var_bytes(self.signature, MAX_SIGNATURE_BYTES)
+
+    @classmethod
+    def read(cls, reader: Reader) -> EngineAnswer:
+        """Decode the body."""
+        request_id = _read_u64(reader)
+        part = reader.varint()
+        last = _read_flag(reader, "last")
+        error = _read_flag(reader, "error")
+        data = reader.var_bytes(ENGINE_CHUNK)
+        signature = reader.var_bytes(MAX_SIGNATURE_BYTES)
+        if signature and not last:
+            raise UnknownVersion("a signature on a part that is not the last")
+        return cls(request_id, part, last, error, data, signature)
+
+
+@dataclass(frozen=True)
+class GetExecutionNodes:
+    """Ask a peer for the connected peers it knows to serve execution."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GET_EXECUTION_NODES
+
+    def write(self, writer: Writer) -> None:
+        """Append the (empty) body."""
+
+    @classmethod
+    def read(cls, reader: Reader) -> GetExecutionNodes:
+        """Decode the (empty) body."""
+        return cls()
+
+
+@dataclass(frozen=True)
+class ExecutionNodes:
+    """Peers that serve execution, as ``qoin1…@host:port`` (an answer to ``GetExecutionNodes``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.EXECUTION_NODES
+
+    nodes: tuple[str, ...]
+    """At most :data:`MAX_EXECUTION_NODES` entries of at most :data:`MAX_ENODE_BYTES` bytes."""
+
+    def write(self, writer: Writer) -> None:
+        """Append the body."""
+        _write_count(writer, len(self.nodes), MAX_EXECUTION_NODES)
+        for node in self.nodes:
+            writer.var_bytes(_encode_text(node), MAX_ENODE_BYTES)
+
+    @classmethod
+    def read(cls, reader: Reader) -> ExecutionNodes:
+        """Decode the body."""
+        count = _read_count(reader, MAX_EXECUTION_NODES, 1)
+        return cls(tuple([_decode_text(reader.var_bytes(MAX_ENODE_BYTES)) for _ in range(count)]))
+
+
+@dataclass(frozen=True)
+class ExecutionFraud:
+    """Evidence that a node serving execution lied (opaque here: the consensus client judges)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.EXECUTION_FRAUD
+
+    report: bytes
+    """At most :data:`MAX_FRAUD_REPORT` bytes."""
+
+    def write(self, writer: Writer) -> None:
+        """Append the body."""
+        writer.var_bytes(self.report, MAX_FRAUD_REPORT)
+
+    @classmethod
+    def read(cls, reader: Reader) -> ExecutionFraud:
+        """Decode the body."""
+        return cls(reader.var_bytes(MAX_FRAUD_REPORT))
+
+
 # --- messages --------------------------------------------------------------------------------
 
 Message = (
@@ -572,6 +748,11 @@ Message = (
     | GetTransactions
     | Transactions
     | NotFound
+    | EngineRequest
+    | EngineAnswer
+    | GetExecutionNodes
+    | ExecutionNodes
+    | ExecutionFraud
 )
 """Any protocol message."""
 
@@ -589,6 +770,11 @@ _READERS: Final[dict[int, Callable[[Reader], Message]]] = {
     MessageType.GET_TRANSACTIONS: GetTransactions.read,
     MessageType.TRANSACTIONS: Transactions.read,
     MessageType.NOT_FOUND: NotFound.read,
+    MessageType.ENGINE_REQUEST: EngineRequest.read,
+    MessageType.ENGINE_ANSWER: EngineAnswer.read,
+    MessageType.GET_EXECUTION_NODES: GetExecutionNodes.read,
+    MessageType.EXECUTION_NODES: ExecutionNodes.read,
+    MessageType.EXECUTION_FRAUD: ExecutionFraud.read,
 }
 
 

@@ -26,6 +26,9 @@ class Misbehaviour(StrEnum):
     INVALID_TRANSACTION = "invalid-transaction"
     """A relayed transaction that can never be valid (an *intrinsic* refusal: bad signature, wrong
     chain id, keys that do not match the sender, oversize); never a stateful refusal."""
+    EXECUTION_LIE = "execution-lie"
+    """A node serving execution signed an answer that is provably false (its own statement, or a
+    fraud report other nodes verified, shows it)."""
 
     @property
     def penalty(self) -> int:
@@ -59,6 +62,11 @@ PENALTIES: Final[Mapping[Misbehaviour, int]] = MappingProxyType(
         # refusals (a nonce used meanwhile, a full pool, a fee below ours) cost nothing: they
         # happen to honest relays.
         Misbehaviour.INVALID_TRANSACTION: 40,
+        # A signed engine answer that replaying the evidence shows to be false: no honest execution
+        # client signs one, whatever its load or version, and a lie about a block is as harmful
+        # as relaying an invalid block (it could make us accept one). One strike, like
+        # INVALID_BLOCK.
+        Misbehaviour.EXECUTION_LIE: 100,
     }
 )
 """Penalty per :class:`Misbehaviour`, for the default threshold of 100 (one invalid block or

@@ -21,6 +21,7 @@ cryptography when :data:`MAX_HANDSHAKES_IN_FLIGHT` handshakes are under way, wha
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import secrets
 import threading
@@ -31,20 +32,39 @@ from typing import Any
 
 from qoin.chain.chain import ImportResult
 from qoin.crypto.address import Address
-from qoin.crypto.hybrid import HybridKeyPair
+from qoin.crypto.hashing import sha3_256
+from qoin.crypto.hybrid import HybridKeyPair, HybridSignature, SignatureError
 from qoin.encoding.codec import DecodeError
 from qoin.errors import QoinError
-from qoin.p2p.access import ChainAccess, ChainWorker
-from qoin.p2p.addresses import PeerAddress
+from qoin.p2p.access import ChainAccess, ChainWorker, FraudVerdict
+from qoin.p2p.addresses import PeerAddress, PeerAddressError
 from qoin.p2p.bans import BanFile, BanListError
 from qoin.p2p.blocks import BlockGossip
 from qoin.p2p.download import BlockSync, answer_get_headers
+from qoin.p2p.engine import (
+    ANSWER_SEND_TIMEOUT_S,
+    Call,
+    EngineCalls,
+    EngineFramingError,
+    EngineServer,
+    RawAnswer,
+    request_parts,
+)
 from qoin.p2p.messages import (
     MAX_ANNOUNCED_BLOCKS,
+    MAX_ENODE_BYTES,
+    MAX_EXECUTION_NODES,
+    MAX_FRAUD_REPORT,
+    SERVICE_EXECUTION,
     Blocks,
     Disconnect,
     DisconnectReason,
+    EngineAnswer,
+    EngineRequest,
+    ExecutionFraud,
+    ExecutionNodes,
     GetBlocks,
+    GetExecutionNodes,
     GetHeaders,
     GetTransactions,
     Headers,
@@ -58,10 +78,23 @@ from qoin.p2p.messages import (
     Status,
     Transactions,
     decode_message,
+    encode_message,
 )
 from qoin.p2p.misbehaviour import Misbehaviour
 from qoin.p2p.peers import ConnectionRefusal, PeerManager
-from qoin.p2p.session import ConnectedPeers, Counters, PeerSession, say_goodbye
+from qoin.p2p.session import BoundedSet, ConnectedPeers, Counters, PeerSession, say_goodbye
+from qoin.p2p.statements import (
+    MAX_ENGINE_REQUEST,
+    MAX_METHOD_BYTES,
+    MAX_STATEMENT_ANSWER,
+    BadEngineAnswer,
+    EngineCallError,
+    EngineCallTimeout,
+    EngineStatement,
+    ExecutionNode,
+    PeerUnavailable,
+    SignedStatement,
+)
 from qoin.p2p.transactions import TransactionRelay
 from qoin.p2p.transport import NetworkId, SecureChannel, TransportError, accept, connect
 
@@ -80,6 +113,12 @@ SNAPSHOT_TIMEOUT_S = 5.0
 MAX_HANDSHAKES_IN_FLIGHT = 8
 """Inbound handshakes under way at once, from all hosts together (loopback included): a
 responder signs for any initiator (§7), so more connections are closed before any cryptography."""
+ASK_EXECUTION_NODES_S = 10.0
+"""A peer is asked ``GetExecutionNodes`` at most this often."""
+SEEN_FRAUD_REPORTS = 4096
+"""Fraud reports remembered (by SHA3-256) so that each is judged and relayed once."""
+CALL_GRACE_S = 5.0
+"""How much longer than its own timeout a remote engine call waits for the p2p loop."""
 
 
 class P2PError(QoinError):
@@ -105,6 +144,7 @@ class P2PService:
         max_inbound: int = 32,
         max_outbound: int = 8,
         trusted_loopback: bool = True,
+        engine_server: EngineServer | None = None,
     ) -> None:
         self.access = access
         self.identity = identity
@@ -134,6 +174,16 @@ class P2PService:
             self._connected, self._chain, self.counters, self._blocks, self._spawn
         )
         self._transactions = TransactionRelay(self._connected, self._chain, self.counters)
+        self.engine_server = engine_server
+        """Serves the local execution client to peers (``--serve-execution``), or None."""
+        if engine_server is not None:
+            engine_server.bind(identity, access.genesis.genesis_hash)
+        self._calls = EngineCalls()
+        self._want_execution = 0
+        self._asked_nodes: dict[int, float] = {}
+        """When each connection was last asked ``GetExecutionNodes``."""
+        self._seen_fraud = BoundedSet(SEEN_FRAUD_REPORTS)
+        self._connected.on_close.append(self._on_peer_closed)
         self._handlers = self._message_handlers()
         self._handshakes = 0
         """Inbound handshakes under way."""
@@ -168,6 +218,11 @@ class P2PService:
             GetTransactions: (txs.on_get_transactions, False),
             Transactions: (txs.on_transactions, True),
             NotFound: (self._on_not_found, False),
+            EngineRequest: (self._on_engine_request, False),
+            EngineAnswer: (self._on_engine_answer, False),
+            GetExecutionNodes: (self._on_get_execution_nodes, False),
+            ExecutionNodes: (self._on_execution_nodes, False),
+            ExecutionFraud: (self._on_execution_fraud, True),
         }
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -227,6 +282,8 @@ class P2PService:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._chain.shutdown()
+        if self.engine_server is not None:
+            self.engine_server.close()
 
     @property
     def enode(self) -> str:
@@ -301,8 +358,19 @@ class P2PService:
                     "height": status.head_height if status else None,
                     "score": self.peers.score(peer.node_id),
                     "blocksServed": peer.blocks_served,
+                    "services": status.services if status else 0,
                 }
             )
+        server = self.engine_server
+        engine = None
+        if server is not None:
+            engine = {
+                "served": server.counters.served,
+                "refused": server.counters.refused,
+                "bytesIn": server.counters.bytes_in,
+                "bytesOut": server.counters.bytes_out,
+                "inFlight": server.in_flight,
+            }
         return {
             "enode": self.enode,
             "peers": peers,
@@ -312,8 +380,160 @@ class P2PService:
             ],
             "syncing": self._sync.syncing is not None,
             "handshakes": self._handshakes,
+            "services": self._services,
+            "engine": engine,
             **self.counters.__dict__,
         }
+
+    # -- shared execution: thread-safe entry points --------------------------------------------
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise P2PError("the p2p service is not running")
+        return loop
+
+    def engine_call(
+        self, node_id: Address, method: str, params: bytes, *, timeout: float, max_answer: int
+    ) -> SignedStatement:
+        """Call ``method`` with the JSON ``params`` array on the execution client of the connected
+        peer ``node_id`` (any thread but the p2p loop's); its signed answer, checked to be signed
+        by that peer about this very call. An error answer is a statement with ``error`` set.
+        Raises :class:`EngineCallTimeout`, :class:`PeerUnavailable` or :class:`BadEngineAnswer`
+        (then the peer is also penalised)."""
+        if not 0 < len(method.encode()) <= MAX_METHOD_BYTES or len(params) > MAX_ENGINE_REQUEST:
+            raise EngineCallError(
+                f"a call is a method of 1 to {MAX_METHOD_BYTES} bytes and at most "
+                f"{MAX_ENGINE_REQUEST} bytes of params"
+            )
+        try:
+            loop = self._running_loop()
+        except P2PError as exc:
+            raise PeerUnavailable(str(exc)) from None
+        limit = min(max_answer, MAX_STATEMENT_ANSWER)
+        future = asyncio.run_coroutine_threadsafe(
+            self._engine_call(node_id, method, params, timeout, limit), loop
+        )
+        try:
+            answer, key = future.result(timeout + CALL_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise EngineCallTimeout(f"{method}: no answer from {node_id} in time") from None
+        except concurrent.futures.CancelledError:
+            raise PeerUnavailable("the p2p service stopped during the call") from None
+        statement = EngineStatement(
+            self.network.genesis_hash, method, params, answer.data, answer.error
+        )
+        try:
+            signed = SignedStatement(statement, key, HybridSignature.decode(answer.signature))
+            signed.verify(node_id)
+        except (DecodeError, SignatureError) as exc:
+            self._penalise_soon(node_id, Misbehaviour.MALFORMED_MESSAGE, f"engine answer: {exc}")
+            raise BadEngineAnswer(f"{method}: the answer's signature is bad: {exc}") from None
+        return signed
+
+    async def _engine_call(
+        self, node_id: Address, method: str, params: bytes, timeout: float, max_answer: int
+    ) -> tuple[RawAnswer, Any]:
+        peer = self._session_of(node_id)
+        if peer is None or peer.status is None:  # Status goes first
+            raise PeerUnavailable(f"{node_id} is not connected")
+        request_id, waiter = self._calls.open(peer.connection_id, max_answer)
+        gave_up = True
+        try:
+            async with asyncio.timeout(timeout):
+                for part in request_parts(request_id, method, params):
+                    if not self._connected.is_connected(peer) or not peer.send(part):
+                        raise PeerUnavailable(f"{node_id} is gone or does not take more messages")
+                answer = await waiter
+            gave_up = False
+        except TimeoutError:
+            raise EngineCallTimeout(f"{method}: no answer from {node_id} in {timeout} s") from None
+        except BadEngineAnswer:
+            gave_up = False
+            raise
+        finally:
+            self._calls.close(peer.connection_id, request_id, gave_up)
+        return answer, peer.channel.peer_key
+
+    def _session_of(self, node_id: Address) -> PeerSession | None:
+        connection_id = self.peers.connection_id(node_id)
+        return None if connection_id is None else self._connected.get(connection_id)
+
+    def _penalise_soon(self, node_id: Address, kind: Misbehaviour, detail: str) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._spawn, self._penalise(node_id, kind, detail))
+
+    async def _penalise(self, node_id: Address, kind: Misbehaviour, detail: str) -> None:
+        """Score ``node_id``, connected or not (a peer that left is still scored)."""
+        if node_id == self.identity.address:
+            return
+        peer = self._session_of(node_id)
+        if peer is not None:
+            await self._connected.punish(peer, kind, detail)
+        elif not self.peers.is_banned(node_id) and self.peers.penalise(node_id, kind, detail):
+            self.counters.banned += 1
+            log.warning("node %s banned: %s", node_id, detail)
+            self._save_bans()
+
+    def execution_nodes(self) -> list[ExecutionNode]:
+        """The connected peers that serve execution (any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return []
+        future = asyncio.run_coroutine_threadsafe(self._execution_nodes_on_loop(), loop)
+        return future.result(timeout=SNAPSHOT_TIMEOUT_S)
+
+    async def _execution_nodes_on_loop(self) -> list[ExecutionNode]:
+        return self._execution_nodes()
+
+    def _execution_nodes(self) -> list[ExecutionNode]:
+        nodes = []
+        for peer in self._connected.sessions():
+            status = peer.status
+            if status is None or not status.services & SERVICE_EXECUTION:
+                continue
+            port = status.listen_port or peer.address.port
+            nodes.append(
+                ExecutionNode(peer.node_id, peer.address.host, port, peer.channel.peer_key)
+            )
+        return nodes
+
+    def want_execution_nodes(self, n: int) -> None:
+        """Look for peers serving execution (asking peers for them) while fewer than ``n`` are
+        connected; any thread."""
+        self._want_execution = max(0, n)
+
+    def ban_node(self, node_id: Address, reason: str) -> None:
+        """Ban ``node_id`` for an execution lie (penalty :attr:`Misbehaviour.EXECUTION_LIE`),
+        connected or not: disconnected, and saved to the ban file; any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():  # not started or stopped: nothing else touches them
+            if node_id != self.identity.address and not self.peers.is_banned(node_id):
+                self.peers.penalise(node_id, Misbehaviour.EXECUTION_LIE, reason)
+                self._save_bans()
+            return
+        loop.call_soon_threadsafe(
+            self._spawn, self._penalise(node_id, Misbehaviour.EXECUTION_LIE, reason)
+        )
+
+    def broadcast_fraud(self, report: bytes, skip: Address | None = None) -> None:
+        """Send an ``ExecutionFraud`` report to every connected peer but ``skip``; any thread (a
+        service not running sends nothing). Raises :class:`P2PError` for a report over
+        :data:`MAX_FRAUD_REPORT` bytes."""
+        if len(report) > MAX_FRAUD_REPORT:
+            raise P2PError(f"a fraud report of {len(report)} bytes is over {MAX_FRAUD_REPORT}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._broadcast_fraud, report, skip)
+
+    def _broadcast_fraud(self, report: bytes, skip: Address | None) -> None:
+        self._seen_fraud.add(sha3_256(report))
+        payload = encode_message(ExecutionFraud(report))
+        for peer in self._connected.sessions():
+            if peer.status is not None and peer.node_id != skip:  # Status goes first
+                peer.send_encoded(payload)
 
     # -- connections --------------------------------------------------------------------------
 
@@ -386,7 +606,7 @@ class P2PService:
                 await self._handle(peer, decode_message(payload), len(payload))
         except DecodeError as exc:
             await self._connected.punish(peer, Misbehaviour.MALFORMED_MESSAGE, str(exc))
-        except _ProtocolBreach as exc:
+        except (_ProtocolBreach, EngineFramingError) as exc:
             await self._connected.punish(peer, Misbehaviour.PROTOCOL_VIOLATION, str(exc))
         except TimeoutError:
             await self._connected.punish(peer, Misbehaviour.TIMEOUT, "no Status")
@@ -414,8 +634,18 @@ class P2PService:
     async def _status(self) -> Status:
         head_hash, height, work = await self._blocks.refresh_head()
         return Status(
-            self.network.chain_id, self.network.genesis_hash, head_hash, height, work, self.port
+            self.network.chain_id,
+            self.network.genesis_hash,
+            head_hash,
+            height,
+            work,
+            self.port,
+            self._services,
         )
+
+    @property
+    def _services(self) -> int:
+        return SERVICE_EXECUTION if self.engine_server is not None else 0
 
     def _on_status(self, peer: PeerSession, status: Status) -> None:
         peer.status = status
@@ -456,6 +686,120 @@ class P2PService:
         else:
             self._transactions.on_not_found(peer, message.hashes)
 
+    # -- shared execution: messages --------------------------------------------------------------
+
+    async def _on_engine_request(self, peer: PeerSession, message: EngineRequest) -> None:
+        server = self.engine_server
+        if server is None:
+            raise _ProtocolBreach("an EngineRequest to a node that does not serve execution")
+        call = server.receive(peer.connection_id, message)
+        if call is not None:
+            self._spawn(self._answer_engine_request(peer, server, call))
+
+    async def _answer_engine_request(
+        self, peer: PeerSession, server: EngineServer, call: Call
+    ) -> None:
+        try:
+            parts = await server.answer(call)
+            if parts is None:
+                return
+            for part in parts:
+                if not self._connected.is_connected(peer):
+                    return
+                payload = encode_message(part)
+                try:
+                    await asyncio.wait_for(peer.outbox.put((payload, None)), ANSWER_SEND_TIMEOUT_S)
+                except TimeoutError:
+                    log.info("peer %s does not take its engine answer", peer.label)
+                    return
+                server.counters.bytes_out += len(part.data)
+        finally:
+            if call.refusal is None:
+                server.finished(peer.connection_id, call.request_id)
+
+    async def _on_engine_answer(self, peer: PeerSession, message: EngineAnswer) -> None:
+        if not self._calls.receive(peer.connection_id, message):
+            await self._connected.punish(peer, Misbehaviour.UNSOLICITED, "an engine answer")
+
+    async def _on_get_execution_nodes(self, peer: PeerSession, message: GetExecutionNodes) -> None:
+        entries = []
+        for node in self._execution_nodes():
+            session = self._session_of(node.node_id)
+            if node.node_id == peer.node_id or session is None:
+                continue
+            if session.inbound and not (session.status and session.status.listen_port):
+                continue  # no port it listens on
+            entry = node.enode
+            if len(entry.encode()) <= MAX_ENODE_BYTES:
+                entries.append(entry)
+        peer.send(ExecutionNodes(tuple(entries[:MAX_EXECUTION_NODES])))
+
+    async def _on_execution_nodes(self, peer: PeerSession, message: ExecutionNodes) -> None:
+        if self._asked_nodes.get(peer.connection_id) is None:
+            await self._connected.punish(peer, Misbehaviour.UNSOLICITED, "execution nodes")
+            return
+        addresses = []
+        for entry in message.nodes:
+            try:
+                address = PeerAddress.parse(entry)
+            except PeerAddressError:
+                await self._connected.punish(
+                    peer, Misbehaviour.PROTOCOL_VIOLATION, f"a bad execution node {entry!r}"
+                )
+                return
+            if address.node_id is not None:
+                addresses.append(address)
+        if addresses:
+            self.peers.add_known(addresses)
+
+    async def _on_execution_fraud(self, peer: PeerSession, message: ExecutionFraud) -> None:
+        digest = sha3_256(message.report)
+        if digest in self._seen_fraud:
+            return
+        self._seen_fraud.add(digest)
+        try:
+            judgement = await self._chain.call(self._chain.access.judge_fraud, message.report)
+        except QoinError as exc:  # this node cannot judge now (its own trouble, not the peer's)
+            log.warning("could not judge a fraud report from %s: %s", peer.label, exc)
+            return
+        if judgement.verdict is FraudVerdict.PROVEN and judgement.accused is not None:
+            log.warning(
+                "fraud report from %s proves %s lied: %s",
+                peer.label,
+                judgement.accused,
+                judgement.detail,
+            )
+            await self._penalise(judgement.accused, Misbehaviour.EXECUTION_LIE, judgement.detail)
+            payload = encode_message(message)
+            for other in self._connected.sessions():
+                if (
+                    other is not peer
+                    and other.status is not None
+                    and other.node_id != judgement.accused
+                ):
+                    other.send_encoded(payload)
+        elif judgement.verdict is FraudVerdict.FALSE:
+            await self._connected.punish(
+                peer, Misbehaviour.INVALID_BLOCK, f"a false fraud report: {judgement.detail}"
+            )
+
+    def _on_peer_closed(self, peer: PeerSession) -> None:
+        self._calls.peer_gone(peer.connection_id)
+        self._asked_nodes.pop(peer.connection_id, None)
+        if self.engine_server is not None:
+            self.engine_server.forget(peer.connection_id)
+
+    def _ask_for_execution_nodes(self, now: float) -> None:
+        """While fewer than wanted peers serve execution, ask peers for more (each at most every
+        :data:`ASK_EXECUTION_NODES_S`)."""
+        if len(self._execution_nodes()) >= self._want_execution:
+            return
+        for peer in self._connected.sessions():
+            asked = self._asked_nodes.get(peer.connection_id)
+            if peer.status is not None and (asked is None or now - asked >= ASK_EXECUTION_NODES_S):
+                self._asked_nodes[peer.connection_id] = now
+                peer.send(GetExecutionNodes())
+
     # -- upkeep -------------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
@@ -473,6 +817,9 @@ class P2PService:
                 elif idle > PING_INTERVAL_S and not peer.pinged:
                     peer.pinged = True
                     peer.send(Ping(secrets.randbits(64)))
+            self._ask_for_execution_nodes(now)
+            if self.engine_server is not None:
+                self.engine_server.prune()
             try:
                 await self._transactions.gossip()
             except QoinError as exc:

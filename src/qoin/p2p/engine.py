@@ -1,0 +1,498 @@
+"""Shared execution over p2p: serving the local execution client's engine API to peers
+(:class:`EngineServer`), and the requesting side's bookkeeping of calls in flight
+(:class:`EngineCalls`). The service (:mod:`qoin.p2p.service`) owns the connections and calls both
+on its event loop; engine calls and signing run on the server's own bounded thread pool, never on
+the loop nor on the chain worker (``docs/spec/p2p.md``).
+
+Serving. A request arrives as ``EngineRequest`` parts numbered from 0. Its first part decides:
+a method that is not served (:data:`SERVED_METHODS`), a peer over its request rate (a token bucket)
+or over its calls in flight, or all peers together over theirs, is refused with a signed error
+answer (``"method not served"``, ``"rate limited"``: no penalty), sent once the last part is in
+(the refusal signs the request's digest, computed as it streams in, not its bytes). An accepted
+request is kept until its last part, then the local engine call and the signing run on the pool,
+and the answer goes back in parts, signed on the last. Framing that breaks the rules (a part out
+of order, another method, a request id in use, over :data:`~qoin.p2p.statements.MAX_ENGINE_REQUEST`
+bytes, more than :data:`MAX_OPEN_REQUESTS` requests open) is a :class:`EngineFramingError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from qoin.consensus.engine import EngineClient, EngineError
+from qoin.crypto.hybrid import HybridKeyPair, sign
+from qoin.errors import QoinError
+from qoin.p2p.messages import EngineAnswer, EngineRequest
+from qoin.p2p.statements import (
+    ENGINE_CHUNK,
+    MAX_ENGINE_REQUEST,
+    MAX_STATEMENT_ANSWER,
+    BadEngineAnswer,
+    EngineCallError,
+    EngineCallTimeout,
+    EngineStatement,
+    ExecutionNode,
+    PeerUnavailable,
+    SignedStatement,
+    statement_signing_message,
+)
+
+__all__ = [
+    "SERVED_METHODS",
+    "BadEngineAnswer",
+    "EngineCallError",
+    "EngineCallTimeout",
+    "EngineCalls",
+    "EngineFramingError",
+    "EngineServer",
+    "ExecutionNode",
+    "PeerUnavailable",
+]
+
+log = logging.getLogger(__name__)
+
+SERVED_METHODS: Final = frozenset(
+    {
+        "engine_newPayload",
+        "engine_getTrace",
+        "engine_getSteps",
+        "engine_getProofs",
+        "engine_getWitness",
+        "engine_pendingTransactions",
+        "engine_submitTransactions",
+        "engine_buildPayload",
+    }
+)
+"""What a peer may call. Never ``engine_forkchoiceUpdated`` nor ``engine_getPayload``: a peer must
+never move the operator's head."""
+NOT_SERVED: Final = "method not served"
+RATE_LIMITED: Final = "rate limited"
+MAX_OPEN_REQUESTS: Final = 64
+"""Requests of one peer whose parts are still coming (refused ones included)."""
+OPEN_REQUEST_TIMEOUT_S: Final = 60.0
+"""A request whose last part has not come this long after its first is forgotten."""
+MAX_PENDING_REFUSALS: Final = 64
+"""Refusals waiting to be signed (all peers); beyond, a refusal is not answered."""
+ANSWER_SEND_TIMEOUT_S: Final = 20.0
+"""How long an answer part may wait for room in the peer's outbox."""
+
+
+class EngineFramingError(QoinError):
+    """A peer broke the framing of engine requests or answers (a protocol violation)."""
+
+
+def chunks(data: bytes) -> list[bytes]:
+    """``data`` cut into parts of at most :data:`ENGINE_CHUNK` bytes (one empty part if empty)."""
+    return [data[i : i + ENGINE_CHUNK] for i in range(0, len(data), ENGINE_CHUNK)] or [b""]
+
+
+def request_parts(request_id: int, method: str, params: bytes) -> list[EngineRequest]:
+    """The ``EngineRequest`` messages of one call."""
+    pieces = chunks(params)
+    return [
+        EngineRequest(request_id, method, index, index == len(pieces) - 1, piece)
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def answer_parts(request_id: int, error: bool, data: bytes, signature: bytes) -> list[EngineAnswer]:
+    """The ``EngineAnswer`` messages of one answer (the signature on the last)."""
+    pieces = chunks(data)
+    last = len(pieces) - 1
+    return [
+        EngineAnswer(
+            request_id, index, index == last, error, piece, signature if index == last else b""
+        )
+        for index, piece in enumerate(pieces)
+    ]
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Incoming:
+    method: str
+    started: float
+    refusal: str | None
+    """Why it is refused (answered when the last part is in), or None."""
+    next_part: int = 0
+    size: int = 0
+    parts: list[bytes] = field(default_factory=list)
+    digest: Any = None
+    """SHA3-256 of the params streamed so far (refused requests only)."""
+
+
+@dataclass
+class _PeerState:
+    tokens: float
+    updated: float
+    in_flight: int = 0
+    """Accepted requests of this peer not yet answered (assembling or running)."""
+    open: dict[int, _Incoming] = field(default_factory=dict)
+    running: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A complete request to run (accepted) or to refuse (``refusal`` set)."""
+
+    request_id: int
+    method: str
+    params: bytes
+    """The params (empty for a refusal: see ``params_size`` and ``params_digest``)."""
+    params_size: int
+    params_digest: bytes
+    refusal: str | None
+
+
+@dataclass
+class EngineCounters:
+    """What the server did, for the status."""
+
+    served: int = 0
+    """Requests answered by the engine (its error answers included)."""
+    refused: int = 0
+    """Requests refused (not served, rate limited)."""
+    bytes_in: int = 0
+    """Params bytes received."""
+    bytes_out: int = 0
+    """Answer bytes sent."""
+
+
+class EngineServer:
+    """Serves one local execution client (through its own :class:`EngineClient`) to peers.
+
+    ``max_in_flight`` calls of all peers together (the thread pool's size), ``per_peer_in_flight``
+    of one peer; each peer may start ``burst`` requests at once, then ``per_s`` a second. All
+    methods but :meth:`close` run on the p2p event loop.
+    """
+
+    def __init__(
+        self,
+        engine: EngineClient,
+        *,
+        max_in_flight: int = 16,
+        per_peer_in_flight: int = 4,
+        burst: int = 64,
+        per_s: float = 32.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_in_flight < 1 or per_peer_in_flight < 1 or burst < 1 or not per_s > 0:
+            raise QoinError("engine server limits must be positive")
+        self.engine = engine
+        self.max_in_flight = max_in_flight
+        self.per_peer_in_flight = per_peer_in_flight
+        self.burst = burst
+        self.per_s = per_s
+        self.counters = EngineCounters()
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="p2p-engine")
+        self._signer = ThreadPoolExecutor(1, thread_name_prefix="p2p-engine-refusals")
+        self._pending_refusals = 0
+        self._identity: HybridKeyPair | None = None
+        self._genesis_hash = b""
+        self._peers: dict[int, _PeerState] = {}
+        self._gone: dict[int, _PeerState] = {}
+        """Peers gone with calls still running (their slots are freed as the calls finish)."""
+        self._in_flight = 0
+
+    def bind(self, identity: HybridKeyPair, genesis_hash: bytes) -> None:
+        """The node identity that signs the answers, and the network they are about."""
+        self._identity, self._genesis_hash = identity, genesis_hash
+
+    @property
+    def in_flight(self) -> int:
+        """Accepted requests of all peers not yet answered."""
+        return self._in_flight
+
+    def close(self) -> None:
+        """Stop the pool (calls under way finish; queued ones are dropped) and the client."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._signer.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
+
+    # -- requests (on the loop) ---------------------------------------------------------------
+
+    def _state(self, connection_id: int) -> _PeerState:
+        state = self._peers.get(connection_id)
+        if state is None:
+            state = self._peers[connection_id] = _PeerState(float(self.burst), self._clock())
+        return state
+
+    def _take_token(self, state: _PeerState) -> bool:
+        now = self._clock()
+        state.tokens = min(
+            float(self.burst), state.tokens + max(0.0, now - state.updated) * self.per_s
+        )
+        state.updated = now
+        if state.tokens < 1:
+            return False
+        state.tokens -= 1
+        return True
+
+    def receive(self, connection_id: int, message: EngineRequest) -> Call | None:
+        """Take one request part; the complete request once its last part is in, else None.
+        Raises :class:`EngineFramingError` when the peer breaks the framing."""
+        state = self._state(connection_id)
+        request_id = message.request_id
+        incoming = state.open.get(request_id)
+        if message.part == 0:
+            if incoming is not None or request_id in state.running:
+                raise EngineFramingError(f"engine request id {request_id} is in use")
+            if len(state.open) >= MAX_OPEN_REQUESTS:
+                raise EngineFramingError(f"more than {MAX_OPEN_REQUESTS} engine requests open")
+            incoming = self._open(state, message.method)
+            state.open[request_id] = incoming
+        elif incoming is None:
+            raise EngineFramingError(f"part {message.part} of no open engine request")
+        elif message.part != incoming.next_part or message.method != incoming.method:
+            self._drop(state, request_id)
+            raise EngineFramingError(
+                f"engine request {request_id}: part {message.part} ({message.method}) where part "
+                f"{incoming.next_part} ({incoming.method}) was due"
+            )
+        incoming.next_part += 1
+        incoming.size += len(message.data)
+        self.counters.bytes_in += len(message.data)
+        if incoming.size > MAX_ENGINE_REQUEST:
+            self._drop(state, request_id)
+            raise EngineFramingError(f"an engine request over {MAX_ENGINE_REQUEST} bytes")
+        if incoming.refusal is None:
+            incoming.parts.append(message.data)
+        else:
+            incoming.digest.update(message.data)
+        if not message.last:
+            return None
+        del state.open[request_id]
+        if incoming.refusal is not None:
+            self.counters.refused += 1
+            return Call(
+                request_id,
+                incoming.method,
+                b"",
+                incoming.size,
+                incoming.digest.digest(),
+                incoming.refusal,
+            )
+        state.running.add(request_id)
+        return Call(request_id, incoming.method, b"".join(incoming.parts), incoming.size, b"", None)
+
+    def _open(self, state: _PeerState, method: str) -> _Incoming:
+        refusal: str | None = None
+        if method not in SERVED_METHODS:
+            refusal = NOT_SERVED
+        elif (
+            not self._take_token(state)
+            or state.in_flight >= self.per_peer_in_flight
+            or self._in_flight >= self.max_in_flight
+        ):
+            refusal = RATE_LIMITED
+        if refusal is not None:
+            return _Incoming(method, self._clock(), refusal, digest=hashlib.sha3_256())
+        state.in_flight += 1
+        self._in_flight += 1
+        return _Incoming(method, self._clock(), None)
+
+    def _drop(self, state: _PeerState, request_id: int) -> None:
+        incoming = state.open.pop(request_id, None)
+        if incoming is not None and incoming.refusal is None:
+            self._release(state)
+
+    def _release(self, state: _PeerState) -> None:
+        state.in_flight -= 1
+        self._in_flight -= 1
+
+    def finished(self, connection_id: int, request_id: int) -> None:
+        """An accepted request has been answered (or given up): free its slot."""
+        state = self._peers.get(connection_id) or self._gone.get(connection_id)
+        if state is not None and request_id in state.running:
+            state.running.discard(request_id)
+            self._release(state)
+            if not state.running:
+                self._gone.pop(connection_id, None)
+
+    def forget(self, connection_id: int) -> None:
+        """The peer is gone: its open requests are dropped; running ones keep their slots until
+        they finish (:meth:`finished`), so that reconnecting cannot pile calls on the pool."""
+        state = self._peers.pop(connection_id, None)
+        if state is None:
+            return
+        for request_id in list(state.open):
+            self._drop(state, request_id)
+        if state.running:
+            self._gone[connection_id] = state
+
+    def prune(self) -> None:
+        """Forget requests whose last part did not come in :data:`OPEN_REQUEST_TIMEOUT_S`."""
+        cutoff = self._clock() - OPEN_REQUEST_TIMEOUT_S
+        for state in self._peers.values():
+            for request_id, incoming in list(state.open.items()):
+                if incoming.started < cutoff:
+                    self._drop(state, request_id)
+
+    # -- answering ----------------------------------------------------------------------------
+
+    async def answer(self, call: Call) -> list[EngineAnswer] | None:
+        """The signed answer of a complete request, computed off the loop (None: a refusal
+        dropped because too many wait to be signed, or the server is closed)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if call.refusal is not None:
+                if self._pending_refusals >= MAX_PENDING_REFUSALS:
+                    return None
+                self._pending_refusals += 1
+                try:
+                    return await loop.run_in_executor(self._signer, self._refuse, call)
+                finally:
+                    self._pending_refusals -= 1
+            parts = await loop.run_in_executor(self._pool, self._serve, call)
+        except RuntimeError:  # the pool is shut down: the node is stopping
+            return None
+        self.counters.served += 1
+        return parts
+
+    def _identity_or_fail(self) -> HybridKeyPair:
+        if self._identity is None:
+            raise QoinError("the engine server is not bound to a node identity")
+        return self._identity
+
+    def _refuse(self, call: Call) -> list[EngineAnswer]:
+        text = (call.refusal or "").encode()
+        message = statement_signing_message(
+            self._genesis_hash,
+            call.method,
+            True,
+            (call.params_size, call.params_digest),
+            (len(text), hashlib.sha3_256(text).digest()),
+        )
+        signature = sign(self._identity_or_fail(), message)
+        return answer_parts(call.request_id, True, text, signature.encode())
+
+    def _serve(self, call: Call) -> list[EngineAnswer]:
+        """Run the engine call and sign its answer (on a pool thread)."""
+        error, answer = True, b""
+        try:
+            params = json.loads(call.params)
+            if not isinstance(params, list):
+                raise ValueError("not an array")
+        except (ValueError, UnicodeDecodeError):
+            answer = b"params are not a JSON array"
+        else:
+            try:
+                result = self.engine.call(call.method, *params)
+                answer = json.dumps(result, separators=(",", ":")).encode()
+                error = False
+            except EngineError as exc:
+                answer = str(exc).encode()
+            except (TypeError, ValueError) as exc:  # a result JSON cannot write: never expected
+                answer = f"cannot encode the answer: {exc}".encode()
+            if not error and len(answer) > MAX_STATEMENT_ANSWER:
+                error, answer = True, f"answer over {MAX_STATEMENT_ANSWER} bytes".encode()
+        statement = EngineStatement(self._genesis_hash, call.method, call.params, answer, error)
+        signed = SignedStatement.create(self._identity_or_fail(), statement)
+        return answer_parts(call.request_id, error, answer, signed.signature.encode())
+
+
+# --- requesting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """A reassembled answer, its signature not yet checked."""
+
+    error: bool
+    data: bytes
+    signature: bytes
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[RawAnswer]
+    max_answer: int
+    next_part: int = 0
+    size: int = 0
+    error: bool = False
+    parts: list[bytes] = field(default_factory=list)
+
+
+GAVE_UP_CALLS: Final = 1024
+"""Calls given up on (timed out) remembered, so that their late answers are no offence."""
+
+
+class EngineCalls:
+    """The engine calls this node has in flight to its peers, by connection and request id
+    (on the loop)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, int], _Pending] = {}
+        self._gave_up: dict[tuple[int, int], None] = {}
+        self._next_id = 1
+
+    def open(self, connection_id: int, max_answer: int) -> tuple[int, asyncio.Future[RawAnswer]]:
+        """A new request id for a call to the connection, and the future of its answer."""
+        request_id = self._next_id
+        self._next_id += 1
+        future: asyncio.Future[RawAnswer] = asyncio.get_running_loop().create_future()
+        self._pending[(connection_id, request_id)] = _Pending(future, max_answer)
+        return request_id, future
+
+    def close(self, connection_id: int, request_id: int, gave_up: bool) -> None:
+        """The call is over; with ``gave_up`` a late answer is ignored."""
+        self._pending.pop((connection_id, request_id), None)
+        if gave_up:
+            self._give_up((connection_id, request_id))
+
+    def _give_up(self, key: tuple[int, int]) -> None:
+        self._gave_up[key] = None
+        while len(self._gave_up) > GAVE_UP_CALLS:
+            self._gave_up.pop(next(iter(self._gave_up)))
+
+    def peer_gone(self, connection_id: int) -> None:
+        """The connection closed: its calls fail with :class:`PeerUnavailable`."""
+        for key in [k for k in self._pending if k[0] == connection_id]:
+            pending = self._pending.pop(key)
+            if not pending.future.done():
+                pending.future.set_exception(PeerUnavailable("the peer went away during the call"))
+
+    def receive(self, connection_id: int, message: EngineAnswer) -> bool:
+        """Take one answer part; False when it answers nothing (unsolicited). Raises
+        :class:`EngineFramingError` when the answer breaks the framing (the call then fails
+        with :class:`BadEngineAnswer`)."""
+        key = (connection_id, message.request_id)
+        pending = self._pending.get(key)
+        if pending is None or pending.future.done():
+            return key in self._gave_up
+        if message.part != pending.next_part or (message.part and message.error != pending.error):
+            self._fail(
+                key, pending, f"answer part {message.part} where {pending.next_part} was due"
+            )
+            raise EngineFramingError(f"engine answer {message.request_id}: parts out of order")
+        pending.next_part += 1
+        pending.error = message.error
+        pending.size += len(message.data)
+        if pending.size > pending.max_answer:
+            self._fail(key, pending, f"an answer over {pending.max_answer} bytes")
+            if pending.size > MAX_STATEMENT_ANSWER:
+                raise EngineFramingError(f"an engine answer over {MAX_STATEMENT_ANSWER} bytes")
+            return True
+        pending.parts.append(message.data)
+        if message.last:
+            del self._pending[key]
+            pending.future.set_result(
+                RawAnswer(message.error, b"".join(pending.parts), message.signature)
+            )
+        return True
+
+    def _fail(self, key: tuple[int, int], pending: _Pending, why: str) -> None:
+        del self._pending[key]
+        self._give_up(key)
+        pending.future.set_exception(BadEngineAnswer(why))
