@@ -58,6 +58,23 @@ BootnodeOption = Annotated[
     typer.Option("--bootnode", help="Peer to dial first, qoin1…@host:port (repeatable)."),
 ]
 
+RemoteExecutionOption = Annotated[
+    int,
+    typer.Option(
+        help="Also judge blocks with this many other operators' execution nodes over p2p "
+        "(needs --p2p-port).",
+        min=0,
+        max=32,
+    ),
+]
+ServeExecutionOption = Annotated[
+    bool,
+    typer.Option(
+        "--serve-execution",
+        help="Serve the execution client to p2p peers (signed answers; needs --p2p-port).",
+    ),
+]
+
 
 def qoin_home() -> Path:
     """``$QOIN_HOME``, default ``~/.qoin``."""
@@ -150,6 +167,8 @@ def node(
     p2p_port: P2PPortOption = None,
     p2p_host: P2PHostOption = "127.0.0.1",
     bootnode: BootnodeOption = None,
+    remote_execution: RemoteExecutionOption = 0,
+    serve_execution: ServeExecutionOption = False,
     ui_port: Annotated[
         int, typer.Option(help="Web UI port on 127.0.0.1 (0: any free port).", min=0, max=65535)
     ] = 0,
@@ -160,6 +179,11 @@ def node(
     peers)."""
     if not dev:
         fail("only development networks exist so far: try `qoin node --dev --mine`")
+    if (remote_execution or serve_execution) and p2p_port is None:
+        fail(
+            "--remote-execution and --serve-execution need the p2p network: give --p2p-port",
+            EXIT_USAGE,
+        )
     home = datadir or qoin_home() / "dev"
     # The key first: a bad --coinbase fails before the datadir is created or opened.
     if coinbase:
@@ -193,6 +217,8 @@ def node(
         consensus_args += [flag, str(value)] if value is not None else []
     if p2p_port is not None:
         consensus_args += ["--p2p-host", p2p_host]
+        consensus_args += ["--remote-execution", str(remote_execution)] if remote_execution else []
+        consensus_args += ["--serve-execution"] if serve_execution else []
         consensus_args += [arg for entry in bootnode or () for arg in ("--bootnode", entry)]
     web = None
     if not no_ui:

@@ -13,6 +13,8 @@ client answers again.
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +159,16 @@ def _batches(txs: Sequence[AnyTransaction]) -> Iterator[Sequence[AnyTransaction]
         yield txs[start:]
 
 
+def _json_size(value: Any) -> int:
+    """About how many bytes ``value`` takes as JSON, without encoding a long hex string again (a
+    block or a witness): exact for strings without escapes and lists of them."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, list):
+        return 2 + max(0, len(value) - 1) + sum(_json_size(item) for item in value)
+    return len(json.dumps(value))
+
+
 Outcome = Callable[["EngineClient", ClientUnavailable | None], None]
 """Told after every call: the client, and :class:`ClientUnavailable` if it did not answer."""
 
@@ -165,34 +177,64 @@ class EngineClient:
     """Calls one execution client's engine API (a fresh HS256 token per call)."""
 
     def __init__(self, url: str, secret: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self.url = url
-        self.timeout = timeout
-        self.on_outcome: Outcome | None = None
-        """Told whether each call was answered (set by the judge that uses this client)."""
+        self._setup(url, timeout)
         self._rpc = RpcClient(
             url, timeout=timeout, max_answer=MAX_ANSWER_BYTES, token=lambda: jwt.encode(secret)
         )
 
+    def _setup(self, url: str, timeout: float) -> None:
+        """What every engine client has, over HTTP or p2p (:mod:`qoin.consensus.remote`)."""
+        self.url = url
+        self.timeout = timeout
+        self.on_outcome: Outcome | None = None
+        """Told whether each call was answered (set by the judge that uses this client)."""
+        self._traffic_lock = threading.Lock()
+        self._sent = self._received = self._calls = 0
+
     def __repr__(self) -> str:
-        return f"EngineClient({self.url})"
+        return f"{type(self).__name__}({self.url})"
+
+    def traffic(self) -> dict[str, int]:
+        """Calls made and bytes sent (JSON params) and received (JSON results) so far."""
+        with self._traffic_lock:
+            return {"calls": self._calls, "bytesSent": self._sent, "bytesReceived": self._received}
+
+    def _count(self, sent: int, received: int) -> None:
+        with self._traffic_lock:
+            self._calls += 1
+            self._sent += sent
+            self._received += received
 
     def call(self, method: str, *params: Any) -> Any:
         """One JSON-RPC call; its ``result``, or :class:`EngineError` (:class:`ClientUnavailable`
         when nothing usable came back)."""
         try:
+            result = self._send(method, list(params))
+        except ClientUnavailable as failure:
+            self._tell(failure)
+            raise
+        except EngineError:  # it answered, and refused (or answered nonsense)
+            self._tell(None)
+            raise
+        self._tell(None)
+        return result
+
+    def _send(self, method: str, params: list[Any]) -> Any:
+        """The call itself, over HTTP: its result; :class:`EngineError` for an error object,
+        :class:`ClientUnavailable` for no answer. The bytes are counted as JSON text (the HTTP
+        framing aside)."""
+        try:
             result = self._rpc.call(method, *params)
         except RpcTimeout:
-            failure = ClientUnavailable(f"{method}: no answer from {self.url} in time")
+            self._count(_json_size(params), 0)
+            raise ClientUnavailable(f"{method}: no answer from {self.url} in time") from None
         except RpcCallError as exc:
+            self._count(_json_size(params), 0)
             if exc.code is not None:  # an error object: it answered, and refused
-                self._tell(None)
                 raise EngineError(str(exc)) from None
-            failure = ClientUnavailable(str(exc))
-        else:
-            self._tell(None)
-            return result
-        self._tell(failure)
-        raise failure
+            raise ClientUnavailable(str(exc)) from None
+        self._count(_json_size(params), _json_size(result))
+        return result
 
     def _tell(self, failure: ClientUnavailable | None) -> None:
         if self.on_outcome is not None:

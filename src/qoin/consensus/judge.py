@@ -32,6 +32,10 @@ VALID block (it may not keep a side block's post-state) is not suspected for tha
 re-execution decides. One that serves a trace, proofs or records that do not decode, or that fail
 the checks (a record missing from its answer or not matching the summary included), is caught
 lying.
+
+The clients may change at run time (:meth:`ExecutionJudge.add_client`: remote execution nodes over
+p2p, :mod:`qoin.consensus.remote`); the rules are the same for all. The sample itself is
+:func:`sample_client`, which also replays a fraud report's statements (:mod:`qoin.consensus.fraud`).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from qoin.consensus.sampling import (
 from qoin.crypto.batch import default_workers
 from qoin.errors import QoinError
 from qoin.execution.overlay import StepAccess
+from qoin.execution.trace import TraceSummary
 from qoin.execution.transition import InvalidExecution, Platform
 from qoin.execution.witness import InvalidWitness, execute_stateless
 from qoin.files import FileReadError, read_bounded, write_atomically
@@ -102,6 +107,48 @@ class Judgement:
     how: str
     """``sampled`` (clients agreed, samples confirmed) or ``stateless`` (decided by
     re-execution from a witness)."""
+
+
+DropHook = Callable[[EngineClient, str, Block | None], None]
+"""Told about a client dropped: the client, why, and the block it lied about (None for a payload
+it built)."""
+KeyChoice = Callable[[TraceSummary], Sequence[bytes]]
+"""Which keys to sample, given the trace summary the client served."""
+
+
+def sample_client(
+    client: EngineClient,
+    block: Block,
+    parent_root: bytes,
+    choose: KeyChoice,
+    platform: Platform | None = None,
+) -> tuple[bool, str]:
+    """Sample ``client``'s VALID for ``block``: fetch its trace summary and check it against the
+    block, choose keys (``choose``: a fresh draw, made after the answer; or, to check a fraud
+    report, the keys its statements name), fetch their proofs and the step records and check them
+    (:func:`~qoin.consensus.sampling.check_sample`). ``(False, "")`` if the sample held;
+    ``(True, why)`` if the trace, the proofs or the step records contradict the VALID or do not
+    decode (a lie); ``(False, why)`` if the client served no trace, proofs or records (not a lie
+    by itself: it may not keep the post-state of a side-branch block, or it did not answer)."""
+    what = f"sample of block {block.block_hash.hex()[:16]}"
+    block_hash = block.block_hash
+
+    def fetch(indexes: Sequence[int]) -> dict[int, StepAccess]:
+        return client.get_steps(block_hash, indexes)
+
+    try:
+        summary = client.get_trace(block_hash)
+        check_trace(block, summary)  # before any key is drawn or proof asked for
+        chosen = list(choose(summary))
+        proofs = client.get_proofs(block_hash, chosen).proofs if chosen else {}
+        check_sample(parent_root, block, summary, chosen, proofs, platform, fetch, checked=True)
+    except MalformedAnswer as exc:
+        return True, f"{what}: served a trace, proofs or records that do not decode: {exc}"
+    except EngineError as exc:
+        return False, f"{what}: no trace, proofs or records: {exc}"
+    except SampleFailed as exc:
+        return True, f"{what} failed: {exc}"
+    return False, ""
 
 
 class DroppedClients:
@@ -219,8 +266,11 @@ class ExecutionJudge:
         rng: random.Random | None = None,
         quarantine: Quarantine | None = None,
         platform: Platform | None = None,
+        more_clients: int = 0,
     ) -> None:
-        self.clients = clients
+        self.clients = list(clients)
+        """The clients in use now; replaced whole (never changed in place) when one is added or
+        removed, so a reader iterates a consistent list without the lock."""
         self.dropped = dropped
         self.samples = samples
         self.rng = rng or secrets.SystemRandom()
@@ -231,10 +281,30 @@ class ExecutionJudge:
         """Guards the dropped list and :attr:`_returned` (status readers run on other threads)."""
         self._returned: set[str] = set()
         """Clients that answered again after a quarantine, not yet brought to the head."""
-        self._calls = ThreadPoolExecutor(max(1, len(clients)), thread_name_prefix="engine")
+        self.on_drop: DropHook | None = None
+        """Told about every client dropped (e.g. to report a remote one's lie to the network)."""
+        self._calls = ThreadPoolExecutor(
+            max(1, len(clients) + more_clients), thread_name_prefix="engine"
+        )
         self._verify = ThreadPoolExecutor(default_workers(), thread_name_prefix="verify")
         for client in clients:
             client.on_outcome = self._outcome
+
+    @property
+    def verifier(self) -> ThreadPoolExecutor:
+        """The threads that re-execute blocks statelessly (also used to check fraud reports)."""
+        return self._verify
+
+    def add_client(self, client: EngineClient) -> None:
+        """Use ``client`` too, from the next block on (e.g. a remote execution node)."""
+        client.on_outcome = self._outcome
+        with self._lock:
+            self.clients = [*self.clients, client]
+
+    def remove_client(self, client: EngineClient) -> None:
+        """Stop using ``client`` (a call under way finishes; it is not closed here)."""
+        with self._lock:
+            self.clients = [c for c in self.clients if c is not client]
 
     @property
     def active(self) -> list[EngineClient]:
@@ -242,9 +312,10 @@ class ExecutionJudge:
         retry)."""
         with self._lock:
             dropped = set(self.dropped.entries)
+            clients = self.clients
         return [
             client
-            for client in self.clients
+            for client in clients
             if client.url not in dropped and not self.quarantine.holds(client.url)
         ]
 
@@ -279,8 +350,8 @@ class ExecutionJudge:
 
     def report(self) -> dict[str, Any]:
         """What ``consensus_status`` shows of the clients: each one's state (``active``,
-        ``quarantined`` or ``dropped``), why each dropped one was dropped, and when each
-        quarantined one is tried again."""
+        ``quarantined`` or ``dropped``), why each dropped one was dropped, when each
+        quarantined one is tried again, and each one's calls and bytes (``engineTraffic``)."""
         with self._lock:
             dropped = {url: dict(entry) for url, entry in self.dropped.entries.items()}
         held = self.quarantine.entries()
@@ -304,10 +375,24 @@ class ExecutionJudge:
             for url, entry in held.items()
             if url not in dropped
         }
-        return {"executionClients": states, "dropped": dropped, "quarantined": quarantined}
+        return {
+            "executionClients": states,
+            "dropped": dropped,
+            "quarantined": quarantined,
+            "engineTraffic": {client.url: client.traffic() for client in self.clients},
+        }
+
+    def usable(self) -> dict[str, Any]:
+        """What the status shows of the execution clients as a whole: whether one may be asked
+        now, else why not."""
+        if self.active:
+            return {"usable": True, "reason": None}
+        return {"usable": False, "reason": self._none_usable()}
 
     def _none_usable(self) -> str:
         """Why no client can be asked now."""
+        if not self.clients:
+            return "no execution client is in use (no remote execution node found yet)"
         held = self.quarantine.entries()
         if not held:
             return "every execution client has been dropped"
@@ -341,7 +426,7 @@ class ExecutionJudge:
             judgement = self._reexecute(block, parent_root, list(answers), suspects)
         finally:
             for client, why in suspects.items():  # caught lying even if nothing was decided
-                self._drop(client, why)
+                self._drop(client, why, block)
         for client, answer in decided.items():
             if (answer.status == "VALID") != judgement.valid and client not in suspects:
                 self._drop(
@@ -349,6 +434,7 @@ class ExecutionJudge:
                     f"answered {answer.status} ({answer.reason or 'no reason'}) for block "
                     f"{block.block_hash.hex()[:16]}, which is "
                     f"{'valid' if judgement.valid else 'invalid: ' + str(judgement.reason)}",
+                    block,
                 )
         return judgement
 
@@ -369,31 +455,12 @@ class ExecutionJudge:
         return answers
 
     def _sample(self, client: EngineClient, block: Block, parent_root: bytes) -> tuple[bool, str]:
-        """Sample ``client``'s VALID: ``(False, "")`` if it held; ``(True, why)`` if the trace,
-        the proofs or the step records contradict it or do not decode (a lie); ``(False, why)`` if
-        the client served no trace, proofs or records (not a lie by itself: it may not keep the
-        post-state of a side-branch block, or it did not answer — re-execution decides)."""
-        what = f"sample of block {block.block_hash.hex()[:16]}"
-        block_hash = block.block_hash
+        """Sample ``client``'s VALID with keys drawn after its trace came (:func:`sample_client`)."""
 
-        def fetch(indexes: Sequence[int]) -> dict[int, StepAccess]:
-            return client.get_steps(block_hash, indexes)
+        def draw(summary: TraceSummary) -> list[bytes]:
+            return draw_sample(summary.keys(), self.samples, self.rng)
 
-        try:
-            summary = client.get_trace(block_hash)
-            check_trace(block, summary)  # before any key is drawn or proof asked for
-            chosen = draw_sample(summary.keys(), self.samples, self.rng)  # after the answers
-            proofs = client.get_proofs(block_hash, chosen).proofs if chosen else {}
-            check_sample(
-                parent_root, block, summary, chosen, proofs, self.platform, fetch, checked=True
-            )
-        except MalformedAnswer as exc:
-            return True, f"{what}: served a trace, proofs or records that do not decode: {exc}"
-        except EngineError as exc:
-            return False, f"{what}: no trace, proofs or records: {exc}"
-        except SampleFailed as exc:
-            return True, f"{what} failed: {exc}"
-        return False, ""
+        return sample_client(client, block, parent_root, draw, self.platform)
 
     def _reexecute(
         self,
@@ -435,15 +502,26 @@ class ExecutionJudge:
             f"no execution client served a usable witness for block {block.block_hash.hex()}"
         )
 
-    def drop(self, client: EngineClient, why: str) -> None:
-        """Drop ``client`` for good (logged, and recorded in the data directory)."""
-        self._drop(client, why)
+    def drop_url(self, url: str, why: str) -> None:
+        """Record ``url`` as dropped without telling :attr:`on_drop` (a lie another node proved
+        and reported already)."""
+        log.warning("dropping execution client %s: %s", url, why)
+        with self._lock:
+            self.dropped.drop(url, why)
+        self.quarantine.release(url)
 
-    def _drop(self, client: EngineClient, why: str) -> None:
+    def drop(self, client: EngineClient, why: str, block: Block | None = None) -> None:
+        """Drop ``client`` for good (logged, and recorded in the data directory); ``block``: the
+        block it lied about, if any."""
+        self._drop(client, why, block)
+
+    def _drop(self, client: EngineClient, why: str, block: Block | None = None) -> None:
         log.warning("dropping execution client %s: %s", client.url, why)
         with self._lock:
             self.dropped.drop(client.url, why)
         self.quarantine.release(client.url)
+        if self.on_drop is not None:
+            self.on_drop(client, why, block)
 
     def close(self) -> None:
         """Stop the worker threads and close the connections."""

@@ -18,8 +18,10 @@ from qoin.chain.chain import ImportResult
 from qoin.chain.genesis import Genesis
 from qoin.chain.transaction import AnyTransaction
 from qoin.consensus.engine import EngineError, Submission
+from qoin.consensus.fraud import NodeContext, verify_report
+from qoin.consensus.remote import remote_url
 from qoin.execution.mempool import Refusal
-from qoin.p2p.access import TxVerdict
+from qoin.p2p.access import FraudJudgement, FraudVerdict, TxVerdict
 from qoin.p2p.messages import MAX_ANNOUNCED_TRANSACTIONS, AnnouncedBlock
 from qoin.p2p.sync import block_locator, headers_after
 
@@ -100,8 +102,24 @@ class NodeAccess:
     def import_block(self, block: Block) -> ImportResult:
         return self.node.import_block(block)
 
+    def judge_fraud(self, report: bytes) -> FraudJudgement:
+        """Check a fraud report a peer relayed (:func:`~qoin.consensus.fraud.verify_report`); a
+        proven liar is also dropped from this node's remote execution nodes, if it uses them."""
+        judgement = verify_report(report, NodeContext(self.node))
+        remote = self.node.remote
+        accused = judgement.accused
+        if judgement.verdict is FraudVerdict.PROVEN and accused is not None and remote is not None:
+            url = remote_url(accused)
+            if url not in self.node.dropped:
+                self.node.judge.drop_url(url, f"proven by a fraud report: {judgement.detail}")
+            remote.forget(accused)
+        return judgement
+
     def new_transactions(self) -> list[AnyTransaction]:
         fresh: dict[bytes, AnyTransaction] = {}
+        in_use = {client.url for client in self.node.judge.clients}
+        for url in [url for url in self._cursors if url not in in_use]:
+            del self._cursors[url]  # e.g. a remote node no longer used
         for client in self.node.judge.active:
             cursor = self._cursors.get(client.url, 0)
             try:

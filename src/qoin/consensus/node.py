@@ -8,6 +8,12 @@ judged once its branch is competitive. After the head moves, every usable execut
 (``engine_forkchoiceUpdated``); a client that lacks blocks (SYNCING) is replayed the canonical chain
 first, and so is a client that answers again after a quarantine.
 
+With ``--remote-execution N`` some (or all) of the clients are other operators' execution nodes
+over p2p (:mod:`qoin.consensus.remote`), judged by the same rules; one caught lying is banned on
+the p2p network and reported to peers with its own signed statements (:mod:`qoin.consensus.fraud`)
+once the import that caught it ends. With no usable client at all, no block is imported (it is
+undecided) and the chain waits until one answers.
+
 ``consensus_status`` never waits long for the chain lock (an import may hold it for as long as an
 engine call takes): it answers from a snapshot of the head, refreshed after every change and
 whenever the lock is free within :data:`STATUS_LOCK_WAIT_S`.
@@ -46,6 +52,7 @@ from qoin.consensus.branches import (
     worth_executing,
 )
 from qoin.consensus.engine import ClientSyncing, EngineClient, EngineError
+from qoin.consensus.fraud import NodeContext, build_report
 from qoin.consensus.judge import (
     DROPPED_FILE,
     DroppedClients,
@@ -53,6 +60,7 @@ from qoin.consensus.judge import (
     ExecutionUnavailable,
     Judgement,
 )
+from qoin.consensus.remote import RemoteEngineClient, RemotePool
 from qoin.consensus.sampling import DEFAULT_SAMPLES
 from qoin.crypto.address import Address, AddressError
 from qoin.errors import QoinError
@@ -113,6 +121,7 @@ class ConsensusNode:
         genesis: Genesis,
         clients: list[EngineClient],
         samples: int = DEFAULT_SAMPLES,
+        remote: int = 0,
     ) -> None:
         datadir.mkdir(parents=True, exist_ok=True)
         self.dropped = DroppedClients(datadir / DROPPED_FILE)
@@ -127,7 +136,13 @@ class ConsensusNode:
                     entry.get("reason"),
                     self.dropped.path,
                 )
-        self.judge = ExecutionJudge(clients, self.dropped, samples)
+        self.judge = ExecutionJudge(clients, self.dropped, samples, more_clients=remote)
+        self.judge.on_drop = self._on_drop
+        self.remote: RemotePool | None = None
+        """The remote execution nodes in use (``--remote-execution``), once p2p runs."""
+        self._liars: list[tuple[RemoteEngineClient, str, Block | None]] = []
+        """Remote nodes dropped and not yet reported (:meth:`report_frauds`)."""
+        self._reporting = False
         self.genesis_root = genesis_state_root(genesis)
         self.lock = threading.RLock()
         """Held around every chain change (mining loop and RPC threads)."""
@@ -217,6 +232,51 @@ class ConsensusNode:
         except ExecutionUnavailable as exc:
             raise ExecutionUndecided(str(exc)) from None
 
+    # -- remote execution nodes caught lying ------------------------------------------------------
+
+    def _on_drop(self, client: EngineClient, why: str, block: Block | None) -> None:
+        """The judge dropped ``client``: a remote one is reported after the import under way."""
+        if isinstance(client, RemoteEngineClient):
+            self._liars.append((client, why, block))
+
+    def report_frauds(self) -> None:
+        """Report the remote nodes dropped since the last call: each is banned on the p2p network
+        and forgotten by the pool, and a fraud report that this node itself finds proven
+        (:func:`~qoin.consensus.fraud.build_report`) goes to every peer."""
+        with self.lock:
+            if self._reporting or not self._liars:
+                return
+            liars, self._liars = self._liars, []
+            self._reporting = True
+            try:
+                for client, why, block in liars:
+                    self._report(client, why, block)
+            finally:
+                self._reporting = False
+
+    def _report(self, client: RemoteEngineClient, why: str, block: Block | None) -> None:
+        built = build_report(client.transcript(), block, NodeContext(self, imports=False))
+        if self.remote is not None:
+            self.remote.forget(client.node_id)
+        if self.p2p is None:
+            return
+        self.p2p.ban_node(client.node_id, why)
+        if built is None:
+            log.warning(
+                "remote execution node %s is banned here, but none of its statements kept "
+                "proves the lie to others: no fraud report sent",
+                client.url,
+            )
+            return
+        data, judgement = built
+        log.warning(
+            "fraud report on %s sent to the network (%d bytes): %s",
+            client.url,
+            len(data),
+            judgement.detail,
+        )
+        self.p2p.broadcast_fraud(data, skip=client.node_id)
+
     # -- execution clients follow the chain -------------------------------------------------------
 
     def follow_head(self) -> None:
@@ -261,6 +321,7 @@ class ConsensusNode:
             finally:
                 self._pended = []
                 self.refresh_snapshot()
+                self.report_frauds()
 
     def _import(self, block: Block) -> ImportResult:
         self.bring_back()
@@ -461,6 +522,8 @@ class ConsensusNode:
         return {
             **self._snapshot,
             **self.judge.report(),
+            "execution": self.judge.usable(),
+            "remoteExecution": None if self.remote is None else self.remote.report(),
             "judged": dict(self.judged),
             "pendingBlocks": len(self.pending),
             "p2p": p2p,
@@ -549,6 +612,8 @@ class ConsensusNode:
 
     def close(self) -> None:
         """Close the chain and the execution connections."""
+        if self.remote is not None:
+            self.remote.close()
         with self.lock:
             self.judge.close()
             self.chain.close()
@@ -577,6 +642,16 @@ def payload_problem(template: Block, payload: Block) -> str | None:
     return None
 
 
+def builders(clients: list[EngineClient], height: int) -> list[EngineClient]:
+    """The order in which ``clients`` are asked for a payload at ``height``: the local ones
+    first, then the remote ones rotated by the height (so no one remote node builds every
+    block)."""
+    local = [c for c in clients if not isinstance(c, RemoteEngineClient)]
+    remote = [c for c in clients if isinstance(c, RemoteEngineClient)]
+    turn = height % len(remote) if remote else 0
+    return local + remote[turn:] + remote[:turn]
+
+
 class EngineLink:
     """The mining loop's execution link over the engine API: payloads from the first usable client
     that builds one; head changes go to every client."""
@@ -586,9 +661,11 @@ class EngineLink:
         self.report = report
 
     def build(self, template: Block) -> Block:
-        """A payload on the template (transactions, fee payout, roots)."""
+        """A payload on the template (transactions, fee payout, roots): from the local clients
+        first, then the remote ones, taken in turn by the template's height."""
+        self.node.report_frauds()
         self.node.bring_back()
-        for client in self.node.judge.active:
+        for client in builders(self.node.judge.active, template.header.height):
             try:
                 payload_id = client.forkchoice_updated(self.node.chain.head, template)
                 if payload_id is None:
@@ -601,6 +678,7 @@ class EngineLink:
             if problem is None:
                 return payload
             self.node.judge.drop(client, f"built a payload that {problem}")
+            self.node.report_frauds()
         self.node.follow_head()  # a client that lacks blocks (SYNCING) is replayed them
         raise ExecutionUndecided("no execution client could build a payload")
 
@@ -610,3 +688,4 @@ class EngineLink:
             self.node.follow_head()
         self.node.refresh_snapshot()
         self.node.announce(result)
+        self.node.report_frauds()

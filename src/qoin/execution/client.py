@@ -485,6 +485,13 @@ class ExecutionClient:
             raise ExecutionError("the template's coinbase has no fee payout")
         return self.state.fill_roots(replace(template, transactions=txs))
 
+    def build_payload_now(self, template: Block) -> str:
+        """``engine_buildPayload``: a payload on ``template`` (hex-encoded, unsealed), built at
+        once and without moving the head (for a consensus client elsewhere that uses this node's
+        execution over p2p); refused unless the template builds on the head."""
+        with self.lock:
+            return self.build_payload(template).encode().hex()
+
     def get_payload(self, payload_id: str) -> str:
         """The built (unsealed) block of a payload id, hex-encoded."""
         with self.lock:
@@ -743,6 +750,13 @@ class ExecutionClient:
                     (replace(HASH, name="head"), template),
                     {"type": "object"},
                     "Set head, build payload",
+                ),
+                Method(
+                    "engine_buildPayload",
+                    self.build_payload_now,
+                    (replace(block, name="template"),),
+                    {"type": "string"},
+                    "Build a payload on a template without moving the head",
                 ),
                 Method(
                     "engine_getPayload",

@@ -106,6 +106,10 @@ class DishonestClient(ExecutionClient):
         self._hang_if_silent()
         return super().forkchoice_updated(head, template)
 
+    def build_payload_now(self, template: Block) -> str:
+        self._hang_if_silent()  # the payload lies reach it through build_payload
+        return super().build_payload_now(template)
+
     def build_payload(self, template: Block) -> Block:
         payload = super().build_payload(template)
         if self.mode == "wrong-storage-value":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from qoin.chain.block import Block
@@ -23,7 +24,6 @@ from qoin.p2p.messages import (
     InventoryKind,
     NewBlockHashes,
     NotFound,
-    Status,
     encoded_blocks_messages,
 )
 from qoin.p2p.misbehaviour import Misbehaviour
@@ -111,14 +111,8 @@ class BlockGossip:
         status = peer.status
         best = max(blocks, key=lambda b: b.height, default=None)
         if status is not None and best is not None and best.height > status.head_height:
-            peer.status = Status(
-                status.chain_id,
-                status.genesis_hash,
-                best.block_hash,
-                best.height,
-                status.total_work,
-                status.listen_port,
-            )
+            # the rest of its Status (its services included) stays as it said
+            peer.status = replace(status, head_hash=best.block_hash, head_height=best.height)
         if best is not None and best.height > self.head[1] + ORPHAN_WALK_BACK:
             self.far_ahead(peer)
             return

@@ -1,0 +1,168 @@
+"""Remote execution nodes (qoin.consensus.remote): the engine client over p2p (its answers,
+refusals, silences and the payloads it builds), the diverse pick of nodes, and — real processes —
+a consensus client with no execution client of its own (``--remote-execution 1``) that follows the
+chain another node mines, judging every block with the execution node a third node serves over
+p2p (``--serve-execution``): sampled, over signed answers, its bytes counted.
+
+The unit tests call a real execution client through the in-test seam of :mod:`tests.test_fraud`
+(``engine_call`` over a real engine server, the answer signed with a real hybrid key)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from qoin.chain.builder import next_block
+from qoin.cli.common import EXIT_USAGE
+from qoin.consensus.engine import ClientUnavailable, EngineError, MalformedAnswer
+from qoin.consensus.remote import RemoteEngineClient, netgroup, pick_nodes, remote_url
+from qoin.crypto.address import Address
+from qoin.p2p.statements import EngineCallTimeout, EngineStatement, ExecutionNode, SignedStatement
+from tests.cliutil import run_qoin
+from tests.framework import CONSENSUS, Network, wait_until
+from tests.keys import keypair_for
+from tests.test_fraud import GENESIS, MINER, served
+from tests.test_fraud import Network as Seam
+
+WAIT_S = 120.0
+BLOCKS = 4
+
+
+class Silent(Seam):
+    """A seam whose peer never answers in time."""
+
+    def engine_call(
+        self, node_id: Address, method: str, params: bytes, *, timeout: float, max_answer: int
+    ) -> SignedStatement:
+        raise EngineCallTimeout(f"{method}: no answer in {timeout} s")
+
+
+class NotJson(Seam):
+    """A seam whose peer signs an answer that is not JSON."""
+
+    def engine_call(
+        self, node_id: Address, method: str, params: bytes, *, timeout: float, max_answer: int
+    ) -> SignedStatement:
+        statement = EngineStatement(GENESIS.genesis_hash, method, params, b"{not json", False)
+        return SignedStatement.create(keypair_for(index=70), statement)
+
+
+def node_at(host: str, port: int, index: int) -> ExecutionNode:
+    key = keypair_for(index=index)
+    return ExecutionNode(key.address, host, port, key.public)
+
+
+def test_calls_answers_refusals_and_payloads(tmp_path: Path) -> None:
+    seam = Seam()
+    with served(tmp_path, "honest", 71) as honest:
+        seam.nodes[honest.key.address] = honest
+        client = RemoteEngineClient(honest.node, seam, timeout=5)
+        assert client.url == remote_url(honest.key.address) == f"p2p:{honest.key.address}"
+        outcomes: list[object] = []
+        client.on_outcome = lambda _, failure: outcomes.append(failure)
+        template = next_block(GENESIS, GENESIS.header, MINER, sealed=False)
+        # no template: nothing sent (a remote node follows its own operator's head)
+        assert client.forkchoice_updated(GENESIS.genesis_hash) is None
+        assert client.transcript() == [] and client.traffic()["calls"] == 0
+        payload_id = client.forkchoice_updated(GENESIS.genesis_hash, template)
+        assert payload_id is not None
+        payload = client.get_payload(payload_id)
+        assert payload.header.parent_hash == GENESIS.genesis_hash
+        with pytest.raises(EngineError, match="unknown payload id"):
+            client.get_payload(payload_id)  # handed out once
+        # a refusal is signed too, and is an answer (not a quarantine)
+        with pytest.raises(EngineError, match="no valid block") as refused:
+            client.get_trace(bytes(32))
+        assert not isinstance(refused.value, ClientUnavailable | MalformedAnswer)
+        assert outcomes == [None, None]
+        (built, refusal) = client.transcript()
+        assert built.statement.method == "engine_buildPayload" and not built.statement.error
+        assert refusal.statement.error and refusal.signer == honest.key.public
+        traffic = client.traffic()
+        assert traffic["calls"] == 2 and traffic["bytesReceived"] > len(payload.encode())
+    silent = RemoteEngineClient(node_at("127.0.0.1", 1, 72), Silent(), timeout=1)
+    failures: list[object] = []
+    silent.on_outcome = lambda _, failure: failures.append(failure)
+    with pytest.raises(ClientUnavailable, match="no answer"):
+        silent.new_payload(template)
+    assert len(failures) == 1 and isinstance(failures[0], ClientUnavailable)
+    garbled = RemoteEngineClient(node_at("127.0.0.1", 1, 70), NotJson(), timeout=1)
+    with pytest.raises(MalformedAnswer, match="not JSON"):
+        garbled.new_payload(template)
+    assert len(garbled.transcript()) == 1  # kept: a signed answer that does not parse
+
+
+def test_nodes_are_picked_one_per_network_group_first() -> None:
+    a1, a2 = node_at("10.1.2.3", 1, 80), node_at("10.1.9.9", 1, 81)  # one /16
+    b = node_at("10.2.0.1", 1, 82)
+    c = node_at("2001:db8:1::1", 1, 83)
+    assert netgroup("10.1.2.3", 1) == netgroup("10.1.200.1", 7) != netgroup("10.2.0.1", 1)
+    assert netgroup("::ffff:10.1.2.3", 1) == netgroup("10.1.2.3", 1)
+    assert netgroup("2001:db8:1::1", 1) == netgroup("2001:db8:ffff::1", 1)
+    assert netgroup("127.0.0.1", 1) != netgroup("127.0.0.1", 2)  # a devnet on one machine
+    picked, problem = pick_nodes([a1, a2, b, c], 3, [])
+    assert problem is None and len(picked) == 3
+    assert len({netgroup(n.host, n.port) for n in picked}) == 3
+    # with two groups, the third comes from a group in use
+    picked, problem = pick_nodes([a1, a2, b], 3, [])
+    assert problem is None and {n.node_id for n in picked} == {a1.node_id, a2.node_id, b.node_id}
+    # never all from one group: fewer are used, and the status says why
+    picked, problem = pick_nodes([a1, a2], 2, [])
+    assert len(picked) == 1 and problem is not None and "one network group" in problem
+    # nodes in use count; too few candidates is said too
+    picked, problem = pick_nodes([a1, b], 3, [c])
+    assert len(picked) == 2 and problem is None
+    picked, problem = pick_nodes([], 2, [c])
+    assert picked == [] and problem is not None and "no other connected peer" in problem
+    assert pick_nodes([a1, b], 1, []) == ([a1], None)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--remote-execution", "1"], "--p2p-port"),
+        (
+            ["--serve-execution", "--remote-execution", "1", "--p2p-port", "0"],
+            "--execution or --serve-execution-url",
+        ),
+        ([], "--remote-execution N"),
+    ],
+    ids=["remote-without-p2p", "serving-nothing", "no-execution-at-all"],
+)
+def test_usage_errors(tmp_path: Path, args: list[str], words: str) -> None:
+    done = run_qoin("consensus", "--datadir", str(tmp_path / "c"), "--rpc-port", "0", *args)
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert words in done.stderr
+    done = run_qoin("node", "--dev", "--datadir", str(tmp_path / "n"), "--remote-execution", "2")
+    assert done.returncode == EXIT_USAGE and "--p2p-port" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_remote_only_client_follows_the_chain(net: Network) -> None:
+    miner = net.node("miner", "--block-interval-ms", "300", mine=True)
+    server = net.node("server", serve=True, bootnodes=[miner])
+    follower = net.remote("follower", wanted=1, bootnodes=[server])
+    wait_until(
+        lambda: follower.using() == {server.node_id},
+        WAIT_S,
+        0.2,
+        "the follower uses the serving node",
+    )
+    wait_until(lambda: follower.height() >= BLOCKS, WAIT_S, 0.2, f"the follower at {BLOCKS}")
+    state = follower.status()
+    assert state["execution"] == {"usable": True, "reason": None}, state
+    remote = state["remoteExecution"]
+    assert remote["wanted"] == 1 and remote["problem"] is None, remote
+    (used,) = remote["using"]
+    assert used["node"] == server.node_id and used["state"] == "active"
+    assert used["traffic"]["bytesReceived"] > 0 and used["traffic"]["calls"] > 0
+    assert state["judged"]["sampled"] >= 1, state
+    assert state["dropped"] == {}
+    # the miner does not serve: it is never a candidate, only the server is
+    assert remote["candidates"] == 1
+    # the miner stops mining: all three agree on its head
+    miner.send_signal(CONSENSUS, signal.SIGUSR1)
+    net.sync_heads([miner, server, follower], WAIT_S)
+    assert follower.status()["dropped"] == {}
