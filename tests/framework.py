@@ -67,6 +67,8 @@ DESCRIPTION_CHARS = 2_000
 
 EXECUTION, CONSENSUS, SUPERVISOR = "execution", "consensus", "node"
 """Roles of a node's processes: ``qoin execution``, ``qoin consensus`` and ``qoin node``."""
+SERVE_EXECUTION = "--serve-execution"
+"""What a consensus client is started with to offer its execution client to its p2p peers."""
 
 FUNDED, MINER = keypair_for(index=9), keypair_for(index=5)
 """The test network's funded account (the whole genesis allocation) and the tests' miner key."""
@@ -349,6 +351,24 @@ class Node:
         """The node ids of its connected p2p peers."""
         return {str(peer["id"]) for peer in self.status()["p2p"]["peers"]}
 
+    def banned(self) -> set[str]:
+        """The node ids (and hosts) its p2p service bans."""
+        return {str(ban["subject"]) for ban in self.status()["p2p"]["bans"]}
+
+    def remote_execution(self) -> dict[str, Any]:
+        """What its status says of the remote execution nodes it judges with
+        (``remoteExecution``: ``wanted``, ``using``, ``candidates``, ``problem``)."""
+        found: dict[str, Any] = self.status()["remoteExecution"]
+        return found
+
+    def using(self, state: str | None = "active") -> set[str]:
+        """The node ids of the remote execution nodes it uses (in ``state``; None: any)."""
+        return {
+            str(entry["node"])
+            for entry in self.remote_execution()["using"]
+            if state is None or entry["state"] == state
+        }
+
     @property
     def node_id(self) -> str:
         """Its p2p node id (the ``qoin1…`` part of :attr:`enode`)."""
@@ -426,20 +446,37 @@ class Network:
         mine: bool = False,
         bootnodes: Sequence[Node] = (),
         engines: Sequence[Node] = (),
+        serve: bool = False,
+        execution_args: Sequence[str] = (),
     ) -> Node:
-        """A node: its own execution client (or the given ``engines``' execution clients, in
-        order) and a consensus client started with ``args``, with p2p unless ``p2p=False``,
-        dialling ``bootnodes`` first, mining with one worker when ``mine``."""
+        """A node: its own execution client (started with ``execution_args``; or the given
+        ``engines``' execution clients, in order) and a consensus client started with ``args``,
+        with p2p unless ``p2p=False``, dialling ``bootnodes`` first, mining with one worker when
+        ``mine``, offering its execution client to its peers when ``serve``
+        (:data:`SERVE_EXECUTION`)."""
         node = self.add(name)
         if engines:
             node.engines = [str(engine.engine) for engine in engines]
         else:
-            node.start_execution()
+            node.start_execution(*execution_args)
             node.engines = [str(node.engine)]
         node.p2p = p2p
         dials = [arg for boot in bootnodes for arg in ("--bootnode", str(boot.enode))]
         mining = ["--mine", "--workers", "1"] if mine else []
-        node.start_consensus(*dials, *mining, *args)
+        serving = [SERVE_EXECUTION] if serve else []
+        node.start_consensus(*dials, *mining, *serving, *args)
+        return node
+
+    def remote(
+        self, name: str, *args: str, wanted: int = 3, bootnodes: Sequence[Node] = ()
+    ) -> Node:
+        """A consensus client with no execution client of its own: it judges (and mines) with
+        ``wanted`` execution nodes its p2p peers serve (``--remote-execution``), dialling
+        ``bootnodes`` first."""
+        node = self.add(name)
+        node.p2p = True
+        dials = [arg for boot in bootnodes for arg in ("--bootnode", str(boot.enode))]
+        node.start_consensus(*dials, "--remote-execution", str(wanted), *args)
         return node
 
     # -- topology -----------------------------------------------------------------------------

@@ -229,6 +229,32 @@ def test_storage_providers_are_started_described_and_stopped(net: Network) -> No
     assert all(p["pid"] in devnet.seen for p in providers)  # and so gone, as checked above
 
 
+@pytest.mark.slow
+def test_remote_nodes_judge_with_the_nodes_execution_clients(net: Network) -> None:
+    """``--remote-nodes 1`` (implies ``--serve-execution``): every node serves its execution client,
+    and a mining consensus client with none of its own judges with theirs (``--remote-execution``,
+    two on a two-node devnet); ``devnet.json`` lists it, the live view shows the nodes it uses, and
+    all agree at the end."""
+    datadir = easier_datadir(net)
+    args = ("--remote-nodes", "1", "--blocks", "4", "--json", "--datadir", str(datadir))
+    devnet = Devnet(net, *SMALL, *args)
+    assert devnet.finish() == 0, "".join(devnet.stderr)
+    devnet.assert_nothing_left()
+    summary = devnet.summary()
+    assert summary["agree"] is True and summary["height"] >= 4, summary
+    assert [(n["name"], n["remote"], n["mining"]) for n in summary["nodes"]] == [
+        ("node0", False, True), ("node1", False, False), ("remote0", True, True)
+    ]  # fmt: skip
+    described = json.loads((datadir / "devnet.json").read_text())
+    assert [n["serves_execution"] for n in described["nodes"]] == [True, True]
+    (remote,) = described["remote_nodes"]
+    assert remote["name"] == "remote0" and remote["remote_execution"] == 2, remote
+    assert remote["enode"].startswith("qoin1") and remote["consensus_rpc"].startswith("http://")
+    stderr = "".join(devnet.stderr)
+    assert re.search(r"r0\* h=\d+ [0-9a-f]{8} p=2 x=2/2", stderr), stderr
+    assert "stopped at height" in (datadir / "remote0" / "consensus.log").read_text()
+
+
 def test_more_miners_than_nodes_is_refused() -> None:
     result = run_qoin("devnet", "--nodes", "2", "--miners", "3")
     assert result.returncode == 2

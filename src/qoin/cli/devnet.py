@@ -1,6 +1,9 @@
 """``qoin devnet``: the project's main job, a local network of real nodes that mines and can be
 watched (:mod:`qoin.node.devnet` starts, watches and stops the processes).
 
+With ``--serve-execution`` every node serves its execution client to its peers; ``--remote-nodes K``
+adds K mining consensus clients that have none and use the nodes' (shared execution).
+
 Without ``--blocks`` it runs until Ctrl-C or SIGTERM. With ``--blocks K`` it exits once every node's
 head is at least K and, mining stopped, all agree on the head: exit status 0 only if they do.
 """
@@ -19,7 +22,7 @@ import typer
 from qoin.chain.genesis import GenesisError
 from qoin.cli.common import EXIT_FAILURE, EXIT_USAGE, fail
 from qoin.cli.node import dev_keypair
-from qoin.node.devnet import Devnet, DevnetConfig, Outcome
+from qoin.node.devnet import MAX_REMOTE_NODES, Devnet, DevnetConfig, Outcome
 
 CLEAN_EXITS = (0, -signal.SIGTERM)
 """A child stopped by SIGTERM exits 0 (or dies of it, if it had not set its handlers yet)."""
@@ -60,6 +63,22 @@ def devnet(
             "directory's, if it holds one).",
         ),
     ] = None,
+    serve_execution: Annotated[
+        bool,
+        typer.Option(
+            "--serve-execution",
+            help="Every node offers its execution client to its peers (shared execution).",
+        ),
+    ] = False,
+    remote_nodes: Annotated[
+        int,
+        typer.Option(
+            help="Extra mining consensus clients with no execution client of their own, judging "
+            "with up to 3 of the nodes' (--remote-execution; implies --serve-execution).",
+            min=0,
+            max=MAX_REMOTE_NODES,
+        ),
+    ] = 0,
     datadir: Annotated[
         Path | None,
         typer.Option(help="Keep the network here (default: a fresh temporary directory)."),
@@ -81,6 +100,8 @@ def devnet(
         compute_providers=compute_providers,
         mediators=(1 if compute_providers else 0) if mediators is None else mediators,
         ai_runtime=ai_runtime,
+        serve_execution=serve_execution,
+        remote_nodes=remote_nodes,
     )
     with tempfile.TemporaryDirectory(prefix="qoin-devnet-", ignore_cleanup_errors=True) as tmp:
         root = datadir or Path(tmp)

@@ -28,11 +28,20 @@ The data directory::
     node<i>/execution/  its execution client's data; that client's output in node<i>/execution.log
     node<i>/consensus/  its consensus client's data (blocks, node key, bans); node<i>/consensus.log
     node<i>/web/        its web UI's data (``qoin web``, :mod:`qoin.web`); its output node<i>/web.log
+    remote<j>/consensus/  remote node j's consensus client's data (``remote_nodes``, below)
     keystore/           the wallets every node's web UI lists (the funded client key among them)
 
 Each node also serves the web UI (``qoin web``, its URL under ``ui`` in ``devnet.json``); node 0's
 URL is printed before the live view. A web UI is no part of a node's health: the devnet runs on
 without one that stopped.
+
+Shared execution (docs/spec/consensus.md): with ``serve_execution`` every node's consensus client
+offers its execution client to its peers (``--serve-execution``). ``remote_nodes`` adds that many
+consensus clients with no execution client of their own (``remote<j>/consensus/``, output in
+``remote<j>/consensus.log``): each dials every node and judges and mines with
+:data:`REMOTE_EXECUTION` of them (``--remote-execution``; fewer on a smaller devnet).
+They imply ``serve_execution``; ``devnet.json`` lists them under ``remote_nodes``, and the live
+view shows each one's remote execution nodes in use (``x=used/wanted``).
 """
 
 from __future__ import annotations
@@ -98,6 +107,9 @@ CONSENSUS_URL = r"; RPC (http://\S+);"
 ENODE = r"p2p: node (\S+)"
 MINED = re.compile(r"^(?:new head|side block) height=\d+ .*attempts/s=([\d,.]+)")
 PAUSED = r"^mining stopped"
+REMOTE_EXECUTION = 3
+"""How many execution nodes a remote node judges with (at most the devnet's nodes)."""
+MAX_REMOTE_NODES = 16
 PAUSE_SIGNAL = signal.SIGUSR1
 """What ``qoin consensus --mine`` stops mining on, following the network still (the same as
 :data:`qoin.cli.consensus.PAUSE_SIGNAL`, not imported: that module brings the whole client)."""
@@ -131,6 +143,21 @@ class DevnetConfig:
     ai_runtime: Path | None = None
     """The AI runtime the compute providers and mediators offer (``--runtime``); None: the
     default runtime directory's (:func:`qoin.ai.runtime.default_dir`) when it loads."""
+    serve_execution: bool = False
+    """Every node offers its execution client to its peers (``--serve-execution``)."""
+    remote_nodes: int = 0
+    """Consensus clients with no execution client, judging and mining with the nodes' (implies
+    :attr:`serve_execution`)."""
+
+    @property
+    def serving(self) -> bool:
+        """Whether the nodes serve their execution clients."""
+        return self.serve_execution or self.remote_nodes > 0
+
+    @property
+    def remote_execution(self) -> int:
+        """How many execution nodes each remote node judges with."""
+        return min(REMOTE_EXECUTION, self.nodes)
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -161,6 +188,8 @@ class NodeStatus:
     head: str
     peers: int
     syncing: bool
+    remote: tuple[int, int] | None = None
+    """A remote node's execution nodes in use (active) and wanted; None for a node."""
 
 
 @dataclass
@@ -170,6 +199,10 @@ class Node:
     index: int
     home: Path
     mining: bool
+    remote: bool = False
+    """A consensus client with no execution client (``--remote-execution``)."""
+    serving: bool = False
+    """Its consensus client serves its execution client to its peers."""
     execution: Child | None = None
     consensus: Child | None = None
     user_rpc: str = ""
@@ -190,7 +223,12 @@ class Node:
 
     @property
     def name(self) -> str:
-        return f"node{self.index}"
+        return f"{'remote' if self.remote else 'node'}{self.index}"
+
+    @property
+    def label(self) -> str:
+        """Its name in the live view."""
+        return f"{'r' if self.remote else 'n'}{self.index}"
 
     def children(self) -> list[Child]:
         return [c for c in (self.consensus, self.execution) if c is not None]
@@ -213,6 +251,7 @@ class Node:
                 str(result["head"]),
                 len(p2p.get("peers", ())),
                 bool(p2p.get("syncing")),
+                _remote_use(result.get("remoteExecution")) if self.remote else None,
             )
         except (QoinError, AttributeError, KeyError, TypeError, ValueError):
             return None
@@ -227,6 +266,15 @@ class Node:
         if found:
             with contextlib.suppress(ValueError):
                 self.attempts_per_second = float(found[1].replace(",", ""))
+
+
+def _remote_use(report: Any) -> tuple[int, int] | None:
+    """(in use and active, wanted) from a status's ``remoteExecution``; None if it has none."""
+    if not isinstance(report, dict):
+        return None
+    using = report.get("using") or []
+    active = sum(1 for entry in using if isinstance(entry, dict) and entry.get("state") == "active")
+    return active, int(report.get("wanted") or 0)
 
 
 # -- transfers ------------------------------------------------------------------------------------
@@ -396,8 +444,14 @@ class Devnet:
         """Where messages go."""
         self.genesis = self._genesis()
         self.nodes = [
-            Node(i, root / f"node{i}", mining=i < config.miners) for i in range(config.nodes)
+            Node(i, root / f"node{i}", mining=i < config.miners, serving=config.serving)
+            for i in range(config.nodes)
         ]
+        self.remotes = [
+            Node(j, root / f"remote{j}", mining=True, remote=True)
+            for j in range(config.remote_nodes)
+        ]
+        """The remote nodes (:attr:`DevnetConfig.remote_nodes`)."""
         self.sender: TransferSender | None = None
         self.funding_sent = 0
         """Transfers :meth:`_fund` sent this run."""
@@ -452,32 +506,26 @@ class Devnet:
         stop_all([n.web for n in self.nodes if n.web is not None], STOP_TIMEOUT_S)
         codes = stop_all(self.compute.children(), STOP_TIMEOUT_S)
         codes += stop_all(self.storage.children(), STOP_TIMEOUT_S)
-        for node in self.nodes:
+        everyone = self.everyone
+        for node in everyone:
             if node.client is not None:
                 node.client.close()
-        consensus = [n.consensus for n in self.nodes if n.consensus is not None]
-        execution = [n.execution for n in self.nodes if n.execution is not None]
+        consensus = [n.consensus for n in everyone if n.consensus is not None]
+        execution = [n.execution for n in everyone if n.execution is not None]
         return codes + stop_all(consensus, STOP_TIMEOUT_S) + stop_all(execution, STOP_TIMEOUT_S)
 
     def _start(self, cancel: threading.Event) -> None:
+        shared = (
+            f" serving execution, remote nodes={self.config.remote_nodes}"
+            if self.config.serving
+            else ""
+        )
         self.note(
             f"qoin devnet: nodes={self.config.nodes} miners={self.config.miners} "
-            f"workers={self.config.workers} (per miner) on 127.0.0.1, genesis "
+            f"workers={self.config.workers} (per miner){shared} on 127.0.0.1, genesis "
             f"{self.genesis.genesis_hash.hex()[:16]}, data in {self.root}; Ctrl-C stops"
         )
-        for node in self.nodes:
-            self._start_execution(node)
-        for node in self.nodes:
-            self._await_execution(node, cancel)
-        first, others = self.nodes[0], self.nodes[1:]
-        if not cancel.is_set():
-            self._start_consensus(first, ())
-            self._await_consensus(first, cancel)
-        if not cancel.is_set():
-            for node in others:
-                self._start_consensus(node, ("--bootnode", first.enode))
-            for node in others:
-                self._await_consensus(node, cancel)
+        self._start_nodes(cancel)
         if cancel.is_set():
             return
         for a, b in links(len(self.nodes)):
@@ -503,6 +551,29 @@ class Devnet:
             f"running; transfers go to {self.nodes[-1].name}'s execution client; view: height "
             "h, head hash, peers p per node (* mines)"
         )
+
+    def _start_nodes(self, cancel: threading.Event) -> None:
+        """Start the execution clients, node 0's consensus client, the other nodes' (node 0 their
+        bootnode), then the remote nodes' (every node their bootnode)."""
+        for node in self.nodes:
+            self._start_execution(node)
+        for node in self.nodes:
+            self._await_execution(node, cancel)
+        first, others = self.nodes[0], self.nodes[1:]
+        if not cancel.is_set():
+            self._start_consensus(first, ())
+            self._await_consensus(first, cancel)
+        if not cancel.is_set():
+            for node in others:
+                self._start_consensus(node, ("--bootnode", first.enode))
+            for node in others:
+                self._await_consensus(node, cancel)
+        if self.remotes and not cancel.is_set():
+            dials = [arg for node in self.nodes for arg in ("--bootnode", node.enode)]
+            for node in self.remotes:
+                self._start_consensus(node, dials)
+            for node in self.remotes:
+                self._await_consensus(node, cancel)
 
     def _fund(self, cancel: threading.Event) -> None:
         """Fund the user's client key, the storage and the compute providers from the devnet key
@@ -543,8 +614,14 @@ class Devnet:
         """Write ``devnet.json`` (:func:`qoin.node.devnet_storage.describe`)."""
         nodes = [
             {"name": n.name, "rpc": n.user_rpc, "consensus_rpc": n.rpc, "engine": n.engine,
-             "enode": n.enode, "mining": n.mining, "datadir": str(n.home), "ui": n.ui}
+             "enode": n.enode, "mining": n.mining, "datadir": str(n.home), "ui": n.ui,
+             "serves_execution": n.serving}
             for n in self.nodes
+        ]  # fmt: skip
+        remotes = [
+            {"name": n.name, "consensus_rpc": n.rpc, "enode": n.enode, "mining": n.mining,
+             "datadir": str(n.home), "remote_execution": self.config.remote_execution}
+            for n in self.remotes
         ]  # fmt: skip
         path = describe(
             self.root,
@@ -552,7 +629,7 @@ class Devnet:
             nodes,
             self.storage.providers,
             dev_keystore(self.root, self.keypair),
-            self.compute.description(),
+            {"remote_nodes": remotes, **self.compute.description()},
         )
         self.note(f"devnet description: {path}")
 
@@ -583,9 +660,15 @@ class Devnet:
             if not target.exists():
                 keystore.save(store, target)  # mode 0600, as every keystore
 
+    @property
+    def everyone(self) -> list[Node]:
+        """The nodes, then the remote nodes."""
+        return [*self.nodes, *self.remotes]
+
     def _await_peers(self, cancel: threading.Event) -> None:
-        """Wait until every node is connected to all the peers :func:`links` gives it."""
-        wanted = [0] * len(self.nodes)
+        """Wait until every node is connected to all the peers :func:`links` gives it (and each
+        remote node to every node, each node to every remote node)."""
+        wanted = [len(self.remotes)] * len(self.nodes) + [len(self.nodes)] * len(self.remotes)
         for a, b in links(len(self.nodes)):
             wanted[a], wanted[b] = wanted[a] + 1, wanted[b] + 1
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -618,9 +701,15 @@ class Devnet:
             node.user_rpc, node.engine = found[0][1], found[0][2]
 
     def _start_consensus(self, node: Node, extra: Sequence[str]) -> None:
-        args = ["consensus", "--datadir", str(node.home / "consensus"), *self._files(node),
-                "--execution", node.engine, "--rpc-port", "0", "--p2p-port", "0",
-                *extra]  # fmt: skip
+        if node.remote:  # no execution client (nor engine secret): the nodes', over p2p
+            node.home.mkdir(parents=True, exist_ok=True)
+            execution = ["--genesis", str(self.root / "genesis.json"),
+                         "--remote-execution", str(self.config.remote_execution)]  # fmt: skip
+        else:
+            execution = [*self._files(node), "--execution", node.engine]
+            execution += ["--serve-execution"] if node.serving else []
+        args = ["consensus", "--datadir", str(node.home / "consensus"), *execution,
+                "--rpc-port", "0", "--p2p-port", "0", *extra]  # fmt: skip
         if node.mining:
             args += ["--mine", "--workers", str(self.config.workers)]
         node.consensus = start_child(
@@ -643,7 +732,7 @@ class Devnet:
     # -- watching ---------------------------------------------------------------------------------
 
     def _check_children(self) -> None:
-        for node in self.nodes:
+        for node in self.everyone:
             for child in node.children():
                 code = child.exited()
                 if code is not None:
@@ -653,7 +742,7 @@ class Devnet:
 
     def _poll(self) -> list[NodeStatus | None]:
         self._check_children()
-        statuses = [node.status() for node in self.nodes]
+        statuses = [node.status() for node in self.everyone]
         heights = [s.height for s in statuses if s is not None]
         if heights:
             now = time.monotonic()
@@ -687,7 +776,7 @@ class Devnet:
         none is syncing); False if that does not happen within ``converge_s``."""
         if self.sender is not None:
             self.sender.stop()
-        miners = [n.consensus for n in self.nodes if n.mining and n.consensus is not None]
+        miners = [n.consensus for n in self.everyone if n.mining and n.consensus is not None]
         for child in miners:
             child.proc.send_signal(PAUSE_SIGNAL)
         for child in miners:
@@ -706,15 +795,17 @@ class Devnet:
     def view(self, statuses: Sequence[NodeStatus | None]) -> str:
         """One line of the live view."""
         parts = [f"{time.monotonic() - self._started:5.0f}s"]
-        for node, status in zip(self.nodes, statuses, strict=True):
+        everyone = self.everyone
+        for node, status in zip(everyone, statuses, strict=True):
             mark = "*" if node.mining else " "
             if status is None:
-                parts.append(f"n{node.index}{mark} (no answer)")
+                parts.append(f"{node.label}{mark} (no answer)")
             else:
                 sync = " sync" if status.syncing else ""
-                head = f"h={status.height} {status.head[:8]} p={status.peers}{sync}"
-                parts.append(f"n{node.index}{mark} {head}")
-        attempts = sum(n.attempts_per_second for n in self.nodes if n.mining)
+                used = f" x={status.remote[0]}/{status.remote[1]}" if status.remote else ""
+                head = f"h={status.height} {status.head[:8]} p={status.peers}{used}{sync}"
+                parts.append(f"{node.label}{mark} {head}")
+        attempts = sum(n.attempts_per_second for n in everyone if n.mining)
         sent = self.sender.sent if self.sender is not None else 0
         parts.append(
             f"{self.blocks_per_second():.2f} blocks/s {attempts:,.0f} attempts/s {sent} txs"
@@ -735,7 +826,8 @@ class Devnet:
         :meth:`run`)."""
         reports: list[StoreReport | None] = []
         problems = []
-        for node in self.nodes:
+        everyone = self.everyone
+        for node in everyone:
             try:
                 reports.append(read_store(node.home / "consensus", self.genesis, node.heads))
             except (StoreError, QoinError, OSError) as exc:
@@ -749,7 +841,7 @@ class Devnet:
             "agree": agreed,
             "head": base.head if agreed and base else None,
             "height": base.height if agreed and base else None,
-            "nodes": [self._node_json(n, r) for n, r in zip(self.nodes, reports, strict=True)],
+            "nodes": [self._node_json(n, r) for n, r in zip(everyone, reports, strict=True)],
             "side_blocks": len(all_hashes - set(base.canonical)) if base else None,
             "reorgs": sum(r.reorgs for r in reports if r is not None),
             # The funding transfers count: they are on the chain too.
@@ -767,6 +859,8 @@ class Devnet:
     def _node_json(self, node: Node, report: StoreReport | None) -> dict[str, Any]:
         return {
             "node": node.index,
+            "name": node.name,
+            "remote": node.remote,
             "mining": node.mining,
             "head": report.head if report else None,
             "height": report.height if report else None,
