@@ -41,11 +41,13 @@ ai-runtime: $(STAMP)
 	$(BIN)/qoin ai runtime install --dir $(AI_RUNTIME)
 
 # The main job: a local network of real nodes over p2p (3 nodes, 2 mining, transfers gossiped,
-# 3 storage providers, 2 compute providers with the AI runtime and a mediator; DIR/devnet.json says where everything runs and which keystore to use)
+# 3 storage providers, 2 compute providers with the AI runtime and a mediator, and one consensus
+# client with no execution client of its own that judges and mines through the nodes' execution
+# clients over p2p; DIR/devnet.json says where everything runs and which keystore to use)
 # with a live view; Ctrl-C stops every process. Options: `qoin devnet --help`, README.md.
 devnet: $(STAMP) ai-runtime
 	$(BIN)/qoin devnet --storage-providers 3 --compute-providers 2 --mediators 1 \
-		--ai-runtime $(AI_RUNTIME)
+		--remote-nodes 1 --ai-runtime $(AI_RUNTIME)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

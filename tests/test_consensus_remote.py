@@ -17,9 +17,25 @@ import pytest
 from qoin.chain.builder import next_block
 from qoin.cli.common import EXIT_USAGE
 from qoin.consensus.engine import ClientUnavailable, EngineError, MalformedAnswer
-from qoin.consensus.remote import RemoteEngineClient, netgroup, pick_nodes, remote_url
+from qoin.consensus.node import ConsensusNode
+from qoin.consensus.remote import (
+    LONG_NO_VERDICT,
+    LONG_QUARANTINE,
+    VERDICT_ANSWER_BYTES,
+    RemoteEngineClient,
+    RemotePool,
+    netgroup,
+    pick_nodes,
+    remote_url,
+)
 from qoin.crypto.address import Address
-from qoin.p2p.statements import EngineCallTimeout, EngineStatement, ExecutionNode, SignedStatement
+from qoin.p2p.statements import (
+    EngineCallTimeout,
+    EngineStatement,
+    ExecutionNode,
+    PeerUnavailable,
+    SignedStatement,
+)
 from tests.cliutil import run_qoin
 from tests.framework import CONSENSUS, Network, wait_until
 from tests.keys import keypair_for
@@ -166,3 +182,100 @@ def test_a_remote_only_client_follows_the_chain(net: Network) -> None:
     miner.send_signal(CONSENSUS, signal.SIGUSR1)
     net.sync_heads([miner, server, follower], WAIT_S)
     assert follower.status()["dropped"] == {}
+
+
+class Syncing(Seam):
+    """A seam whose one serving peer answers every newPayload SYNCING (signed, so never
+    quarantined); the answer bound each call asked for is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node = node_at("127.0.0.1", 1, 73)
+        self.bounds: dict[str, int] = {}
+
+    def execution_nodes(self) -> list[ExecutionNode]:
+        return [self.node]
+
+    def engine_call(
+        self, node_id: Address, method: str, params: bytes, *, timeout: float, max_answer: int
+    ) -> SignedStatement:
+        self.bounds[method] = max_answer
+        answer = b'{"status":"SYNCING"}'
+        statement = EngineStatement(GENESIS.genesis_hash, method, params, answer, False)
+        return SignedStatement.create(keypair_for(index=73), statement)
+
+
+def test_a_node_that_never_gives_a_verdict_is_replaced(tmp_path: Path) -> None:
+    """A remote node that answers but never judges (SYNCING or ACCEPTED forever) is not
+    quarantined — it answers — yet every block would need a witness or stay undecided: after
+    LONG_NO_VERDICT such answers in a row the pool lets it go, and does not pick it again at once.
+    Its verdict answers are read with a small bound."""
+    node = ConsensusNode(tmp_path / "c", GENESIS, [], remote=1)
+    network = Syncing()
+    pool = RemotePool(node, network, 1, timeout=5)
+    node.remote = pool
+    try:
+        pool.refresh()
+        (client,) = pool.using()
+        template = next_block(GENESIS, GENESIS.header, MINER, sealed=False)
+        for _ in range(LONG_NO_VERDICT):
+            assert client.new_payload(template).status == "SYNCING"
+        assert network.bounds["engine_newPayload"] == VERDICT_ANSWER_BYTES
+        assert client.url not in node.judge.quarantine.entries()
+        pool.refresh()
+        assert pool.using() == [] and client not in node.judge.clients
+        pool.refresh()  # benched: not picked again at once
+        assert pool.using() == []
+        problem = pool.report()["problem"]
+        assert problem is not None and "without a verdict" in problem, problem
+        assert client.url not in node.dropped  # not a lie
+    finally:
+        node.close()
+
+
+class Flapping(Seam):
+    """A seam whose one serving peer can be connected or not; calls while it is not fail as
+    they do over p2p (``PeerUnavailable``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node = node_at("127.0.0.1", 1, 74)
+        self.connected = True
+
+    def execution_nodes(self) -> list[ExecutionNode]:
+        return [self.node] if self.connected else []
+
+    def engine_call(
+        self, node_id: Address, method: str, params: bytes, *, timeout: float, max_answer: int
+    ) -> SignedStatement:
+        raise PeerUnavailable(f"{node_id} is not connected")
+
+
+def test_a_node_that_comes_back_is_used_again_at_once(tmp_path: Path) -> None:
+    """Calls to a node that has just disconnected fail before the pool notices; those failures
+    are not held against it when it connects again (found by the shared-execution tests: it
+    stayed unused for up to a minute of backoff after each reconnection)."""
+    node = ConsensusNode(tmp_path / "c", GENESIS, [], remote=1)
+    network = Flapping()
+    pool = RemotePool(node, network, 1, timeout=5)
+    node.remote = pool
+    try:
+        for _ in range(3):
+            pool.refresh()
+            (client,) = pool.using()
+            network.connected = False
+            for _ in range(LONG_QUARANTINE + 2):  # e.g. the mempool polls, twice a second
+                with pytest.raises(ClientUnavailable):
+                    client.pending_transactions(0)
+            assert node.judge.quarantine.entries()[client.url].failures >= LONG_QUARANTINE
+            pool.refresh()
+            assert pool.using() == []
+            network.connected = True
+            pool.refresh()
+            (again,) = pool.using()
+            assert again.url == client.url and again in node.judge.active
+            network.connected = False
+            pool.refresh()
+            network.connected = True
+    finally:
+        node.close()

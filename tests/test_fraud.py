@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,8 +30,9 @@ from qoin.consensus.fraud import (
     candidate_reports,
     verify_report,
 )
+from qoin.consensus.network import NodeAccess
 from qoin.consensus.node import ConsensusNode
-from qoin.consensus.remote import RemoteEngineClient, remote_url
+from qoin.consensus.remote import RemoteEngineClient, RemotePool, remote_url
 from qoin.crypto.address import Address
 from qoin.crypto.hybrid import HybridKeyPair
 from qoin.execution.client import ExecutionClient
@@ -372,3 +374,62 @@ def test_a_payload_that_breaks_its_template_is_proven(world: World) -> None:
 def test_garbage_is_a_false_report(world: World) -> None:
     for data in (b"", b"\x01", b"\x07" + bytes(100), b"\x01\x00\x00"):
         assert check(world, data).verdict is FraudVerdict.FALSE
+
+
+def test_a_block_from_the_future_is_undecided_not_false(world: World) -> None:
+    """The future-drift rule depends on the verifier's clock: a relay that proved the report under
+    its own may be honest. A verdict about a block from the future is undecided here (nothing
+    happens), never FALSE (which would penalise the relay)."""
+    ahead = int(time.time() * 1000) + 24 * 3600 * 1000
+    tx = sign_transfer(
+        ALICE, chain_id=GENESIS.chain_id, nonce=0, recipient=BOB.address, amount=5, fee=21_000
+    )
+    future = next_block(GENESIS, GENESIS.header, MINER, [tx], timestamp_ms=ahead)
+    lie = signed(
+        keypair_for(index=67), "engine_newPayload", [future.encode().hex()], {"status": "VALID"}
+    )
+    judgement = check(world, FraudReport(b"", (lie,)).encode())
+    assert judgement.verdict is FraudVerdict.UNDECIDED, judgement
+    assert "timestamp" in judgement.detail
+    assert not world.verifier.chain.has_block(future.block_hash)
+
+
+def test_a_proven_liar_is_dropped_only_if_used_here(world: World) -> None:
+    """Anyone can sign a lie with a fresh key: a proven report about a node this node does not
+    use adds nothing to its dropped list (which every such report would otherwise grow); about a
+    node it uses, that node is dropped and let go."""
+    with served(world.tmp_path, "liar", 68, "wrong-state-root") as liar:
+        world.network.nodes[liar.key.address] = liar
+        block = transfer_block(world, GENESIS.header)
+        lying = RemoteEngineClient(liar.node, world.network, timeout=30)
+        assert lying.new_payload(block).status == "INVALID"
+        (lie,) = lying.transcript()
+        world.verifier.import_block(block)
+        pool = RemotePool(world.verifier, world.network, 1)
+        world.verifier.remote = pool
+        pool.refresh()
+        assert pool.client_of(liar.key.address) is not None
+        access = NodeAccess(world.verifier)
+        stranger = keypair_for(index=69)
+        fresh = SignedStatement.create(stranger, lie.statement)  # the same lie, a fresh key
+        judgement = access.judge_fraud(FraudReport(b"", (fresh,)).encode())
+        assert judgement.verdict is FraudVerdict.PROVEN and judgement.accused == stranger.address
+        assert remote_url(stranger.address) not in world.verifier.dropped
+        judgement = access.judge_fraud(FraudReport(b"", (lie,)).encode())
+        assert judgement.verdict is FraudVerdict.PROVEN and judgement.accused == liar.key.address
+        assert remote_url(liar.key.address) in world.verifier.dropped
+        assert pool.client_of(liar.key.address) is None
+
+
+def test_a_report_of_many_witnesses_is_false(world: World) -> None:
+    """Each witness statement costs the verifier a re-execution of the block: a report carries
+    one (as the reporting side builds them), more is an attack on the verifiers."""
+    liar = keypair_for(index=75)
+    block = transfer_block(world, GENESIS.header)
+    world.verifier.import_block(block)
+    params: list[object] = [block.block_hash.hex(), block.encode().hex()]
+    garbled = [signed(liar, "engine_getWitness", params, "ff" * (40 + i)) for i in range(2)]
+    judgement = check(world, FraudReport(b"", (garbled[0],)).encode())
+    assert judgement.verdict is FraudVerdict.PROVEN
+    judgement = check(world, FraudReport(b"", tuple(garbled)).encode())
+    assert judgement.verdict is FraudVerdict.FALSE and "more than one witness" in judgement.detail

@@ -5,9 +5,12 @@ goes away, discovery of serving nodes, and fraud reports judged through the Chai
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ipaddress
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,29 +22,47 @@ from hypothesis import strategies as st
 from qoin.chain.chain import Chain
 from qoin.consensus.engine import MAX_ANSWER_BYTES, EngineClient
 from qoin.crypto.address import Address
-from qoin.crypto.hybrid import SignatureError, generate_keypair
+from qoin.crypto.hybrid import HybridSignature, SignatureError, generate_keypair
 from qoin.encoding.codec import DecodeError, OversizeField, TrailingBytes
 from qoin.execution.client import ExecutionClient
 from qoin.execution.state import ExecutionState
+from qoin.p2p import engine as engine_module
+from qoin.p2p import service as service_module
 from qoin.p2p.access import FraudJudgement, FraudVerdict
 from qoin.p2p.addresses import PeerAddress
-from qoin.p2p.engine import NOT_SERVED, RATE_LIMITED, EngineFramingError, EngineServer
+from qoin.p2p.engine import (
+    ALL_PEERS_BURST,
+    ALL_PEERS_PER_S,
+    MAX_BUFFERED,
+    MAX_BUFFERED_PER_PEER,
+    NOT_SERVED,
+    RATE_LIMITED,
+    REFUSAL_BURST,
+    REFUSALS_PER_S,
+    Call,
+    EngineFramingError,
+    EngineServer,
+)
 from qoin.p2p.messages import (
     DisconnectReason,
     EngineAnswer,
     EngineRequest,
     ExecutionFraud,
+    ExecutionNodes,
+    GetExecutionNodes,
     Status,
     encode_message,
 )
 from qoin.p2p.misbehaviour import Misbehaviour
-from qoin.p2p.service import P2PService
+from qoin.p2p.service import FRAUD_BURST, P2PService
 from qoin.p2p.statements import (
+    ENGINE_CHUNK,
     MAX_METHOD_BYTES,
     MAX_STATEMENT_ANSWER,
     BadEngineAnswer,
     EngineCallTimeout,
     EngineStatement,
+    ExecutionNode,
     PeerUnavailable,
     SignedStatement,
     StatementError,
@@ -342,15 +363,28 @@ def test_fraud_reports_are_judged_once_and_acted_on(nodes: Nodes) -> None:
     wait_until(lambda: access.reports == [b"undecided 1"])
     assert judge.peers.score(reporter.identity.address) == 0
 
+    # a lie proven about a node neither knows (anyone can sign one with a fresh key): banned by
+    # the node that got the report, not relayed (the neighbour never judges it)
+    stranger = keypair_for(index=16).address
+    unknown = f"proven {stranger}".encode()
+    asyncio.run(reporter.run(judge, [status_of(genesis), encode_message(ExecutionFraud(unknown))]))
+    wait_until(lambda: judge.peers.is_banned(stranger))
+    neighbour_access = neighbour.access
+    assert isinstance(neighbour_access, Judged)
+
     liar = keypair_for(index=14).address
+    for service in (judge, neighbour):  # a node both deal with
+        service.peers.add_known([PeerAddress("127.0.0.1", 1, liar)])
     proven = f"proven {liar}".encode()
     asyncio.run(reporter.run(judge, [status_of(genesis), encode_message(ExecutionFraud(proven))]))
     wait_until(lambda: str(liar) in {b["subject"] for b in judge.snapshot()["bans"]})
-    neighbour_access = neighbour.access
-    assert isinstance(neighbour_access, Judged)
     wait_until(lambda: neighbour_access.reports == [proven])  # relayed, judged there too
     wait_until(lambda: str(liar) in {b["subject"] for b in neighbour.snapshot()["bans"]})
-    assert [b["reason"] for b in judge.snapshot()["bans"]] == [Misbehaviour.EXECUTION_LIE.value]
+    reasons = [b["reason"] for b in judge.snapshot()["bans"]]
+    assert reasons == [Misbehaviour.EXECUTION_LIE.value] * 2
+
+    # the neighbour relays nothing back: it does not relay to its sender, nor twice
+    assert access.reports.count(proven) == 1
 
     false = encode_message(ExecutionFraud(b"false alarm"))
     asyncio.run(reporter.run(judge, [status_of(genesis), false], linger=5.0))
@@ -492,3 +526,240 @@ def test_an_answer_signed_over_something_else_is_bad(pair: tuple[P2PService, P2P
     finally:
         user.remove_peer(liar.identity.address)
         thread.join(timeout=30)
+
+
+def test_a_peer_gets_only_so_many_fraud_reports_judged(nodes: Nodes) -> None:
+    """Undecided reports cost their sender nothing: past a burst, one peer's reports are not even
+    judged (no penalty: they are ignored, and not remembered, so another peer may relay them)."""
+    judge = nodes.node("busy-judge")
+    access = judge.access
+    assert isinstance(access, Judged)
+    genesis = test_genesis()
+    reporter = Scripted(genesis)
+    sent = [f"undecided flood {i}".encode() for i in range(int(FRAUD_BURST) + 4)]
+    script = [status_of(genesis), *(encode_message(ExecutionFraud(r)) for r in sent)]
+    asyncio.run(reporter.run(judge, script, linger=3.0))
+    wait_until(lambda: len(access.reports) >= FRAUD_BURST)
+    assert access.reports == sent[: int(FRAUD_BURST)]
+    assert judge.peers.score(reporter.identity.address) == 0
+    assert reporter.goodbye() is None
+
+
+def test_buffered_request_bytes_are_bounded_per_peer_and_in_all() -> None:
+    """A peer may open requests of up to MAX_ENGINE_REQUEST bytes each, several at once: what
+    the server holds is bounded per peer and in all before a part is kept; a request that would
+    go over becomes a signed "rate limited" refusal over all its params (no penalty)."""
+    server = EngineServer(EngineClient("http://127.0.0.1:9/", SECRET, timeout=1))
+    chunk = b"x" * ENGINE_CHUNK
+    parts = MAX_BUFFERED_PER_PEER // ENGINE_CHUNK
+    try:
+
+        def send(peer: int, request_id: int, count: int, last: bool = True) -> Call | None:
+            call = None
+            for index in range(count):
+                message = EngineRequest(
+                    request_id, "engine_getTrace", index, last and index == count - 1, chunk
+                )
+                call = server.receive(peer, message)
+            return call
+
+        assert send(1, 1, parts, last=False) is None  # accepted: exactly the peer's bound
+        assert server.buffered == MAX_BUFFERED_PER_PEER and server.in_flight == 1
+        over = send(1, 2, 3)  # a second request of this peer: over its bound
+        assert over is not None and over.refusal == RATE_LIMITED and over.params == b""
+        assert over.params_size == 3 * ENGINE_CHUNK
+        assert over.params_digest == hashlib.sha3_256(chunk * 3).digest()
+        assert server.buffered == MAX_BUFFERED_PER_PEER and server.in_flight == 1
+        peers = MAX_BUFFERED // MAX_BUFFERED_PER_PEER
+        for peer in range(2, peers + 1):  # the others fill the bound of all peers together
+            call = send(peer, 1, parts)
+            assert call is not None and call.refusal is None
+        assert server.buffered == MAX_BUFFERED
+        late = send(peers + 1, 1, 1)  # a new peer: over the bound in all
+        assert late is not None and late.refusal == RATE_LIMITED
+        assert server.buffered == MAX_BUFFERED
+        server.forget(1)  # its open request is let go
+        for peer in range(2, peers + 1):  # and the running ones as they finish
+            server.finished(peer, 1)
+        assert server.buffered == 0 and server.in_flight == 0
+    finally:
+        server.close()
+
+
+def test_refusals_are_answered_only_so_often() -> None:
+    """Each answer is signed (milliseconds of CPU): one peer's refusals are answered at most
+    REFUSAL_BURST at once, then REFUSALS_PER_S a second; the rest are not answered at all."""
+    clock = Clock()
+    server = EngineServer(EngineClient("http://127.0.0.1:9/", SECRET, timeout=1), clock=clock)
+    try:
+        refusals = [
+            server.receive(1, EngineRequest(i, "engine_forkchoiceUpdated", 0, True, b"[]"))
+            for i in range(int(REFUSAL_BURST) + 3)
+        ]
+        answered = [call for call in refusals if call is not None]
+        assert len(answered) == REFUSAL_BURST and all(c.refusal == NOT_SERVED for c in answered)
+        assert refusals[-3:] == [None, None, None]
+        assert server.counters.unanswered == 3 and server.counters.refused == len(refusals)
+        clock.now += 1  # REFUSALS_PER_S more
+        again = [
+            server.receive(1, EngineRequest(100 + i, "eth_x", 0, True, b"[]"))
+            for i in range(int(REFUSALS_PER_S) + 1)
+        ]
+        assert [c is not None for c in again] == [True] * int(REFUSALS_PER_S) + [False]
+        # another peer has its own allowance
+        assert server.receive(2, EngineRequest(1, "eth_x", 0, True, b"[]")) is not None
+    finally:
+        server.close()
+
+
+def test_blocking_calls_on_the_loop_thread_fail_at_once(
+    pair: tuple[P2PService, P2PService],
+) -> None:
+    """engine_call waits for the p2p loop: made on the loop's own thread it would block the loop
+    for its whole timeout. It fails at once instead; execution_nodes answers from there."""
+    serving, user = pair
+    loop = user._loop
+    assert loop is not None
+
+    async def on_loop() -> tuple[BaseException | None, list[ExecutionNode]]:
+        failure: BaseException | None = None
+        try:
+            user.engine_call(
+                serving.identity.address, "engine_getTrace", b"[]", timeout=60, max_answer=100
+            )
+        except PeerUnavailable as exc:
+            failure = exc
+        return failure, user.execution_nodes()
+
+    started = time.monotonic()
+    failure, found = asyncio.run_coroutine_threadsafe(on_loop(), loop).result(timeout=30)
+    assert time.monotonic() - started < 10
+    assert failure is not None and "loop" in str(failure)
+    assert [n.node_id for n in found] == [serving.identity.address]
+
+
+def test_execution_nodes_name_the_address_connected_to(nodes: Nodes) -> None:
+    """A serving peer dialled by a name is listed by the IP address connected to, so that
+    names a peer chooses cannot make one network group look like many."""
+    serving = nodes.node("named", server=EngineServer(nodes.engine()))
+    chain = Chain.open(nodes.tmp / "by-name", test_genesis())
+    nodes.chains.append(chain)
+    dialler = P2PService(
+        Judged(chain),
+        generate_keypair(),
+        bootnodes=[PeerAddress.parse(f"{serving.identity.address}@localhost:{serving.port}")],
+        datadir=nodes.tmp / "by-name",
+    )
+    dialler.start()
+    nodes.services.append(dialler)
+    (found,) = wait_until(dialler.execution_nodes)
+    assert ipaddress.ip_address(found.host).is_loopback, found
+
+
+def test_bans_of_liars_not_known_here_are_bounded(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proven lies of made-up keys could fill the ban list (pushing out real liars' bans): such
+    bans are bounded in all (a token bucket); a liar this node knows is banned regardless."""
+    monkeypatch.setattr(service_module, "STRANGER_BAN_BURST", 1.0)
+    judge = nodes.node("strangers-judge")
+    genesis = test_genesis()
+    first, second, known = (keypair_for(index=i).address for i in (17, 18, 19))
+    judge.peers.add_known([PeerAddress("127.0.0.1", 1, known)])
+    script = [status_of(genesis)] + [
+        encode_message(ExecutionFraud(f"proven {node_id}".encode()))
+        for node_id in (first, second, known)
+    ]
+    asyncio.run(Scripted(genesis).run(judge, script, linger=2.0))
+    wait_until(lambda: judge.peers.is_banned(known))
+    assert judge.peers.is_banned(first) and not judge.peers.is_banned(second)
+
+
+def test_answers_held_are_bounded(nodes: Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers may be large (up to MAX_STATEMENT_ANSWER each): past MAX_ANSWERS_HELD bytes
+    computed and not yet sent, an answer is replaced by a signed "rate limited" refusal over the
+    very request (no lie, no penalty), and its bytes let go."""
+    server = EngineServer(nodes.engine())
+    server.bind(SIGNER, GENESIS_HASH)
+    params = b"[0, 10]"
+    try:
+
+        def ask(request_id: int) -> list[EngineAnswer]:
+            call = server.receive(
+                1, EngineRequest(request_id, "engine_pendingTransactions", 0, True, params)
+            )
+            assert call is not None and call.refusal is None
+            parts = asyncio.run(server.answer(call))
+            server.finished(1, request_id)
+            assert parts is not None
+            return parts
+
+        (served,) = ask(1)
+        assert not served.error and server.held == len(served.data)
+        monkeypatch.setattr(engine_module, "MAX_ANSWERS_HELD", server.held + 1)
+        (busy,) = ask(2)  # the first one is not sent yet: no room for the second
+        assert busy.error and busy.data == RATE_LIMITED.encode()
+        statement = EngineStatement(
+            GENESIS_HASH, "engine_pendingTransactions", params, busy.data, True
+        )
+        SignedStatement(statement, SIGNER.public, HybridSignature.decode(busy.signature)).verify(
+            SIGNER.address
+        )
+        server.release([served])
+        server.release([busy])
+        assert server.held == 0
+        (again,) = ask(3)
+        assert not again.error
+        assert server.counters.refused == 1 and server.counters.served == 2
+    finally:
+        server.close()
+
+
+def test_one_answer_per_ask_for_execution_nodes(nodes: Nodes) -> None:
+    """Each GetExecutionNodes takes one ExecutionNodes: a peer asked once cannot go on filling the
+    known addresses with entries of its choice (the second answer is unsolicited)."""
+    seeker = nodes.node("asking")
+    seeker.want_execution_nodes(1)
+    genesis = test_genesis()
+    peer = Scripted(genesis)
+    entry = f"{keypair_for(index=20).address}@127.0.0.1:1"
+    reply = encode_message(ExecutionNodes((entry,)))
+
+    def answer(message: object) -> list[bytes]:
+        return [reply, reply] if isinstance(message, GetExecutionNodes) else []
+
+    asyncio.run(peer.run(seeker, [status_of(genesis)], linger=4.0, answer=answer))
+    assert peer.count(GetExecutionNodes) >= 1
+    unsolicited = Misbehaviour.UNSOLICITED.penalty
+    wait_until(lambda: seeker.peers.score(peer.identity.address) == unsolicited)
+    assert any(
+        str(a.node_id) == entry.split("@", maxsplit=1)[0] for a in seeker.peers.known_addresses()
+    )
+
+
+def test_requests_of_all_peers_together_are_bounded() -> None:
+    """Many peers, each within its own rate, are bounded together (each answer costs a
+    signature): past ALL_PEERS_BURST, ALL_PEERS_PER_S a second, the rest "rate limited"."""
+    clock = Clock()
+    server = EngineServer(EngineClient("http://127.0.0.1:9/", SECRET, timeout=1), clock=clock)
+    try:
+
+        def ask(peer: int) -> Call | None:
+            call = server.receive(peer, EngineRequest(1, "engine_getTrace", 0, True, b"[]"))
+            if call is not None and call.refusal is None:
+                server.finished(peer, 1)
+            server.forget(peer)
+            return call
+
+        burst = int(ALL_PEERS_BURST)
+        calls = [ask(peer) for peer in range(burst + 1)]
+        assert all(c is not None and c.refusal is None for c in calls[:burst])
+        last = calls[burst]
+        assert last is not None and last.refusal == RATE_LIMITED
+        clock.now += 1
+        more = [ask(1000 + peer) for peer in range(int(ALL_PEERS_PER_S) + 1)]
+        assert [c is not None and c.refusal is None for c in more] == [True] * int(
+            ALL_PEERS_PER_S
+        ) + [False]
+    finally:
+        server.close()

@@ -17,8 +17,9 @@ it: every signature, one signer, this network; then each statement by its kind:
   proofs statement names, answers taken from the statements (:class:`StatementReplay`). The keys
   must be keys of the served trace (an honest node's answers about keys of the reporter's choice
   outside it would fail the sample without a lie).
-* ``engine_getWitness``: checked against the parent's state root by stateless re-execution; a
-  witness that does not decode or does not prove the parent state is a lie.
+* ``engine_getWitness`` (one per report: each costs a re-execution): checked against the parent's
+  state root by stateless re-execution; a witness that does not decode or does not prove the
+  parent state is a lie.
 * ``engine_buildPayload``: the payload against its template (:func:`payload_problem`).
 
 The verdict is ``PROVEN`` (with the accused node id), ``FALSE`` (nothing shows a lie: the
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qoin.chain.block import MAX_BLOCK_SIZE, Block
 from qoin.chain.chain import ExecutionRejected, ExecutionUndecided
-from qoin.chain.validation import InvalidBlock
+from qoin.chain.validation import BadTimestamp, InvalidBlock
 from qoin.consensus.engine import EngineClient, EngineError, MalformedAnswer
 from qoin.consensus.judge import sample_client
 from qoin.crypto.hybrid import SignatureError
@@ -239,6 +240,10 @@ class NodeContext:
             self.node.import_block(block)
         except ExecutionRejected as exc:
             return OwnVerdict.INVALID, f"found invalid here: {exc}"
+        except BadTimestamp as exc:
+            # The future-drift rule depends on this node's clock: the relay that found the report
+            # proven may have judged the block under another one. Not a reason to punish it.
+            return OwnVerdict.UNDECIDED, f"its timestamp is not acceptable here now: {exc}"
         except InvalidBlock as exc:
             return OwnVerdict.BREAKS_RULES, f"{type(exc).__name__}: {exc}"
         except ExecutionUndecided as exc:
@@ -461,6 +466,8 @@ def _check_witness(
     witnesses = [s for s in statements if s.statement.method == WITNESS_METHOD]
     if not witnesses:
         return NOTHING
+    if len(witnesses) > 1:  # each costs a re-execution of the block; one shows a lie
+        raise _false("more than one witness statement")
     parent_root = context.parent_root(block)
     if parent_root is None:
         return FraudVerdict.UNDECIDED, "the block's parent is not stored here"

@@ -238,6 +238,13 @@ class Quarantine:
                 self._released[url] = (self.clock(), entry)
             return entry is not None
 
+    def forget(self, url: str) -> None:
+        """Forget ``url``'s failures altogether (a remote node that went away: when it connects
+        again it starts afresh, not at the backoff its calls after leaving ran up)."""
+        with self._lock:
+            self._entries.pop(url, None)
+            self._released.pop(url, None)
+
     def holds(self, url: str) -> bool:
         """Whether ``url`` is quarantined and its retry time has not come."""
         with self._lock:

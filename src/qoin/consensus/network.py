@@ -104,11 +104,19 @@ class NodeAccess:
 
     def judge_fraud(self, report: bytes) -> FraudJudgement:
         """Check a fraud report a peer relayed (:func:`~qoin.consensus.fraud.verify_report`); a
-        proven liar is also dropped from this node's remote execution nodes, if it uses them."""
+        proven liar is also dropped from this node's remote execution nodes if it uses one now
+        (only then: anyone can sign a lie with a fresh key, and a dropped list that every such
+        report added to would grow without end; a liar not used here is banned by the p2p service
+        if it is known, so it is never picked, and caught by sampling if it ever is)."""
         judgement = verify_report(report, NodeContext(self.node))
         remote = self.node.remote
         accused = judgement.accused
-        if judgement.verdict is FraudVerdict.PROVEN and accused is not None and remote is not None:
+        if (
+            judgement.verdict is FraudVerdict.PROVEN
+            and accused is not None
+            and remote is not None
+            and remote.client_of(accused) is not None
+        ):
             url = remote_url(accused)
             if url not in self.node.dropped:
                 self.node.judge.drop_url(url, f"proven by a fraud report: {judgement.detail}")

@@ -142,6 +142,9 @@ class ConsensusNode:
         """The remote execution nodes in use (``--remote-execution``), once p2p runs."""
         self._liars: list[tuple[RemoteEngineClient, str, Block | None]] = []
         """Remote nodes dropped and not yet reported (:meth:`report_frauds`)."""
+        self._liars_lock = threading.Lock()
+        """Guards :attr:`_liars`: a payload check drops a builder on the mining thread, outside
+        :attr:`lock`."""
         self._reporting = False
         self.genesis_root = genesis_state_root(genesis)
         self.lock = threading.RLock()
@@ -237,16 +240,18 @@ class ConsensusNode:
     def _on_drop(self, client: EngineClient, why: str, block: Block | None) -> None:
         """The judge dropped ``client``: a remote one is reported after the import under way."""
         if isinstance(client, RemoteEngineClient):
-            self._liars.append((client, why, block))
+            with self._liars_lock:
+                self._liars.append((client, why, block))
 
     def report_frauds(self) -> None:
         """Report the remote nodes dropped since the last call: each is banned on the p2p network
         and forgotten by the pool, and a fraud report that this node itself finds proven
         (:func:`~qoin.consensus.fraud.build_report`) goes to every peer."""
         with self.lock:
-            if self._reporting or not self._liars:
-                return
-            liars, self._liars = self._liars, []
+            with self._liars_lock:
+                if self._reporting or not self._liars:
+                    return
+                liars, self._liars = self._liars, []
             self._reporting = True
             try:
                 for client, why, block in liars:

@@ -37,6 +37,7 @@ from qoin.consensus.engine import (
     EngineClient,
     EngineError,
     MalformedAnswer,
+    PayloadVerdict,
 )
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
@@ -59,6 +60,15 @@ REFRESH_S = 1.0
 """How often the pool looks for nodes to replace or add."""
 LONG_QUARANTINE = 4
 """Failures in a row after which a quarantined remote node is replaced (about 15 s of backoff)."""
+LONG_NO_VERDICT = 8
+"""``engine_newPayload`` answers in a row without a verdict (SYNCING, ACCEPTED, a refusal such as
+"rate limited") after which a remote node is replaced: it answers, so it is never quarantined,
+yet it judges nothing (every block then needs a witness, or stays undecided)."""
+BENCH_S = 120.0
+"""How long a node replaced for giving no verdicts is not picked again."""
+VERDICT_ANSWER_BYTES = 64 * 1024
+"""The largest ``engine_newPayload`` answer taken (a status and a reason): a serving node cannot
+make this node hold more for the call made on every block."""
 PACE_PER_S = 30.0
 PACE_BURST = 60.0
 """A remote client paces its calls to each node (a token bucket) under the serving side's default
@@ -107,6 +117,21 @@ class RemoteEngineClient(EngineClient):
         self._lock = threading.Lock()
         self._tokens = PACE_BURST
         self._filled = time.monotonic()
+        self.no_verdicts = 0
+        """``engine_newPayload`` answers in a row that gave no verdict (see
+        :data:`LONG_NO_VERDICT`)."""
+
+    def new_payload(self, block: Block) -> PayloadVerdict:
+        """As for any client; answers without a verdict are counted (:attr:`no_verdicts`)."""
+        try:
+            verdict = super().new_payload(block)
+        except ClientUnavailable:
+            raise  # quarantined: the pool replaces a node quarantined for long
+        except EngineError:
+            self.no_verdicts += 1
+            raise
+        self.no_verdicts = 0 if verdict.status in ("VALID", "INVALID") else self.no_verdicts + 1
+        return verdict
 
     def _pace(self) -> None:
         """Wait for a token of the pacing bucket (:data:`PACE_PER_S`), at most the call timeout."""
@@ -130,10 +155,11 @@ class RemoteEngineClient(EngineClient):
         :class:`~qoin.consensus.engine.MalformedAnswer`, no answer
         :class:`~qoin.consensus.engine.ClientUnavailable`."""
         data = json.dumps(params).encode()
+        limit = VERDICT_ANSWER_BYTES if method == "engine_newPayload" else MAX_ANSWER_BYTES
         self._pace()
         try:
             signed = self.network.engine_call(
-                self.node.node_id, method, data, timeout=self.timeout, max_answer=MAX_ANSWER_BYTES
+                self.node.node_id, method, data, timeout=self.timeout, max_answer=limit
             )
         except EngineCallError as exc:
             self._count(len(data), 0)
@@ -280,6 +306,8 @@ class RemotePool:
         self.candidates = 0
         """Connected serving peers that could be used (not dropped), at the last refresh."""
         self._using: dict[Address, RemoteEngineClient] = {}
+        self._benched: dict[Address, float] = {}
+        """Nodes replaced for giving no verdicts, and until when they are not picked."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -303,7 +331,9 @@ class RemotePool:
         (:func:`pick_nodes`), and ask discovery for more."""
         judge = self.node.judge
         connected = {node.node_id: node for node in self.network.execution_nodes()}
+        now = time.monotonic()
         with self._lock:
+            self._benched = {n: until for n, until in self._benched.items() if until > now}
             for node_id, client in list(self._using.items()):
                 why = (
                     "dropped"
@@ -312,12 +342,18 @@ class RemotePool:
                     if node_id not in connected
                     else "quarantined for long"
                     if self._long_quarantined(client)
+                    else f"no verdict in its last {client.no_verdicts} answers"
+                    if client.no_verdicts >= LONG_NO_VERDICT
                     else None
                 )
                 if why is not None:
                     log.info("remote execution node %s no longer used: %s", client.url, why)
                     del self._using[node_id]
                     judge.remove_client(client)
+                    if node_id not in connected:  # its calls since it left failed, no fault
+                        judge.quarantine.forget(client.url)
+                    if client.no_verdicts >= LONG_NO_VERDICT:
+                        self._benched[node_id] = now + BENCH_S
             usable = [
                 node
                 for node in connected.values()
@@ -329,6 +365,7 @@ class RemotePool:
                 node
                 for node in usable
                 if node.node_id not in self._using
+                and node.node_id not in self._benched
                 and not (  # not back while it keeps failing
                     (entry := held.get(remote_url(node.node_id))) is not None
                     and entry.failures >= LONG_QUARANTINE
@@ -337,6 +374,11 @@ class RemotePool:
             ]
             in_use = [client.node for client in self._using.values()]
             picked, self.problem = pick_nodes(fresh, self.wanted, in_use)
+            if self.problem is not None and self._benched:
+                self.problem += (
+                    f"; {len(self._benched)} set aside for a while: they answered without a "
+                    "verdict (SYNCING, ACCEPTED or refused) too often"
+                )
             for node in picked:
                 client = RemoteEngineClient(node, self.network, self.timeout)
                 self._using[node.node_id] = client

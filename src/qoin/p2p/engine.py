@@ -13,6 +13,17 @@ request is kept until its last part, then the local engine call and the signing 
 and the answer goes back in parts, signed on the last. Framing that breaks the rules (a part out
 of order, another method, a request id in use, over :data:`~qoin.p2p.statements.MAX_ENGINE_REQUEST`
 bytes, more than :data:`MAX_OPEN_REQUESTS` requests open) is a :class:`EngineFramingError`.
+
+Memory. The params of accepted requests (assembling or running) are held in memory, at most
+:data:`MAX_BUFFERED_PER_PEER` bytes of one peer and :data:`MAX_BUFFERED` of all peers together,
+counted as each part arrives, before it is kept: a part that would go over either bound turns its
+request into a refusal (``"rate limited"``, signed over the digest of all its params, the parts
+kept so far hashed and let go), so no peer can make the server hold more than these bounds
+whatever the number and size of the requests it opens. The answers that can be large (traces,
+steps, proofs, witnesses, payloads: up to :data:`~qoin.p2p.statements.MAX_STATEMENT_ANSWER` each)
+are computed at most :data:`MAX_HEAVY_IN_FLIGHT` at once, and the answers held until they are sent
+are at most :data:`MAX_ANSWERS_HELD` bytes: one that would go over is replaced by a signed
+``"rate limited"`` refusal.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from qoin.consensus.engine import EngineClient, EngineError
@@ -79,8 +90,36 @@ MAX_OPEN_REQUESTS: Final = 64
 """Requests of one peer whose parts are still coming (refused ones included)."""
 OPEN_REQUEST_TIMEOUT_S: Final = 60.0
 """A request whose last part has not come this long after its first is forgotten."""
+HEAVY_METHODS: Final = frozenset(
+    {
+        "engine_getTrace",
+        "engine_getSteps",
+        "engine_getProofs",
+        "engine_getWitness",
+        "engine_buildPayload",
+    }
+)
+"""Methods whose answers may be large: they run on a pool of their own."""
+MAX_HEAVY_IN_FLIGHT: Final = 4
+"""Calls of :data:`HEAVY_METHODS` running at once (all peers); the others wait for a thread."""
+MAX_ANSWERS_HELD: Final = 4 * MAX_STATEMENT_ANSWER
+"""Bytes of answers computed and not yet sent (all peers)."""
+ALL_PEERS_BURST: Final = 256.0
+ALL_PEERS_PER_S: Final = 128.0
+"""Requests of all peers together served: a burst of 256, then 128 a second (a token bucket);
+beyond, "rate limited". Each answer costs a signature (milliseconds of CPU): without this bound
+many peers, each within its own rate, could keep every core busy signing."""
+REFUSAL_BURST: Final = 16.0
+REFUSALS_PER_S: Final = 4.0
+"""Refusals one peer gets answered (each costs a signature, milliseconds of CPU): a burst of 16,
+then 4 a second (a token bucket); beyond, a refused request is not answered (its caller times
+out). A requester that keeps to the request rate is refused only when the server is busy."""
 MAX_PENDING_REFUSALS: Final = 64
 """Refusals waiting to be signed (all peers); beyond, a refusal is not answered."""
+MAX_BUFFERED_PER_PEER: Final = MAX_ENGINE_REQUEST
+"""Params bytes of one peer's accepted requests held at once (one request of the largest size)."""
+MAX_BUFFERED: Final = 4 * MAX_ENGINE_REQUEST
+"""Params bytes of all peers' accepted requests held at once."""
 ANSWER_SEND_TIMEOUT_S: Final = 20.0
 """How long an answer part may wait for room in the peer's outbox."""
 
@@ -135,10 +174,15 @@ class _Incoming:
 class _PeerState:
     tokens: float
     updated: float
+    refusal_tokens: float = REFUSAL_BURST
+    refusals_updated: float = 0.0
     in_flight: int = 0
     """Accepted requests of this peer not yet answered (assembling or running)."""
+    buffered: int = 0
+    """Params bytes of this peer's accepted requests held (assembling or running)."""
     open: dict[int, _Incoming] = field(default_factory=dict)
-    running: set[int] = field(default_factory=set)
+    running: dict[int, int] = field(default_factory=dict)
+    """Requests running, with the params bytes each holds."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +206,8 @@ class EngineCounters:
     """Requests answered by the engine (its error answers included)."""
     refused: int = 0
     """Requests refused (not served, rate limited)."""
+    unanswered: int = 0
+    """Refused requests not even answered (a peer over its refusals: :data:`REFUSALS_PER_S`)."""
     bytes_in: int = 0
     """Params bytes received."""
     bytes_out: int = 0
@@ -196,7 +242,11 @@ class EngineServer:
         self.counters = EngineCounters()
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="p2p-engine")
+        self._heavy = ThreadPoolExecutor(
+            min(MAX_HEAVY_IN_FLIGHT, max_in_flight), thread_name_prefix="p2p-engine-heavy"
+        )
         self._signer = ThreadPoolExecutor(1, thread_name_prefix="p2p-engine-refusals")
+        self._held = 0
         self._pending_refusals = 0
         self._identity: HybridKeyPair | None = None
         self._genesis_hash = b""
@@ -204,6 +254,9 @@ class EngineServer:
         self._gone: dict[int, _PeerState] = {}
         """Peers gone with calls still running (their slots are freed as the calls finish)."""
         self._in_flight = 0
+        self._buffered = 0
+        self._all_tokens = ALL_PEERS_BURST
+        self._all_updated = clock()
 
     def bind(self, identity: HybridKeyPair, genesis_hash: bytes) -> None:
         """The node identity that signs the answers, and the network they are about."""
@@ -214,9 +267,15 @@ class EngineServer:
         """Accepted requests of all peers not yet answered."""
         return self._in_flight
 
+    @property
+    def buffered(self) -> int:
+        """Params bytes of all peers' accepted requests held now."""
+        return self._buffered
+
     def close(self) -> None:
         """Stop the pool (calls under way finish; queued ones are dropped) and the client."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._heavy.shutdown(wait=False, cancel_futures=True)
         self._signer.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
 
@@ -225,8 +284,22 @@ class EngineServer:
     def _state(self, connection_id: int) -> _PeerState:
         state = self._peers.get(connection_id)
         if state is None:
-            state = self._peers[connection_id] = _PeerState(float(self.burst), self._clock())
+            now = self._clock()
+            state = self._peers[connection_id] = _PeerState(float(self.burst), now)
+            state.refusals_updated = now
         return state
+
+    def _take_refusal_token(self, state: _PeerState) -> bool:
+        now = self._clock()
+        state.refusal_tokens = min(
+            REFUSAL_BURST,
+            state.refusal_tokens + max(0.0, now - state.refusals_updated) * REFUSALS_PER_S,
+        )
+        state.refusals_updated = now
+        if state.refusal_tokens < 1:
+            return False
+        state.refusal_tokens -= 1
+        return True
 
     def _take_token(self, state: _PeerState) -> bool:
         now = self._clock()
@@ -239,9 +312,21 @@ class EngineServer:
         state.tokens -= 1
         return True
 
+    def _take_all_peers_token(self) -> bool:
+        now = self._clock()
+        self._all_tokens = min(
+            ALL_PEERS_BURST,
+            self._all_tokens + max(0.0, now - self._all_updated) * ALL_PEERS_PER_S,
+        )
+        self._all_updated = now
+        if self._all_tokens < 1:
+            return False
+        self._all_tokens -= 1
+        return True
+
     def receive(self, connection_id: int, message: EngineRequest) -> Call | None:
-        """Take one request part; the complete request once its last part is in, else None.
-        Raises :class:`EngineFramingError` when the peer breaks the framing."""
+        """Take one request part; the complete request once its last part is in, else None (also
+        for a refusal not answered: the peer is over :data:`REFUSALS_PER_S`). Raises :class:`EngineFramingError` when the peer breaks the framing."""
         state = self._state(connection_id)
         request_id = message.request_id
         incoming = state.open.get(request_id)
@@ -266,8 +351,15 @@ class EngineServer:
         if incoming.size > MAX_ENGINE_REQUEST:
             self._drop(state, request_id)
             raise EngineFramingError(f"an engine request over {MAX_ENGINE_REQUEST} bytes")
+        if incoming.refusal is None and (
+            state.buffered + len(message.data) > MAX_BUFFERED_PER_PEER
+            or self._buffered + len(message.data) > MAX_BUFFERED
+        ):
+            self._overflow(state, incoming)
         if incoming.refusal is None:
             incoming.parts.append(message.data)
+            state.buffered += len(message.data)
+            self._buffered += len(message.data)
         else:
             incoming.digest.update(message.data)
         if not message.last:
@@ -275,6 +367,9 @@ class EngineServer:
         del state.open[request_id]
         if incoming.refusal is not None:
             self.counters.refused += 1
+            if not self._take_refusal_token(state):
+                self.counters.unanswered += 1
+                return None
             return Call(
                 request_id,
                 incoming.method,
@@ -283,7 +378,7 @@ class EngineServer:
                 incoming.digest.digest(),
                 incoming.refusal,
             )
-        state.running.add(request_id)
+        state.running[request_id] = incoming.size
         return Call(request_id, incoming.method, b"".join(incoming.parts), incoming.size, b"", None)
 
     def _open(self, state: _PeerState, method: str) -> _Incoming:
@@ -294,6 +389,7 @@ class EngineServer:
             not self._take_token(state)
             or state.in_flight >= self.per_peer_in_flight
             or self._in_flight >= self.max_in_flight
+            or not self._take_all_peers_token()
         ):
             refusal = RATE_LIMITED
         if refusal is not None:
@@ -302,21 +398,33 @@ class EngineServer:
         self._in_flight += 1
         return _Incoming(method, self._clock(), None)
 
+    def _overflow(self, state: _PeerState, incoming: _Incoming) -> None:
+        """An accepted request that would hold more bytes than allowed becomes a refusal: its
+        slot and bytes are let go, what it kept so far is hashed (the refusal signs it all)."""
+        digest = hashlib.sha3_256()
+        for part in incoming.parts:
+            digest.update(part)
+        held = sum(len(part) for part in incoming.parts)
+        incoming.parts.clear()
+        incoming.refusal, incoming.digest = RATE_LIMITED, digest
+        self._release(state, held)
+
     def _drop(self, state: _PeerState, request_id: int) -> None:
         incoming = state.open.pop(request_id, None)
         if incoming is not None and incoming.refusal is None:
-            self._release(state)
+            self._release(state, sum(len(part) for part in incoming.parts))
 
-    def _release(self, state: _PeerState) -> None:
+    def _release(self, state: _PeerState, held: int) -> None:
         state.in_flight -= 1
         self._in_flight -= 1
+        state.buffered -= held
+        self._buffered -= held
 
     def finished(self, connection_id: int, request_id: int) -> None:
-        """An accepted request has been answered (or given up): free its slot."""
+        """An accepted request has been answered (or given up): free its slot and its bytes."""
         state = self._peers.get(connection_id) or self._gone.get(connection_id)
         if state is not None and request_id in state.running:
-            state.running.discard(request_id)
-            self._release(state)
+            self._release(state, state.running.pop(request_id))
             if not state.running:
                 self._gone.pop(connection_id, None)
 
@@ -354,11 +462,29 @@ class EngineServer:
                     return await loop.run_in_executor(self._signer, self._refuse, call)
                 finally:
                     self._pending_refusals -= 1
-            parts = await loop.run_in_executor(self._pool, self._serve, call)
+            pool = self._heavy if call.method in HEAVY_METHODS else self._pool
+            parts = await loop.run_in_executor(pool, self._serve, call)
+            size = sum(len(part.data) for part in parts)
+            if self._held + size > MAX_ANSWERS_HELD:
+                del parts  # let it go before anything else is made
+                self.counters.refused += 1
+                parts = await loop.run_in_executor(self._signer, self._refuse_busy, call)
+                size = sum(len(part.data) for part in parts)
+            else:
+                self.counters.served += 1
         except RuntimeError:  # the pool is shut down: the node is stopping
             return None
-        self.counters.served += 1
+        self._held += size
         return parts
+
+    @property
+    def held(self) -> int:
+        """Bytes of answers computed and not yet sent (see :meth:`release`)."""
+        return self._held
+
+    def release(self, parts: list[EngineAnswer]) -> None:
+        """The answer of :meth:`answer` has been sent (or given up): its bytes are free."""
+        self._held -= sum(len(part.data) for part in parts)
 
     def _identity_or_fail(self) -> HybridKeyPair:
         if self._identity is None:
@@ -376,6 +502,11 @@ class EngineServer:
         )
         signature = sign(self._identity_or_fail(), message)
         return answer_parts(call.request_id, True, text, signature.encode())
+
+    def _refuse_busy(self, call: Call) -> list[EngineAnswer]:
+        """A signed "rate limited" refusal of an accepted call (too many answer bytes held)."""
+        digest = hashlib.sha3_256(call.params).digest()
+        return self._refuse(replace(call, refusal=RATE_LIMITED, params_digest=digest))
 
     def _serve(self, call: Call) -> list[EngineAnswer]:
         """Run the engine call and sign its answer (on a pool thread)."""

@@ -117,6 +117,19 @@ ASK_EXECUTION_NODES_S = 10.0
 """A peer is asked ``GetExecutionNodes`` at most this often."""
 SEEN_FRAUD_REPORTS = 4096
 """Fraud reports remembered (by SHA3-256) so that each is judged and relayed once."""
+FRAUD_BURST = 8.0
+FRAUD_PER_S = 0.2
+"""Fraud reports one peer may have judged: a burst of 8, then one every 5 s (a token bucket);
+beyond, a report is ignored (not judged, not remembered: another peer may relay it later). No
+penalty (an honest peer relays every proven report it gets), but an UNDECIDED report costs its
+sender nothing else, so without this bound a peer could keep this node's chain worker busy."""
+STRANGER_BAN_BURST = 32.0
+STRANGER_BANS_PER_S = 1 / 60
+"""Bans of proven liars this node does not know (not connected, not among its addresses), all
+peers together: a burst of 32, then one a minute (a token bucket). Anyone can make a key and sign
+a lie with it; without this bound a peer could fill the ban list with such nodes (up to
+``MAX_BANS``, pushing out the bans of real liars). A real liar is rare, and it is known to the
+nodes that use it, whose bans never wait for a token."""
 CALL_GRACE_S = 5.0
 """How much longer than its own timeout a remote engine call waits for the p2p loop."""
 
@@ -181,8 +194,15 @@ class P2PService:
         self._calls = EngineCalls()
         self._want_execution = 0
         self._asked_nodes: dict[int, float] = {}
+        self._awaiting_nodes: set[int] = set()
+        """Connections asked ``GetExecutionNodes`` that have not answered yet (one answer each:
+        more would let a peer fill the known addresses at will)."""
         """When each connection was last asked ``GetExecutionNodes``."""
         self._seen_fraud = BoundedSet(SEEN_FRAUD_REPORTS)
+        self._fraud_tokens: dict[int, tuple[float, float]] = {}
+        """Each connection's fraud-report token bucket: tokens, when last filled."""
+        self._stranger_bans = (STRANGER_BAN_BURST, time.monotonic())
+        """The token bucket of bans of liars not known here: tokens, when last filled."""
         self._connected.on_close.append(self._on_peer_closed)
         self._handlers = self._message_handlers()
         self._handshakes = 0
@@ -367,9 +387,12 @@ class P2PService:
             engine = {
                 "served": server.counters.served,
                 "refused": server.counters.refused,
+                "unanswered": server.counters.unanswered,
                 "bytesIn": server.counters.bytes_in,
                 "bytesOut": server.counters.bytes_out,
                 "inFlight": server.in_flight,
+                "buffered": server.buffered,
+                "held": server.held,
             }
         return {
             "enode": self.enode,
@@ -391,6 +414,9 @@ class P2PService:
         loop = self._loop
         if loop is None or loop.is_closed():
             raise P2PError("the p2p service is not running")
+        if threading.current_thread() is self._thread:
+            # waiting here for the loop would block the loop itself until the timeout
+            raise P2PError("a blocking p2p call made on the p2p loop's own thread")
         return loop
 
     def engine_call(
@@ -478,12 +504,20 @@ class P2PService:
             self._save_bans()
 
     def execution_nodes(self) -> list[ExecutionNode]:
-        """The connected peers that serve execution (any thread)."""
+        """The connected peers that serve execution (any thread; on the loop's own, what it
+        holds now). Their ``host`` is the address connected to (an IP address, never a name a
+        peer chose), so that :func:`~qoin.consensus.remote.netgroup` groups them by it."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return []
+        if threading.current_thread() is self._thread:
+            return self._execution_nodes()
         future = asyncio.run_coroutine_threadsafe(self._execution_nodes_on_loop(), loop)
-        return future.result(timeout=SNAPSHOT_TIMEOUT_S)
+        try:
+            return future.result(timeout=SNAPSHOT_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise P2PError("the p2p loop did not answer in time") from None
 
     async def _execution_nodes_on_loop(self) -> list[ExecutionNode]:
         return self._execution_nodes()
@@ -495,9 +529,8 @@ class P2PService:
             if status is None or not status.services & SERVICE_EXECUTION:
                 continue
             port = status.listen_port or peer.address.port
-            nodes.append(
-                ExecutionNode(peer.node_id, peer.address.host, port, peer.channel.peer_key)
-            )
+            host = peer.channel.remote_host or peer.address.host
+            nodes.append(ExecutionNode(peer.node_id, host, port, peer.channel.peer_key))
         return nodes
 
     def want_execution_nodes(self, n: int) -> None:
@@ -699,6 +732,7 @@ class P2PService:
     async def _answer_engine_request(
         self, peer: PeerSession, server: EngineServer, call: Call
     ) -> None:
+        parts = None
         try:
             parts = await server.answer(call)
             if parts is None:
@@ -714,6 +748,8 @@ class P2PService:
                     return
                 server.counters.bytes_out += len(part.data)
         finally:
+            if parts is not None:
+                server.release(parts)
             if call.refusal is None:
                 server.finished(peer.connection_id, call.request_id)
 
@@ -735,9 +771,10 @@ class P2PService:
         peer.send(ExecutionNodes(tuple(entries[:MAX_EXECUTION_NODES])))
 
     async def _on_execution_nodes(self, peer: PeerSession, message: ExecutionNodes) -> None:
-        if self._asked_nodes.get(peer.connection_id) is None:
+        if peer.connection_id not in self._awaiting_nodes:
             await self._connected.punish(peer, Misbehaviour.UNSOLICITED, "execution nodes")
             return
+        self._awaiting_nodes.discard(peer.connection_id)
         addresses = []
         for entry in message.nodes:
             try:
@@ -752,9 +789,38 @@ class P2PService:
         if addresses:
             self.peers.add_known(addresses)
 
+    def _take_fraud_token(self, peer: PeerSession) -> bool:
+        now = time.monotonic()
+        tokens, filled = self._fraud_tokens.get(peer.connection_id, (FRAUD_BURST, now))
+        tokens = min(FRAUD_BURST, tokens + (now - filled) * FRAUD_PER_S)
+        if tokens < 1:
+            self._fraud_tokens[peer.connection_id] = (tokens, now)
+            return False
+        self._fraud_tokens[peer.connection_id] = (tokens - 1, now)
+        return True
+
+    def _take_stranger_ban(self) -> bool:
+        now = time.monotonic()
+        tokens, filled = self._stranger_bans
+        tokens = min(STRANGER_BAN_BURST, tokens + (now - filled) * STRANGER_BANS_PER_S)
+        if tokens < 1:
+            self._stranger_bans = (tokens, now)
+            return False
+        self._stranger_bans = (tokens - 1, now)
+        return True
+
+    def _knows(self, node_id: Address) -> bool:
+        """Whether ``node_id`` is a node this one deals with: connected, or in its addresses."""
+        return self.peers.is_connected(node_id) or any(
+            address.node_id == node_id for address in self.peers.known_addresses()
+        )
+
     async def _on_execution_fraud(self, peer: PeerSession, message: ExecutionFraud) -> None:
         digest = sha3_256(message.report)
         if digest in self._seen_fraud:
+            return
+        if not self._take_fraud_token(peer):
+            log.info("fraud report from %s ignored: it sends too many", peer.label)
             return
         self._seen_fraud.add(digest)
         try:
@@ -762,21 +828,31 @@ class P2PService:
         except QoinError as exc:  # this node cannot judge now (its own trouble, not the peer's)
             log.warning("could not judge a fraud report from %s: %s", peer.label, exc)
             return
-        if judgement.verdict is FraudVerdict.PROVEN and judgement.accused is not None:
+        accused = judgement.accused
+        if judgement.verdict is FraudVerdict.PROVEN and accused is not None:
+            if accused == self.identity.address or self.peers.is_banned(accused):
+                return  # banned (and its report relayed) already
+            known = self._knows(accused)
+            if not known and not self._take_stranger_ban():
+                log.info(
+                    "fraud report from %s proves %s lied, a node not known here; not banned: "
+                    "too many such bans lately",
+                    peer.label,
+                    accused,
+                )
+                return
             log.warning(
-                "fraud report from %s proves %s lied: %s",
-                peer.label,
-                judgement.accused,
-                judgement.detail,
+                "fraud report from %s proves %s lied: %s", peer.label, accused, judgement.detail
             )
-            await self._penalise(judgement.accused, Misbehaviour.EXECUTION_LIE, judgement.detail)
+            await self._penalise(accused, Misbehaviour.EXECUTION_LIE, judgement.detail)
+            if not known:
+                # Relayed only by nodes that deal with the liar: otherwise one peer could make
+                # every node of the network judge reports about keys it makes up. The peers of the
+                # node that caught the liar ban it all the same (they got the report from it).
+                return
             payload = encode_message(message)
             for other in self._connected.sessions():
-                if (
-                    other is not peer
-                    and other.status is not None
-                    and other.node_id != judgement.accused
-                ):
+                if other is not peer and other.status is not None and other.node_id != accused:
                     other.send_encoded(payload)
         elif judgement.verdict is FraudVerdict.FALSE:
             await self._connected.punish(
@@ -786,6 +862,8 @@ class P2PService:
     def _on_peer_closed(self, peer: PeerSession) -> None:
         self._calls.peer_gone(peer.connection_id)
         self._asked_nodes.pop(peer.connection_id, None)
+        self._awaiting_nodes.discard(peer.connection_id)
+        self._fraud_tokens.pop(peer.connection_id, None)
         if self.engine_server is not None:
             self.engine_server.forget(peer.connection_id)
 
@@ -798,6 +876,7 @@ class P2PService:
             asked = self._asked_nodes.get(peer.connection_id)
             if peer.status is not None and (asked is None or now - asked >= ASK_EXECUTION_NODES_S):
                 self._asked_nodes[peer.connection_id] = now
+                self._awaiting_nodes.add(peer.connection_id)
                 peer.send(GetExecutionNodes())
 
     # -- upkeep -------------------------------------------------------------------------------

@@ -496,6 +496,12 @@ class SecureChannel:
         return self.peer_key.address
 
     @property
+    def remote_host(self) -> str | None:
+        """The IP address of the socket's other end (not a name it was dialled by), if known."""
+        peername = self._writer.get_extra_info("peername")
+        return str(peername[0]) if isinstance(peername, tuple) and peername else None
+
+    @property
     def closed(self) -> bool:
         """Whether the channel has been closed or has failed."""
         return self._closed_reason is not None
