@@ -102,6 +102,29 @@ def bench_sync(
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
 
 
+@bench_app.command("shared-execution")
+def bench_shared_execution(
+    json_out: TableOrJson = False,
+    blocks: Annotated[
+        int, typer.Option(help="Blocks of transfers in the chain.", min=1, max=200)
+    ] = 12,
+    txs_per_block: Annotated[
+        int, typer.Option("--txs", "--txs-per-block", help="Transfers per block.", min=1, max=4_000)
+    ] = 200,
+    senders: Annotated[int, typer.Option(help="Funded senders.", min=1, max=4_000)] = 200,
+) -> None:
+    """The same chain judged by a consensus client with its own execution client vs with 3 remote
+    execution nodes over p2p: CPU seconds per block of the judging side and of the serving
+    nodes, engine bytes per block."""
+    from qoin.bench import shared_execution  # noqa: PLC0415
+
+    _report(
+        lambda: shared_execution.run(blocks, txs_per_block, senders),
+        shared_execution.table,
+        json_out,
+    )
+
+
 def _to_stderr(message: str) -> None:
     typer.echo(message, err=True)
 
