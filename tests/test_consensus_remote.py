@@ -9,7 +9,9 @@ The unit tests call a real execution client through the in-test seam of :mod:`te
 
 from __future__ import annotations
 
+import logging
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from qoin.consensus.remote import (
     remote_url,
 )
 from qoin.crypto.address import Address
+from qoin.execution.state import ExecutionState
 from qoin.p2p.statements import (
     EngineCallTimeout,
     EngineStatement,
@@ -44,6 +47,10 @@ from tests.test_fraud import Network as Seam
 
 WAIT_S = 120.0
 BLOCKS = 4
+PROMPT_S = 6.0
+"""How long a remote-only client that has just started may take to reach its peer's head: well
+under the 10 s an undecided block would make the peer rest."""
+log = logging.getLogger(__name__)
 
 
 class Silent(Seam):
@@ -108,6 +115,54 @@ def test_calls_answers_refusals_and_payloads(tmp_path: Path) -> None:
     with pytest.raises(MalformedAnswer, match="not JSON"):
         garbled.new_payload(template)
     assert len(garbled.transcript()) == 1  # kept: a signed answer that does not parse
+
+
+class Refusing(Seam):
+    """A seam whose peer refuses every call "rate limited" (signed); the methods called are
+    recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.methods: list[str] = []
+
+    def engine_call(
+        self, node_id: Address, method: str, params: bytes, *, timeout: float, max_answer: int
+    ) -> SignedStatement:
+        self.methods.append(method)
+        statement = EngineStatement(GENESIS.genesis_hash, method, params, b"rate limited", True)
+        return SignedStatement.create(keypair_for(index=77), statement)
+
+
+def test_a_verdict_is_asked_by_hash_and_the_block_sent_only_if_unknown(tmp_path: Path) -> None:
+    """A serving node usually holds the block already: its verdict is asked by hash
+    (``engine_getVerdict``), and the block is sent (``engine_newPayload``) only when the node
+    says it does not hold it; any other refusal is no verdict, and sends nothing more."""
+    seam = Seam()
+    roots = ExecutionState.open(tmp_path / "roots", GENESIS)
+    try:
+        block = next_block(GENESIS, GENESIS.header, MINER, execution=roots)
+    finally:
+        roots.close()
+    with served(tmp_path, "honest", 78) as honest:
+        seam.nodes[honest.key.address] = honest
+        client = RemoteEngineClient(honest.node, seam, timeout=5)
+        assert client.new_payload(block).status == "VALID"  # unknown there: sent
+        asked, sent = client.transcript()
+        assert asked.statement.method == "engine_getVerdict" and asked.statement.error
+        assert b"unknown block" in asked.statement.answer
+        assert sent.statement.method == "engine_newPayload" and not sent.statement.error
+        before = client.traffic()
+        assert client.new_payload(block).status == "VALID"  # held there now: asked by hash
+        assert [s.statement.method for s in client.transcript()[2:]] == ["engine_getVerdict"]
+        after = client.traffic()
+        assert after["calls"] == before["calls"] + 1
+        assert after["bytesSent"] - before["bytesSent"] < 100 < len(block.encode())
+    refusing = Refusing()
+    client = RemoteEngineClient(node_at("127.0.0.1", 1, 77), refusing, timeout=1)
+    with pytest.raises(EngineError, match="rate limited") as refused:
+        client.new_payload(block)
+    assert not isinstance(refused.value, ClientUnavailable | MalformedAnswer)
+    assert refusing.methods == ["engine_getVerdict"] and client.no_verdicts == 1
 
 
 def test_nodes_are_picked_one_per_network_group_first() -> None:
@@ -184,6 +239,28 @@ def test_a_remote_only_client_follows_the_chain(net: Network) -> None:
     assert follower.status()["dropped"] == {}
 
 
+@pytest.mark.slow
+def test_a_remote_only_client_judges_as_soon_as_its_peers_connect(net: Network) -> None:
+    """Its serving peer connects and at once starts a sync of the blocks it has; the pool takes
+    the peer into use then (the first block with no node to ask fills the pool at once), not at
+    its next refresh: no block comes back undecided, so the peer never rests 10 s
+    (docs/spec/consensus.md §6.5). The peer mines no more meanwhile: only the sync brings the
+    blocks."""
+    server = net.node("server", "--block-interval-ms", "300", mine=True, serve=True)
+    wait_until(lambda: server.height() >= BLOCKS, WAIT_S, 0.2, f"the server at {BLOCKS}")
+    server.send_signal(CONSENSUS, signal.SIGUSR1)  # stops mining
+    server.child(CONSENSUS).wait_for(r"mining stopped", WAIT_S)
+    follower = net.remote("follower", wanted=1, bootnodes=[server])
+    started = time.monotonic()
+    wait_until(
+        lambda: follower.head() == server.head(), PROMPT_S, 0.1, "the follower at the server's head"
+    )
+    log.info("the follower reached its peer's head in %.1f s", time.monotonic() - started)
+    undecided = follower.child(CONSENSUS).poll_for(r"undecided", 0.2)
+    assert undecided is None, undecided[1].string if undecided else None
+    assert follower.using() == {server.node_id}
+
+
 class Syncing(Seam):
     """A seam whose one serving peer answers every newPayload SYNCING (signed, so never
     quarantined); the answer bound each call asked for is recorded."""
@@ -220,7 +297,7 @@ def test_a_node_that_never_gives_a_verdict_is_replaced(tmp_path: Path) -> None:
         template = next_block(GENESIS, GENESIS.header, MINER, sealed=False)
         for _ in range(LONG_NO_VERDICT):
             assert client.new_payload(template).status == "SYNCING"
-        assert network.bounds["engine_newPayload"] == VERDICT_ANSWER_BYTES
+        assert network.bounds == {"engine_getVerdict": VERDICT_ANSWER_BYTES}  # asked by hash
         assert client.url not in node.judge.quarantine.entries()
         pool.refresh()
         assert pool.using() == [] and client not in node.judge.clients

@@ -14,7 +14,7 @@ from qoin.chain.transaction import sign_transfer
 from qoin.crypto.hashing import HASH_SIZE
 from qoin.execution.account import AccountLeaf, state_key
 from qoin.execution.client import ExecutionClient
-from qoin.execution.state import ExecutionState
+from qoin.execution.state import ExecutionState, PayloadStatus
 from qoin.execution.trace import TraceSummary, decode_step_records
 from qoin.pow.proof import placeholder_proof
 from qoin.rpc.client import RpcClient
@@ -22,7 +22,7 @@ from qoin.rpc.jwt import encode
 from qoin.rpc.serve import BackgroundServer
 from qoin.state.smt import Proof, verify_proof
 from tests.keys import keypair_for
-from tests.test_execution_state import ALICE, BOB, MINER, genesis
+from tests.test_execution_state import ALICE, BOB, MINER, child, genesis, pay
 
 SECRET = bytes(range(32))
 
@@ -127,6 +127,42 @@ def test_transfer_through_rpc_and_engine(node: Running) -> None:
     assert list(records) == [1] and steps[1].mismatch(records[1]) is None
     assert AccountLeaf.decode(dict(records[1].post)[state_key(BOB.address)]) == AccountLeaf(1234)
     assert rpc(node.user, "qoin_getBlockByNumber", 1)["result"]["hash"] == block.block_hash.hex()  # type: ignore[index]
+
+
+def test_a_verdict_asked_by_hash(node: Running, tmp_path: Path) -> None:
+    """``engine_getVerdict``: the ``engine_newPayload`` answer for a block executed and held
+    (VALID: on the head's branch or a side one); "unknown block <hash>" for one not held, found
+    invalid, or ACCEPTED (stored, not executed yet)."""
+    g = genesis().block
+    scratch = ExecutionState.open(tmp_path / "scratch", genesis(), retain=8)  # the roots
+    side = ExecutionState.open(tmp_path / "side", genesis(), retain=8)
+    try:
+        a1 = child(scratch, g, (pay(0, 100),))
+        b1 = child(side, g, (pay(0, 7),), salt=1)  # another post-state: not retained here
+        assert side.new_payload(b1).status is PayloadStatus.VALID
+        b2 = child(side, b1)
+    finally:
+        scratch.close()
+        side.close()
+
+    def verdict(block: Block) -> dict[str, object]:
+        return engine(node.engine, "engine_getVerdict", block.block_hash.hex())
+
+    def sent(block: Block) -> object:
+        return engine(node.engine, "engine_newPayload", block.encode().hex())["result"]["status"]  # type: ignore[index]
+
+    unknown = verdict(a1)["error"]
+    assert f"unknown block {a1.block_hash.hex()}" in unknown["message"]  # type: ignore[index]
+    assert sent(a1) == "VALID"
+    assert verdict(a1)["result"] == {"status": "VALID", "validationError": None}
+    assert sent(b1) == "VALID"  # a side block whose parent's state is retained: executed
+    assert verdict(b1)["result"] == {"status": "VALID", "validationError": None}
+    assert sent(b2) == "ACCEPTED"  # stored, not executed
+    assert "unknown block" in verdict(b2)["error"]["message"]  # type: ignore[index]
+    bad = replace(a1, header=replace(a1.header, state_root=bytes(32), timestamp_ms=1))
+    assert sent(bad) == "INVALID"
+    assert "unknown block" in verdict(bad)["error"]["message"]  # type: ignore[index]
+    assert engine(node.engine, "engine_getVerdict", "zz")["error"]["code"] == -32602  # type: ignore[index]
 
 
 def test_errors(node: Running) -> None:

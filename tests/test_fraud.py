@@ -189,16 +189,21 @@ def signed(
     ("mode", "kind"),
     [
         ("wrong-state-root", "engine_newPayload"),
+        ("wrong-state-root", "engine_getVerdict"),
         ("wrong-balance-proof", "engine_getTrace"),
         ("garbled-proof", "engine_getTrace"),
         ("wrong-step-record", "engine_getTrace"),
     ],
 )
 def test_a_remote_liar_is_banned_and_its_report_proven(world: World, mode: str, kind: str) -> None:
+    """A liar that does not hold the block is sent it (``engine_newPayload``); one that holds it
+    is asked its verdict by hash (``engine_getVerdict``), and the report then carries the block."""
     with served(world.tmp_path, "liar", 61, mode) as liar:
         node = world.remote_node("remote", liar)
         try:
             block = transfer_block(world, GENESIS.header)
+            if kind == "engine_getVerdict":  # the liar holds the block already
+                liar.rpc.call("engine_newPayload", block.encode().hex())
             result = node.import_block(block)
             assert block.block_hash in result.connected
             liar_url = remote_url(liar.key.address)
@@ -208,26 +213,35 @@ def test_a_remote_liar_is_banned_and_its_report_proven(world: World, mode: str, 
             report = FraudReport.decode(world.network.reports[0])
             assert report.statements[0].statement.method == kind
             assert {s.signer for s in report.statements} == {liar.key.public}
+            assert (report.block == block.encode()) == (kind != "engine_newPayload")
             # another node, which has not seen the block yet, agrees (a verdict: by importing it;
             # a sample: by replaying it on the parent's state)
             judgement = check(world, world.network.reports[0])
             assert judgement.verdict is FraudVerdict.PROVEN, judgement
             assert judgement.accused == liar.key.address
             imported = world.verifier.chain.has_block(block.block_hash)
-            assert imported == (kind == "engine_newPayload")
+            assert imported == (kind in ("engine_newPayload", "engine_getVerdict"))
         finally:
             node.close()
 
 
-def test_valid_for_an_invalid_block_is_proven(world: World) -> None:
+@pytest.mark.parametrize("held", [False, True], ids=["sent", "asked-by-hash"])
+def test_valid_for_an_invalid_block_is_proven(world: World, held: bool) -> None:
+    """The lie is told to ``engine_newPayload`` and, for a block it lied about before, to
+    ``engine_getVerdict`` alike."""
     with served(world.tmp_path, "liar", 62, "valid-for-invalid") as liar:
         node = world.remote_node("remote", liar)
         try:
             bad = transfer_block(world, GENESIS.header, state_root=bytes(32))
+            if held:
+                assert liar.rpc.call("engine_newPayload", bad.encode().hex())["status"] == "VALID"
             with pytest.raises(Exception, match=r"state root mismatch|StateRootMismatch"):
                 node.import_block(bad)
             assert bad.block_hash in node.chain.invalid
             assert len(world.network.reports) == 1
+            (lie,) = FraudReport.decode(world.network.reports[0]).statements
+            method = "engine_getVerdict" if held else "engine_newPayload"
+            assert lie.statement.method == method
             judgement = check(world, world.network.reports[0])
             assert judgement.verdict is FraudVerdict.PROVEN, judgement
             assert "invalid" in judgement.detail
@@ -274,7 +288,8 @@ def test_a_forged_signature_is_false(world: World) -> None:
         client = RemoteEngineClient(liar.node, world.network, timeout=30)
         block = transfer_block(world, GENESIS.header)
         assert client.new_payload(block).status == "INVALID"
-        (lie,) = client.transcript()
+        asked, lie = client.transcript()  # asked by hash first: not held there, so sent
+        assert asked.statement.method == "engine_getVerdict" and asked.statement.error
         world.verifier.import_block(block)
         assert check(world, FraudReport(b"", (lie,)).encode()).verdict is FraudVerdict.PROVEN
         # the same statement, "signed" by the liar with another node's signature
@@ -319,7 +334,7 @@ def test_a_sample_of_keys_outside_the_trace_is_false(world: World) -> None:
     client.get_trace(block.block_hash)
     client.get_proofs(block.block_hash, [bytes(32)])
     world.verifier.import_block(block)
-    trace, proofs = client.transcript()[1:3]
+    trace, proofs = client.transcript()[-2:]
     judgement = check(world, FraudReport(block.encode(), (trace, proofs)).encode())
     assert judgement.verdict is FraudVerdict.FALSE and "not distinct keys" in judgement.detail
 
@@ -403,7 +418,7 @@ def test_a_proven_liar_is_dropped_only_if_used_here(world: World) -> None:
         block = transfer_block(world, GENESIS.header)
         lying = RemoteEngineClient(liar.node, world.network, timeout=30)
         assert lying.new_payload(block).status == "INVALID"
-        (lie,) = lying.transcript()
+        lie = lying.transcript()[-1]
         world.verifier.import_block(block)
         pool = RemotePool(world.verifier, world.network, 1)
         world.verifier.remote = pool
@@ -433,3 +448,40 @@ def test_a_report_of_many_witnesses_is_false(world: World) -> None:
     assert judgement.verdict is FraudVerdict.PROVEN
     judgement = check(world, FraudReport(b"", tuple(garbled)).encode())
     assert judgement.verdict is FraudVerdict.FALSE and "more than one witness" in judgement.detail
+
+
+def test_a_verdict_by_hash_proves_a_lie_only_about_its_block(world: World) -> None:
+    """An ``engine_getVerdict`` statement names the block by hash: the report carries the block,
+    and a block of another hash (or none) makes the report FALSE."""
+    with served(world.tmp_path, "liar", 76, "wrong-state-root") as liar:
+        world.network.nodes[liar.key.address] = liar
+        block = transfer_block(world, GENESIS.header)
+        liar.rpc.call("engine_newPayload", block.encode().hex())  # held there
+        client = RemoteEngineClient(liar.node, world.network, timeout=30)
+        assert client.new_payload(block).status == "INVALID"
+        (lie,) = client.transcript()  # asked by hash only: the block was not sent
+        assert lie.statement.method == "engine_getVerdict" and not lie.statement.error
+        assert client.traffic()["bytesSent"] < 100
+        (report,) = candidate_reports(client.transcript(), block)
+        assert report == FraudReport(block.encode(), (lie,))
+        built = build_report(client.transcript(), block, NodeContext(world.verifier))
+        assert built is not None and built[1].verdict is FraudVerdict.PROVEN, built
+        assert built[1].accused == liar.key.address and "INVALID" in built[1].detail
+        world.roots.new_payload(block)
+        other = next_block(GENESIS, block.header, MINER, execution=world.roots)
+        world.verifier.import_block(block)
+        world.verifier.import_block(other)
+        judgement = check(world, FraudReport(other.encode(), (lie,)).encode())
+        assert judgement.verdict is FraudVerdict.FALSE and "another block" in judgement.detail
+        judgement = check(world, FraudReport(b"", (lie,)).encode())
+        assert judgement.verdict is FraudVerdict.FALSE and "no block" in judgement.detail
+        # the same statement about the right block, once more: proven
+        assert check(world, report.encode()).verdict is FraudVerdict.PROVEN
+        # a true verdict by hash shows no lie
+        world.network.nodes[world.honest.key.address] = world.honest
+        world.honest.rpc.call("engine_newPayload", block.encode().hex())
+        honest = RemoteEngineClient(world.honest.node, world.network, timeout=30)
+        assert honest.new_payload(block).status == "VALID"
+        (true,) = honest.transcript()
+        judgement = check(world, FraudReport(block.encode(), (true,)).encode())
+        assert judgement.verdict is FraudVerdict.FALSE and "true" in judgement.detail

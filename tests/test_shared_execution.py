@@ -42,6 +42,8 @@ from qoin.chain.transaction import AnyTransaction, sign_call
 from qoin.execution.abi import encode_call
 from qoin.execution.dishonest import MODES
 from qoin.process import STOP_TIMEOUT_S
+from qoin.rpc.client import RpcClient
+from qoin.rpc.jwt import encode, load_secret
 from tests.framework import (
     CONSENSUS,
     FUNDED,
@@ -254,6 +256,21 @@ def lie_about_a_valid_block(shared: Shared, liar: Node) -> None:
     shared.producer.accept(block)
 
 
+def lie_about_a_held_block(shared: Shared, liar: Node) -> None:
+    """A valid block the liar's execution client holds already (given to it first, as when the
+    block reached the liar's own node before): the remote client asks its verdict by hash
+    (``engine_getVerdict``), never sends it the block, and the liar calls it INVALID."""
+    block = shared.valid_block()
+    secret = load_secret(shared.net.jwt_file)
+    with RpcClient(str(liar.engine), token=lambda: encode(secret)) as engine:
+        engine.call("engine_newPayload", block.encode().hex())  # its answer is the lie: unused
+    answer = submit(shared.remote, block)
+    assert answer["status"] == "imported", answer
+    shared.producer.accept(block)
+    served = liar.status()["p2p"]["engine"]
+    assert served["bytesIn"] < len(block.encode().hex()), served  # the block was never sent
+
+
 def lie_about_an_invalid_block(shared: Shared, liar: Node) -> None:
     """A block that spends more than the funded account holds: the liar calls it VALID."""
     nonce = shared.nonce()
@@ -318,7 +335,7 @@ def lie_in_a_payload(make: Callable[[int], AnyTransaction]) -> Callable[[Shared,
 
 
 TRIGGERS: dict[str, Callable[[Shared, Node], None]] = {
-    "wrong-state-root": lie_about_a_valid_block,
+    "wrong-state-root": lie_about_a_held_block,
     "valid-for-invalid": lie_about_an_invalid_block,
     "wrong-balance-proof": lie_about_a_valid_block,
     "garbled-proof": lie_about_a_valid_block,

@@ -17,13 +17,13 @@ for both, so the two differ only in how blocks are judged):
 * **local**: a fresh ``qoin execution`` process next to it (``--execution``), no peers.
   Judging = the consensus process and its execution process (which executes every block).
 * **remote**: ``--remote-execution 3``, no execution client of its own, the three serving nodes
-  added with ``consensus_addPeer``; measured once it has taken all three into use. Judging = the
+  added with ``consensus_addPeer`` (the measurement starts before, see below). Judging = the
   consensus process alone; the serving nodes answer its engine calls. They already hold every
-  block, so ``engine_newPayload`` costs them a lookup: what they spend is the traces, proofs and
-  step records, a signature per answer, and the transport. (When the peers connect, the node tries
-  to sync from them before it has execution nodes in use; those blocks stay undecided and the
-  peers rest 10 s, ``docs/spec/p2p.md`` §10.3. A sync that resumes during the measurement fetches
-  blocks from them too: the submission then finds some blocks already imported.)
+  block, so its verdict is asked by hash (``engine_getVerdict``, a lookup) and the block is not
+  sent: what they spend is the traces, proofs and step records, a signature per answer, and the
+  transport. Measured from before the peers are added: they connect and sync the chain to it at
+  once (the pool takes them into use for the first block, ``docs/spec/consensus.md`` §6.5), so
+  the submission finds most blocks already imported; the three handshakes are counted too.
 
 For each: CPU seconds (user + system, ``/proc/PID/stat``) per block of the judging processes and of
 the serving nodes (their consensus and execution processes, all three), from a baseline taken
@@ -245,18 +245,18 @@ def _judged_run(
     ready: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One measured import: ``start`` starts the judging processes (added to the list given) and
-    returns them, the consensus one and its RPC URL; ``peers`` are added to it and lines matching
-    ``ready`` awaited; then measured from a baseline while the chain is submitted until the
-    node's head is the chain's."""
+    returns them, the consensus one and its RPC URL; measured from a baseline taken then, while
+    ``peers`` are added to it (which sync the chain to it at once), lines matching ``ready``
+    awaited and the chain is submitted, until the node's head is the chain's."""
     children: list[Child] = []
     try:
         judging, consensus, url = start(children)
         serving_processes = [child for node in serving for child in node.processes]
+        before, judging_before, serving_before = _baseline(url, judging, serving_processes)
+        started = time.perf_counter()
         for peer in peers:
             call(url, "consensus_addPeer", peer.enode, timeout=RPC_TIMEOUT_S)
         _wait_lines(consensus, ready)
-        before, judging_before, serving_before = _baseline(url, judging, serving_processes)
-        started = time.perf_counter()
         submitted = _submit(url, network)
         status = _wait_head(url, network, consensus)
         seconds = time.perf_counter() - started

@@ -169,6 +169,16 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value))
 
 
+def payload_verdict(method: str, answer: Any) -> PayloadVerdict:
+    """The verdict an ``engine_newPayload`` (or ``engine_getVerdict``) answer gives, its shape
+    checked (:class:`MalformedAnswer`)."""
+    status = _field(answer, "status", str)
+    if status not in STATUSES:
+        raise MalformedAnswer(f"{method}: unknown status {status!r}")
+    reason = answer.get("validationError")
+    return PayloadVerdict(status, reason if isinstance(reason, str) else None)
+
+
 Outcome = Callable[["EngineClient", ClientUnavailable | None], None]
 """Told after every call: the client, and :class:`ClientUnavailable` if it did not answer."""
 
@@ -242,12 +252,9 @@ class EngineClient:
 
     def new_payload(self, block: Block) -> PayloadVerdict:
         """Ask the client to execute a block."""
-        answer = self.call("engine_newPayload", block.encode().hex())
-        status = _field(answer, "status", str)
-        if status not in STATUSES:
-            raise MalformedAnswer(f"engine_newPayload: unknown status {status!r}")
-        reason = answer.get("validationError")
-        return PayloadVerdict(status, reason if isinstance(reason, str) else None)
+        return payload_verdict(
+            "engine_newPayload", self.call("engine_newPayload", block.encode().hex())
+        )
 
     def forkchoice_updated(self, head: bytes, template: Block | None = None) -> str | None:
         """Move the client's head (and with a template start a payload); the payload id."""

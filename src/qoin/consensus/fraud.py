@@ -9,9 +9,11 @@ on its p2p service and sends the report to its peers (``ExecutionFraud``). A pee
 one checks it (:func:`verify_report`, through ``NodeAccess.judge_fraud``) before it believes
 it: every signature, one signer, this network; then each statement by its kind:
 
-* ``engine_newPayload`` (a verdict): VALID or INVALID against this node's own verdict on the
-  block (stored: valid; rejected by the execution check, or found so by importing it now:
-  invalid). A block that breaks a consensus rule proves nothing (no execution verdict exists).
+* ``engine_newPayload`` or ``engine_getVerdict`` (a verdict; the latter names the block by hash,
+  and the report's block field carries the block, its hash checked): VALID or INVALID against this
+  node's own verdict on the block (stored: valid; rejected by the execution check, or found so by
+  importing it now: invalid). A block that breaks a consensus rule proves nothing (no execution
+  verdict exists).
 * ``engine_getTrace`` / ``engine_getProofs`` / ``engine_getSteps`` (a sample): replayed through
   the judge's own sampling code (:func:`~qoin.consensus.judge.sample_client`) with the keys the
   proofs statement names, answers taken from the statements (:class:`StatementReplay`). The keys
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qoin.chain.block import MAX_BLOCK_SIZE, Block
 from qoin.chain.chain import ExecutionRejected, ExecutionUndecided
 from qoin.chain.validation import BadTimestamp, InvalidBlock
-from qoin.consensus.engine import EngineClient, EngineError, MalformedAnswer
+from qoin.consensus.engine import EngineClient, EngineError, MalformedAnswer, payload_verdict
 from qoin.consensus.judge import sample_client
 from qoin.crypto.hybrid import SignatureError
 from qoin.encoding.codec import Reader, Writer
@@ -67,6 +69,8 @@ MAX_REPORT_STATEMENTS = 64
 statements)."""
 SAMPLE_METHODS = ("engine_getTrace", "engine_getProofs", "engine_getSteps")
 VERDICT_METHOD = "engine_newPayload"
+VERDICT_BY_HASH = "engine_getVerdict"
+VERDICT_METHODS = (VERDICT_METHOD, VERDICT_BY_HASH)
 WITNESS_METHOD = "engine_getWitness"
 BUILD_METHOD = "engine_buildPayload"
 
@@ -380,7 +384,7 @@ def _about_other_block(statements: Sequence[SignedStatement], block: Block) -> s
             continue  # the block was taken from it
         if method == BUILD_METHOD:
             return "a payload statement in a report about a block"
-        if method not in (*SAMPLE_METHODS, WITNESS_METHOD):
+        if method not in (*SAMPLE_METHODS, WITNESS_METHOD, VERDICT_BY_HASH):
             return f"a statement of {method}, which shows nothing"
         if not params or params[0] != hash_hex:
             return f"a statement of {method} about another block"
@@ -390,12 +394,18 @@ def _about_other_block(statements: Sequence[SignedStatement], block: Block) -> s
 def _check_verdict(
     statements: Sequence[SignedStatement], block: Block, context: FraudContext
 ) -> Outcome:
-    verdicts = [s for s in statements if s.statement.method == VERDICT_METHOD]
+    verdicts = [s for s in statements if s.statement.method in VERDICT_METHODS]
     if not verdicts:
         return NOTHING
+    if len(verdicts) > 1:
+        raise _false("more than one verdict statement")
     replay = StatementReplay(verdicts)
     try:
-        answer = replay.new_payload(block)
+        if verdicts[0].statement.method == VERDICT_BY_HASH:
+            asked = replay.call(VERDICT_BY_HASH, block.block_hash.hex())
+            answer = payload_verdict(VERDICT_BY_HASH, asked)
+        else:
+            answer = replay.new_payload(block)
     except EngineError as exc:  # refused, or not a verdict: not a lie (no verdict was given)
         raise _false(f"no verdict: {exc}") from None
     if answer.status not in ("VALID", "INVALID"):
@@ -543,17 +553,20 @@ def candidate_reports(
         method = signed.statement.method
         if not params:
             continue
+        if method in VERDICT_METHODS and signed.statement.error:
+            continue  # a refusal gives no verdict: it shows no lie
         if (method == VERDICT_METHOD and params[0] == block_hex) or (
             method != VERDICT_METHOD and params[0] == hash_hex
         ):
             about.setdefault(method, []).append(signed)
+    encoding = block.encode()
     reports = [FraudReport(b"", (s,)) for s in reversed(about.get(VERDICT_METHOD, []))]
+    reports += [FraudReport(encoding, (s,)) for s in reversed(about.get(VERDICT_BY_HASH, []))]
     reports += [FraudReport(b"", (s,)) for s in reversed(about.get(WITNESS_METHOD, []))]
     traces = about.get("engine_getTrace", [])
     steps: dict[str, SignedStatement] = {}
     for signed in about.get("engine_getSteps", []):
         steps[signed.statement.params.decode(errors="replace")] = signed  # the latest of each
-    encoding = block.encode()
     if traces:
         trace = traces[-1]
         for proofs in reversed(about.get("engine_getProofs", [])):

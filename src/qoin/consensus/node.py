@@ -203,7 +203,7 @@ class ConsensusNode:
                     f"{branch.head_weight} at height {branch.fork_height}): kept undecided"
                 )
         try:
-            judgement = self.judge.judge(block, parent_root)
+            judgement = self._judge_now(block, parent_root)
         except ExecutionUnavailable as exc:
             if block.header.parent_hash == self.chain.head:
                 raise ExecutionUndecided(str(exc)) from None
@@ -213,6 +213,14 @@ class ConsensusNode:
             log.warning("block %s is invalid: %s", block.block_hash.hex(), judgement.reason)
             raise ExecutionRejected(judgement.reason or "execution is invalid")
         self.judged[judgement.how] += 1
+
+    def _judge_now(self, block: Block, parent_root: bytes) -> Judgement:
+        """The judge's judgement, the remote pool first filled with the serving peers connected
+        now if it uses fewer than it wants (it refreshes on a timer too, but peers that have just
+        connected sync blocks to this node at once)."""
+        if self.remote is not None:
+            self.remote.fill()
+        return self.judge.judge(block, parent_root)
 
     def _judge_on_branch(self, block: Block, parent_root: bytes, why: str) -> Judgement:
         """Judge a side-branch block whose parent's state no execution client holds (it answered

@@ -6,8 +6,10 @@ peers serve (``--serve-execution``), besides or instead of its own execution cli
 * :class:`RemoteEngineClient` is an :class:`~qoin.consensus.engine.EngineClient` whose calls go
   over the p2p network (``P2PService.engine_call``); every answer comes back signed by the serving
   node (:class:`~qoin.p2p.statements.SignedStatement`), and the client keeps the recent ones, the
-  evidence a fraud report is made of (:mod:`qoin.consensus.fraud`). Its URL is ``p2p:`` and the
-  node id, the key of the dropped list: a liar cannot come back at another address.
+  evidence a fraud report is made of (:mod:`qoin.consensus.fraud`). It asks a block's verdict by
+  hash (``engine_getVerdict``) and sends the block only to a node that does not hold it. Its URL
+  is ``p2p:`` and the node id, the key of the dropped list: a liar cannot come back at another
+  address.
 * :class:`RemotePool` keeps N of them in use: connected serving peers that are neither dropped nor
   banned, picked for diversity (:func:`pick_nodes`), a dropped, long-quarantined or disconnected
   one replaced by another, discovery asked for more.
@@ -38,9 +40,11 @@ from qoin.consensus.engine import (
     EngineError,
     MalformedAnswer,
     PayloadVerdict,
+    payload_verdict,
 )
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
+from qoin.execution.client import UNKNOWN_BLOCK
 from qoin.p2p.statements import EngineCallError, ExecutionNode, SignedStatement
 
 if TYPE_CHECKING:
@@ -57,7 +61,8 @@ MAX_TRANSCRIPT_BYTES = 64 * 1024 * 1024
 MAX_BUILT_PAYLOADS = 8
 """Payloads a remote client keeps for ``get_payload`` (the latest ones)."""
 REFRESH_S = 1.0
-"""How often the pool looks for nodes to replace or add."""
+"""How often the pool looks for nodes to replace or add (and, while fewer than wanted are in use,
+before each block is judged: :meth:`RemotePool.fill`)."""
 LONG_QUARANTINE = 4
 """Failures in a row after which a quarantined remote node is replaced (about 15 s of backoff)."""
 LONG_NO_VERDICT = 8
@@ -66,9 +71,12 @@ LONG_NO_VERDICT = 8
 yet it judges nothing (every block then needs a witness, or stays undecided)."""
 BENCH_S = 120.0
 """How long a node replaced for giving no verdicts is not picked again."""
+VERDICT_BY_HASH = "engine_getVerdict"
+"""A verdict asked by block hash (the block is sent only if the node does not hold it)."""
+VERDICT_METHODS = frozenset({"engine_newPayload", VERDICT_BY_HASH})
 VERDICT_ANSWER_BYTES = 64 * 1024
-"""The largest ``engine_newPayload`` answer taken (a status and a reason): a serving node cannot
-make this node hold more for the call made on every block."""
+"""The largest ``engine_newPayload`` or ``engine_getVerdict`` answer taken (a status and a
+reason): a serving node cannot make this node hold more for the calls made on every block."""
 PACE_PER_S = 30.0
 PACE_BURST = 60.0
 """A remote client paces its calls to each node (a token bucket) under the serving side's default
@@ -122,9 +130,12 @@ class RemoteEngineClient(EngineClient):
         :data:`LONG_NO_VERDICT`)."""
 
     def new_payload(self, block: Block) -> PayloadVerdict:
-        """As for any client; answers without a verdict are counted (:attr:`no_verdicts`)."""
+        """The node's verdict on ``block``: asked by hash first (``engine_getVerdict``: a full
+        node of the same network usually holds the block already), the block itself sent
+        (``engine_newPayload``) only when the node says it does not hold it ("unknown block").
+        Answers without a verdict are counted (:attr:`no_verdicts`)."""
         try:
-            verdict = super().new_payload(block)
+            verdict = self._verdict(block)
         except ClientUnavailable:
             raise  # quarantined: the pool replaces a node quarantined for long
         except EngineError:
@@ -132,6 +143,18 @@ class RemoteEngineClient(EngineClient):
             raise
         self.no_verdicts = 0 if verdict.status in ("VALID", "INVALID") else self.no_verdicts + 1
         return verdict
+
+    def _verdict(self, block: Block) -> PayloadVerdict:
+        block_hash = block.block_hash.hex()
+        try:
+            answer = self.call(VERDICT_BY_HASH, block_hash)
+        except (ClientUnavailable, MalformedAnswer):
+            raise  # no answer, or one that does not parse: as it is
+        except EngineError as refused:
+            if f"{UNKNOWN_BLOCK} {block_hash}" not in str(refused):
+                raise  # refused otherwise (e.g. rate limited): no verdict
+            return super().new_payload(block)
+        return payload_verdict(VERDICT_BY_HASH, answer)
 
     def _pace(self) -> None:
         """Wait for a token of the pacing bucket (:data:`PACE_PER_S`), at most the call timeout."""
@@ -155,7 +178,7 @@ class RemoteEngineClient(EngineClient):
         :class:`~qoin.consensus.engine.MalformedAnswer`, no answer
         :class:`~qoin.consensus.engine.ClientUnavailable`."""
         data = json.dumps(params).encode()
-        limit = VERDICT_ANSWER_BYTES if method == "engine_newPayload" else MAX_ANSWER_BYTES
+        limit = VERDICT_ANSWER_BYTES if method in VERDICT_METHODS else MAX_ANSWER_BYTES
         self._pace()
         try:
             signed = self.network.engine_call(
@@ -387,6 +410,20 @@ class RemotePool:
                     "using remote execution node %s at %s:%d", client.url, node.host, node.port
                 )
         self.network.want_execution_nodes(self.wanted + 2)
+
+    def fill(self) -> None:
+        """Refresh now if fewer than ``wanted`` nodes are in use. The node calls it before it
+        judges a block: serving peers that have just connected start a sync within milliseconds
+        of their Status, well before the next refresh, and their first blocks would otherwise
+        come back undecided (the peers then rest 10 s) or be judged by fewer nodes than could
+        judge them. While enough are in use it costs a lock."""
+        with self._lock:
+            short = len(self._using) < self.wanted
+        if short:
+            try:
+                self.refresh()
+            except QoinError as exc:  # e.g. the p2p loop did not answer in time: no node now
+                log.info("looking for remote execution nodes failed: %s", exc)
 
     def forget(self, node_id: Address) -> None:
         """Stop using ``node_id`` now (it was caught lying); the next refresh replaces it."""

@@ -88,6 +88,9 @@ MAX_CURSOR = 2**63 - 1
 """The largest mempool sequence number a cursor may name."""
 SUBMIT_STATUSES = ("added", "known", "rejected")
 """What ``engine_submitTransactions`` says of each transaction."""
+UNKNOWN_BLOCK = "unknown block"
+"""How ``engine_getVerdict`` begins its refusal of a block it does not hold executed (then the
+block hash, hex): the asker sends the block itself (``engine_newPayload``)."""
 
 
 def _state_keys(values: list[Any]) -> list[bytes]:
@@ -446,6 +449,16 @@ class ExecutionClient:
             self._notify()
             return {"status": verdict.status.value, "validationError": verdict.reason or None}
 
+    def get_verdict(self, block_hash: bytes) -> dict[str, Any]:
+        """``engine_getVerdict``: the ``engine_newPayload`` answer for a block this client has
+        executed and holds (VALID), asked by hash (a consensus client elsewhere need not send the
+        block it usually holds already); :class:`ExecutionError` "unknown block …" for one it does
+        not hold or has not executed (an ACCEPTED side block): then send the block itself."""
+        with self.lock:
+            if not self.state.executed(block_hash):
+                raise ExecutionError(f"{UNKNOWN_BLOCK} {block_hash.hex()}")
+        return {"status": PayloadStatus.VALID.value, "validationError": None}
+
     def _notify(self) -> None:
         """Hand what the last head change committed to the subscribers (never blocks)."""
         heads, logs = self.state.take_notifications()
@@ -506,7 +519,7 @@ class ExecutionClient:
         with self.lock:
             info = self.state.block_info(block_hash)
             if info is None:
-                raise ExecutionError(f"unknown block {block_hash.hex()}")
+                raise ExecutionError(f"{UNKNOWN_BLOCK} {block_hash.hex()}")
             parent = info[1]
 
             def proof(key: bytes, at: bytes) -> str:
@@ -546,7 +559,7 @@ class ExecutionClient:
             if stored is None and block is not None and block.block_hash == block_hash:
                 stored = block
             if stored is None:
-                raise ExecutionError(f"unknown block {block_hash.hex()}")
+                raise ExecutionError(f"{UNKNOWN_BLOCK} {block_hash.hex()}")
             return self.state.witness(stored).encode().hex()
 
     def pending_transactions(
@@ -743,6 +756,13 @@ class ExecutionClient:
                     (block,),
                     {"type": "object"},
                     "Execute a block",
+                ),
+                Method(
+                    "engine_getVerdict",
+                    self.get_verdict,
+                    (replace(HASH, name="block_hash"),),
+                    {"type": "object"},
+                    "The verdict on a block executed and held, by hash",
                 ),
                 Method(
                     "engine_forkchoiceUpdated",

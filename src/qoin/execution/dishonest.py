@@ -20,6 +20,9 @@ execution process and check that every lie is caught (docs/spec/sampling.md). Mo
   step records (``engine_getSteps``) that charge one Shor more than the summary says;
 * ``silent`` — stops answering engine calls (they hang until the caller gives up).
 
+A verdict lie is told alike to ``engine_newPayload`` and to ``engine_getVerdict`` (the verdict asked
+by hash): of a block held executed, or of one lied about before (remembered by hash).
+
 Nothing here runs unless that option is given; it is not a feature.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,6 +67,7 @@ MODES = (
     "silent",
 )
 SILENCE_S = 3600.0
+MAX_TOLD = 256
 
 
 class DishonestClient(ExecutionClient):
@@ -79,6 +84,8 @@ class DishonestClient(ExecutionClient):
         """Falsified payloads by transactions root (``wrong-storage-value``)."""
         self._lying_blocks: dict[bytes, _Lie] = {}
         """The same, by the hash of the block as it came back (sealed)."""
+        self._told: OrderedDict[bytes, Block] = OrderedDict()
+        """Blocks whose verdict was a lie, by hash (the latest :data:`MAX_TOLD`)."""
 
     def _hang_if_silent(self) -> None:
         if self.mode == "silent":
@@ -86,7 +93,31 @@ class DishonestClient(ExecutionClient):
 
     def new_payload(self, block: Block) -> dict[str, Any]:
         self._hang_if_silent()
-        answer = super().new_payload(block)
+        return self._verdict_lie(block, super().new_payload(block))
+
+    def get_verdict(self, block_hash: bytes) -> dict[str, Any]:
+        """As ``engine_newPayload`` would answer (the mode's lie included) for a block held
+        executed or lied about before; "unknown block" for any other."""
+        self._hang_if_silent()
+        with self.lock:
+            held = self.state.block(block_hash) if self.state.executed(block_hash) else None
+            block = held or self._told.get(block_hash)
+        if block is None:
+            return super().get_verdict(block_hash)
+        return self.new_payload(block)  # known here: its verdict is not re-executed
+
+    def _verdict_lie(self, block: Block, answer: dict[str, Any]) -> dict[str, Any]:
+        """The verdict the mode says on ``block`` instead of the honest ``answer``: the one place
+        where verdict lies are told, to ``engine_newPayload`` and ``engine_getVerdict`` alike
+        (the blocks lied about are remembered, so that asked by hash the lie is told again)."""
+        lie = self._mode_verdict(block, answer)
+        if lie is not answer:
+            self._told[block.block_hash] = block
+            while len(self._told) > MAX_TOLD:
+                self._told.popitem(last=False)
+        return lie
+
+    def _mode_verdict(self, block: Block, answer: dict[str, Any]) -> dict[str, Any]:
         if self.mode == "wrong-state-root" and answer["status"] == "VALID":
             return {
                 "status": "INVALID",

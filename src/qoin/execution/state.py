@@ -279,6 +279,14 @@ class ExecutionState:
         ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
 
+    def executed(self, block_hash: bytes) -> bool:
+        """Whether ``block_hash`` is stored, executed and VALID (not an ACCEPTED side block waiting
+        for its execution, nor one remembered invalid): what ``engine_getVerdict`` answers for."""
+        return (
+            self._status(block_hash) is PayloadStatus.VALID
+            and self._invalid_reason(block_hash) is None
+        )
+
     def block(self, block_hash: bytes) -> Block | None:
         """A stored valid block."""
         row = self._db.execute("SELECT block FROM blocks WHERE hash = ?", (block_hash,)).fetchone()

@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 SERVED_METHODS: Final = frozenset(
     {
         "engine_newPayload",
+        "engine_getVerdict",
         "engine_getTrace",
         "engine_getSteps",
         "engine_getProofs",
