@@ -46,6 +46,7 @@ from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.execution.client import UNKNOWN_BLOCK
 from qoin.p2p.statements import EngineCallError, ExecutionNode, SignedStatement
+from qoin.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from qoin.consensus.node import ConsensusNode
@@ -123,8 +124,7 @@ class RemoteEngineClient(EngineClient):
         self._transcript_bytes = 0
         self._payloads: OrderedDict[str, Block] = OrderedDict()
         self._lock = threading.Lock()
-        self._tokens = PACE_BURST
-        self._filled = time.monotonic()
+        self._pacing = TokenBucket.full(PACE_BURST, PACE_PER_S, time.monotonic())
         self.no_verdicts = 0
         """``engine_newPayload`` answers in a row that gave no verdict (see
         :data:`LONG_NO_VERDICT`)."""
@@ -159,11 +159,7 @@ class RemoteEngineClient(EngineClient):
     def _pace(self) -> None:
         """Wait for a token of the pacing bucket (:data:`PACE_PER_S`), at most the call timeout."""
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(PACE_BURST, self._tokens + (now - self._filled) * PACE_PER_S)
-            self._filled = now
-            self._tokens -= 1  # taken now; a negative balance is the wait of the callers queued
-            wait = -self._tokens / PACE_PER_S if self._tokens < 0 else 0.0
+            wait = self._pacing.reserve(time.monotonic())
         if wait > 0:
             time.sleep(min(wait, self.timeout))
 

@@ -55,6 +55,7 @@ from qoin.p2p.statements import (
     SignedStatement,
     statement_signing_message,
 )
+from qoin.ratelimit import TokenBucket
 
 __all__ = [
     "SERVED_METHODS",
@@ -173,10 +174,10 @@ class _Incoming:
 
 @dataclass
 class _PeerState:
-    tokens: float
-    updated: float
-    refusal_tokens: float = REFUSAL_BURST
-    refusals_updated: float = 0.0
+    requests: TokenBucket
+    """The peer's requests (:attr:`EngineServer.burst`, :attr:`EngineServer.per_s`)."""
+    refusals: TokenBucket
+    """The refusals it is answered (:data:`REFUSAL_BURST`, :data:`REFUSALS_PER_S`)."""
     in_flight: int = 0
     """Accepted requests of this peer not yet answered (assembling or running)."""
     buffered: int = 0
@@ -256,8 +257,8 @@ class EngineServer:
         """Peers gone with calls still running (their slots are freed as the calls finish)."""
         self._in_flight = 0
         self._buffered = 0
-        self._all_tokens = ALL_PEERS_BURST
-        self._all_updated = clock()
+        self._all_peers = TokenBucket.full(ALL_PEERS_BURST, ALL_PEERS_PER_S, clock())
+        """The requests of all peers together."""
 
     def bind(self, identity: HybridKeyPair, genesis_hash: bytes) -> None:
         """The node identity that signs the answers, and the network they are about."""
@@ -286,44 +287,11 @@ class EngineServer:
         state = self._peers.get(connection_id)
         if state is None:
             now = self._clock()
-            state = self._peers[connection_id] = _PeerState(float(self.burst), now)
-            state.refusals_updated = now
+            state = self._peers[connection_id] = _PeerState(
+                TokenBucket.full(self.burst, self.per_s, now),
+                TokenBucket.full(REFUSAL_BURST, REFUSALS_PER_S, now),
+            )
         return state
-
-    def _take_refusal_token(self, state: _PeerState) -> bool:
-        now = self._clock()
-        state.refusal_tokens = min(
-            REFUSAL_BURST,
-            state.refusal_tokens + max(0.0, now - state.refusals_updated) * REFUSALS_PER_S,
-        )
-        state.refusals_updated = now
-        if state.refusal_tokens < 1:
-            return False
-        state.refusal_tokens -= 1
-        return True
-
-    def _take_token(self, state: _PeerState) -> bool:
-        now = self._clock()
-        state.tokens = min(
-            float(self.burst), state.tokens + max(0.0, now - state.updated) * self.per_s
-        )
-        state.updated = now
-        if state.tokens < 1:
-            return False
-        state.tokens -= 1
-        return True
-
-    def _take_all_peers_token(self) -> bool:
-        now = self._clock()
-        self._all_tokens = min(
-            ALL_PEERS_BURST,
-            self._all_tokens + max(0.0, now - self._all_updated) * ALL_PEERS_PER_S,
-        )
-        self._all_updated = now
-        if self._all_tokens < 1:
-            return False
-        self._all_tokens -= 1
-        return True
 
     def receive(self, connection_id: int, message: EngineRequest) -> Call | None:
         """Take one request part; the complete request once its last part is in, else None (also
@@ -368,7 +336,7 @@ class EngineServer:
         del state.open[request_id]
         if incoming.refusal is not None:
             self.counters.refused += 1
-            if not self._take_refusal_token(state):
+            if not state.refusals.take(self._clock()):
                 self.counters.unanswered += 1
                 return None
             return Call(
@@ -387,10 +355,10 @@ class EngineServer:
         if method not in SERVED_METHODS:
             refusal = NOT_SERVED
         elif (
-            not self._take_token(state)
+            not state.requests.take(self._clock())
             or state.in_flight >= self.per_peer_in_flight
             or self._in_flight >= self.max_in_flight
-            or not self._take_all_peers_token()
+            or not self._all_peers.take(self._clock())
         ):
             refusal = RATE_LIMITED
         if refusal is not None:

@@ -90,6 +90,7 @@ from qoin.p2p.addresses import (
 )
 from qoin.p2p.bans import MAX_DETAIL_CHARS, BanEntry, BanKind, BanListError
 from qoin.p2p.misbehaviour import Misbehaviour
+from qoin.ratelimit import TokenBucket
 
 # --- constants -------------------------------------------------------------------------------
 
@@ -260,20 +261,6 @@ class _DialState:
         return self.address.node_id if self.address.node_id is not None else self.learned_id
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-def _refill(bucket: _Bucket, now: float, burst: int, per_s: float) -> None:
-    """Add the tokens earned since ``bucket`` was last refilled (``per_s`` a second), up to
-    ``burst``."""
-    elapsed = max(0.0, now - bucket.updated)
-    bucket.tokens = min(float(burst), bucket.tokens + elapsed * per_s)
-    bucket.updated = now
-
-
 def _check_limit(name: str, value: int, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise PeerConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
@@ -338,8 +325,8 @@ class PeerManager:
         self._bootnodes: dict[Endpoint, _DialState] = {}
         self._known: OrderedDict[Endpoint, _DialState] = OrderedDict()
         self._dialling: dict[Endpoint, float] = {}
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        self._all_handshakes = _Bucket(float(ALL_HANDSHAKES_BURST), clock())
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._all_handshakes = TokenBucket.full(ALL_HANDSHAKES_BURST, ALL_HANDSHAKES_PER_S, clock())
         for address in bootnodes:
             if not isinstance(address, PeerAddress):
                 raise PeerConfigError(f"a bootnode is a PeerAddress, got {address!r}")
@@ -491,16 +478,14 @@ class PeerManager:
             key = host_key(host)
             host_bucket = self._buckets.pop(key, None)
             if host_bucket is None:
-                host_bucket = _Bucket(float(HANDSHAKE_BURST), now)
-            _refill(host_bucket, now, HANDSHAKE_BURST, 1 / HANDSHAKE_REFILL_S)
+                host_bucket = TokenBucket.full(HANDSHAKE_BURST, 1 / HANDSHAKE_REFILL_S, now)
             self._buckets[key] = host_bucket
             while len(self._buckets) > MAX_RATE_LIMITED_HOSTS:
                 self._buckets.popitem(last=False)
-        _refill(self._all_handshakes, now, ALL_HANDSHAKES_BURST, ALL_HANDSHAKES_PER_S)
         buckets = (
             [self._all_handshakes] if host_bucket is None else [self._all_handshakes, host_bucket]
         )
-        if any(bucket.tokens < 1 for bucket in buckets):
+        if any(bucket.refill(now) < 1 for bucket in buckets):
             return False
         for bucket in buckets:
             bucket.tokens -= 1

@@ -97,6 +97,7 @@ from qoin.p2p.statements import (
 )
 from qoin.p2p.transactions import TransactionRelay
 from qoin.p2p.transport import NetworkId, SecureChannel, TransportError, accept, connect
+from qoin.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,12 @@ class P2PService:
         more would let a peer fill the known addresses at will)."""
         """When each connection was last asked ``GetExecutionNodes``."""
         self._seen_fraud = BoundedSet(SEEN_FRAUD_REPORTS)
-        self._fraud_tokens: dict[int, tuple[float, float]] = {}
-        """Each connection's fraud-report token bucket: tokens, when last filled."""
-        self._stranger_bans = (STRANGER_BAN_BURST, time.monotonic())
-        """The token bucket of bans of liars not known here: tokens, when last filled."""
+        self._fraud_tokens: dict[int, TokenBucket] = {}
+        """Each connection's fraud-report token bucket."""
+        self._stranger_bans = TokenBucket.full(
+            STRANGER_BAN_BURST, STRANGER_BANS_PER_S, time.monotonic()
+        )
+        """The token bucket of bans of liars not known here."""
         self._connected.on_close.append(self._on_peer_closed)
         self._handlers = self._message_handlers()
         self._handshakes = 0
@@ -791,23 +794,15 @@ class P2PService:
 
     def _take_fraud_token(self, peer: PeerSession) -> bool:
         now = time.monotonic()
-        tokens, filled = self._fraud_tokens.get(peer.connection_id, (FRAUD_BURST, now))
-        tokens = min(FRAUD_BURST, tokens + (now - filled) * FRAUD_PER_S)
-        if tokens < 1:
-            self._fraud_tokens[peer.connection_id] = (tokens, now)
-            return False
-        self._fraud_tokens[peer.connection_id] = (tokens - 1, now)
-        return True
+        bucket = self._fraud_tokens.get(peer.connection_id)
+        if bucket is None:
+            bucket = self._fraud_tokens[peer.connection_id] = TokenBucket.full(
+                FRAUD_BURST, FRAUD_PER_S, now
+            )
+        return bucket.take(now)
 
     def _take_stranger_ban(self) -> bool:
-        now = time.monotonic()
-        tokens, filled = self._stranger_bans
-        tokens = min(STRANGER_BAN_BURST, tokens + (now - filled) * STRANGER_BANS_PER_S)
-        if tokens < 1:
-            self._stranger_bans = (tokens, now)
-            return False
-        self._stranger_bans = (tokens - 1, now)
-        return True
+        return self._stranger_bans.take(time.monotonic())
 
     def _knows(self, node_id: Address) -> bool:
         """Whether ``node_id`` is a node this one deals with: connected, or in its addresses."""
