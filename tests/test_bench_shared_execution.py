@@ -50,11 +50,13 @@ def test_bench_shared_execution_json() -> None:
         assert sum(run["judged"].values()) >= 3  # every block judged (sampled or re-executed)
         engine = run["engine"]
         assert engine["calls"] >= blocks and engine["bytes"] > 0, engine
-    # The remote run judged with three nodes, each asked about every block measured.
+    # The remote run judged with the three nodes (one that connected after the sync began is
+    # asked about the blocks from then on only: docs/spec/consensus.md §6.5).
     per_node = report["remote"]["per_node_calls"]
     assert len(per_node) == REMOTE_NODES
     assert all(url.startswith("p2p:qoin1") for url in per_node)
-    assert all(calls >= report["remote"]["blocks_measured"] for calls in per_node.values())
+    assert all(calls >= 1 for calls in per_node.values()), per_node
+    assert max(per_node.values()) >= report["remote"]["blocks_measured"], per_node
     # The serving nodes answered engine calls during the remote run only.
     assert report["local"]["served"]["served"] == 0
     assert report["remote"]["served"]["served"] >= sum(per_node.values())
