@@ -198,14 +198,35 @@ def test_nodes_are_picked_one_per_network_group_first() -> None:
             ["--serve-execution", "--remote-execution", "1", "--p2p-port", "0"],
             "--execution or --serve-execution-url",
         ),
+        (["--serve-execution", "--p2p-port", "0"], "--execution or --serve-execution-url"),
+        (
+            [
+                "--serve-execution-url",
+                "http://127.0.0.1:1/",
+                "--remote-execution",
+                "1",
+                "--p2p-port",
+                "0",
+            ],
+            "only with --serve-execution",
+        ),
         ([], "--remote-execution N"),
     ],
-    ids=["remote-without-p2p", "serving-nothing", "no-execution-at-all"],
+    ids=[
+        "remote-without-p2p",
+        "serving-nothing",
+        "serving-nothing-judging-nothing",
+        "serve-url-without-serving",
+        "no-execution-at-all",
+    ],
 )
 def test_usage_errors(tmp_path: Path, args: list[str], words: str) -> None:
     done = run_qoin("consensus", "--datadir", str(tmp_path / "c"), "--rpc-port", "0", *args)
     assert done.returncode == EXIT_USAGE, done.stderr
     assert words in done.stderr
+
+
+def test_node_usage_error(tmp_path: Path) -> None:
     done = run_qoin("node", "--dev", "--datadir", str(tmp_path / "n"), "--remote-execution", "2")
     assert done.returncode == EXIT_USAGE and "--p2p-port" in done.stderr, done.stderr
 

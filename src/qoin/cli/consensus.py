@@ -89,7 +89,11 @@ def engine_clients(
 def consensus(
     execution: Annotated[
         list[str] | None,
-        typer.Option("--execution", help="Engine API URL of an execution client (repeatable)."),
+        typer.Option(
+            "--execution",
+            help="Engine API URL of an execution client (repeatable; optional with "
+            "--remote-execution).",
+        ),
     ] = None,
     jwt_secret: Annotated[
         list[Path] | None,
@@ -142,10 +146,9 @@ def consensus(
             EXIT_USAGE,
         )
     urls, secrets = execution or [], jwt_secret or []
+    # what to serve is checked first: a serving operator who gave none wants to hear that
+    server = serving_engine(serve_execution, urls, secrets, serve_execution_url, engine_timeout)
     clients = engine_clients(urls, secrets, engine_timeout, remote_execution)
-    server = None
-    if serve_execution:
-        server = serving_engine(urls, secrets, serve_execution_url, engine_timeout)
     try:
         bootnodes = parse_bootnodes(bootnode or [])
     except PeerAddressError as exc:
@@ -280,11 +283,15 @@ def miner_keypair(
 
 
 def serving_engine(
-    urls: list[str], secrets: list[Path], url: str | None, timeout: float
-) -> EngineServer:
-    """What ``--serve-execution`` serves: the execution client of ``--serve-execution-url`` (with
-    the first secret) or of the first ``--execution``, through an engine client of its own (a
-    peer's slow call never quarantines the judge's)."""
+    serve: bool, urls: list[str], secrets: list[Path], url: str | None, timeout: float
+) -> EngineServer | None:
+    """What ``--serve-execution`` serves (None without it): the execution client of
+    ``--serve-execution-url`` (with the first secret) or of the first ``--execution``, through an
+    engine client of its own (a peer's slow call never quarantines the judge's)."""
+    if not serve:
+        if url is not None:
+            fail("--serve-execution-url is used only with --serve-execution", EXIT_USAGE)
+        return None
     if url is None and not urls:
         fail("--serve-execution serves an execution client: give --execution or "
              "--serve-execution-url", EXIT_USAGE)  # fmt: skip

@@ -68,9 +68,12 @@ MAX_REPORT_STATEMENTS = 64
 """Statements in one report (a sample of many steps takes a trace, a proofs and a few steps
 statements)."""
 SAMPLE_METHODS = ("engine_getTrace", "engine_getProofs", "engine_getSteps")
-VERDICT_METHOD = "engine_newPayload"
+NEW_PAYLOAD = "engine_newPayload"
+"""A verdict on a block sent whole (its params carry the block)."""
 VERDICT_BY_HASH = "engine_getVerdict"
-VERDICT_METHODS = (VERDICT_METHOD, VERDICT_BY_HASH)
+"""A verdict on a block asked by hash (the report's block field carries the block)."""
+VERDICT_METHODS = (NEW_PAYLOAD, VERDICT_BY_HASH)
+"""The statements that give a verdict (one per report)."""
 WITNESS_METHOD = "engine_getWitness"
 BUILD_METHOD = "engine_buildPayload"
 
@@ -271,7 +274,7 @@ def _block_of(report: FraudReport) -> Block | None:
     for signed in report.statements:
         params = _params(signed)
         method = signed.statement.method
-        if method == VERDICT_METHOD and params and isinstance(params[0], str):
+        if method == NEW_PAYLOAD and params and isinstance(params[0], str):
             carried.append(_hex(params[0]))
         elif (
             method == WITNESS_METHOD and params and len(params) == 2 and isinstance(params[1], str)
@@ -380,7 +383,7 @@ def _about_other_block(statements: Sequence[SignedStatement], block: Block) -> s
     for signed in statements:
         method = signed.statement.method
         params = _params(signed)
-        if method == VERDICT_METHOD:
+        if method == NEW_PAYLOAD:
             continue  # the block was taken from it
         if method == BUILD_METHOD:
             return "a payload statement in a report about a block"
@@ -555,12 +558,12 @@ def candidate_reports(
             continue
         if method in VERDICT_METHODS and signed.statement.error:
             continue  # a refusal gives no verdict: it shows no lie
-        if (method == VERDICT_METHOD and params[0] == block_hex) or (
-            method != VERDICT_METHOD and params[0] == hash_hex
+        if (method == NEW_PAYLOAD and params[0] == block_hex) or (
+            method != NEW_PAYLOAD and params[0] == hash_hex
         ):
             about.setdefault(method, []).append(signed)
     encoding = block.encode()
-    reports = [FraudReport(b"", (s,)) for s in reversed(about.get(VERDICT_METHOD, []))]
+    reports = [FraudReport(b"", (s,)) for s in reversed(about.get(NEW_PAYLOAD, []))]
     reports += [FraudReport(encoding, (s,)) for s in reversed(about.get(VERDICT_BY_HASH, []))]
     reports += [FraudReport(b"", (s,)) for s in reversed(about.get(WITNESS_METHOD, []))]
     traces = about.get("engine_getTrace", [])

@@ -2,7 +2,9 @@
 
 For each block (whose consensus rules already passed) the consensus client:
 
-1. sends ``engine_newPayload`` to every usable execution client, in parallel;
+1. asks every usable execution client for its verdict, in parallel (``engine_newPayload``; a
+   remote node over p2p is asked by block hash first, ``engine_getVerdict``, and sent the block
+   only if it lacks it: :mod:`qoin.consensus.remote`);
 2. if they all answer VALID, samples each one (:mod:`qoin.consensus.sampling`): fetches its trace
    summary of the block (``engine_getTrace``: every step's keys, values as references) and checks
    it against the block, draws keys the trace accessed with a fresh draw of its own CSPRNG, made

@@ -42,6 +42,7 @@ from qoin.consensus.engine import (
     PayloadVerdict,
     payload_verdict,
 )
+from qoin.consensus.fraud import VERDICT_BY_HASH, VERDICT_METHODS
 from qoin.crypto.address import Address
 from qoin.errors import QoinError
 from qoin.execution.client import UNKNOWN_BLOCK
@@ -67,14 +68,12 @@ before each block is judged: :meth:`RemotePool.fill`)."""
 LONG_QUARANTINE = 4
 """Failures in a row after which a quarantined remote node is replaced (about 15 s of backoff)."""
 LONG_NO_VERDICT = 8
-"""``engine_newPayload`` answers in a row without a verdict (SYNCING, ACCEPTED, a refusal such as
+"""Answers in a row to verdict requests (``engine_getVerdict``, then ``engine_newPayload`` if the
+node lacks the block) without a verdict (SYNCING, ACCEPTED, a refusal such as
 "rate limited") after which a remote node is replaced: it answers, so it is never quarantined,
 yet it judges nothing (every block then needs a witness, or stays undecided)."""
 BENCH_S = 120.0
 """How long a node replaced for giving no verdicts is not picked again."""
-VERDICT_BY_HASH = "engine_getVerdict"
-"""A verdict asked by block hash (the block is sent only if the node does not hold it)."""
-VERDICT_METHODS = frozenset({"engine_newPayload", VERDICT_BY_HASH})
 VERDICT_ANSWER_BYTES = 64 * 1024
 """The largest ``engine_newPayload`` or ``engine_getVerdict`` answer taken (a status and a
 reason): a serving node cannot make this node hold more for the calls made on every block."""
@@ -126,8 +125,7 @@ class RemoteEngineClient(EngineClient):
         self._lock = threading.Lock()
         self._pacing = TokenBucket.full(PACE_BURST, PACE_PER_S, time.monotonic())
         self.no_verdicts = 0
-        """``engine_newPayload`` answers in a row that gave no verdict (see
-        :data:`LONG_NO_VERDICT`)."""
+        """Verdict requests in a row answered without a verdict (see :data:`LONG_NO_VERDICT`)."""
 
     def new_payload(self, block: Block) -> PayloadVerdict:
         """The node's verdict on ``block``: asked by hash first (``engine_getVerdict``: a full

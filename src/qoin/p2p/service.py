@@ -1,10 +1,13 @@
 """The p2p service of a consensus client: the listener and dialler, each connection's reader, and
-the upkeep, over the concerns of its own modules (``docs/spec/p2p.md`` §9.4, §10, §11).
+the upkeep, over the concerns of its own modules (``docs/spec/p2p.md`` §9.4, §10, §11, §12).
 
 - :mod:`qoin.p2p.session`: peer sessions and request bookkeeping;
 - :mod:`qoin.p2p.blocks`: block gossip and import; :mod:`qoin.p2p.transactions`: transaction relay;
 - :mod:`qoin.p2p.download`: the sync session and the parallel block download;
-- :mod:`qoin.p2p.peers`: limits, scores and bans; :mod:`qoin.p2p.bans`: the ban file.
+- :mod:`qoin.p2p.peers`: limits, scores and bans; :mod:`qoin.p2p.bans`: the ban file;
+- :mod:`qoin.p2p.engine`: shared execution's engine calls, served to peers and made to them
+  (signed answers, :mod:`qoin.p2p.statements`); the discovery of serving peers, bans and fraud
+  reports are here.
 
 The service runs an asyncio loop in a thread of its own. Everything that touches the chain or the
 execution clients goes through :class:`~qoin.p2p.access.ChainAccess` on one worker thread, so
