@@ -46,7 +46,14 @@ from qoin.compute.executors import StopReason, executor_for
 from qoin.compute.jobspec import Executor, Input, JobSpec, Verification, wrap_input_key
 from qoin.compute.market import EVENT_NAMES, ComputeMarketView, VerdictKind
 from qoin.compute.provider import jobs
-from qoin.compute.provider.daemon import _HANDLERS, Machine, capacity_problem, detect, log_filter
+from qoin.compute.provider.daemon import (
+    _HANDLERS,
+    Machine,
+    capacity_problem,
+    detect,
+    due_for_removal,
+    log_filter,
+)
 from qoin.compute.provider.jobs import (
     Job,
     JobContext,
@@ -528,7 +535,9 @@ def test_a_job_runs_commits_reveals_and_delivers_its_outputs_with_one_storage_pr
         stored = wait_state(provider, CLIENT, deal, ["stored", "settled"], timeout=180)
         assert stored["cid"] and stored["usage_cpu"] <= 1 and stored["exit_code"] == 0
         assert "outputs stored" in stored["detail"]
-        assert authed(provider, CLIENT, deal, "/result").json()["cid"] == stored["cid"]
+        result = authed(provider, CLIENT, deal, "/result")
+        assert result.status_code == 200, result.text
+        assert result.json()["cid"] == stored["cid"]
         # A provider that does not answer: the copy in the storage market, by its CID.
         copy = fetch(NOWHERE, "stored", cid=stored["cid"])
         assert (copy.source, copy.cid, copy.root) == ("storage", stored["cid"], root)
@@ -1048,3 +1057,16 @@ def test_a_gpu_run_that_cannot_start_gives_its_gpu_back(tmp_path: Path) -> None:
     pool.give_back(held)
     with pytest.raises(JobError, match=r"asks for 1 GPU.*assigns 0"):
         jobs.execute(spec, os.urandom(32), tmp_path, NOWHERE, log, threading.Event())
+
+
+def test_a_job_is_kept_for_keep_blocks_after_it_is_done_not_only_after_settlement() -> None:
+    """A ``none`` deal settles at its reveal; its outputs may be stored much later. Its files
+    must stay ``keep`` blocks after that, or the client's ``GET /result`` finds nothing (found as
+    a flaky end-to-end test on a loaded machine: the job was deleted the moment it was stored)."""
+    keep = 1000
+    assert not due_for_removal(-1, None, 5_000, keep)  # not settled
+    assert not due_for_removal(10, None, 5_000, keep)  # settled, still storing
+    assert not due_for_removal(10, 4_000, 4_000, keep)  # done just now, settled long ago
+    assert not due_for_removal(10, 4_000, 4_999, keep)
+    assert due_for_removal(10, 4_000, 5_000, keep)
+    assert not due_for_removal(4_500, 4_500, 5_000, keep)  # settled and done recently

@@ -87,6 +87,15 @@ def reload_until(page: Page, text: str | re.Pattern[str], timeout: float = CONFI
     wait_until(shown, timeout, 0.5, f"{page.url} shows {text!r}")
 
 
+def is_emoji(char: str) -> bool:
+    """Whether ``char`` is drawn from an emoji font: pictographs, dingbats, misc symbols and the
+    emoji variation selector — not punctuation such as the ``…`` of a shortened address (the
+    header shows one when a wallet of the session is unlocked, which an earlier test in the
+    worker may have done)."""
+    code = ord(char)
+    return code >= 0x1F000 or 0x2600 <= code <= 0x27BF or code == 0xFE0F
+
+
 def test_the_explorer_follows_new_heads(user: Page, web_net: WebNet) -> None:  # noqa: F811
     user.goto(web_net.url("/"))
     height = user.locator("#head-height")
@@ -99,7 +108,7 @@ def test_the_explorer_follows_new_heads(user: Page, web_net: WebNet) -> None:  #
     # The header's lock is drawn (an SVG), not an emoji that renders as a box without an emoji font.
     account = user.locator("header .account")
     expect(account.locator("svg")).to_be_visible()
-    assert all(ord(c) < 0x2000 for c in account.inner_text()), account.inner_text()
+    assert not any(is_emoji(c) for c in account.inner_text()), account.inner_text()
     # Heads that arrive merged leave no gap: the missing heights are fetched. Dropping the newest
     # rows makes the next head such a gap, whatever the timing.
     rows = "#blocks tbody tr"

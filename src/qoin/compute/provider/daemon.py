@@ -158,6 +158,17 @@ def capacity_problem(capacity: Capacity, machine: Machine) -> str | None:
     return next((why for ok, why in checks if not ok), None)
 
 
+def due_for_removal(settled_height: int, done_at: int | None, height: int, keep: int) -> bool:
+    """Whether a job's files may go at ``height``: its deal settled at least ``keep`` blocks ago
+    *and* it has been done (not running, not storing its outputs) for ``keep`` blocks, since
+    ``done_at`` (None: not done). Counting from the settlement alone deleted a job whose outputs
+    were stored long after its deal settled (a ``none`` deal settles at the reveal) at the moment
+    they were stored, before its client could read the result."""
+    if done_at is None or settled_height < 0:
+        return False
+    return settled_height <= height - keep and done_at <= height - keep
+
+
 @dataclass(frozen=True)
 class ComputeConfig:
     """How a compute provider runs (the ``qoin compute provider`` options)."""
@@ -223,6 +234,9 @@ class ComputeProvider:
         self.runtimes: tuple[RuntimeInfo, ...] = ()
         self._mediators: tuple[Address, ...] = ()
         self._seen_logs = SeenLogs()
+        self._done_at: dict[int, int] = {}
+        """Per deal, the first head at which its job was seen settled and done (not running nor
+        storing): its files are kept ``keep_blocks`` from then (:func:`due_for_removal`)."""
         self._kem_public = b""
         self._mediators_dirty = False
         self._mediators_read = 0
@@ -600,9 +614,12 @@ class ComputeProvider:
             self._guarded(f"settling offer {bid}", functools.partial(self._settle_offer, bid))
         for job in book.all():
             status = job.status
-            if 0 <= status.settled_height <= height - keep and not job.alive:
+            done = status.settled_height >= 0 and not job.alive
+            done_at = self._done_at.setdefault(job.deal, height) if done else None
+            if due_for_removal(status.settled_height, done_at, height, keep):
                 book.remove(job.deal)
-                self.log(f"deal {job.deal}: settled {keep} blocks ago; its files deleted")
+                self._done_at.pop(job.deal, None)
+                self.log(f"deal {job.deal}: settled and done {keep} blocks ago; its files deleted")
             else:
                 job.on_head(height)
         if self.mediations is not None:
