@@ -311,20 +311,24 @@ def lie_in_a_payload(make: Callable[[int], AnyTransaction]) -> Callable[[Shared,
         rejected = output(remote.child(CONSENSUS)).count(REJECTED)
         nonce = shared.nonce()
         sent: AnyTransaction | None = None
+
+        def caught() -> bool:
+            """Whether the liar is dropped; else a transaction waits in its mempool."""
+            nonlocal nonce, sent
+            if key in dropped(remote):
+                return True
+            included = sent is not None and shared.reader().user.call(
+                "qoin_getTransactionReceipt", sent.tx_id.hex()
+            )
+            if sent is None or included:
+                sent = make(nonce)
+                liar.user.call("qoin_sendRawTransaction", sent.encode().hex())
+                nonce += 1
+            return False
+
         remote.rpc.call("consensus_setMining", True)
         try:
-            deadline = time.monotonic() + WAIT_S
-            while key not in dropped(remote):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the liar was not caught in {WAIT_S:g} s: {remote.status()}")
-                included = sent is not None and shared.reader().user.call(
-                    "qoin_getTransactionReceipt", sent.tx_id.hex()
-                )
-                if sent is None or included:
-                    sent = make(nonce)
-                    liar.user.call("qoin_sendRawTransaction", sent.encode().hex())
-                    nonce += 1
-                time.sleep(RPC_POLL_S)
+            wait_until(caught, WAIT_S, RPC_POLL_S, "the liar caught building a payload")
         finally:
             remote.rpc.call("consensus_setMining", False)
         assert output(remote.child(CONSENSUS)).count(REJECTED) > rejected
